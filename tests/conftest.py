@@ -1,0 +1,98 @@
+"""Shared fixtures: markers, the shared data folder, and the real local stack.
+
+The default run needs no cluster, GPU or internet; it does use real local services (an S3
+server, an MLflow server, a Kafka-protocol broker) started here on free loopback ports and
+stopped at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VINSPECT_SHARED_DIR") or (REPO.parent / "shared")).resolve()
+
+_OPT_IN = {"slow": "--run-slow", "gpu": "--run-gpu", "cluster": "--run-cluster"}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
+    parser.addoption("--run-gpu", action="store_true", help="run tests that need an NVIDIA GPU")
+    parser.addoption("--run-cluster", action="store_true", help="run tests that need a real cluster")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker, flag in _OPT_IN.items():
+            if marker in item.keywords and not config.getoption(flag):
+                item.add_marker(pytest.mark.skip(reason=f"{marker} test: run with {flag}"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` beside the repository (or ``$VINSPECT_SHARED_DIR``); skip when absent."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder not found at {SHARED} (set VINSPECT_SHARED_DIR)")
+    return SHARED
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalStack:
+    """Handle on a running local stack: its config, client environment and S3 client."""
+
+    config: "object"
+    env: dict
+
+    @property
+    def mlflow_uri(self) -> str:
+        return self.env["MLFLOW_TRACKING_URI"]
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.env["KAFKA_BOOTSTRAP_SERVERS"]
+
+    @property
+    def s3(self):
+        from vinspect.local import _s3_client
+
+        return _s3_client(self.env)
+
+    def apply_env(self, monkeypatch) -> None:
+        """Point settings (and child processes) at this stack for one test."""
+        for key, value in self.env.items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setenv("VINSPECT_HOME", str(self.config.state))
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory) -> LocalStack:
+    """The real embedded stack (moto S3, MLflow, tansu) on free ports, for the whole session."""
+    from vinspect.local import StackConfig, down, up
+
+    cfg = StackConfig(
+        state=tmp_path_factory.mktemp("stack"),
+        s3_port=free_port(),
+        mlflow_port=free_port(),
+        kafka_port=free_port(),
+    )
+    try:
+        env = up(cfg, log=lambda _m: None)
+    except Exception:
+        down(cfg, log=lambda _m: None)
+        raise
+    try:
+        yield LocalStack(config=cfg, env=env)
+    finally:
+        down(cfg, log=lambda _m: None)

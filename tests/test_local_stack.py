@@ -1,0 +1,185 @@
+"""The foundation: the embedded stack comes up, serves real S3/MLflow/Kafka traffic, and goes away."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+from vinspect.local import SERVICES, StackConfig, StackError, down, stack_pids, status, up
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _descendants(pid: int) -> set[int]:
+    """All processes in the process group led by ``pid`` (our services run in their own group)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.getpgid(int(entry.name)) == pid:
+                    out.add(int(entry.name))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return out
+
+
+@pytest.fixture()
+def cfg(tmp_path) -> StackConfig:
+    return StackConfig(state=tmp_path / "state", s3_port=free_port(), mlflow_port=free_port(), kafka_port=free_port())
+
+
+def test_stack_round_trip_and_clean_shutdown(cfg):
+    env = up(cfg, log=lambda _m: None)
+    try:
+        pids = stack_pids(cfg)
+        assert set(pids) == set(SERVICES)
+        group = set().union(*(_descendants(p) for p in pids.values()))
+        assert len(group) >= 3
+
+        # Credentials were generated, not defaulted, and the file is private.
+        assert len(env["AWS_SECRET_ACCESS_KEY"]) >= 30
+        assert (cfg.env_file.stat().st_mode & 0o077) == 0
+
+        # S3: put and get an object in a bucket the project uses.
+        from vinspect.local import _s3_client
+
+        s3 = _s3_client(env)
+        s3.put_object(Bucket="models", Key="probe/hello.txt", Body=b"metal nut")
+        assert s3.get_object(Bucket="models", Key="probe/hello.txt")["Body"].read() == b"metal nut"
+
+        # MLflow: log a run with an artifact (stored through the server in S3) and read it back.
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+        exp = client.create_experiment(f"probe-{uuid.uuid4().hex[:6]}")
+        run = client.create_run(exp)
+        client.log_metric(run.info.run_id, "map50", 0.5, step=1)
+        client.log_text(run.info.run_id, "hello", "notes/hello.txt")
+        client.set_terminated(run.info.run_id)
+        got = client.get_run(run.info.run_id)
+        assert got.data.metrics["map50"] == 0.5
+        assert [a.path for a in client.list_artifacts(run.info.run_id, "notes")] == ["notes/hello.txt"]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="mlflow").get("Contents", [])]
+        assert any(k.endswith("notes/hello.txt") for k in keys), keys
+        del mlflow
+
+        # Kafka: produce and consume one record on the images topic.
+        from confluent_kafka import Consumer, Producer
+
+        producer = Producer({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
+        payload = uuid.uuid4().bytes
+        producer.produce("visual-inspection-images", key=b"cam-1", value=payload)
+        assert producer.flush(10) == 0
+        consumer = Consumer(
+            {
+                "bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"],
+                "group.id": f"probe-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
+        consumer.subscribe(["visual-inspection-images"])
+        seen = None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and seen is None:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error() and msg.value() == payload:
+                seen = msg
+        consumer.close()
+        assert seen is not None and seen.key() == b"cam-1"
+
+        # Status asks each service for real.
+        assert all(row["ok"] for row in status(cfg).values())
+
+        # Idempotent: a second `up` starts nothing new.
+        up(cfg, log=lambda _m: None)
+        assert stack_pids(cfg) == pids
+    finally:
+        stopped = down(cfg, log=lambda _m: None)
+    assert set(stopped) == set(SERVICES)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(p) for p in group):
+        time.sleep(0.2)
+    assert not [p for p in group if _alive(p)], "processes left behind after down"
+    assert not any(row["ok"] for row in status(cfg).values())
+
+
+def test_up_refuses_a_port_held_by_someone_else(cfg):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", cfg.mlflow_port))
+        squatter.listen(1)
+        with pytest.raises(StackError, match=f"port {cfg.mlflow_port} for mlflow is held"):
+            up(cfg, log=lambda _m: None)
+    assert stack_pids(cfg) == {}
+
+
+def test_down_leaves_foreign_processes_alone(cfg):
+    """A pid file pointing at a process we did not start (pid reused) is never signalled."""
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        cfg.pid_dir.mkdir(parents=True)
+        (cfg.pid_dir / "s3.json").write_text(f'{{"pid": {other.pid}, "start_time": "0"}}')
+        assert down(cfg, log=lambda _m: None) == []
+        assert other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_status_cli_exits_non_zero_when_down(cfg):
+    env = {**os.environ, "VINSPECT_HOME": str(cfg.state)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "vinspect.cli", "local", "status", "--state", str(cfg.state)],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "down" in proc.stdout
+
+
+def test_cli_lists_every_verb():
+    proc = subprocess.run([sys.executable, "-m", "vinspect.cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for verb in ("local", "data", "model", "pipeline", "runs", "serve", "infra", "demo"):
+        assert verb in proc.stdout, verb
+    # --help must not drag in the heavy stack.
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, vinspect.cli; print(any(m in sys.modules for m in ('torch','ultralytics','mlflow','kfp')))"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert probe.stdout.strip() == "False", probe.stderr
+
+
+def test_settings_read_env_files_and_never_print_secrets(tmp_path, monkeypatch):
+    from vinspect.settings import S3Settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VINSPECT_HOME", str(tmp_path / "state"))
+    for var in ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "stack.env").write_text("AWS_S3_ENDPOINT=http://127.0.0.1:1\nAWS_SECRET_ACCESS_KEY=from-stack\n")
+    (tmp_path / ".env").write_text("AWS_SECRET_ACCESS_KEY=from-dotenv\nAWS_ACCESS_KEY_ID=kid\n")
+    s = S3Settings.from_env()
+    assert s.endpoint_url == "http://127.0.0.1:1"
+    assert s.secret_access_key.get_secret_value() == "from-dotenv"  # .env overrides the stack file
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env")
+    s = S3Settings.from_env()
+    assert s.secret_access_key.get_secret_value() == "from-env"  # the environment wins
+    assert "from-env" not in repr(s) and "from-env" not in str(s.redacted())

@@ -1,0 +1,3 @@
+from vinspect.cli import main
+
+main()

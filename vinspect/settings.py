@@ -1,0 +1,165 @@
+"""Typed settings, one object per concern, built from the environment at start-up.
+
+Environment variable names follow the conventions of the tools themselves, so that an OpenShift AI
+data-connection Secret (``AWS_*``) or an MLflow client environment (``MLFLOW_*``) maps onto them
+one to one through ``use_secret_as_env`` or ``envFrom``.
+
+Values are read, lowest priority first, from ``<state dir>/stack.env`` (written by
+``vinspect local up``), a git-ignored ``.env`` in the working directory, then the process
+environment. Nothing is read at import time: call ``X.from_env()`` in an entry point.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+IMAGES_TOPIC = "visual-inspection-images"
+RESULTS_TOPIC = "visual-inspection-results"
+DLQ_TOPIC = "visual-inspection-dlq"
+
+
+def state_dir() -> Path:
+    """Where the local stack keeps its state (``$VINSPECT_HOME``, default ``./.vinspect``)."""
+    return Path(os.environ.get("VINSPECT_HOME") or (Path.cwd() / ".vinspect")).resolve()
+
+
+def env_files() -> tuple[Path, ...]:
+    """The dotenv files settings are read from, lowest priority first."""
+    return (state_dir() / "stack.env", Path.cwd() / ".env")
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    @classmethod
+    def from_env(cls, **overrides: Any):
+        """Build the settings from dotenv files and the environment; ``overrides`` win."""
+        files = tuple(str(p) for p in env_files() if p.is_file())
+        return cls(_env_file=files or None, **overrides)  # type: ignore[call-arg]
+
+    def redacted(self) -> dict[str, Any]:
+        """A dict safe to print or log: secrets are masked."""
+        out = {}
+        for name, value in self.model_dump().items():
+            out[name] = "****" if isinstance(value, SecretStr) and value.get_secret_value() else (
+                None if isinstance(value, SecretStr) else value
+            )
+        return out
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+class S3Settings(_Base):
+    """S3 / Minio, named as in an OpenShift AI S3 data connection."""
+
+    endpoint_url: str | None = Field(
+        None, validation_alias=AliasChoices("AWS_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL")
+    )
+    access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
+    secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
+    region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION")
+    bucket: str = Field("models", validation_alias="AWS_S3_BUCKET")
+    data_bucket: str = Field("vinspect-data", validation_alias="VINSPECT_DATA_BUCKET")
+    ca_bundle: str | None = Field(None, validation_alias="AWS_CA_BUNDLE")
+
+    def client(self):
+        """A boto3 S3 client for these settings (TLS verification stays on)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=_secret(self.access_key_id),
+            aws_secret_access_key=_secret(self.secret_access_key),
+            region_name=self.region,
+            verify=self.ca_bundle or True,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+        )
+
+
+class MLflowSettings(_Base):
+    """MLflow tracking server and registry."""
+
+    tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    token: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_TOKEN")
+    username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
+    password: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    experiment: str = Field("vinspect", validation_alias="VINSPECT_EXPERIMENT")
+    model_name: str = Field("metal-nut", validation_alias="VINSPECT_MODEL_NAME")
+
+    def client(self):
+        """An ``MlflowClient`` for this server (MLflow reads the auth variables itself)."""
+        from mlflow.tracking import MlflowClient
+
+        if not self.tracking_uri:
+            raise RuntimeError(
+                "MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)"
+            )
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+
+class CVATSettings(_Base):
+    """CVAT server and its credentials (a token, or a user and password)."""
+
+    url: str | None = Field(None, validation_alias="CVAT_URL")
+    token: SecretStr | None = Field(None, validation_alias="CVAT_TOKEN")
+    username: str | None = Field(None, validation_alias="CVAT_USERNAME")
+    password: SecretStr | None = Field(None, validation_alias="CVAT_PASSWORD")
+    ca_bundle: str | None = Field(None, validation_alias="CVAT_CA_BUNDLE")
+
+
+class KFPSettings(_Base):
+    """Kubeflow / Data Science Pipelines endpoint."""
+
+    host: str | None = Field(None, validation_alias="KFP_HOST")
+    token: SecretStr | None = Field(None, validation_alias="KFP_TOKEN")
+    namespace: str | None = Field(None, validation_alias="KFP_NAMESPACE")
+    ca_bundle: str | None = Field(None, validation_alias="KFP_CA_BUNDLE")
+    image: str = Field("quay.io/vinspect/vinspect-pipeline:0.1.0", validation_alias="VINSPECT_IMAGE")
+
+
+class KafkaSettings(_Base):
+    """Kafka (AMQ Streams on the cluster, tansu locally) and the runtime's topics."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", validation_alias="KAFKA_BOOTSTRAP_SERVERS")
+    security_protocol: str = Field("PLAINTEXT", validation_alias="KAFKA_SECURITY_PROTOCOL")
+    sasl_mechanism: str | None = Field(None, validation_alias="KAFKA_SASL_MECHANISM")
+    sasl_username: str | None = Field(None, validation_alias="KAFKA_SASL_USERNAME")
+    sasl_password: SecretStr | None = Field(None, validation_alias="KAFKA_SASL_PASSWORD")
+    ca_location: str | None = Field(None, validation_alias="KAFKA_SSL_CA_LOCATION")
+    images_topic: str = Field(IMAGES_TOPIC, validation_alias="VINSPECT_IMAGES_TOPIC")
+    results_topic: str = Field(RESULTS_TOPIC, validation_alias="VINSPECT_RESULTS_TOPIC")
+    dlq_topic: str = Field(DLQ_TOPIC, validation_alias="VINSPECT_DLQ_TOPIC")
+    group_id: str = Field("vinspect-processor", validation_alias="VINSPECT_KAFKA_GROUP")
+
+    def client_config(self) -> dict[str, Any]:
+        """librdkafka configuration shared by producers, consumers and admin clients."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+            conf["sasl.username"] = self.sasl_username or ""
+            conf["sasl.password"] = _secret(self.sasl_password) or ""
+        if self.ca_location:
+            conf["ssl.ca.location"] = self.ca_location
+        return conf
+
+
+class ModelServerSettings(_Base):
+    """The v2 (Open Inference Protocol) model endpoint the image processor calls."""
+
+    url: str = Field("http://127.0.0.1:8080", validation_alias="VINSPECT_MODEL_URL")
+    model_name: str = Field("metal-nut", validation_alias="VINSPECT_MODEL_NAME")
+    token: SecretStr | None = Field(None, validation_alias="VINSPECT_MODEL_TOKEN")
+    ca_bundle: str | None = Field(None, validation_alias="VINSPECT_MODEL_CA_BUNDLE")
+    timeout_s: float = Field(10.0, validation_alias="VINSPECT_MODEL_TIMEOUT_S")
