@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from vinspect.local import SERVICES, StackConfig, StackError, down, stack_pids, status, up
+from vinspect.local import SERVICES, StackConfig, StackError, down, stack_pids, start_service, status, up
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -111,9 +111,20 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
         # Idempotent: a second `up` starts nothing new.
         up(cfg, log=lambda _m: None)
         assert stack_pids(cfg) == pids
+
+        # A demo service started through the stack is tracked and stopped by `down` too.
+        import requests
+
+        port = free_port()
+        web = start_service(
+            cfg, "web", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            ready=lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1).raise_for_status(),
+        )
+        assert start_service(cfg, "web", ["false"], ready=lambda: None) == web  # already running
+        group.add(web)
     finally:
         stopped = down(cfg, log=lambda _m: None)
-    assert set(stopped) == set(SERVICES)
+    assert set(stopped) == set(SERVICES) | {"web"}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(_alive(p) for p in group):
         time.sleep(0.2)

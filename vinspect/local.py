@@ -449,9 +449,56 @@ def _ensure_topics(env: dict[str, str], pid_check: Callable[[], None]) -> None:
                 raise StackError(f"could not create Kafka topic {topic}: {exc}") from exc
 
 
+def start_service(
+    cfg: StackConfig,
+    name: str,
+    argv: list[str],
+    *,
+    ready: Callable[[], object],
+    env: dict[str, str] | None = None,
+    timeout_s: float | None = None,
+) -> int:
+    """Start one more long-running process of the stack (the demo's model server, processor...).
+
+    It is tracked like the core services, so ``down`` stops it, and restarting an already running
+    one is a no-op.
+
+    Args:
+        cfg: The stack.
+        name: Service name, used for its pid and log files.
+        argv: Command line.
+        ready: Called until it stops raising; the service is ready then.
+        env: Extra environment on top of the stack's.
+        timeout_s: How long to wait for readiness.
+
+    Returns:
+        The pid.
+    """
+    if name in SERVICES:
+        raise ValueError(f"{name} is a core service")
+    pid = _running_pid(cfg, name)
+    if pid is not None:
+        return pid
+    child_env = {**os.environ, **stack_env(cfg), **(env or {})}
+    pid = _spawn(cfg, name, argv, child_env)
+    _wait(name, ready, timeout_s or cfg.start_timeout_s, pid, cfg, name)
+    return pid
+
+
+def extra_services(cfg: StackConfig) -> list[str]:
+    """Names of the non-core services started with :func:`start_service` that have pid files."""
+    if not cfg.pid_dir.is_dir():
+        return []
+    return sorted(p.stem for p in cfg.pid_dir.glob("*.json") if p.stem not in SERVICES)
+
+
 def down(cfg: StackConfig, *, log: Callable[[str], None] = print) -> list[str]:
     """Stop the services ``up`` started (by pid, with their children). Returns what was stopped."""
     stopped = []
+    for service in extra_services(cfg):
+        if _stop(cfg, service):
+            log(f"stopped {service}")
+            stopped.append(service)
     for service in reversed(SERVICES):
         if _stop(cfg, service):
             log(f"stopped {service}")
