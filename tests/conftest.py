@@ -29,7 +29,7 @@ def pytest_addoption(parser):
 def pytest_collection_modifyitems(config, items):
     for item in items:
         for marker, flag in _OPT_IN.items():
-            if marker in item.keywords and not config.getoption(flag):
+            if item.get_closest_marker(marker) is not None and not config.getoption(flag):
                 item.add_marker(pytest.mark.skip(reason=f"{marker} test: run with {flag}"))
 
 

@@ -1,0 +1,759 @@
+"""Apply the rendered manifests to a cluster in dependency order, waiting on real readiness.
+
+The order is fixed by what each object needs from the cluster, not by file order:
+
+1. ``namespaces``; 2. ``operators`` (OperatorGroups, Subscriptions, then each Subscription's
+ClusterServiceVersion must reach ``Succeeded``); 3. ``secrets`` generated here (Minio root
+credentials with :func:`secrets.token_urlsafe`, the S3 data connection built from them, the CVAT
+admin) and plain configuration; 4. ``platform`` instances (OpenShift AI, Knative, Kafka, image
+registry, NFD, virtualization); 5. ``builds`` of this repository's images; 6. ``services``
+(Deployments, GPU ClusterPolicy, KnativeKafka, topics, the ServingRuntime, the CVAT VM);
+7. ``storage-init`` (bucket Job); 8. ``pipelines`` (DataSciencePipelinesApplication);
+9. ``eventing`` (sinks, Broker, KafkaSource, the processor); 10. ``triggers``.
+
+Before an object of a custom kind is created, its CustomResourceDefinition must be
+``Established`` (an operator installs it after its CSV succeeds, or after its instance is ready),
+so a missing CRD is waited for, not an error. Every wait polls until a deadline and, on timeout,
+names the object and its last observed status.
+
+Idempotent: create, and on 409 Conflict merge-patch the existing object unless it already holds
+everything the manifest says (a Job, immutable, is left as it is). Generated credentials are read back when their Secret exists, never rotated.
+
+The cluster is reached through a client passed in, shaped like ``kubernetes.dynamic.DynamicClient``
+(``client.resources.get(api_version=, kind=)`` returning a resource with ``get``/``create``/
+``patch``); the tests pass a fake that keeps the API's semantics.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from infra.render import object_ref
+
+APP_ROLE_LABEL = "vinspect.io/role"
+MINIO_SECRET = "minio-root"
+DATA_CONNECTION_SECRET = "aws-connection-models"
+CVAT_SECRET = "cvat-admin"
+MINIO_PORT = 9000
+DEFAULT_REGION = "us-east-1"
+MODELS_BUCKET = "models"
+
+# API groups served by Kubernetes or OpenShift themselves: no CRD to wait for.
+_BUILTIN_GROUPS = {
+    "",
+    "apps",
+    "batch",
+    "networking.k8s.io",
+    "rbac.authorization.k8s.io",
+    "policy",
+    "route.openshift.io",
+    "build.openshift.io",
+    "image.openshift.io",
+    "apiextensions.k8s.io",
+}
+
+# (phase name, kinds in it). Kinds not listed go to "config" if built in, else "services".
+PHASES: list[tuple[str, set[str]]] = [
+    ("namespaces", {"Namespace"}),
+    ("operators", {"OperatorGroup", "Subscription"}),
+    (
+        "config",
+        {"Secret", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "Service/v1", "NetworkPolicy",
+         "Route", "ImageStream", "BuildConfig", "Role", "RoleBinding"},
+    ),
+    (
+        "platform",
+        {"Config", "NodeFeatureDiscovery", "DataScienceCluster", "KnativeServing", "KnativeEventing",
+         "HyperConverged", "KafkaNodePool", "Kafka"},
+    ),
+    ("builds", set()),
+    (
+        "services",
+        {"Deployment", "StatefulSet", "ClusterPolicy", "KnativeKafka", "KafkaTopic", "ServingRuntime",
+         "VirtualMachine"},
+    ),
+    ("storage-init", {"Job"}),
+    ("pipelines", {"DataSciencePipelinesApplication"}),
+    ("eventing", {"KafkaSink", "Broker", "KafkaSource", "Service/serving.knative.dev"}),
+    ("triggers", {"Trigger"}),
+]
+_PHASE_NAMES = [name for name, _ in PHASES]
+
+# Kinds that cannot be patched in place (immutable spec): an existing one is left alone.
+_CREATE_ONLY = {("batch", "Job")}
+
+# Condition that means "ready" per kind; kinds not listed (and not special-cased) are not waited on.
+_READY_CONDITION = {
+    "CustomResourceDefinition": "Established",
+    "Deployment": "Available",
+    "StatefulSet": None,
+    "Job": "Complete",
+    "NodeFeatureDiscovery": "Available",
+    "Config": "Available",
+    "HyperConverged": "Available",
+    "DataScienceCluster": "Ready",
+    "KnativeServing": "Ready",
+    "KnativeEventing": "Ready",
+    "KnativeKafka": "Ready",
+    "Kafka": "Ready",
+    "KafkaTopic": "Ready",
+    "DataSciencePipelinesApplication": "Ready",
+    "Broker": "Ready",
+    "Trigger": "Ready",
+    "KafkaSource": "Ready",
+    "KafkaSink": "Ready",
+    "Service/serving.knative.dev": "Ready",
+    "VirtualMachine": "Ready",
+}
+_PLURAL_EXCEPTIONS = {"Kafka": "kafkas"}
+
+
+class BootstrapError(RuntimeError):
+    """The bootstrap could not go on (an API error, a failed Job or build)."""
+
+
+class BootstrapTimeout(BootstrapError):
+    """A wait ran out of time; the message names the object and its last status."""
+
+
+@dataclass
+class Wait:
+    """Something to wait for: an object reaching a state, checked by ``check(obj) -> (ok, status)``."""
+
+    api_version: str
+    kind: str
+    name: str
+    namespace: str | None
+    what: str
+    check: Callable[[dict[str, Any] | None], tuple[bool, str]]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
+
+
+@dataclass
+class Step:
+    """One line of the plan: apply an object, generate a Secret, or build an image."""
+
+    action: str  # "apply" | "generate" | "build"
+    obj: dict[str, Any]
+    waits: list[Wait] = field(default_factory=list)
+    note: str = ""
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ref(self) -> str:
+        return object_ref(self.obj)
+
+
+@dataclass
+class Phase:
+    """Steps applied together, then waited on together."""
+
+    name: str
+    steps: list[Step] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    """What a bootstrap did: one ``(phase, ref, outcome)`` per step, and the elapsed time."""
+
+    results: list[tuple[str, str, str]] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    def count(self, outcome: str) -> int:
+        """Number of steps with this outcome (``created``, ``configured``, ``unchanged``...)."""
+        return sum(1 for _, _, o in self.results if o == outcome)
+
+
+def _group(api_version: str) -> str:
+    return api_version.split("/")[0] if "/" in api_version else ""
+
+
+def _kind_key(obj: dict[str, Any]) -> str:
+    kind = obj["kind"]
+    if kind == "Service":
+        group = _group(obj["apiVersion"])
+        return "Service/v1" if group == "" else f"Service/{group}"
+    return kind
+
+
+def phase_of(obj: dict[str, Any]) -> str:
+    """The phase an object is applied in (see the module docstring)."""
+    key = _kind_key(obj)
+    for name, kinds in PHASES:
+        if key in kinds or obj["kind"] in kinds:
+            return name
+    return "config" if _group(obj["apiVersion"]) in _BUILTIN_GROUPS else "services"
+
+
+def plural(kind: str) -> str:
+    """Resource plural of a kind, as the CRDs used here name them."""
+    if kind in _PLURAL_EXCEPTIONS:
+        return _PLURAL_EXCEPTIONS[kind]
+    lower = kind.lower()
+    if lower.endswith("y") and lower[-2:-1] not in "aeiou":
+        return lower[:-1] + "ies"
+    if lower.endswith(("s", "x", "ch", "sh")):
+        return lower + "es"
+    return lower + "s"
+
+
+def crd_name(api_version: str, kind: str) -> str | None:
+    """Name of the CRD serving a kind (``kafkatopics.kafka.strimzi.io``), None for built-in kinds."""
+    group = _group(api_version)
+    if group in _BUILTIN_GROUPS:
+        return None
+    return f"{plural(kind)}.{group}"
+
+
+def _conditions(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
+    return list(((obj or {}).get("status") or {}).get("conditions") or [])
+
+
+def _condition_summary(obj: dict[str, Any] | None) -> str:
+    if obj is None:
+        return "not found"
+    conds = _conditions(obj)
+    if not conds:
+        status = obj.get("status") or {}
+        if status.get("phase") or status.get("state"):
+            return f"phase {status.get('phase') or status.get('state')}"
+        return "no status reported yet"
+    parts = []
+    for cond in conds:
+        text = f"{cond.get('type')}={cond.get('status')}"
+        detail = " ".join(str(cond[k]) for k in ("reason", "message") if cond.get(k))
+        parts.append(f"{text} ({detail})" if detail else text)
+    return ", ".join(parts)
+
+
+def condition_check(cond_type: str, *, fail_on: str | None = None) -> Callable[[dict | None], tuple[bool, str]]:
+    """A check that passes when condition ``cond_type`` is ``True``.
+
+    Args:
+        cond_type: Condition type (``Ready``, ``Available``, ``Established``, ``Complete``).
+        fail_on: A condition type that means definite failure (``Failed`` for Jobs).
+    """
+
+    def check(obj: dict[str, Any] | None) -> tuple[bool, str]:
+        for cond in _conditions(obj):
+            if fail_on and cond.get("type") == fail_on and cond.get("status") == "True":
+                raise BootstrapError(f"{object_ref(obj or {})} failed: {_condition_summary(obj)}")
+            if cond.get("type") == cond_type and cond.get("status") == "True":
+                return True, f"{cond_type}=True"
+        return False, _condition_summary(obj)
+
+    return check
+
+
+def _status_value_check(key: str, wanted: str, *, also_condition: str | None = None) -> Callable:
+    def check(obj: dict[str, Any] | None) -> tuple[bool, str]:
+        status = (obj or {}).get("status") or {}
+        if str(status.get(key, "")).lower() == wanted.lower():
+            return True, f"{key} {status[key]}"
+        if also_condition:
+            ok, _ = condition_check(also_condition)(obj)
+            if ok:
+                return True, f"{also_condition}=True"
+        if obj is None:
+            return False, "not found"
+        return False, f"{key} {status.get(key) or '(none)'}; {_condition_summary(obj)}"
+
+    return check
+
+
+def _build_check(obj: dict[str, Any] | None) -> tuple[bool, str]:
+    phase = ((obj or {}).get("status") or {}).get("phase")
+    if phase == "Complete":
+        return True, "phase Complete"
+    if phase in ("Failed", "Error", "Cancelled"):
+        message = ((obj or {}).get("status") or {}).get("message") or ""
+        raise BootstrapError(f"{object_ref(obj or {})} {phase.lower()}: {message}".rstrip(": "))
+    return False, f"phase {phase or '(none)'}"
+
+
+def readiness_waits(obj: dict[str, Any]) -> list[Wait]:
+    """The waits that say an applied object is ready (empty for objects that are ready once stored)."""
+    meta = obj["metadata"]
+    kind, api_version = obj["kind"], obj["apiVersion"]
+    name, namespace = meta["name"], meta.get("namespace")
+
+    def wait(what: str, check: Callable) -> Wait:
+        return Wait(api_version, kind, name, namespace, what, check)
+
+    if kind == "Namespace":
+        return [wait("phase Active", _status_value_check("phase", "Active"))]
+    if kind == "ClusterPolicy":
+        return [wait("state ready", _status_value_check("state", "ready"))]
+    if kind == "DataScienceCluster":
+        return [wait("phase Ready", _status_value_check("phase", "Ready", also_condition="Ready"))]
+    if kind == "VirtualMachine":
+        return [wait("Ready", _status_value_check("ready", "true", also_condition="Ready"))]
+    if kind == "Job":
+        return [wait("Complete", condition_check("Complete", fail_on="Failed"))]
+    cond = _READY_CONDITION.get(_kind_key(obj))
+    if cond:
+        return [wait(f"{cond}=True", condition_check(cond))]
+    return []
+
+
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    return dict(value)
+
+
+def _contains(actual: Any, desired: Any) -> bool:
+    """Whether ``actual`` already holds everything ``desired`` says (server defaults may add more)."""
+    if isinstance(desired, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
+    if isinstance(desired, list):
+        return (isinstance(actual, list) and len(actual) == len(desired)
+                and all(_contains(a, d) for a, d in zip(actual, desired)))
+    return actual == desired
+
+
+def _status_code(exc: BaseException) -> int | None:
+    status = getattr(exc, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def _is_kind_missing(exc: BaseException) -> bool:
+    # kubernetes.dynamic raises ResourceNotFoundError (no HTTP status) when discovery lacks a kind.
+    return type(exc).__name__ == "ResourceNotFoundError"
+
+
+def _api_message(exc: BaseException) -> str:
+    summary = getattr(exc, "summary", None)
+    if callable(summary):
+        try:
+            return str(summary())
+        except Exception:  # noqa: BLE001 - fall back to the plain text
+            pass
+    return f"{_status_code(exc) or ''} {getattr(exc, 'reason', '') or exc}".strip()
+
+
+# --------------------------------------------------------------------------------------------
+# Generated secrets
+
+
+@dataclass
+class Namespaces:
+    """Where the app and the model server live (from the ``vinspect.io/role`` labels)."""
+
+    app: str = "vinspect"
+    models: str | None = "vinspect-models"
+
+    @classmethod
+    def from_objects(cls, objects: Iterable[dict[str, Any]]) -> "Namespaces":
+        """Read the namespaces from the rendered Namespace objects' role labels."""
+        found: dict[str, str] = {}
+        for obj in objects:
+            if obj["kind"] == "Namespace":
+                role = (obj["metadata"].get("labels") or {}).get(APP_ROLE_LABEL)
+                if role:
+                    found[role] = obj["metadata"]["name"]
+        return cls(app=found.get("app", cls.app), models=found.get("models"))
+
+
+def _secret(name: str, namespace: str, data: dict[str, str], *, labels=None, annotations=None) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "vinspect", "app.kubernetes.io/managed-by": "vinspect", **(labels or {})},
+            "annotations": dict(annotations or {}),
+        },
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def _decode(secret: dict[str, Any]) -> dict[str, str]:
+    return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+
+
+def minio_credentials(token: Callable[[int], str] = secrets.token_urlsafe) -> dict[str, str]:
+    """Fresh Minio root credentials (access key 16 characters, secret key 32: Minio's limits are 3-20 / 8-40)."""
+    return {"MINIO_ROOT_USER": token(12), "MINIO_ROOT_PASSWORD": token(24)}
+
+
+def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -> dict[str, Any]:
+    """The OpenShift AI S3 data connection for the models bucket, from the Minio credentials.
+
+    Its keys are the ones ``S3Settings`` reads and KServe's storage initializer understands.
+    """
+    return _secret(
+        DATA_CONNECTION_SECRET,
+        namespace,
+        {
+            "AWS_ACCESS_KEY_ID": creds["MINIO_ROOT_USER"],
+            "AWS_SECRET_ACCESS_KEY": creds["MINIO_ROOT_PASSWORD"],
+            "AWS_S3_ENDPOINT": f"http://minio.{app_namespace}.svc.cluster.local:{MINIO_PORT}",
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "AWS_S3_BUCKET": MODELS_BUCKET,
+        },
+        labels={"opendatahub.io/dashboard": "true", "opendatahub.io/managed": "true"},
+        annotations={"opendatahub.io/connection-type": "s3", "openshift.io/display-name": "models"},
+    )
+
+
+def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step]:
+    names = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects}
+    steps = []
+    if ("Deployment", ns.app, "minio") in names:
+        keys = ["MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"]
+        steps.append(Step("generate", _secret(MINIO_SECRET, ns.app, dict.fromkeys(keys, "")),
+                          note="Minio root credentials (secrets.token_urlsafe), kept if present"))
+        for namespace in [ns.app] + ([ns.models] if ns.models else []):
+            steps.append(Step("generate", data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
+                              note=f"S3 data connection from {MINIO_SECRET}", params={"app_namespace": ns.app}))
+    if ("VirtualMachine", ns.app, "cvat") in names:
+        keys = ["CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_URL", "CVAT_HOST"]
+        steps.append(Step("generate", _secret(CVAT_SECRET, ns.app, dict.fromkeys(keys, "")),
+                          note="CVAT admin credentials, kept if present"))
+    return steps
+
+
+# --------------------------------------------------------------------------------------------
+# Plan
+
+
+def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phase]:
+    """Order objects into phases, with the waits after each and the generated Secrets.
+
+    Args:
+        objects: Rendered objects (see :func:`infra.render.render`).
+        builds: Include a build step per BuildConfig.
+
+    Returns:
+        Non-empty phases in apply order.
+    """
+    objects = list(objects)
+    ns = Namespaces.from_objects(objects)
+    phases = {name: Phase(name) for name in _PHASE_NAMES}
+    phases["config"].steps.extend(_generated_steps(objects, ns))
+    for obj in objects:
+        phases[phase_of(obj)].steps.append(Step("apply", obj, readiness_waits(obj)))
+        if obj["kind"] == "BuildConfig" and builds:
+            phases["builds"].steps.append(Step("build", obj, note="start a build of this repository, wait Complete"))
+    return [phases[name] for name in _PHASE_NAMES if phases[name].steps]
+
+
+def format_plan(phases: list[Phase]) -> str:
+    """The plan as text, one line per step with what is waited on. Never shows Secret values."""
+    lines = []
+    total = len(phases)
+    for index, phase in enumerate(phases, 1):
+        lines.append(f"phase {index}/{total}: {phase.name}")
+        for step in phase.steps:
+            crd = crd_name(step.obj["apiVersion"], step.obj["kind"]) if step.action == "apply" else None
+            waits = [f"CRD {crd} Established"] if crd else []
+            if step.obj["kind"] == "Subscription" and step.action == "apply":
+                waits.append("CSV Succeeded")
+            waits += [w.what for w in step.waits]
+            if step.action == "generate":
+                keys = ", ".join(sorted(step.obj.get("data") or {}))
+                text = f"  generate {step.ref} [{keys}]"
+            else:
+                text = f"  {step.action:8s} {step.ref}"
+            if step.note and step.action != "generate":
+                text += f" ({step.note})"
+            elif step.note:
+                text += f" - {step.note}"
+            if waits:
+                text += f"  -> wait: {'; '.join(waits)}"
+            lines.append(text)
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Apply
+
+
+Builder = Callable[[dict[str, Any]], str]
+
+
+class Bootstrapper:
+    """Runs a plan against a cluster client.
+
+    Args:
+        client: A ``kubernetes.dynamic.DynamicClient`` (or anything with its shape).
+        timeout: Seconds each wait may take before :class:`BootstrapTimeout`.
+        poll_interval: Seconds between polls.
+        clock: Monotonic clock (tests pass the fake cluster's).
+        sleep: Sleep function (tests pass one that advances the fake cluster).
+        log: Called with one line per event.
+        builder: Starts a build for a BuildConfig and returns the Build's name; None skips builds.
+        rebuild: Build even when the image stream already has its output tag.
+        token: Random-token function for generated credentials.
+        on_step: Called with ``(step ref, outcome)`` after each step (progress bars).
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        timeout: float = 900.0,
+        poll_interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] = lambda line: None,
+        builder: Builder | None = None,
+        rebuild: bool = False,
+        token: Callable[[int], str] = secrets.token_urlsafe,
+        on_step: Callable[[str, str], None] = lambda ref, outcome: None,
+    ) -> None:
+        self.client = client
+        self.on_step = on_step
+        self.timeout = timeout
+        self.poll_interval = poll_interval
+        self.clock = clock
+        self.sleep = sleep
+        self.log = log
+        self.builder = builder
+        self.rebuild = rebuild
+        self.token = token
+        self._minio: dict[str, str] | None = None
+
+    # -- client helpers ----------------------------------------------------------------------
+
+    def _resource(self, api_version: str, kind: str) -> Any:
+        return self.client.resources.get(api_version=api_version, kind=kind)
+
+    def _get(self, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
+        try:
+            resource = self._resource(api_version, kind)
+            return _as_dict(resource.get(name=name, namespace=namespace))
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if _status_code(exc) == 404 or _is_kind_missing(exc):
+                return None
+            raise BootstrapError(f"reading {kind} {name}: {_api_message(exc)}") from exc
+
+    def _apply(self, obj: dict[str, Any]) -> str:
+        meta = obj["metadata"]
+        ref = object_ref(obj)
+        try:
+            resource = self._resource(obj["apiVersion"], obj["kind"])
+        except Exception as exc:  # noqa: BLE001
+            raise BootstrapError(f"{ref}: the cluster does not serve {obj['kind']} {obj['apiVersion']}") from exc
+        try:
+            resource.create(body=obj, namespace=meta.get("namespace"))
+            return "created"
+        except Exception as exc:  # noqa: BLE001
+            if _status_code(exc) != 409:
+                raise BootstrapError(f"{ref}: create failed: {_api_message(exc)}") from exc
+        if (_group(obj["apiVersion"]), obj["kind"]) in _CREATE_ONLY:
+            return "unchanged"
+        existing = self._get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
+        if existing is not None and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
+            return "unchanged"
+        try:
+            resource.patch(
+                body=obj,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                content_type="application/merge-patch+json",
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise BootstrapError(f"{ref}: patch failed: {_api_message(exc)}") from exc
+        return "configured"
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait_all(self, waits: list[Wait], *, quiet: bool = False) -> None:
+        """Poll until every wait passes; raise :class:`BootstrapTimeout` naming the first one left.
+
+        Args:
+            waits: What to wait for.
+            quiet: Log nothing when everything is ready at the first poll.
+        """
+        pending = list(waits)
+        last: dict[int, str] = {}
+        deadline = self.clock() + self.timeout
+        first_poll = True
+        while True:
+            still = []
+            for item in pending:
+                obj = self._get(item.api_version, item.kind, item.name, item.namespace)
+                ok, status = item.check(obj)
+                last[id(item)] = status
+                if ok:
+                    if not (quiet and first_poll):
+                        self.log(f"  ready    {item.ref} ({status})")
+                else:
+                    still.append(item)
+            pending = still
+            if not pending:
+                return
+            if first_poll:
+                first_poll = False
+                for item in pending:
+                    self.log(f"  waiting  {item.ref} to be {item.what}")
+            if self.clock() >= deadline:
+                first = pending[0]
+                others = f" (and {len(pending) - 1} more)" if len(pending) > 1 else ""
+                raise BootstrapTimeout(
+                    f"timed out after {self.timeout:g}s waiting for {first.ref} to be {first.what}{others}; "
+                    f"last status: {last[id(first)]}"
+                )
+            self.sleep(self.poll_interval)
+
+    def _crd_wait(self, api_version: str, kind: str) -> Wait | None:
+        name = crd_name(api_version, kind)
+        if name is None:
+            return None
+        return Wait(
+            "apiextensions.k8s.io/v1", "CustomResourceDefinition", name, None,
+            f"Established (serving {kind})", condition_check("Established"),
+        )
+
+    def _wait_kind_served(self, api_version: str, kind: str) -> None:
+        # The CRD can be Established a moment before discovery lists the kind: poll both.
+        crd = self._crd_wait(api_version, kind)
+        if crd is None:
+            return
+
+        def served(obj: dict[str, Any] | None) -> tuple[bool, str]:
+            ok, status = crd.check(obj)
+            if not ok:
+                return False, status
+            try:
+                self._resource(api_version, kind)
+            except Exception as exc:  # noqa: BLE001
+                if _is_kind_missing(exc):
+                    return False, "Established, not yet in API discovery"
+                raise
+            return True, status
+
+        self.wait_all([Wait(crd.api_version, crd.kind, crd.name, None, crd.what, served)], quiet=True)
+
+    def _subscription_waits(self, sub: dict[str, Any]) -> list[Wait]:
+        name, namespace = sub["metadata"]["name"], sub["metadata"]["namespace"]
+
+        def csv_succeeded(obj: dict[str, Any] | None) -> tuple[bool, str]:
+            status = (obj or {}).get("status") or {}
+            csv = status.get("installedCSV") or status.get("currentCSV")
+            if not csv:
+                return False, f"no CSV yet (state {status.get('state') or '(none)'}; {_condition_summary(obj)})"
+            csv_obj = self._get("operators.coreos.com/v1alpha1", "ClusterServiceVersion", csv, namespace)
+            phase = ((csv_obj or {}).get("status") or {}).get("phase")
+            if phase == "Succeeded":
+                return True, f"CSV {csv} Succeeded"
+            reason = ((csv_obj or {}).get("status") or {}).get("message") or ""
+            return False, f"CSV {csv} phase {phase or '(none)'}{': ' + reason if reason else ''}"
+
+        return [Wait(sub["apiVersion"], "Subscription", name, namespace, "installed (CSV Succeeded)", csv_succeeded)]
+
+    # -- generated secrets -------------------------------------------------------------------
+
+    def _generate(self, step: Step) -> str:
+        meta = step.obj["metadata"]
+        name, namespace = meta["name"], meta["namespace"]
+        existing = self._get("v1", "Secret", name, namespace)
+        if name == MINIO_SECRET:
+            if existing:
+                self._minio = _decode(existing)
+                return "unchanged"
+            self._minio = minio_credentials(self.token)
+            return self._apply(_secret(name, namespace, self._minio))
+        if name == DATA_CONNECTION_SECRET:
+            if self._minio is None:
+                raise BootstrapError(f"{step.ref}: built from Secret {MINIO_SECRET}, which was not generated first")
+            desired = data_connection(namespace, step.params["app_namespace"], self._minio)
+            if existing and _decode(existing) == _decode(desired):
+                return "unchanged"
+            return self._apply(desired)
+        if name == CVAT_SECRET:
+            if existing:
+                return "unchanged"
+            return self._apply(_secret(name, namespace, self._cvat_values(namespace)))
+        raise BootstrapError(f"{step.ref}: no generator for this Secret")
+
+    def _cvat_values(self, namespace: str) -> dict[str, str]:
+        ingress = self._get("config.openshift.io/v1", "Ingress", "cluster", None)
+        domain = ((ingress or {}).get("spec") or {}).get("domain")
+        if not domain:
+            raise BootstrapError(
+                "cannot name the CVAT host: Ingress config 'cluster' (config.openshift.io/v1) has no spec.domain"
+            )
+        return {
+            "CVAT_USERNAME": "admin",
+            "CVAT_PASSWORD": self.token(24),
+            "CVAT_URL": f"http://cvat.{namespace}.svc.cluster.local:8080",
+            # OpenShift's default host for Route "cvat": <route>-<namespace>.<apps domain>.
+            "CVAT_HOST": f"cvat-{namespace}.{domain}",
+        }
+
+    # -- builds ------------------------------------------------------------------------------
+
+    def _build(self, step: Step) -> tuple[str, list[Wait]]:
+        bc = step.obj
+        namespace = bc["metadata"]["namespace"]
+        output = bc["spec"]["output"]["to"]["name"]
+        stream, _, tag = output.partition(":")
+        if self.builder is None:
+            return "skipped (no builder)", []
+        if not self.rebuild:
+            image_stream = self._get("image.openshift.io/v1", "ImageStream", stream, namespace)
+            tags = [t.get("tag") for t in ((image_stream or {}).get("status") or {}).get("tags") or []]
+            if (tag or "latest") in tags:
+                return "unchanged (image present)", []
+        build_name = self.builder(bc)
+        self.log(f"  build    {bc['metadata']['name']} -> Build {build_name}")
+        return "started", [Wait("build.openshift.io/v1", "Build", build_name, namespace, "Complete", _build_check)]
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def run(self, phases: list[Phase]) -> Report:
+        """Apply the phases in order, waiting after each. Returns what was done."""
+        report = Report()
+        started = self.clock()
+        for index, phase in enumerate(phases, 1):
+            self.log(f"phase {index}/{len(phases)}: {phase.name}")
+            waits: list[Wait] = []
+            for step in phase.steps:
+                if step.action == "generate":
+                    outcome = self._generate(step)
+                elif step.action == "build":
+                    outcome, build_waits = self._build(step)
+                    waits += build_waits
+                else:
+                    self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
+                    outcome = self._apply(step.obj)
+                    if step.obj["kind"] == "Subscription":
+                        waits += self._subscription_waits(step.obj)
+                    waits += step.waits
+                self.log(f"  {outcome:8s} {step.ref}")
+                report.results.append((phase.name, step.ref, outcome))
+                self.on_step(step.ref, outcome)
+            if waits:
+                self.wait_all(waits)
+        report.elapsed_s = self.clock() - started
+        return report
+
+
+def bootstrap(
+    client: Any,
+    objects: Iterable[dict[str, Any]],
+    *,
+    builds: bool = True,
+    **options: Any,
+) -> Report:
+    """Plan and apply ``objects`` through ``client`` (see :class:`Bootstrapper` for ``options``).
+
+    Raises:
+        BootstrapTimeout: A wait ran out of time (the message names the object and its status).
+        BootstrapError: The API refused an object, or a Job or build failed.
+    """
+    return Bootstrapper(client, **options).run(plan(objects, builds=builds))
