@@ -1,0 +1,28 @@
+"""Errors raised by the data step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """Bad input data: names the file (and line, when there is one) and what to do next.
+
+    Attributes:
+        file: The offending file, relative to the export root where possible.
+        line: 1-based line number inside ``file``, if the problem is on one line.
+        reason: The message without the location prefix.
+    """
+
+    def __init__(self, reason: str, *, file: str | Path | None = None, line: int | None = None):
+        self.reason = reason
+        self.file = str(file) if file is not None else None
+        self.line = line
+        where = ""
+        if self.file is not None:
+            where = f"{self.file}:{line}: " if line is not None else f"{self.file}: "
+        super().__init__(f"{where}{reason}")
+
+
+class CVATError(RuntimeError):
+    """A CVAT server refused, failed or did not answer in time."""

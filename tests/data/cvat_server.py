@@ -1,0 +1,401 @@
+"""A small CVAT 2.x server for tests: real HTTP on loopback, answering what cvat-sdk calls.
+
+Built from ``../shared/specs/cvat_api_excerpt.yaml`` (CVAT's OpenAPI schema, v2.72): login (token,
+session cookie + CSRF, personal access token as ``Bearer``, basic auth), ``/api/server/about``,
+tasks, projects, the paginated ``/api/jobs`` list, the asynchronous export
+(``POST /api/{tasks|projects|jobs}/{id}/dataset/export`` -> 202 ``{rq_id}``; ``GET /api/requests/{rq_id}``
+queued -> started -> finished or failed; download from ``result_url`` with a Content-Disposition
+file name), and CVAT's error bodies (``{"detail": ...}``; 401, 404, 405 for an unknown format).
+
+Exports are built on request from in-memory frames in "Ultralytics YOLO Detection 1.0",
+"YOLO 1.1" or "CVAT for images 1.1", with each task's subset, the way CVAT lays them out.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import secrets
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+CT = "application/vnd.cvat+json"
+FORMATS = ("Ultralytics YOLO Detection 1.0", "YOLO 1.1", "CVAT for images 1.1")
+NOW = "2026-01-01T00:00:00.000000Z"
+
+
+@dataclass
+class Frame:
+    """One image of a task with its rectangles in pixels."""
+
+    name: str
+    data: bytes
+    width: int
+    height: int
+    boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)
+
+
+@dataclass
+class Job:
+    id: int
+    task_id: int
+    frames: range  # frame indices of the task
+    state: str = "completed"
+    stage: str = "acceptance"
+
+
+@dataclass
+class Task:
+    id: int
+    name: str
+    labels: list[str]
+    frames: list[Frame]
+    jobs: list[Job]
+    subset: str = ""
+    project_id: int | None = None
+
+
+@dataclass
+class Project:
+    id: int
+    name: str
+    labels: list[str]
+
+
+@dataclass
+class ExportRequest:
+    id: str
+    target: str
+    obj_id: int
+    fmt: str
+    polls: int = 0
+    archive: bytes | None = None
+
+
+class FakeCVAT:
+    """The server. Configure ``tasks``/``projects`` and failure knobs, then ``start()``.
+
+    Attributes:
+        polls_before_finish: How many status polls answer queued/started before finished.
+        fail_exports: ``(target, id)`` whose export ends ``failed``.
+        stuck_exports: ``(target, id)`` whose export never finishes.
+        calls: ``(method, path)`` of every request, for assertions.
+    """
+
+    def __init__(self, *, username: str = "annotator", password: str = "correct horse", pat: str | None = None,
+                 page_size: int = 2, version: str = "2.72.0"):
+        self.username, self.password = username, password
+        self.pat = pat or "pat_" + secrets.token_hex(8)
+        self.tokens: set[str] = set()
+        self.sessions: dict[str, str] = {}  # sessionid -> csrftoken
+        self.tasks: dict[int, Task] = {}
+        self.projects: dict[int, Project] = {}
+        self.requests: dict[str, ExportRequest] = {}
+        self.polls_before_finish = 2
+        self.fail_exports: set[tuple[str, int]] = set()
+        self.stuck_exports: set[tuple[str, int]] = set()
+        self.page_size = page_size
+        self.version = version
+        self.calls: list[tuple[str, str]] = []
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -------------------------------------------------------------- lifecycle
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> "FakeCVAT":
+        handler = type("Handler", (_Handler,), {"cvat": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    # -------------------------------------------------------------- models
+    def task_json(self, t: Task) -> dict:
+        done = sum(j.state == "completed" for j in t.jobs)
+        return {
+            "url": f"{self.url}/api/tasks/{t.id}", "id": t.id, "name": t.name, "project_id": t.project_id,
+            "owner": {"url": f"{self.url}/api/users/1", "id": 1, "username": self.username, "first_name": "",
+                      "last_name": ""},
+            "assignee": None, "bug_tracker": "", "created_date": NOW, "updated_date": NOW, "overlap": 0,
+            "segment_size": max((len(j.frames) for j in t.jobs), default=0),
+            "status": "completed" if done == len(t.jobs) else "annotation",
+            "size": len(t.frames), "mode": "annotation", "dimension": "2d", "subset": t.subset,
+            "jobs": {"count": len(t.jobs), "completed": done, "validation": 0,
+                     "url": f"{self.url}/api/jobs?task_id={t.id}"},
+            "labels": {"url": f"{self.url}/api/labels?task_id={t.id}"},
+            "target_storage": None, "source_storage": None,
+        }
+
+    def project_json(self, p: Project) -> dict:
+        tasks = [t for t in self.tasks.values() if t.project_id == p.id]
+        return {
+            "url": f"{self.url}/api/projects/{p.id}", "id": p.id, "name": p.name,
+            "owner": {"url": f"{self.url}/api/users/1", "id": 1, "username": self.username},
+            "assignee": None, "bug_tracker": "", "task_subsets": sorted({t.subset for t in tasks if t.subset}),
+            "created_date": NOW, "updated_date": NOW, "status": "annotation", "dimension": "2d",
+            "target_storage": None, "source_storage": None,
+            "tasks": {"count": len(tasks), "url": f"{self.url}/api/tasks?project_id={p.id}"},
+            "labels": {"url": f"{self.url}/api/labels?project_id={p.id}"},
+        }
+
+    def job_json(self, j: Job) -> dict:
+        t = self.tasks[j.task_id]
+        return {
+            "url": f"{self.url}/api/jobs/{j.id}", "id": j.id, "task_id": j.task_id, "project_id": t.project_id,
+            "stage": j.stage, "state": j.state, "status": "completed" if j.state == "completed" else "annotation",
+            "start_frame": j.frames.start, "stop_frame": j.frames.stop - 1, "frame_count": len(j.frames),
+            "mode": "annotation", "dimension": "2d", "type": "annotation", "created_date": NOW, "updated_date": NOW,
+            "issues": {"url": f"{self.url}/api/issues?job_id={j.id}", "count": 0},
+            "labels": {"url": f"{self.url}/api/labels?job_id={j.id}"},
+        }
+
+    def request_json(self, r: ExportRequest) -> dict:
+        status = r.archive is not None and "finished"
+        if not status:
+            status = "queued" if r.polls <= 1 else "started"
+        if (r.target, r.obj_id) in self.fail_exports and r.polls > self.polls_before_finish:
+            status = "failed"
+        body = {
+            "id": r.id, "status": status, "message": "" if status != "failed" else
+            "Traceback (most recent call last): datumaro.components.errors.DatasetExportError: disk full",
+            "operation": {"type": "export:dataset", "target": r.target, f"{r.target}_id": r.obj_id,
+                          "format": r.fmt, "lightweight": True},
+            "progress": None if status == "queued" else (1.0 if status == "finished" else 0.5),
+            "created_date": NOW, "started_date": None if status == "queued" else NOW,
+            "finished_date": NOW if status in ("finished", "failed") else None, "expiry_date": None,
+            "owner": {"id": 1, "username": self.username},
+            "result_url": f"{self.url}/api/{r.target}s/{r.obj_id}/dataset/download?rq_id={r.id}"
+            if status == "finished" else None,
+            "result_id": None,
+        }
+        return body
+
+    # -------------------------------------------------------------- exports
+    def frames_for(self, target: str, obj_id: int) -> tuple[list[str], list[tuple[Task, Frame]]]:
+        if target == "task":
+            t = self.tasks[obj_id]
+            return t.labels, [(t, f) for f in t.frames]
+        if target == "job":
+            j = next(j for t in self.tasks.values() for j in t.jobs if j.id == obj_id)
+            t = self.tasks[j.task_id]
+            return t.labels, [(t, t.frames[i]) for i in j.frames]
+        p = self.projects[obj_id]
+        return p.labels, [(t, f) for t in sorted(self.tasks.values(), key=lambda t: t.id)
+                          if t.project_id == obj_id for f in t.frames]
+
+    def build_archive(self, r: ExportRequest) -> bytes:
+        labels, frames = self.frames_for(r.target, r.obj_id)
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+            by_subset: dict[str, list[tuple[Task, Frame]]] = {}
+            for t, f in frames:
+                by_subset.setdefault(t.subset or ("train" if r.fmt != "CVAT for images 1.1" else ""), []).append((t, f))
+            if r.fmt == "Ultralytics YOLO Detection 1.0":
+                data = {"path": ".", **{s: f"images/{s}" for s in by_subset}, "names": dict(enumerate(labels))}
+                z.writestr("data.yaml", yaml.safe_dump(data, sort_keys=False))
+                for s, fs in by_subset.items():
+                    for _t, f in fs:
+                        z.writestr(f"images/{s}/{f.name}", f.data)
+                        z.writestr(f"labels/{s}/{f.name.rsplit('.', 1)[0]}.txt", _yolo_lines(f, labels))
+            elif r.fmt == "YOLO 1.1":
+                z.writestr("obj.names", "".join(n + "\n" for n in labels))
+                z.writestr("obj.data", f"classes = {len(labels)}\n" + "".join(
+                    f"{s} = data/{s}.txt\n" for s in by_subset) + "names = data/obj.names\nbackup = backup/\n")
+                for s, fs in by_subset.items():
+                    z.writestr(f"{s}.txt", "".join(f"data/obj_{s}_data/{f.name}\n" for _t, f in fs))
+                    for _t, f in fs:
+                        z.writestr(f"obj_{s}_data/{f.name}", f.data)
+                        z.writestr(f"obj_{s}_data/{f.name.rsplit('.', 1)[0]}.txt", _yolo_lines(f, labels))
+            else:
+                z.writestr("annotations.xml", _cvat_xml(r, labels, frames))
+                for t, f in frames:
+                    prefix = f"images/{t.subset}/" if r.target == "project" and t.subset else "images/"
+                    z.writestr(prefix + f.name, f.data)
+        return buf.getvalue()
+
+
+def _yolo_lines(f: Frame, labels: list[str]) -> str:
+    out = []
+    for lab, x0, y0, x1, y1 in f.boxes:
+        out.append(f"{labels.index(lab)} {(x0 + x1) / 2 / f.width:.6f} {(y0 + y1) / 2 / f.height:.6f} "
+                   f"{(x1 - x0) / f.width:.6f} {(y1 - y0) / f.height:.6f}\n")
+    return "".join(out)
+
+
+def _cvat_xml(r: ExportRequest, labels: list[str], frames) -> str:
+    meta = "project" if r.target == "project" else "task"
+    lab = "".join(f"<label><name>{n}</name><type>rectangle</type><attributes></attributes></label>" for n in labels)
+    parts = [f'<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n'
+             f"<meta><{meta}><id>{r.obj_id}</id><labels>{lab}</labels></{meta}></meta>\n"]
+    for i, (t, f) in enumerate(frames):
+        sub = f' subset="{t.subset}" task_id="{t.id}"' if meta == "project" and t.subset else ""
+        parts.append(f'<image id="{i}" name="{f.name}" width="{f.width}" height="{f.height}"{sub}>\n')
+        for lab_name, x0, y0, x1, y1 in f.boxes:
+            parts.append(f'<box label="{lab_name}" occluded="0" source="manual" xtl="{x0:.2f}" ytl="{y0:.2f}" '
+                         f'xbr="{x1:.2f}" ybr="{y1:.2f}" z_order="0"></box>\n')
+        parts.append("</image>\n")
+    parts.append("</annotations>\n")
+    return "".join(parts)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    cvat: FakeCVAT
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    # -------------------------------------------------------------- plumbing
+    def _send(self, status: int, body=None, *, ctype: str = CT, headers: dict | None = None) -> None:
+        raw = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(raw)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _cookies(self) -> dict[str, str]:
+        out = {}
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            if "=" in part:
+                k, v = part.strip().split("=", 1)
+                out[k] = v
+        return out
+
+    def _authenticated(self, unsafe: bool) -> bool | str:
+        c = self.cvat
+        auth = self.headers.get("Authorization") or ""
+        if auth.startswith("Token "):
+            return auth[6:] in c.tokens or "Invalid token."
+        if auth.startswith("Bearer "):
+            return auth[7:] == c.pat or "Invalid token."
+        if auth.startswith("Basic "):
+            user, _, pw = base64.b64decode(auth[6:]).decode().partition(":")
+            return (user == c.username and pw == c.password) or "Invalid username/password."
+        cookies = self._cookies()
+        sid = cookies.get("sessionid")
+        if sid in c.sessions:
+            if unsafe and self.headers.get("X-CSRFToken") != c.sessions[sid]:
+                return "CSRF Failed: CSRF token missing or incorrect."
+            return True
+        return "Authentication credentials were not provided."
+
+    def _route(self, method: str) -> None:
+        c = self.cvat
+        parts = urlsplit(self.path)
+        path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        c.calls.append((method, path))
+        body = self._body() if method == "POST" else b""
+        if path == "/api/server/about" and method == "GET":
+            return self._send(200, {"name": "Computer Vision Annotation Tool", "description": "test server",
+                                    "version": c.version, "logo_url": "", "subtitle": ""})
+        if path == "/api/auth/login" and method == "POST":
+            creds = json.loads(body or b"{}")
+            if creds.get("username") != c.username or creds.get("password") != c.password:
+                return self._send(400, {"non_field_errors": ["Unable to log in with provided credentials."]})
+            key, sid, csrf = secrets.token_hex(20), secrets.token_hex(16), secrets.token_hex(16)
+            c.tokens.add(key)
+            c.sessions[sid] = csrf
+            self.send_response(200)
+            raw = json.dumps({"key": key}).encode()
+            self.send_header("Content-Type", CT)
+            self.send_header("Content-Length", str(len(raw)))
+            self.send_header("Set-Cookie", f"sessionid={sid}; HttpOnly; Path=/; SameSite=Lax")
+            self.send_header("Set-Cookie", f"csrftoken={csrf}; Path=/; SameSite=Lax")
+            self.end_headers()
+            self.wfile.write(raw)
+            return None
+        ok = self._authenticated(unsafe=method not in ("GET", "HEAD"))
+        if ok is not True:
+            return self._send(401, {"detail": ok}, headers={"WWW-Authenticate": 'Token'})
+        seg = path.split("/")[2:]  # after /api
+        try:
+            return self._dispatch(method, seg, query)
+        except KeyError:
+            return self._send(404, {"detail": "Not found."})
+
+    def _dispatch(self, method: str, seg: list[str], query: dict) -> None:
+        c = self.cvat
+        if seg[:1] == ["server"] and seg[1:] == ["annotation", "formats"]:
+            fmts = [{"name": f, "ext": "ZIP", "version": f.rsplit(" ", 1)[-1], "enabled": True, "dimension": "2d"}
+                    for f in FORMATS]
+            return self._send(200, {"importers": fmts, "exporters": fmts})
+        if seg[0] in ("tasks", "projects") and len(seg) == 2 and method == "GET":
+            obj_id = int(seg[1])
+            if seg[0] == "tasks":
+                return self._send(200, c.task_json(c.tasks[obj_id]))
+            return self._send(200, c.project_json(c.projects[obj_id]))
+        if seg == ["jobs"] and method == "GET":
+            jobs = [j for t in sorted(c.tasks.values(), key=lambda t: t.id) for j in t.jobs
+                    if ("task_id" not in query or j.task_id == int(query["task_id"]))
+                    and ("project_id" not in query or c.tasks[j.task_id].project_id == int(query["project_id"]))]
+            page, size = int(query.get("page", 1)), int(query.get("page_size", c.page_size))
+            chunk = jobs[(page - 1) * size: page * size]
+            nxt = f"{c.url}/api/jobs?page={page + 1}" if page * size < len(jobs) else None
+            return self._send(200, {"count": len(jobs), "next": nxt, "previous": None,
+                                    "results": [c.job_json(j) for j in chunk]})
+        if len(seg) == 4 and seg[2:] == ["dataset", "export"] and method == "POST":
+            target = seg[0].rstrip("s")
+            obj_id = int(seg[1])
+            if target == "task":
+                c.tasks[obj_id]
+            elif target == "project":
+                c.projects[obj_id]
+            elif not any(j.id == obj_id for t in c.tasks.values() for j in t.jobs):
+                raise KeyError(obj_id)
+            fmt = query.get("format")
+            if fmt not in FORMATS:
+                return self._send(405, {"detail": f"Unknown format specified for the request: {fmt}"})
+            if query.get("save_images") not in ("true", "True", "1"):
+                return self._send(400, {"detail": "this test server only exports with images"})
+            rq = ExportRequest(str(uuid.uuid4()), target, obj_id, fmt)
+            c.requests[rq.id] = rq
+            return self._send(202, {"rq_id": rq.id})
+        if seg[0] == "requests" and len(seg) == 2 and method == "GET":
+            rq = c.requests[seg[1]]
+            rq.polls += 1
+            key = (rq.target, rq.obj_id)
+            if rq.polls > c.polls_before_finish and key not in c.stuck_exports and key not in c.fail_exports:
+                if rq.archive is None:
+                    rq.archive = c.build_archive(rq)
+            return self._send(200, c.request_json(rq))
+        if len(seg) == 4 and seg[2:] == ["dataset", "download"] and method == "GET":
+            rq = c.requests[query["rq_id"]]
+            if rq.archive is None:
+                return self._send(400, {"detail": "the export is not ready"})
+            name = f"{rq.target}_{rq.obj_id}_dataset.zip"
+            return self._send(200, rq.archive, ctype="application/zip",
+                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        raise KeyError(seg)
+
+    def do_GET(self):  # noqa: N802
+        self._route("GET")
+
+    def do_POST(self):  # noqa: N802
+        self._route("POST")

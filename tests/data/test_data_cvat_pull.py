@@ -1,0 +1,147 @@
+"""The CVAT pull with the real cvat-sdk client against a local CVAT 2.x test server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.data import CVATError, DatasetError, import_dataset, pull_annotations
+from components.data.cvat_pull import make_client
+
+FAST = {"cvat_poll": 0.02, "cvat_timeout": 10}
+
+
+def _hidden(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def client(cvat):
+    c = make_client(cvat.url, token=cvat.pat)
+    yield c
+    c.close()
+
+
+def _exports(cvat) -> list[str]:
+    return [p for m, p in cvat.calls if m == "POST" and p.endswith("/dataset/export")]
+
+
+def test_task_with_all_jobs_completed_is_one_export(cvat, client, tmp_path):
+    m = import_dataset(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+    assert _exports(cvat) == ["/api/tasks/2/dataset/export"]
+    polls = [p for meth, p in cvat.calls if p.startswith("/api/requests/")]
+    assert len(polls) == cvat.polls_before_finish + 1, "polled until finished"
+    assert any(p == "/api/tasks/2/dataset/download" for _, p in cvat.calls), "downloaded result_url"
+    assert m["counts"]["images"]["total"] == 8
+    assert m["source"] == {"type": "cvat", "host": cvat.url, "task_id": 2, "format": "Ultralytics YOLO Detection 1.0",
+                           "include_all_jobs": False, "jobs": [21, 22]}
+    assert m["counts"]["boxes"]["total"] == {"scratch": 4, "bent": 4}
+
+
+def test_only_completed_jobs_are_pulled(cvat, client, tmp_path):
+    m = pull_annotations(None, tmp_path / "done", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == ["/api/jobs/11/dataset/export"]
+    assert sorted(i["name"] for i in m["items"]) == [f"t1_{i:03d}.png" for i in range(6)]
+    assert m["source"]["jobs"] == [11] and m["source"]["skipped_jobs"] == [12]
+    cvat.calls.clear()
+    m = pull_annotations(None, tmp_path / "all", cvat_client=client, task_id=1, include_all_jobs=True, **FAST)
+    assert _exports(cvat) == ["/api/tasks/1/dataset/export"]
+    assert len(m["items"]) == 12
+
+
+def test_several_completed_jobs_are_merged(cvat, client, tmp_path):
+    from cvat_server import Job
+
+    cvat.tasks[1].jobs[1].frames = range(6, 9)
+    cvat.tasks[1].jobs.append(Job(13, 1, range(9, 12), "completed"))
+    m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == ["/api/jobs/11/dataset/export", "/api/jobs/13/dataset/export"]
+    assert sorted(i["name"] for i in m["items"]) == [f"t1_{i:03d}.png" for i in (*range(6), 9, 10, 11)]
+
+
+def test_project_keeps_cvat_subsets(cvat, client, tmp_path):
+    m = import_dataset(None, tmp_path / "ds", cvat_client=client, project_id=5, fmt="YOLO 1.1", **FAST)
+    assert _exports(cvat) == ["/api/projects/5/dataset/export"]
+    assert m["split"]["method"] == "cvat_subsets"
+    assert m["split"]["subsets"] == {"Train": "train", "Validation": "val"}
+    assert m["counts"]["images"] == {"train": 8, "val": 8, "total": 16}
+    assert all(i["name"].startswith("t3_") for i in m["items"] if i["split"] == "train")
+
+
+def test_password_login_uses_session_and_csrf(cvat, tmp_path):
+    with make_client(cvat.url, username=cvat.username, password=cvat.password) as c:
+        m = pull_annotations(None, tmp_path / "ds", cvat_client=c, task_id=2, fmt="CVAT for images 1.1", **FAST)
+    assert ("POST", "/api/auth/login") in cvat.calls
+    assert m["source"]["format"] == "CVAT for images 1.1" and len(m["items"]) == 8
+
+
+def test_wrong_password(cvat):
+    with pytest.raises(CVATError, match="cannot log in .*400.*Unable to log in"):
+        make_client(cvat.url, username=cvat.username, password="wrong")
+
+
+def test_missing_credentials(cvat):
+    with pytest.raises(CVATError, match="no CVAT credentials"):
+        make_client(cvat.url)
+
+
+def test_bad_token_is_401(cvat, tmp_path):
+    c = make_client(cvat.url, token="not-a-token")
+    with pytest.raises(CVATError, match=r"HTTP 401.*Invalid token.*CVAT_TOKEN"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=c, task_id=2, **FAST)
+    assert not (tmp_path / "ds").exists() and _hidden(tmp_path) == []
+
+
+def test_unknown_task_is_404(cvat, client, tmp_path):
+    with pytest.raises(CVATError, match=r"reading task 99 failed: HTTP 404.*does not exist"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=99, **FAST)
+    assert not (tmp_path / "ds").exists() and _hidden(tmp_path) == []
+
+
+def test_unknown_format_is_405(cvat, client, tmp_path):
+    with pytest.raises(CVATError, match=r"HTTP 405.*format"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, fmt="COCO 1.0", **FAST)
+
+
+def test_failed_export(cvat, client, tmp_path):
+    cvat.fail_exports.add(("task", 2))
+    with pytest.raises(CVATError, match="CVAT failed to export task 2.*disk full"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+    assert not (tmp_path / "ds").exists() and _hidden(tmp_path) == []
+
+
+def test_export_timeout(cvat, client, tmp_path):
+    cvat.stuck_exports.add(("task", 2))
+    with pytest.raises(CVATError, match=r"not ready after 0s .*'started'"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, cvat_poll=0.05, cvat_timeout=0.3)
+    assert sum(1 for _, p in cvat.calls if p.startswith("/api/requests/")) >= 3
+    assert not (tmp_path / "ds").exists() and _hidden(tmp_path) == []
+
+
+def test_no_completed_jobs(cvat, client, tmp_path):
+    for j in cvat.tasks[1].jobs:
+        j.state = "in progress"
+    with pytest.raises(DatasetError, match=r"task 1 has no completed or accepted jobs.*--include-all-jobs"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == []
+
+
+def test_sdk_calls_stay_within_the_cvat_api(cvat, client, tmp_path, shared_dir):
+    """Every endpoint the pull used is in CVAT's schema excerpt (or is the job list / result download)."""
+    import re
+
+    import yaml
+
+    spec = yaml.safe_load((shared_dir / "specs" / "cvat_api_excerpt.yaml").read_text())
+    templates = [(m.lower(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"))
+                 for p, ops in spec["paths"].items() for m in ops]
+    pull_annotations(None, tmp_path / "a", cvat_client=client, task_id=1, **FAST)
+    pull_annotations(None, tmp_path / "b", cvat_client=client, project_id=5, **FAST)
+    with make_client(cvat.url, username=cvat.username, password=cvat.password):
+        pass
+    extra = {("GET", "/api/jobs")}  # CVAT's job list, outside the excerpt
+    for method, path in cvat.calls:
+        if (method, path) in extra or re.fullmatch(r"/api/(tasks|projects|jobs)/\d+/dataset/download", path):
+            continue
+        assert any(m == method.lower() and t.match(path) for m, t in templates), (method, path)
