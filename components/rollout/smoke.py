@@ -1,0 +1,222 @@
+"""Smoke test of a served model over the v2 protocol with golden images.
+
+The pre- and post-processing are the detector core's (``serving.detector``), the wire format is
+``serving.v2`` with binary tensors, so a model is checked exactly the way the image processor
+will call it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+class SmokeTestError(RuntimeError):
+    """The served model did not answer, or did not find what the golden images show."""
+
+
+@dataclass(frozen=True)
+class GoldenImage:
+    """An image and the classes a working model must find in it.
+
+    Attributes:
+        path: Image file (JPEG or PNG).
+        expected: Class names that must each be detected at least once.
+    """
+
+    path: Path
+    expected: frozenset[str] = field(default_factory=frozenset)
+
+
+def load_golden(spec: Path) -> list[GoldenImage]:
+    """Read golden images from a JSON file ``{"<image path>": ["bent", ...], ...}``.
+
+    Relative image paths are resolved next to the JSON file.
+
+    Raises:
+        SmokeTestError: When the file is malformed or an image is missing (named).
+    """
+    spec = Path(spec)
+    try:
+        raw = json.loads(spec.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SmokeTestError(f"golden image list {spec}: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SmokeTestError(f"golden image list {spec}: expected an object image -> [class names]")
+    out = []
+    for name, classes in raw.items():
+        path = (spec.parent / name).resolve()
+        if not path.is_file():
+            raise SmokeTestError(f"golden image list {spec}: image {name!r} not found at {path}")
+        if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+            raise SmokeTestError(f"golden image list {spec}: {name!r} must map to a list of class names")
+        out.append(GoldenImage(path, frozenset(classes)))
+    return out
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def model_metadata(client, base_url: str, model: str, *, token: str | None = None) -> dict:
+    """``GET /v2/models/{model}`` as a dict.
+
+    Raises:
+        SmokeTestError: On a non-200 answer.
+    """
+    resp = client.get(f"{base_url.rstrip('/')}/v2/models/{model}", headers=_headers(token))
+    if resp.status_code != 200:
+        raise SmokeTestError(f"GET /v2/models/{model}: HTTP {resp.status_code}: {resp.text[:300]}")
+    return resp.json()
+
+
+def infer_v2(
+    client,
+    base_url: str,
+    model: str,
+    tensor: np.ndarray,
+    *,
+    input_name: str = "images",
+    output_name: str = "output0",
+    token: str | None = None,
+) -> tuple[np.ndarray, str | None]:
+    """One v2 inference with binary input and output tensors.
+
+    Args:
+        client: ``httpx.Client`` (or anything with the same ``post``).
+        base_url: Server root (``http://host:port``).
+        model: Model name in ``/v2/models/<model>/infer``.
+        tensor: The input tensor.
+        input_name: Model input name.
+        output_name: Model output name.
+        token: Bearer token, when the endpoint requires one.
+
+    Returns:
+        (output array, model version the server reported).
+
+    Raises:
+        SmokeTestError: On an HTTP error or a response without the output.
+    """
+    from serving import v2
+
+    body, headers = v2.encode_request({input_name: tensor}, [output_name])
+    resp = client.post(
+        f"{base_url.rstrip('/')}/v2/models/{model}/infer",
+        content=body,
+        headers={**headers, **_headers(token)},
+    )
+    if resp.status_code != 200:
+        raise SmokeTestError(f"POST /v2/models/{model}/infer: HTTP {resp.status_code}: {resp.text[:300]}")
+    length = resp.headers.get(v2.HEADER_LENGTH)
+    try:
+        decoded = v2.decode_response(resp.content, int(length) if length is not None else None)
+    except (v2.V2ProtocolError, ValueError) as exc:
+        raise SmokeTestError(f"model {model}: malformed v2 response: {exc}") from None
+    if output_name not in decoded.outputs:
+        raise SmokeTestError(f"model {model}: response has no output {output_name!r} (got {sorted(decoded.outputs)})")
+    return np.asarray(decoded.outputs[output_name].array), decoded.model_version
+
+
+def make_v2_smoke(
+    golden: Sequence[GoldenImage],
+    *,
+    client=None,
+    token: str | None = None,
+    names: Sequence[str] | Mapping[Any, str] | None = None,
+    imgsz: int | tuple[int, int] | None = None,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    expect_version: str | None = None,
+    timeout_s: float = 30.0,
+    verify: bool | str = True,
+) -> Callable[[str, str], dict]:
+    """A smoke test for :func:`components.rollout.rollout_kserve` / ``rollout_local``.
+
+    The returned callable ``smoke(base_url, model) -> report`` reads the model's metadata (input
+    shape gives the image size when ``imgsz`` is None), sends each golden image over v2 with
+    binary tensors, post-processes with ``serving.detector`` and checks that every expected class
+    is found.
+
+    Args:
+        golden: Images and their expected classes (at least one).
+        client: ``httpx.Client`` to use; one is made (TLS verified) when None.
+        token: Bearer token for protected endpoints (OpenShift AI with auth enabled).
+        names: Class names; the detector core's defaults (scratch, bent) when None.
+        imgsz: Model input size; read from the model metadata when None.
+        conf: Score threshold.
+        iou: NMS IoU threshold.
+        expect_version: When set, the server must report this model version.
+        timeout_s: HTTP timeout per request.
+        verify: TLS verification (True, or a CA bundle path); never disabled.
+
+    Returns:
+        ``smoke(base_url, model)`` returning ``{"images": [...], "latency_ms": ...}`` and raising
+        :class:`SmokeTestError` on any failure.
+    """
+    if not golden:
+        raise SmokeTestError("a smoke test needs at least one golden image")
+
+    def smoke(base_url: str, model: str) -> dict:
+        import httpx
+
+        from serving import detector
+
+        own = client is None
+        http = client or httpx.Client(timeout=timeout_s, verify=verify)
+        try:
+            meta = model_metadata(http, base_url, model, token=token)
+            inputs = {t.get("name"): t for t in meta.get("inputs", [])}
+            outputs = {t.get("name") for t in meta.get("outputs", [])}
+            if "images" not in inputs or "output0" not in outputs:
+                raise SmokeTestError(
+                    f"model {model}: expected input 'images' and output 'output0', metadata has "
+                    f"inputs {sorted(inputs)} outputs {sorted(outputs)}"
+                )
+            size = imgsz
+            if size is None:
+                shape = inputs["images"].get("shape") or []
+                if len(shape) != 4 or min(shape[2:]) <= 0:
+                    raise SmokeTestError(
+                        f"model {model}: input shape {shape} is not static; pass imgsz explicitly"
+                    )
+                size = (int(shape[2]), int(shape[3]))
+            report = []
+            started = time.perf_counter()
+            for item in golden:
+                img = detector.decode_image(Path(item.path).read_bytes())
+                tensor, info = detector.preprocess(img, size)
+                output, served_version = infer_v2(http, base_url, model, tensor, token=token)
+                if expect_version is not None and served_version is not None and served_version != expect_version:
+                    raise SmokeTestError(
+                        f"model {model}: server answered with version {served_version}, expected {expect_version}"
+                    )
+                dets = detector.postprocess(
+                    output, info, img.shape[:2], conf=conf, iou=iou, names=names or detector.CLASS_NAMES
+                )
+                found = {d.class_name for d in dets}
+                missing = sorted(item.expected - found)
+                report.append({"image": Path(item.path).name, "expected": sorted(item.expected), "found": sorted(found)})
+                if missing:
+                    raise SmokeTestError(
+                        f"model {model}: golden image {Path(item.path).name}: expected {sorted(item.expected)}, "
+                        f"found {sorted(found) or 'nothing'} (conf {conf})"
+                    )
+            return {
+                "images": report,
+                "latency_ms": round(1000 * (time.perf_counter() - started) / len(golden), 2),
+            }
+        except SmokeTestError:
+            raise
+        except Exception as exc:  # connection errors, timeouts, undecodable images
+            raise SmokeTestError(f"model {model} at {base_url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            if own:
+                http.close()
+
+    return smoke

@@ -1,0 +1,123 @@
+"""Fixtures for the registry and rollout tests: real MLflow + S3 (the local stack), tiny models."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.registry.tiny_model import BENT_IN_THE_MIDDLE, build_tiny_onnx
+
+DATASET_A = "a" * 64
+DATASET_B = "b" * 64
+
+
+@pytest.fixture(scope="session")
+def mlflow_client(local_stack):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=local_stack.mlflow_uri, registry_uri=local_stack.mlflow_uri)
+
+
+@pytest.fixture(scope="session")
+def s3(local_stack):
+    return local_stack.s3
+
+
+@pytest.fixture(scope="session")
+def bucket(local_stack, s3) -> str:
+    name = local_stack.env.get("AWS_S3_BUCKET", "models")
+    existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+    if name not in existing:
+        s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def register(mlflow_client, s3, bucket, tmp_path_factory) -> Callable[..., dict]:
+    """``register(model_name, run_id, detections=..., dataset_id=..., metrics=...)`` -> version info.
+
+    Builds a tiny ONNX (distinct per ``run_id``) and registers it through the real core.
+    """
+    from components.registry import register_model
+
+    root = tmp_path_factory.mktemp("models")
+
+    def _register(
+        model_name: str,
+        run_id: str,
+        *,
+        detections=BENT_IN_THE_MIDDLE,
+        dataset_id: str = DATASET_A,
+        metrics: dict | None = None,
+        epochs_csv: Path | None = None,
+        plots: list[Path] | None = None,
+        onnx_path: Path | None = None,
+    ) -> dict:
+        path = onnx_path or build_tiny_onnx(root / model_name / f"{run_id}.onnx", detections, tag=run_id)
+        return register_model(
+            mlflow_client,
+            s3,
+            onnx_path=path,
+            model_name=model_name,
+            bucket=bucket,
+            params={"model": "tiny", "epochs": 2, "imgsz": 64},
+            metrics=metrics if metrics is not None else {"mAP50": 0.5, "mAP50-95": 0.3},
+            epoch_metrics_csv=epochs_csv,
+            plots=plots or [],
+            dataset_id=dataset_id,
+            dataset_uri="s3://vinspect-data/datasets/tiny/",
+            git_revision="0123abc",
+            pipeline_run_id=run_id,
+            experiment=f"vinspect-tests-{model_name}",
+        )
+
+    return _register
+
+
+@pytest.fixture(scope="session")
+def logged_model(register) -> dict:
+    """One real registration whose logged model cheap test versions can point at."""
+    return register(f"tiny-source-{uuid.uuid4().hex[:8]}", "run-source")
+
+
+@pytest.fixture
+def cheap_versions(mlflow_client, logged_model, bucket) -> Callable[[str, int], dict[str, dict]]:
+    """``cheap_versions(model_name, n)``: n registry versions without logging n models.
+
+    For tests that exercise aliases and rollouts, not registration: each version is a registry
+    entry pointing at one already-logged ONNX model, tagged like :func:`register_model` does.
+    """
+    from components.registry.core import TAG_DATASET, TAG_S3_URI, TAG_STORAGE_URI, s3_key, storage_uri
+
+    source = mlflow_client.get_model_version(logged_model["name"], logged_model["version"])
+
+    def _make(model_name: str, n: int) -> dict[str, dict]:
+        mlflow_client.create_registered_model(model_name)
+        out = {}
+        for _ in range(n):
+            mv = mlflow_client.create_model_version(
+                model_name, source.source, run_id=source.run_id, model_id=source.source.removeprefix("models:/")
+            )
+            version = str(mv.version)
+            info = {
+                "name": model_name,
+                "version": version,
+                "s3_uri": f"s3://{bucket}/{s3_key(model_name, version)}",
+                "storage_uri": storage_uri(bucket, model_name, version),
+                "run_id": source.run_id,
+            }
+            for tag, value in {TAG_S3_URI: info["s3_uri"], TAG_STORAGE_URI: info["storage_uri"], TAG_DATASET: DATASET_A}.items():
+                mlflow_client.set_model_version_tag(model_name, version, tag, value)
+            out[version] = info
+        return out
+
+    return _make
+
+
+@pytest.fixture
+def model_name() -> str:
+    """A registered-model name no other test uses (the stack is shared by the session)."""
+    return f"tiny-{uuid.uuid4().hex[:8]}"

@@ -1,0 +1,223 @@
+"""Apply, wait, smoke-test and roll back against the fake Kubernetes API, with the real MLflow."""
+
+from __future__ import annotations
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from components.registry import get_champion, promote
+from components.rollout import RolloutError, apply_object, rollout_kserve, wait_ready
+from components.rollout.smoke import SmokeTestError
+from tests.registry.fake_kube import FakeCustomObjectsApi
+
+NS = "vinspect"
+ISVC = dict(group="serving.kserve.io", version="v1beta1", plural="inferenceservices")
+
+
+def _isvc(kube: FakeCustomObjectsApi, name: str) -> dict | None:
+    return kube.stored("inferenceservices", NS, name)
+
+
+def _deploy(kube, mlflow_client, model_name, registered, version, **kw):
+    return rollout_kserve(
+        kube,
+        mlflow_client,
+        namespace=NS,
+        model_name=model_name,
+        version=version,
+        storage_uri=registered[version]["storage_uri"],
+        data_connection="aws-connection-models",
+        timeout_s=kw.pop("timeout_s", 5.0),
+        poll_s=0.01,
+        **kw,
+    )
+
+
+@pytest.fixture
+def registered(cheap_versions, model_name) -> dict[str, dict]:
+    return cheap_versions(model_name, 3)
+
+
+# -- the fake keeps the API's semantics ------------------------------------------------------
+
+
+def test_fake_api_semantics():
+    kube = FakeCustomObjectsApi(ready_after=2)
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": NS}, "spec": {"predictor": {"model": {"runtime": "a"}}}}
+    created = kube.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", body)
+    with pytest.raises(ApiException) as exc:
+        kube.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", body)
+    assert exc.value.status == 409
+    with pytest.raises(ApiException) as exc:
+        kube.get_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "missing")
+    assert exc.value.status == 404
+    stale = {"metadata": {"resourceVersion": "1"}, "spec": {"predictor": {"model": {"runtime": "b"}}}}
+    with pytest.raises(ApiException) as exc:
+        kube.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "m", stale)
+    assert exc.value.status == 409
+    fresh = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
+             "spec": {"predictor": {"model": {"runtime": "b", "extra": None}}}}
+    patched = kube.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "m", fresh)
+    assert patched["metadata"]["generation"] == 2
+    assert patched["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
+    get = lambda: kube.get_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "m")  # noqa: E731
+    assert get()["status"]["conditions"][-1]["status"] == "False"
+    assert get()["status"]["conditions"][-1]["status"] == "True"
+    assert get()["status"]["observedGeneration"] == 2
+
+
+# -- apply and wait ------------------------------------------------------------------------------
+
+
+def test_apply_creates_then_patches_and_retries_a_conflict():
+    kube = FakeCustomObjectsApi()
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": NS, "labels": {"vinspect.io/model-version": "1"}},
+            "spec": {"predictor": {"model": {"runtime": "a", "storageUri": "s3://b/m/1/"}}}}
+    _, action = apply_object(kube, body, **ISVC)
+    assert action == "created"
+    assert apply_object(kube, body, **ISVC)[1] == "unchanged"
+
+    # Someone else writes between our read and our patch: our stale patch gets a 409, we retry.
+    def concurrent_writer(verb, key):
+        kube.objects[key]["metadata"]["labels"]["team"] = "other"
+        kube._bump(kube.objects[key])
+
+    kube.before_write = concurrent_writer
+    changed = {**body, "spec": {"predictor": {"model": {"runtime": "a", "storage": {"key": "dc", "path": "m/2/"}}}}}
+    live, action = apply_object(kube, changed, **ISVC)
+    assert action == "patched"
+    assert [c[0] for c in kube.calls].count("patch") == 2  # the refused one and the retry
+    model = live["spec"]["predictor"]["model"]
+    assert "storageUri" not in model  # the merge patch removed what the new spec dropped
+    assert model["storage"]["path"] == "m/2/"
+    assert live["metadata"]["labels"]["team"] == "other"  # others' labels are kept
+
+
+def test_wait_ready_times_out_with_the_conditions():
+    kube = FakeCustomObjectsApi(never_ready=lambda obj: True)
+    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+            "metadata": {"name": "m", "namespace": NS}, "spec": {"predictor": {}}}
+    apply_object(kube, body, **ISVC)
+    with pytest.raises(RolloutError, match=r"not Ready after 0.2s; conditions: .*Ready=False \(Progressing"):
+        wait_ready(kube, namespace=NS, name="m", timeout_s=0.2, poll_s=0.01, **ISVC)
+
+
+# -- rollouts ------------------------------------------------------------------------------------
+
+
+def test_first_rollout_creates_runtime_and_service_then_moves_champion(kube_ok, mlflow_client, model_name, registered):
+    seen = []
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1",
+                     smoke=lambda url, name: seen.append((url, name)) or {"ok": True})
+    assert result["status"] == "deployed", result["reason"]
+    assert result["action"] == "created"
+    assert seen == [(f"http://{model_name}-predictor.{NS}.svc.cluster.local", model_name)]
+    assert kube_ok.stored("servingruntimes", NS, "kserve-ovms") is not None
+    isvc = _isvc(kube_ok, model_name)
+    assert isvc["spec"]["predictor"]["model"]["storage"]["path"] == f"{model_name}/1/"
+    assert get_champion(mlflow_client, model_name) == "1"
+    mv = mlflow_client.get_model_version(model_name, "1")
+    assert mv.tags["vinspect.deployed_to"] == f"kserve:{NS}/{model_name}"
+
+
+@pytest.fixture
+def kube_ok():
+    return FakeCustomObjectsApi(ready_after=3)
+
+
+def test_failed_smoke_test_restores_previous_spec_and_alias(kube_ok, mlflow_client, model_name, registered):
+    assert _deploy(kube_ok, mlflow_client, model_name, registered, "1")["status"] == "deployed"
+    before = _isvc(kube_ok, model_name)
+
+    def failing_smoke(url, name):
+        raise SmokeTestError("golden image bent_000.png: expected ['bent'], found nothing")
+
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "2", smoke=failing_smoke)
+    assert result["status"] == "rolled_back"
+    assert "smoke-testing failed" in result["reason"] and "bent_000.png" in result["reason"]
+    assert result["previous_version"] == "1"
+    assert result["restore"].startswith("restored the previous InferenceService spec")
+    assert result["restore"].endswith("it is Ready")
+    after = _isvc(kube_ok, model_name)
+    assert after["spec"] == before["spec"]
+    assert after["metadata"]["labels"] == before["metadata"]["labels"]
+    assert after["metadata"]["annotations"] == before["metadata"]["annotations"]
+    assert after["metadata"]["generation"] == before["metadata"]["generation"] + 2  # went to v2 and back
+    assert get_champion(mlflow_client, model_name) == "1"
+
+    # A good version afterwards deploys, and rolling the registry back is a pointer change.
+    assert _deploy(kube_ok, mlflow_client, model_name, registered, "3")["status"] == "deployed"
+    assert get_champion(mlflow_client, model_name) == "3"
+    assert _isvc(kube_ok, model_name)["metadata"]["labels"]["vinspect.io/model-version"] == "3"
+
+
+def test_readiness_timeout_rolls_back(mlflow_client, model_name, registered):
+    kube = FakeCustomObjectsApi(
+        ready_after=1,
+        never_ready=lambda obj: obj["metadata"]["labels"]["vinspect.io/model-version"] == "2",
+    )
+    assert _deploy(kube, mlflow_client, model_name, registered, "1")["status"] == "deployed"
+    result = _deploy(kube, mlflow_client, model_name, registered, "2", timeout_s=0.3)
+    assert result["status"] == "rolled_back"
+    assert "waiting for Ready failed" in result["reason"] and "not Ready after 0.3s" in result["reason"]
+    assert _isvc(kube, model_name)["metadata"]["labels"]["vinspect.io/model-version"] == "1"
+    assert result["restore"].endswith("it is Ready")
+    assert get_champion(mlflow_client, model_name) == "1"
+
+
+def test_failed_first_rollout_leaves_nothing_behind(mlflow_client, model_name, registered):
+    kube = FakeCustomObjectsApi(fail_load=lambda obj: True)
+    result = _deploy(kube, mlflow_client, model_name, registered, "1", mode="modelmesh")
+    assert result["status"] == "rolled_back"
+    assert "BlockedByFailedLoad" in result["reason"] and "failed to load model.onnx" in result["reason"]
+    assert result["restore"] == "deleted the InferenceService this rollout created"
+    assert kube.objects == {}  # the runtime it created is gone too
+    assert get_champion(mlflow_client, model_name) is None
+
+
+def test_alias_failure_after_ready_restores_spec_and_alias(kube_ok, mlflow_client, model_name, registered):
+    _deploy(kube_ok, mlflow_client, model_name, registered, "1")
+    promote(mlflow_client, model_name, "1")
+
+    def broken_alias_move(client, name, version):
+        client.set_registered_model_alias(name, "champion", version)  # half done, then fails
+        raise RuntimeError("MLflow went away")
+
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "2", move_alias=broken_alias_move)
+    assert result["status"] == "rolled_back"
+    assert "moving the champion alias failed: MLflow went away" in result["reason"]
+    assert get_champion(mlflow_client, model_name) == "1"
+    assert _isvc(kube_ok, model_name)["metadata"]["labels"]["vinspect.io/model-version"] == "1"
+
+
+def test_modelmesh_smoke_uses_the_rest_url(kube_ok, mlflow_client, model_name, registered):
+    seen = []
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1", mode="modelmesh",
+                     smoke=lambda url, name: seen.append(url))
+    assert result["status"] == "deployed"
+    assert seen == [f"http://modelmesh-serving.{NS}:8008"]
+    assert kube_ok.stored("servingruntimes", NS, "ovms")["spec"]["multiModel"] is True
+
+
+def test_missing_runtime_without_create_is_refused(kube_ok, mlflow_client, model_name, registered):
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1", create_runtime=False)
+    assert result["status"] == "rolled_back"
+    assert "has no ServingRuntime 'kserve-ovms'" in result["reason"]
+    assert kube_ok.objects == {}
+
+
+def test_a_failed_rollback_is_loud(kube_ok, mlflow_client, model_name, registered):
+    assert _deploy(kube_ok, mlflow_client, model_name, registered, "1")["status"] == "deployed"
+
+    def smoke_then_break_the_api(url, name):
+        def refuse(verb, key):
+            raise ApiException(status=503, reason="Service Unavailable")
+
+        kube_ok.before_write = refuse  # the restoring patch will be refused
+        raise SmokeTestError("expected ['bent'], found nothing")
+
+    with pytest.raises(RolloutError, match=r"smoke-testing failed.*rollback incomplete: restoring the InferenceService failed"):
+        _deploy(kube_ok, mlflow_client, model_name, registered, "2", smoke=smoke_then_break_the_api)
+    assert get_champion(mlflow_client, model_name) == "1"  # the alias was still put back
