@@ -1,0 +1,72 @@
+"""KFP step 6: register the model in MLflow and put the ONNX on S3 in the OVMS layout."""
+
+from typing import NamedTuple
+
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+
+def register(
+    onnx_model: Input[Model],
+    dataset: Input[Dataset],
+    train_report: Input[Artifact],
+    eval_report: Input[Artifact],
+    model_name: str,
+    opset: int,
+    git_revision: str,
+    pipeline_run_id: str,
+) -> NamedTuple("RegisterOutputs", [("version", str), ("storage_uri", str), ("s3_uri", str), ("run_id", str)]):
+    """Record the run (params, per-epoch metrics, plots, dataset, git revision) and the version.
+
+    Never cached: it changes the registry. Idempotent per ``pipeline_run_id`` (a retried step
+    returns the version the first attempt created).
+
+    Args:
+        onnx_model: The exported model.
+        dataset: The training dataset (its id is tagged on the run and the version).
+        train_report: From the train step: ``params.json``, ``results.csv``, ``plots/``.
+        eval_report: From the evaluate step: ``metrics.json`` and plots.
+        model_name: Registered model name.
+        opset: ONNX opset (logged with the training parameters).
+        git_revision: Source revision the pipeline was compiled from.
+        pipeline_run_id: The KFP run id.
+
+    Returns:
+        The registered version, its KServe storage URI, the S3 URI of the ONNX and the MLflow run id.
+    """
+    import json
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components.data.manifest import read_manifest
+    from components.registry import register_model
+    from vinspect.settings import MLflowSettings, S3Settings
+
+    train_dir, eval_dir = Path(train_report.path), Path(eval_report.path)
+    params = json.loads((train_dir / "params.json").read_text())
+    params["opset"] = opset
+    metrics = json.loads((eval_dir / "metrics.json").read_text())
+    results_csv = train_dir / "results.csv"
+    plots = sorted((train_dir / "plots").glob("*.png")) + sorted(eval_dir.glob("*.png"))
+    manifest = read_manifest(Path(dataset.path))
+    s3 = S3Settings.from_env()
+    mlflow = MLflowSettings.from_env()
+    info = register_model(
+        mlflow.client(),
+        s3.client(),
+        onnx_path=Path(onnx_model.path),
+        model_name=model_name,
+        bucket=s3.bucket,
+        params=params,
+        metrics=metrics,
+        epoch_metrics_csv=results_csv if results_csv.is_file() else None,
+        plots=plots,
+        dataset_id=manifest["dataset_id"],
+        dataset_uri=dataset.uri or None,
+        git_revision=git_revision or None,
+        pipeline_run_id=pipeline_run_id,
+        experiment=mlflow.experiment,
+    )
+    print(f"registered {info['name']} version {info['version']} at {info['s3_uri']}")
+    return namedtuple("RegisterOutputs", ["version", "storage_uri", "s3_uri", "run_id"])(
+        str(info["version"]), info["storage_uri"], info["s3_uri"], info["run_id"]
+    )
