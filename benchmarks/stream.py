@@ -1,0 +1,260 @@
+"""End-to-end stream throughput and latency vs raw ONNX Runtime throughput, same machine.
+
+camera -> tansu -> processor (child process) -> model server (child process) -> results.
+Phase 1 sends a burst and measures sustained images/s; phase 2 sends at half that rate
+and measures per-image latency (camera `ce_time` to the result arriving here). Raw ONNX
+Runtime throughput (`session.run` on ready tensors, same model and input size; the better of
+its default and no-spinning settings) is measured before and after the burst. The peak RSS of the processor and the model server is read from /proc.
+
+    .venv/bin/python benchmarks/stream.py [--imgsz 320] [--images 120]
+
+Last line: {"bench": "stream", "ratio_vs_ort_throughput": ..., ...}
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._runtime import (  # noqa: E402
+    PYTHON, cpu_seconds, free_port, peak_rss_mb, start, stop, wait_http, yolo_onnx,
+)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "metal_nut" / "yolo_1.1" / "obj_train_data"
+
+
+def _ort_throughput(model: Path, seconds: float, threads: int, spin: bool = True) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+    inp = session.get_inputs()[0]
+    x = np.random.default_rng(0).random(inp.shape, dtype=np.float32)
+    session.run(None, {inp.name: x})
+    n, t0, c0 = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - t0 < seconds:
+        session.run(None, {inp.name: x})
+        n += 1
+    _ORT_CPU_MS.append((time.process_time() - c0) * 1e3 / n)
+    return n / (time.perf_counter() - t0)
+
+
+_ORT_CPU_MS: list[float] = []  # CPU ms per image of each raw ORT measurement
+
+
+class _Results:
+    """Consume the results topic; record arrival time per image id."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        from confluent_kafka import Consumer
+
+        self.arrivals: dict[str, float] = {}
+        self.sent_at: dict[str, float] = {}
+        self._consumer = Consumer({
+            "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "session.timeout.ms": 6000, "fetch.wait.max.ms": 20,
+        })
+        self._consumer.subscribe([topic])
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            msg = self._consumer.poll(0.2)
+            if msg is None or msg.error():
+                continue
+            now = time.time()
+            data = json.loads(msg.value())
+            self.arrivals.setdefault(data["image_id"], now)
+        self._consumer.close()
+
+    def wait(self, ids: set[str], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not ids <= set(self.arrivals):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(ids - set(self.arrivals))} results missing")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _send(bootstrap: str, topic: str, frames, count: int, fps: float, sent: dict) -> list[str]:
+    """Produce `count` image events (2 cameras) at `fps` (0: at once).
+
+    The JPEGs are encoded before the clock starts: on the real system the camera is
+    another machine, so its encoding cost is not the pipeline's.
+    """
+    from confluent_kafka import Producer
+
+    from serving.camera import encode_jpeg
+    from serving.events import image_event, to_kafka
+
+    jpegs = [encode_jpeg(f.data) for f in frames]
+    records = []
+    for i in range(count):
+        event = image_event(jpegs[i % len(jpegs)], f"camera-{i % 2}")
+        records.append((event["id"], to_kafka(event)))
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 2})
+    start_at = time.monotonic()
+    for i, (event_id, (key, value, headers)) in enumerate(records):
+        if fps:
+            delay = start_at + i / fps - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        producer.produce(topic, value=value, key=key, headers=headers)
+        producer.poll(0)
+        sent[event_id] = time.time()
+    producer.flush(30)
+    return [event_id for event_id, _ in records]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--latency-images", type=int, default=40)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
+    parser.add_argument("--server-threads", type=int, default=None,
+                        help="model server ORT threads per run (default: --threads)")
+    parser.add_argument("--server-parallel", type=int, default=1, help="model server runs at once")
+    parser.add_argument("--server-spin", action="store_true",
+                        help="let the server's ORT threads spin (off: all processes share the CPU)")
+    args = parser.parse_args()
+
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from serving.camera import load_frames
+    from vinspect.local import tansu_binary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model = yolo_onnx(work, args.imgsz)
+        frames = load_frames(SHARED if SHARED.is_dir() else "synthetic:32")
+        kafka_port, model_port, health_port = free_port(), free_port(), free_port()
+        bootstrap = f"127.0.0.1:{kafka_port}"
+        url = f"tcp://{bootstrap}"
+        procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
+                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                       work / "tansu.log")]
+        results = None
+        try:
+            admin = AdminClient({"bootstrap.servers": bootstrap})
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    admin.list_topics(timeout=2)
+                    break
+                except Exception:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+            topics = {"VINSPECT_IMAGES_TOPIC": "b-images", "VINSPECT_RESULTS_TOPIC": "b-results",
+                      "VINSPECT_DLQ_TOPIC": "b-dlq"}
+            for fut in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
+                fut.result(15)
+            env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                   "VINSPECT_MODEL_URL": f"http://127.0.0.1:{model_port}",
+                   "VINSPECT_MODEL_NAME": "metal-nut", "VINSPECT_KAFKA_GROUP": "bench"}
+            server = start([PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(model),
+                            "--name", "metal-nut", "--host", "127.0.0.1", "--port", str(model_port),
+                            "--threads", str(args.threads if args.server_threads is None
+                                             else args.server_threads),
+                            "--parallel", str(args.server_parallel),
+                            "--spin" if args.server_spin else "--no-spin", "--log-level", "warning"],
+                           work / "model.log", env)
+            procs.append(server)
+            wait_http(f"http://127.0.0.1:{model_port}/v2/models/metal-nut/ready")
+            processor = start([PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
+                               "--port", str(health_port), "--concurrency", str(args.concurrency),
+                               "--log-level", "warning"], work / "processor.log", env)
+            procs.append(processor)
+            wait_http(f"http://127.0.0.1:{health_port}/healthz")
+            results = _Results(bootstrap, topics["VINSPECT_RESULTS_TOPIC"])
+
+            # Warm-up: consumer groups joined, sessions hot.
+            warm = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, 6, 0, results.sent_at)
+            results.wait(set(warm), 120)
+
+            # Reference: the better of ORT's defaults and ORT without spinning (what the
+            # model server uses), so the ratio is never flattered by a slow reference.
+            ort_before = max(_ort_throughput(model, 5.0, args.threads),
+                             _ort_throughput(model, 5.0, args.threads, spin=False))
+            # Phase 1: burst -> sustained throughput.
+            cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server)}
+            t0 = time.time()
+            burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, args.images, 0,
+                          results.sent_at)
+            results.wait(set(burst), 600)
+            stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
+            cpu_ms = {p: (cpu_seconds(p.pid) - cpu0[p]) * 1e3 / len(burst) for p in cpu0}
+
+            # Raw ORT on the same machine, same model, while the services idle; measured
+            # before and after the burst too, as the machine is shared and noisy.
+            ort_after = max(_ort_throughput(model, 5.0, args.threads),
+                            _ort_throughput(model, 5.0, args.threads, spin=False))
+            ort_ips = (ort_before + ort_after) / 2
+
+            # Phase 2: steady rate at half the measured throughput -> latency.
+            paced = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, args.latency_images,
+                          max(1.0, stream_ips / 2), results.sent_at)
+            results.wait(set(paced), 300)
+            lat = sorted((results.arrivals[i] - results.sent_at[i]) * 1e3 for i in paced)
+            rss_processor = peak_rss_mb(processor.pid)
+            rss_model = peak_rss_mb(server.pid)
+        finally:
+            if results is not None:
+                results.close()
+            for proc in reversed(procs):
+                stop(proc)
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 1)
+
+    print(json.dumps({
+        "bench": "stream",
+        "imgsz": args.imgsz,
+        "images": args.images,
+        "concurrency": args.concurrency,
+        "server_threads": args.threads if args.server_threads is None else args.server_threads,
+        "server_parallel": args.server_parallel,
+        "server_spin": args.server_spin,
+        "stream_images_per_s": round(stream_ips, 2),
+        "ort_images_per_s": round(ort_ips, 2),
+        "ratio_vs_ort_throughput": round(stream_ips / ort_ips, 3),
+        "target_ratio_min": 0.8,
+        "latency_ms_p50": pct(50),
+        "latency_ms_p99": pct(99),
+        "latency_rate_per_s": round(max(1.0, stream_ips / 2), 2),
+        "ort_cpu_ms_per_image_min": round(min(_ORT_CPU_MS), 1),
+        "processor_cpu_ms_per_image": round(cpu_ms[processor], 1),
+        "model_server_cpu_ms_per_image": round(cpu_ms[server], 1),
+        "processor_peak_rss_mb": rss_processor,
+        "model_server_peak_rss_mb": rss_model,
+        "rss_target_mb": 500,
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""Camera simulator: frames from a folder, an archive or a synthetic generator, to Kafka.
+
+Each frame becomes an RGB JPEG in a CloudEvent in Kafka binary mode (`ce_*` headers,
+`content-type: image/jpeg`, key = camera id) on `visual-inspection-images`; with
+`legacy=True` it becomes the original demo's JSON record instead. Several cameras share
+one producer; each sends `fps` frames per second.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import random
+import tarfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from serving.events import image_event, legacy_record, to_kafka
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_KNOWN_LABELS = ("good", "bent", "scratch", "color", "flip")
+
+
+@dataclass
+class Frame:
+    """One source image: its name, a label guess and the encoded bytes as stored."""
+
+    name: str
+    label: str
+    data: bytes
+
+
+def _label_for(name: str) -> str:
+    """Label from `bent_012.png` (our YOLO export) or `bent/012.png` (the demo's folders)."""
+    path = Path(name)
+    prefix = path.stem.split("_")[0].lower()
+    if prefix in _KNOWN_LABELS:
+        return prefix
+    parent = path.parent.name.replace(" ", "-").lower()
+    return parent or "unknown"
+
+
+def _folder_frames(root: Path) -> list[Frame]:
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [Frame(str(p.relative_to(root)), _label_for(str(p.relative_to(root))), p.read_bytes())
+            for p in files]
+
+
+def _archive_frames(path: Path) -> list[Frame]:
+    frames = []
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            for info in sorted(zf.infolist(), key=lambda i: i.filename):
+                if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
+                    frames.append(Frame(info.filename, _label_for(info.filename), zf.read(info)))
+        return frames
+    if tarfile.is_tarfile(path):
+        with tarfile.open(path) as tf:
+            for member in sorted(tf.getmembers(), key=lambda m: m.name):
+                if member.isfile() and Path(member.name).suffix.lower() in IMAGE_SUFFIXES:
+                    fh = tf.extractfile(member)
+                    if fh is not None:
+                        frames.append(Frame(member.name, _label_for(member.name), fh.read()))
+        return frames
+    raise ValueError(f"{path} is neither a zip nor a tar archive")
+
+
+def synthetic_frame(rng: np.random.Generator, size: int = 320) -> tuple[np.ndarray, str]:
+    """A synthetic metal-nut-like frame: a grey disc on a dark background, sometimes defective.
+
+    Returns:
+        (RGB uint8 image, label) with label `good`, `scratch` (a bright line) or `bent`
+        (a notch cut out of the rim).
+    """
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = size / 2 + rng.normal(0, size * 0.02, 2)
+    r = size * rng.uniform(0.32, 0.4)
+    dist = np.hypot(yy - c[0], xx - c[1])
+    img = np.full((size, size, 3), 25, dtype=np.int16)
+    disc = dist < r
+    img[disc] = (rng.integers(120, 160), rng.integers(115, 150), rng.integers(105, 140))
+    img[dist < r * 0.35] = 25  # the hole of the nut
+    label = str(rng.choice(["good", "scratch", "bent"], p=[0.4, 0.3, 0.3]))
+    if label == "scratch":
+        angle = rng.uniform(0, np.pi)
+        t = np.linspace(-r * 0.5, r * 0.5, size)
+        x0, y0 = c[1] + r * 0.6 * np.cos(angle + 1), c[0] + r * 0.6 * np.sin(angle + 1)
+        xs = np.clip((x0 + t * np.cos(angle)).astype(int), 0, size - 1)
+        ys = np.clip((y0 + t * np.sin(angle)).astype(int), 0, size - 1)
+        for dx in (-1, 0, 1):
+            img[ys, np.clip(xs + dx, 0, size - 1)] = 235
+    elif label == "bent":
+        a = rng.uniform(0, 2 * np.pi)
+        notch = np.hypot(yy - (c[0] + r * np.sin(a)), xx - (c[1] + r * np.cos(a))) < r * 0.3
+        img[notch] = 25
+    img += rng.integers(-6, 7, size=img.shape, dtype=np.int16)
+    return np.clip(img, 0, 255).astype(np.uint8), label
+
+
+def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0) -> list[Frame]:
+    """Read all frames of a source.
+
+    Args:
+        source: A folder (searched recursively), a zip/tar archive, or `synthetic`
+            (`synthetic:N` for N frames).
+        synthetic_count: Frames to generate for `synthetic` without a count.
+        seed: Seed of the synthetic generator.
+
+    Raises:
+        ValueError: When the source holds no image.
+    """
+    text = str(source)
+    if text.startswith("synthetic"):
+        count = int(text.split(":", 1)[1]) if ":" in text else synthetic_count
+        rng = np.random.default_rng(seed)
+        frames = []
+        for i in range(count):
+            img, label = synthetic_frame(rng)
+            frames.append(Frame(f"synthetic_{i:04d}.jpg", label, encode_jpeg(img)))
+        return frames
+    path = Path(source)
+    if path.is_dir():
+        frames = _folder_frames(path)
+    elif path.is_file():
+        frames = _archive_frames(path)
+    else:
+        raise ValueError(f"camera source {path} does not exist (folder, archive or 'synthetic')")
+    if not frames:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+    return frames
+
+
+def encode_jpeg(img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0) -> bytes:
+    """Encode to RGB JPEG (decoding first when given encoded bytes; alpha is dropped)."""
+    pil = Image.open(io.BytesIO(img)) if isinstance(img, (bytes, bytearray)) else Image.fromarray(img)
+    pil = pil.convert("RGB")  # explicit RGB: the JPEG carries RGB, never BGR
+    if scale != 1.0:
+        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
+                         Image.Resampling.BILINEAR)
+    buf = io.BytesIO()
+    pil.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def frame_stream(frames: list[Frame], *, loop: bool, shuffle: bool, seed: int = 0) -> Iterator[Frame]:
+    """Frames in order (or shuffled each pass), once or forever."""
+    rng = random.Random(seed)
+    passes = itertools.count() if loop else range(1)
+    for _ in passes:
+        order = list(frames)
+        if shuffle:
+            rng.shuffle(order)
+        yield from order
+
+
+def produce_frames(
+    producer: Any,
+    topic: str,
+    frames: Iterator[Frame],
+    *,
+    cameras: int = 1,
+    fps: float = 1.0,
+    count: int | None = None,
+    legacy: bool = False,
+    quality: int = 90,
+    scale: float = 1.0,
+    source: str = "/vinspect/camera",
+    camera_prefix: str = "camera-",
+    on_sent: Callable[[str, str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> int:
+    """Send frames to Kafka, `cameras` of them in round robin, each at `fps`.
+
+    Args:
+        producer: A `confluent_kafka.Producer`.
+        topic: Target topic.
+        frames: Frame iterator (see `frame_stream`).
+        cameras: Number of simulated cameras.
+        fps: Frames per second per camera (0 = as fast as possible).
+        count: Stop after this many frames in total.
+        legacy: Produce the original demo's JSON record instead of a CloudEvent.
+        quality / scale: JPEG quality and resize factor.
+        source: CloudEvents `source`.
+        camera_prefix: Camera ids are `<prefix><n>`.
+        on_sent: Called with (event id, camera id) after each produce call.
+        stop: Polled between frames; True ends the stream.
+
+    Returns:
+        Number of frames produced (all delivered: the producer is flushed).
+    """
+    errors: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    sent = 0
+    interval = 1.0 / fps if fps > 0 else 0.0
+    next_tick = time.monotonic()
+    for i, frame in enumerate(frames):
+        if (count is not None and sent >= count) or (stop and stop()):
+            break
+        camera_id = f"{camera_prefix}{i % cameras}"
+        jpeg = encode_jpeg(frame.data, quality, scale)
+        if legacy:
+            import json
+
+            record = legacy_record(jpeg, camera_id, frame.label)
+            key, value, headers, event_id = camera_id.encode(), json.dumps(record).encode(), [], ""
+        else:
+            event = image_event(jpeg, camera_id, source=source, label=frame.label)
+            key, value, headers = to_kafka(event)
+            event_id = event["id"]
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain
+                producer.poll(0.1)
+        producer.poll(0)
+        sent += 1
+        if on_sent:
+            on_sent(event_id, camera_id)
+        if interval and (i + 1) % cameras == 0:
+            next_tick += interval
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    remaining = producer.flush(30)
+    if remaining or errors:
+        raise RuntimeError(f"{remaining} frames undelivered, errors: {errors[:3]}")
+    return sent

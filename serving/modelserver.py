@@ -1,0 +1,705 @@
+"""Local KServe v2 (Open Inference Protocol) model server over ONNX Runtime.
+
+What OpenVINO Model Server does for an ONNX file on the cluster, this does on a laptop or
+in CI: the same URLs, the same tensor names (the ONNX graph's, e.g. `images` / `output0`),
+JSON tensors and the binary tensor extension, plus the Triton repository extension
+(`POST /v2/repository/models/{name}/load`) that the rollout step uses to swap models.
+
+Shape of the code follows KServe's python servers: one small model class with `load()` and
+`infer()`, one exception class per HTTP status, and a thin FastAPI layer.
+
+Swapping without dropping requests: a load builds the new ONNX Runtime session completely
+while the old one keeps serving, then replaces the repository's reference in one
+assignment. Requests already running keep the object they started with.
+"""
+
+
+import gzip
+import logging
+import re
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import numpy as np
+
+from serving import v2
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "vinspect-modelserver"
+SERVER_VERSION = "0.1.0"
+PLATFORM = "onnx_onnxv1"
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+
+_ONNX_TYPES = {
+    "tensor(float)": "FP32",
+    "tensor(float16)": "FP16",
+    "tensor(double)": "FP64",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}
+
+
+class ModelServerError(Exception):
+    """Base of the errors that map to an HTTP status; the message is shown to the client."""
+
+    status_code = 500
+
+
+class InvalidInput(ModelServerError):
+    """Bad request: wrong tensor name, shape, datatype, malformed or oversized body."""
+
+    status_code = 400
+
+
+class ModelNotFound(ModelServerError):
+    """No model (or model version) of that name is configured."""
+
+    status_code = 404
+
+
+class ModelNotReady(ModelServerError):
+    """The model is configured but still loading (or failed to load)."""
+
+    status_code = 503
+
+
+class ModelLoadError(ModelServerError):
+    """A load request could not be satisfied (missing file, unreadable ONNX)."""
+
+    status_code = 400
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A model input or output as the metadata endpoint reports it (-1 = dynamic dim)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the v2 `$metadata_tensor` object."""
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+def _spec(node: Any) -> TensorSpec:
+    datatype = _ONNX_TYPES.get(node.type)
+    if datatype is None:
+        raise ModelLoadError(f"tensor {node.name!r} has unsupported ONNX type {node.type}")
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, datatype, shape)
+
+
+# --------------------------------------------------------------------------------------
+# Locating and reading the ONNX file (local path or S3), OVMS layout aware.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSource:
+    """Where a model came from and the bytes of its ONNX file."""
+
+    uri: str
+    location: str  # the exact file read (path or s3 key)
+    content: bytes
+    version_folder: str | None  # OVMS-style numeric folder the file sat in, if any
+
+
+def _pick_version(candidates: dict[str, str], where: str) -> tuple[str, str]:
+    """Pick the highest numeric version folder, as OVMS serves the latest version."""
+    numeric = {k: v for k, v in candidates.items() if k.isdigit() and int(k) > 0}
+    if not numeric:
+        raise ModelLoadError(f"no model.onnx and no numeric version folder under {where}")
+    best = max(numeric, key=int)
+    return best, numeric[best]
+
+
+def _read_local(uri: str) -> ModelSource:
+    path = Path(urlparse(uri).path if uri.startswith("file://") else uri)
+    if path.is_file():
+        return ModelSource(uri, str(path), path.read_bytes(), None)
+    if not path.is_dir():
+        raise ModelLoadError(f"model path {path} does not exist")
+    direct = path / "model.onnx"
+    if direct.is_file():
+        return ModelSource(uri, str(direct), direct.read_bytes(), None)
+    candidates = {}
+    for sub in path.iterdir():
+        onnx_files = sorted(sub.glob("*.onnx")) if sub.is_dir() else []
+        if onnx_files:
+            preferred = sub / "model.onnx"
+            candidates[sub.name] = str(preferred if preferred.is_file() else onnx_files[0])
+    folder, file = _pick_version(candidates, str(path))
+    return ModelSource(uri, file, Path(file).read_bytes(), folder)
+
+
+def _read_s3(uri: str, s3_client: Any) -> ModelSource:
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if not bucket:
+        raise ModelLoadError(f"{uri!r} names no bucket")
+    if key.endswith(".onnx"):
+        chosen, folder = key, None
+    else:
+        prefix = key.rstrip("/") + "/" if key else ""
+        paginator = s3_client.get_paginator("list_objects_v2")
+        keys = [
+            obj["Key"]
+            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+        ]
+        rel = {k[len(prefix) :]: k for k in keys}
+        if "model.onnx" in rel:
+            chosen, folder = rel["model.onnx"], None
+        else:
+            candidates = {}
+            for r, full in rel.items():
+                m = re.fullmatch(r"([^/]+)/[^/]+\.onnx", r)
+                if m and (m.group(1) not in candidates or r.endswith("/model.onnx")):
+                    candidates[m.group(1)] = full
+            folder, chosen = _pick_version(candidates, uri)
+    try:
+        body = s3_client.get_object(Bucket=bucket, Key=chosen)["Body"].read()
+    except Exception as exc:  # botocore's errors are dynamic classes
+        raise ModelLoadError(f"cannot read s3://{bucket}/{chosen}: {exc}") from None
+    return ModelSource(uri, f"s3://{bucket}/{chosen}", body, folder)
+
+
+def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> ModelSource:
+    """Find and read the ONNX file a URI points at.
+
+    Accepts a file, a directory holding `model.onnx`, or an OVMS repository directory with
+    numeric version folders (`1/model.onnx`, the latest is taken); the same for `s3://`.
+
+    Args:
+        uri: Local path, `file://` URI or `s3://bucket/prefix`.
+        s3_client_factory: Builds a boto3 S3 client; required for `s3://` URIs.
+
+    Raises:
+        ModelLoadError: When nothing loadable is found.
+    """
+    if uri.startswith("s3://"):
+        if s3_client_factory is None:
+            raise ModelLoadError(f"{uri}: no S3 client configured (set AWS_S3_ENDPOINT etc.)")
+        return _read_s3(uri, s3_client_factory())
+    return _read_local(uri)
+
+
+# --------------------------------------------------------------------------------------
+# The model.
+# --------------------------------------------------------------------------------------
+
+
+class OnnxModel:
+    """One loaded ONNX model version behind an ONNX Runtime session."""
+
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        source: ModelSource,
+        threads: int = 0,
+        parallel: int = 1,
+        spin: bool = True,
+    ):
+        self.name = name
+        self.version = version
+        self.source = source
+        self.threads = threads
+        self.spin = spin
+        # ONNX Runtime already spreads one run over `threads` cores; running several at once
+        # on a small CPU only makes them fight, so by default requests queue for one run.
+        self._slots = threading.Semaphore(max(1, parallel))
+        self.session: Any = None
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+
+    def load(self) -> None:
+        """Build the ONNX Runtime session and read the tensor specs.
+
+        Raises:
+            ModelLoadError: When ONNX Runtime refuses the file.
+        """
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        if not self.spin:
+            # Idle ORT worker threads spin by default: fastest on dedicated cores, but on a
+            # CPU shared with the processor or other pods it steals the cores they need.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                self.source.content, options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelLoadError(f"{self.source.location} is not a loadable ONNX model: {exc}")
+        self.inputs = [_spec(n) for n in self.session.get_inputs()]
+        self.outputs = [_spec(n) for n in self.session.get_outputs()]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        # The bytes are in the session now; keep memory lean.
+        self.source.content = b""
+
+    def metadata_response(self) -> dict[str, Any]:
+        """Return the v2 `$metadata_model_response`."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": PLATFORM,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+        }
+
+    def validate(self, request: v2.InferRequest) -> dict[str, np.ndarray]:
+        """Check the request's tensors against the model's and return the feeds.
+
+        Raises:
+            InvalidInput: Naming the tensor and what was expected.
+        """
+        expected = {t.name: t for t in self.inputs}
+        feeds: dict[str, np.ndarray] = {}
+        for tensor in request.inputs:
+            spec = expected.get(tensor.name)
+            if spec is None:
+                raise InvalidInput(
+                    f"unexpected input {tensor.name!r} for model {self.name!r}; "
+                    f"inputs are {sorted(expected)}"
+                )
+            if tensor.name in feeds:
+                raise InvalidInput(f"input {tensor.name!r} given twice")
+            if tensor.datatype != spec.datatype:
+                raise InvalidInput(
+                    f"input {tensor.name!r} has datatype {tensor.datatype}, "
+                    f"model {self.name!r} expects {spec.datatype}"
+                )
+            shape = list(tensor.shape)
+            if len(shape) != len(spec.shape) or any(
+                want not in (-1, got) for want, got in zip(spec.shape, shape)
+            ):
+                raise InvalidInput(
+                    f"input {tensor.name!r} has shape {shape}, "
+                    f"model {self.name!r} expects {list(spec.shape)}"
+                )
+            feeds[tensor.name] = tensor.array
+        missing = sorted(set(expected) - set(feeds))
+        if missing:
+            raise InvalidInput(f"missing inputs {missing} for model {self.name!r}")
+        if request.outputs is not None:
+            known = {t.name for t in self.outputs}
+            for out in request.outputs:
+                if out.name not in known:
+                    raise InvalidInput(
+                        f"unknown output {out.name!r} for model {self.name!r}; "
+                        f"outputs are {sorted(known)}"
+                    )
+        return feeds
+
+    def infer(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        """Run the session; at most `parallel` runs at once (ORT releases the GIL)."""
+        with self._slots:
+            return self.session.run(output_names, feeds)
+
+
+# --------------------------------------------------------------------------------------
+# The repository: which models exist, which version serves, loading state.
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    name: str
+    uri: str | None = None
+    version: str | None = None
+    model: OnnxModel | None = None
+    state: str = "UNAVAILABLE"  # LOADING | READY | UNAVAILABLE
+    reason: str = ""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class ModelRepository:
+    """The models one server serves, with atomic swaps on reload.
+
+    Args:
+        s3_client_factory: Builds a boto3 S3 client for `s3://` URIs (called per load).
+        threads: ONNX Runtime intra-op threads per session (0 = its default).
+        parallel: Inference runs executed at once per model (more queue).
+        spin: Let idle ONNX Runtime threads spin (its default; turn off on shared CPUs).
+    """
+
+    def __init__(
+        self,
+        s3_client_factory: Callable[[], Any] | None = None,
+        threads: int = 0,
+        parallel: int = 1,
+        spin: bool = True,
+    ):
+        self._s3 = s3_client_factory
+        self._threads = threads
+        self._parallel = parallel
+        self._spin = spin
+        self._entries: dict[str, _Entry] = {}
+        self._guard = threading.Lock()
+
+    def _entry(self, name: str, create: bool = False) -> _Entry:
+        with self._guard:
+            entry = self._entries.get(name)
+            if entry is None:
+                if not create:
+                    raise ModelNotFound(f"model {name!r} is not served here")
+                entry = self._entries[name] = _Entry(name)
+            return entry
+
+    def register(self, name: str, uri: str, version: str | None = None) -> None:
+        """Declare a model that will be loaded later (it answers 503 until then)."""
+        entry = self._entry(name, create=True)
+        entry.uri, entry.version = uri, version
+        if entry.model is None:
+            entry.state = "LOADING"
+
+    def load(self, name: str, uri: str | None = None, version: str | None = None) -> OnnxModel:
+        """Load (or reload) a model and swap it in once fully ready.
+
+        The previous version keeps answering during the load; a failed load leaves it
+        serving. Loads of the same model are serialized.
+
+        Args:
+            name: Model name (the URL's `{name}`).
+            uri: Path or `s3://` URI; defaults to the model's current source.
+            version: Version to report; defaults to the OVMS version folder, else "1".
+
+        Raises:
+            ModelLoadError: When the source cannot be read or loaded.
+        """
+        entry = self._entry(name, create=True)
+        with entry.lock:
+            uri = uri or entry.uri
+            if not uri:
+                raise ModelLoadError(f"model {name!r} has no uri to load from")
+            if entry.model is None:
+                entry.state = "LOADING"
+            started = time.monotonic()
+            try:
+                source = read_model_source(uri, self._s3)
+                model = OnnxModel(name, version or source.version_folder or "1", source,
+                                  self._threads, self._parallel, self._spin)
+                model.load()
+            except ModelLoadError as exc:
+                if entry.model is None:
+                    entry.state, entry.reason = "UNAVAILABLE", str(exc)
+                raise
+            # The swap: one reference assignment, atomic for readers.
+            entry.model = model
+            entry.uri, entry.version = uri, model.version
+            entry.state, entry.reason = "READY", ""
+            log.info(
+                "model %s version %s loaded from %s in %.2fs",
+                name, model.version, source.location, time.monotonic() - started,
+            )
+            return model
+
+    def unload(self, name: str) -> None:
+        """Stop serving a model (it stays listed as UNAVAILABLE)."""
+        entry = self._entry(name)
+        with entry.lock:
+            entry.model, entry.state, entry.reason = None, "UNAVAILABLE", "unloaded"
+
+    def get(self, name: str, version: str | None = None) -> OnnxModel:
+        """Return the serving model.
+
+        Raises:
+            ModelNotFound: Unknown name, or a version other than the one served.
+            ModelNotReady: Still loading or failed to load.
+        """
+        entry = self._entry(name)
+        model = entry.model
+        if model is None:
+            detail = f": {entry.reason}" if entry.reason else ""
+            raise ModelNotReady(f"model {name!r} is {entry.state.lower()}{detail}")
+        if version is not None and version != model.version:
+            raise ModelNotFound(
+                f"model {name!r} has no version {version!r}; serving version {model.version!r}"
+            )
+        return model
+
+    def ready(self) -> bool:
+        """True when every declared model is serving."""
+        with self._guard:
+            entries = list(self._entries.values())
+        return bool(entries) and all(e.model is not None for e in entries)
+
+    def index(self) -> list[dict[str, str]]:
+        """The Triton repository index: name, version, state, reason."""
+        with self._guard:
+            entries = list(self._entries.values())
+        out = []
+        for e in entries:
+            item = {"name": e.name, "state": e.state}
+            if e.model is not None:
+                item["version"] = e.model.version
+            if e.reason:
+                item["reason"] = e.reason
+            out.append(item)
+        return out
+
+
+# --------------------------------------------------------------------------------------
+# HTTP layer.
+# --------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Any, max_bytes: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise InvalidInput(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidInput(f"request body exceeds the limit of {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    encoding = request.headers.get("content-encoding", "").lower()
+    if encoding in ("gzip", "deflate"):
+        try:
+            raw = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+            body = raw.decompress(body, max_bytes + 1)
+        except (zlib.error, gzip.BadGzipFile) as exc:
+            raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
+        if len(body) > max_bytes:
+            raise InvalidInput(f"decompressed body exceeds the limit of {max_bytes} bytes")
+    elif encoding not in ("", "identity"):
+        raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
+    return body
+
+
+def create_app(
+    repository: ModelRepository,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    load_on_startup: bool = True,
+) -> Any:
+    """Build the FastAPI application.
+
+    Args:
+        repository: The models to serve. Models registered but not loaded are loaded in
+            a background thread at start-up, so the server answers 503 while loading.
+        max_body_bytes: Largest accepted request body (after decompression).
+        load_on_startup: Load registered models when the app starts.
+
+    Returns:
+        The ASGI app.
+    """
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+    from prometheus_client import generate_latest
+    from starlette.concurrency import run_in_threadpool
+
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "vinspect_modelserver_requests", "Inference requests by model and HTTP status",
+        ["model", "code"], registry=registry,
+    )
+    infer_seconds = Histogram(
+        "vinspect_modelserver_infer_seconds", "Time spent in ONNX Runtime",
+        ["model"], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+    request_seconds = Histogram(
+        "vinspect_modelserver_request_seconds", "Whole inference request time",
+        ["model"], registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+    )
+
+    def _background_load() -> None:
+        for item in repository.index():
+            if item["state"] == "LOADING":
+                try:
+                    repository.load(item["name"])
+                except ModelLoadError as exc:
+                    log.error("loading model %s failed: %s", item["name"], exc)
+
+    @asynccontextmanager
+    async def lifespan(_app: Any):
+        if load_on_startup:
+            threading.Thread(target=_background_load, name="model-load", daemon=True).start()
+        yield
+
+    app = FastAPI(title=SERVER_NAME, version=SERVER_VERSION, lifespan=lifespan)
+    app.state.repository = repository
+
+    @app.exception_handler(ModelServerError)
+    async def _error(_request: Request, exc: ModelServerError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(v2.V2ProtocolError)
+    async def _protocol_error(_request: Request, exc: v2.V2ProtocolError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    @app.get("/v2/health/live")
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> JSONResponse:
+        ok = repository.ready()
+        return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+    @app.get("/v2")
+    async def server_metadata() -> dict[str, Any]:
+        return {
+            "name": SERVER_NAME,
+            "version": SERVER_VERSION,
+            "extensions": ["binary_tensor_data", "model_repository"],
+        }
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+        return repository.get(name, version).metadata_response()
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+        repository.get(name, version)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        started = time.perf_counter()
+        code = "200"
+        try:
+            model = repository.get(name, version)
+            body = await _read_body(request, max_body_bytes)
+            header_length = request.headers.get(v2.HEADER_LENGTH.lower())
+            if header_length is not None:
+                if not header_length.isdigit():
+                    raise InvalidInput(f"{v2.HEADER_LENGTH} must be an integer")
+                header_length = int(header_length)
+            try:
+                decoded = v2.decode_request(body, header_length)
+            except v2.V2ProtocolError as exc:
+                raise InvalidInput(str(exc)) from None
+            feeds = model.validate(decoded)
+            if decoded.outputs is None:
+                wanted = [(o.name, decoded.binary_data_output) for o in model.outputs]
+            else:
+                wanted = [(o.name, o.binary) for o in decoded.outputs]
+            t0 = time.perf_counter()
+            try:
+                arrays = await run_in_threadpool(model.infer, feeds, [n for n, _ in wanted])
+            except Exception as exc:  # ORT's own errors are runtime input problems
+                raise InvalidInput(f"model {name!r} rejected the input: {exc}") from None
+            infer_seconds.labels(name).observe(time.perf_counter() - t0)
+            payload, headers = v2.encode_response(
+                model.name, model.version, decoded.id,
+                [(n, a, b) for (n, b), a in zip(wanted, arrays)],
+            )
+            return Response(payload, headers=headers)
+        except ModelServerError as exc:
+            code = str(exc.status_code)
+            raise
+        finally:
+            requests_total.labels(name, code).inc()
+            request_seconds.labels(name).observe(time.perf_counter() - started)
+
+    @app.post("/v2/repository/index")
+    async def repository_index() -> list[dict[str, str]]:
+        return repository.index()
+
+    @app.post("/v2/repository/models/{name}/load")
+    async def load(name: str, request: Request) -> dict[str, Any]:
+        body = await _read_body(request, 1024 * 1024)
+        params: dict[str, Any] = {}
+        if body.strip():
+            import json
+
+            try:
+                parsed = json.loads(body)
+            except json.JSONDecodeError as exc:
+                raise InvalidInput(f"load request is not JSON: {exc}") from None
+            params = (parsed or {}).get("parameters") or {}
+            if not isinstance(params, dict):
+                raise InvalidInput("load request 'parameters' must be an object")
+        uri = params.get("uri")
+        version = params.get("version")
+        model = await run_in_threadpool(
+            repository.load, name, str(uri) if uri else None,
+            str(version) if version is not None else None,
+        )
+        return {"name": model.name, "version": model.version, "state": "READY"}
+
+    @app.post("/v2/repository/models/{name}/unload")
+    async def unload(name: str) -> dict[str, Any]:
+        repository.unload(name)
+        return {"name": name, "state": "UNAVAILABLE"}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def s3_client_factory_from_env() -> Callable[[], Any]:
+    """Return a factory building the S3 client from `vinspect.settings.S3Settings`."""
+
+    def factory() -> Any:
+        from vinspect.settings import S3Settings
+
+        return S3Settings.from_env().client()
+
+    return factory
+
+
+def serve(
+    models: list[tuple[str, str, str | None]],
+    host: str = "0.0.0.0",
+    port: int = 8080,
+    *,
+    threads: int = 0,
+    parallel: int = 1,
+    spin: bool = True,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    log_level: str = "info",
+) -> None:
+    """Run the model server until interrupted.
+
+    Args:
+        models: (name, uri, version-or-None) of each model to serve.
+        host: Bind address.
+        port: REST port (OVMS on KServe uses 8080; the OpenShift AI template 8888).
+        threads: ONNX Runtime intra-op threads per session.
+        parallel: Inference runs executed at once per model.
+        spin: Let idle ONNX Runtime threads spin (off when sharing the CPU).
+        max_body_bytes: Largest accepted request body.
+        log_level: uvicorn log level.
+    """
+    import uvicorn
+
+    repository = ModelRepository(
+        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin
+    )
+    for name, uri, version in models:
+        repository.register(name, uri, version)
+    app = create_app(repository, max_body_bytes=max_body_bytes)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -1,0 +1,40 @@
+"""`vinspect serve` registers its four commands, each with help."""
+
+from __future__ import annotations
+
+import typer
+from typer.testing import CliRunner
+
+from vinspect.cli import serve
+
+
+def test_serve_commands_registered_with_help():
+    app = typer.Typer()
+    serve.register(app)
+    runner = CliRunner()
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("model", "processor", "camera", "dashboard"):
+        assert name in result.output
+        sub = runner.invoke(app, [name, "--help"])
+        assert sub.exit_code == 0 and sub.output.strip()
+
+
+def test_model_needs_a_source():
+    app = typer.Typer()
+    serve.register(app)
+    result = CliRunner().invoke(app, ["model", "--name", "m"])
+    assert result.exit_code != 0
+    assert "--uri or --champion is required" in result.output
+
+
+def test_champion_uri_follows_the_registry_layout():
+    class Version:
+        version = 7
+
+    class Client:
+        def get_model_version_by_alias(self, name, alias):
+            assert (name, alias) == ("metal-nut", "champion")
+            return Version()
+
+    assert serve.champion_uri(Client(), "metal-nut", "models") == ("s3://models/metal-nut/7/", "7")

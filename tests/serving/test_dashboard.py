@@ -1,0 +1,126 @@
+"""Dashboard: result events over HTTP (Knative Trigger) -> SSE -> headless Chromium; escaping."""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from cloudevents.v1.conversion import to_binary, to_structured
+from PIL import Image
+
+from serving.dashboard.app import DashboardState, create_app, sanitize_result
+from serving.events import result_event
+
+from .conftest import ThreadServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+XSS = '<img src=x onerror="window.__pwned=1">'
+
+
+def _data_url(w: int = 64, h: int = 48) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(buf, format="JPEG")
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _result(camera: str, image_id: str, detections=(), image: str | None = None, **extra) -> dict:
+    return {
+        "camera": camera, "image_id": image_id, "captured_at": "2026-11-29T00:00:00Z",
+        "label": extra.pop("label", "bent"), "passed": not detections,
+        "detections": list(detections), "image": {"width": 64, "height": 48},
+        "model": {"name": "metal-nut", "version": "3"},
+        "timings_ms": {"total": 12.5, "inference": 8.0},
+        "annotated_image": image if image is not None else _data_url(), **extra,
+    }
+
+
+def _post(url: str, data: dict, event_id: str, structured: bool = False) -> httpx.Response:
+    event = result_event(data, event_id, data["camera"], "/test")
+    headers, body = (to_structured if structured else to_binary)(event)
+    return httpx.post(url + "/", content=body, headers=headers)
+
+
+def test_sanitize_keeps_known_fields_and_rejects_non_image_urls():
+    view = sanitize_result(_result("c1", "i1", image="javascript:alert(1)", extra_field="x"), "e1")
+    assert view["image"] is None and "extra_field" not in view
+    view = sanitize_result(_result("c1", "i1", detections=[
+        {"class_id": 1, "class_name": "bent", "score": "0.9", "box": [1, 2, 3, float("nan")]}]))
+    assert view["detections"] == [{"class_id": 1, "class_name": "bent", "score": 0.9, "box": None}]
+    with pytest.raises(ValueError, match="camera"):
+        sanitize_result({"detections": []})
+
+
+def test_http_feed_dedupes_and_counts():
+    state = DashboardState()
+    with ThreadServer(create_app(state)) as server:
+        assert _post(server.url, _result("cam-a", "i1"), "i1").status_code == 202
+        assert _post(server.url, _result("cam-a", "i1"), "i1").status_code == 202  # redelivery
+        assert _post(server.url, _result("cam-a", "i2"), "i2", structured=True).status_code == 202
+        snap = httpx.get(server.url + "/api/cameras").json()
+        assert snap["counts"] == {"cam-a": {"total": 2, "pass": 2, "fail": 0}}
+        assert snap["cameras"][0]["image_id"] == "i2"
+        r = httpx.post(server.url + "/", content=b"nope")
+        assert r.status_code == 400
+        page = httpx.get(server.url + "/")
+        assert "script-src 'self'" in page.headers["content-security-policy"]
+        assert httpx.get(server.url + "/static/../app.py").status_code == 404
+
+
+def test_page_is_live_and_escapes_everything():
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    state = DashboardState()
+    with ThreadServer(create_app(state)) as server, sync_playwright() as pw:
+        _post(server.url, _result("cam-0", "first"), "first")
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            dialogs: list[str] = []
+            page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+            page.goto(server.url + "/")
+            page.wait_for_selector('section.camera[data-camera="cam-0"]')
+            page.wait_for_selector("#status[data-state=live]")
+
+            # Arrives while the page is open: pushed over SSE, no reload.
+            hostile = _result(
+                XSS, "evil", label=XSS, captured_at="</dd><script>alert(2)</script>",
+                detections=[{"class_id": 1, "class_name": XSS, "score": 0.93,
+                             "box": [8, 6, 40, 30]}],
+                model={"name": "<b>m</b>", "version": '"><svg onload=alert(3)>'},
+            )
+            assert _post(server.url, hostile, "evil").status_code == 202
+            card = page.locator('section.camera[data-image-id="evil"]')
+            card.wait_for()
+            assert card.get_attribute("data-camera") == XSS
+            assert card.locator(".verdict").inner_text() == "FAIL"
+            assert card.locator(".camera-id").inner_text() == XSS
+            assert card.locator(".label").inner_text() == XSS
+            assert card.locator(".model").inner_text() == '<b>m</b> v"><svg onload=alert(3)>'
+            assert card.locator("li.detection").inner_text() == f"{XSS} 93%"
+            rect = card.locator("svg.boxes rect")
+            assert rect.count() == 1
+            assert rect.get_attribute("data-label") == XSS
+            assert [rect.get_attribute(a) for a in ("x", "y", "width", "height")] == ["8", "6", "32", "24"]
+            # Nothing was interpreted as markup or script.
+            assert page.locator("img[src=x]").count() == 0
+            assert page.locator("main script, main b, main svg[onload]").count() == 0
+            assert page.evaluate("window.__pwned") is None
+            assert not dialogs
+            # The image of the good camera rendered; the totals follow the counts.
+            assert page.locator('section.camera[data-camera="cam-0"] img.picture').evaluate(
+                "img => img.complete && img.naturalWidth === 64")
+            page.wait_for_selector('#totals[data-total="2"]')
+            # A non-image "image" is never put into src.
+            _post(server.url, _result("cam-0", "js", image="javascript:alert(4)"), "js")
+            page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="js"]')
+            assert page.locator('section.camera[data-camera="cam-0"] img.picture').get_attribute("src") is None
+        finally:
+            browser.close()

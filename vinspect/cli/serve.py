@@ -1,0 +1,187 @@
+"""`vinspect serve model|processor|camera|dashboard`: the runtime services.
+
+Heavy imports (onnxruntime, confluent-kafka, FastAPI) stay inside the command bodies so that
+`vinspect --help` is instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from typing import Optional
+
+import typer
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def champion_uri(mlflow_client, model_name: str, bucket: str, alias: str = "champion") -> tuple[str, str]:
+    """Resolve a registry alias to (`s3://<bucket>/<model>/<version>/`, version)."""
+    version = str(mlflow_client.get_model_version_by_alias(model_name, alias).version)
+    return f"s3://{bucket}/{model_name}/{version}/", version
+
+
+def model(
+    uri: Optional[str] = typer.Option(
+        None, "--uri", help="ONNX file, model folder (OVMS layout ok) or s3://bucket/model/version/."
+    ),
+    champion: bool = typer.Option(
+        False, "--champion", help="Serve the registry's `champion` version from S3 (needs MLflow)."
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [VINSPECT_MODEL_NAME]."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
+    host: str = typer.Option("0.0.0.0", help="Bind address."),
+    port: int = typer.Option(8080, help="REST port."),
+    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0: all cores)."),
+    parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
+    spin: bool = typer.Option(
+        True, help="Let idle ONNX Runtime threads spin: fastest on dedicated cores; use "
+        "--no-spin when the CPU is shared (local stack, processor on the same node)."
+    ),
+    max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
+    log_level: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Serve an ONNX model over the KServe v2 protocol (what OVMS does on the cluster)."""
+    from vinspect.settings import MLflowSettings, S3Settings
+
+    from serving.modelserver import serve
+
+    _logging(log_level)
+    model_name = name or MLflowSettings.from_env().model_name
+    if champion:
+        if uri:
+            raise typer.BadParameter("give either --uri or --champion, not both")
+        try:
+            mlflow_client = MLflowSettings.from_env().client()
+        except ImportError:
+            raise typer.BadParameter(
+                "--champion needs the MLflow client, which the serving image does not have; "
+                "give --uri s3://<bucket>/<model>/<version>/ instead"
+            ) from None
+        uri, version = champion_uri(mlflow_client, model_name, S3Settings.from_env().bucket)
+        typer.echo(f"champion of {model_name} is version {version}: {uri}")
+    if not uri:
+        raise typer.BadParameter("--uri or --champion is required")
+    typer.echo(f"serving {model_name} from {uri} on http://{host}:{port}/v2/models/{model_name}")
+    serve([(model_name, uri, version)], host, port, threads=threads, parallel=parallel, spin=spin,
+          max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower())
+
+
+def processor(
+    mode: str = typer.Option("kafka", help="`kafka` (consume/produce loop) or `http` (Knative receiver)."),
+    host: str = typer.Option("0.0.0.0", help="Bind address of the HTTP/health server."),
+    port: int = typer.Option(8080, help="HTTP port (events in `http` mode; health and metrics always)."),
+    concurrency: int = typer.Option(4, help="Images inspected in parallel."),
+    conf: float = typer.Option(0.2, help="Confidence threshold (the demo used 0.2)."),
+    iou: float = typer.Option(0.4, help="NMS IoU threshold (the demo used 0.4)."),
+    annotate: bool = typer.Option(True, help="Attach the annotated JPEG to each result."),
+    group: Optional[str] = typer.Option(None, help="Kafka consumer group [VINSPECT_KAFKA_GROUP]."),
+    log_level: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Run the image processor: images -> model (v2) -> result events."""
+    from vinspect.settings import KafkaSettings, ModelServerSettings
+
+    from serving.model_client import ModelClient
+    from serving.processor import (
+        InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app, kafka_clients,
+        serve_health,
+    )
+
+    _logging(log_level)
+    if mode not in ("kafka", "http"):
+        raise typer.BadParameter("--mode must be `kafka` or `http`")
+    model_settings = ModelServerSettings.from_env()
+    client = ModelClient.from_settings(model_settings, retries=1)
+    metrics = ProcessorMetrics()
+    inspector = Inspector(client, InspectConfig(conf=conf, iou=iou, annotate=annotate), metrics)
+    typer.echo(f"processor ({mode}) -> {client!r}")
+    if mode == "http":
+        import uvicorn
+
+        uvicorn.run(create_http_app(inspector, metrics), host=host, port=port,
+                    log_level=log_level.lower(), access_log=False)
+        return
+    kafka = KafkaSettings.from_env()
+    consumer, producer = kafka_clients(kafka, group)
+    loop = KafkaLoop(
+        inspector, consumer, producer, images_topic=kafka.images_topic,
+        results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
+        concurrency=concurrency, metrics=metrics,
+    )
+    health = serve_health(host, port, loop.live, loop.ready, metrics)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: loop.stop())
+    typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
+               f"health on http://{host}:{port}/healthz")
+    try:
+        loop.run()
+    finally:
+        health.shutdown()
+        client.close()
+
+
+def camera(
+    source: str = typer.Argument("synthetic", help="Image folder, zip/tar archive, or `synthetic[:N]`."),
+    cameras: int = typer.Option(1, help="Number of simulated cameras."),
+    fps: float = typer.Option(1.0, help="Frames per second per camera (0: as fast as possible)."),
+    count: Optional[int] = typer.Option(None, help="Stop after this many frames (default: one pass)."),
+    loop: bool = typer.Option(False, "--loop", help="Repeat the source forever."),
+    shuffle: bool = typer.Option(False, "--shuffle", help="Shuffle each pass."),
+    legacy: bool = typer.Option(False, "--legacy", help="Produce the original demo's JSON record."),
+    scale: float = typer.Option(1.0, help="Resize factor before JPEG encoding."),
+    quality: int = typer.Option(90, help="JPEG quality."),
+    seed: int = typer.Option(0, help="Seed for shuffle and the synthetic generator."),
+) -> None:
+    """Stream images to Kafka as CloudEvents (binary mode), like the demo's camera."""
+    from confluent_kafka import Producer
+    from tqdm import tqdm
+    from vinspect.settings import KafkaSettings
+
+    from serving.camera import frame_stream, load_frames, produce_frames
+
+    kafka = KafkaSettings.from_env()
+    frames = load_frames(source, seed=seed)
+    total = count if count is not None else (None if loop else len(frames))
+    producer = Producer({**kafka.client_config(), "linger.ms": 5, "message.max.bytes": 8 * 1024 * 1024})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with tqdm(total=total, unit="img", desc=f"-> {kafka.images_topic}") as bar:
+        sent = produce_frames(
+            producer, kafka.images_topic, frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
+            cameras=cameras, fps=fps, count=count, legacy=legacy, quality=quality, scale=scale,
+            on_sent=lambda *_: bar.update(1), stop=stop.is_set,
+        )
+    typer.echo(f"sent {sent} frames from {cameras} camera(s)")
+
+
+def dashboard(
+    host: str = typer.Option("0.0.0.0", help="Bind address."),
+    port: int = typer.Option(8088, help="HTTP port."),
+    kafka: bool = typer.Option(True, help="Also consume the results topic (off: HTTP events only)."),
+    from_beginning: bool = typer.Option(False, help="Replay the results topic from its start."),
+    log_level: str = typer.Option("info", help="Log level."),
+) -> None:
+    """Serve the live dashboard (result events via POST / from a Knative Trigger, or Kafka)."""
+    import uvicorn
+    from vinspect.settings import KafkaSettings
+
+    from serving.dashboard.app import DashboardState, create_app, kafka_feed
+
+    _logging(log_level)
+    state = DashboardState()
+    feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    typer.echo(f"dashboard on http://{shown}:{port}/")
+    uvicorn.run(create_app(state, feed), host=host, port=port, log_level=log_level.lower(),
+                access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the runtime commands to the `serve` sub-app."""
+    app.command("model")(model)
+    app.command("processor")(processor)
+    app.command("camera")(camera)
+    app.command("dashboard")(dashboard)
