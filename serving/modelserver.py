@@ -388,6 +388,8 @@ class ModelRepository:
         """
         entry = self._entry(name, create=True)
         with entry.lock:
+            if version is None and (uri is None or uri == entry.uri):
+                version = entry.version  # a (re)load of the declared source keeps its declared version
             uri = uri or entry.uri
             if not uri:
                 raise ModelLoadError(f"model {name!r} has no uri to load from")

@@ -157,6 +157,34 @@ def test_503_while_loading_then_ready(onnx_model):
         assert index == [{"name": "metal-nut", "state": "READY", "version": "1"}]
 
 
+def test_declared_version_is_reported_after_background_load(onnx_model):
+    """`serve --version 7` must report 7, not the ONNX folder name (regression)."""
+    repo = ModelRepository()
+    repo.register("metal-nut", str(onnx_model), "7")
+    with ThreadServer(create_app(repo)) as server:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{server.url}/v2/health/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["7"]
+        # A reload of the same source without a version keeps the declared one.
+        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load",
+                       json={"parameters": {"uri": str(onnx_model)}})
+        assert r.status_code == 200
+        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["7"]
+
+
+def test_empty_server_is_live_and_loads_on_request(onnx_model):
+    """The demo starts the server empty; the first rollout loads the model."""
+    repo = ModelRepository()
+    with ThreadServer(create_app(repo)) as server:
+        assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
+        assert httpx.get(f"{server.url}/v2/models/metal-nut").status_code == 404
+        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load",
+                       json={"parameters": {"uri": str(onnx_model), "version": "3"}})
+        assert r.status_code == 200
+        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["3"]
+
+
 def test_failed_load_is_reported(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"this is not onnx")

@@ -31,6 +31,10 @@ def model(
     champion: bool = typer.Option(
         False, "--champion", help="Serve the registry's `champion` version from S3 (needs MLflow)."
     ),
+    champion_if_any: bool = typer.Option(
+        False, "--champion-if-any",
+        help="Like --champion, but start empty when there is no champion yet (the first rollout loads one).",
+    ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [VINSPECT_MODEL_NAME]."),
     version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
     host: str = typer.Option("0.0.0.0", help="Bind address."),
@@ -63,10 +67,22 @@ def model(
             ) from None
         uri, version = champion_uri(mlflow_client, model_name, S3Settings.from_env().bucket)
         typer.echo(f"champion of {model_name} is version {version}: {uri}")
-    if not uri:
-        raise typer.BadParameter("--uri or --champion is required")
-    typer.echo(f"serving {model_name} from {uri} on http://{host}:{port}/v2/models/{model_name}")
-    serve([(model_name, uri, version)], host, port, threads=threads, parallel=parallel, spin=spin,
+    if champion_if_any and not uri:
+        try:
+            uri, version = champion_uri(
+                MLflowSettings.from_env().client(), model_name, S3Settings.from_env().bucket
+            )
+            typer.echo(f"champion of {model_name} is version {version}: {uri}")
+        except Exception as exc:  # noqa: BLE001 - no model, no alias, or registry unreachable
+            typer.echo(f"no champion of {model_name} to serve yet ({type(exc).__name__}); starting empty")
+    if uri:
+        typer.echo(f"serving {model_name} from {uri} on http://{host}:{port}/v2/models/{model_name}")
+    else:
+        typer.echo(
+            f"serving no model yet on http://{host}:{port}; a rollout loads one with "
+            f"POST /v2/repository/models/{model_name}/load"
+        )
+    serve([(model_name, uri, version)] if uri else [], host, port, threads=threads, parallel=parallel, spin=spin,
           max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower())
 
 
