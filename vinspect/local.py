@@ -457,6 +457,7 @@ def start_service(
     ready: Callable[[], object],
     env: dict[str, str] | None = None,
     timeout_s: float | None = None,
+    port: int | None = None,
 ) -> int:
     """Start one more long-running process of the stack (the demo's model server, processor...).
 
@@ -470,6 +471,7 @@ def start_service(
         ready: Called until it stops raising; the service is ready then.
         env: Extra environment on top of the stack's.
         timeout_s: How long to wait for readiness.
+        port: The port it will listen on, checked to be free first.
 
     Returns:
         The pid.
@@ -479,6 +481,11 @@ def start_service(
     pid = _running_pid(cfg, name)
     if pid is not None:
         return pid
+    if port is not None and _port_open(port):
+        raise StackError(
+            f"port {port} for {name} is held by a process vinspect did not start; stop it or set "
+            f"VINSPECT_LOCAL_{name.replace('-', '_').upper()}_PORT"
+        )
     child_env = {**os.environ, **stack_env(cfg), **(env or {})}
     pid = _spawn(cfg, name, argv, child_env)
     _wait(name, ready, timeout_s or cfg.start_timeout_s, pid, cfg, name)

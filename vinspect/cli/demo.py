@@ -16,13 +16,16 @@ def register(app: typer.Typer) -> None:
             help="A CVAT export (dir, zip or s3://) to train on; default: synthetic metal nuts.",
         ),
         images: int = typer.Option(120, "-n", "--images", help="Synthetic images when --data is not given."),
-        epochs: int = typer.Option(10, "--epochs", help="Training epochs."),
-        imgsz: int = typer.Option(160, "--imgsz", help="Training and serving image size."),
+        epochs: int = typer.Option(40, "--epochs", help="Training epochs (from scratch: no pretrained weights offline)."),
+        imgsz: int = typer.Option(256, "--imgsz", help="Training and serving image size."),
         seed: int = typer.Option(0, "--seed", help="Seed for data, split and training."),
         runtime: bool = typer.Option(True, "--runtime/--no-runtime", help="Start model server, processor, camera and dashboard after the pipeline."),
         state: Optional[Path] = typer.Option(None, "--state", help="State directory (default ./.vinspect)."),
+        min_map50: Optional[float] = typer.Option(None, "--min-map50", help="Override the quality gate's mAP50 floor."),
+        min_class_map50: Optional[float] = typer.Option(None, "--min-class-map50", help="Override the gate's per-class mAP50 floor."),
     ) -> None:
         """Bring the local stack up, build a dataset, run the training pipeline locally, serve the champion."""
         from vinspect.demo import run_demo
 
-        raise typer.Exit(run_demo(data=data, images=images, epochs=epochs, imgsz=imgsz, seed=seed, runtime=runtime, state=state))
+        raise typer.Exit(run_demo(data=data, images=images, epochs=epochs, imgsz=imgsz, seed=seed, runtime=runtime, state=state,
+                                    min_map50=min_map50, min_class_map50=min_class_map50))
