@@ -1,0 +1,26 @@
+"""Model step cores: train, export to ONNX with a parity check, evaluate, and the quality gate.
+
+Heavy libraries (torch, Ultralytics, ONNX Runtime, matplotlib) are imported inside the functions,
+so importing this package is cheap.
+"""
+
+from components.model.evaluate import compute_metrics, evaluate_onnx, match_predictions
+from components.model.export import DEFAULT_ATOL, DEFAULT_OPSET, ParityError, export_onnx, parity_check
+from components.model.gate import DEFAULT_FLOORS, GateDecision, decide_gate
+from components.model.train import TrainResult, train_model
+
+__all__ = [
+    "DEFAULT_ATOL",
+    "DEFAULT_FLOORS",
+    "DEFAULT_OPSET",
+    "GateDecision",
+    "ParityError",
+    "TrainResult",
+    "compute_metrics",
+    "decide_gate",
+    "evaluate_onnx",
+    "export_onnx",
+    "match_predictions",
+    "parity_check",
+    "train_model",
+]

@@ -1,0 +1,677 @@
+"""Detector core: the one place that turns images into YOLO inputs and YOLO outputs into detections.
+
+Used by evaluation, the ONNX parity check, the image processor and the notebooks, so a model is
+validated exactly the way it is served. Only numpy and Pillow are imported at module level;
+:class:`Detector` imports onnxruntime lazily when it is given a model path.
+
+Conventions (kept explicit because the original demo got them wrong by accident):
+
+* images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; nothing here ever swaps channels;
+* model input is ``float32 [1, 3, H, W]`` in ``0..1``, letterboxed with pad value 114 the way
+  Ultralytics does it (centred padding, same rounding), so boxes map back identically;
+* boxes are ``(x1, y1, x2, y2)`` in pixels of the original image.
+
+Two raw output layouts are decoded:
+
+* ``[1, 4 + nc, N]`` (YOLOv8 / YOLO11): ``cx, cy, w, h`` then one score per class;
+* ``[1, N, 5 + nc]`` (YOLOv5, e.g. the original demo's ``manu-vi-best-yolov5m.onnx``):
+  ``cx, cy, w, h, objectness`` then class probabilities; score = objectness * class probability.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+CLASS_NAMES: tuple[str, ...] = ("scratch", "bent")
+"""Default class names, index = class id (the demo's ``obj.names``)."""
+
+DEFAULT_IMGSZ = 320
+PAD_VALUE = 114
+MAX_NMS_CANDIDATES = 30000  # boxes kept (by score) before NMS, as Ultralytics does
+MAX_DETECTIONS = 300
+_MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any image side we will see
+
+
+# --------------------------------------------------------------------------------------------
+# Images
+# --------------------------------------------------------------------------------------------
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode encoded image bytes (JPEG, PNG, ...) to an RGB ``uint8`` array.
+
+    Args:
+        data: The encoded image.
+
+    Returns:
+        Array of shape ``(H, W, 3)``, dtype ``uint8``, channels in RGB order.
+
+    Raises:
+        ValueError: If the bytes are not a readable image.
+    """
+    if not data:
+        raise ValueError("cannot decode image: no bytes given")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            # Converts L, LA, P, RGBA, CMYK; RGB order is explicit (no copy when already RGB).
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+    except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
+        raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_reduced(data: bytes, target_hw: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
+    """Decode for a model input of ``target_hw``: returns ``(RGB PIL image, original (h, w))``.
+
+    JPEG is decoded at the smallest libjpeg DCT scale (1/2, 1/4, 1/8) whose result is still at
+    least as large as the letterboxed content, which is several times faster than a full decode
+    and amounts to an area pre-shrink before the bilinear resize. Other formats decode in full.
+    """
+    if not data:
+        raise ValueError("cannot decode image: no bytes given")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            orig_w, orig_h = im.size
+            if im.format == "JPEG":
+                r = min(target_hw[0] / orig_h, target_hw[1] / orig_w)
+                im.draft("RGB", (max(1, int(np.ceil(orig_w * r))), max(1, int(np.ceil(orig_h * r)))))
+            im.load()
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+    except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
+        raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
+    return rgb, (orig_h, orig_w)
+
+
+def _as_rgb_array(img: Any) -> np.ndarray:
+    """Accept bytes, a PIL image or an RGB array; return an RGB ``uint8`` ``(H, W, 3)`` array."""
+    if isinstance(img, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(img))
+    if isinstance(img, Image.Image):
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    if isinstance(img, (str, Path)):
+        return decode_image(Path(img).read_bytes())
+    arr = np.asarray(img)
+    if arr.ndim == 2:  # greyscale -> RGB
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[:, :, :3]
+    if arr.dtype != np.uint8:
+        arr = np.clip(arr, 0, 255).astype(np.uint8)
+    return arr
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """How an image was letterboxed, so boxes can be mapped back.
+
+    Attributes:
+        ratio: Scale applied to the original image (same for both axes).
+        pad: ``(left, top)`` padding in pixels of the letterboxed image.
+        orig_shape: ``(height, width)`` of the original image.
+        new_shape: ``(height, width)`` of the letterboxed image.
+    """
+
+    ratio: float
+    pad: tuple[int, int]
+    orig_shape: tuple[int, int]
+    new_shape: tuple[int, int]
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, (int, np.integer)):
+        return int(size), int(size)
+    h, w = (int(v) for v in size)
+    return h, w
+
+
+def letterbox(
+    img: np.ndarray,
+    new_shape: int | Sequence[int] = DEFAULT_IMGSZ,
+    stride: int = 32,
+    auto: bool = False,
+    pad_value: int = PAD_VALUE,
+    scaleup: bool = True,
+) -> tuple[np.ndarray, LetterboxInfo]:
+    """Resize keeping the aspect ratio, then pad to ``new_shape`` (Ultralytics' ``LetterBox``).
+
+    Args:
+        img: RGB ``uint8`` array ``(H, W, 3)``.
+        new_shape: Target ``(height, width)`` or a single side.
+        stride: Model stride. With ``auto=False`` the target must be a multiple of it;
+            with ``auto=True`` padding is the minimum that makes each side a multiple of it.
+        auto: Minimum-rectangle padding instead of padding to the full ``new_shape``.
+        pad_value: Grey level of the padding (114 like Ultralytics).
+        scaleup: Allow enlarging small images (off gives better recall for tiny inputs).
+
+    Returns:
+        The letterboxed RGB ``uint8`` image and the :class:`LetterboxInfo` to undo it.
+
+    Raises:
+        ValueError: If the image is not ``(H, W, 3)`` or the target is not stride-aligned.
+    """
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"letterbox expects an RGB image of shape (H, W, 3), got {img.shape}")
+    nh, nw = _pair(new_shape)
+    if stride > 0 and not auto and (nh % stride or nw % stride):
+        raise ValueError(f"letterbox size {nh}x{nw} is not a multiple of the model stride {stride}")
+    h, w = img.shape[:2]
+    r = min(nh / h, nw / w)
+    if not scaleup:
+        r = min(r, 1.0)
+    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    dw, dh = nw - unpad_w, nh - unpad_h
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    dw /= 2
+    dh /= 2
+    if (w, h) != (unpad_w, unpad_h):
+        # Pillow's bilinear resize on RGB data; channel order is untouched.
+        img = np.asarray(
+            Image.fromarray(img).resize((unpad_w, unpad_h), Image.Resampling.BILINEAR),
+            dtype=np.uint8,
+        )
+    # Same rounding as Ultralytics so that box un-mapping is identical.
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    out_h, out_w = unpad_h + top + bottom, unpad_w + left + right
+    out = np.full((out_h, out_w, 3), pad_value, dtype=np.uint8)
+    out[top : top + unpad_h, left : left + unpad_w] = img
+    info = LetterboxInfo(ratio=r, pad=(left, top), orig_shape=(h, w), new_shape=(out_h, out_w))
+    return out, info
+
+
+def _geometry(orig_hw: tuple[int, int], new_hw: tuple[int, int]) -> tuple[float, int, int, int, int]:
+    """Ultralytics' letterbox arithmetic: ``(ratio, content_w, content_h, left, top)``."""
+    h, w = orig_hw
+    nh, nw = new_hw
+    r = min(nh / h, nw / w)
+    unpad_w, unpad_h = int(round(w * r)), int(round(h * r))
+    left = int(round((nw - unpad_w) / 2 - 0.1))
+    top = int(round((nh - unpad_h) / 2 - 0.1))
+    return r, unpad_w, unpad_h, left, top
+
+
+def _to_tensor(
+    img: np.ndarray | Image.Image, orig_hw: tuple[int, int], new_hw: tuple[int, int], stride: int
+) -> tuple[np.ndarray, LetterboxInfo]:
+    """Letterbox an RGB image of ``orig_hw`` content (maybe already reduced) into a tensor.
+
+    Same pixels as ``letterbox()`` followed by CHW/255, but resized and scaled straight into a
+    pre-filled float32 tensor, which saves full-size temporaries on every call.
+    """
+    nh, nw = new_hw
+    if stride > 0 and (nh % stride or nw % stride):
+        raise ValueError(f"input size {nh}x{nw} is not a multiple of the model stride {stride}")
+    r, unpad_w, unpad_h, left, top = _geometry(orig_hw, new_hw)
+    if isinstance(img, Image.Image):
+        if img.size != (unpad_w, unpad_h):
+            img = img.resize((unpad_w, unpad_h), Image.Resampling.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    elif img.shape[1] != unpad_w or img.shape[0] != unpad_h:
+        arr = np.asarray(
+            Image.fromarray(img).resize((unpad_w, unpad_h), Image.Resampling.BILINEAR), dtype=np.uint8
+        )
+    else:
+        arr = img
+    tensor = np.full((1, 3, nh, nw), np.float32(PAD_VALUE / 255.0), dtype=np.float32)
+    # Channel order stays RGB: plane 0 is R.
+    np.multiply(
+        arr.transpose(2, 0, 1),
+        np.float32(1.0 / 255.0),
+        out=tensor[0, :, top : top + unpad_h, left : left + unpad_w],
+        casting="unsafe",
+    )
+    info = LetterboxInfo(ratio=r, pad=(left, top), orig_shape=(int(orig_hw[0]), int(orig_hw[1])), new_shape=(nh, nw))
+    return tensor, info
+
+
+def preprocess(
+    img: Any, imgsz: int | Sequence[int] = DEFAULT_IMGSZ, stride: int = 32
+) -> tuple[np.ndarray, LetterboxInfo]:
+    """Turn an image into the model input tensor.
+
+    Args:
+        img: RGB array ``(H, W, 3)`` (also accepted: encoded bytes, a PIL image, a file path).
+        imgsz: Model input size (square side or ``(height, width)``).
+        stride: Model stride (the input size must be a multiple of it).
+
+    Returns:
+        ``float32`` tensor ``[1, 3, H, W]`` in ``0..1`` (RGB planes, letterboxed as
+        :func:`letterbox` does) and the letterbox info.
+    """
+    arr = _as_rgb_array(img)
+    return _to_tensor(arr, arr.shape[:2], _pair(imgsz), stride)
+
+
+# --------------------------------------------------------------------------------------------
+# Raw output -> boxes
+# --------------------------------------------------------------------------------------------
+
+
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    out = np.empty_like(xywh)
+    half_w = xywh[:, 2] / 2
+    half_h = xywh[:, 3] / 2
+    out[:, 0] = xywh[:, 0] - half_w
+    out[:, 1] = xywh[:, 1] - half_h
+    out[:, 2] = xywh[:, 0] + half_w
+    out[:, 3] = xywh[:, 1] + half_h
+    return out
+
+
+def _layout(shape: tuple[int, int], num_classes: int) -> str:
+    """Tell the two YOLO layouts apart from a batch-less ``(a, b)`` shape."""
+    v8 = shape[0] == 4 + num_classes
+    v5 = shape[1] == 5 + num_classes
+    if v8 and v5:
+        # Only possible when N equals the other dimension; N (anchors) is the larger side.
+        return "v8" if shape[1] >= shape[0] else "v5"
+    if v8:
+        return "v8"
+    if v5:
+        return "v5"
+    raise ValueError(
+        f"output shape {shape} matches neither YOLOv8/11 [1, 4+nc, N] nor YOLOv5 [1, N, 5+nc] "
+        f"for nc={num_classes}; check the class names in the model metadata"
+    )
+
+
+def decode(output: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode a raw YOLO output into candidate boxes (before thresholds and NMS).
+
+    Args:
+        output: ``[1, 4+nc, N]`` (YOLOv8/11) or ``[1, N, 5+nc]`` (YOLOv5); the batch axis may be
+            omitted.
+        num_classes: Number of classes ``nc``.
+
+    Returns:
+        ``boxes_xyxy`` ``float32 (N, 4)`` in model-input pixels, ``scores`` ``float32 (N,)`` (best
+        class score; for YOLOv5 objectness times class probability) and ``class_ids``
+        ``int64 (N,)``.
+
+    Raises:
+        ValueError: If the shape fits neither layout or the batch size is not 1.
+    """
+    arr = np.asarray(output, dtype=np.float32)
+    if arr.ndim == 3:
+        if arr.shape[0] != 1:
+            raise ValueError(f"decode handles one image at a time, got batch of {arr.shape[0]}")
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a [1, C, N] or [1, N, C] YOLO output, got shape {np.shape(output)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    if _layout(arr.shape, num_classes) == "v8":
+        preds = arr.T  # (N, 4+nc)
+        cls_scores = preds[:, 4:]
+    else:
+        preds = arr  # (N, 5+nc)
+        cls_scores = preds[:, 5:] * preds[:, 4:5]
+    class_ids = cls_scores.argmax(axis=1)
+    scores = cls_scores[np.arange(len(cls_scores)), class_ids]
+    boxes = _xywh_to_xyxy(np.ascontiguousarray(preds[:, :4]))
+    return boxes.astype(np.float32, copy=False), scores.astype(np.float32), class_ids.astype(np.int64)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of ``xyxy`` boxes: ``a (N, 4)``, ``b (M, 4)`` -> ``(N, M)``."""
+    a = np.asarray(a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(b, dtype=np.float64).reshape(-1, 4)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(axis=2)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(axis=1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
+def nms(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    class_ids: np.ndarray,
+    iou_threshold: float = 0.45,
+    max_det: int = MAX_DETECTIONS,
+) -> np.ndarray:
+    """Class-aware non-maximum suppression.
+
+    Boxes of different classes never suppress each other: each class is shifted by its own
+    offset so one vectorised greedy pass handles all classes (the trick Ultralytics uses).
+
+    Args:
+        boxes: ``(N, 4)`` ``xyxy`` boxes.
+        scores: ``(N,)`` scores.
+        class_ids: ``(N,)`` integer class ids.
+        iou_threshold: A box is dropped when its IoU with a kept, higher-scoring box of the same
+            class is above this.
+        max_det: Stop after this many kept boxes.
+
+    Returns:
+        Indices into the inputs of the kept boxes, highest score first.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    offset = np.asarray(class_ids, dtype=np.float64).reshape(-1, 1) * _MAX_WH
+    b = boxes + offset
+    x1, y1, x2, y2 = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
+    areas = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    order = np.argsort(-scores, kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_det:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        xx1 = np.maximum(x1[i], x1[rest])
+        yy1 = np.maximum(y1[i], y1[rest])
+        xx2 = np.minimum(x2[i], x2[rest])
+        yy2 = np.minimum(y2[i], y2[rest])
+        inter = np.clip(xx2 - xx1, 0, None) * np.clip(yy2 - yy1, 0, None)
+        union = areas[i] + areas[rest] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def scale_boxes(boxes: np.ndarray, info: LetterboxInfo) -> np.ndarray:
+    """Map ``xyxy`` boxes from letterboxed-input pixels back to the original image (clipped)."""
+    out = np.asarray(boxes, dtype=np.float32).reshape(-1, 4).copy()
+    left, top = info.pad
+    out[:, [0, 2]] -= left
+    out[:, [1, 3]] -= top
+    out /= info.ratio
+    h, w = info.orig_shape
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Detections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One detected object.
+
+    Attributes:
+        class_id: Class index (0 = scratch, 1 = bent for the metal-nut model).
+        class_name: Class name from the model metadata.
+        score: Confidence in ``0..1``.
+        box: ``(x1, y1, x2, y2)`` in pixels of the original image.
+    """
+
+    class_id: int
+    class_name: str
+    score: float
+    box: tuple[float, float, float, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: ``{"class_id", "class_name", "score", "box": [x1, y1, x2, y2]}``."""
+        return {
+            "class_id": self.class_id,
+            "class_name": self.class_name,
+            "score": self.score,
+            "box": [float(v) for v in self.box],
+        }
+
+
+def _names_list(names: Sequence[str] | Mapping[Any, str]) -> list[str]:
+    if isinstance(names, Mapping):
+        items = sorted(((int(k), str(v)) for k, v in names.items()), key=lambda kv: kv[0])
+        if [k for k, _ in items] != list(range(len(items))):
+            raise ValueError(f"class names must be keyed 0..n-1, got keys {[k for k, _ in items]}")
+        return [v for _, v in items]
+    return [str(n) for n in names]
+
+
+def postprocess(
+    output: np.ndarray,
+    info: LetterboxInfo,
+    orig_shape: tuple[int, int] | None = None,
+    conf: float = 0.25,
+    iou: float = 0.45,
+    names: Sequence[str] | Mapping[Any, str] = CLASS_NAMES,
+    max_det: int = MAX_DETECTIONS,
+) -> list[Detection]:
+    """Raw model output -> detections in original-image pixels.
+
+    Args:
+        output: Raw YOLO output in either layout (see :func:`decode`).
+        info: Letterbox info from :func:`preprocess`.
+        orig_shape: ``(height, width)`` of the original image; defaults to ``info.orig_shape``.
+        conf: Minimum score kept (the original demo used 0.2).
+        iou: NMS IoU threshold (the original demo used 0.4).
+        names: Class names (sequence indexed by id, or ``{id: name}``).
+        max_det: Maximum detections returned.
+
+    Returns:
+        Detections, highest score first.
+    """
+    names_l = _names_list(names)
+    boxes, scores, class_ids = decode(output, len(names_l))
+    mask = scores > conf
+    boxes, scores, class_ids = boxes[mask], scores[mask], class_ids[mask]
+    if len(scores) > MAX_NMS_CANDIDATES:
+        top = np.argsort(-scores, kind="stable")[:MAX_NMS_CANDIDATES]
+        boxes, scores, class_ids = boxes[top], scores[top], class_ids[top]
+    keep = nms(boxes, scores, class_ids, iou, max_det=max_det)
+    if orig_shape is not None and tuple(orig_shape[:2]) != info.orig_shape:
+        info = LetterboxInfo(info.ratio, info.pad, (int(orig_shape[0]), int(orig_shape[1])), info.new_shape)
+    scaled = scale_boxes(boxes[keep], info)
+    return [
+        Detection(
+            class_id=int(class_ids[k]),
+            class_name=names_l[int(class_ids[k])],
+            score=float(scores[k]),
+            box=tuple(float(v) for v in scaled[j]),  # type: ignore[arg-type]
+        )
+        for j, k in enumerate(keep)
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# Model metadata and the Detector
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_literal(value: str) -> Any:
+    """Metadata values are JSON (ours) or Python literals (Ultralytics writes ``str(dict)``)."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        pass
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
+    """Read ``names``, ``imgsz``, ``stride`` and ``dataset_id`` from ONNX custom metadata.
+
+    Accepts both this project's JSON values and Ultralytics' Python-literal values.
+
+    Returns:
+        ``{"names": list[str] | None, "imgsz": (h, w) | None, "stride": int | None,
+        "dataset_id": str | None}``.
+    """
+    out: dict[str, Any] = {"names": None, "imgsz": None, "stride": None, "dataset_id": None}
+    if "names" in meta:
+        names = _parse_literal(meta["names"])
+        if isinstance(names, (Mapping, list, tuple)):
+            out["names"] = _names_list(names)
+    if "imgsz" in meta:
+        sz = _parse_literal(meta["imgsz"])
+        if isinstance(sz, (int, float)):
+            out["imgsz"] = (int(sz), int(sz))
+        elif isinstance(sz, (list, tuple)) and len(sz) in (1, 2):
+            out["imgsz"] = (int(sz[0]), int(sz[-1]))
+    if "stride" in meta:
+        st = _parse_literal(meta["stride"])
+        if isinstance(st, (int, float)):
+            out["stride"] = int(st)
+    if meta.get("dataset_id"):
+        out["dataset_id"] = str(meta["dataset_id"])
+    return out
+
+
+def _default_providers() -> list[str]:
+    import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
+
+    available = ort.get_available_providers()
+    preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [p for p in preferred if p in available] or available
+
+
+def _open_session(path: Path, providers: Sequence[str] | None, spinning: bool) -> Any:
+    import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
+
+    opts = ort.SessionOptions()
+    if not spinning:
+        # No busy-waiting between and inside runs: a spinning ONNX Runtime pool steals the cores
+        # that JPEG decoding and NMS need in the same process, and burns CPU quota in a limited
+        # pod. On a contended 2-core machine this halved the per-image latency; on an idle one
+        # spinning is ~3 ms faster per image (benchmarks/detector.py).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=list(providers) if providers else _default_providers())
+
+
+class Detector:
+    """An ONNX YOLO model plus the detector core: image in, detections out.
+
+    Args:
+        path_or_session: Path to an ``.onnx`` file, an ``onnxruntime.InferenceSession``, or
+            ``None`` for remote-only use through :meth:`detect_with` (then give ``names`` and
+            ``imgsz``).
+        conf: Minimum score kept (the original demo used 0.2).
+        iou: NMS IoU threshold (the original demo used 0.4).
+        names: Override the class names from the metadata.
+        imgsz: Override the input size from the metadata / input shape.
+        providers: ONNX Runtime execution providers (default: CUDA if present, else CPU).
+        spinning: Let ONNX Runtime's threads busy-wait (faster on an idle, dedicated CPU; off by
+            default because it hurts on shared or CPU-limited nodes).
+
+    Attributes:
+        names: Class names, index = class id.
+        imgsz: ``(height, width)`` of the model input.
+        stride: Model stride.
+        metadata: Parsed ONNX metadata (see :func:`parse_metadata`).
+        input_name / output_name: Tensor names (``images`` / ``output0`` for our exports).
+        timings: Milliseconds spent in ``preprocess``, ``inference`` and ``postprocess`` by the
+            last call.
+    """
+
+    def __init__(
+        self,
+        path_or_session: str | Path | Any | None,
+        conf: float = 0.25,
+        iou: float = 0.45,
+        *,
+        names: Sequence[str] | Mapping[Any, str] | None = None,
+        imgsz: int | Sequence[int] | None = None,
+        providers: Sequence[str] | None = None,
+        spinning: bool = False,
+    ) -> None:
+        self.conf = float(conf)
+        self.iou = float(iou)
+        self.session: Any = None
+        self.input_name = "images"
+        self.output_name = "output0"
+        self.metadata: dict[str, Any] = {"names": None, "imgsz": None, "stride": None, "dataset_id": None}
+        self.path: Path | None = None
+        shape_hw: tuple[int, int] | None = None
+        if isinstance(path_or_session, (str, Path)):
+            self.path = Path(path_or_session)
+            if not self.path.is_file():
+                raise FileNotFoundError(f"ONNX model not found: {self.path}")
+            self.session = _open_session(self.path, providers, spinning)
+        elif path_or_session is not None:
+            self.session = path_or_session
+        if self.session is not None:
+            inp = self.session.get_inputs()[0]
+            self.input_name = inp.name
+            self.output_name = self.session.get_outputs()[0].name
+            if len(inp.shape) == 4 and all(isinstance(d, int) for d in inp.shape[2:]):
+                shape_hw = (int(inp.shape[2]), int(inp.shape[3]))
+            self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.names: list[str] = _names_list(names) if names is not None else (
+            self.metadata["names"] or list(CLASS_NAMES)
+        )
+        if imgsz is not None:
+            self.imgsz = _pair(imgsz)
+        else:
+            self.imgsz = self.metadata["imgsz"] or shape_hw or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
+        self.stride: int = self.metadata["stride"] or 32
+        self.timings: dict[str, float] = {}
+
+    def prepare(self, img: Any) -> tuple[np.ndarray, LetterboxInfo]:
+        """Input tensor and letterbox info for one image, as :meth:`detect` makes them.
+
+        Encoded bytes (and file paths) take the fast path: JPEG is decoded directly at a reduced
+        DCT scale that is still at least the model's input size (see ``_decode_reduced``);
+        arrays and PIL images go through :func:`preprocess`.
+        """
+        if isinstance(img, (str, Path)):
+            img = Path(img).read_bytes()
+        if isinstance(img, (bytes, bytearray, memoryview)):
+            arr, orig = _decode_reduced(bytes(img), self.imgsz)
+            return _to_tensor(arr, orig, self.imgsz, self.stride)
+        return preprocess(img, self.imgsz, stride=self.stride)
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        """Run the local ONNX Runtime session on a prepared input tensor."""
+        if self.session is None:
+            raise RuntimeError("this Detector has no local ONNX session; use detect_with(img, infer)")
+        return self.session.run([self.output_name], {self.input_name: tensor})[0]
+
+    def detect(self, img: Any) -> list[Detection]:
+        """Detect objects in one image with the local session.
+
+        Args:
+            img: RGB array ``(H, W, 3)``, encoded image bytes, PIL image or file path.
+
+        Returns:
+            Detections in original-image pixels, highest score first.
+        """
+        return self.detect_with(img, self.infer)
+
+    def detect_with(self, img: Any, infer: Callable[[np.ndarray], np.ndarray]) -> list[Detection]:
+        """Detect objects with a caller-supplied inference function (e.g. a remote v2 call).
+
+        Args:
+            img: RGB array ``(H, W, 3)``, encoded image bytes, PIL image or file path.
+            infer: Takes the ``float32 [1, 3, H, W]`` input tensor, returns the raw output.
+
+        Returns:
+            Detections in original-image pixels, highest score first.
+        """
+        t0 = time.perf_counter()
+        tensor, info = self.prepare(img)
+        t1 = time.perf_counter()
+        output = np.asarray(infer(tensor))
+        t2 = time.perf_counter()
+        dets = postprocess(output, info, conf=self.conf, iou=self.iou, names=self.names)
+        t3 = time.perf_counter()
+        self.timings = {
+            "preprocess": (t1 - t0) * 1e3,
+            "inference": (t2 - t1) * 1e3,
+            "postprocess": (t3 - t2) * 1e3,
+        }
+        return dets
