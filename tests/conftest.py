@@ -20,6 +20,18 @@ SHARED = Path(os.environ.get("VINSPECT_SHARED_DIR") or (REPO.parent / "shared"))
 _OPT_IN = {"slow": "--run-slow", "gpu": "--run-gpu", "cluster": "--run-cluster"}
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config):
+    # A SIGTERM (CI timeout, `kill`) becomes an interrupt, so fixture teardown still stops the
+    # servers this session started instead of leaving them running.
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
     parser.addoption("--run-gpu", action="store_true", help="run tests that need an NVIDIA GPU")

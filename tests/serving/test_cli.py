@@ -25,7 +25,7 @@ def test_model_needs_a_source():
     serve.register(app)
     result = CliRunner().invoke(app, ["model", "--name", "m"])
     assert result.exit_code != 0
-    assert "--uri or --champion is required" in result.output
+    assert "--uri, --champion or --champion-if-any is required" in result.output
 
 
 def test_champion_uri_follows_the_registry_layout():

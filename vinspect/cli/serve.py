@@ -75,6 +75,8 @@ def model(
             typer.echo(f"champion of {model_name} is version {version}: {uri}")
         except Exception as exc:  # noqa: BLE001 - no model, no alias, or registry unreachable
             typer.echo(f"no champion of {model_name} to serve yet ({type(exc).__name__}); starting empty")
+    if not uri and not champion_if_any:
+        raise typer.BadParameter("--uri, --champion or --champion-if-any is required")
     if uri:
         typer.echo(f"serving {model_name} from {uri} on http://{host}:{port}/v2/models/{model_name}")
     else:
