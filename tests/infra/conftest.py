@@ -12,10 +12,15 @@ from infra.validate import SchemasMissingError, default_store
 
 @pytest.fixture(scope="session")
 def kubectl() -> str:
-    """kubectl (it carries kustomize); skip when it is not installed."""
+    """kubectl (it carries kustomize).
+
+    A missing kubectl fails rather than skips: every manifest test depends on rendering, and a
+    silently skipped infra suite would let broken manifests through CI.
+    """
     found = shutil.which("kubectl") or shutil.which("oc")
     if not found:
-        pytest.skip("kubectl (with kustomize) is not installed")
+        pytest.fail("kubectl (with kustomize) is not installed: the infra tests need it to render "
+                    "the overlays (see docs/infra.md)")
     return found
 
 

@@ -313,7 +313,7 @@ def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
     nb = run_notebook(
         "03_inference_over_rest.ipynb",
         monkeypatch,
-        {**stack_env, "VINSPECT_MODEL_URL": model_server["url"], "VINSPECT_IMAGE": str(image),
+        {**stack_env, "VINSPECT_MODEL_URL": model_server["url"], "VINSPECT_SAMPLE_IMAGE": str(image),
          "VINSPECT_CONF": repr(local.conf)},
     )
     summary = summary_of(nb)
@@ -330,7 +330,7 @@ def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
 
 
 def test_03_inference_over_rest_sends_a_camera_frame_by_default(stack_env, model_server, monkeypatch):
-    monkeypatch.delenv("VINSPECT_IMAGE", raising=False)
+    monkeypatch.delenv("VINSPECT_SAMPLE_IMAGE", raising=False)
     nb = run_notebook(
         "03_inference_over_rest.ipynb", monkeypatch,
         {**stack_env, "VINSPECT_MODEL_URL": model_server["url"], "VINSPECT_CONF": "0.25"},
