@@ -122,6 +122,23 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
         )
         assert start_service(cfg, "web", ["false"], ready=lambda: None) == web  # already running
         group.add(web)
+
+        # One service down is enough for `status` to fail, and it says which.
+        from vinspect.local import _stop
+
+        _stop(cfg, "kafka")
+        rows = status(cfg)
+        assert not rows["kafka"]["ok"] and rows["s3"]["ok"] and rows["mlflow"]["ok"]
+        env_cli = {**os.environ, "VINSPECT_LOCAL_S3_PORT": str(cfg.s3_port),
+                   "VINSPECT_LOCAL_MLFLOW_PORT": str(cfg.mlflow_port),
+                   "VINSPECT_LOCAL_KAFKA_PORT": str(cfg.kafka_port)}
+        proc = subprocess.run([sys.executable, "-m", "vinspect", "local", "status", "--state", str(cfg.state)],
+                              capture_output=True, text=True, env=env_cli, timeout=120)
+        assert proc.returncode == 1 and "kafka" in proc.stdout
+        # `up` again brings back only what is missing.
+        up(cfg, log=lambda _m: None)
+        assert stack_pids(cfg)["s3"] == pids["s3"] and stack_pids(cfg)["mlflow"] == pids["mlflow"]
+        group |= _descendants(stack_pids(cfg)["kafka"])
     finally:
         stopped = down(cfg, log=lambda _m: None)
     assert set(stopped) == set(SERVICES) | {"web"}
