@@ -5,9 +5,24 @@ answers 202 with an ``rq_id``; ``GET /api/requests/{rq_id}`` is polled until ``f
 ``failed``); the archive is then downloaded from the request's ``result_url``. cvat-sdk's own
 ``export_dataset`` polls forever, so this module drives the same SDK endpoints with a deadline.
 
-Only jobs whose state is ``completed`` (or ``accepted``) are exported unless ``include_all_jobs``:
-when every job qualifies the whole task/project is exported in one request, otherwise each
-qualifying job is exported and the parts are merged by the importer.
+Which jobs count as done (CVAT 2.x, the ``JobRead`` model of the schema and of cvat-sdk): a job has
+a ``stage`` (``annotation`` / ``validation`` / ``acceptance``: where it is in the workflow) and a
+``state`` (``new`` / ``in progress`` / ``completed`` / ``rejected``: how far it is within that stage).
+There is no ``accepted`` state: CVAT's "accepted" is stage ``acceptance`` with state ``completed``,
+which ``state == "completed"`` already covers. So a job is done when its state is ``completed``, in
+any stage (an annotator's finished job as well as a validated or accepted one); ``new``,
+``in progress`` and ``rejected`` (sent back for rework) jobs are not.
+
+Only regular annotation jobs (``type`` ``annotation``; CVAT before 2.5 sends no type and has only
+these) are considered. Ground-truth jobs (``type`` ``ground_truth``, CVAT >= 2.5) hold a second,
+independent annotation of frames that the regular jobs also cover, kept for quality checks; consensus
+replicas (``type`` ``replica``) are extra copies of a regular job that CVAT merges into it. Neither is
+part of the task's annotations (a task export leaves them out), so they never block "all done" and are
+never exported on their own: that would put the same frames into the dataset twice.
+
+Only done jobs are exported unless ``include_all_jobs``: when every annotation job is done the whole
+task/project is exported in one request, otherwise each done job is exported and the parts are
+merged by the importer.
 """
 
 from __future__ import annotations
@@ -22,7 +37,8 @@ from components.data.errors import CVATError, DatasetError
 log = logging.getLogger(__name__)
 
 ULTRALYTICS_FORMAT = "Ultralytics YOLO Detection 1.0"
-DONE_STATES = {"completed", "accepted"}
+DONE_STATE = "completed"
+ANNOTATION_JOB_TYPE = "annotation"
 
 
 def make_client(url: str, *, token: str | None = None, username: str | None = None,
@@ -95,9 +111,23 @@ def _api_call(what: str, fn, *args, **kwargs):
         raise CVATError(f"{what} failed: {_describe(e)}{'; ' + hint if hint else ''}") from e
 
 
-def _job_state(job) -> str:
-    state = getattr(job, "state", None)
-    return str(getattr(state, "value", state) or "")
+def _job_field(job, name: str) -> str:
+    """A job's enum field as plain text ("" when the server did not send it)."""
+    value = getattr(job, name, None)
+    return str(getattr(value, "value", value) or "")
+
+
+def is_annotation_job(job) -> bool:
+    """Whether a job is a regular annotation job (not a ground-truth job or a consensus replica).
+
+    CVAT before 2.5 sends no ``type``; every job there is an annotation job.
+    """
+    return _job_field(job, "type") in ("", ANNOTATION_JOB_TYPE)
+
+
+def is_done(job) -> bool:
+    """Whether a job's annotation is finished: state ``completed`` in any stage (see the module docs)."""
+    return _job_field(job, "state") == DONE_STATE
 
 
 def list_jobs(client, *, task_id: int | None = None, project_id: int | None = None) -> list:
@@ -143,7 +173,11 @@ def _export_one(client, kind: str, obj_id: int, fmt: str, dest: Path, timeout: f
 def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_id: int | None = None,
                      fmt: str = ULTRALYTICS_FORMAT, include_all_jobs: bool = False,
                      timeout: float = 600.0, poll: float = 2.0) -> tuple[list[tuple[Path, str]], dict]:
-    """Export a task or project (or its completed jobs) to archives under ``work``.
+    """Export a task or project (or its completed annotation jobs) to archives under ``work``.
+
+    Ground-truth and replica jobs are always left out (see the module docs); with
+    ``include_all_jobs`` the whole task/project is exported, whose annotations CVAT builds from the
+    regular annotation jobs only.
 
     Args:
         client: Logged-in ``cvat_sdk.Client``.
@@ -151,16 +185,18 @@ def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_
         task_id: The task to export (exactly one of task_id/project_id).
         project_id: The project to export.
         fmt: CVAT export format name.
-        include_all_jobs: Export every job, not only completed/accepted ones.
+        include_all_jobs: Export every annotation job, not only completed ones.
         timeout: Seconds to wait for each export to be prepared.
         poll: Seconds between status checks.
 
     Returns:
-        ``[(archive, tag)]`` and the source description for the manifest.
+        ``[(archive, tag)]`` and the source description for the manifest (``jobs``: the completed
+        annotation jobs taken; ``skipped_jobs``: unfinished ones left out; ``ignored_jobs``:
+        ground-truth/replica jobs, when there are any).
 
     Raises:
         CVATError: Server errors, a failed or timed-out export.
-        DatasetError: No job is completed (and include_all_jobs is off).
+        DatasetError: No annotation job is completed (and include_all_jobs is off).
     """
     if (task_id is None) == (project_id is None):
         raise DatasetError("give exactly one of a task id or a project id")
@@ -173,16 +209,24 @@ def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_
     if include_all_jobs:
         source["jobs"] = "all"
         return [(_export_one(client, kind, obj_id, fmt, work / f"{kind}_{obj_id}.zip", timeout, poll), kind)], source
-    jobs = list_jobs(client, task_id=task_id, project_id=project_id)
-    done = [j for j in jobs if _job_state(j) in DONE_STATES]
+    all_jobs = list_jobs(client, task_id=task_id, project_id=project_id)
+    jobs = [j for j in all_jobs if is_annotation_job(j)]
+    ignored = sorted(j.id for j in all_jobs if not is_annotation_job(j))
+    if ignored:
+        log.info("ignoring ground-truth/replica job(s) %s of %s %s", ignored, kind, obj_id)
+        source["ignored_jobs"] = ignored
+    done = [j for j in jobs if is_done(j)]
     source["jobs"] = sorted(j.id for j in done)
     if not done:
-        states = sorted({f"job {j.id}: {_job_state(j) or '?'}" for j in jobs})
-        raise DatasetError(f"{kind} {obj_id} has no completed or accepted jobs ({'; '.join(states) or 'no jobs'}); "
+        states = sorted(f"job {j.id}: {_job_field(j, 'stage') or '?'}/{_job_field(j, 'state') or '?'}"
+                        for j in jobs)
+        raise DatasetError(f"{kind} {obj_id} has no completed annotation jobs "
+                           f"({'; '.join(states) or 'no annotation jobs'}); "
                            "finish the jobs in CVAT or pass --include-all-jobs")
     if len(done) == len(jobs):
         return [(_export_one(client, kind, obj_id, fmt, work / f"{kind}_{obj_id}.zip", timeout, poll), kind)], source
-    skipped = sorted(j.id for j in jobs if j not in done)
+    done_ids = {j.id for j in done}
+    skipped = sorted(j.id for j in jobs if j.id not in done_ids)
     log.info("exporting %d completed job(s) of %s %s; skipping unfinished job(s) %s", len(done), kind, obj_id, skipped)
     source["skipped_jobs"] = skipped
     return [(_export_one(client, "job", j.id, fmt, work / f"job_{j.id}.zip", timeout, poll), f"job{j.id}")

@@ -217,7 +217,7 @@ def pull_annotations(
         cvat_client: A logged-in ``cvat_sdk.Client``.
         task_id: CVAT task to export.
         project_id: CVAT project to export.
-        include_all_jobs: Also take jobs that are not completed/accepted.
+        include_all_jobs: Also take jobs that are not yet completed (by default only completed annotation jobs, any stage).
         map_by_name: Map label names onto ``classes`` when the export's order differs.
         overwrite: Replace a non-empty ``out_dir``.
         progress: Show a progress bar.

@@ -42,13 +42,32 @@ class Frame:
     boxes: list[tuple[str, float, float, float, float]] = field(default_factory=list)
 
 
+JOB_STATES = ("new", "in progress", "completed", "rejected")
+JOB_STAGES = ("annotation", "validation", "acceptance")
+JOB_TYPES = ("annotation", "ground_truth", "replica")
+
+
 @dataclass
 class Job:
+    """A CVAT 2.x job: ``state`` within its ``stage``; ``type`` ground_truth for a CVAT >= 2.5 GT job.
+
+    A ground-truth job's frames are a sample of the task's frames that the annotation jobs also cover;
+    a task/project export takes its annotations from the annotation jobs only.
+    """
+
     id: int
     task_id: int
     frames: range  # frame indices of the task
     state: str = "completed"
     stage: str = "acceptance"
+    type: str = "annotation"
+    updated_date: str = NOW  # CVAT bumps it when the job's annotations are saved
+
+    def __post_init__(self) -> None:
+        # Catch typos such as "accepted" (a stage-like word, not a CVAT job state) in test setups.
+        for name, allowed in (("state", JOB_STATES), ("stage", JOB_STAGES), ("type", JOB_TYPES)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"job {self.id}: {name} {getattr(self, name)!r} is not one of {allowed}")
 
 
 @dataclass
@@ -60,6 +79,7 @@ class Task:
     jobs: list[Job]
     subset: str = ""
     project_id: int | None = None
+    updated_date: str = NOW
 
 
 @dataclass
@@ -130,16 +150,17 @@ class FakeCVAT:
 
     # -------------------------------------------------------------- models
     def task_json(self, t: Task) -> dict:
-        done = sum(j.state == "completed" for j in t.jobs)
+        done = sum(j.state == "completed" for j in t.jobs if j.type == "annotation")
+        n_jobs = sum(j.type == "annotation" for j in t.jobs)
         return {
             "url": f"{self.url}/api/tasks/{t.id}", "id": t.id, "name": t.name, "project_id": t.project_id,
             "owner": {"url": f"{self.url}/api/users/1", "id": 1, "username": self.username, "first_name": "",
                       "last_name": ""},
-            "assignee": None, "bug_tracker": "", "created_date": NOW, "updated_date": NOW, "overlap": 0,
-            "segment_size": max((len(j.frames) for j in t.jobs), default=0),
-            "status": "completed" if done == len(t.jobs) else "annotation",
+            "assignee": None, "bug_tracker": "", "created_date": NOW, "updated_date": t.updated_date, "overlap": 0,
+            "segment_size": max((len(j.frames) for j in t.jobs if j.type == "annotation"), default=0),
+            "status": "completed" if done == n_jobs else "annotation",
             "size": len(t.frames), "mode": "annotation", "dimension": "2d", "subset": t.subset,
-            "jobs": {"count": len(t.jobs), "completed": done, "validation": 0,
+            "jobs": {"count": n_jobs, "completed": done, "validation": 0,
                      "url": f"{self.url}/api/jobs?task_id={t.id}"},
             "labels": {"url": f"{self.url}/api/labels?task_id={t.id}"},
             "target_storage": None, "source_storage": None,
@@ -161,9 +182,12 @@ class FakeCVAT:
         t = self.tasks[j.task_id]
         return {
             "url": f"{self.url}/api/jobs/{j.id}", "id": j.id, "task_id": j.task_id, "project_id": t.project_id,
-            "stage": j.stage, "state": j.state, "status": "completed" if j.state == "completed" else "annotation",
+            "stage": j.stage, "state": j.state,
+            # The deprecated 1.x workflow field (JobStatus: annotation/validation/completed) that
+            # ``stage`` replaced; its last step was "completed" where the stage is "acceptance".
+            "status": {"acceptance": "completed"}.get(j.stage, j.stage),
             "start_frame": j.frames.start, "stop_frame": j.frames.stop - 1, "frame_count": len(j.frames),
-            "mode": "annotation", "dimension": "2d", "type": "annotation", "created_date": NOW, "updated_date": NOW,
+            "mode": "annotation", "dimension": "2d", "type": j.type, "created_date": NOW, "updated_date": j.updated_date,
             "issues": {"url": f"{self.url}/api/issues?job_id={j.id}", "count": 0},
             "labels": {"url": f"{self.url}/api/labels?job_id={j.id}"},
         }

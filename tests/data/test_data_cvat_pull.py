@@ -122,7 +122,75 @@ def test_export_timeout(cvat, client, tmp_path):
 def test_no_completed_jobs(cvat, client, tmp_path):
     for j in cvat.tasks[1].jobs:
         j.state = "in progress"
-    with pytest.raises(DatasetError, match=r"task 1 has no completed or accepted jobs.*--include-all-jobs"):
+    with pytest.raises(DatasetError, match=r"task 1 has no completed annotation jobs \(job 11: acceptance/in progress; "
+                                           r"job 12: annotation/in progress\).*--include-all-jobs"):
+        pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == []
+
+
+@pytest.mark.parametrize("stage", ["annotation", "validation", "acceptance"])
+def test_completed_in_any_stage_counts(cvat, client, tmp_path, stage):
+    """State "completed" is done whatever the stage; acceptance/completed is CVAT's "accepted"."""
+    cvat.tasks[1].jobs[1].stage, cvat.tasks[1].jobs[1].state = stage, "completed"
+    m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == ["/api/tasks/1/dataset/export"]
+    assert m["source"]["jobs"] == [11, 12] and "skipped_jobs" not in m["source"]
+    assert len(m["items"]) == 12
+
+
+@pytest.mark.parametrize("stage", ["annotation", "validation", "acceptance"])
+@pytest.mark.parametrize("state", ["new", "in progress", "rejected"])
+def test_unfinished_or_rejected_jobs_do_not_count(cvat, client, tmp_path, stage, state):
+    cvat.tasks[2].jobs[1].stage, cvat.tasks[2].jobs[1].state = stage, state
+    m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+    assert _exports(cvat) == ["/api/jobs/21/dataset/export"]
+    assert m["source"]["jobs"] == [21] and m["source"]["skipped_jobs"] == [22]
+    assert sorted(i["name"] for i in m["items"]) == [f"t2_{i:03d}.png" for i in range(4)]
+
+
+def test_accepted_is_not_a_job_state():
+    """The fake server refuses what CVAT would never send, so a test cannot lean on it."""
+    from cvat_server import Job
+
+    with pytest.raises(ValueError, match="state 'accepted'"):
+        Job(1, 1, range(1), "accepted")
+
+
+@pytest.mark.parametrize("gt_state", ["new", "in progress", "rejected"])
+def test_unfinished_ground_truth_job_does_not_block_the_task_export(cvat, client, tmp_path, gt_state):
+    from cvat_server import Job
+
+    # CVAT's GT job: a sample of frames the annotation jobs also cover, still being annotated.
+    cvat.tasks[2].jobs.append(Job(23, 2, range(0, 8, 3), gt_state, "annotation", "ground_truth"))
+    m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+    assert _exports(cvat) == ["/api/tasks/2/dataset/export"]
+    assert m["source"]["jobs"] == [21, 22] and m["source"]["ignored_jobs"] == [23]
+    assert "skipped_jobs" not in m["source"]
+    assert sorted(i["name"] for i in m["items"]) == [f"t2_{i:03d}.png" for i in range(8)]
+
+
+@pytest.mark.parametrize("job_type", ["ground_truth", "replica"])
+def test_completed_ground_truth_job_frames_are_not_exported_twice(cvat, client, tmp_path, job_type):
+    from cvat_server import Job
+
+    # Job 13 covers frames 0, 3, 6, 9: two of them belong to the completed job 11 as well.
+    cvat.tasks[1].jobs.append(Job(13, 1, range(0, 12, 3), "completed", "acceptance", job_type))
+    m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
+    assert _exports(cvat) == ["/api/jobs/11/dataset/export"]
+    assert m["source"]["jobs"] == [11] and m["source"]["skipped_jobs"] == [12]
+    assert m["source"]["ignored_jobs"] == [13]
+    names = [i["name"] for i in m["items"]]
+    assert sorted(names) == [f"t1_{i:03d}.png" for i in range(6)]
+
+
+def test_only_ground_truth_jobs_completed(cvat, client, tmp_path):
+    from cvat_server import Job
+
+    for j in cvat.tasks[1].jobs:
+        j.state = "new"
+    cvat.tasks[1].jobs.append(Job(13, 1, range(0, 12, 3), "completed", "acceptance", "ground_truth"))
+    with pytest.raises(DatasetError, match=r"task 1 has no completed annotation jobs \(job 11: acceptance/new; "
+                                           r"job 12: annotation/new\)"):
         pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == []
 

@@ -81,7 +81,7 @@ def register(app: typer.Typer) -> None:
         project: Optional[int] = typer.Option(None, "--project", help="CVAT project id"),
         fmt: str = typer.Option("Ultralytics YOLO Detection 1.0", "--format", help="CVAT export format"),
         include_all_jobs: bool = typer.Option(False, "--include-all-jobs",
-                                              help="Also export jobs that are not completed/accepted"),
+                                              help="Also export jobs that are not yet completed (by default only completed annotation jobs, any stage)"),
         classes: str = typer.Option("scratch,bent", "--classes", help="Class names in id order"),
         map_by_name: bool = typer.Option(False, "--map-by-name", help="Map labels by name when the order differs"),
         val: float = typer.Option(0.2, "--val", help="Validation fraction"),
