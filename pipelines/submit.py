@@ -6,6 +6,12 @@ Authentication is a bearer token: ``--token``/``$KFP_TOKEN``, else the current k
 token (``oc login``), else the pod's service-account token when running in a cluster. TLS is
 always verified, against ``$KFP_CA_BUNDLE`` when given (an in-cluster service signed by the
 OpenShift service CA), else the system trust store.
+
+With caching on, the pull step's cache key must change whenever the data does: the submitter
+computes the run's ``source_version`` (:func:`resolve_source_version`: an ``s3://`` source's ETags, or a live
+CVAT task's or project's modification dates read from CVAT) unless one is given. When it cannot
+(S3 or CVAT not reachable from here), the uncached pipeline version is run instead, and the
+:class:`Submission`'s ``notes`` say why, so a re-submit never trains on a stale cached pull.
 """
 
 import datetime as _dt
@@ -149,6 +155,8 @@ class Submission:
     run_id: str | None = None
     recurring_run_id: str | None = None
     arguments: dict[str, Any] = field(default_factory=dict)
+    caching: bool | None = None  # whether the run's pipeline version has cached steps
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -195,6 +203,83 @@ def upload(client, package: Path, *, name: str = PIPELINE_NAME, suffix: str = ""
     return pipeline_id, version.pipeline_version_id
 
 
+def _s3_client():
+    """An S3 client from ``S3Settings``, failing fast: it is only probed for ETags here."""
+    import boto3
+    from botocore.config import Config
+
+    from vinspect.settings import S3Settings
+
+    settings = S3Settings.from_env()
+    if not settings.endpoint_url and settings.access_key_id is None:
+        raise ValueError("S3 is not configured here (AWS_S3_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+    secret = settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.access_key_id.get_secret_value() if settings.access_key_id else None,
+        aws_secret_access_key=secret,
+        region_name=settings.region,
+        verify=settings.ca_bundle or True,
+        config=Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=20,
+                      retries={"max_attempts": 2, "mode": "standard"}),
+    )
+
+
+def _cvat_client():
+    """A logged-in CVAT client from ``CVATSettings``."""
+    from components.data.cvat_pull import make_client
+    from vinspect.settings import CVATSettings
+
+    settings = CVATSettings.from_env()
+    if not settings.url:
+        raise ValueError("CVAT_URL is not set here (and CVAT_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD)")
+    return make_client(
+        settings.url,
+        token=settings.token.get_secret_value() if settings.token else None,
+        username=settings.username,
+        password=settings.password.get_secret_value() if settings.password else None,
+        ca_bundle=settings.ca_bundle,
+    )
+
+
+def resolve_source_version(arguments: dict[str, Any], *, s3_client=None, cvat_client=None) -> tuple[str, str | None]:
+    """The run's ``source_version``, read from S3 or CVAT with the submitter's settings.
+
+    Args:
+        arguments: Pipeline arguments (``data_source``, ``cvat_task_id``, ``cvat_project_id``).
+        s3_client: boto3 S3 client (default: from ``S3Settings``, built only for an ``s3://`` source).
+        cvat_client: ``cvat_sdk.Client`` (default: from ``CVATSettings``, built only for a CVAT source).
+
+    Returns:
+        ``(version, None)``, with ``version`` ``""`` when the arguments name no source; or
+        ``("", reason)`` when the version cannot be read from here.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from components.data.errors import CVATError
+    from pipelines.source import cvat_ids, data_version
+
+    source = str(arguments.get("data_source") or "")
+    try:
+        task_id, project_id = cvat_ids(arguments)
+    except ValueError as exc:
+        return "", str(exc)
+    what = []
+    if source:
+        what.append(source)
+    if task_id or project_id:
+        what.append(f"CVAT task {task_id}" if task_id else f"CVAT project {project_id}")
+    try:
+        if source.startswith("s3://") and s3_client is None:
+            s3_client = _s3_client()
+        if (task_id or project_id) and cvat_client is None:
+            cvat_client = _cvat_client()
+        return data_version(arguments, s3_client=s3_client, cvat_client=cvat_client), None
+    except (BotoCoreError, ClientError, CVATError, FileNotFoundError, ValueError) as exc:
+        return "", f"cannot read the version of {' and '.join(what)} from here: {exc}"
+
+
 def submit(
     host: str | None = None,
     *,
@@ -225,7 +310,9 @@ def submit(
         secrets: Names of the S3 / MLflow / CVAT Secrets in that namespace.
         gpus: Accelerator limit of the train step (0: CPU).
         enable_caching: False re-runs every step (a pipeline version compiled with every step
-            uncached is uploaded and run; a CVAT source should be pulled that way).
+            uncached is uploaded and run). True keeps cached steps, keyed on the data by the
+            ``source_version`` argument: computed here by :func:`resolve_source_version` unless given; when
+            it cannot be, the uncached version is run and ``Submission.notes`` says why.
         service_account: Service account the run's pods use (it needs rights on
             InferenceServices for the rollout step).
         client: A ready ``kfp.Client`` (tests); built from the other arguments when None.
@@ -235,6 +322,15 @@ def submit(
     """
     client = client or make_client(host, token=token, ca_bundle=ca_bundle, namespace=namespace)
     arguments = dict(arguments or {})
+    notes: list[str] = []
+    if enable_caching and not arguments.get("source_version"):
+        version, why = resolve_source_version(arguments)
+        if why:
+            # A cached pull keyed on a location alone could return a stale dataset.
+            enable_caching = False
+            notes.append(f"caching off for this run: {why}; submitting the uncached pipeline version")
+        elif version:
+            arguments["source_version"] = version
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     with tempfile.TemporaryDirectory(prefix="vinspect-submit-") as tmp:
         package = Path(tmp) / "training_pipeline.yaml"
@@ -252,7 +348,8 @@ def submit(
             )
         except Exception as exc:
             raise SubmitError(_describe(exc, client)) from exc
-    return Submission(pipeline_id, version_id, exp.experiment_id, run_id=run.run_id, arguments=arguments)
+    return Submission(pipeline_id, version_id, exp.experiment_id, run_id=run.run_id, arguments=arguments,
+                      caching=enable_caching, notes=notes)
 
 
 def _describe(exc: Exception, client) -> str:

@@ -13,6 +13,15 @@ from pipelines.schedule import CronError, schedule, validate_cron
 from pipelines.submit import SubmitError, submit
 
 
+@pytest.fixture(autouse=True)
+def _no_data_services(monkeypatch):
+    """Keep the developer's S3 and CVAT settings out: each test points at its own servers."""
+    for name in ("AWS_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                 "AWS_CA_BUNDLE", "AWS_PROFILE", "CVAT_URL", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD",
+                 "CVAT_CA_BUNDLE"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def _uploaded_spec(req) -> dict:
     return next(yaml.safe_load_all(req.body["file"]))
 
@@ -69,8 +78,9 @@ def _version_spec(fake_kfp, body) -> dict:
 
 def test_submit_without_cache_runs_a_version_with_every_step_uncached(fake_kfp, monkeypatch):
     monkeypatch.setenv("KFP_TOKEN", "test-token")
-    cached = submit(fake_kfp.url, arguments={"data_source": "s3://b/x.zip"})
+    cached = submit(fake_kfp.url, arguments={"data_source": "s3://b/x.zip", "source_version": "v1"})
     fresh = submit(fake_kfp.url, arguments={"data_source": "s3://b/x.zip"}, enable_caching=False)
+    assert cached.caching is True and fresh.caching is False and not cached.notes and not fresh.notes
     assert fresh.version_id != cached.version_id
     runs = fake_kfp.calls("POST", "/runs")
     assert any(_caching(_version_spec(fake_kfp, runs[0].body)).values())
@@ -78,6 +88,118 @@ def test_submit_without_cache_runs_a_version_with_every_step_uncached(fake_kfp, 
     caching = _caching(_version_spec(fake_kfp, runs[1].body))
     assert {"pull-annotations", "train", "evaluate"} <= set(caching) and not any(caching.values()), caching
     assert fake_kfp.versions[fresh.version_id]["display_name"].endswith("-nocache")
+
+
+@pytest.fixture
+def cvat_task(monkeypatch):
+    """A fake CVAT with task 1 (jobs 11 and 12) and project 5 (task 3), and its URL/token in env."""
+    from tests.data.cvat_server import FakeCVAT, Job, Project, Task
+
+    server = FakeCVAT().start()
+    server.tasks[1] = Task(1, "line-1", ["scratch", "bent"], [],
+                           [Job(11, 1, range(0, 6)), Job(12, 1, range(6, 12), "in progress", "annotation")])
+    server.projects[5] = Project(5, "metal-nuts", ["scratch", "bent"])
+    server.tasks[3] = Task(3, "line-3", ["scratch", "bent"], [], [Job(31, 3, range(0, 4))], project_id=5)
+    monkeypatch.setenv("CVAT_URL", server.url)
+    monkeypatch.setenv("CVAT_TOKEN", server.pat)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _pull_cached(fake_kfp, run_body) -> bool:
+    return _caching(_version_spec(fake_kfp, run_body))["pull-annotations"]
+
+
+def test_submit_keys_a_cvat_pull_on_the_annotations_version_read_from_cvat(fake_kfp, cvat_task, monkeypatch):
+    monkeypatch.setenv("KFP_TOKEN", "test-token")
+    first = submit(fake_kfp.url, arguments={"cvat_task_id": 1, "epochs": 3})
+    again = submit(fake_kfp.url, arguments={"cvat_task_id": 1, "epochs": 3})
+    version = first.arguments["source_version"]
+    assert re.fullmatch(r"[0-9a-f]{16}", version) and again.arguments["source_version"] == version
+    assert first.caching and not first.notes and again.caching and not again.notes
+    runs = fake_kfp.calls("POST", "/runs")
+    assert [r.body["runtime_config"]["parameters"]["source_version"] for r in runs] == [version, version]
+    assert _pull_cached(fake_kfp, runs[0].body)
+    assert ("GET", "/api/tasks/1") in cvat_task.calls
+
+    # Saving annotations in job 12 bumps its updated_date: the pull's cache key changes.
+    cvat_task.tasks[1].jobs[1].updated_date = "2026-01-02T09:30:00.000000Z"
+    edited = submit(fake_kfp.url, arguments={"cvat_task_id": 1, "epochs": 3})
+    assert edited.caching and edited.arguments["source_version"] not in ("", version)
+    # So does finishing a job (only completed jobs are pulled by default) ...
+    cvat_task.tasks[1].jobs[1].state = "completed"
+    finished = submit(fake_kfp.url, arguments={"cvat_task_id": 1, "epochs": 3})
+    assert finished.arguments["source_version"] not in (version, edited.arguments["source_version"])
+    # ... while an explicit version is passed through untouched.
+    pinned = submit(fake_kfp.url, arguments={"cvat_task_id": 1, "source_version": "release-7"})
+    assert pinned.arguments["source_version"] == "release-7" and pinned.caching
+    # A project is versioned by its tasks' jobs.
+    project = submit(fake_kfp.url, arguments={"cvat_project_id": 5})
+    cvat_task.tasks[3].updated_date = cvat_task.tasks[3].jobs[0].updated_date = "2026-01-03T00:00:00.000000Z"
+    project2 = submit(fake_kfp.url, arguments={"cvat_project_id": 5})
+    assert project.caching and project.arguments["source_version"] != project2.arguments["source_version"]
+
+
+def test_submit_runs_uncached_when_cvat_is_not_reachable_and_says_why(fake_kfp, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("KFP_TOKEN", "test-token")
+    monkeypatch.setenv("CVAT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("CVAT_TOKEN", "pat_whatever")
+    sub = submit(fake_kfp.url, arguments={"cvat_task_id": 1})
+    assert sub.caching is False and "source_version" not in sub.arguments
+    (note,) = sub.notes
+    assert "CVAT task 1" in note and "cannot log in to CVAT" in note and "uncached pipeline version" in note
+    (run,) = fake_kfp.calls("POST", "/runs")
+    assert run.body["runtime_config"]["parameters"] == {"cvat_task_id": 1}
+    caching = _caching(_version_spec(fake_kfp, run.body))
+    assert "pull-annotations" in caching and not any(caching.values()), caching
+
+    # No CVAT settings at all: the same fallback, naming what to set.
+    monkeypatch.delenv("CVAT_URL")
+    unset = submit(fake_kfp.url, arguments={"cvat_task_id": 1})
+    assert unset.caching is False and "CVAT_URL is not set" in unset.notes[0]
+    # With --no-cache nothing is read and nothing needs explaining.
+    plain = submit(fake_kfp.url, arguments={"cvat_task_id": 1}, enable_caching=False)
+    assert plain.caching is False and not plain.notes
+
+
+def test_submit_keys_an_s3_archive_on_its_etag(fake_kfp, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from pipelines.source import source_fingerprint
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("KFP_TOKEN", "test-token")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        env = {"AWS_S3_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing"}
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=env["AWS_S3_ENDPOINT"], region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+        s3.create_bucket(Bucket="data")
+        s3.put_object(Bucket="data", Key="exports/nuts.zip", Body=b"first export")
+        args = {"data_source": "s3://data/exports/nuts.zip"}
+        first, again = submit(fake_kfp.url, arguments=args), submit(fake_kfp.url, arguments=args)
+        version = first.arguments["source_version"]
+        assert version and again.arguments["source_version"] == version and first.caching and not first.notes
+        # The same digest the local runner computes: one fingerprint for both.
+        assert version == source_fingerprint(args["data_source"], s3_client=s3)
+        s3.put_object(Bucket="data", Key="exports/nuts.zip", Body=b"second export, more labels")
+        changed = submit(fake_kfp.url, arguments=args)
+        assert changed.caching and changed.arguments["source_version"] != version
+
+        missing = submit(fake_kfp.url, arguments={"data_source": "s3://data/exports/other.zip"})
+        assert missing.caching is False and "no object in S3 matches" in missing.notes[0]
+    finally:
+        server.stop()
 
 
 def test_submit_takes_the_token_from_kubeconfig(fake_kfp, tmp_path, monkeypatch):
@@ -219,6 +341,9 @@ def test_cli_submit_and_schedule(fake_kfp, monkeypatch):
         "data_source": "s3://b/x.zip", "epochs": 3, "gpu_node_selector": {"nvidia.com/gpu.product": "A100"}}
     out = json.loads(result.output[result.output.index("{"):])
     assert out["run_id"] == run.body.get("run_id") or out["run_id"] in fake_kfp.runs
+    # No S3 settings here: the run is the uncached version, and the output says why.
+    assert "note: caching off for this run" in result.output and "S3 is not configured here" in result.output
+    assert out["caching"] is False
 
     bad = runner.invoke(app, ["pipeline", "schedule", "--cron", "0 3 * * *", "--host", fake_kfp.url])
     assert bad.exit_code == 1 and "KFP cron has 6" in bad.output

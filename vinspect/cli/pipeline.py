@@ -163,7 +163,11 @@ def register(app: typer.Typer) -> None:
         namespace: Optional[str] = _NS,
         image: Optional[str] = _IMAGE,
         gpus: int = _GPUS,
-        no_cache: bool = typer.Option(False, "--no-cache", help="Run every step (needed to re-pull a CVAT task)."),
+        no_cache: bool = typer.Option(
+            False, "--no-cache",
+            help="Run every step. Without it the pull is keyed on the data's version (S3 ETags, or CVAT's "
+                 "modification dates, read from here; else every step runs and a note says why).",
+        ),
         service_account: Optional[str] = _SA,
         s3_secret: str = _S3_SECRET,
         mlflow_secret: str = _MLFLOW_SECRET,
@@ -183,6 +187,8 @@ def register(app: typer.Typer) -> None:
                          gpus=gpus, enable_caching=not no_cache, service_account=service_account)
         except SubmitError as exc:
             _fail(str(exc))
+        for note in sub.notes:
+            typer.secho(f"note: {note}", fg="yellow", err=True)
         typer.echo(json.dumps(sub.to_dict(), indent=2, default=str))
 
     @app.command("schedule")
