@@ -24,8 +24,9 @@ def check_dataset(
 
     Returns:
         ``action`` (``train`` or ``skip``), a human ``reason``, the champion's version (empty when
-        there is none) and the champion's metrics on this dataset (empty when not comparable),
-        which the quality gate compares against, and the sha256 of the champion's ONNX file
+        there is none; the evaluate step measures that version on the candidate's data for
+        the quality gate), the champion's recorded metrics when they are on this dataset (empty
+        otherwise), and the sha256 of the champion's ONNX file
         (empty when there is no champion).
     """
     from collections import namedtuple

@@ -14,7 +14,9 @@ def evaluate(
     min_map50_95: float,
     min_class_map50: float,
     max_regression: float,
-    champion_metrics: dict,
+    model_name: str,
+    champion_version: str,
+    allow_missing_champion: bool,
     eval_metrics: Output[Metrics],
     eval_report: Output[Artifact],
 ) -> NamedTuple("GateOutputs", [("gate", str), ("reasons", str), ("map50", float), ("map50_95", float)]):
@@ -29,11 +31,17 @@ def evaluate(
         min_map50_95: Floor on overall mAP50-95.
         min_class_map50: Floor on every class's mAP50 (classes present in the split).
         max_regression: Largest allowed drop below the champion on the same data.
-        champion_metrics: The champion's metrics on this dataset (from ``check_dataset``; empty
-            when there is no comparable champion). An input, so a changed champion changes
-            this step's cache key.
+        model_name: Registered model name.
+        champion_version: The champion ``check_dataset`` found (empty when there is none). An
+            input, so a changed champion changes this step's cache key. Its recorded metrics are
+            used when it was evaluated on this very dataset; otherwise its ONNX is fetched from
+            S3 and evaluated on this validation split (non-regression needs the same data).
+        allow_missing_champion: When a champion exists but cannot be evaluated (ONNX missing
+            from S3, other classes, ...), gate on the floors only instead of rejecting. Off by
+            default: a silent fallback would let a worse model replace the champion.
         eval_metrics: Output: the overall and per-class figures.
-        eval_report: Output folder: ``metrics.json``, ``gate.json`` and the PR / confusion plots.
+        eval_report: Output folder: ``metrics.json``, ``gate.json``, ``champion.json`` and the
+            PR / confusion plots.
 
     Returns:
         ``gate`` (``passed`` or ``rejected``), the reasons as one string, mAP50 and mAP50-95.
@@ -48,8 +56,37 @@ def evaluate(
     report.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report, conf=conf, iou=iou)
     floors = {"map50": min_map50, "map50_95": min_map50_95, "per_class_map50": min_class_map50}
+    champion, label, unavailable = None, "champion", None
+    if champion_version:
+        from components.model.champion import ChampionUnavailable, champion_metrics_on
+        from vinspect.settings import MLflowSettings, S3Settings
+
+        try:
+            found = champion_metrics_on(
+                Path(dataset.path),
+                mlflow_client=MLflowSettings.from_env().client(),
+                s3_client=S3Settings.from_env().client(),
+                model_name=model_name,
+                version=champion_version,
+                split="val",
+                conf=conf,
+                iou=iou,
+            )
+        except ChampionUnavailable as exc:
+            unavailable = str(exc)
+            (report / "champion.json").write_text(json.dumps({"version": champion_version, "unavailable": unavailable}))
+        else:
+            champion, label = found.metrics, found.label
+            (report / "champion.json").write_text(json.dumps(found.to_dict(), indent=2, sort_keys=True, default=str))
+            print(f"{label}: mAP50 {champion.get('map50') or 0.0:.4f}, mAP50-95 {champion.get('map50_95') or 0.0:.4f}")
     decision = decide_gate(
-        metrics, floors=floors, champion=champion_metrics or None, max_regression=max_regression
+        metrics,
+        floors=floors,
+        champion=champion,
+        max_regression=max_regression,
+        champion_label=label,
+        champion_unavailable=unavailable,
+        allow_missing_champion=allow_missing_champion,
     ).to_dict()
 
     # Flat, numeric figures: what the registry logs on the MLflow run and the gate later

@@ -62,6 +62,9 @@ def decide_gate(
     champion: Mapping[str, Any] | None = None,
     max_regression: float = 0.02,
     compare: Sequence[str] = DEFAULT_COMPARE,
+    champion_label: str = "champion",
+    champion_unavailable: str | None = None,
+    allow_missing_champion: bool = False,
 ) -> GateDecision:
     """Decide whether a candidate model passes the quality gate.
 
@@ -77,6 +80,13 @@ def decide_gate(
         max_regression: Largest allowed drop (absolute, e.g. 0.02 = two mAP points) below the
             champion for each metric in ``compare``.
         compare: Overall metrics compared with the champion.
+        champion_label: How the reasons name the champion (e.g. ``champion v3 (re-evaluated on
+            this data)``).
+        champion_unavailable: Why a champion that exists could not be measured on this data
+            (``champion`` is then ``None``). The gate fails closed on it: without the champion's
+            figures a regression cannot be ruled out.
+        allow_missing_champion: Gate on the floors only when ``champion_unavailable`` is set,
+            instead of failing (an explicit operator choice, recorded in the reasons).
 
     Returns:
         A :class:`GateDecision`.
@@ -130,7 +140,15 @@ def decide_gate(
                 ok = value is not None and value >= threshold
                 shown = "missing" if value is None else f"{value:.4f}"
                 add(f"no_regression_{key}", value, threshold, ok,
-                    f"{key} {shown} {'>=' if ok else '<'} champion {base:.4f} - {max_regression:g}")
+                    f"{key} {shown} {'>=' if ok else '<'} {champion_label} {base:.4f} - {max_regression:g}")
+    elif champion_unavailable:
+        if allow_missing_champion:
+            add("champion", None, 0.0, True,
+                f"{champion_unavailable}: floors only, as allow_missing_champion is set")
+        else:
+            add("champion", None, 0.0, False,
+                f"{champion_unavailable}: no regression check is possible, so the model is rejected "
+                "(set allow_missing_champion to gate on the floors only)")
     else:
         add("champion", None, 0.0, True, "no champion yet: floors only")
 

@@ -83,3 +83,27 @@ def test_unknown_floor_key_is_refused_with_a_suggestion():
         decide_gate(_metrics(), floors={"map50-95": 0.3}, champion=None)
     with pytest.raises(ValueError, match="max_regression"):
         decide_gate(_metrics(), floors=FLOORS, champion=None, max_regression=-1)
+
+
+def test_champion_label_names_the_comparison():
+    d = decide_gate(_metrics(map50=0.7), floors=FLOORS, champion=_metrics(map50=0.9),
+                    champion_label="champion v4 (re-evaluated on this data)")
+    assert not d.passed
+    assert d.reasons == ["map50 0.7000 < champion v4 (re-evaluated on this data) 0.9000 - 0.02"]
+
+
+def test_unavailable_champion_fails_closed_unless_allowed():
+    why = "champion v3: its ONNX s3://models/m/3/1/model.onnx is missing from S3 (NoSuchKey)"
+    closed = decide_gate(_metrics(), floors=FLOORS, champion=None, champion_unavailable=why)
+    assert not closed.passed
+    assert closed.reasons == [f"{why}: no regression check is possible, so the model is rejected "
+                              "(set allow_missing_champion to gate on the floors only)"]
+    allowed = decide_gate(_metrics(), floors=FLOORS, champion=None, champion_unavailable=why,
+                          allow_missing_champion=True)
+    assert allowed.passed
+    assert f"{why}: floors only, as allow_missing_champion is set" in allowed.reasons
+    assert not any("no champion yet" in r for r in allowed.reasons)
+    # The allowance never rescues a model that misses a floor.
+    low = decide_gate(_metrics(map50=0.4), floors=FLOORS, champion=None, champion_unavailable=why,
+                      allow_missing_champion=True)
+    assert low.reasons == ["map50 0.4000 < floor 0.5000"]
