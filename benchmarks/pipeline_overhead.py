@@ -82,7 +82,7 @@ def main() -> int:
         os.environ.update(env)  # the model server reads S3 with the stack's settings
         server, thread, url = _model_server()
         args = {"epochs": opts.epochs, "imgsz": opts.imgsz, "batch": 8, "workers": 0, "parity_images": 2,
-                "smoke_images": 1, "min_map50": 0.0, "min_class_map50": 0.0}
+                "smoke_images": 1, "smoke_min_classes": 0, "min_map50": 0.0, "min_class_map50": 0.0}
         common = dict(env=env, model_url=url, pipeline_root=state / "root", synth_images=opts.images, synth_size=96)
         try:
             fresh = run_local(None, arguments=args, **common)

@@ -56,12 +56,15 @@ class SecretNames:
         cvat: CVAT URL and credentials (``CVAT_URL``, ``CVAT_TOKEN`` or ``CVAT_USERNAME``/
             ``CVAT_PASSWORD``); optional, only CVAT pulls need it.
         config: The runtime ConfigMap with ``MLFLOW_TRACKING_URI`` (an endpoint, not a secret).
+        model_token: Bearer token for the model's predictor route (``VINSPECT_MODEL_TOKEN``), for
+            the rollout's smoke test when OpenShift AI model serving requires token auth; optional.
     """
 
     s3: str = "aws-connection-models"
     mlflow: str = "vinspect-mlflow"
     cvat: str = "cvat-admin"
     config: str = "vinspect-runtime"
+    model_token: str = "vinspect-model-token"
 
 
 def git_revision() -> str:
@@ -102,9 +105,12 @@ def build_training_pipeline(
         gpus: Accelerator limit of the train step; 0 compiles a CPU-only train step. A compile
             option, not a run parameter: a resource limit fixed per compiled pipeline is what
             every KFP backend (and ``kfp.local``) handles.
-        caching: False compiles every step uncached (scheduled runs, and runs that must pull a
-            CVAT task afresh). KFP's run-level override reaches only top-level tasks, not those
-            inside branches, so this is a compile option.
+        caching: False compiles every step uncached (scheduled runs, and submits that cannot
+            read the data's version). With caching on, the pull's cache key includes the
+            ``source_version`` parameter, which the submitter sets from the data itself (S3 ETags,
+            CVAT modification dates), so changed annotations are a cache miss. KFP's run-level
+            override reaches only top-level tasks, not those inside branches, so this is a
+            compile option.
 
     Returns:
         The ``@dsl.pipeline`` function.
@@ -164,11 +170,14 @@ def build_training_pipeline(
         min_map50_95: float = 0.0,
         min_class_map50: float = 0.3,
         max_regression: float = 0.02,
+        allow_missing_champion: bool = False,
         serving_mode: str = "raw",
         serving_namespace: str = "vinspect-models",
         inference_service: str = "",
         data_connection: str = secrets.s3,
-        smoke_images: int = 2,
+        smoke_images: int = 3,
+        smoke_min_classes: int = -1,
+        smoke_conf: float = 0.1,
         rollout_timeout_s: float = 600.0,
         git_revision: str = revision,
     ):
@@ -240,9 +249,14 @@ def build_training_pipeline(
                 min_map50_95=min_map50_95,
                 min_class_map50=min_class_map50,
                 max_regression=max_regression,
-                champion_metrics=check.outputs["champion_metrics"],
+                model_name=model_name,
+                champion_version=check.outputs["champion_version"],
+                allow_missing_champion=allow_missing_champion,
             ).set_display_name("evaluate")
             evaluate.set_caching_options(caching)
+            # On new data the champion's ONNX is read from S3 and re-evaluated on this split.
+            s3_env(evaluate)
+            mlflow_env(evaluate)
 
             with dsl.If(evaluate.outputs["gate"] == "passed", name="gate-passed"):
                 # A re-run that reproduced the serving model byte for byte has nothing to add.
@@ -272,11 +286,17 @@ def build_training_pipeline(
                         inference_service=inference_service,
                         data_connection=data_connection,
                         smoke_images=smoke_images,
+                        smoke_min_classes=smoke_min_classes,
+                        smoke_conf=smoke_conf,
                         timeout_s=rollout_timeout_s,
                     ).set_display_name("rollout")
                     deploy.set_caching_options(False)
                     s3_env(deploy)
                     mlflow_env(deploy)
+                    kubernetes.use_secret_as_env(
+                        deploy, secrets.model_token, {"token": "VINSPECT_MODEL_TOKEN"},
+                        optional=True,
+                    )
 
                 with dsl.Else(name="model-unchanged"):
                     ops.report_outcome(

@@ -16,13 +16,14 @@ def rollout(
     data_connection: str,
     smoke_images: int,
     timeout_s: float,
+    smoke_min_classes: int = -1,
+    smoke_conf: float = 0.1,
 ) -> NamedTuple("RolloutOutputs", [("status", str), ("url", str)]):
     """Roll ``version`` out and move ``champion``; on any failure roll back and fail the step.
 
     Args:
-        dataset: The training dataset: its first validation images are the smoke-test images
-            (the served model must answer them through the v2 protocol and the detector core;
-            the quality gate has already judged accuracy).
+        dataset: The training dataset: the smoke test's golden images come from its validation
+            split (see ``smoke_images``), and their label files say which classes they show.
         model_name: Registered model name.
         version: Version to deploy.
         storage_uri: ``s3://<bucket>/<model>/<version>/``.
@@ -32,8 +33,19 @@ def rollout(
             pipeline's service account needs rights on InferenceServices there.
         inference_service: InferenceService name (empty: derived from the model name).
         data_connection: Name of the data-connection Secret the model server reads S3 with.
-        smoke_images: How many validation images the smoke test sends.
+        smoke_images: Golden images per class: for each class, the first validation images (by
+            file name) whose labels have a box of it; each image expects every class it shows.
         timeout_s: How long to wait for the model to be ready.
+        smoke_min_classes: The smoke rule. The served model must answer every golden image over
+            v2 (through the detector core), and a class counts as found when the model detects
+            it, at ``smoke_conf``, on at least one golden image that shows it; at least this many
+            classes must be found. ``-1`` (default): every class that has a golden image, i.e. the
+            model sees each defect somewhere; ``0``: only that the server answers well-formed
+            (for barely trained test models). The rule is deliberately lenient per image (the
+            quality gate has judged accuracy on the whole split); it catches a model that is
+            wired wrongly (wrong class order, input size, pre-processing) or detects nothing.
+        smoke_conf: Score threshold of the smoke test's detections (low on purpose: the rule asks
+            "does it see the class at all", not "is it confident").
 
     Returns:
         ``deployed`` and the serving URL.
@@ -48,17 +60,28 @@ def rollout(
     from components.kfp.outcome import record_outcome
     from components.model.evaluate import split_images
     from components.rollout import GoldenImage, make_v2_smoke, rollout_kserve, rollout_local
+    from components.rollout.smoke import cluster_tls_verify, golden_from_split
     from vinspect.settings import MLflowSettings, ModelServerSettings
 
     data_dir = Path(dataset.path)
     classes = list(read_manifest(data_dir)["classes"])
-    golden = [GoldenImage(p) for p in split_images(data_dir, "val")[: max(1, smoke_images)]]
+    golden = golden_from_split(data_dir, classes, per_class=smoke_images)
+    if not golden:
+        if smoke_min_classes != 0:
+            raise ValueError(
+                f"no image of the validation split in {data_dir} has a box, so the smoke test has no "
+                "class to expect; label some, or set smoke_min_classes=0 to check only that the model answers"
+            )
+        golden = [GoldenImage(p) for p in split_images(data_dir, "val")[: max(1, smoke_images)]]
+    print(f"[vinspect] smoke test: {len(golden)} golden image(s), "
+          + ", ".join(f"{g.path.name} {sorted(g.expected)}" for g in golden))
+    smoke_rule = {"names": classes, "conf": smoke_conf, "min_classes": smoke_min_classes}
     mlflow_client = MLflowSettings.from_env().client()
+    server = ModelServerSettings.from_env()
+    token = server.token.get_secret_value() if server.token else None
     if serving_mode == "local":
-        server = ModelServerSettings.from_env()
-        token = server.token.get_secret_value() if server.token else None
-        smoke = make_v2_smoke(golden, names=classes, token=token, expect_version=version,
-                              verify=server.ca_bundle or True)
+        smoke = make_v2_smoke(golden, token=token, expect_version=version,
+                              verify=server.ca_bundle or True, **smoke_rule)
         result = rollout_local(server.url, mlflow_client, model_name=model_name, version=version,
                                storage_uri=storage_uri, smoke=smoke, timeout_s=timeout_s, token=token)
     elif serving_mode in ("raw", "modelmesh"):
@@ -67,7 +90,12 @@ def rollout(
         config.load_incluster_config()
         if not namespace:
             namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
-        smoke = make_v2_smoke(golden, names=classes, expect_version=None)
+        # Predictor URLs are https on OpenShift AI (service-CA-signed, or a route with a public
+        # certificate) and may require a token: verify against the system bundle plus the
+        # mounted service CA (or VINSPECT_MODEL_CA_BUNDLE when given), bearer token from
+        # VINSPECT_MODEL_TOKEN when set.
+        smoke = make_v2_smoke(golden, token=token, expect_version=None,
+                              verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule)
         result = rollout_kserve(client.CustomObjectsApi(), mlflow_client, namespace=namespace,
                                 model_name=model_name, version=version, storage_uri=storage_uri,
                                 data_connection=data_connection, mode=serving_mode, smoke=smoke,

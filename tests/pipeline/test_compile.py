@@ -146,10 +146,11 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
         "check-dataset": mlflow,
         "train": {"aws-connection-models": s3},
         "register": {"aws-connection-models": s3 | {"MLFLOW_S3_ENDPOINT_URL"}, **mlflow},
-        "rollout": {"aws-connection-models": s3, **mlflow},
+        "rollout": {"aws-connection-models": s3, **mlflow, "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"}},
         "validate-and-split": {},
         "export-onnx": {},
-        "evaluate": {},
+        # The champion's ONNX is read from S3 and its version from MLflow to re-evaluate it.
+        "evaluate": {"aws-connection-models": s3, **mlflow},
     }
     for name, want in expected.items():
         got = _env_refs(k8s.get(ir.executor_of(spec, tasks[name]), {}))
@@ -159,6 +160,7 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
     pull = k8s[ir.executor_of(spec, tasks["pull-annotations"])]
     assert _optional(pull, "cvat-admin") == [True] and _optional(pull, "aws-connection-models") == [False]
     assert _optional(k8s[ir.executor_of(spec, tasks["register"])], "vinspect-mlflow") == [True]
+    assert _optional(k8s[ir.executor_of(spec, tasks["rollout"])], "vinspect-model-token") == [True]
     # The rollout's model server reads S3 through the same data connection, by name.
     assert spec["root"]["inputDefinitions"]["parameters"]["data_connection"]["defaultValue"] == "aws-connection-models"
 

@@ -7,6 +7,8 @@ second run changes only the gate floors, and must re-use the trained weights.
 
 from __future__ import annotations
 
+import json
+
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0, "parity_images": 2, "smoke_images": 1}
+# A one-epoch 64 px model detects nothing: its smoke test checks only that the server answers.
+TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0, "parity_images": 2, "smoke_images": 1,
+        "smoke_min_classes": 0}
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +95,13 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, local
     bucket = run_env["env"]["AWS_S3_BUCKET"]
     head = local_stack.s3.head_object(Bucket=bucket, Key=f"{run_env['model']}/{version}/1/model.onnx")
     assert head["ContentLength"] > 100_000
+    # The training data is archived under its content id and is the run's MLflow dataset input.
+    data_bucket = run_env["env"]["VINSPECT_DATA_BUCKET"]
+    keys = [o["Key"] for o in local_stack.s3.list_objects_v2(
+        Bucket=data_bucket, Prefix=f"datasets/{dataset_id}/").get("Contents", [])]
+    assert f"datasets/{dataset_id}/manifest.json" in keys and any("/labels/" in k for k in keys), keys
+    sources = [json.loads(d.dataset.source).get("uri", d.dataset.source) for d in run.inputs.dataset_inputs]
+    assert f"s3://{data_bucket}/datasets/{dataset_id}/" in sources, sources
 
     with httpx.Client(base_url=run_env["url"]) as http:
         meta = http.get(f"/v2/models/{run_env['model']}").json()

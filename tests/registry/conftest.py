@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +124,27 @@ def cheap_versions(mlflow_client, logged_model, bucket) -> Callable[[str, int], 
 def model_name() -> str:
     """A registered-model name no other test uses (the stack is shared by the session)."""
     return f"tiny-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def http_model_server(s3):
+    """The real model server on a loopback port (uvicorn in a thread, stopped at the end)."""
+    import uvicorn
+
+    from serving.modelserver import ModelRepository, create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False)
+    server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("model server did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

@@ -4,9 +4,6 @@ including a deploy to the real local model server over HTTP."""
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 import uuid
 
 import numpy as np
@@ -70,28 +67,6 @@ def test_runs_compare_table_and_plot(env, register, model_name, tmp_path):
     assert code == 1 and "no MLflow experiment 'nope-experiment'" in out
 
 
-@pytest.fixture
-def http_model_server(s3):
-    """The real model server on a loopback port (uvicorn in a thread, stopped at the end)."""
-    import uvicorn
-
-    from serving.modelserver import ModelRepository, create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False)
-    server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("model server did not start")
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def test_promote_and_rollback_with_local_deploy(env, register, http_model_server, mlflow_client, tmp_path):

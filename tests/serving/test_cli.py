@@ -28,13 +28,11 @@ def test_model_needs_a_source():
     assert "--uri, --champion or --champion-if-any is required" in result.output
 
 
-def test_champion_uri_follows_the_registry_layout():
-    class Version:
-        version = 7
-
-    class Client:
-        def get_model_version_by_alias(self, name, alias):
-            assert (name, alias) == ("metal-nut", "champion")
-            return Version()
-
-    assert serve.champion_uri(Client(), "metal-nut", "models") == ("s3://models/metal-nut/7/", "7")
+def test_champion_needs_a_tracking_uri(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VINSPECT_HOME", "/nonexistent-vinspect-home")
+    app = typer.Typer()
+    serve.register(app)
+    result = CliRunner().invoke(app, ["model", "--champion", "--name", "m"])
+    assert result.exit_code != 0
+    assert "MLFLOW_TRACKING_URI is not set" in result.output

@@ -18,10 +18,30 @@ def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def champion_uri(mlflow_client, model_name: str, bucket: str, alias: str = "champion") -> tuple[str, str]:
-    """Resolve a registry alias to (`s3://<bucket>/<model>/<version>/`, version)."""
-    version = str(mlflow_client.get_model_version_by_alias(model_name, alias).version)
-    return f"s3://{bucket}/{model_name}/{version}/", version
+def champion_uri(model_name: str, bucket: str, alias: str = "champion") -> tuple[str, str]:
+    """Resolve a registry alias to (`s3://<bucket>/<model>/<version>/`, version).
+
+    Uses MLflow's REST API through ``serving.registry_client`` (``requests`` only): the serving
+    extra and the model-server image do not carry the ``mlflow`` package. Credentials come from
+    ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a private CA from
+    ``MLFLOW_TRACKING_SERVER_CERT_PATH`` (MLflow's own variable).
+
+    Raises:
+        serving.registry_client.AliasNotFound: No such model or alias.
+        serving.registry_client.RegistryError: Registry unset, unreachable or refusing.
+    """
+    import os
+
+    from vinspect.settings import MLflowSettings
+
+    from serving.registry_client import RegistryAuth, RegistryError
+    from serving.registry_client import champion_uri as resolve
+
+    settings = MLflowSettings.from_env()
+    if not settings.tracking_uri:
+        raise RegistryError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
+    return resolve(settings.tracking_uri, model_name, bucket, alias, auth=RegistryAuth.from_settings(settings),
+                   verify=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
 
 
 def model(
@@ -29,7 +49,8 @@ def model(
         None, "--uri", help="ONNX file, model folder (OVMS layout ok) or s3://bucket/model/version/."
     ),
     champion: bool = typer.Option(
-        False, "--champion", help="Serve the registry's `champion` version from S3 (needs MLflow)."
+        False, "--champion",
+        help="Serve the registry's `champion` version from S3 (looked up over MLflow's REST API).",
     ),
     champion_if_any: bool = typer.Option(
         False, "--champion-if-any",
@@ -58,20 +79,16 @@ def model(
     if champion:
         if uri:
             raise typer.BadParameter("give either --uri or --champion, not both")
+        from serving.registry_client import RegistryError
+
         try:
-            mlflow_client = MLflowSettings.from_env().client()
-        except ImportError:
-            raise typer.BadParameter(
-                "--champion needs the MLflow client, which the serving image does not have; "
-                "give --uri s3://<bucket>/<model>/<version>/ instead"
-            ) from None
-        uri, version = champion_uri(mlflow_client, model_name, S3Settings.from_env().bucket)
+            uri, version = champion_uri(model_name, S3Settings.from_env().bucket)
+        except RegistryError as exc:
+            raise typer.BadParameter(f"--champion: {exc}") from None
         typer.echo(f"champion of {model_name} is version {version}: {uri}")
     if champion_if_any and not uri:
         try:
-            uri, version = champion_uri(
-                MLflowSettings.from_env().client(), model_name, S3Settings.from_env().bucket
-            )
+            uri, version = champion_uri(model_name, S3Settings.from_env().bucket)
             typer.echo(f"champion of {model_name} is version {version}: {uri}")
         except Exception as exc:  # noqa: BLE001 - no model, no alias, or registry unreachable
             typer.echo(f"no champion of {model_name} to serve yet ({type(exc).__name__}); starting empty")

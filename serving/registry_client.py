@@ -1,0 +1,157 @@
+"""Resolve a registry alias over MLflow's REST API, without the ``mlflow`` package.
+
+The model server (``vinspect serve model --champion``) runs from the lean ``serving`` extra and
+image, which do not carry MLflow (hundreds of MiB of dependencies for one GET). The registry's
+REST endpoint ``GET /api/2.0/mlflow/registered-models/alias`` is all it needs; ``requests`` is a
+core dependency.
+
+Storage layout (the registry core's, see docs/CONTRACTS.md): version ``V`` of model ``M`` lives at
+``s3://<bucket>/M/V/`` (OVMS layout, ``1/model.onnx`` inside).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
+
+
+class RegistryError(RuntimeError):
+    """The registry could not be reached, refused us, or has no such model or alias."""
+
+
+class AliasNotFound(RegistryError):
+    """The model or the alias does not exist (yet): there is no such version to serve."""
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """How to authenticate to the MLflow server: a bearer token, or a user and password.
+
+    Attributes:
+        token: Bearer token (``MLFLOW_TRACKING_TOKEN``); wins over basic auth.
+        username: Basic-auth user (``MLFLOW_TRACKING_USERNAME``).
+        password: Basic-auth password (``MLFLOW_TRACKING_PASSWORD``).
+    """
+
+    token: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret
+        kind = "token" if self.token else "basic" if self.username else "none"
+        return f"RegistryAuth({kind})"
+
+    def apply(self, session: requests.Session) -> None:
+        """Set this auth on ``session``."""
+        if self.token:
+            session.headers["Authorization"] = f"Bearer {self.token}"
+        elif self.username:
+            session.auth = (self.username, self.password or "")
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> RegistryAuth:
+        """From :class:`vinspect.settings.MLflowSettings` (secrets unwrapped only here)."""
+        token = settings.token.get_secret_value() if settings.token else None
+        password = settings.password.get_secret_value() if settings.password else None
+        return cls(token=token or None, username=settings.username or None, password=password)
+
+
+def alias_version(
+    tracking_uri: str,
+    model_name: str,
+    alias: str = "champion",
+    *,
+    session: requests.Session | None = None,
+    auth: RegistryAuth | None = None,
+    timeout_s: float = 10.0,
+    verify: bool | str = True,
+) -> str:
+    """The version a registry alias points at, read from MLflow's REST API.
+
+    Args:
+        tracking_uri: MLflow server root (``http(s)://host:port[/prefix]``).
+        model_name: Registered model name.
+        alias: Alias to resolve.
+        session: HTTP session to use (tests, connection reuse); one is made when None.
+        auth: Credentials; none when None.
+        timeout_s: Request timeout.
+        verify: TLS verification (True or a CA bundle path); never disabled.
+
+    Returns:
+        The version number as a string.
+
+    Raises:
+        AliasNotFound: When the model or the alias does not exist.
+        RegistryError: On any other failure (unreachable, auth refused, malformed answer); the
+            message names the server and the model, never a credential.
+    """
+    if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
+        raise RegistryError(
+            f"MLflow tracking URI {tracking_uri!r} is not an http(s) server: the model server resolves "
+            "aliases over the REST API (set MLFLOW_TRACKING_URI)"
+        )
+    own = session is None
+    http = session or requests.Session()
+    if auth is not None:
+        auth.apply(http)
+    url = tracking_uri.rstrip("/") + ALIAS_PATH
+    where = f"{model_name}@{alias} at {tracking_uri}"
+    try:
+        resp = http.get(url, params={"name": model_name, "alias": alias}, timeout=timeout_s, verify=verify)
+    except requests.RequestException as exc:
+        raise RegistryError(f"registry lookup of {where} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        if own:
+            http.close()
+    # MLflow answers a missing model with 404 RESOURCE_DOES_NOT_EXIST, a missing alias with
+    # 400 INVALID_PARAMETER_VALUE "Registered model alias ... not found".
+    if resp.status_code == 404 or (resp.status_code == 400 and (
+        "RESOURCE_DOES_NOT_EXIST" in resp.text or "not found" in resp.text.lower()
+    )):
+        raise AliasNotFound(f"registry has no {where}: {_error_message(resp)}")
+    if resp.status_code in (401, 403):
+        raise RegistryError(f"registry refused the lookup of {where}: HTTP {resp.status_code} "
+                            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)")
+    if resp.status_code != 200:
+        raise RegistryError(f"registry lookup of {where}: HTTP {resp.status_code}: {_error_message(resp)}")
+    try:
+        version = resp.json()["model_version"]["version"]
+    except (ValueError, KeyError, TypeError):
+        raise RegistryError(f"registry lookup of {where}: unexpected answer {resp.text[:200]!r}") from None
+    return str(version)
+
+
+def _error_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        return f"{body.get('error_code', '')}: {body.get('message', '')}".strip(": ")
+    except ValueError:
+        return resp.text[:200]
+
+
+def storage_uri(bucket: str, model_name: str, version: str) -> str:
+    """``s3://<bucket>/<model>/<version>/``: where the registry core put that version."""
+    return f"s3://{bucket}/{model_name}/{version}/"
+
+
+def champion_uri(
+    tracking_uri: str,
+    model_name: str,
+    bucket: str,
+    alias: str = "champion",
+    **kwargs: Any,
+) -> tuple[str, str]:
+    """Resolve ``alias`` to (``s3://<bucket>/<model>/<version>/``, version).
+
+    Keyword arguments go to :func:`alias_version` (``session``, ``auth``, ``timeout_s``, ``verify``).
+
+    Raises:
+        AliasNotFound: No such model or alias.
+        RegistryError: Any other lookup failure.
+    """
+    version = alias_version(tracking_uri, model_name, alias, **kwargs)
+    return storage_uri(bucket, model_name, version), version
