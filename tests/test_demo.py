@@ -34,7 +34,7 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
     for var in ("MLFLOW_TRACKING_URI", "AWS_S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "VINSPECT_MODEL_URL"):
         env.pop(var, None)
     cmd = [sys.executable, "-m", "vinspect", "demo", "--state", str(state), "-n", "24", "--epochs", "1",
-           "--imgsz", "64", "--min-map50", "0", "--min-class-map50", "0"]
+           "--imgsz", "64", "--min-map50", "0", "--min-class-map50", "0", "--smoke-min-classes", "0"]
     try:
         proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]

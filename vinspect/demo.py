@@ -54,6 +54,7 @@ def run_demo(
     state: Path | None,
     min_map50: float | None = None,
     min_class_map50: float | None = None,
+    smoke_min_classes: int | None = None,
 ) -> int:
     """Run the demo; returns the process exit code."""
     from vinspect.cli.local import print_status
@@ -104,6 +105,8 @@ def run_demo(
         arguments["min_map50"] = min_map50
     if min_class_map50 is not None:
         arguments["min_class_map50"] = min_class_map50
+    if smoke_min_classes is not None:
+        arguments["smoke_min_classes"] = smoke_min_classes
     try:
         result = run_local(data, arguments=arguments, env=env, model_url=model_url)
     except LocalRunError as exc:

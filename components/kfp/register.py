@@ -17,6 +17,9 @@ def register(
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("storage_uri", str), ("s3_uri", str), ("run_id", str)]):
     """Record the run (params, per-epoch metrics, plots, dataset, git revision) and the version.
 
+    The dataset is uploaded to ``s3://<data bucket>/datasets/<dataset_id>/`` and that URI is the
+    MLflow dataset input's source.
+
     Never cached: it changes the registry. Idempotent per ``pipeline_run_id`` (a retried step
     returns the version the first attempt created).
 
@@ -37,6 +40,7 @@ def register(
     from collections import namedtuple
     from pathlib import Path
 
+    from components.data import upload_dataset
     from components.data.manifest import read_manifest
     from components.registry import register_model
     from vinspect.settings import MLflowSettings, S3Settings
@@ -50,9 +54,14 @@ def register(
     manifest = read_manifest(Path(dataset.path))
     s3 = S3Settings.from_env()
     mlflow = MLflowSettings.from_env()
+    s3_client = s3.client()
+    # The dataset is archived beside the model under its content id (files already there are
+    # skipped), so every registered version points at data that outlives the pipeline's artifacts.
+    dataset_uri = upload_dataset(s3_client, s3.data_bucket, Path(dataset.path))
+    print(f"dataset {manifest['dataset_id']} archived at {dataset_uri}")
     info = register_model(
         mlflow.client(),
-        s3.client(),
+        s3_client,
         onnx_path=Path(onnx_model.path),
         model_name=model_name,
         bucket=s3.bucket,
@@ -61,7 +70,7 @@ def register(
         epoch_metrics_csv=results_csv if results_csv.is_file() else None,
         plots=plots,
         dataset_id=manifest["dataset_id"],
-        dataset_uri=dataset.uri or None,
+        dataset_uri=dataset_uri,
         git_revision=git_revision or None,
         pipeline_run_id=pipeline_run_id,
         experiment=mlflow.experiment,

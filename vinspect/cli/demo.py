@@ -23,9 +23,11 @@ def register(app: typer.Typer) -> None:
         state: Optional[Path] = typer.Option(None, "--state", help="State directory (default ./.vinspect)."),
         min_map50: Optional[float] = typer.Option(None, "--min-map50", help="Override the quality gate's mAP50 floor."),
         min_class_map50: Optional[float] = typer.Option(None, "--min-class-map50", help="Override the gate's per-class mAP50 floor."),
+        smoke_min_classes: Optional[int] = typer.Option(None, "--smoke-min-classes", help="Classes the rollout's smoke test must find (-1 all, 0 none: server answers)."),
     ) -> None:
         """Bring the local stack up, build a dataset, run the training pipeline locally, serve the champion."""
         from vinspect.demo import run_demo
 
         raise typer.Exit(run_demo(data=data, images=images, epochs=epochs, imgsz=imgsz, seed=seed, runtime=runtime, state=state,
-                                    min_map50=min_map50, min_class_map50=min_class_map50))
+                                    min_map50=min_map50, min_class_map50=min_class_map50,
+                                    smoke_min_classes=smoke_min_classes))
