@@ -36,8 +36,14 @@ def _nut_outline(cx: float, cy: float, r: float, hexagonal: bool, rot: float) ->
             for k in range(n)]
 
 
-def render_nut(rng: np.random.Generator, size: int, kind: str) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
-    """Render one nut image; return it and its boxes as ``(class_id, (x0, y0, x1, y1))`` pixels."""
+def render_nut(rng: np.random.Generator, size: int, kind: str,
+               defect_scale: float = 1.0) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
+    """Render one nut image; return it and its boxes as ``(class_id, (x0, y0, x1, y1))`` pixels.
+
+    ``defect_scale`` (> 1: easier) widens scratches and the bent notch's crease and deepens the
+    notch; 1.0 gives the default look. The random draws are the same for any scale, so one
+    ``rng`` state gives the same nut and defect positions at every scale.
+    """
     bg = int(rng.integers(20, 60))
     img = Image.new("L", (size, size), bg)
     d = ImageDraw.Draw(img)
@@ -59,7 +65,7 @@ def render_nut(rng: np.random.Generator, size: int, kind: str) -> tuple[Image.Im
         mask = Image.new("L", (size, size), 0)
         md = ImageDraw.Draw(mask)
         theta = rng.uniform(0, 2 * math.pi)
-        depth = r * rng.uniform(0.18, 0.32)
+        depth = r * min(0.6, rng.uniform(0.18, 0.32) * defect_scale)
         half = rng.uniform(0.25, 0.45)
         # A notch: a wedge of the rim pushed towards the centre.
         pts = [(cx + (r + 2) * math.cos(theta - half), cy + (r + 2) * math.sin(theta - half)),
@@ -67,8 +73,9 @@ def render_nut(rng: np.random.Generator, size: int, kind: str) -> tuple[Image.Im
                (cx + (r + 2) * math.cos(theta + half), cy + (r + 2) * math.sin(theta + half))]
         md.polygon(pts, fill=255)
         d.polygon(pts, fill=bg)
-        d.line(pts, fill=min(255, body + 70), width=max(1, size // 128))
-        md.line(pts, fill=255, width=max(1, size // 128))
+        crease = max(1, int(round(size // 128 * defect_scale)))
+        d.line(pts, fill=min(255, body + 70), width=crease)
+        md.line(pts, fill=255, width=crease)
         # Only the part over the nut is a defect; the mask outside the disc is background.
         disc = Image.new("L", (size, size), 0)
         ImageDraw.Draw(disc).ellipse([cx - r - 3, cy - r - 3, cx + r + 3, cy + r + 3], fill=255)
@@ -80,11 +87,11 @@ def render_nut(rng: np.random.Generator, size: int, kind: str) -> tuple[Image.Im
         md = ImageDraw.Draw(mask)
         ang = rng.uniform(0, 2 * math.pi)
         rad = rng.uniform(hole * 1.3, r * 0.75)
-        length = r * rng.uniform(0.25, 0.5)
+        length = r * min(0.9, rng.uniform(0.25, 0.5) * defect_scale)
         dir_ = ang + math.pi / 2 + rng.uniform(-0.6, 0.6)
         x0, y0 = cx + rad * math.cos(ang), cy + rad * math.sin(ang)
         x1, y1 = x0 + length * math.cos(dir_), y0 + length * math.sin(dir_)
-        width = max(2, int(round(size / 128) + rng.integers(0, 2)))
+        width = max(2, int(round((round(size / 128) + rng.integers(0, 2)) * defect_scale)))
         # Bright (light catching the groove) or dark (a deep groove), always against the bevel.
         surface = min(255, body + 25)
         colour = min(255, surface + 80) if rng.random() < 0.5 else max(0, surface - 110)
@@ -106,7 +113,7 @@ def render_nut(rng: np.random.Generator, size: int, kind: str) -> tuple[Image.Im
 
 
 def synthesize(out_dir: Path, n: int, seed: int = 0, size: int = 256, image_format: str = "png",
-               progress: bool = False) -> Path:
+               progress: bool = False, defect_scale: float = 1.0) -> Path:
     """Write ``n`` synthetic nut images as a CVAT "YOLO 1.1" export into ``out_dir``.
 
     Args:
@@ -116,12 +123,16 @@ def synthesize(out_dir: Path, n: int, seed: int = 0, size: int = 256, image_form
         size: Image side in pixels.
         image_format: ``png`` or ``jpg``.
         progress: Show a progress bar.
+        defect_scale: Defect size factor (see :func:`render_nut`); above 1 gives bigger, easier
+            defects, e.g. for a tiny model trained in about a minute in tests.
 
     Returns:
         ``out_dir``, ready for ``import_dataset``.
     """
     if n < 1:
         raise DatasetError(f"n must be at least 1, got {n}")
+    if not defect_scale > 0:
+        raise DatasetError(f"defect_scale must be positive, got {defect_scale}")
     if size < 32:
         raise DatasetError(f"size must be at least 32 px, got {size}")
     ext = {"png": "png", "jpg": "jpg", "jpeg": "jpg"}.get(image_format.lower())
@@ -141,7 +152,7 @@ def synthesize(out_dir: Path, n: int, seed: int = 0, size: int = 256, image_form
         for i in tqdm(range(n), desc="synth", unit="img", disable=not progress):
             rng = np.random.default_rng([seed, i])
             kind = kinds[int(rng.choice(len(kinds), p=probs))]
-            img, boxes = render_nut(rng, size, kind)
+            img, boxes = render_nut(rng, size, kind, defect_scale)
             name = f"{kind}_{i:06d}.{ext}"
             buf = io.BytesIO()
             if ext == "png":

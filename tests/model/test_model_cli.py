@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from tests.model.conftest import IMGSZ
+from tests.model.conftest import IMGSZ, MIN_MAP50
 
 runner = CliRunner()
 
@@ -50,7 +50,7 @@ def test_cli_export_with_parity(trained, dataset, tmp_path):
 
 def test_cli_evaluate_with_gate(onnx_model, dataset, tmp_path):
     ok = runner.invoke(_app(), ["model", "evaluate", str(onnx_model), str(dataset), "--out", str(tmp_path),
-                                "--floors", '{"map50": 0.0}', "--json", "--strict"])
+                                "--floors", json.dumps({"map50": MIN_MAP50}), "--json", "--strict"])
     assert ok.exit_code == 0, ok.output
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["gate"]["passed"] is True and set(saved["per_class"]) == {"scratch", "bent"}
