@@ -80,6 +80,10 @@ def train(
             seed=seed,
             workers=workers,
             s3_client=s3_client,
+            # One line per epoch in the step's log (the KFP UI, or the terminal for local runs).
+            progress=lambda done, total: print(
+                f"epoch {done}/{total} ({time.monotonic() - started:.0f}s)", flush=True
+            ),
         )
         wall_s = time.monotonic() - started
         copy_best(result, Path(weights.path))
