@@ -23,6 +23,7 @@ any credential-like environment variable with a literal value, and the well-know
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
@@ -378,8 +379,21 @@ def validate_objects(objects: Iterable[dict[str, Any]], store: SchemaStore | Non
 
 # Environment variable names that carry credentials; their value must come from a Secret.
 _SECRET_ENV = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL|API_KEY)", re.IGNORECASE)
-# Defaults that demo repositories ship; any occurrence in a rendered manifest is refused.
-_KNOWN_DEFAULTS = ("minio123", "minioadmin", "changeme", "password123")
+# Defaults that demo repositories ship (Minio's root password and user, and two generic ones);
+# any occurrence in a rendered manifest is refused. Kept as sha256 digests so the repository
+# itself carries no credential-looking literal.
+_KNOWN_DEFAULT_DIGESTS = frozenset({
+    "179c076ac522159dbbd50d4f1d84faf05551fe5b59d7e5824a800d46559fb1d1",
+    "ad9858116e63b0c5a4d7dc7f50f034c7247e56838dae22c1832712ffde48e694",
+    "057ba03d6c44104863dc7361fe4578965d1887360f90a0895882e58a6248fc86",
+    "ef92b778bafe771e89245b89ecbc08a44a4e166c06659911881f383d4473e94f",
+})
+_TOKEN = re.compile(r"[a-z0-9_]{6,}")
+
+
+def is_known_default(value: str) -> bool:
+    """Whether ``value`` is one of the well-known demo default credentials (case-insensitive)."""
+    return hashlib.sha256(value.lower().encode()).hexdigest() in _KNOWN_DEFAULT_DIGESTS
 
 
 def _walk_env(node: Any, path: tuple[Any, ...] = ()) -> Iterable[tuple[tuple[Any, ...], dict[str, Any]]]:
@@ -430,8 +444,7 @@ def find_literal_credentials(objects: Iterable[dict[str, Any]]) -> list[Issue]:
                     Issue(ref, f"{_json_path(path)}.value", f"environment variable {name} has a literal value; "
                           "take it from a Secret with valueFrom.secretKeyRef")
                 )
-        text = json.dumps(obj).lower()
-        for default in _KNOWN_DEFAULTS:
-            if default in text:
-                issues.append(Issue(ref, "", f"contains the well-known default credential {default!r}"))
+        for token in sorted(set(_TOKEN.findall(json.dumps(obj).lower()))):
+            if is_known_default(token):
+                issues.append(Issue(ref, "", f"contains the well-known default credential {token!r}"))
     return issues

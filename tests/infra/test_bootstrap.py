@@ -18,6 +18,7 @@ from infra.bootstrap import (
     plan,
     plural,
 )
+from infra.validate import is_known_default
 from tests.infra.fake_cluster import FakeCluster
 
 DELAY = 3.0
@@ -110,7 +111,7 @@ def test_generated_credentials_and_data_connection(objects):
     run(cluster, objects)
     minio = secret_values(cluster, "minio-root", "vinspect")
     assert 12 <= len(minio["MINIO_ROOT_USER"]) <= 20 and 32 <= len(minio["MINIO_ROOT_PASSWORD"]) <= 40
-    assert minio["MINIO_ROOT_PASSWORD"] not in ("minio123", "minioadmin")
+    assert not is_known_default(minio["MINIO_ROOT_PASSWORD"]) and not is_known_default(minio["MINIO_ROOT_USER"])
     for namespace in ("vinspect", "vinspect-models"):
         conn = cluster.find("Secret", "aws-connection-models", namespace)
         assert conn["metadata"]["annotations"]["opendatahub.io/connection-type"] == "s3"
