@@ -2,16 +2,24 @@
 
 Three ways to get detections for the same JPEG files with the same ONNX model (YOLO11n, nc=2):
 
-* ``ours``: :meth:`serving.detector.Detector.detect` on the file: JPEG decode, letterbox, ONNX
-  Runtime, decode, NMS, boxes mapped back;
-* ``bare_ort``: ``session.run`` alone on the already prepared tensor (the floor: inference only);
-* ``ultralytics``: ``YOLO(onnx).predict`` on the same file (its own decode, letterbox, NMS, and
-  its own ONNX Runtime session with default options, i.e. as a user of Ultralytics gets it).
+* ``ours``: :class:`serving.detector.Detector` on the file: JPEG decode (OpenCV, reduced DCT
+  scale), letterbox, ONNX Runtime, decode, NMS, boxes mapped back;
+* ``bare``: ``session.run`` alone on the already prepared tensor (the floor: inference only);
+* ``ultra``: ``YOLO(onnx).predict`` on the same file (its own decode, letterbox, NMS, and its
+  own ONNX Runtime session with default options, i.e. as a user of Ultralytics gets it).
 
-Ours and the bare call are interleaved image by image, Ultralytics runs in alternating blocks
-(its session busy-waits between runs and would slow the next call otherwise); medians compared.
-Keys: ``ratio_vs_ort`` = ours / bare (target <= 1.10), ``speedup_vs_ultralytics`` =
-ultralytics / ours (target >= 1.5).
+Each is measured in two modes:
+
+* ``latency``: one image at a time, ONNX Runtime's default threads (one per core);
+* ``stream``: as many images in flight as there are CPUs. Ours is ``Detector(threads=1)
+  .detect_many``; bare is the same single-threaded session called from that many threads;
+  Ultralytics gets one model per thread, as its docs prescribe for threaded inference.
+
+Every measurement runs in its own block (Ultralytics' sessions busy-wait between runs and would
+slow whatever runs next), blocks alternate each round, and medians over rounds are compared.
+Keys: ``ratio_vs_ort`` = ours / bare in the same mode, the worse of the two modes (target
+<= 1.10); ``speedup_vs_ultralytics`` = Ultralytics' best mode / our best mode (target >= 1.5).
+Per-mode ratios are printed as well.
 
 Images: the real metal nuts from ``../shared/data/metal_nut`` (700x700) re-encoded as JPEG (what
 the camera sends), or synthetic nuts when the shared folder is absent. The model: ``--model
@@ -28,6 +36,7 @@ import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +81,20 @@ def _untrained_onnx(work: Path, imgsz: int) -> Path:
     return Path(shutil.move(str(produced), work / "model.onnx"))
 
 
+def _per_image_ms(run, items: list, workers: int) -> float:
+    """Wall milliseconds per item for ``run(item)`` over ``items`` with ``workers`` threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    start = time.perf_counter()
+    if workers == 1:
+        for item in items:
+            run(item)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(run, items))
+    return (time.perf_counter() - start) * 1e3 / len(items)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="ONNX model (default: untrained YOLO11n)")
@@ -80,72 +103,88 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--conf", type=float, default=0.25)
     ap.add_argument("--iou", type=float, default=0.45)
-    ap.add_argument("--spinning", action="store_true", help="let our ONNX Runtime threads busy-wait too")
+    ap.add_argument("--workers", type=int, default=None, help="stream mode: images in flight (default: CPUs)")
     args = ap.parse_args()
 
-    from serving.detector import Detector, preprocess
+    from serving.detector import Detector, _usable_cpus
 
+    workers = args.workers or _usable_cpus()
     with tempfile.TemporaryDirectory(prefix="vinspect-bench-det-") as tmp:
         work = Path(tmp)
         images = _images(work, args.images)
         model_path = args.model or _untrained_onnx(work, args.imgsz)
-        # Same ONNX Runtime session for ours and the bare call: identical inference cost.
-        ours = Detector(model_path, conf=args.conf, iou=args.iou, providers=["CPUExecutionProvider"],
-                        spinning=args.spinning)
-        session = ours.session
-        tensors = [preprocess(p, ours.imgsz)[0] for p in images]
+        # Latency mode: one image at a time, ONNX Runtime's default threads (one per core).
+        lat = Detector(model_path, conf=args.conf, iou=args.iou, providers=["CPUExecutionProvider"])
+        # Stream mode: one image per core, one thread per inference (Detector.detect_many).
+        thr = Detector(model_path, conf=args.conf, iou=args.iou, providers=["CPUExecutionProvider"], threads=1)
+        tensors = [lat.prepare(p)[0] for p in images]
 
         from vinspect.yolo_env import prepare_ultralytics
 
         prepare_ultralytics(work / "ultralytics")
         from ultralytics import YOLO
 
-        ultra = YOLO(str(model_path), task="detect")
+        def ultra_model():
+            return YOLO(str(model_path), task="detect")
 
-        def run_ultra(p: Path):
-            return ultra.predict(str(p), imgsz=ours.imgsz[0], conf=args.conf, iou=args.iou, device="cpu",
+        ultra = ultra_model()
+        # Ultralytics' documented way to predict from several threads: one model per thread.
+        local = threading.local()
+
+        def run_ultra(p: Path, model=None):
+            model = model or getattr(local, "model", None)
+            if model is None:
+                model = local.model = ultra_model()
+            return model.predict(str(p), imgsz=lat.imgsz[0], conf=args.conf, iou=args.iou, device="cpu",
                                  verbose=False)
 
-        for p, t in zip(images[:3], tensors[:3]):  # warm-up: first-call allocations, lazy init
-            ours.detect(p)
-            session.run([ours.output_name], {ours.input_name: t})
-            run_ultra(p)
+        def bare(session):
+            return lambda t: session.run([lat.output_name], {lat.input_name: t})
 
-        t_ours, t_bare, t_ultra = [], [], []
-        stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
+        # Ultralytics' sessions busy-wait between runs (ONNX Runtime's default), which would slow
+        # whatever runs next: every measurement runs in its own block, blocks alternate each round,
+        # and the medians over rounds are compared.
+        blocks = {
+            "ours_latency": lambda: _per_image_ms(lat.detect, images, 1),
+            "bare_latency": lambda: _per_image_ms(bare(lat.session), tensors, 1),
+            "ultra_latency": lambda: _per_image_ms(lambda p: run_ultra(p, ultra), images, 1),
+            "ours_stream": lambda: _per_image_ms(lambda ps: list(thr.detect_many(ps, workers)), [images], 1),
+            "bare_stream": lambda: _per_image_ms(bare(thr.session), tensors, workers),
+            "ultra_stream": lambda: _per_image_ms(run_ultra, images, workers),
+        }
+        for fn in blocks.values():  # warm-up: first-call allocations, lazy init, per-thread models
+            fn()
+        samples: dict[str, list[float]] = {k: [] for k in blocks}
         for _ in range(args.rounds):
-            # Ours and the bare call interleaved image by image (same session); Ultralytics in its
-            # own block right after: its session busy-waits between runs, which would otherwise
-            # slow whichever call follows it and blur the comparison.
-            for p, t in zip(images, tensors):
-                s = time.perf_counter()
-                ours.detect(p)
-                t_ours.append(time.perf_counter() - s)
-                for k, v in ours.timings.items():
-                    stages[k].append(v)
-                s = time.perf_counter()
-                session.run([ours.output_name], {ours.input_name: t})
-                t_bare.append(time.perf_counter() - s)
-            for p in images:
-                s = time.perf_counter()
-                run_ultra(p)
-                t_ultra.append(time.perf_counter() - s)
+            for name, fn in blocks.items():
+                samples[name].append(fn())
+        samples["ours_stream"] = [v / len(images) for v in samples["ours_stream"]]  # one call, all images
+        stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
+        for p in images:
+            lat.detect(p)
+            for k, v in lat.timings.items():
+                stages[k].append(v)
 
-    med = {k: statistics.median(v) * 1e3 for k, v in (("ours", t_ours), ("bare", t_bare), ("ultra", t_ultra))}
+    ms = {k: statistics.median(v) for k, v in samples.items()}
+    ultra_best = min(ms["ultra_latency"], ms["ultra_stream"])
+    ours_best = min(ms["ours_latency"], ms["ours_stream"])
     print(json.dumps({
         "bench": "detector",
         "images": len(images),
-        "calls_each": len(t_ours),
-        "imgsz": list(ours.imgsz),
+        "rounds": args.rounds,
+        "imgsz": list(lat.imgsz),
         "image_source": "metal_nut" if METAL_NUT.is_dir() else "synthetic",
-        "ours_spinning": args.spinning,
+        "stream_workers": workers,
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "ms_ours_end_to_end": round(med["ours"], 3),
-        "ms_bare_session_run": round(med["bare"], 3),
-        "ms_ultralytics_predict": round(med["ultra"], 3),
-        "ms_ours_stages": {k: round(statistics.median(v), 3) for k, v in stages.items()},
-        "ratio_vs_ort": round(med["ours"] / med["bare"], 3),
-        "speedup_vs_ultralytics": round(med["ultra"] / med["ours"], 3),
+        "ms_per_image": {k: round(v, 3) for k, v in ms.items()},
+        "ms_ours_latency_stages": {k: round(statistics.median(v), 3) for k, v in stages.items()},
+        "ratio_vs_ort_latency": round(ms["ours_latency"] / ms["bare_latency"], 3),
+        "ratio_vs_ort_stream": round(ms["ours_stream"] / ms["bare_stream"], 3),
+        "speedup_vs_ultralytics_latency": round(ms["ultra_latency"] / ms["ours_latency"], 3),
+        "speedup_vs_ultralytics_stream": round(ms["ultra_stream"] / ms["ours_stream"], 3),
+        # Headline keys: each side in its own best mode; ours against bare ORT mode for mode.
+        "ratio_vs_ort": round(max(ms["ours_latency"] / ms["bare_latency"], ms["ours_stream"] / ms["bare_stream"]), 3),
+        "speedup_vs_ultralytics": round(ultra_best / ours_best, 3),
         "targets": {"ratio_vs_ort": "<= 1.10", "speedup_vs_ultralytics": ">= 1.5"},
     }))
 

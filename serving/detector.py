@@ -2,11 +2,13 @@
 
 Used by evaluation, the ONNX parity check, the image processor and the notebooks, so a model is
 validated exactly the way it is served. Only numpy and Pillow are imported at module level;
-:class:`Detector` imports onnxruntime lazily when it is given a model path.
+OpenCV (decoding, resizing: the same ``cv2.INTER_LINEAR`` as Ultralytics) is imported on first
+use, and :class:`Detector` imports onnxruntime lazily when it is given a model path.
 
 Conventions (kept explicit because the original demo got them wrong by accident):
 
-* images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; nothing here ever swaps channels;
+* images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; OpenCV decodes to BGR, and the one
+  place that reads its output writes the tensor planes as R, G, B (tested with a pure-red image);
 * model input is ``float32 [1, 3, H, W]`` in ``0..1``, letterboxed with pad value 114 the way
   Ultralytics does it (centred padding, same rounding), so boxes map back identically;
 * boxes are ``(x1, y1, x2, y2)`` in pixels of the original image.
@@ -23,8 +25,11 @@ from __future__ import annotations
 import ast
 import io
 import json
+import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +52,69 @@ _MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any image side
 # --------------------------------------------------------------------------------------------
 
 
+def _cv2() -> Any:
+    """OpenCV, imported on first use (the module itself stays importable without it)."""
+    global _CV2
+    if _CV2 is None:
+        import cv2
+
+        # Single-threaded like Ultralytics does it: resizes here are small, and OpenCV's pool
+        # would compete with ONNX Runtime's threads for the same cores.
+        cv2.setNumThreads(0)
+        _CV2 = cv2
+    return _CV2
+
+
+_CV2: Any = None
+_JPEG_SCALES = ((8, "IMREAD_REDUCED_COLOR_8"), (4, "IMREAD_REDUCED_COLOR_4"), (2, "IMREAD_REDUCED_COLOR_2"))
+
+
+def _imdecode(data: bytes, flags: int) -> np.ndarray:
+    cv2 = _cv2()
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    if arr is None:
+        raise ValueError(f"cannot decode image ({len(data)} bytes): not an image format OpenCV reads")
+    return arr
+
+
+class BGRImage:
+    """A decoded image still in OpenCV's BGR order (see :func:`decode_bgr`).
+
+    Passing this instead of an RGB array lets :meth:`Detector.detect` write the tensor's RGB
+    planes straight from BGR, without a full-size channel-swapped copy. ``.rgb()`` makes the
+    RGB array when one is needed (e.g. to draw on).
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    def rgb(self) -> np.ndarray:
+        """The same pixels as a contiguous RGB array."""
+        return np.ascontiguousarray(self.array[:, :, ::-1])
+
+
+def decode_bgr(data: bytes) -> BGRImage:
+    """Decode encoded image bytes as OpenCV does (BGR, 3 channels); see :func:`decode_image`.
+
+    Raises:
+        ValueError: If the bytes are not a readable image.
+    """
+    if not data:
+        raise ValueError("cannot decode image: no bytes given")
+    return BGRImage(_imdecode(bytes(data), _cv2().IMREAD_COLOR))
+
+
 def decode_image(data: bytes) -> np.ndarray:
     """Decode encoded image bytes (JPEG, PNG, ...) to an RGB ``uint8`` array.
+
+    Greyscale, palette and alpha images become 3-channel RGB (alpha dropped). EXIF orientation
+    is ignored: pixels come out as stored, the same everywhere in this project.
 
     Args:
         data: The encoded image.
@@ -59,38 +125,34 @@ def decode_image(data: bytes) -> np.ndarray:
     Raises:
         ValueError: If the bytes are not a readable image.
     """
-    if not data:
-        raise ValueError("cannot decode image: no bytes given")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()
-            # Converts L, LA, P, RGBA, CMYK; RGB order is explicit (no copy when already RGB).
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
-    except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-        raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8)
+    return decode_bgr(data).rgb()  # OpenCV decodes to BGR: made RGB here, explicitly
 
 
-def _decode_reduced(data: bytes, target_hw: tuple[int, int]) -> tuple[Image.Image, tuple[int, int]]:
-    """Decode for a model input of ``target_hw``: returns ``(RGB PIL image, original (h, w))``.
+def _decode_reduced(data: bytes, target_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode for a model input of ``target_hw``: returns ``(BGR array, original (h, w))``.
 
     JPEG is decoded at the smallest libjpeg DCT scale (1/2, 1/4, 1/8) whose result is still at
     least as large as the letterboxed content, which is several times faster than a full decode
     and amounts to an area pre-shrink before the bilinear resize. Other formats decode in full.
+    The array stays in OpenCV's BGR order; :func:`_to_tensor` writes the planes as RGB.
     """
     if not data:
         raise ValueError("cannot decode image: no bytes given")
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data)) as im:  # header only: size and format, no pixels
             orig_w, orig_h = im.size
-            if im.format == "JPEG":
-                r = min(target_hw[0] / orig_h, target_hw[1] / orig_w)
-                im.draft("RGB", (max(1, int(np.ceil(orig_w * r))), max(1, int(np.ceil(orig_h * r)))))
-            im.load()
-            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            fmt = im.format
     except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
         raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
-    return rgb, (orig_h, orig_w)
+    cv2 = _cv2()
+    flags = cv2.IMREAD_COLOR
+    if fmt == "JPEG":
+        _, unpad_w, unpad_h, _, _ = _geometry((orig_h, orig_w), target_hw)
+        for k, name in _JPEG_SCALES:
+            if -(-orig_w // k) >= unpad_w and -(-orig_h // k) >= unpad_h:
+                flags = getattr(cv2, name)
+                break
+    return _imdecode(data, flags), (orig_h, orig_w)
 
 
 def _as_rgb_array(img: Any) -> np.ndarray:
@@ -178,11 +240,7 @@ def letterbox(
     dw /= 2
     dh /= 2
     if (w, h) != (unpad_w, unpad_h):
-        # Pillow's bilinear resize on RGB data; channel order is untouched.
-        img = np.asarray(
-            Image.fromarray(img).resize((unpad_w, unpad_h), Image.Resampling.BILINEAR),
-            dtype=np.uint8,
-        )
+        img = _resize(img, unpad_w, unpad_h)
     # Same rounding as Ultralytics so that box un-mapping is identical.
     top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
     left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
@@ -204,30 +262,33 @@ def _geometry(orig_hw: tuple[int, int], new_hw: tuple[int, int]) -> tuple[float,
     return r, unpad_w, unpad_h, left, top
 
 
+def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Bilinear resize exactly as Ultralytics' ``LetterBox`` does it (``cv2.INTER_LINEAR``).
+
+    Channel order is untouched; same pixels as Ultralytics means evaluation through this core and
+    Ultralytics' own ``val`` see the same inputs.
+    """
+    cv2 = _cv2()
+    return cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
 def _to_tensor(
-    img: np.ndarray | Image.Image, orig_hw: tuple[int, int], new_hw: tuple[int, int], stride: int
+    img: np.ndarray, orig_hw: tuple[int, int], new_hw: tuple[int, int], stride: int, *, bgr: bool = False
 ) -> tuple[np.ndarray, LetterboxInfo]:
-    """Letterbox an RGB image of ``orig_hw`` content (maybe already reduced) into a tensor.
+    """Letterbox an image of ``orig_hw`` content (maybe already reduced) into a tensor.
 
     Same pixels as ``letterbox()`` followed by CHW/255, but resized and scaled straight into a
-    pre-filled float32 tensor, which saves full-size temporaries on every call.
+    pre-filled float32 tensor, which saves full-size temporaries on every call. ``bgr=True`` says
+    the array is in OpenCV's order; the tensor is RGB either way (plane 0 is R).
     """
     nh, nw = new_hw
     if stride > 0 and (nh % stride or nw % stride):
         raise ValueError(f"input size {nh}x{nw} is not a multiple of the model stride {stride}")
     r, unpad_w, unpad_h, left, top = _geometry(orig_hw, new_hw)
-    if isinstance(img, Image.Image):
-        if img.size != (unpad_w, unpad_h):
-            img = img.resize((unpad_w, unpad_h), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
-    elif img.shape[1] != unpad_w or img.shape[0] != unpad_h:
-        arr = np.asarray(
-            Image.fromarray(img).resize((unpad_w, unpad_h), Image.Resampling.BILINEAR), dtype=np.uint8
-        )
-    else:
-        arr = img
+    arr = img if (img.shape[1], img.shape[0]) == (unpad_w, unpad_h) else _resize(img, unpad_w, unpad_h)
+    if bgr:
+        arr = arr[:, :, ::-1]  # a view: the channel swap happens in the copy below
     tensor = np.full((1, 3, nh, nw), np.float32(PAD_VALUE / 255.0), dtype=np.float32)
-    # Channel order stays RGB: plane 0 is R.
     np.multiply(
         arr.transpose(2, 0, 1),
         np.float32(1.0 / 255.0),
@@ -539,10 +600,12 @@ def _default_providers() -> list[str]:
     return [p for p in preferred if p in available] or available
 
 
-def _open_session(path: Path, providers: Sequence[str] | None, spinning: bool) -> Any:
+def _open_session(path: Path, providers: Sequence[str] | None, spinning: bool, threads: int | None = None) -> Any:
     import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
 
     opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = int(threads)
     if not spinning:
         # No busy-waiting between and inside runs: a spinning ONNX Runtime pool steals the cores
         # that JPEG decoding and NMS need in the same process, and burns CPU quota in a limited
@@ -567,6 +630,10 @@ class Detector:
         providers: ONNX Runtime execution providers (default: CUDA if present, else CPU).
         spinning: Let ONNX Runtime's threads busy-wait (faster on an idle, dedicated CPU; off by
             default because it hurts on shared or CPU-limited nodes).
+        threads: ONNX Runtime intra-op threads per inference (default: one per physical core).
+            For a stream of images, ``threads=1`` with :meth:`detect_many` running one image per
+            core is the faster layout on CPU: a small model splits poorly across cores (see
+            ``benchmarks/detector.py``).
 
     Attributes:
         names: Class names, index = class id.
@@ -588,6 +655,7 @@ class Detector:
         imgsz: int | Sequence[int] | None = None,
         providers: Sequence[str] | None = None,
         spinning: bool = False,
+        threads: int | None = None,
     ) -> None:
         self.conf = float(conf)
         self.iou = float(iou)
@@ -601,7 +669,7 @@ class Detector:
             self.path = Path(path_or_session)
             if not self.path.is_file():
                 raise FileNotFoundError(f"ONNX model not found: {self.path}")
-            self.session = _open_session(self.path, providers, spinning)
+            self.session = _open_session(self.path, providers, spinning, threads)
         elif path_or_session is not None:
             self.session = path_or_session
         if self.session is not None:
@@ -629,10 +697,15 @@ class Detector:
         arrays and PIL images go through :func:`preprocess`.
         """
         if isinstance(img, (str, Path)):
-            img = Path(img).read_bytes()
+            try:
+                return self.prepare(Path(img).read_bytes())
+            except ValueError as exc:
+                raise ValueError(f"{img}: {exc}") from None
         if isinstance(img, (bytes, bytearray, memoryview)):
             arr, orig = _decode_reduced(bytes(img), self.imgsz)
-            return _to_tensor(arr, orig, self.imgsz, self.stride)
+            return _to_tensor(arr, orig, self.imgsz, self.stride, bgr=True)
+        if isinstance(img, BGRImage):
+            return _to_tensor(img.array, img.array.shape[:2], self.imgsz, self.stride, bgr=True)
         return preprocess(img, self.imgsz, stride=self.stride)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
@@ -656,12 +729,47 @@ class Detector:
         """Detect objects with a caller-supplied inference function (e.g. a remote v2 call).
 
         Args:
-            img: RGB array ``(H, W, 3)``, encoded image bytes, PIL image or file path.
+            img: RGB array ``(H, W, 3)``, :class:`BGRImage`, encoded image bytes, PIL image or
+                file path.
             infer: Takes the ``float32 [1, 3, H, W]`` input tensor, returns the raw output.
 
         Returns:
             Detections in original-image pixels, highest score first.
         """
+        dets, self.timings = self._run(img, infer)
+        return dets
+
+    def detect_many(self, images: Iterable[Any], workers: int | None = None) -> Iterator[list[Detection]]:
+        """Detect objects in a stream of images, ``workers`` images at a time, results in order.
+
+        Each worker decodes, letterboxes, runs the (thread-safe) session and post-processes one
+        image; OpenCV, NumPy and ONNX Runtime release the GIL, so the workers use separate
+        cores. Pair with ``Detector(..., threads=1)`` for the best throughput on CPU.
+
+        Args:
+            images: Images as :meth:`detect` takes them (file paths, bytes, arrays).
+            workers: Images in flight (default: the CPUs this process may use).
+
+        Yields:
+            The detections of each image, in input order.
+        """
+        workers = max(1, int(workers or _usable_cpus()))
+        if workers == 1:
+            for img in images:
+                yield self.detect(img)
+            return
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector") as pool:
+            pending: deque[Future[tuple[list[Detection], dict[str, float]]]] = deque()
+            for img in images:
+                pending.append(pool.submit(self._run, img, self.infer))
+                if len(pending) >= 2 * workers:  # bounded: a long stream is never all in memory
+                    yield pending.popleft().result()[0]
+            while pending:
+                yield pending.popleft().result()[0]
+
+    def _run(
+        self, img: Any, infer: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[list[Detection], dict[str, float]]:
         t0 = time.perf_counter()
         tensor, info = self.prepare(img)
         t1 = time.perf_counter()
@@ -669,9 +777,23 @@ class Detector:
         t2 = time.perf_counter()
         dets = postprocess(output, info, conf=self.conf, iou=self.iou, names=self.names)
         t3 = time.perf_counter()
-        self.timings = {
+        return dets, {
             "preprocess": (t1 - t0) * 1e3,
             "inference": (t2 - t1) * 1e3,
             "postprocess": (t3 - t2) * 1e3,
         }
-        return dets
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 CPU quota (a pod's limit)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(float(quota) / float(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus

@@ -199,7 +199,9 @@ class Inspector:
         t_start = time.perf_counter()
         parsed = parse_image_event(event)
         try:
-            img = det.decode_image(parsed.image)
+            # Decoded once, in OpenCV's BGR: the detector writes RGB tensor planes from it, and
+            # an RGB copy is only made for drawing on a failed part.
+            img = det.decode_bgr(parsed.image)
         except ValueError as exc:
             raise PoisonEvent(f"event {parsed.event_id}: {exc}") from None
         t_decoded = time.perf_counter()
@@ -251,7 +253,7 @@ class Inspector:
             # Nothing to draw on a good part: the camera's own JPEG is the annotated image,
             # which saves a full-size re-encode per passing image.
             jpeg = (parsed.image if not detections and parsed.image[:3] == b"\xff\xd8\xff"
-                    else annotate(img, detections, self.config.jpeg_quality))
+                    else annotate(img.rgb(), detections, self.config.jpeg_quality))
             annotated = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
         t_end = time.perf_counter()
         passed = not detections

@@ -308,14 +308,21 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     )
 
 
-def _assemble(header: dict[str, Any], chunks: list[bytes]) -> tuple[bytes, dict[str, str]]:
+def _assemble_parts(header: dict[str, Any], chunks: list[Any]) -> tuple[list[Any], dict[str, str]]:
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     if not chunks:
-        return head, {"Content-Type": JSON_CONTENT_TYPE}
-    return b"".join([head, *chunks]), {
+        return [head], {"Content-Type": JSON_CONTENT_TYPE, "Content-Length": str(len(head))}
+    return [head, *chunks], {
         "Content-Type": BINARY_CONTENT_TYPE,
         HEADER_LENGTH: str(len(head)),
+        "Content-Length": str(len(head) + sum(memoryview(c).nbytes for c in chunks)),
     }
+
+
+def _assemble(header: dict[str, Any], chunks: list[Any]) -> tuple[bytes, dict[str, str]]:
+    parts, headers = _assemble_parts(header, chunks)
+    headers.pop("Content-Length")  # HTTP clients set it for a bytes body
+    return b"".join(parts), headers
 
 
 def _tensor_entry(
@@ -324,8 +331,12 @@ def _tensor_entry(
     datatype = datatype or datatype_of(array)
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     if binary:
-        raw = tensor_to_raw(array, datatype)
-        entry["parameters"] = {"binary_data_size": len(raw)}
+        if datatype == "BYTES":
+            raw: Any = _serialize_bytes(array)
+        else:
+            # A view on the array's memory, not a copy: the HTTP client writes it out as is.
+            raw = memoryview(np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).reshape(-1)).cast("B")
+        entry["parameters"] = {"binary_data_size": memoryview(raw).nbytes}
         chunks.append(raw)
     elif datatype == "BYTES":
         entry["data"] = [
@@ -345,7 +356,31 @@ def encode_request(
     binary_outputs: bool = True,
     request_id: str | None = None,
 ) -> tuple[bytes, dict[str, str]]:
-    """Encode an inference request.
+    """Encode an inference request as one body (see :func:`encode_request_parts`).
+
+    Returns:
+        (body, headers) ready to POST to `.../infer`.
+    """
+    parts, headers = encode_request_parts(
+        inputs, outputs, binary_inputs=binary_inputs, binary_outputs=binary_outputs,
+        request_id=request_id,
+    )
+    headers.pop("Content-Length")  # HTTP clients set it for a bytes body
+    return b"".join(parts), headers
+
+
+def encode_request_parts(
+    inputs: dict[str, np.ndarray],
+    outputs: list[str] | None = None,
+    *,
+    binary_inputs: bool = True,
+    binary_outputs: bool = True,
+    request_id: str | None = None,
+) -> tuple[list[Any], dict[str, str]]:
+    """Encode an inference request as body parts: the JSON header, then each raw tensor.
+
+    The tensors are views on the arrays (no copy of a multi-megabyte image tensor); send the
+    parts in order with the returned ``Content-Length``. The list can be sent again (retries).
 
     Args:
         inputs: Input name -> array.
@@ -355,9 +390,9 @@ def encode_request(
         request_id: Optional request id, echoed by the server.
 
     Returns:
-        (body, headers) ready to POST to `.../infer`.
+        (parts, headers) ready to POST to `.../infer`.
     """
-    chunks: list[bytes] = []
+    chunks: list[Any] = []
     header: dict[str, Any] = {
         "inputs": [_tensor_entry(n, a, binary_inputs, chunks) for n, a in inputs.items()]
     }
@@ -369,7 +404,7 @@ def encode_request(
         ]
     elif binary_outputs:
         header["parameters"] = {"binary_data_output": True}
-    return _assemble(header, chunks)
+    return _assemble_parts(header, chunks)
 
 
 def encode_response(

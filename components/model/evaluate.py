@@ -428,18 +428,18 @@ def evaluate_onnx(
         "model_dataset_id", "eval_dataset_id", "confusion_matrix", "plots": [paths]}``. Classes without ground truth in the split have
         ``support`` 0 and ``None`` for their metrics (the gate skips them).
     """
-    detector = det.Detector(onnx_path, conf=conf, iou=iou)
+    # One image per core, one thread per inference: the faster layout for a small model on
+    # CPU (benchmarks/detector.py); results come back in order.
+    detector = det.Detector(onnx_path, conf=conf, iou=iou, threads=1)
     names = detector.names
     nc = len(names)
     images = split_images(Path(dataset_dir), split)
     all_tp, all_scores, all_pred_cls, all_gt_cls = [], [], [], []
     cm = np.zeros((nc + 1, nc + 1), dtype=np.int64)
-    for n, image in enumerate(images, start=1):
-        data = image.read_bytes()
-        # Encoded bytes, exactly as the image processor hands them over, so a JPEG split is
-        # decoded the way it will be served (see Detector.prepare).
-        dets = detector.detect(data)
-        h, w = _image_size(data, image)
+    # Files are handed over as encoded bytes, exactly as the image processor gets them, so a
+    # JPEG split is decoded the way it will be served (see Detector.prepare).
+    for n, (image, dets) in enumerate(zip(images, detector.detect_many(images)), start=1):
+        h, w = _image_size(image.read_bytes(), image)
         gt_boxes, gt_cls = read_labels(label_path(image), w, h, nc)
         pb = np.array([d.box for d in dets], dtype=np.float64).reshape(-1, 4)
         pc = np.array([d.class_id for d in dets], dtype=np.int64)

@@ -74,6 +74,51 @@ def test_jpeg_fast_path_matches_the_full_decode():
     assert np.abs(fast - full).mean() < 2 / 255  # smooth image: only resampling noise differs
 
 
+def test_every_input_form_gives_rgb_planes():
+    """Bytes and BGRImage go through OpenCV's BGR; the tensor is RGB all the same."""
+    img = np.zeros((48, 64, 3), np.uint8)
+    img[..., 0] = 255  # pure red
+    img[:8, :, 2] = 200  # a blue stripe on top
+    png = io.BytesIO()
+    Image.fromarray(img).save(png, format="PNG")
+    d = det.Detector(None, imgsz=64)
+    reference, ref_info = d.prepare(img)
+    # r = 1, content 64 x 48 with 8 rows of padding on top: R everywhere, B only in the stripe.
+    assert np.allclose(reference[0, 0, 8:56], 1.0) and np.allclose(reference[0, 1, 8:56], 0.0)
+    assert np.allclose(reference[0, 2, 8:16], 200 / 255) and np.allclose(reference[0, 2, 16:56], 0.0)
+    for form in (png.getvalue(), det.decode_bgr(png.getvalue()), Image.fromarray(img)):
+        tensor, info = d.prepare(form)
+        assert info == ref_info, type(form)
+        np.testing.assert_array_equal(tensor, reference)
+    assert det.decode_bgr(png.getvalue()).rgb().tolist() == img.tolist()
+
+
+def test_detect_many_equals_detect_in_input_order():
+    """Several images in flight; each result still belongs to its own image, in order."""
+
+    class Brightness(det.Detector):
+        # One box whose x follows the image's mean brightness: results tell images apart.
+        def infer(self, tensor):
+            out = np.zeros((1, 6, 4), np.float32)
+            out[0, :4, 0] = [float(tensor.mean()) * 60, 32, 4, 4]
+            out[0, 4, 0] = 0.9
+            return out
+
+    d = Brightness(None, imgsz=64, names=("scratch", "bent"))
+    images = [np.full((40, 40, 3), v, np.uint8) for v in range(0, 250, 10)]
+    expected = [d.detect(img) for img in images]
+    assert len({dets[0].box for dets in expected}) == len(images)
+    assert list(d.detect_many(iter(images), workers=3)) == expected
+    assert list(d.detect_many(images, workers=1)) == expected
+
+
+def test_a_bad_file_is_named(tmp_path):
+    bad = tmp_path / "frame-007.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
+    with pytest.raises(ValueError, match="frame-007.jpg: cannot decode image"):
+        list(det.Detector(None, imgsz=64).detect_many([bad], workers=2))
+
+
 def test_decode_image_converts_any_mode_to_rgb_and_names_bad_bytes():
     buf = io.BytesIO()
     Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(buf, format="PNG")
@@ -163,12 +208,13 @@ def test_geometry_matches_ultralytics():
     from ultralytics.data.augment import LetterBox
     from ultralytics.utils import ops
 
-    for h, w in [(700, 500), (480, 640), (333, 517), (64, 64)]:
-        img = np.full((h, w, 3), 7, np.uint8)
+    rng = np.random.default_rng(3)
+    for h, w in [(700, 500), (480, 640), (333, 517), (64, 64), (700, 700)]:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
         ours, info = det.letterbox(img, 320)
         theirs = LetterBox((320, 320), auto=False, stride=32)(image=img)
-        assert ours.shape == theirs.shape
-        np.testing.assert_array_equal(ours == 114, theirs == 114)
+        # Same resize (cv2.INTER_LINEAR), same padding: the very same pixels as Ultralytics.
+        np.testing.assert_array_equal(ours, theirs)
         boxes = np.array([[10.0, 20.0, 200.0, 300.0], [0, 0, 320, 320]], np.float32)
         ratio_pad = ((info.ratio, info.ratio), info.pad)
         expected = ops.scale_boxes((320, 320), torch.tensor(boxes), (h, w), ratio_pad=ratio_pad).numpy()
@@ -228,6 +274,7 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
     # (32 +- 8, 32 +- 4) in the letterbox -> x: (24..40)/0.25, y: (28-16..36-16)/0.25
     np.testing.assert_allclose(local[0].box, [96, 48, 160, 80])
     assert set(d.timings) == {"preprocess", "inference", "postprocess"}
+    assert det.Detector(path, threads=1).session.get_session_options().intra_op_num_threads == 1
     seen = []
 
     def remote(tensor):

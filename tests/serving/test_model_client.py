@@ -44,6 +44,24 @@ def test_request_round_trip(binary):
         assert tensor.array.tolist() == expected.tolist()
 
 
+def test_request_parts_send_the_tensor_without_copying_it():
+    image = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
+    labels = np.array([b"a", b"bc"], dtype=object)
+    parts, headers = v2.encode_request_parts({"images": image, "labels": labels}, ["output0"])
+    body, joined_headers = v2.encode_request({"images": image, "labels": labels}, ["output0"])
+    assert b"".join(parts) == body
+    assert int(headers["Content-Length"]) == len(body)
+    assert {k: v for k, v in headers.items() if k != "Content-Length"} == joined_headers
+    assert np.shares_memory(np.frombuffer(parts[1], np.float32), image)  # a view, not a copy
+    req = v2.decode_request(body, int(headers[v2.HEADER_LENGTH]))
+    np.testing.assert_array_equal(req.inputs[0].array, image)
+    assert req.inputs[1].array.tolist() == [b"a", b"bc"]
+    # A non-contiguous array is made contiguous first (the one copy that cannot be avoided).
+    strided = np.zeros((4, 6), np.float32)[:, ::2]
+    parts, headers = v2.encode_request_parts({"x": strided})
+    assert v2.decode_request(b"".join(parts), int(headers[v2.HEADER_LENGTH])).inputs[0].array.shape == (4, 3)
+
+
 def test_response_round_trip_mixed():
     out = np.random.default_rng(0).random((1, 6, 8), dtype=np.float32)
     body, headers = v2.encode_response("m", "3", "id-1", [("x", out, True), ("y", out[:, :2], False)])
