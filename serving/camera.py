@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from serving.events import image_event, legacy_record, to_kafka
+from serving.synthetic import render_nut
 
 log = logging.getLogger(__name__)
 
@@ -75,35 +76,14 @@ def _archive_frames(path: Path) -> list[Frame]:
 
 
 def synthetic_frame(rng: np.random.Generator, size: int = 320) -> tuple[np.ndarray, str]:
-    """A synthetic metal-nut-like frame: a grey disc on a dark background, sometimes defective.
+    """A synthetic metal nut, the same renderer the training data comes from.
 
     Returns:
-        (RGB uint8 image, label) with label `good`, `scratch` (a bright line) or `bent`
-        (a notch cut out of the rim).
+        (RGB uint8 image, label) with label `good`, `scratch` or `bent` (40/30/30 %).
     """
-    yy, xx = np.mgrid[0:size, 0:size]
-    c = size / 2 + rng.normal(0, size * 0.02, 2)
-    r = size * rng.uniform(0.32, 0.4)
-    dist = np.hypot(yy - c[0], xx - c[1])
-    img = np.full((size, size, 3), 25, dtype=np.int16)
-    disc = dist < r
-    img[disc] = (rng.integers(120, 160), rng.integers(115, 150), rng.integers(105, 140))
-    img[dist < r * 0.35] = 25  # the hole of the nut
     label = str(rng.choice(["good", "scratch", "bent"], p=[0.4, 0.3, 0.3]))
-    if label == "scratch":
-        angle = rng.uniform(0, np.pi)
-        t = np.linspace(-r * 0.5, r * 0.5, size)
-        x0, y0 = c[1] + r * 0.6 * np.cos(angle + 1), c[0] + r * 0.6 * np.sin(angle + 1)
-        xs = np.clip((x0 + t * np.cos(angle)).astype(int), 0, size - 1)
-        ys = np.clip((y0 + t * np.sin(angle)).astype(int), 0, size - 1)
-        for dx in (-1, 0, 1):
-            img[ys, np.clip(xs + dx, 0, size - 1)] = 235
-    elif label == "bent":
-        a = rng.uniform(0, 2 * np.pi)
-        notch = np.hypot(yy - (c[0] + r * np.sin(a)), xx - (c[1] + r * np.cos(a))) < r * 0.3
-        img[notch] = 25
-    img += rng.integers(-6, 7, size=img.shape, dtype=np.int16)
-    return np.clip(img, 0, 255).astype(np.uint8), label
+    img, _boxes = render_nut(rng, size, label)
+    return np.asarray(img, dtype=np.uint8), label
 
 
 def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0) -> list[Frame]:
