@@ -3,8 +3,12 @@
 camera -> tansu -> processor (child process) -> model server (child process) -> results.
 Phase 1 sends a burst and measures sustained images/s; phase 2 sends at half that rate
 and measures per-image latency (camera `ce_time` to the result arriving here). Raw ONNX
-Runtime throughput (`session.run` on ready tensors, same model and input size; the better of
-its default and no-spinning settings) is measured before and after the burst. The peak RSS of the processor and the model server is read from /proc.
+Runtime throughput (`session.run` on ready tensors, same model and input size) is the best of
+three layouts (ORT's defaults, no spinning, one single-threaded run per core at once), measured
+before and after the burst. The model server runs the single-threaded-run-per-core layout by
+default. Peak RSS of the processor and the model server is read from /proc; CPU ms per image
+is reported for every process, the broker and this script's camera and result sink included
+(all of them share the same cores as the reference had to itself).
 
     .venv/bin/python benchmarks/stream.py [--imgsz 320] [--images 120]
 
@@ -165,13 +169,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0: all)")
-    parser.add_argument("--server-threads", type=int, default=None,
-                        help="model server ORT threads per run (default: --threads)")
-    parser.add_argument("--server-parallel", type=int, default=1, help="model server runs at once")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="model server ORT intra-op threads per run (0: one per core)")
+    parser.add_argument("--server-threads", type=int, default=None, help="alias of --threads")
+    parser.add_argument("--server-parallel", type=int, default=None,
+                        help="model server runs at once (default: one per CPU, as the fastest raw "
+                             "ORT layout on a small CPU)")
     parser.add_argument("--server-spin", action="store_true",
                         help="let the server's ORT threads spin (off: all processes share the CPU)")
     args = parser.parse_args()
+    if args.server_parallel is None:
+        args.server_parallel = _usable_cpus()
 
     from confluent_kafka.admin import AdminClient, NewTopic
 

@@ -96,6 +96,9 @@ def evaluate(
         for key in ("map50", "map50_95", "precision", "recall"):
             if per.get(key) is not None:
                 flat[f"{name}_{key}"] = float(per[key])
+    # The thresholds the figures were measured with: the gate only reuses recorded champion
+    # figures measured the same way (components.model.champion).
+    flat["eval_conf"], flat["eval_iou"] = float(conf), float(iou)
     for key, value in flat.items():
         eval_metrics.log_metric(key, value)
     # Also as the artifact's file (kfp.local's cache treats a Metrics artifact without one as missing).

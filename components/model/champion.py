@@ -1,7 +1,8 @@
 """The current champion's metrics on the candidate's own validation split.
 
 The quality gate's non-regression check is only meaningful on the same data. When the champion was
-evaluated on this very dataset its recorded metrics are used as they are (no download). Otherwise,
+evaluated on this very dataset with the same thresholds, its recorded metrics are used as they are
+(no download). Otherwise,
 typically after new data arrived, the champion's ONNX is fetched from the S3 URI recorded on its
 MLflow model version and evaluated through the same detector core, on the same split, with the
 same thresholds as the candidate.
@@ -142,7 +143,9 @@ def champion_metrics_on(
     """The champion's metrics on ``dataset_dir``'s ``split``, comparable with a candidate's.
 
     Fast path: when the champion version is tagged with this dataset's id and its MLflow run
-    holds the compared metrics, those are returned (``source`` :data:`RECORDED`). Otherwise the
+    holds the compared metrics measured with the same ``conf`` and ``iou`` (``eval_conf`` and
+    ``eval_iou``, logged by the evaluate step), those are returned (``source``
+    :data:`RECORDED`). Otherwise the
     champion's ONNX is downloaded from the ``vinspect.s3_uri`` recorded on the model version,
     its sha256 checked against the recorded one, and it is evaluated with
     :func:`components.model.evaluate_onnx` exactly as the candidate was (``source``
@@ -196,9 +199,16 @@ def champion_metrics_on(
     recorded = info.get("metrics") or {}
 
     if trained_on == dataset_id and all(k in recorded for k in COMPARED):
-        flat = {k: float(recorded[k]) for k in ("map50", "map50_95", "precision", "recall") if k in recorded}
-        return ChampionMetrics(version, dataset_id, RECORDED, {**flat, "eval_dataset_id": dataset_id},
-                               trained_on=trained_on)
+        if _same_thresholds(recorded, conf, iou):
+            flat = {k: float(recorded[k]) for k in ("map50", "map50_95", "precision", "recall") if k in recorded}
+            return ChampionMetrics(version, dataset_id, RECORDED,
+                                   {**flat, "eval_dataset_id": dataset_id, "conf": conf, "iou": iou},
+                                   trained_on=trained_on)
+        log.info(
+            "champion v%s was evaluated on this dataset with conf %s / IoU %s, the candidate with %s / %s: "
+            "re-evaluating it", version, recorded.get("eval_conf", "unrecorded"),
+            recorded.get("eval_iou", "unrecorded"), conf, iou,
+        )
 
     uri = info.get("s3_uri")
     if not uri:
@@ -238,6 +248,15 @@ def champion_metrics_on(
     metrics.pop("plots", None)
     log.info("champion v%s re-evaluated on dataset %s: mAP50 %.4f", version, dataset_id, metrics.get("map50") or 0)
     return ChampionMetrics(version, dataset_id, RE_EVALUATED, metrics, trained_on=trained_on, s3_uri=uri)
+
+
+def _same_thresholds(recorded: dict[str, Any], conf: float, iou: float) -> bool:
+    """Were the recorded figures measured with these thresholds? Unrecorded ones never match."""
+    try:
+        return (abs(float(recorded["eval_conf"]) - conf) < 1e-9
+                and abs(float(recorded["eval_iou"]) - iou) < 1e-9)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def _model_names(onnx_path: Path) -> list[str] | None:

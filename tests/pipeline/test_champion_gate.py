@@ -142,16 +142,28 @@ def test_worse_model_on_new_data_is_rejected_against_the_champion_re_evaluated_t
 
 
 def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
-    from components.model.champion import RECORDED, champion_metrics_on
+    from components.model.champion import RE_EVALUATED, RECORDED, ChampionUnavailable, champion_metrics_on
 
     name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"],
-                                   metrics={"map50": 0.97, "map50_95": 0.91, "precision": 0.9, "recall": 0.8})
-    # No download on the fast path: it works even with the ONNX gone from S3.
+                                   metrics={"map50": 0.97, "map50_95": 0.91, "precision": 0.9, "recall": 0.8,
+                                            "eval_conf": 0.001, "eval_iou": 0.6})
+    # The figures were measured with other thresholds: not comparable, the ONNX is evaluated again.
+    found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
+                                model_name=name, conf=0.25, iou=0.6)
+    assert found.source == RE_EVALUATED and found.metrics["conf"] == 0.25
+    # Same thresholds: no download on the fast path; it works even with the ONNX gone from S3.
     stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
     found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
                                 model_name=name)
     assert found.source == RECORDED and found.version == info["version"]
     assert found.metrics["map50"] == pytest.approx(0.97) and found.metrics["map50_95"] == pytest.approx(0.91)
+    # Figures recorded without their thresholds (an older registration) are not trusted either.
+    old, old_info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"],
+                                      metrics={"map50": 0.97, "map50_95": 0.91})
+    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info['version']}/1/model.onnx")
+    with pytest.raises(ChampionUnavailable, match="missing from S3"):
+        champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
+                            model_name=old)
     assert champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
                                model_name=f"never-registered-{uuid.uuid4().hex[:6]}") is None
 
