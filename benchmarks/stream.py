@@ -10,7 +10,7 @@ default. Peak RSS of the processor and the model server is read from /proc; CPU 
 is reported for every process, the broker and this script's camera and result sink included
 (all of them share the same cores as the reference had to itself).
 
-    .venv/bin/python benchmarks/stream.py [--imgsz 320] [--images 120]
+    .venv/bin/python benchmarks/stream.py [--imgsz 640] [--images 120]
 
 Last line: {"bench": "stream", "ratio_vs_ort_throughput": ..., ...}
 """
@@ -133,18 +133,16 @@ class _Results:
         self._thread.join(10)
 
 
-def _send(bootstrap: str, topic: str, frames, count: int, fps: float, sent: dict) -> list[str]:
-    """Produce `count` image events (2 cameras) at `fps` (0: at once).
+def _send(bootstrap: str, topic: str, jpegs: list[bytes], count: int, fps: float, sent: dict) -> list[str]:
+    """Produce `count` image events (2 cameras) at `fps` (0: at once), cycling over `jpegs`.
 
-    The JPEGs are encoded before the clock starts: on the real system the camera is
-    another machine, so its encoding cost is not the pipeline's.
+    The JPEGs are encoded once, before any clock starts (see `main`): on the real system the
+    camera is another machine, so its encoding cost is not the pipeline's.
     """
     from confluent_kafka import Producer
 
-    from serving.camera import encode_jpeg
     from serving.events import image_event, to_kafka
 
-    jpegs = [encode_jpeg(f.data) for f in frames]
     records = []
     for i in range(count):
         event = image_event(jpegs[i % len(jpegs)], f"camera-{i % 2}")
@@ -165,7 +163,8 @@ def _send(bootstrap: str, topic: str, frames, count: int, fps: float, sent: dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, default=320)
+    parser.add_argument("--imgsz", type=int, default=640,
+                        help="model input size (default: the training pipeline's, 640)")
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
@@ -183,13 +182,14 @@ def main() -> None:
 
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from serving.camera import load_frames
+    from serving.camera import encode_jpeg, load_frames
     from vinspect.local import tansu_binary
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = yolo_onnx(work, args.imgsz)
         frames = load_frames(SHARED if SHARED.is_dir() else "synthetic:32")
+        jpegs = [encode_jpeg(f.data) for f in frames]  # the camera's work, done before any clock
         kafka_port, model_port, health_port = free_port(), free_port(), free_port()
         bootstrap = f"127.0.0.1:{kafka_port}"
         url = f"tcp://{bootstrap}"
@@ -232,7 +232,7 @@ def main() -> None:
             results = _Results(bootstrap, topics["VINSPECT_RESULTS_TOPIC"])
 
             # Warm-up: consumer groups joined, sessions hot.
-            warm = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, 6, 0, results.sent_at)
+            warm = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, 6, 0, results.sent_at)
             results.wait(set(warm), 120)
 
             # Reference: the better of ORT's defaults and ORT without spinning (what the
@@ -242,8 +242,9 @@ def main() -> None:
             cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server, procs[0])}
             own0 = time.process_time()
             t0 = time.time()
-            burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, args.images, 0,
+            burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0,
                           results.sent_at)
+            camera_ms = (time.process_time() - own0) * 1e3 / args.images
             results.wait(set(burst), 600)
             stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
             cpu_ms = {p: (cpu_seconds(p.pid) - cpu0[p]) * 1e3 / len(burst) for p in cpu0}
@@ -255,7 +256,7 @@ def main() -> None:
             ort_ips = (ort_before + ort_after) / 2
 
             # Phase 2: steady rate at half the measured throughput -> latency.
-            paced = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], frames, args.latency_images,
+            paced = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.latency_images,
                           max(1.0, stream_ips / 2), results.sent_at)
             results.wait(set(paced), 300)
             lat = sorted((results.arrivals[i] - results.sent_at[i]) * 1e3 for i in paced)
@@ -290,6 +291,7 @@ def main() -> None:
         "processor_cpu_ms_per_image": round(cpu_ms[processor], 1),
         "model_server_cpu_ms_per_image": round(cpu_ms[server], 1),
         "broker_cpu_ms_per_image": round(cpu_ms[procs[0]], 1),
+        "camera_cpu_ms_per_image": round(camera_ms, 1),
         "camera_and_sink_cpu_ms_per_image": round(own_ms, 1),
         "processor_peak_rss_mb": rss_processor,
         "model_server_peak_rss_mb": rss_model,

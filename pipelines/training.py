@@ -153,7 +153,7 @@ def build_training_pipeline(
         model_yaml: str = "yolo11n.yaml",
         init_weights: str = "",
         epochs: int = 50,
-        imgsz: int = 320,
+        imgsz: int = 640,  # as the original demo: thin scratches on 700 px nuts need it; the GPU node can
         batch: int = 16,
         lr0: float = 0.01,
         patience: int = 20,

@@ -286,15 +286,22 @@ def _to_tensor(
         raise ValueError(f"input size {nh}x{nw} is not a multiple of the model stride {stride}")
     r, unpad_w, unpad_h, left, top = _geometry(orig_hw, new_hw)
     arr = img if (img.shape[1], img.shape[0]) == (unpad_w, unpad_h) else _resize(img, unpad_w, unpad_h)
-    if bgr:
-        arr = arr[:, :, ::-1]  # a view: the channel swap happens in the copy below
-    tensor = np.full((1, 3, nh, nw), np.float32(PAD_VALUE / 255.0), dtype=np.float32)
-    np.multiply(
-        arr.transpose(2, 0, 1),
-        np.float32(1.0 / 255.0),
-        out=tensor[0, :, top : top + unpad_h, left : left + unpad_w],
-        casting="unsafe",
-    )
+    tensor = np.empty((1, 3, nh, nw), dtype=np.float32)
+    pad = np.float32(PAD_VALUE / 255.0)
+    tensor[0, :, :top] = pad
+    tensor[0, :, top + unpad_h :] = pad
+    tensor[0, :, top : top + unpad_h, :left] = pad
+    tensor[0, :, top : top + unpad_h, left + unpad_w :] = pad
+    # Contiguous planes first (OpenCV's split), then one scaled copy each: twice as fast as a
+    # strided HWC -> CHW copy. Plane 0 of the tensor is R whatever order the array is in.
+    planes = _cv2().split(np.ascontiguousarray(arr))
+    for channel, plane in enumerate(planes[::-1] if bgr else planes):
+        np.multiply(
+            plane,
+            np.float32(1.0 / 255.0),
+            out=tensor[0, channel, top : top + unpad_h, left : left + unpad_w],
+            casting="unsafe",
+        )
     info = LetterboxInfo(ratio=r, pad=(left, top), orig_shape=(int(orig_hw[0]), int(orig_hw[1])), new_shape=(nh, nw))
     return tensor, info
 

@@ -698,6 +698,9 @@ def serve(
     """
     import uvicorn
 
+    from serving.memory import keep_large_buffers
+
+    keep_large_buffers()  # request bodies and tensors are megabytes: no fresh pages per request
     repository = ModelRepository(
         s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin
     )

@@ -60,7 +60,9 @@ def model(
     version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
     host: str = typer.Option("0.0.0.0", help="Bind address."),
     port: int = typer.Option(8080, help="REST port."),
-    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0: all cores)."),
+    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads per run (0: one per core). Best "
+                                "single-image latency; for throughput under concurrent requests on a few "
+                                "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
     parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
     spin: bool = typer.Option(
         True, help="Let idle ONNX Runtime threads spin: fastest on dedicated cores; use "
@@ -125,9 +127,12 @@ def processor(
         serve_health,
     )
 
+    from serving.memory import keep_large_buffers
+
     _logging(log_level)
     if mode not in ("kafka", "http"):
         raise typer.BadParameter("--mode must be `kafka` or `http`")
+    keep_large_buffers()  # a tensor per image is megabytes: no fresh pages for each one
     model_settings = ModelServerSettings.from_env()
     client = ModelClient.from_settings(model_settings, retries=1)
     metrics = ProcessorMetrics()
