@@ -36,3 +36,20 @@ def test_champion_needs_a_tracking_uri(monkeypatch):
     result = CliRunner().invoke(app, ["model", "--champion", "--name", "m"])
     assert result.exit_code != 0
     assert "MLFLOW_TRACKING_URI is not set" in result.output
+
+
+def test_service_logs_are_not_flooded_by_one_http_line_per_image():
+    import logging
+
+    from vinspect.cli.serve import _logging
+
+    httpx_logger = logging.getLogger("httpx")
+    before = httpx_logger.level
+    try:
+        _logging("info")
+        assert httpx_logger.getEffectiveLevel() == logging.WARNING
+        httpx_logger.setLevel(logging.NOTSET)
+        _logging("debug")
+        assert httpx_logger.level == logging.NOTSET  # --log-level debug keeps every request line
+    finally:
+        httpx_logger.setLevel(before)

@@ -16,6 +16,11 @@ import typer
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLevelName(level.upper()) != logging.DEBUG:
+        # httpx logs every request at INFO: one line per image would drown the service's own log
+        # (the processor's metrics count requests and retries instead).
+        for noisy in ("httpx", "httpcore"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def champion_uri(model_name: str, bucket: str, alias: str = "champion") -> tuple[str, str]:
