@@ -96,9 +96,12 @@ def evaluate(
         for key in ("map50", "map50_95", "precision", "recall"):
             if per.get(key) is not None:
                 flat[f"{name}_{key}"] = float(per[key])
-    # The thresholds the figures were measured with: the gate only reuses recorded champion
-    # figures measured the same way (components.model.champion).
+    # How the figures were measured (thresholds, detector core): the gate only reuses recorded
+    # champion figures measured the same way (components.model.champion).
+    from serving.detector import CORE_VERSION
+
     flat["eval_conf"], flat["eval_iou"] = float(conf), float(iou)
+    flat["eval_core"] = float(CORE_VERSION)
     for key, value in flat.items():
         eval_metrics.log_metric(key, value)
     # Also as the artifact's file (kfp.local's cache treats a Metrics artifact without one as missing).

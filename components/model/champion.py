@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from serving.detector import CORE_VERSION
+
 log = logging.getLogger(__name__)
 
 # The overall figures the gate compares; recorded metrics missing one of them are not trusted.
@@ -143,8 +145,8 @@ def champion_metrics_on(
     """The champion's metrics on ``dataset_dir``'s ``split``, comparable with a candidate's.
 
     Fast path: when the champion version is tagged with this dataset's id and its MLflow run
-    holds the compared metrics measured with the same ``conf`` and ``iou`` (``eval_conf`` and
-    ``eval_iou``, logged by the evaluate step), those are returned (``source``
+    holds the compared metrics measured with the same ``conf`` and ``iou`` by the same detector
+    core (``eval_conf``, ``eval_iou``, ``eval_core``, logged by the evaluate step), those are returned (``source``
     :data:`RECORDED`). Otherwise the
     champion's ONNX is downloaded from the ``vinspect.s3_uri`` recorded on the model version,
     its sha256 checked against the recorded one, and it is evaluated with
@@ -205,9 +207,10 @@ def champion_metrics_on(
                                    {**flat, "eval_dataset_id": dataset_id, "conf": conf, "iou": iou},
                                    trained_on=trained_on)
         log.info(
-            "champion v%s was evaluated on this dataset with conf %s / IoU %s, the candidate with %s / %s: "
-            "re-evaluating it", version, recorded.get("eval_conf", "unrecorded"),
-            recorded.get("eval_iou", "unrecorded"), conf, iou,
+            "champion v%s was evaluated on this dataset with conf %s / IoU %s / detector core %s, the "
+            "candidate with %s / %s / %s: re-evaluating it", version, recorded.get("eval_conf", "unrecorded"),
+            recorded.get("eval_iou", "unrecorded"), recorded.get("eval_core", "unrecorded"), conf, iou,
+            CORE_VERSION,
         )
 
     uri = info.get("s3_uri")
@@ -251,10 +254,14 @@ def champion_metrics_on(
 
 
 def _same_thresholds(recorded: dict[str, Any], conf: float, iou: float) -> bool:
-    """Were the recorded figures measured with these thresholds? Unrecorded ones never match."""
+    """Were the recorded figures measured with these thresholds, by this detector core?
+
+    Unrecorded values never match (figures from older registrations are re-measured).
+    """
     try:
         return (abs(float(recorded["eval_conf"]) - conf) < 1e-9
-                and abs(float(recorded["eval_iou"]) - iou) < 1e-9)
+                and abs(float(recorded["eval_iou"]) - iou) < 1e-9
+                and int(recorded["eval_core"]) == CORE_VERSION)
     except (KeyError, TypeError, ValueError):
         return False
 

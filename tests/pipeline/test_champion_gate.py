@@ -143,10 +143,11 @@ def test_worse_model_on_new_data_is_rejected_against_the_champion_re_evaluated_t
 
 def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
     from components.model.champion import RE_EVALUATED, RECORDED, ChampionUnavailable, champion_metrics_on
+    from serving.detector import CORE_VERSION
 
     name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"],
                                    metrics={"map50": 0.97, "map50_95": 0.91, "precision": 0.9, "recall": 0.8,
-                                            "eval_conf": 0.001, "eval_iou": 0.6})
+                                            "eval_conf": 0.001, "eval_iou": 0.6, "eval_core": CORE_VERSION})
     # The figures were measured with other thresholds: not comparable, the ONNX is evaluated again.
     found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
                                 model_name=name, conf=0.25, iou=0.6)
@@ -157,13 +158,17 @@ def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
                                 model_name=name)
     assert found.source == RECORDED and found.version == info["version"]
     assert found.metrics["map50"] == pytest.approx(0.97) and found.metrics["map50_95"] == pytest.approx(0.91)
-    # Figures recorded without their thresholds (an older registration) are not trusted either.
-    old, old_info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"],
-                                      metrics={"map50": 0.97, "map50_95": 0.91})
-    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info['version']}/1/model.onnx")
-    with pytest.raises(ChampionUnavailable, match="missing from S3"):
-        champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
-                            model_name=old)
+    # Figures recorded without their thresholds (an older registration), or measured by another
+    # detector core, are not trusted either: the fast path is not taken (here the ONNX is gone, so
+    # the re-evaluation it falls back to reports that).
+    for recorded in ({"map50": 0.97, "map50_95": 0.91},
+                     {"map50": 0.97, "map50_95": 0.91, "eval_conf": 0.001, "eval_iou": 0.6,
+                      "eval_core": CORE_VERSION - 1}):
+        old, old_info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"], metrics=recorded)
+        stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info['version']}/1/model.onnx")
+        with pytest.raises(ChampionUnavailable, match="missing from S3"):
+            champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
+                                model_name=old)
     assert champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
                                model_name=f"never-registered-{uuid.uuid4().hex[:6]}") is None
 
