@@ -28,8 +28,23 @@ def pytest_configure(config):
     # A SIGTERM (CI timeout, `kill`) becomes an interrupt, so fixture teardown still stops the
     # servers this session started instead of leaving them running.
     import signal
+    import tempfile
 
     signal.signal(signal.SIGTERM, _interrupt)
+    # Nothing from the working tree's own state leaks in: a `make demo` leaves ./.vinspect/stack.env
+    # (endpoints, credentials) and a developer may keep a ./.env; tests that need a stack set
+    # VINSPECT_HOME to theirs. Child processes inherit both.
+    os.environ["VINSPECT_HOME"] = tempfile.mkdtemp(prefix="vinspect-test-home-")
+    os.environ["VINSPECT_DOTENV"] = ""
+    config._vinspect_home = os.environ["VINSPECT_HOME"]
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    home = getattr(config, "_vinspect_home", None)
+    if home:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def pytest_addoption(parser):

@@ -199,6 +199,7 @@ def test_settings_read_env_files_and_never_print_secrets(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("VINSPECT_HOME", str(tmp_path / "state"))
+    monkeypatch.delenv("VINSPECT_DOTENV")  # the suite turns ./.env off; this test is about it
     for var in ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "state").mkdir()
@@ -207,6 +208,11 @@ def test_settings_read_env_files_and_never_print_secrets(tmp_path, monkeypatch):
     s = S3Settings.from_env()
     assert s.endpoint_url == "http://127.0.0.1:1"
     assert s.secret_access_key.get_secret_value() == "from-dotenv"  # .env overrides the stack file
+    (tmp_path / "other.env").write_text("AWS_SECRET_ACCESS_KEY=from-other\n")
+    monkeypatch.setenv("VINSPECT_DOTENV", str(tmp_path / "other.env"))
+    assert S3Settings.from_env().secret_access_key.get_secret_value() == "from-other"
+    monkeypatch.setenv("VINSPECT_DOTENV", "")  # off: only the stack file
+    assert S3Settings.from_env().secret_access_key.get_secret_value() == "from-stack"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-env")
     s = S3Settings.from_env()
     assert s.secret_access_key.get_secret_value() == "from-env"  # the environment wins

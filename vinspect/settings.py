@@ -5,8 +5,8 @@ data-connection Secret (``AWS_*``) or an MLflow client environment (``MLFLOW_*``
 one to one through ``use_secret_as_env`` or ``envFrom``.
 
 Values are read, lowest priority first, from ``<state dir>/stack.env`` (written by
-``vinspect local up``), a git-ignored ``.env`` in the working directory, then the process
-environment. Nothing is read at import time: call ``X.from_env()`` in an entry point.
+``vinspect local up``), a git-ignored ``.env`` in the working directory (or ``$VINSPECT_DOTENV``),
+then the process environment. Nothing is read at import time: call ``X.from_env()`` in an entry point.
 """
 
 from __future__ import annotations
@@ -29,8 +29,18 @@ def state_dir() -> Path:
 
 
 def env_files() -> tuple[Path, ...]:
-    """The dotenv files settings are read from, lowest priority first."""
-    return (state_dir() / "stack.env", Path.cwd() / ".env")
+    """The dotenv files settings are read from, lowest priority first.
+
+    ``$VINSPECT_DOTENV`` names another file than ``./.env``; set to an empty string it turns
+    that file off (the test suite does, so a developer's ``.env`` never leaks into it).
+    """
+    dotenv = os.environ.get("VINSPECT_DOTENV")
+    files = [state_dir() / "stack.env"]
+    if dotenv is None:
+        files.append(Path.cwd() / ".env")
+    elif dotenv:
+        files.append(Path(dotenv))
+    return tuple(files)
 
 
 class _Base(BaseSettings):
