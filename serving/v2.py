@@ -160,11 +160,15 @@ def _deserialize_bytes(raw: memoryview | bytes, name: str) -> list[bytes]:
     return items
 
 
-def tensor_to_raw(array: np.ndarray, datatype: str) -> bytes:
-    """Serialize an array to the binary extension's raw layout."""
+def tensor_to_raw(array: np.ndarray, datatype: str) -> bytes | memoryview:
+    """The binary extension's raw layout of an array.
+
+    Numeric tensors come back as a byte view of the (contiguous) array, not a copy: an HTTP
+    client writes it out as is. BYTES tensors are serialized (length-prefixed elements).
+    """
     if datatype == "BYTES":
         return _serialize_bytes(array)
-    return np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).tobytes()
+    return memoryview(np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).reshape(-1)).cast("B")
 
 
 def _tensor_from_raw(name: str, datatype: str, shape: list[int], raw: memoryview) -> np.ndarray:
@@ -331,11 +335,7 @@ def _tensor_entry(
     datatype = datatype or datatype_of(array)
     entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
     if binary:
-        if datatype == "BYTES":
-            raw: Any = _serialize_bytes(array)
-        else:
-            # A view on the array's memory, not a copy: the HTTP client writes it out as is.
-            raw = memoryview(np.ascontiguousarray(array, dtype=numpy_dtype(datatype)).reshape(-1)).cast("B")
+        raw = tensor_to_raw(array, datatype)
         entry["parameters"] = {"binary_data_size": memoryview(raw).nbytes}
         chunks.append(raw)
     elif datatype == "BYTES":

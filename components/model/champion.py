@@ -201,7 +201,7 @@ def champion_metrics_on(
     recorded = info.get("metrics") or {}
 
     if trained_on == dataset_id and all(k in recorded for k in COMPARED):
-        if _same_thresholds(recorded, conf, iou):
+        if _measured_alike(recorded, conf, iou):
             flat = {k: float(recorded[k]) for k in ("map50", "map50_95", "precision", "recall") if k in recorded}
             return ChampionMetrics(version, dataset_id, RECORDED,
                                    {**flat, "eval_dataset_id": dataset_id, "conf": conf, "iou": iou},
@@ -253,7 +253,7 @@ def champion_metrics_on(
     return ChampionMetrics(version, dataset_id, RE_EVALUATED, metrics, trained_on=trained_on, s3_uri=uri)
 
 
-def _same_thresholds(recorded: dict[str, Any], conf: float, iou: float) -> bool:
+def _measured_alike(recorded: dict[str, Any], conf: float, iou: float) -> bool:
     """Were the recorded figures measured with these thresholds, by this detector core?
 
     Unrecorded values never match (figures from older registrations are re-measured).

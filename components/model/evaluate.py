@@ -29,7 +29,6 @@ is the filter. The tests allow 0.05.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -377,12 +376,12 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: Path) 
 # --------------------------------------------------------------------------------------------
 
 
-def _image_size(data: bytes, path: Path) -> tuple[int, int]:
-    """``(height, width)`` from the image header (no second decode)."""
+def _image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` from the image header (reads the header only, decodes nothing)."""
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(path) as im:
             w, h = im.size
     except Exception as exc:
         raise ValueError(f"{path}: unreadable image: {exc}") from exc
@@ -439,7 +438,7 @@ def evaluate_onnx(
     # Files are handed over as encoded bytes, exactly as the image processor gets them, so a
     # JPEG split is decoded the way it will be served (see Detector.prepare).
     for n, (image, dets) in enumerate(zip(images, detector.detect_many(images)), start=1):
-        h, w = _image_size(image.read_bytes(), image)
+        h, w = _image_size(image)
         gt_boxes, gt_cls = read_labels(label_path(image), w, h, nc)
         pb = np.array([d.box for d in dets], dtype=np.float64).reshape(-1, 4)
         pc = np.array([d.class_id for d in dets], dtype=np.int64)

@@ -19,14 +19,16 @@ IMAGE = "registry.example.com/team/vinspect-pipeline:test"
 
 @pytest.fixture(scope="module")
 def fake_credentials():
-    """Credentials that look real; present in the environment while compiling."""
+    """Credentials that look real (made up per run); present in the environment while compiling."""
+    from secrets import token_hex
+
     return {
-        "AWS_ACCESS_KEY_ID": "AKIAVINSPECTTEST0001",
-        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI-k7MDENG-bPxRfiCYzzTESTKEY",
-        "MLFLOW_TRACKING_TOKEN": "mlflow-tok-9f8e7d6c5b4a",
-        "CVAT_TOKEN": "cvat-tok-0a1b2c3d4e5f",
-        "KFP_TOKEN": "sha256~kfp-tok-1234567890",
-        "CVAT_PASSWORD": "hunter2-but-longer",
+        "AWS_ACCESS_KEY_ID": "AKIA" + token_hex(8).upper(),
+        "AWS_SECRET_ACCESS_KEY": token_hex(20),
+        "MLFLOW_TRACKING_TOKEN": "mlflow-" + token_hex(8),
+        "CVAT_TOKEN": "cvat-" + token_hex(8),
+        "KFP_TOKEN": "sha256~" + token_hex(12),
+        "CVAT_PASSWORD": token_hex(10),
     }
 
 

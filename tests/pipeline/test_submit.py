@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 
 import pytest
 import yaml
@@ -178,12 +179,14 @@ def test_submit_keys_an_s3_archive_on_its_etag(fake_kfp, monkeypatch):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:
-        env = {"AWS_S3_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing"}
+        # moto takes any key pair; made up per run.
+        env = {"AWS_S3_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
+               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         s3 = boto3.client("s3", endpoint_url=env["AWS_S3_ENDPOINT"], region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
         s3.create_bucket(Bucket="data")
         s3.put_object(Bucket="data", Key="exports/nuts.zip", Body=b"first export")
         args = {"data_source": "s3://data/exports/nuts.zip"}

@@ -59,13 +59,16 @@ def test_unreachable_or_unset_registry_is_a_clear_error():
 def test_auth_is_sent_and_never_printed():
     import requests
 
+    from secrets import token_hex
+
+    token, password = token_hex(8), token_hex(8)  # made up per run
     session = requests.Session()
-    RegistryAuth(token="t0k3n").apply(session)
-    assert session.headers["Authorization"] == "Bearer t0k3n"
+    RegistryAuth(token=token).apply(session)
+    assert session.headers["Authorization"] == f"Bearer {token}"
     basic = requests.Session()
-    RegistryAuth(username="u", password="s3cret").apply(basic)
-    assert basic.auth == ("u", "s3cret") and "Authorization" not in basic.headers
-    assert "t0k3n" not in repr(RegistryAuth(token="t0k3n")) and "s3cret" not in repr(RegistryAuth("", "u", "s3cret"))
+    RegistryAuth(username="u", password=password).apply(basic)
+    assert basic.auth == ("u", password) and "Authorization" not in basic.headers
+    assert token not in repr(RegistryAuth(token=token)) and password not in repr(RegistryAuth("", "u", password))
 
 
 def test_auth_from_settings_prefers_the_token(monkeypatch):
