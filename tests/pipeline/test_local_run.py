@@ -52,7 +52,14 @@ def _run_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("vinspect-training-*") if p.is_dir())
 
 
-def test_rejected_model_is_not_registered_and_the_output_says_why(run_env):
+@pytest.fixture(scope="module")
+def rejected_run(run_env):
+    """The first run on the shared root: trained, then rejected by an unreachable floor.
+
+    Later tests depend on this fixture rather than on running after this module's first test, so
+    every test passes alone and in any order: it warms the cache (later runs re-use the trained
+    weights) and records what was true right after the rejection.
+    """
     from vinspect.cli import app
 
     args = ["pipeline", "run", "--local", "--synth-images", "16", "--pipeline-root", str(run_env["root"]),
@@ -60,19 +67,26 @@ def test_rejected_model_is_not_registered_and_the_output_says_why(run_env):
     for key, value in TINY.items():
         args += ["-p", f"{key}={value}"]
     result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output[-4000:]
-    # The run ends green, says it deployed nothing, and names the failed check.
-    assert "not deployed: the quality gate rejected the model" in result.output
-    assert "< floor 1.0100" in result.output
-    assert "[vinspect] outcome: rejected" in result.output
-    assert _versions(run_env) == []
     with httpx.Client(base_url=run_env["url"]) as http:
-        assert http.get(f"/v2/models/{run_env['model']}").status_code == 404
-    (run_dir,) = _run_dirs(run_env["root"])
+        served = http.get(f"/v2/models/{run_env['model']}").status_code
+    return {"exit_code": result.exit_code, "output": result.output, "versions": _versions(run_env),
+            "served": served, "run_dirs": _run_dirs(run_env["root"])}
+
+
+def test_rejected_model_is_not_registered_and_the_output_says_why(rejected_run):
+    result = rejected_run
+    assert result["exit_code"] == 0, result["output"][-4000:]
+    # The run ends green, says it deployed nothing, and names the failed check.
+    assert "not deployed: the quality gate rejected the model" in result["output"]
+    assert "< floor 1.0100" in result["output"]
+    assert "[vinspect] outcome: rejected" in result["output"]
+    assert result["versions"] == []
+    assert result["served"] == 404
+    (run_dir,) = result["run_dirs"]
     assert (run_dir / "train").is_dir() and not (run_dir / "register").exists()
 
 
-def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, local_stack):
+def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejected_run, local_stack):
     from pipelines.local import run_local
 
     before = _run_dirs(run_env["root"])
@@ -180,18 +194,27 @@ class _RefusingServer:
         self._server.server_close()
 
 
-def test_failed_rollout_fails_the_run_and_keeps_the_champion(run_env):
+def test_failed_rollout_fails_the_run_and_keeps_the_champion(run_env, rejected_run):
     from pipelines.local import LocalRunError, run_local
 
+    # A model of its own, so that the other tests' version counts do not depend on the order.
+    model = f"{run_env['model']}-rollback"
+    first = run_local(
+        None,
+        arguments={**TINY, "model_name": model, "min_map50": 0.0, "min_class_map50": 0.0},
+        pipeline_root=run_env["root"],
+        synth_images=16,
+    )
+    assert first.outcome == "deployed", first.to_dict()
     client = _mlflow(run_env)
-    champion = client.get_registered_model(run_env["model"]).aliases["champion"]
+    champion = client.get_registered_model(model).aliases["champion"]
     server = _RefusingServer()
     try:
         with pytest.raises(LocalRunError, match="rolled back.*simulated failure"):
             run_local(
                 None,
                 # Another seed trains a different model; the gate lets it through.
-                arguments={**TINY, "seed": 1, "model_name": run_env["model"], "min_map50": 0.0,
+                arguments={**TINY, "seed": 1, "model_name": model, "min_map50": 0.0,
                            "min_class_map50": 0.0, "max_regression": 1.0},
                 model_url=server.url,
                 pipeline_root=run_env["root"],
@@ -199,7 +222,7 @@ def test_failed_rollout_fails_the_run_and_keeps_the_champion(run_env):
             )
     finally:
         server.stop()
-    assert server.loads == [f"/v2/repository/models/{run_env['model']}/load"]
+    assert server.loads == [f"/v2/repository/models/{model}/load"]
     # Registered as the challenger, but the champion did not move.
-    aliases = client.get_registered_model(run_env["model"]).aliases
+    aliases = client.get_registered_model(model).aliases
     assert aliases["champion"] == champion and aliases["challenger"] != champion
