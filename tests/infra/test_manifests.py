@@ -115,11 +115,12 @@ def test_processor_takes_endpoints_from_config_and_credentials_from_secrets(rend
         assert "value" not in env, f"literal env {env['name']} in the processor"
         assert "secretKeyRef" in env["valueFrom"]
     config = find(objects, "ConfigMap", "vinspect-runtime")["data"]
-    # The InferenceService's v2 base URL: RawDeployment predictor Service in the models project.
+    # The InferenceService's v2 base URL: RawDeployment predictor Service in the models project,
+    # on OVMS's REST port (headless or headed: tests/infra/test_addressing.py).
     from components.rollout.render import service_name
 
     name = service_name(config["VINSPECT_MODEL_NAME"])
-    assert config["VINSPECT_MODEL_URL"] == f"http://{name}-predictor.vinspect-models.svc.cluster.local"
+    assert config["VINSPECT_MODEL_URL"] == f"http://{name}-predictor.vinspect-models.svc.cluster.local:8888"
 
 
 def test_serving_runtime_matches_what_the_rollout_renders(rendered):
