@@ -263,6 +263,49 @@ def check_overlay(objects: list[dict[str, Any]], secrets: Iterable[dict[str, Any
     return problems
 
 
+_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Job", "VirtualMachine")
+
+
+def _listening_ports(obj: dict[str, Any]) -> set[int | str]:
+    """Port numbers and names the pods of a workload listen on (containers, or a VM's interfaces)."""
+    spec = _dig(obj, ["spec", "template", "spec"]) or {}
+    ports: set[int | str] = set()
+    for container in spec.get("containers") or []:
+        for port in container.get("ports") or []:
+            ports.add(port["containerPort"])
+            if port.get("name"):
+                ports.add(port["name"])
+    for interface in _dig(spec, ["domain", "devices", "interfaces"]) or []:
+        for port in interface.get("ports") or []:
+            ports.add(port["port"])
+            if port.get("name"):
+                ports.add(port["name"])
+    return ports
+
+
+def check_service_backends(objects: list[dict[str, Any]]) -> list[str]:
+    """Services of the manifests whose selector matches no pod template, or whose target port no
+    selected pod declares: their address exists, but nothing answers behind it."""
+    problems = []
+    for svc in (o for o in objects if o["kind"] == "Service" and o["apiVersion"] == "v1"):
+        selector = _dig(svc, ["spec", "selector"]) or {}
+        if not selector:
+            continue  # endpoints managed by hand or by an operator
+        ns = svc["metadata"].get("namespace")
+        backends = [o for o in objects if o["kind"] in _TEMPLATE_KINDS and o["metadata"].get("namespace") == ns
+                    and selector.items() <= (_dig(o, ["spec", "template", "metadata", "labels"]) or {}).items()]
+        if not backends:
+            problems.append(f"{_ref(svc)}: selector {selector} matches no pod template in {ns}")
+            continue
+        listening = set().union(*(_listening_ports(o) for o in backends))
+        for port in _dig(svc, ["spec", "ports"]) or []:
+            target = port.get("targetPort", port["port"])
+            if target not in listening:
+                problems.append(f"{_ref(svc)} port {port['port']}: target {target!r} is not a port of "
+                                f"{', '.join(_ref(o) for o in backends)} (they declare {sorted(map(str, listening))})")
+    return problems
+
+
 def iter_urls(addresses: Iterable[Address]) -> Iterator[str]:
     """The distinct values, in order (for reports)."""
     seen = set()

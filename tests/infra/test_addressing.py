@@ -15,6 +15,7 @@ from infra.addressing import (
     Address,
     check,
     check_overlay,
+    check_service_backends,
     declared_services,
     find_addresses,
     generated_services,
@@ -22,6 +23,7 @@ from infra.addressing import (
     predictor_service,
 )
 from infra.bootstrap import bootstrap
+from infra.render import list_overlays
 from tests.infra.conftest import find
 from tests.infra.fake_cluster import FakeCluster
 
@@ -34,10 +36,25 @@ def generated_secrets(rendered) -> list[dict]:
     return [copy.deepcopy(o) for o in cluster.objects.values() if o.get("kind") == "Secret"]
 
 
-@pytest.mark.parametrize("overlay", ["default", "gpu", "sno"], ids=lambda o: f"overlay-{o}")
+# Ids say "overlay-..." because the root conftest skips tests whose keywords contain "gpu".
+@pytest.mark.parametrize("overlay", list_overlays(), ids=lambda o: f"overlay-{o}")
 def test_every_address_reaches_a_listening_port(rendered, generated_secrets, overlay):
     problems = check_overlay(rendered[overlay], generated_secrets)
     assert problems == [], "\n".join(map(str, problems))
+
+
+@pytest.mark.parametrize("overlay", list_overlays(), ids=lambda o: f"overlay-{o}")
+def test_every_service_has_pods_listening_on_its_target_ports(rendered, overlay):
+    assert check_service_backends(rendered[overlay]) == []
+
+
+def test_a_service_pointing_at_no_port_is_reported(rendered):
+    objects = copy.deepcopy(rendered["default"])
+    find(objects, "Service", "dashboard")["spec"]["ports"][0]["targetPort"] = "web"
+    find(objects, "Service", "mlflow")["spec"]["selector"] = {"app.kubernetes.io/name": "mlfow"}
+    problems = check_service_backends(objects)
+    assert any("Service vinspect/dashboard port 80: target 'web'" in p for p in problems)
+    assert any("Service vinspect/mlflow: selector" in p for p in problems)
 
 
 def test_the_check_sees_the_addresses_that_matter(rendered, generated_secrets):

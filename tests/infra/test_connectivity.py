@@ -21,6 +21,7 @@ from infra.connectivity import (
     parse_connectivity,
     strimzi_network_policy,
 )
+from infra.render import list_overlays
 from tests.infra._scanners import require_tool
 from tests.infra.conftest import find
 
@@ -40,7 +41,7 @@ def _failures(results):
 
 
 # Ids say "overlay-..." because the root conftest skips tests whose keywords contain "gpu".
-@pytest.mark.parametrize("overlay", ["default", "gpu", "sno"], ids=lambda o: f"overlay-{o}")
+@pytest.mark.parametrize("overlay", list_overlays(), ids=lambda o: f"overlay-{o}")
 def test_every_flow_is_open_or_closed_as_documented(nca, rendered, spec, overlay):
     results = check_overlay(rendered[overlay], overlay, spec)
     assert _failures(results) == ""
