@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Scanners with pins the project's venv cannot share (network-config-analyzer pins networkx 3.2.1
+# and PyYAML 6.0.2, checkov pins networkx<2.7): each gets its own venv (infra/tools.py finds them).
+NCA_VERSION     := 2.1.0
+CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser demo test test-all bench down clean help
+.PHONY: setup browser demo test test-all bench down clean help scanners .venv-nca .venv-checkov
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -17,6 +21,20 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install vinspect with every extra
 
+.venv-nca/.installed: Makefile
+	$(PYTHON) -m venv .venv-nca
+	.venv-nca/bin/pip install --quiet 'network-config-analyzer==$(NCA_VERSION)'
+	touch $@
+
+.venv-checkov/.installed: Makefile
+	$(PYTHON) -m venv .venv-checkov
+	.venv-checkov/bin/pip install --quiet 'checkov==$(CHECKOV_VERSION)'
+	touch $@
+
+.venv-nca: .venv-nca/.installed  ## network-config-analyzer for the connectivity check
+.venv-checkov: .venv-checkov/.installed  ## checkov for the manifest scan
+scanners: .venv-nca/.installed .venv-checkov/.installed  ## both scanners, each in its own venv
+
 browser:  ## install Debian's chromium for the browser tests (needs root)
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
@@ -26,11 +44,12 @@ browser:  ## install Debian's chromium for the browser tests (needs root)
 demo: setup  ## local stack up, dataset, training pipeline (kfp.local), serving; DATA=<cvat export> optional
 	$(BIN)/vinspect demo $(if $(DATA),--data $(DATA),)
 
-test: setup browser  ## the default test suite (no cluster, GPU or internet; real local services)
-	$(BIN)/pytest -q
+# Under make test a missing scanner fails its checks instead of skipping them.
+test: setup browser scanners  ## the default test suite (no cluster, GPU or internet; real local services)
+	VINSPECT_REQUIRE_SCANNERS=1 $(BIN)/pytest -q
 
-test-all: setup browser  ## everything, slow tests included
-	$(BIN)/pytest -q --run-slow
+test-all: setup browser scanners  ## everything, slow tests included
+	VINSPECT_REQUIRE_SCANNERS=1 $(BIN)/pytest -q --run-slow
 
 bench: setup  ## run every benchmark; each prints one JSON line at the end
 	@for b in benchmarks/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
@@ -39,4 +58,4 @@ down:  ## stop the local stack and the demo services
 	$(BIN)/vinspect local down
 
 clean: down  ## remove the venv and local state
-	rm -rf $(VENV) .vinspect
+	rm -rf $(VENV) .venv-nca .venv-checkov .vinspect

@@ -246,7 +246,13 @@ def render_serving_runtime(
                             "--rest_bind_address=0.0.0.0",
                             "--metrics_enable",
                         ],
-                        "ports": [{"containerPort": 8888, "protocol": "TCP"}],
+                        # gRPC first, REST second: KServe turns the first container port into
+                        # Service port 80 and keeps the others' numbers, so REST is at :8888
+                        # on headless and headed predictor Services alike (docs/infra.md).
+                        "ports": [
+                            {"name": "grpc", "containerPort": 8001, "protocol": "TCP"},
+                            {"name": "http", "containerPort": 8888, "protocol": "TCP"},
+                        ],
                         "resources": copy.deepcopy(resources or _DEFAULT_RESOURCES),
                         "securityContext": {
                             "allowPrivilegeEscalation": False,

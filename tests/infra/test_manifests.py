@@ -115,11 +115,12 @@ def test_processor_takes_endpoints_from_config_and_credentials_from_secrets(rend
         assert "value" not in env, f"literal env {env['name']} in the processor"
         assert "secretKeyRef" in env["valueFrom"]
     config = find(objects, "ConfigMap", "vinspect-runtime")["data"]
-    # The InferenceService's v2 base URL: RawDeployment predictor Service in the models project.
+    # The InferenceService's v2 base URL: RawDeployment predictor Service in the models project,
+    # on OVMS's REST port (headless or headed: tests/infra/test_addressing.py).
     from components.rollout.render import service_name
 
     name = service_name(config["VINSPECT_MODEL_NAME"])
-    assert config["VINSPECT_MODEL_URL"] == f"http://{name}-predictor.vinspect-models.svc.cluster.local"
+    assert config["VINSPECT_MODEL_URL"] == f"http://{name}-predictor.vinspect-models.svc.cluster.local:8888"
 
 
 def test_serving_runtime_matches_what_the_rollout_renders(rendered):
@@ -131,12 +132,30 @@ def test_serving_runtime_matches_what_the_rollout_renders(rendered):
     assert manifest["spec"] == expected["spec"]
 
 
-def test_models_project_admits_the_app_project_on_the_rest_port(rendered):
+def test_models_project_admits_the_app_project_on_the_rest_and_auth_ports(rendered):
+    # Which pods of vinspect get in is proven by tests/infra/test_connectivity.py; here the ports:
+    # OVMS REST and the auth proxy that token authentication puts in front of it.
     policy = find(rendered["default"], "NetworkPolicy", "allow-vinspect-to-models")
     assert policy["metadata"]["namespace"] == "vinspect-models"
     rule = policy["spec"]["ingress"][0]
-    assert rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "vinspect"}
-    assert rule["ports"] == [{"protocol": "TCP", "port": 8888}]
+    assert all(peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "vinspect"}
+               for peer in rule["from"])
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8888}, {"protocol": "TCP", "port": 8443}]
+
+
+def test_operator_namespaces_are_monitored_by_the_platform(rendered):
+    # Namespaces holding an operator (an OperatorGroup) or its operands carry OpenShift's
+    # cluster-monitoring label, so the platform Prometheus scrapes their ServiceMonitors.
+    objects = rendered["gpu"]
+    operator_namespaces = {o["metadata"]["namespace"] for o in objects if o["kind"] == "OperatorGroup"}
+    operator_namespaces |= {"knative-serving", "knative-eventing"}
+    for ns in (o for o in objects if o["kind"] == "Namespace"):
+        labels = ns["metadata"].get("labels") or {}
+        name = ns["metadata"]["name"]
+        if name in operator_namespaces:
+            assert labels.get("openshift.io/cluster-monitoring") == "true", name
+        else:  # user projects belong to user-workload monitoring, which skips labelled namespaces
+            assert "openshift.io/cluster-monitoring" not in labels, name
 
 
 def test_sno_overlay_drops_replication_to_one(rendered):
