@@ -15,11 +15,13 @@ from PIL import Image
 
 from serving import detector as det
 from serving.events import (
-    KNATIVE_KAFKA_EVENT_TYPE, RESULT_EVENT_TYPE, PoisonEvent, from_kafka, image_event,
-    legacy_record, to_kafka,
+    IMAGE_EVENT_TYPE, KNATIVE_KAFKA_EVENT_TYPE, RESULT_EVENT_TYPE, PoisonEvent, from_kafka,
+    image_event, legacy_record, to_kafka,
 )
 from serving.model_client import ModelClient, ModelUnavailable
-from serving.processor import InspectConfig, Inspector, ProcessorMetrics, annotate, create_http_app
+from serving.processor import (
+    AnnotatedImageStore, InspectConfig, Inspector, ProcessorMetrics, annotate, create_http_app,
+)
 
 from .conftest import ThreadServer, free_port
 
@@ -31,14 +33,26 @@ def _jpeg(w: int = 160, h: int = 120, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
+DATA_BUCKET = "vinspect-data"  # the local stack's data bucket (VINSPECT_DATA_BUCKET)
+
+
 @pytest.fixture
-def inspector(model_server):
+def store(local_stack):
+    """The claim-check store on the local stack's real S3 server."""
+    s3 = local_stack.s3
+    store = AnnotatedImageStore(s3, DATA_BUCKET, "annotated-test")
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def inspector(model_server, store):
     client = ModelClient(model_server.url, "metal-nut", retries=0)
-    yield Inspector(client, InspectConfig(conf=0.2, iou=0.4), ProcessorMetrics())
+    yield Inspector(client, InspectConfig(conf=0.2, iou=0.4), ProcessorMetrics(), store)
     client.close()
 
 
-def test_inspect_result_event(inspector, model_server):
+def test_inspect_result_event(inspector, model_server, local_stack):
     jpeg = _jpeg()
     event = image_event(jpeg, "camera-3", label="bent")
     result = inspector.inspect(event)
@@ -55,9 +69,15 @@ def test_inspect_result_event(inspector, model_server):
     assert data["timings_ms"]["inference"] > 0
     assert data["passed"] is (not data["detections"])
     assert data["verdict"] == ("pass" if data["passed"] else "fail")
-    assert data["annotated_image"].startswith("data:image/jpeg;base64,")
-    annotated = base64.b64decode(data["annotated_image"].split(",", 1)[1])
+    # Claim check: the image is in S3 under a key of its own; the event carries the key only.
+    ref = data["annotated_image"]
+    assert data["annotated_image_status"] == "stored"
+    assert ref["bucket"] == DATA_BUCKET and ref["key"].startswith("annotated-test/")
+    assert "camera-3" in ref["key"] and ref["key"].endswith(".jpg")
+    annotated = local_stack.s3.get_object(Bucket=DATA_BUCKET, Key=ref["key"])["Body"].read()
+    assert ref["bytes"] == len(annotated)
     assert det.decode_image(annotated).shape == (120, 160, 3)
+    assert "base64" not in json.dumps(data)
 
     # Same detections as the detector core running the same ONNX in-process.
     local = det.Detector(str(model_server.repository.get("metal-nut").source.location),
@@ -85,15 +105,27 @@ def test_inspect_accepts_legacy_json_and_knative_wrapping(inspector):
 @pytest.mark.parametrize(
     "event, reason",
     [
-        (CloudEvent({"type": "x", "source": "s", "datacontenttype": "image/jpeg"}, b"not a jpeg"),
-         "cannot decode image"),
-        (CloudEvent({"type": "x", "source": "s", "datacontenttype": "application/json"},
-                    {"id": 1}), "no 'image'"),
-        (CloudEvent({"type": "x", "source": "s", "datacontenttype": "application/json"},
+        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"},
+                    b"not a jpeg"), "cannot read image header"),
+        (CloudEvent({"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s",
+                     "datacontenttype": "application/json"}, {"id": 1}), "no 'image'"),
+        (CloudEvent({"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s",
+                     "datacontenttype": "application/json"},
                     {"image": "data:text/html;base64,PHA+"}), "not a data:image"),
-        (CloudEvent({"type": "x", "source": "s"}, b""), "no data"),
+        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s"}, b""), "no data"),
+        # Issue 18.8: a foreign type is dead-lettered even when its data is a valid JPEG.
+        (CloudEvent({"type": "com.example.other", "source": "s", "datacontenttype": "image/jpeg"},
+                    _jpeg()), "not an image event"),
+        (CloudEvent({"type": RESULT_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"},
+                    _jpeg()), "not an image event"),
+        # Attributes are copied into results: over-long ones would make results unbounded.
+        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "id": "x" * 5000,
+                     "datacontenttype": "image/jpeg"}, _jpeg()), "id is 5000 characters"),
+        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "subject": "c" * 300,
+                     "datacontenttype": "image/jpeg"}, _jpeg()), "camera is 300 characters"),
     ],
-    ids=["garbage", "json-without-image", "wrong-data-url", "empty"],
+    ids=["garbage", "json-without-image", "wrong-data-url", "empty", "foreign-type",
+         "result-fed-back", "long-id", "long-camera"],
 )
 def test_poison_events(inspector, event, reason):
     with pytest.raises(PoisonEvent, match=reason):
@@ -143,10 +175,10 @@ def test_http_receiver_replies_with_result(inspector):
         assert r.status_code == 200, r.text
 
         # A poison event: 400 with the reason (Knative dead-letters it).
-        headers, body = to_binary(CloudEvent({"type": "x", "source": "s",
+        headers, body = to_binary(CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s",
                                               "datacontenttype": "image/jpeg"}, b"junk"))
         r = httpx.post(server.url + "/", content=body, headers=headers)
-        assert r.status_code == 400 and "cannot decode image" in r.json()["error"]
+        assert r.status_code == 400 and "cannot read image header" in r.json()["error"]
         # Not a CloudEvent at all.
         r = httpx.post(server.url + "/", content=b"hello")
         assert r.status_code == 400

@@ -119,17 +119,21 @@ def processor(
     concurrency: int = typer.Option(4, help="Images inspected in parallel."),
     conf: float = typer.Option(0.2, help="Confidence threshold (the demo used 0.2)."),
     iou: float = typer.Option(0.4, help="NMS IoU threshold (the demo used 0.4)."),
-    annotate: bool = typer.Option(True, help="Attach the annotated JPEG to each result."),
+    annotate: bool = typer.Option(
+        True, help="Store the annotated JPEG in S3 (VINSPECT_DATA_BUCKET) and put its key in each result."),
+    result_format: Optional[str] = typer.Option(
+        None, help="`vinspect` (default) or `manuela`: the original demo's reply "
+        "(manuela.image-processor.response, {text, id, status, image}) [VINSPECT_RESULT_FORMAT]."),
     group: Optional[str] = typer.Option(None, help="Kafka consumer group [VINSPECT_KAFKA_GROUP]."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the image processor: images -> model (v2) -> result events."""
-    from vinspect.settings import KafkaSettings, ModelServerSettings
+    from vinspect.settings import KafkaSettings, ModelServerSettings, RuntimeSettings, S3Settings
 
     from serving.model_client import ModelClient
     from serving.processor import (
-        InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app, kafka_clients,
-        serve_health,
+        AnnotatedImageStore, InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app,
+        kafka_clients, serve_health,
     )
 
     from serving.memory import keep_large_buffers
@@ -137,34 +141,52 @@ def processor(
     _logging(log_level)
     if mode not in ("kafka", "http"):
         raise typer.BadParameter("--mode must be `kafka` or `http`")
+    runtime = RuntimeSettings.from_env()
+    fmt = result_format or runtime.result_format
+    try:
+        config = InspectConfig(conf=conf, iou=iou, annotate=annotate, result_format=fmt,
+                               max_pixels=runtime.max_image_pixels, max_image_bytes=runtime.max_image_bytes)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--result-format / VINSPECT_RESULT_FORMAT: {exc}") from None
     keep_large_buffers()  # a tensor per image is megabytes: no fresh pages for each one
     model_settings = ModelServerSettings.from_env()
     client = ModelClient.from_settings(model_settings, retries=1)
     metrics = ProcessorMetrics()
-    inspector = Inspector(client, InspectConfig(conf=conf, iou=iou, annotate=annotate), metrics)
+    store = None
+    if annotate and fmt == "vinspect":
+        s3 = S3Settings.from_env()
+        # Short timeouts: a result waits for its put, and an S3 outage must cost seconds, not minutes.
+        store = AnnotatedImageStore(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket,
+                                    runtime.annotated_prefix, workers=2, max_pending=4 * concurrency)
+        typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
+    inspector = Inspector(client, config, metrics, store)
     typer.echo(f"processor ({mode}) -> {client!r}")
-    if mode == "http":
-        import uvicorn
-
-        uvicorn.run(create_http_app(inspector, metrics), host=host, port=port,
-                    log_level=log_level.lower(), access_log=False)
-        return
-    kafka = KafkaSettings.from_env()
-    consumer, producer = kafka_clients(kafka, group)
-    loop = KafkaLoop(
-        inspector, consumer, producer, images_topic=kafka.images_topic,
-        results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
-        concurrency=concurrency, metrics=metrics,
-    )
-    health = serve_health(host, port, loop.live, loop.ready, metrics)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.stop())
-    typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
-               f"health on http://{host}:{port}/healthz")
     try:
-        loop.run()
+        if mode == "http":
+            import uvicorn
+
+            uvicorn.run(create_http_app(inspector, metrics, token=runtime.token("processor")), host=host,
+                        port=port, log_level=log_level.lower(), access_log=False)
+            return
+        kafka = KafkaSettings.from_env()
+        consumer, producer = kafka_clients(kafka, group)
+        loop = KafkaLoop(
+            inspector, consumer, producer, images_topic=kafka.images_topic,
+            results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
+            concurrency=concurrency, metrics=metrics, dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
+        )
+        health = serve_health(host, port, loop.live, loop.ready, metrics)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+        typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
+                   f"health on http://{host}:{port}/healthz")
+        try:
+            loop.run()
+        finally:
+            health.shutdown()
     finally:
-        health.shutdown()
+        if store is not None:
+            store.close()
         client.close()
 
 
