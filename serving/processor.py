@@ -55,6 +55,7 @@ from serving.events import (
     result_event,
     to_kafka,
 )
+from serving.httputil import bearer_ok, read_limited
 from serving.imagelimits import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image_header
 from serving.model_client import (
     ModelClient, ModelClientError, ModelRequestRejected, ModelUnavailable,
@@ -527,30 +528,6 @@ def _short(exc: BaseException) -> str:
 # --------------------------------------------------------------------------------------
 # Adapter 1: HTTP CloudEvents receiver (Knative).
 # --------------------------------------------------------------------------------------
-
-
-def bearer_ok(authorization: str | None, token: str | None) -> bool:
-    """True when no token is configured, or the header is `Bearer <token>` (constant-time)."""
-    import hmac
-
-    if not token:
-        return True
-    scheme, _, given = (authorization or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
-
-
-async def read_limited(request: Any, limit: int) -> bytes | None:
-    """The request body, or None as soon as it is known to be over `limit` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        return None
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_http_app(

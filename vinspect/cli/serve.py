@@ -233,17 +233,21 @@ def dashboard(
 ) -> None:
     """Serve the live dashboard (result events via POST / from a Knative Trigger, or Kafka)."""
     import uvicorn
-    from vinspect.settings import KafkaSettings
+    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
-    from serving.dashboard.app import DashboardState, create_app, kafka_feed
+    from serving.dashboard.app import DashboardState, ImageSource, create_app, kafka_feed
 
     _logging(log_level)
-    state = DashboardState()
+    runtime = RuntimeSettings.from_env()
+    s3 = S3Settings.from_env()
+    # The browser has no S3 credentials: annotated images are fetched through this server.
+    images = ImageSource(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket, runtime.annotated_prefix)
+    state = DashboardState(images=images)
     feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"dashboard on http://{shown}:{port}/")
-    uvicorn.run(create_app(state, feed), host=host, port=port, log_level=log_level.lower(),
-                access_log=False)
+    uvicorn.run(create_app(state, feed, token=runtime.token("dashboard")), host=host, port=port,
+                log_level=log_level.lower(), access_log=False)
 
 
 def register(app: typer.Typer) -> None:

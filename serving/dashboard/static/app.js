@@ -4,7 +4,8 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const IMAGE_URL = /^data:image\/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}$/;
+// An inline data URL (legacy results) or an annotated image the server fetches from S3.
+const IMAGE_URL = /^(data:image\/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}|\/images\/[A-Za-z0-9._\/-]+\.jpg)$/;
 const cards = new Map();
 let totals = { total: 0, pass: 0, fail: 0 };
 const counts = new Map();
