@@ -264,7 +264,7 @@ class ResultsFeed:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from serving.events import PoisonEvent, from_kafka, result_data
+        from serving.events import RESULT_EVENT_TYPE, PoisonEvent, from_kafka, result_data
 
         self.consumer.subscribe([self.topic])
         try:
@@ -278,6 +278,8 @@ class ResultsFeed:
                 try:
                     event = from_kafka(msg.value(), msg.headers(), msg.key(), topic=msg.topic(),
                                        partition=msg.partition(), offset=msg.offset())
+                    if event.get("type") != RESULT_EVENT_TYPE:
+                        raise ValueError(f"type {str(event.get('type'))[:100]!r} is not a result")
                     self.state.publish(result_data(event), event.get("id"))
                 except (PoisonEvent, ValueError) as exc:
                     log.warning("results feed: skipping %s@%d: %s", msg.topic(), msg.offset(), exc)

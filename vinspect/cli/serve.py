@@ -153,11 +153,15 @@ def processor(
     client = ModelClient.from_settings(model_settings, retries=1)
     metrics = ProcessorMetrics()
     store = None
-    if annotate and fmt == "vinspect":
-        s3 = S3Settings.from_env()
+    s3 = S3Settings.from_env()
+    if annotate and fmt == "vinspect" and not (s3.endpoint_url or s3.access_key_id):
+        # No S3 configured: do not guess at AWS; results say "disabled: no image store configured".
+        typer.echo("no S3 settings (AWS_S3_ENDPOINT / AWS_ACCESS_KEY_ID): results carry no annotated image")
+    elif annotate and fmt == "vinspect":
         # Short timeouts: a result waits for its put, and an S3 outage must cost seconds, not minutes.
         store = AnnotatedImageStore(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket,
-                                    runtime.annotated_prefix, workers=2, max_pending=4 * concurrency)
+                                    runtime.annotated_prefix, workers=max(2, concurrency),
+                                    max_pending=4 * concurrency)
         typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
     inspector = Inspector(client, config, metrics, store)
     typer.echo(f"processor ({mode}) -> {client!r}")
