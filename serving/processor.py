@@ -35,7 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -256,7 +256,6 @@ class Inspection:
     store: Future | None = None
     store_status: str = "disabled"
     t_start: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _thumbnail_data_url(pil: Any, limit: int) -> str:
