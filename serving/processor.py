@@ -641,17 +641,19 @@ class _Pending:
         self.state = "inspecting"  # -> storing -> producing -> done, or aborted
 
 
+_PERMANENT_ERRORS = (
+    "MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
+    "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "POLICY_VIOLATION",
+    "INVALID_REQUEST", "_INVALID_ARG", "TOPIC_EXCEPTION", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+)
+
+
 def _permanent(err: Any) -> bool:
     """A produce error that retrying cannot fix (the record itself, or no right to write)."""
     from confluent_kafka import KafkaError
 
-    codes = {
-        KafkaError.MSG_SIZE_TOO_LARGE, KafkaError._MSG_SIZE_TOO_LARGE,
-        KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.CORRUPT_MESSAGE,
-        KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-        KafkaError.POLICY_VIOLATION, KafkaError.INVALID_REQUEST, KafkaError._INVALID_ARG,
-        KafkaError.TOPIC_EXCEPTION, KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
-    }
+    # Looked up by name: librdkafka versions differ in which of these codes they define.
+    codes = {getattr(KafkaError, name) for name in _PERMANENT_ERRORS if hasattr(KafkaError, name)}
     code = err.code() if hasattr(err, "code") else None
     return code in codes
 
@@ -792,9 +794,10 @@ class KafkaLoop:
                               copy=False)
             return
         self._write(pending, self.results_topic, key, value, headers, lambda err: self._dead_letter(
-            pending, f"result could not be written to {self.results_topic}: {err}", copy=False))
+            pending, f"result could not be written to {self.results_topic}: {err}", copy=False,
+            refused=True))
 
-    def _dead_letter(self, pending: _Pending, reason: str, copy: bool = True) -> None:
+    def _dead_letter(self, pending: _Pending, reason: str, copy: bool = True, refused: bool = False) -> None:
         """Dead-letter a record: a full copy when small enough, else (or when refused) a reference."""
         m = pending.message
         self.metrics.events.labels("dlq").inc()
@@ -809,13 +812,14 @@ class KafkaLoop:
                 ("dlq_source_offset", str(m.offset()).encode()),
             ]
             self._write(pending, self.dlq_topic, key, m.value(), headers, lambda err: self._reference(
-                pending, f"{reason}; the full copy was refused: {err}", size, key))
+                pending, f"{reason}; the full copy was refused: {err}", size, key, refused=True))
             return
-        self._reference(pending, reason, size, key)
+        self._reference(pending, reason, size, key, refused)
 
-    def _reference(self, pending: _Pending, reason: str, size: int, key: Any) -> None:
+    def _reference(self, pending: _Pending, reason: str, size: int, key: Any, refused: bool = False) -> None:
         m = pending.message
-        self.metrics.produce_failures.labels("reference").inc()
+        if refused:  # a write the broker refused for good, replaced by this reference
+            self.metrics.produce_failures.labels("reference").inc()
         value, headers = dlq_reference(m.topic(), m.partition(), m.offset(), size, reason, m.headers())
         self._write(pending, self.dlq_topic, key, value, headers, lambda err: self._drop(pending, reason, err))
 
