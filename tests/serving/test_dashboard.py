@@ -185,5 +185,12 @@ def test_page_is_live_and_escapes_everything(images):
             _post(server.url, _result("cam-0", "js", image="javascript:alert(4)"), "js")
             page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="js"]')
             assert page.locator('section.camera[data-camera="cam-0"] img.picture').get_attribute("src") is None
+            # A result whose image could not be stored says so where the picture would be.
+            _post(server.url, _result("cam-0", "s3down", image={}, annotated_image_status="failed: S3 down"),
+                  "s3down")
+            page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="s3down"]')
+            picture = page.locator('section.camera[data-camera="cam-0"] img.picture')
+            assert picture.get_attribute("src") is None
+            assert picture.get_attribute("alt") == "no image: failed: S3 down"
         finally:
             browser.close()

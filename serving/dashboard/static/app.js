@@ -62,8 +62,11 @@ function render(view, camCounts) {
   const img = card.querySelector(".picture");
   if (typeof view.image === "string" && IMAGE_URL.test(view.image)) {
     img.setAttribute("src", view.image);
+    img.setAttribute("alt", "latest inspected image");
   } else {
+    // The result went out without its picture (S3 down, store busy): say why.
     img.removeAttribute("src");
+    img.setAttribute("alt", view.image_status ? `no image: ${view.image_status}` : "no image");
   }
   drawBoxes(card.querySelector(".boxes"), view);
   const model = view.model_name ? `${view.model_name} v${view.model_version ?? "?"}` : null;
