@@ -1,4 +1,9 @@
-"""Camera simulator: frames from a folder, an archive or a synthetic generator, to Kafka.
+"""Camera: real frames from an S3 prefix, a mounted folder or an archive (or synthetic ones), to Kafka.
+
+On the cluster the camera streams real images: `s3://bucket/prefix/` (listed page by page,
+each object read when it is sent, so a prefix of any size costs no memory) or a folder
+mounted into the pod (a PVC or ConfigMap). Each image's header is checked against the pixel
+limit before it is decoded (`serving.imagelimits`); a frame over it is skipped with a warning.
 
 Each frame becomes an RGB JPEG in a CloudEvent in Kafka binary mode (`ce_*` headers,
 `content-type: image/jpeg`, key = camera id) on `visual-inspection-images`; with
@@ -15,7 +20,6 @@ import random
 import tarfile
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -23,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from serving.events import image_event, legacy_record, to_kafka
+from serving.imagelimits import ImageTooLarge, check_image_header
 from serving.synthetic import render_nut
 
 log = logging.getLogger(__name__)
@@ -31,13 +36,27 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _KNOWN_LABELS = ("good", "bent", "scratch", "color", "flip")
 
 
-@dataclass
 class Frame:
-    """One source image: its name, a label guess and the encoded bytes as stored."""
+    """One source image: its name, a label guess and the encoded bytes as stored.
 
-    name: str
-    label: str
-    data: bytes
+    `data` is read when it is asked for (from disk or S3) unless the bytes were given.
+    """
+
+    __slots__ = ("name", "label", "_data", "_load")
+
+    def __init__(self, name: str, label: str, data: bytes | None = None,
+                 load: Callable[[], bytes] | None = None):
+        if data is None and load is None:
+            raise ValueError(f"frame {name}: give data or a loader")
+        self.name, self.label, self._data, self._load = name, label, data, load
+
+    @property
+    def data(self) -> bytes:
+        """The encoded image bytes."""
+        return self._data if self._data is not None else self._load()  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Frame({self.name!r}, {self.label!r})"
 
 
 def _label_for(name: str) -> str:
@@ -52,8 +71,49 @@ def _label_for(name: str) -> str:
 
 def _folder_frames(root: Path) -> list[Frame]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return [Frame(str(p.relative_to(root)), _label_for(str(p.relative_to(root))), p.read_bytes())
+    # Read at send time: a mounted folder of thousands of frames costs no memory up front.
+    return [Frame(str(p.relative_to(root)), _label_for(str(p.relative_to(root))), load=p.read_bytes)
             for p in files]
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/prefix/` -> (bucket, prefix).
+
+    Raises:
+        ValueError: When the URI has no bucket.
+    """
+    rest = uri[len("s3://"):]
+    bucket, _, prefix = rest.partition("/")
+    if not bucket:
+        raise ValueError(f"camera source {uri}: expected s3://bucket/prefix/")
+    return bucket, prefix
+
+
+def s3_frames(s3: Any, uri: str) -> list[Frame]:
+    """Frames of every image object under an S3 prefix (listed now, read when sent).
+
+    Args:
+        s3: A boto3 S3 client.
+        uri: `s3://bucket/prefix/`.
+
+    Raises:
+        ValueError: When the prefix holds no image.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    frames = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if Path(key).suffix.lower() in IMAGE_SUFFIXES and not key.endswith("/"):
+                name = key[len(prefix):].lstrip("/") or Path(key).name
+                frames.append(Frame(name, _label_for(name), load=_s3_loader(s3, bucket, key)))
+    if not frames:
+        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {uri}")
+    return sorted(frames, key=lambda f: f.name)
+
+
+def _s3_loader(s3: Any, bucket: str, key: str) -> Callable[[], bytes]:
+    return lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def _archive_frames(path: Path) -> list[Frame]:
@@ -86,19 +146,25 @@ def synthetic_frame(rng: np.random.Generator, size: int = 320) -> tuple[np.ndarr
     return np.asarray(img, dtype=np.uint8), label
 
 
-def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0) -> list[Frame]:
-    """Read all frames of a source.
+def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0,
+                s3: Any = None) -> list[Frame]:
+    """List the frames of a source.
 
     Args:
-        source: A folder (searched recursively), a zip/tar archive, or `synthetic`
-            (`synthetic:N` for N frames).
+        source: `s3://bucket/prefix/`, a folder (searched recursively; a mounted volume on
+            the cluster), a zip/tar archive, or `synthetic` (`synthetic:N` for N frames).
         synthetic_count: Frames to generate for `synthetic` without a count.
         seed: Seed of the synthetic generator.
+        s3: A boto3 S3 client, needed for an `s3://` source.
 
     Raises:
-        ValueError: When the source holds no image.
+        ValueError: When the source holds no image, or an `s3://` source has no client.
     """
     text = str(source)
+    if text.startswith("s3://"):
+        if s3 is None:
+            raise ValueError(f"camera source {text}: an S3 client is needed (AWS_* settings)")
+        return s3_frames(s3, text)
     if text.startswith("synthetic"):
         count = int(text.split(":", 1)[1]) if ":" in text else synthetic_count
         rng = np.random.default_rng(seed)
@@ -119,8 +185,16 @@ def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0)
     return frames
 
 
-def encode_jpeg(img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0) -> bytes:
-    """Encode to RGB JPEG (decoding first when given encoded bytes; alpha is dropped)."""
+def encode_jpeg(img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0,
+                max_pixels: int | None = None, what: str = "image") -> bytes:
+    """Encode to RGB JPEG (decoding first when given encoded bytes; alpha is dropped).
+
+    Raises:
+        ImageTooLarge: Encoded bytes whose header is unreadable or over `max_pixels`
+            (default `serving.imagelimits.DEFAULT_MAX_PIXELS`); checked before decoding.
+    """
+    if isinstance(img, (bytes, bytearray)):
+        check_image_header(bytes(img), max_pixels, what)
     pil = Image.open(io.BytesIO(img)) if isinstance(img, (bytes, bytearray)) else Image.fromarray(img)
     pil = pil.convert("RGB")  # explicit RGB: the JPEG carries RGB, never BGR
     if scale != 1.0:
@@ -157,6 +231,7 @@ def produce_frames(
     camera_prefix: str = "camera-",
     on_sent: Callable[[str, str], None] | None = None,
     stop: Callable[[], bool] | None = None,
+    max_pixels: int | None = None,
 ) -> int:
     """Send frames to Kafka, `cameras` of them in round robin, each at `fps`.
 
@@ -173,6 +248,8 @@ def produce_frames(
         camera_prefix: Camera ids are `<prefix><n>`.
         on_sent: Called with (event id, camera id) after each produce call.
         stop: Polled between frames; True ends the stream.
+        max_pixels: Pixel limit checked on each frame's header before decoding; a frame
+            over it (or unreadable) is skipped with a warning, the stream goes on.
 
     Returns:
         Number of frames produced (all delivered: the producer is flushed).
@@ -186,11 +263,20 @@ def produce_frames(
     sent = 0
     interval = 1.0 / fps if fps > 0 else 0.0
     next_tick = time.monotonic()
-    for i, frame in enumerate(frames):
+    skipped = 0
+    for frame in frames:
         if (count is not None and sent >= count) or (stop and stop()):
             break
+        i = sent
         camera_id = f"{camera_prefix}{i % cameras}"
-        jpeg = encode_jpeg(frame.data, quality, scale)
+        try:
+            jpeg = encode_jpeg(frame.data, quality, scale, max_pixels, frame.name)
+        except ImageTooLarge as exc:
+            skipped += 1
+            log.warning("skipping frame: %s", exc)
+            if skipped > 1000 and sent == 0:
+                raise ValueError(f"no usable frame in the first {skipped} ({exc})") from None
+            continue
         if legacy:
             import json
 

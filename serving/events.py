@@ -28,6 +28,16 @@ IMAGE_EVENT_TYPE = "io.vinspect.image.captured"
 RESULT_EVENT_TYPE = "io.vinspect.inspection.result"
 KNATIVE_KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
 LEGACY_EVENT_TYPE = "manuela.cam-sim.image"  # what the original camera used over HTTP
+# The original demo's reply, which its dashboard subscribes to (`--result-format manuela`).
+LEGACY_RESULT_EVENT_TYPE = "manuela.image-processor.response"
+LEGACY_RESULT_SOURCE = "manuela/eventing/image-processor"
+# Only these are image events. Anything else (a result fed back by a misrouted Trigger, another
+# team's event) is dead-lettered even when its data happens to be a valid image.
+IMAGE_EVENT_TYPES = (IMAGE_EVENT_TYPE, KNATIVE_KAFKA_EVENT_TYPE, LEGACY_EVENT_TYPE)
+
+# Longest accepted value of each attribute copied into a result. With the detections capped
+# by the detector (300), this bounds a result event's size whatever the input says.
+ATTRIBUTE_LIMITS = {"id": 256, "camera": 128, "label": 64, "source": 512, "time": 64}
 
 _CE_PREFIX = "ce_"
 _DATA_URL = re.compile(r"^data:image/(jpeg|jpg|png);base64,(?P<data>[A-Za-z0-9+/=\s]+)$")
@@ -196,16 +206,34 @@ def _as_bytes(data: Any) -> bytes:
 def parse_image_event(event: CloudEvent) -> ImageInput:
     """Extract the image and its camera from any accepted image event.
 
-    Accepts our `io.vinspect.image.captured` (data = JPEG bytes), the legacy JSON record as
-    data (of `dev.knative.kafka.event`, `manuela.cam-sim.image` or any type whose data is
-    that record), and structured events whose data is base64 (`data_base64`).
+    Accepts the types in `IMAGE_EVENT_TYPES` only: our `io.vinspect.image.captured` (data =
+    JPEG bytes), and the legacy JSON record as data of `dev.knative.kafka.event` or
+    `manuela.cam-sim.image`; structured events whose data is base64 (`data_base64`) too.
 
     Raises:
-        PoisonEvent: When no image can be found.
+        PoisonEvent: When the type is not an image event, no image can be found, or an
+            attribute is longer than `ATTRIBUTE_LIMITS` allows.
     """
     attrs = event.get_attributes()
     event_id = str(attrs.get("id", ""))
-    where = f"event {event_id or '?'} ({attrs.get('type')})"
+    where = f"event {event_id[:80] or '?'} ({str(attrs.get('type'))[:80]})"
+    if attrs.get("type") not in IMAGE_EVENT_TYPES:
+        raise PoisonEvent(f"{where}: type is not an image event (accepted: {', '.join(IMAGE_EVENT_TYPES)})")
+    return _bounded(_parse_image(event, attrs, event_id, where), where)
+
+
+def _bounded(parsed: "ImageInput", where: str) -> "ImageInput":
+    """Refuse attribute values longer than `ATTRIBUTE_LIMITS` (they are copied into results)."""
+    for field, value in (("id", parsed.event_id), ("camera", parsed.camera_id), ("label", parsed.label),
+                         ("source", parsed.source), ("time", parsed.time)):
+        if value is not None and len(value) > ATTRIBUTE_LIMITS[field]:
+            raise PoisonEvent(
+                f"{where}: {field} is {len(value)} characters, over the limit of {ATTRIBUTE_LIMITS[field]}"
+            )
+    return parsed
+
+
+def _parse_image(event: CloudEvent, attrs: dict[str, Any], event_id: str, where: str) -> "ImageInput":
     data = event.get_data()
     content_type = str(attrs.get("datacontenttype") or "")
     raw = _as_bytes(data) if not isinstance(data, dict) else b""
@@ -279,3 +307,46 @@ def http_binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     from cloudevents.v1.conversion import to_binary
 
     return to_binary(event)
+
+
+def record_size(key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None) -> int:
+    """Bytes a Kafka record takes against a size limit (key, value, header names and values)."""
+    size = len(key or b"") + len(value or b"")
+    for name, raw in headers or []:
+        size += len(name) + len(raw or b"")
+    return size
+
+
+def dlq_reference(
+    topic: str,
+    partition: int,
+    offset: int,
+    size: int,
+    reason: str,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """A dead letter that points at a record instead of copying it (value, headers).
+
+    Used when the record (or a result made from it) is too large for the dead-letter topic:
+    the original stays in its topic for its retention, the reference says where and why.
+    The value is JSON `{topic, partition, offset, size, reason, event}` where `event` holds
+    the record's CloudEvents attributes (each cut to 256 characters), never its payload.
+    """
+    attributes = {}
+    for name, raw in headers or []:
+        if name.lower().startswith(_CE_PREFIX) and len(attributes) < 32:
+            text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
+            attributes[name[len(_CE_PREFIX):][:64]] = text[:256]
+    value = json.dumps({
+        "topic": topic, "partition": partition, "offset": offset, "size": size,
+        "reason": reason[:1000], "event": attributes,
+    }, separators=(",", ":")).encode("utf-8")
+    out = [
+        ("dlq_reason", reason[:1000].encode("utf-8")),
+        ("dlq_source_topic", topic.encode()),
+        ("dlq_source_partition", str(partition).encode()),
+        ("dlq_source_offset", str(offset).encode()),
+        ("dlq_payload", b"omitted"),
+        ("content-type", b"application/json"),
+    ]
+    return value, out

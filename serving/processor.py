@@ -3,12 +3,22 @@
 * `create_http_app`: an HTTP CloudEvents receiver for Knative (KafkaSource -> Broker ->
   Trigger). It replies with the result event, which the Broker routes on to the dashboard.
   A poison event answers 400 (Knative sends it to the Trigger's dead-letter sink), a model
-  outage 503 (Knative retries with its delivery backoff).
+  outage 503 (Knative retries with its delivery backoff); a body over the image size limit
+  413, a missing or wrong bearer token (when one is configured) 401.
 * `KafkaLoop`: a consumer/producer loop for local and edge use. It inspects up to
   `concurrency` records in parallel, writes results (or dead letters) and commits a
   record's offset only once its output, and that of every earlier record of the
-  partition, is acknowledged by the broker: a crash at any point re-delivers, never loses. While the model server fails, records are retried with capped exponential
-  backoff instead of being dead-lettered; only records that can never succeed go to the DLQ.
+  partition, is acknowledged by the broker: a crash at any point re-delivers, never loses.
+  While the model server fails, records are retried with capped exponential backoff instead
+  of being dead-lettered; only records that can never succeed go to the DLQ. Every produce
+  failure is handled: a result or dead letter the broker refuses for good becomes a
+  dead-letter *reference* (topic, partition, offset, size, reason; no payload), so no record
+  can stop the loop and the offset always moves on.
+
+Claim check: the annotated JPEG goes to S3 (`AnnotatedImageStore`, a bounded pool of
+background workers, so inference never waits on S3) and the result event carries its key.
+Results stay under `RESULT_MAX_BYTES` by construction (no image bytes, bounded attributes,
+at most 300 detections).
 
 Both expose Prometheus metrics and health endpoints. No torch, no Ultralytics: decoding,
 letterbox and NMS come from `serving.detector`, inference is a v2 call.
@@ -16,12 +26,15 @@ letterbox and NMS come from `serving.detector`, inference is a v2 call.
 
 
 import base64
+import datetime as dt
+import hashlib
 import io
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -29,13 +42,21 @@ import numpy as np
 
 from serving import detector as det
 from serving.events import (
+    LEGACY_RESULT_EVENT_TYPE,
+    LEGACY_RESULT_SOURCE,
+    ImageInput,
     PoisonEvent,
+    dlq_reference,
     from_kafka,
     http_binary,
+    now_iso,
     parse_image_event,
+    record_size,
     result_event,
     to_kafka,
 )
+from serving.httputil import bearer_ok, read_limited
+from serving.imagelimits import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image_header
 from serving.model_client import (
     ModelClient, ModelClientError, ModelRequestRejected, ModelUnavailable,
 )
@@ -44,6 +65,16 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SOURCE = "/vinspect/processor"
 _COLORS = {0: (230, 40, 40), 1: (255, 160, 0)}
+
+# A result event (key, value and headers) is at most this big: far under Kafka's default
+# 1 MiB `max.message.bytes` and the Knative Kafka data plane's producer `max.request.size`
+# (1048576 in eventing-kafka-broker's data-plane/config/broker/100-config-kafka-broker-data-plane.yaml).
+RESULT_MAX_BYTES = 64 * 1024
+# The largest image accepted: the images topic's `max.message.bytes` (10 MiB).
+DEFAULT_MAX_IMAGE_BYTES = 10 * 1024 * 1024
+# Dead letters up to this size carry the original record; larger ones a reference to it.
+DEFAULT_DLQ_COPY_MAX_BYTES = 1024 * 1024
+RESULT_FORMATS = ("vinspect", "manuela")
 
 
 # --------------------------------------------------------------------------------------
@@ -81,6 +112,14 @@ class ProcessorMetrics:
         self.commits = Counter(
             "vinspect_processor_commits", "Kafka offset commits", registry=self.registry,
         )
+        self.images = Counter(
+            "vinspect_processor_annotated_images", "Annotated images by claim-check outcome "
+            "(stored, failed, skipped)", ["outcome"], registry=self.registry,
+        )
+        self.produce_failures = Counter(
+            "vinspect_processor_produce_failures", "Records the broker refused for good, by what "
+            "was written instead (reference, dropped)", ["fallback"], registry=self.registry,
+        )
 
     def render(self) -> tuple[bytes, str]:
         """Exposition text and its content type."""
@@ -105,28 +144,135 @@ class InspectConfig:
     annotate: bool = True
     jpeg_quality: int = 85
     source: str = DEFAULT_SOURCE
+    max_pixels: int = DEFAULT_MAX_PIXELS  # header check before decoding (decompression bombs)
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    result_format: str = "vinspect"  # or "manuela": the original demo's reply for its dashboard
+
+    def __post_init__(self) -> None:
+        if self.result_format not in RESULT_FORMATS:
+            raise ValueError(f"result_format {self.result_format!r}: choose one of {RESULT_FORMATS}")
 
 
-def annotate(img: np.ndarray, detections: list[det.Detection], quality: int = 85) -> bytes:
-    """Draw boxes and labels on an RGB image and return JPEG bytes."""
+def draw(img: np.ndarray, detections: list[det.Detection]) -> Any:
+    """Boxes and labels drawn on an RGB image; returns a PIL image."""
     from PIL import Image, ImageDraw, ImageFont
 
     pil = Image.fromarray(img)
-    draw = ImageDraw.Draw(pil)
+    draw_ = ImageDraw.Draw(pil)
     font = ImageFont.load_default()
     width = max(2, round(max(img.shape[:2]) / 250))
     for d in detections:
         color = _COLORS.get(d.class_id, (40, 120, 255))
         x1, y1, x2, y2 = d.box
-        draw.rectangle((x1, y1, x2, y2), outline=color, width=width)
+        draw_.rectangle((x1, y1, x2, y2), outline=color, width=width)
         text = f"{d.class_name} {d.score:.2f}"
         tx, ty = x1, max(0, y1 - 12)
-        bbox = draw.textbbox((tx, ty), text, font=font)
-        draw.rectangle(bbox, fill=color)
-        draw.text((tx, ty), text, fill=(0, 0, 0), font=font)
+        bbox = draw_.textbbox((tx, ty), text, font=font)
+        draw_.rectangle(bbox, fill=color)
+        draw_.text((tx, ty), text, fill=(0, 0, 0), font=font)
+    return pil
+
+
+def annotate(img: np.ndarray, detections: list[det.Detection], quality: int = 85) -> bytes:
+    """Draw boxes and labels on an RGB image and return JPEG bytes."""
     buf = io.BytesIO()
-    pil.save(buf, format="JPEG", quality=quality)
+    draw(img, detections).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
+
+
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _key_part(text: str, limit: int = 64) -> str:
+    return _KEY_UNSAFE.sub("_", text)[:limit].strip("._") or "_"
+
+
+class AnnotatedImageStore:
+    """Claim check: annotated JPEGs go to S3 on a bounded pool of background workers.
+
+    The Kafka loop hands an image over and goes on inspecting; the result event is written
+    once the put has finished (or failed), so an event never names an object that is not
+    there. When S3 is slow, at most `max_pending` puts wait; beyond that an image is skipped
+    (the result says so) instead of holding the line.
+
+    Args:
+        s3: A boto3 S3 client (short timeouts: a put must not hold a result for long).
+        bucket: The bucket (the stack's data bucket).
+        prefix: Key prefix; keys are `<prefix>/<YYYY-MM-DD>/<camera>/<event id>-<hash>.jpg`.
+        workers: Puts running at once.
+        max_pending: Puts queued or running before images are skipped.
+    """
+
+    def __init__(self, s3: Any, bucket: str, prefix: str = "annotated", *, workers: int = 2,
+                 max_pending: int = 16):
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.max_pending = max(1, max_pending)
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="s3-put")
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def key_for(self, camera: str, event_id: str) -> str:
+        """One key per event; ids from the network are made key-safe, a hash keeps them unique."""
+        digest = hashlib.sha256(f"{camera}\0{event_id}".encode()).hexdigest()[:12]
+        day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+        return f"{self.prefix}/{day}/{_key_part(camera)}/{_key_part(event_id, 96)}-{digest}.jpg"
+
+    def put(self, key: str, jpeg: bytes) -> dict[str, Any]:
+        """Store one image now; returns the reference the event carries."""
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=jpeg, ContentType="image/jpeg")
+        return {"bucket": self.bucket, "key": key, "content_type": "image/jpeg", "bytes": len(jpeg)}
+
+    def submit(self, key: str, jpeg: bytes) -> Future | None:
+        """Queue a put; None when `max_pending` puts are already waiting (the image is skipped)."""
+        with self._lock:
+            if self._pending >= self.max_pending:
+                return None
+            self._pending += 1
+
+        def run() -> dict[str, Any]:
+            try:
+                return self.put(key, jpeg)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+        return self._pool.submit(run)
+
+    def close(self) -> None:
+        """Finish queued puts and stop the workers."""
+        self._pool.shutdown(wait=True)
+
+
+@dataclass
+class Inspection:
+    """An inspected image before its result event is built (the claim check may be pending)."""
+
+    parsed: ImageInput
+    data: dict[str, Any]  # the result payload without the image reference
+    jpeg: bytes | None = None  # the annotated image to store
+    inline_image: str | None = None  # data URL for the original demo's reply format
+    store: Future | None = None
+    store_status: str = "disabled"
+    t_start: float = 0.0
+
+
+def _thumbnail_data_url(pil: Any, limit: int) -> str:
+    """A JPEG data URL of at most `limit` characters (smaller and coarser until it fits)."""
+    side, quality = 640, 80
+    while True:
+        thumb = pil.copy()
+        thumb.thumbnail((side, side))
+        buf = io.BytesIO()
+        thumb.save(buf, format="JPEG", quality=quality)
+        url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+        if len(url) <= limit or side <= 32:
+            return url
+        if quality > 40:
+            quality -= 20
+        else:
+            side //= 2
 
 
 class Inspector:
@@ -135,8 +281,9 @@ class Inspector:
     Args:
         client: The v2 model client (retries of its own are kept short; the Kafka loop
             retries for longer).
-        config: Thresholds, class names, annotation.
+        config: Thresholds, class names, annotation, limits, result format.
         metrics: Optional metrics to record into.
+        store: Where annotated images go (claim check); None: results carry no image.
     """
 
     def __init__(
@@ -144,10 +291,12 @@ class Inspector:
         client: ModelClient,
         config: InspectConfig | None = None,
         metrics: ProcessorMetrics | None = None,
+        store: AnnotatedImageStore | None = None,
     ):
         self.client = client
         self.config = config or InspectConfig()
         self.metrics = metrics
+        self.store = store
         self._meta_lock = threading.Lock()
         self._input_name: str | None = None
         self._output_name: str | None = None
@@ -180,7 +329,7 @@ class Inspector:
         return self.client.ready()
 
     def inspect(self, event: Any) -> Any:
-        """Inspect one image event and return its result event.
+        """Inspect one image event and return its result event (the S3 put done inline).
 
         Args:
             event: A CloudEvent (`cloudevents.v1.http.CloudEvent`) as `parse_image_event`
@@ -190,7 +339,49 @@ class Inspector:
             The result CloudEvent (`io.vinspect.inspection.result`), data:
             `camera`, `image_id`, `captured_at`, `label`, `passed`, `verdict`, `detections`
             (class_id, class_name, score, box xyxy in image pixels), `image` (width,
-            height), `model` (name, version), `timings_ms`, `annotated_image` (JPEG data URL).
+            height), `model` (name, version), `timings_ms`, `annotated_image` (the claim
+            check: `{bucket, key, content_type, bytes}`, or null) and
+            `annotated_image_status` (`stored`, `disabled`, `failed: ...`, `skipped: ...`).
+            With `result_format="manuela"`: the original demo's reply instead.
+
+        Raises:
+            PoisonEvent: The event can never be processed.
+            ModelUnavailable: The model server is down or failing; retry later.
+        """
+        inspection = self.analyse(event)
+        if inspection.jpeg is not None and self.store is not None:
+            try:
+                ref = self.store.put(self.store.key_for(inspection.parsed.camera_id,
+                                                        inspection.parsed.event_id), inspection.jpeg)
+            except Exception as exc:  # noqa: BLE001 - S3 down must never stop a result
+                return self.finish(inspection, None, f"failed: {_short(exc)}")
+            return self.finish(inspection, ref, "stored")
+        return self.finish(inspection, None, inspection.store_status)
+
+    def start_store(self, inspection: Inspection) -> None:
+        """Hand the annotated image to the background store (the Kafka loop's path)."""
+        if inspection.jpeg is None or self.store is None:
+            return
+        fut = self.store.submit(
+            self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id), inspection.jpeg)
+        if fut is None:
+            inspection.store_status = "skipped: image store backlog is full"
+        else:
+            inspection.store = fut
+            inspection.store_status = "pending"
+        inspection.jpeg = None  # the worker holds it now; do not keep a second reference
+
+    def finish_stored(self, inspection: Inspection) -> Any:
+        """The result event once the background put (if any) is done."""
+        if inspection.store is None:
+            return self.finish(inspection, None, inspection.store_status)
+        try:
+            return self.finish(inspection, inspection.store.result(), "stored")
+        except Exception as exc:  # noqa: BLE001 - S3 down must never stop a result
+            return self.finish(inspection, None, f"failed: {_short(exc)}")
+
+    def analyse(self, event: Any) -> Inspection:
+        """Everything up to the annotated JPEG: parse, check limits, decode, detect, draw.
 
         Raises:
             PoisonEvent: The event can never be processed.
@@ -198,12 +389,21 @@ class Inspector:
         """
         t_start = time.perf_counter()
         parsed = parse_image_event(event)
+        where = f"event {parsed.event_id}"
+        if len(parsed.image) > self.config.max_image_bytes:
+            raise PoisonEvent(f"{where}: image is {len(parsed.image):,} bytes, over the limit of "
+                              f"{self.config.max_image_bytes:,}")
+        try:
+            # The header only (~30 us): a decompression bomb never reaches the decoder.
+            check_image_header(parsed.image, self.config.max_pixels, where)
+        except ImageTooLarge as exc:
+            raise PoisonEvent(str(exc)) from None
         try:
             # Decoded once, in OpenCV's BGR: the detector writes RGB tensor planes from it, and
             # an RGB copy is only made for drawing on a failed part.
             img = det.decode_bgr(parsed.image)
         except ValueError as exc:
-            raise PoisonEvent(f"event {parsed.event_id}: {exc}") from None
+            raise PoisonEvent(f"{where}: {exc}") from None
         t_decoded = time.perf_counter()
         model_version: dict[str, str | None] = {}
 
@@ -247,17 +447,23 @@ class Inspector:
                 detections, detector = detect(refresh=True)
             except _Refused as exc:
                 raise PoisonEvent(f"event {parsed.event_id}: model refused it: {exc}") from None
+        detections = detections[: det.MAX_DETECTIONS]  # the result's size bound relies on it
         t_detected = time.perf_counter()
-        annotated = None
-        if self.config.annotate:
+        inspection = Inspection(parsed=parsed, data={}, t_start=t_start)
+        if self.config.result_format == "manuela":
+            # The original dashboard shows the image from the event itself: a bounded thumbnail.
+            inspection.inline_image = _thumbnail_data_url(
+                draw(img.rgb(), detections), RESULT_MAX_BYTES - 8 * 1024)
+        elif self.config.annotate and self.store is not None:
             # Nothing to draw on a good part: the camera's own JPEG is the annotated image,
             # which saves a full-size re-encode per passing image.
-            jpeg = (parsed.image if not detections and parsed.image[:3] == b"\xff\xd8\xff"
-                    else annotate(img.rgb(), detections, self.config.jpeg_quality))
-            annotated = "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+            inspection.jpeg = (parsed.image if not detections and parsed.image[:3] == b"\xff\xd8\xff"
+                               else annotate(img.rgb(), detections, self.config.jpeg_quality))
+        elif self.config.annotate:
+            inspection.store_status = "disabled: no image store configured"
         t_end = time.perf_counter()
         passed = not detections
-        data = {
+        inspection.data = {
             "camera": parsed.camera_id,
             "image_id": parsed.event_id,
             "image_source": parsed.source,
@@ -277,12 +483,45 @@ class Inspector:
                 "annotate": round((t_end - t_detected) * 1e3, 3),
                 "total": round((t_end - t_start) * 1e3, 3),
             },
-            "annotated_image": annotated,
         }
         if self.metrics:
             self.metrics.events.labels("pass" if passed else "fail").inc()
             self.metrics.latency.observe(t_end - t_start)
-        return result_event(data, parsed.event_id, parsed.camera_id, self.config.source)
+        return inspection
+
+    def finish(self, inspection: Inspection, image_ref: dict[str, Any] | None, status: str) -> Any:
+        """Build the result event from an inspection and the claim check's outcome."""
+        from cloudevents.v1.http import CloudEvent
+
+        parsed, data = inspection.parsed, inspection.data
+        if self.metrics and status != "disabled" and not status.startswith("disabled"):
+            self.metrics.images.labels(status.split(":", 1)[0]).inc()
+        if status.startswith("failed") or status.startswith("skipped"):
+            log.warning("result %s goes out without its annotated image: %s", parsed.event_id, status)
+        if self.config.result_format == "manuela":
+            # The original demo's reply (`text`, `id`, `status`, `image`) for its dashboard.
+            return CloudEvent({
+                "type": LEGACY_RESULT_EVENT_TYPE,
+                "source": LEGACY_RESULT_SOURCE,
+                "id": f"result-{parsed.event_id}",
+                "time": now_iso(),
+                "subject": parsed.camera_id,
+                "datacontenttype": "application/json",
+                "partitionkey": parsed.camera_id,
+            }, {
+                "text": parsed.time or now_iso(),
+                "id": parsed.camera_id,
+                "status": 0 if data["passed"] else 1,
+                "image": inspection.inline_image,
+            })
+        return result_event(
+            {**data, "annotated_image": image_ref, "annotated_image_status": status},
+            parsed.event_id, parsed.camera_id, self.config.source,
+        )
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 # --------------------------------------------------------------------------------------
@@ -290,8 +529,27 @@ class Inspector:
 # --------------------------------------------------------------------------------------
 
 
-def create_http_app(inspector: Inspector, metrics: ProcessorMetrics) -> Any:
+def create_http_app(
+    inspector: Inspector,
+    metrics: ProcessorMetrics,
+    *,
+    token: str | None = None,
+    max_body_bytes: int | None = None,
+) -> Any:
     """The Knative adapter: POST a CloudEvent (binary or structured), get the result back.
+
+    Replies follow the Knative reply contract (eventing-kafka-broker's dispatcher,
+    `BaseResponseHandler.handle` and `WebClientCloudEventSender.isRetryableStatusCode`):
+    200 with the result as a binary-mode CloudEvent; 400 (poison), 401 (token) and 413 (too
+    large) are not retried and go to the Trigger's dead-letter sink; 503 (model down) is
+    retried with the delivery's backoff.
+
+    Args:
+        inspector: The core.
+        metrics: Metrics to record into.
+        token: When set, `POST` needs `Authorization: Bearer <token>` (VINSPECT_PROCESSOR_TOKEN).
+        max_body_bytes: Largest body read (default: the image limit plus base64 and JSON
+            overhead, for the legacy JSON record in structured mode).
 
     Routes: `POST /` (the event), `GET /healthz` (live), `GET /readyz` (model reachable),
     `GET /metrics`.
@@ -301,12 +559,19 @@ def create_http_app(inspector: Inspector, metrics: ProcessorMetrics) -> Any:
     from starlette.concurrency import run_in_threadpool
 
     app = FastAPI(title="vinspect image processor")
+    limit = max_body_bytes or (inspector.config.max_image_bytes * 4 // 3 + 64 * 1024)
 
     async def receive(request: Request) -> Response:
         from cloudevents.v1.exceptions import GenericException
         from cloudevents.v1.http import from_http
 
-        body = await request.body()
+        if not bearer_ok(request.headers.get("authorization"), token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        body = await read_limited(request, limit)
+        if body is None:
+            metrics.events.labels("dlq").inc()
+            return JSONResponse({"error": f"body is over the limit of {limit} bytes"}, status_code=413)
         try:
             event = from_http(dict(request.headers), body)
         except (GenericException, ValueError) as exc:
@@ -317,10 +582,10 @@ def create_http_app(inspector: Inspector, metrics: ProcessorMetrics) -> Any:
             result = await run_in_threadpool(inspector.inspect, event)
         except PoisonEvent as exc:
             metrics.events.labels("dlq").inc()
-            log.warning("rejected event %s: %s", event.get("id"), exc)
+            log.warning("rejected event %s: %s", str(event.get("id"))[:200], exc)
             return JSONResponse({"error": str(exc)}, status_code=400)
         except ModelClientError as exc:
-            log.warning("model unavailable for event %s: %s", event.get("id"), exc)
+            log.warning("model unavailable for event %s: %s", str(event.get("id"))[:200], exc)
             return JSONResponse({"error": f"model unavailable: {exc}"}, status_code=503)
         finally:
             metrics.in_flight.dec()
@@ -360,19 +625,37 @@ class _Stopped(Exception):
 @dataclass
 class _Outcome:
     message: Any
-    result: Any = None  # result CloudEvent
+    inspection: Inspection | None = None  # -> result event once its image is stored
     error: str | None = None  # poison reason -> DLQ
 
 
 class _Pending:
     """One consumed record on its way to being committed."""
 
-    __slots__ = ("message", "future", "state")
+    __slots__ = ("message", "future", "outcome", "state")
 
     def __init__(self, message: Any):
         self.message = message
         self.future: Any = None
-        self.state = "inspecting"  # -> producing -> done, or aborted
+        self.outcome: _Outcome | None = None
+        self.state = "inspecting"  # -> storing -> producing -> done, or aborted
+
+
+_PERMANENT_ERRORS = (
+    "MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
+    "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "POLICY_VIOLATION",
+    "INVALID_REQUEST", "_INVALID_ARG", "TOPIC_EXCEPTION", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+)
+
+
+def _permanent(err: Any) -> bool:
+    """A produce error that retrying cannot fix (the record itself, or no right to write)."""
+    from confluent_kafka import KafkaError
+
+    # Looked up by name: librdkafka versions differ in which of these codes they define.
+    codes = {getattr(KafkaError, name) for name in _PERMANENT_ERRORS if hasattr(KafkaError, name)}
+    code = err.code() if hasattr(err, "code") else None
+    return code in codes
 
 
 class KafkaLoop:
@@ -394,6 +677,11 @@ class KafkaLoop:
         max_backoff: Cap of the retry delay.
         commit_interval: Seconds between offset commits.
         metrics: Metrics to record into.
+        dlq_copy_max_bytes: Dead letters up to this size copy the record; larger ones are
+            a reference (topic, partition, offset, size, reason) without the payload.
+        max_record_bytes: Records larger than this are dead-lettered without being parsed
+            (default: twice the image limit, room for the legacy record's base64).
+        max_storing: Results waiting for their image's S3 put before consumption pauses.
     """
 
     def __init__(
@@ -410,6 +698,9 @@ class KafkaLoop:
         max_backoff: float = 5.0,
         commit_interval: float = 0.2,
         metrics: ProcessorMetrics | None = None,
+        dlq_copy_max_bytes: int = DEFAULT_DLQ_COPY_MAX_BYTES,
+        max_record_bytes: int | None = None,
+        max_storing: int = 32,
     ):
         self.inspector = inspector
         self.consumer = consumer
@@ -422,6 +713,9 @@ class KafkaLoop:
         self.max_backoff = max_backoff
         self.commit_interval = commit_interval
         self.metrics = metrics or inspector.metrics or ProcessorMetrics()
+        self.dlq_copy_max_bytes = dlq_copy_max_bytes
+        self.max_record_bytes = max_record_bytes or 2 * inspector.config.max_image_bytes
+        self.max_storing = max(1, max_storing)
         self.stop_event = threading.Event()
         self._abort = threading.Event()
         self.heartbeat = time.monotonic()
@@ -436,6 +730,10 @@ class KafkaLoop:
     # -- per record ----------------------------------------------------------------
 
     def _inspect_with_retry(self, message: Any) -> _Outcome:
+        size = record_size(message.key(), message.value(), message.headers())
+        if size > self.max_record_bytes:
+            return _Outcome(message, error=f"record is {size:,} bytes, over the limit of "
+                                           f"{self.max_record_bytes:,}; not parsed")
         try:
             event = from_kafka(
                 message.value(), message.headers(), message.key(),
@@ -446,9 +744,10 @@ class KafkaLoop:
         attempt = 0
         while True:
             try:
-                result = self.inspector.inspect(event)
+                inspection = self.inspector.analyse(event)
                 self.model_ok = True
-                return _Outcome(message, result=result)
+                self.inspector.start_store(inspection)  # the S3 put runs on its own workers
+                return _Outcome(message, inspection=inspection)
             except PoisonEvent as exc:
                 return _Outcome(message, error=str(exc))
             except ModelClientError as exc:  # unavailable, or answering nonsense: retry
@@ -476,57 +775,139 @@ class KafkaLoop:
         self._inflight.append(pending)
         self.metrics.in_flight.inc()
 
+    # -- writing: every failure ends in a written record or, at worst, a logged drop --------
+
     def _produce(self, pending: _Pending, outcome: _Outcome) -> None:
-        m = outcome.message
         if outcome.error is not None:
+            self._dead_letter(pending, outcome.error)
+            return
+        try:
+            result = self.inspector.finish_stored(outcome.inspection)  # type: ignore[arg-type]
+            key, value, headers = to_kafka(result)
+        except Exception as exc:  # noqa: BLE001 - a bug building one result must not stop the loop
+            log.exception("cannot build the result of %s", self._where(pending.message))
+            self._dead_letter(pending, f"internal error building the result: {exc!r}")
+            return
+        size = record_size(key, value, headers)
+        if size > RESULT_MAX_BYTES:  # cannot happen by construction; never let it stop the line
+            self._dead_letter(pending, f"result event is {size:,} bytes, over {RESULT_MAX_BYTES:,}",
+                              copy=False)
+            return
+        self._write(pending, self.results_topic, key, value, headers, lambda err: self._dead_letter(
+            pending, f"result could not be written to {self.results_topic}: {err}", copy=False,
+            refused=True))
+
+    def _dead_letter(self, pending: _Pending, reason: str, copy: bool = True, refused: bool = False) -> None:
+        """Dead-letter a record: a full copy when small enough, else (or when refused) a reference."""
+        m = pending.message
+        self.metrics.events.labels("dlq").inc()
+        log.warning("dead-lettering %s: %s", self._where(m), reason[:500])
+        size = record_size(m.key(), m.value(), m.headers())
+        key = m.key() if m.key() is None or len(m.key()) <= 256 else None
+        if copy and size <= self.dlq_copy_max_bytes:
             headers = list(m.headers() or []) + [
-                ("dlq_reason", outcome.error[:1000].encode("utf-8")),
+                ("dlq_reason", reason[:1000].encode("utf-8")),
                 ("dlq_source_topic", m.topic().encode()),
                 ("dlq_source_partition", str(m.partition()).encode()),
                 ("dlq_source_offset", str(m.offset()).encode()),
             ]
-            topic, key, value = self.dlq_topic, m.key(), m.value()
-            self.metrics.events.labels("dlq").inc()
-            log.warning("dead-lettering %s[%d]@%d: %s", m.topic(), m.partition(), m.offset(),
-                        outcome.error)
-        else:
-            key, value, headers = to_kafka(outcome.result)
-            topic = self.results_topic
+            self._write(pending, self.dlq_topic, key, m.value(), headers, lambda err: self._reference(
+                pending, f"{reason}; the full copy was refused: {err}", size, key, refused=True))
+            return
+        self._reference(pending, reason, size, key, refused)
+
+    def _reference(self, pending: _Pending, reason: str, size: int, key: Any, refused: bool = False) -> None:
+        m = pending.message
+        if refused:  # a write the broker refused for good, replaced by this reference
+            self.metrics.produce_failures.labels("reference").inc()
+        value, headers = dlq_reference(m.topic(), m.partition(), m.offset(), size, reason, m.headers())
+        self._write(pending, self.dlq_topic, key, value, headers, lambda err: self._drop(pending, reason, err))
+
+    def _drop(self, pending: _Pending, reason: str, err: Any) -> None:
+        # Even a small reference was refused for good (no right to write the DLQ, say): log it
+        # where operators look and move on, rather than stopping every camera behind it.
+        self.metrics.produce_failures.labels("dropped").inc()
+        log.error("DROPPED %s: %s; the dead-letter reference was refused too: %s",
+                  self._where(pending.message), reason[:500], err)
+        pending.state = "done"
+        self.processed += 1
+
+    @staticmethod
+    def _where(m: Any) -> str:
+        return f"{m.topic()}[{m.partition()}]@{m.offset()}"
+
+    def _write(self, pending: _Pending, topic: str, key: Any, value: Any, headers: Any,
+               on_permanent: Callable[[Any], None]) -> None:
+        """Produce; a transient failure writes again, a permanent one calls `on_permanent`."""
 
         def delivered(err: Any, _msg: Any) -> None:
             if err is None:
                 pending.state = "done"
                 self.processed += 1
-            else:  # librdkafka gave up after its own retries: write it again
+            elif _permanent(err):
+                log.error("%s refused a record for %s: %s", topic, self._where(pending.message), err)
+                on_permanent(err)
+            else:  # librdkafka gave up after its own retries (broker away): write it again
                 log.error("delivery to %s failed (%s); producing again", topic, err)
-                self._send(topic, key, value, headers, delivered)
+                error = self._send(topic, key, value, headers, delivered)
+                if error is not None:
+                    on_permanent(error)
 
         pending.state = "producing"
-        self._send(topic, key, value, headers, delivered)
+        error = self._send(topic, key, value, headers, delivered)
+        if error is not None:
+            log.error("%s refused a record for %s: %s", topic, self._where(pending.message), error)
+            on_permanent(error)
 
-    def _send(self, topic: str, key: Any, value: Any, headers: Any, callback: Any) -> None:
+    def _send(self, topic: str, key: Any, value: Any, headers: Any, callback: Any) -> Any:
+        """Hand a record to the producer; returns the error when it refuses it up front."""
+        from confluent_kafka import KafkaException
+
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers,
                                       on_delivery=callback)
-                return
+                return None
             except BufferError:  # local queue full: serve delivery reports first
                 self.producer.poll(0.1)
+            except KafkaException as exc:  # e.g. MSG_SIZE_TOO_LARGE: over message.max.bytes
+                return exc.args[0] if exc.args else exc
+
+    # -- the window ------------------------------------------------------------------
+
+    def _inspecting(self) -> int:
+        return sum(1 for p in self._inflight if p.outcome is None)
+
+    def _window_full(self) -> bool:
+        storing = len(self._inflight) - self._inspecting()
+        return self._inspecting() >= self.concurrency or storing >= self.max_storing
 
     def _reap(self, block: bool) -> None:
-        """Publish the outcome of every finished inspection."""
-        if block and self._inflight and not any(p.future.done() for p in self._inflight):
-            wait([p.future for p in self._inflight], timeout=0.1, return_when=FIRST_COMPLETED)
+        """Publish the outcome of every finished inspection whose image is stored."""
+        if block and self._inflight:
+            futures = [p.future if p.outcome is None
+                       else (p.outcome.inspection.store if p.outcome.inspection else None)
+                       for p in self._inflight]
+            if not any(f is None or f.done() for f in futures):
+                wait([f for f in futures if f is not None], timeout=0.1, return_when=FIRST_COMPLETED)
         still = []
         for pending in self._inflight:
-            if not pending.future.done():
+            if pending.outcome is None:
+                if not pending.future.done():
+                    still.append(pending)
+                    continue
+                self.metrics.in_flight.dec()
+                try:
+                    pending.outcome = pending.future.result()
+                except _Stopped:
+                    pending.state = "aborted"  # never committed: re-delivered after restart
+                    continue
+            inspection = pending.outcome.inspection
+            if inspection is not None and inspection.store is not None and not inspection.store.done():
+                pending.state = "storing"
                 still.append(pending)
                 continue
-            self.metrics.in_flight.dec()
-            try:
-                self._produce(pending, pending.future.result())
-            except _Stopped:
-                pending.state = "aborted"  # never committed: re-delivered after restart
+            self._produce(pending, pending.outcome)
         self._inflight = still
 
     def _commit_ready(self, force: bool = False) -> None:
@@ -589,10 +970,10 @@ class KafkaLoop:
                 self.heartbeat = time.monotonic()
                 if max_messages is not None and self.processed >= max_messages:
                     break
-                self._reap(block=len(self._inflight) >= self.concurrency)
+                self._reap(block=self._window_full())
                 self.producer.poll(0)
                 self._commit_ready()
-                if len(self._inflight) >= self.concurrency:
+                if self._window_full():
                     continue
                 busy = self._inflight or any(self._partitions.values())
                 message = self.consumer.poll(0.02 if busy else 0.5)

@@ -79,11 +79,18 @@ class S3Settings(_Base):
     data_bucket: str = Field("vinspect-data", validation_alias="VINSPECT_DATA_BUCKET")
     ca_bundle: str | None = Field(None, validation_alias="AWS_CA_BUNDLE")
 
-    def client(self):
-        """A boto3 S3 client for these settings (TLS verification stays on)."""
+    def client(self, timeouts: tuple[float, float] | None = None, attempts: int = 5):
+        """A boto3 S3 client for these settings (TLS verification stays on).
+
+        Args:
+            timeouts: ``(connect, read)`` seconds; botocore's 60 s default when None. A
+                service that must not wait long on S3 (the processor's claim check) passes short ones.
+            attempts: Total attempts per call (standard retry mode).
+        """
         import boto3
         from botocore.config import Config
 
+        extra = {"connect_timeout": timeouts[0], "read_timeout": timeouts[1]} if timeouts else {}
         return boto3.client(
             "s3",
             endpoint_url=self.endpoint_url,
@@ -91,7 +98,8 @@ class S3Settings(_Base):
             aws_secret_access_key=_secret(self.secret_access_key),
             region_name=self.region,
             verify=self.ca_bundle or True,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 5, "mode": "standard"}),
+            config=Config(s3={"addressing_style": "path"},
+                          retries={"max_attempts": attempts, "mode": "standard"}, **extra),
         )
 
 
@@ -173,3 +181,19 @@ class ModelServerSettings(_Base):
     token: SecretStr | None = Field(None, validation_alias="VINSPECT_MODEL_TOKEN")
     ca_bundle: str | None = Field(None, validation_alias="VINSPECT_MODEL_CA_BUNDLE")
     timeout_s: float = Field(10.0, validation_alias="VINSPECT_MODEL_TIMEOUT_S")
+
+
+class RuntimeSettings(_Base):
+    """Limits, formats and tokens of the runtime services (processor, camera, dashboard)."""
+
+    max_image_pixels: int = Field(40_000_000, validation_alias="VINSPECT_MAX_IMAGE_PIXELS")
+    max_image_bytes: int = Field(10 * 1024 * 1024, validation_alias="VINSPECT_MAX_IMAGE_BYTES")
+    dlq_copy_max_bytes: int = Field(1024 * 1024, validation_alias="VINSPECT_DLQ_COPY_MAX_BYTES")
+    result_format: str = Field("vinspect", validation_alias="VINSPECT_RESULT_FORMAT")
+    annotated_prefix: str = Field("annotated", validation_alias="VINSPECT_ANNOTATED_PREFIX")
+    processor_token: SecretStr | None = Field(None, validation_alias="VINSPECT_PROCESSOR_TOKEN")
+    dashboard_token: SecretStr | None = Field(None, validation_alias="VINSPECT_DASHBOARD_TOKEN")
+
+    def token(self, service: str) -> str | None:
+        """The bearer token of ``processor`` or ``dashboard`` (None: no token required)."""
+        return _secret(self.processor_token if service == "processor" else self.dashboard_token) or None

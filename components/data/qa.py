@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from components.data.errors import DatasetError
+from serving.imagelimits import ImageTooLarge, check_pixels
 
 # Boxes may poke out of the image by rounding (CVAT writes 6 decimals, annotators drag to the
 # edge); up to half a pixel is clipped, anything more is a labelling error.
@@ -47,6 +48,10 @@ def check_image(data: bytes, where: str | Path) -> tuple[int, int]:
         raise DatasetError("truncated JPEG (no end-of-image marker)", file=where)
     if size[0] <= 0 or size[1] <= 0:
         raise DatasetError(f"image has size {size[0]}x{size[1]}", file=where)
+    try:  # the header's size, before anything decodes it (decompression bombs)
+        check_pixels(size[0], size[1], what=str(where))
+    except ImageTooLarge as e:
+        raise DatasetError(str(e), file=where) from None
     return size
 
 

@@ -2,11 +2,17 @@
 
 Feeds:
 * `POST /` with a result CloudEvent (binary or structured): what a Knative Trigger on the
-  Broker delivers;
+  Broker delivers. It answers by the Knative reply contract (eventing-kafka-broker's
+  dispatcher, `BaseResponseHandler.handle`): 202 with an *empty* body (a non-empty body that
+  is not a CloudEvent counts as a failed delivery and is retried, then dead-lettered), 400
+  for an event that is not a result, 401 without the bearer token when one is configured
+  (VINSPECT_DASHBOARD_TOKEN), 413 over the body limit;
 * optionally a Kafka consumer on `visual-inspection-results` (local and edge use).
 
 Out: `GET /` (the page), `GET /events` (Server-Sent Events: one `snapshot`, then one
-`result` per update), `GET /api/cameras` (JSON), `/healthz`, `/metrics`.
+`result` per update), `GET /api/cameras` (JSON), `GET /images/<key>` (annotated images
+from S3: the claim check is redeemed here, since the server has S3 credentials and the
+browser does not), `/healthz`, `/metrics`.
 
 Every value shown comes from the network, so the server keeps only known fields with
 checked types, and the page writes text with `textContent` only; a strict
@@ -29,6 +35,9 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 _IMAGE_URL = re.compile(r"^data:image/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}$")
+# Keys the processor writes (`AnnotatedImageStore.key_for`): key-safe parts, a .jpg at the end.
+_IMAGE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){1,6}\.jpg$")
+MAX_EVENT_BYTES = 256 * 1024  # results are under 64 KiB by construction (serving.processor)
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -49,15 +58,55 @@ def _num(value: Any) -> float | None:
     return out if math.isfinite(out) else None
 
 
-def sanitize_result(data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
+class ImageSource:
+    """Where the dashboard fetches annotated images: one bucket and key prefix, read-only.
+
+    Only keys under `prefix` in `bucket` are served, whatever an event names, so the page can
+    never be used to read other objects with the dashboard's credentials.
+
+    Args:
+        s3: A boto3 S3 client.
+        bucket: The data bucket the processor writes to.
+        prefix: The processor's key prefix (VINSPECT_ANNOTATED_PREFIX).
+    """
+
+    def __init__(self, s3: Any, bucket: str, prefix: str = "annotated"):
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/"
+
+    def allows(self, bucket: Any, key: Any) -> bool:
+        """True for a key this source serves."""
+        return (bucket == self.bucket and isinstance(key, str) and key.startswith(self.prefix)
+                and bool(_IMAGE_KEY.match(key)) and "/../" not in f"/{key}/")
+
+    def get(self, key: str) -> bytes | None:
+        """The image bytes, or None when there is no such object."""
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        except self.s3.exceptions.NoSuchKey:
+            return None
+
+
+def _picture(value: Any, images: "ImageSource | None") -> str | None:
+    if isinstance(value, str):  # the legacy inline data URL
+        return value if _IMAGE_URL.match(value) else None
+    if isinstance(value, dict) and images is not None and images.allows(value.get("bucket"), value.get("key")):
+        return "/images/" + value["key"]
+    return None
+
+
+def sanitize_result(data: dict[str, Any], event_id: str | None = None,
+                    images: "ImageSource | None" = None) -> dict[str, Any]:
     """Reduce a result payload to the fields the page shows, with checked types.
 
     Args:
         data: The result event's data (see `serving.processor.Inspector.inspect`).
         event_id: The result event id.
+        images: The image source; a claim-check reference it serves becomes `/images/<key>`.
 
     Returns:
-        A JSON-ready dict; `annotated_image` is kept only if it is a base64 image data URL.
+        A JSON-ready dict; `image` is a base64 image data URL or a `/images/` path, else None.
 
     Raises:
         ValueError: When the payload has no camera.
@@ -98,7 +147,8 @@ def sanitize_result(data: dict[str, Any], event_id: str | None = None) -> dict[s
         "model_version": _text(model.get("version"), 50),
         "latency_ms": _num(timings.get("total")),
         "inference_ms": _num(timings.get("inference")),
-        "image": picture if isinstance(picture, str) and _IMAGE_URL.match(picture) else None,
+        "image": _picture(picture, images),
+        "image_status": _text(data.get("annotated_image_status"), 100),
         "received_at": time.time(),
     }
 
@@ -113,7 +163,8 @@ class DashboardState:
         dedupe: How many recent event ids to remember (results are at-least-once).
     """
 
-    def __init__(self, max_cameras: int = 64, dedupe: int = 10000):
+    def __init__(self, max_cameras: int = 64, dedupe: int = 10000, images: ImageSource | None = None):
+        self.images = images
         self.cameras: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.counts: dict[str, dict[str, int]] = {}
         self.max_cameras = max_cameras
@@ -161,7 +212,7 @@ class DashboardState:
 
     def publish(self, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
         """Record a result (thread-safe); returns the sanitized view."""
-        view = sanitize_result(data, event_id)
+        view = sanitize_result(data, event_id, self.images)
         loop = self._loop
         if loop is not None and loop.is_running():
             try:
@@ -213,7 +264,7 @@ class ResultsFeed:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        from serving.events import PoisonEvent, from_kafka, result_data
+        from serving.events import RESULT_EVENT_TYPE, PoisonEvent, from_kafka, result_data
 
         self.consumer.subscribe([self.topic])
         try:
@@ -227,6 +278,8 @@ class ResultsFeed:
                 try:
                     event = from_kafka(msg.value(), msg.headers(), msg.key(), topic=msg.topic(),
                                        partition=msg.partition(), offset=msg.offset())
+                    if event.get("type") != RESULT_EVENT_TYPE:
+                        raise ValueError(f"type {str(event.get('type'))[:100]!r} is not a result")
                     self.state.publish(result_data(event), event.get("id"))
                 except (PoisonEvent, ValueError) as exc:
                     log.warning("results feed: skipping %s@%d: %s", msg.topic(), msg.offset(), exc)
@@ -234,12 +287,16 @@ class ResultsFeed:
             self.consumer.close()
 
 
-def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = None) -> Any:
+def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = None, *,
+               token: str | None = None) -> Any:
     """Build the dashboard app.
 
     Args:
-        state: The state to serve (a new one by default).
+        state: The state to serve (a new one by default); its `images` serves `/images/`.
         feed: Optional Kafka feed, started and stopped with the app.
+        token: When set, `POST /` needs `Authorization: Bearer <token>`. The page, its events
+            and images are for browsers, which cannot send one: protect them at the route
+            (OpenShift OAuth proxy) instead.
     """
     from contextlib import asynccontextmanager
 
@@ -291,16 +348,42 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
         from cloudevents.v1.exceptions import GenericException
         from cloudevents.v1.http import from_http
 
-        from serving.events import PoisonEvent, result_data
+        from serving.events import RESULT_EVENT_TYPE, PoisonEvent, result_data
+        from serving.httputil import bearer_ok, read_limited
 
-        body = await request.body()
+        if not bearer_ok(request.headers.get("authorization"), token):
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        body = await read_limited(request, MAX_EVENT_BYTES)
+        if body is None:
+            return JSONResponse({"error": f"body is over {MAX_EVENT_BYTES} bytes"}, status_code=413)
         try:
             event = from_http(dict(request.headers), body)
-            view = state.publish(result_data(event), event.get("id"))
+            if event.get("type") != RESULT_EVENT_TYPE:
+                raise ValueError(f"type {str(event.get('type'))[:100]!r} is not {RESULT_EVENT_TYPE}")
+            state.publish(result_data(event), event.get("id"))
         except (GenericException, PoisonEvent, ValueError) as exc:
             return JSONResponse({"error": f"not a result event: {exc}"}, status_code=400)
         received.labels("http").inc()
-        return JSONResponse({"camera": view["camera"]}, status_code=202)
+        # Knative reply contract: an empty 2xx body acknowledges without replying; any other
+        # body must parse as a CloudEvent or the Broker counts the delivery as failed.
+        return Response(status_code=202)
+
+    @app.get("/images/{key:path}")
+    async def image(key: str) -> Response:
+        images = state.images
+        if images is None or not images.allows(images.bucket, key):
+            return JSONResponse({"error": "not found"}, status_code=404)
+        try:
+            data = await asyncio.to_thread(images.get, key)
+        except Exception as exc:  # noqa: BLE001 - S3 down: the page shows no picture, not an error
+            log.warning("image %s: %s", key, type(exc).__name__)
+            return JSONResponse({"error": "image store unavailable"}, status_code=503)
+        if data is None:
+            return JSONResponse({"error": "not found"}, status_code=404)
+        # One key per event: the object never changes, so the browser may keep it.
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     @app.get("/api/cameras")
     async def cameras() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from PIL import Image
 
 from serving import detector as det
 from serving.camera import encode_jpeg, frame_stream, load_frames, produce_frames
+from serving.imagelimits import ImageTooLarge
 
 from .conftest import PYTHON, REPO
 
@@ -132,3 +133,74 @@ def test_cli_camera_produces_cloudevents(local_stack):
         assert headers["ce_subject"] == msg.key()
         assert {"ce_specversion", "ce_id", "ce_source", "ce_time"} <= set(headers)
         assert det.decode_image(msg.value()).shape == (320, 320, 3)
+
+
+def _png_of(w: int, h: int, value: int = 90) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (value, value, value)).save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def test_frames_from_an_s3_prefix_are_read_lazily(local_stack):
+    """Issue 13: the cluster camera streams real frames from S3, listed now, read when sent."""
+    s3 = local_stack.s3
+    bucket, prefix = "vinspect-data", f"camera-{uuid.uuid4().hex[:6]}/frames"
+    for name in ("bent_001.png", "good_002.png", "scratch/003.png", "notes.txt"):
+        body = b"not an image" if name.endswith(".txt") else _png_of(40, 30)
+        s3.put_object(Bucket=bucket, Key=f"{prefix}/{name}", Body=body)
+    calls = []
+    real_get = s3.get_object
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(s3, name)
+
+        def get_object(self, **kw):
+            calls.append(kw["Key"])
+            return real_get(**kw)
+
+    frames = load_frames(f"s3://{bucket}/{prefix}/", s3=Counting())
+    assert [(f.name, f.label) for f in frames] == [
+        ("bent_001.png", "bent"), ("good_002.png", "good"), ("scratch/003.png", "scratch")]
+    assert calls == []  # nothing read yet
+    assert det.decode_image(encode_jpeg(frames[0].data)).shape == (30, 40, 3)
+    assert calls == [f"{prefix}/bent_001.png"]
+    with pytest.raises(ValueError, match="no images"):
+        load_frames(f"s3://{bucket}/{prefix}-empty/", s3=s3)
+    with pytest.raises(ValueError, match="S3 client"):
+        load_frames(f"s3://{bucket}/{prefix}/")
+
+
+def test_camera_skips_a_decompression_bomb_and_goes_on(local_stack, tmp_path):
+    from confluent_kafka import Producer
+
+    (tmp_path / "a_bomb.png").write_bytes(_png_of(12000, 12000, 0))
+    (tmp_path / "b_good.png").write_bytes(_png_of(40, 30))
+    frames = load_frames(tmp_path)
+    topic = f"bomb-{uuid.uuid4().hex[:6]}"
+    sent = produce_frames(Producer({"bootstrap.servers": local_stack.kafka_bootstrap}), topic,
+                          iter(frames), fps=0)
+    assert sent == 1
+    (msg,) = _consume(local_stack.kafka_bootstrap, topic, 1)
+    assert det.decode_image(msg.value()).shape == (30, 40, 3)
+    with pytest.raises(ImageTooLarge, match="a_bomb.png: 12000x12000"):
+        encode_jpeg(frames[0].data, what="a_bomb.png")
+
+
+def test_cli_camera_streams_from_s3(local_stack):
+    s3 = local_stack.s3
+    prefix = f"cli-frames-{uuid.uuid4().hex[:6]}"
+    for i in range(2):
+        s3.put_object(Bucket="vinspect-data", Key=f"{prefix}/good_{i}.png", Body=_png_of(40, 30))
+    topic = f"cli-s3-{uuid.uuid4().hex[:6]}"
+    env = {**local_stack.env, "VINSPECT_IMAGES_TOPIC": topic,
+           "VINSPECT_HOME": str(local_stack.config.state)}
+    proc = subprocess.run(
+        [PYTHON, "-m", "vinspect", "serve", "camera", "--source", f"s3://vinspect-data/{prefix}/",
+         "--fps", "0"],
+        cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "sent 2 frames from 1 camera(s)" in proc.stdout
+    messages = _consume(local_stack.kafka_bootstrap, topic, 2)
+    assert sorted(dict(m.headers())["ce_label"] for m in messages) == [b"good", b"good"]

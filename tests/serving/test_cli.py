@@ -53,3 +53,19 @@ def test_service_logs_are_not_flooded_by_one_http_line_per_image():
         assert httpx_logger.level == logging.NOTSET  # --log-level debug keeps every request line
     finally:
         httpx_logger.setLevel(before)
+
+
+def test_processor_refuses_an_unknown_result_format(monkeypatch):
+    monkeypatch.setenv("VINSPECT_RESULT_FORMAT", "xml")
+    app = typer.Typer()
+    serve.register(app)
+    result = CliRunner().invoke(app, ["processor"])
+    assert result.exit_code != 0
+    assert "VINSPECT_RESULT_FORMAT" in result.output and "'vinspect', 'manuela'" in result.output
+
+
+def test_camera_refuses_two_different_sources():
+    app = typer.Typer()
+    serve.register(app)
+    result = CliRunner().invoke(app, ["camera", "synthetic:2", "--source", "s3://b/p/"])
+    assert result.exit_code != 0 and "two sources given" in result.output

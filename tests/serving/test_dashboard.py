@@ -12,10 +12,12 @@ import pytest
 from cloudevents.v1.conversion import to_binary, to_structured
 from PIL import Image
 
-from serving.dashboard.app import DashboardState, create_app, sanitize_result
+from serving.dashboard.app import DashboardState, ImageSource, create_app, sanitize_result
 from serving.events import result_event
 
-from .conftest import ThreadServer
+from .conftest import ThreadServer, free_port
+
+BUCKET, PREFIX = "vinspect-data", "annotated-dash"
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -23,10 +25,24 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 XSS = '<img src=x onerror="window.__pwned=1">'
 
 
-def _data_url(w: int = 64, h: int = 48) -> str:
+def _jpeg(w: int = 64, h: int = 48) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(buf, format="JPEG")
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    return buf.getvalue()
+
+
+def _data_url(w: int = 64, h: int = 48) -> str:
+    return "data:image/jpeg;base64," + base64.b64encode(_jpeg(w, h)).decode()
+
+
+@pytest.fixture
+def images(local_stack):
+    """The dashboard's image source on the local stack's S3, with one stored annotated image."""
+    key = f"{PREFIX}/2026-12-06/cam-0/first-abc123.jpg"
+    local_stack.s3.put_object(Bucket=BUCKET, Key=key, Body=_jpeg(), ContentType="image/jpeg")
+    source = ImageSource(local_stack.s3, BUCKET, PREFIX)
+    source.stored_key = key
+    return source
 
 
 def _result(camera: str, image_id: str, detections=(), image: str | None = None, **extra) -> dict:
@@ -59,7 +75,10 @@ def test_sanitize_keeps_known_fields_and_rejects_non_image_urls():
 def test_http_feed_dedupes_and_counts():
     state = DashboardState()
     with ThreadServer(create_app(state)) as server:
-        assert _post(server.url, _result("cam-a", "i1"), "i1").status_code == 202
+        first = _post(server.url, _result("cam-a", "i1"), "i1")
+        # Knative reply contract: an acknowledgement has an empty body (a JSON body that is not
+        # a CloudEvent is a failed delivery at the Kafka Broker).
+        assert first.status_code == 202 and first.content == b""
         assert _post(server.url, _result("cam-a", "i1"), "i1").status_code == 202  # redelivery
         assert _post(server.url, _result("cam-a", "i2"), "i2", structured=True).status_code == 202
         snap = httpx.get(server.url + "/api/cameras").json()
@@ -72,14 +91,58 @@ def test_http_feed_dedupes_and_counts():
         assert httpx.get(server.url + "/static/../app.py").status_code == 404
 
 
-def test_page_is_live_and_escapes_everything():
+def test_claim_check_images_are_fetched_through_the_dashboard(images):
+    key = images.stored_key
+    state = DashboardState(images=images)
+    with ThreadServer(create_app(state)) as server:
+        ref = {"bucket": BUCKET, "key": key, "content_type": "image/jpeg", "bytes": 1}
+        assert _post(server.url, _result("cam-0", "i1", image=ref, annotated_image_status="stored"),
+                     "i1").status_code == 202
+        view = httpx.get(server.url + "/api/cameras").json()["cameras"][0]
+        assert view["image"] == f"/images/{key}" and view["image_status"] == "stored"
+        r = httpx.get(server.url + view["image"])
+        assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+        assert r.content == _jpeg()
+        # Only the configured bucket and prefix: an event cannot make the server read other objects.
+        for bad in ({"bucket": "models", "key": key}, {"bucket": BUCKET, "key": "other/x/y.jpg"},
+                    {"bucket": BUCKET, "key": f"{PREFIX}/../secrets/x.jpg"}):
+            assert sanitize_result(_result("c", "i", image=bad), "e", images)["image"] is None
+        assert httpx.get(server.url + "/images/other/x/y.jpg").status_code == 404
+        assert httpx.get(server.url + f"/images/{PREFIX}/2026-12-06/cam-0/missing.jpg").status_code == 404
+        # S3 down: the result was shown, its picture is a 503, the server goes on.
+        dead = ImageSource(__import__("boto3").client(
+            "s3", endpoint_url=f"http://127.0.0.1:{free_port()}", aws_access_key_id="x",
+            aws_secret_access_key="y", region_name="us-east-1"), BUCKET, PREFIX)
+        state.images = dead
+        assert httpx.get(server.url + f"/images/{key}", timeout=60).status_code == 503
+
+
+def test_dashboard_token_and_limits():
+    with ThreadServer(create_app(DashboardState(), token="dash-token-for-test")) as server:
+        assert _post(server.url, _result("c", "i"), "i").status_code == 401
+        event = result_event(_result("c", "i"), "i", "c", "/test")
+        headers, body = to_binary(event)
+        auth = {"Authorization": "Bearer dash-token-for-test"}
+        assert httpx.post(server.url + "/", content=body, headers={**headers, **auth}).status_code == 202
+        r = httpx.post(server.url + "/", content=b"x" * (300 * 1024), headers={**headers, **auth})
+        assert r.status_code == 413
+        # Only result events: an image event routed here by mistake is refused, not shown.
+        headers["ce-type"] = "io.vinspect.image.captured"
+        r = httpx.post(server.url + "/", content=body, headers={**headers, **auth})
+        assert r.status_code == 400 and "not io.vinspect.inspection.result" in r.json()["error"]
+        assert httpx.get(server.url + "/healthz").status_code == 200
+
+
+def test_page_is_live_and_escapes_everything(images):
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
 
-    state = DashboardState()
+    state = DashboardState(images=images)
     with ThreadServer(create_app(state)) as server, sync_playwright() as pw:
-        _post(server.url, _result("cam-0", "first"), "first")
+        # The good camera's picture is a claim check: the page loads it through the server.
+        _post(server.url, _result("cam-0", "first", image={"bucket": BUCKET, "key": images.stored_key}),
+              "first")
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
@@ -122,5 +185,12 @@ def test_page_is_live_and_escapes_everything():
             _post(server.url, _result("cam-0", "js", image="javascript:alert(4)"), "js")
             page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="js"]')
             assert page.locator('section.camera[data-camera="cam-0"] img.picture').get_attribute("src") is None
+            # A result whose image could not be stored says so where the picture would be.
+            _post(server.url, _result("cam-0", "s3down", image={}, annotated_image_status="failed: S3 down"),
+                  "s3down")
+            page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="s3down"]')
+            picture = page.locator('section.camera[data-camera="cam-0"] img.picture')
+            assert picture.get_attribute("src") is None
+            assert picture.get_attribute("alt") == "no image: failed: S3 down"
         finally:
             browser.close()

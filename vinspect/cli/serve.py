@@ -119,17 +119,21 @@ def processor(
     concurrency: int = typer.Option(4, help="Images inspected in parallel."),
     conf: float = typer.Option(0.2, help="Confidence threshold (the demo used 0.2)."),
     iou: float = typer.Option(0.4, help="NMS IoU threshold (the demo used 0.4)."),
-    annotate: bool = typer.Option(True, help="Attach the annotated JPEG to each result."),
+    annotate: bool = typer.Option(
+        True, help="Store the annotated JPEG in S3 (VINSPECT_DATA_BUCKET) and put its key in each result."),
+    result_format: Optional[str] = typer.Option(
+        None, help="`vinspect` (default) or `manuela`: the original demo's reply "
+        "(manuela.image-processor.response, {text, id, status, image}) [VINSPECT_RESULT_FORMAT]."),
     group: Optional[str] = typer.Option(None, help="Kafka consumer group [VINSPECT_KAFKA_GROUP]."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the image processor: images -> model (v2) -> result events."""
-    from vinspect.settings import KafkaSettings, ModelServerSettings
+    from vinspect.settings import KafkaSettings, ModelServerSettings, RuntimeSettings, S3Settings
 
     from serving.model_client import ModelClient
     from serving.processor import (
-        InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app, kafka_clients,
-        serve_health,
+        AnnotatedImageStore, InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app,
+        kafka_clients, serve_health,
     )
 
     from serving.memory import keep_large_buffers
@@ -137,39 +141,65 @@ def processor(
     _logging(log_level)
     if mode not in ("kafka", "http"):
         raise typer.BadParameter("--mode must be `kafka` or `http`")
+    runtime = RuntimeSettings.from_env()
+    fmt = result_format or runtime.result_format
+    try:
+        config = InspectConfig(conf=conf, iou=iou, annotate=annotate, result_format=fmt,
+                               max_pixels=runtime.max_image_pixels, max_image_bytes=runtime.max_image_bytes)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--result-format / VINSPECT_RESULT_FORMAT: {exc}") from None
     keep_large_buffers()  # a tensor per image is megabytes: no fresh pages for each one
     model_settings = ModelServerSettings.from_env()
     client = ModelClient.from_settings(model_settings, retries=1)
     metrics = ProcessorMetrics()
-    inspector = Inspector(client, InspectConfig(conf=conf, iou=iou, annotate=annotate), metrics)
+    store = None
+    s3 = S3Settings.from_env()
+    if annotate and fmt == "vinspect" and not (s3.endpoint_url or s3.access_key_id):
+        # No S3 configured: do not guess at AWS; results say "disabled: no image store configured".
+        typer.echo("no S3 settings (AWS_S3_ENDPOINT / AWS_ACCESS_KEY_ID): results carry no annotated image")
+    elif annotate and fmt == "vinspect":
+        # Short timeouts: a result waits for its put, and an S3 outage must cost seconds, not minutes.
+        store = AnnotatedImageStore(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket,
+                                    runtime.annotated_prefix, workers=max(2, concurrency),
+                                    max_pending=4 * concurrency)
+        typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
+    inspector = Inspector(client, config, metrics, store)
     typer.echo(f"processor ({mode}) -> {client!r}")
-    if mode == "http":
-        import uvicorn
-
-        uvicorn.run(create_http_app(inspector, metrics), host=host, port=port,
-                    log_level=log_level.lower(), access_log=False)
-        return
-    kafka = KafkaSettings.from_env()
-    consumer, producer = kafka_clients(kafka, group)
-    loop = KafkaLoop(
-        inspector, consumer, producer, images_topic=kafka.images_topic,
-        results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
-        concurrency=concurrency, metrics=metrics,
-    )
-    health = serve_health(host, port, loop.live, loop.ready, metrics)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: loop.stop())
-    typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
-               f"health on http://{host}:{port}/healthz")
     try:
-        loop.run()
+        if mode == "http":
+            import uvicorn
+
+            uvicorn.run(create_http_app(inspector, metrics, token=runtime.token("processor")), host=host,
+                        port=port, log_level=log_level.lower(), access_log=False)
+            return
+        kafka = KafkaSettings.from_env()
+        consumer, producer = kafka_clients(kafka, group)
+        loop = KafkaLoop(
+            inspector, consumer, producer, images_topic=kafka.images_topic,
+            results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
+            concurrency=concurrency, metrics=metrics, dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
+        )
+        health = serve_health(host, port, loop.live, loop.ready, metrics)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: loop.stop())
+        typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
+                   f"health on http://{host}:{port}/healthz")
+        try:
+            loop.run()
+        finally:
+            health.shutdown()
     finally:
-        health.shutdown()
+        if store is not None:
+            store.close()
         client.close()
 
 
 def camera(
-    source: str = typer.Argument("synthetic", help="Image folder, zip/tar archive, or `synthetic[:N]`."),
+    source_arg: Optional[str] = typer.Argument(
+        None, metavar="[SOURCE]", help="Same as --source (kept for existing scripts)."),
+    source: Optional[str] = typer.Option(
+        None, "--source", help="s3://bucket/prefix/ (real frames from S3, AWS_* settings), a folder "
+        "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]` (default)."),
     cameras: int = typer.Option(1, help="Number of simulated cameras."),
     fps: float = typer.Option(1.0, help="Frames per second per camera (0: as fast as possible)."),
     count: Optional[int] = typer.Option(None, help="Stop after this many frames (default: one pass)."),
@@ -183,12 +213,20 @@ def camera(
     """Stream images to Kafka as CloudEvents (binary mode), like the demo's camera."""
     from confluent_kafka import Producer
     from tqdm import tqdm
-    from vinspect.settings import KafkaSettings
+    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
     from serving.camera import frame_stream, load_frames, produce_frames
 
+    if source and source_arg and source != source_arg:
+        raise typer.BadParameter(f"two sources given: {source_arg!r} and --source {source!r}")
+    where = source or source_arg or "synthetic"
     kafka = KafkaSettings.from_env()
-    frames = load_frames(source, seed=seed)
+    runtime = RuntimeSettings.from_env()
+    s3 = S3Settings.from_env().client() if where.startswith("s3://") else None
+    try:
+        frames = load_frames(where, seed=seed, s3=s3)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--source: {exc}") from None
     total = count if count is not None else (None if loop else len(frames))
     producer = Producer({**kafka.client_config(), "linger.ms": 5, "message.max.bytes": 8 * 1024 * 1024})
     stop = threading.Event()
@@ -197,7 +235,7 @@ def camera(
         sent = produce_frames(
             producer, kafka.images_topic, frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
             cameras=cameras, fps=fps, count=count, legacy=legacy, quality=quality, scale=scale,
-            on_sent=lambda *_: bar.update(1), stop=stop.is_set,
+            on_sent=lambda *_: bar.update(1), stop=stop.is_set, max_pixels=runtime.max_image_pixels,
         )
     typer.echo(f"sent {sent} frames from {cameras} camera(s)")
 
@@ -211,17 +249,21 @@ def dashboard(
 ) -> None:
     """Serve the live dashboard (result events via POST / from a Knative Trigger, or Kafka)."""
     import uvicorn
-    from vinspect.settings import KafkaSettings
+    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
-    from serving.dashboard.app import DashboardState, create_app, kafka_feed
+    from serving.dashboard.app import DashboardState, ImageSource, create_app, kafka_feed
 
     _logging(log_level)
-    state = DashboardState()
+    runtime = RuntimeSettings.from_env()
+    s3 = S3Settings.from_env()
+    # The browser has no S3 credentials: annotated images are fetched through this server.
+    images = ImageSource(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket, runtime.annotated_prefix)
+    state = DashboardState(images=images)
     feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"dashboard on http://{shown}:{port}/")
-    uvicorn.run(create_app(state, feed), host=host, port=port, log_level=log_level.lower(),
-                access_log=False)
+    uvicorn.run(create_app(state, feed, token=runtime.token("dashboard")), host=host, port=port,
+                log_level=log_level.lower(), access_log=False)
 
 
 def register(app: typer.Typer) -> None:

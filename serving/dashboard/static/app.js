@@ -4,7 +4,8 @@
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
-const IMAGE_URL = /^data:image\/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}$/;
+// An inline data URL (legacy results) or an annotated image the server fetches from S3.
+const IMAGE_URL = /^(data:image\/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}|\/images\/[A-Za-z0-9._\/-]+\.jpg)$/;
 const cards = new Map();
 let totals = { total: 0, pass: 0, fail: 0 };
 const counts = new Map();
@@ -61,8 +62,11 @@ function render(view, camCounts) {
   const img = card.querySelector(".picture");
   if (typeof view.image === "string" && IMAGE_URL.test(view.image)) {
     img.setAttribute("src", view.image);
+    img.setAttribute("alt", "latest inspected image");
   } else {
+    // The result went out without its picture (S3 down, store busy): say why.
     img.removeAttribute("src");
+    img.setAttribute("alt", view.image_status ? `no image: ${view.image_status}` : "no image");
   }
   drawBoxes(card.querySelector(".boxes"), view);
   const model = view.model_name ? `${view.model_name} v${view.model_version ?? "?"}` : null;
