@@ -41,6 +41,12 @@ CVAT_SECRET = "cvat-admin"
 MINIO_PORT = 9000
 DEFAULT_REGION = "us-east-1"
 MODELS_BUCKET = "models"
+# Connection-type annotations of an S3 data connection (see :func:`data_connection`).
+DATA_CONNECTION_ANNOTATIONS = {
+    "opendatahub.io/connection-type": "s3",
+    "opendatahub.io/connection-type-protocol": "s3",
+    "opendatahub.io/connection-type-ref": "s3",
+}
 
 # API groups served by Kubernetes or OpenShift themselves: no CRD to wait for.
 _BUILTIN_GROUPS = {
@@ -392,6 +398,12 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
     """The OpenShift AI S3 data connection for the models bucket, from the Minio credentials.
 
     Its keys are the ones ``S3Settings`` reads and KServe's storage initializer understands.
+    Annotated for both connection APIs: the legacy ``opendatahub.io/connection-type`` (OpenShift
+    AI before 2.16, and the dashboard's list of data connections) and the Connections API's
+    ``opendatahub.io/connection-type-protocol`` with its deprecated twin
+    ``opendatahub.io/connection-type-ref``, which odh-model-controller's webhook reads to inject
+    a connection into an InferenceService (``internal/webhook/.../connectionapi`` constants:
+    ``AnnotationConnectionTypeProtocol`` with values ``s3``/``uri``/``oci``, ``AnnotationConnectionTypeRef``).
     """
     return _secret(
         DATA_CONNECTION_SECRET,
@@ -404,7 +416,7 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
             "AWS_S3_BUCKET": MODELS_BUCKET,
         },
         labels={"opendatahub.io/dashboard": "true", "opendatahub.io/managed": "true"},
-        annotations={"opendatahub.io/connection-type": "s3", "openshift.io/display-name": "models"},
+        annotations={**DATA_CONNECTION_ANNOTATIONS, "openshift.io/display-name": "models"},
     )
 
 
@@ -671,7 +683,9 @@ class Bootstrapper:
             if self._minio is None:
                 raise BootstrapError(f"{step.ref}: built from Secret {MINIO_SECRET}, which was not generated first")
             desired = data_connection(namespace, step.params["app_namespace"], self._minio)
-            if existing and _decode(existing) == _decode(desired):
+            # Metadata too: a connection made by an older bootstrap gains the newer annotations.
+            if existing and _decode(existing) == _decode(desired) and _contains(existing["metadata"], {
+                    k: desired["metadata"][k] for k in ("labels", "annotations")}):
                 return "unchanged"
             return self._apply(desired)
         if name == CVAT_SECRET:
