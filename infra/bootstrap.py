@@ -27,6 +27,7 @@ The cluster is reached through a client passed in, shaped like ``kubernetes.dyna
 from __future__ import annotations
 
 import base64
+import copy
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from typing import Any, Callable, Iterable
 from infra.render import object_ref
 
 APP_ROLE_LABEL = "vinspect.io/role"
+APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
 CVAT_SECRET = "cvat-admin"
@@ -59,6 +61,7 @@ _BUILTIN_GROUPS = {
     "route.openshift.io",
     "build.openshift.io",
     "image.openshift.io",
+    "template.openshift.io",
     "apiextensions.k8s.io",
 }
 
@@ -91,6 +94,13 @@ _PHASE_NAMES = [name for name, _ in PHASES]
 
 # Kinds that cannot be patched in place (immutable spec): an existing one is left alone.
 _CREATE_ONLY = {("batch", "Job")}
+
+# Fields replaced as a whole, not merged: a JSON merge patch (RFC 7386) keeps the keys it does not
+# name, so an image registry that had `storage: {emptyDir: {}}` would end with emptyDir *and* pvc,
+# which the registry operator refuses. The patch sets every other key of these fields to null.
+_REPLACED_FIELDS: dict[tuple[str, str], list[tuple[str, ...]]] = {
+    ("imageregistry.operator.openshift.io", "Config"): [("spec", "storage")],
+}
 
 # Condition that means "ready" per kind; kinds not listed (and not special-cased) are not waited on.
 _READY_CONDITION = {
@@ -327,6 +337,30 @@ def _contains(actual: Any, desired: Any) -> bool:
     return actual == desired
 
 
+def _replacing_patch(obj: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+    """``obj`` as a merge patch that also removes what ``existing`` has under its replaced fields."""
+    fields = _REPLACED_FIELDS.get((_group(obj["apiVersion"]), obj["kind"]), [])
+    if existing is None or not fields:
+        return obj
+    body = obj
+    for path in fields:
+        have, want = existing, obj
+        for key in path:
+            have = have.get(key) if isinstance(have, dict) else None
+            want = want.get(key) if isinstance(want, dict) else None
+        if not isinstance(have, dict) or not isinstance(want, dict):
+            continue
+        stale = {key: None for key in have if key not in want}
+        if stale:
+            if body is obj:
+                body = copy.deepcopy(obj)
+            target = body
+            for key in path:
+                target = target[key]
+            target.update(stale)
+    return body
+
+
 def _status_code(exc: BaseException) -> int | None:
     status = getattr(exc, "status", None)
     return status if isinstance(status, int) else None
@@ -537,6 +571,9 @@ class Bootstrapper:
         self.rebuild = rebuild
         self.token = token
         self._minio: dict[str, str] | None = None
+        # OpenShift AI's applications namespace (its runtime templates live there); read from the
+        # plan's DSCInitialization when it has one.
+        self.applications_namespace = APPLICATIONS_NAMESPACE
 
     # -- client helpers ----------------------------------------------------------------------
 
@@ -568,11 +605,12 @@ class Bootstrapper:
         if (_group(obj["apiVersion"]), obj["kind"]) in _CREATE_ONLY:
             return "unchanged"
         existing = self._get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-        if existing is not None and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
+        body = _replacing_patch(obj, existing)
+        if existing is not None and body == obj and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
             return "unchanged"
         try:
             resource.patch(
-                body=obj,
+                body=body,
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 content_type="application/merge-patch+json",
@@ -727,12 +765,44 @@ class Bootstrapper:
         self.log(f"  build    {bc['metadata']['name']} -> Build {build_name}")
         return "started", [Wait("build.openshift.io/v1", "Build", build_name, namespace, "Complete", _build_check)]
 
+    # -- serving runtime image ---------------------------------------------------------------
+
+    def _runtime_from_template(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The ServingRuntime with the image of the cluster's own template of the same name.
+
+        OpenShift AI keeps its runtime templates (``kserve-ovms``...) as OpenShift Templates in its
+        applications namespace, their images resolved from the operator's ``RELATED_IMAGE_*``
+        settings for the installed release; a runtime that names its template
+        (``opendatahub.io/template-name``) runs what that release tested. Without a template
+        (another distribution, or the dashboard component off), the pinned image stays.
+        """
+        template_name = (obj["metadata"].get("annotations") or {}).get("opendatahub.io/template-name")
+        if not template_name:
+            return obj
+        template = self._get("template.openshift.io/v1", "Template", template_name, self.applications_namespace)
+        runtimes = [o for o in (template or {}).get("objects") or [] if o.get("kind") == "ServingRuntime"]
+        if not runtimes:
+            return obj
+        images = {c.get("name"): c.get("image") for c in runtimes[0].get("spec", {}).get("containers") or []}
+        out = copy.deepcopy(obj)
+        for container in out["spec"].get("containers") or []:
+            image = images.get(container.get("name"))
+            if image and "$(" not in image and image != container.get("image"):
+                self.log(f"  image    {object_ref(obj)} container {container['name']}: {image} "
+                         f"(from Template {self.applications_namespace}/{template_name})")
+                container["image"] = image
+        return out
+
     # -- run ---------------------------------------------------------------------------------
 
     def run(self, phases: list[Phase]) -> Report:
         """Apply the phases in order, waiting after each. Returns what was done."""
         report = Report()
         started = self.clock()
+        for phase in phases:
+            for step in phase.steps:
+                if step.obj["kind"] == "DSCInitialization":
+                    self.applications_namespace = step.obj["spec"].get("applicationsNamespace") or self.applications_namespace
         for index, phase in enumerate(phases, 1):
             self.log(f"phase {index}/{len(phases)}: {phase.name}")
             waits: list[Wait] = []
@@ -744,7 +814,8 @@ class Bootstrapper:
                     waits += build_waits
                 else:
                     self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
-                    outcome = self._apply(step.obj)
+                    obj = self._runtime_from_template(step.obj) if step.obj["kind"] == "ServingRuntime" else step.obj
+                    outcome = self._apply(obj)
                     if step.obj["kind"] == "Subscription":
                         waits += self._subscription_waits(step.obj)
                     waits += step.waits

@@ -133,7 +133,8 @@ class KFPSettings(_Base):
     token: SecretStr | None = Field(None, validation_alias="KFP_TOKEN")
     namespace: str | None = Field(None, validation_alias="KFP_NAMESPACE")
     ca_bundle: str | None = Field(None, validation_alias="KFP_CA_BUNDLE")
-    image: str = Field("quay.io/vinspect/vinspect-pipeline:0.1.0", validation_alias="VINSPECT_IMAGE")
+    # None: the image the cluster builds in the pipelines project (components.kfp.in_cluster_image).
+    image: str | None = Field(None, validation_alias="VINSPECT_IMAGE")
 
 
 class KafkaSettings(_Base):

@@ -27,7 +27,7 @@ def run(cluster: FakeCluster, objects, **options):
 
 
 def writes(cluster: FakeCluster, since: int = 0) -> list[tuple[float, str, str]]:
-    return [e for e in cluster.events[since:] if e[1] in ("create", "patch", "build")]
+    return [e for e in cluster.events[since:] if e[1] in ("create", "patch", "patch-request", "build")]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -57,3 +57,193 @@ def test_a_connection_from_an_older_bootstrap_gains_the_annotations(rendered):
     secret = cluster.find("Secret", "aws-connection-models", "vinspect-models")
     assert secret["metadata"]["annotations"]["opendatahub.io/connection-type-protocol"] == "s3"
     assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]) == before  # never rotated
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 8: the OpenShift AI channel is the version the manifests target
+
+
+def _rhoai(objects) -> tuple[str, dict, dict]:
+    sub = find(objects, "Subscription", "rhods-operator")
+    return sub["spec"]["channel"], find(objects, "DataScienceCluster", "default-dsc"), \
+        find(objects, "DSCInitialization", "default-dsci")
+
+
+@pytest.mark.parametrize(("overlay", "major"), [("default", 2), ("gpu", 2), ("sno", 2), ("rhoai3", 3)])
+def test_openshift_ai_channel_matches_the_api_the_manifests_use(rendered, overlay, major):
+    channel, dsc, dsci = _rhoai(rendered[overlay])
+    # A versioned channel: `stable` or `fast` follow the catalog into the next major version.
+    assert channel not in ("stable", "fast"), f"{overlay}: channel {channel!r} is not pinned to a version"
+    assert channel.endswith((f"-{major}.x",)) or channel.startswith((f"stable-{major}.", f"eus-{major}.")), channel
+    version = "v1" if major == 2 else "v2"
+    assert dsc["apiVersion"].endswith(f"/{version}") and dsci["apiVersion"].endswith(f"/{version}")
+
+
+def test_raw_serving_on_2x_has_no_service_mesh(rendered):
+    _, dsc, dsci = _rhoai(rendered["default"])
+    kserve = dsc["spec"]["components"]["kserve"]
+    assert kserve["defaultDeploymentMode"] == "RawDeployment" and kserve["serving"]["managementState"] == "Removed"
+    assert dsci["spec"]["serviceMesh"]["managementState"] == "Removed"
+
+
+def test_bootstrap_patches_the_operators_dsci_to_no_service_mesh(rendered):
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["default"])
+    dsci = cluster.find("DSCInitialization", "default-dsci")
+    assert dsci["spec"]["serviceMesh"]["managementState"] == "Removed"
+    assert any(v == "patch" and r == "DSCInitialization default-dsci" for _, v, r in cluster.events)
+
+
+def test_rhoai3_overlay_is_idempotent_on_a_3x_cluster(rendered):
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["rhoai3"])
+    assert cluster.rhoai_major == 3
+    since = len(cluster.events)
+    report = run(cluster, rendered["rhoai3"])
+    assert writes(cluster, since) == [], "a second bootstrap run re-patched objects"
+    assert report.count("configured") == 0
+
+
+def test_v1_fields_on_a_3x_cluster_would_be_repatched_every_run(rendered):
+    """The failure mode rhoai3 avoids, shown against the same fake: 2.x fields on 3.x never stick."""
+    objects = copy.deepcopy(rendered["default"])
+    find(objects, "Subscription", "rhods-operator")["spec"]["channel"] = "fast-3.x"
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, objects)
+    since = len(cluster.events)
+    report = run(cluster, objects)
+    assert ("patch-request", "DataScienceCluster default-dsc") in [(v, r) for _, v, r in writes(cluster, since)]
+    assert ("platform", "DataScienceCluster default-dsc", "configured") in report.results
+
+
+def test_a_channel_the_catalog_lacks_is_named_in_the_timeout(rendered):
+    objects = copy.deepcopy(rendered["default"])
+    find(objects, "Subscription", "rhods-operator")["spec"]["channel"] = "stable-9.9"
+    with pytest.raises(Exception, match=r"no operators found in channel stable-9.9 of package rhods-operator"):
+        run(cluster := FakeCluster(delay=DELAY), objects, timeout=20)
+    assert cluster.find("DataScienceCluster", "default-dsc") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 11: the OVMS image is the template's; the registry storage is replaced, never merged
+
+
+def test_serving_runtime_image_is_the_pinned_template_image(rendered):
+    from components.rollout.render import DEFAULT_OVMS_IMAGE
+    from infra.image_policy import is_pinned, load_allowed
+
+    for overlay, objects in rendered.items():
+        image = find(objects, "ServingRuntime", "kserve-ovms")["spec"]["containers"][0]["image"]
+        assert "@sha256:" in image and is_pinned(image), f"{overlay}: {image} is a moving tag"
+        assert image == DEFAULT_OVMS_IMAGE, "the rollout would create the runtime with another image"
+        assert image in load_allowed()["upstream"]
+
+
+def test_bootstrap_takes_the_ovms_image_from_the_clusters_template(rendered):
+    from tests.infra.fake_cluster import TEMPLATE_OVMS_IMAGE
+
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["default"])
+    runtime = cluster.find("ServingRuntime", "kserve-ovms", "vinspect-models")
+    assert runtime["spec"]["containers"][0]["image"] == TEMPLATE_OVMS_IMAGE
+    since = len(cluster.events)
+    run(cluster, rendered["default"])
+    assert writes(cluster, since) == []
+
+
+def test_registry_storage_replaces_an_existing_empty_dir(rendered):
+    cluster = FakeCluster(delay=DELAY, registry_storage={"emptyDir": {}})
+    run(cluster, rendered["default"])
+    storage = cluster.find("Config", "cluster")["spec"]["storage"]
+    assert storage == {"pvc": {"claim": "image-registry-storage"}}, storage
+    since = len(cluster.events)
+    run(cluster, rendered["default"])
+    assert writes(cluster, since) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 6: every image is built in the cluster or pinned in infra/images.yaml
+
+
+@pytest.fixture(scope="module")
+def compiled_default(tmp_path_factory) -> list[dict]:
+    """The training pipeline compiled with no image given (what `vinspect pipeline compile` does)."""
+    import os
+
+    import yaml
+
+    from pipelines.compile import compile_pipeline
+
+    saved = {k: os.environ.pop(k) for k in ("VINSPECT_IMAGE", "KFP_NAMESPACE") if k in os.environ}
+    try:
+        out = compile_pipeline(tmp_path_factory.mktemp("compiled") / "training.yaml", revision="test")
+    finally:
+        os.environ.update(saved)
+    return list(yaml.safe_load_all(out.read_text()))
+
+
+@pytest.mark.parametrize("overlay", ["default", "gpu", "sno", "rhoai3"])
+def test_every_manifest_image_is_built_here_or_pinned_upstream(rendered, overlay):
+    from infra.image_policy import check_images, manifest_images
+
+    objects = rendered[overlay]
+    assert check_images(manifest_images(objects), objects, require_all_used=False) == []
+
+
+def test_the_compiled_pipeline_runs_the_image_the_cluster_builds(rendered, compiled_default):
+    from infra.image_policy import INTERNAL_REGISTRY, check_images, pipeline_images
+
+    refs = pipeline_images(compiled_default)
+    assert refs and {r.image for r in refs} == {f"{INTERNAL_REGISTRY}/vinspect/vinspect-pipeline:latest"}
+    assert check_images(refs, rendered["default"], require_all_used=False) == []
+
+
+def test_every_listed_image_is_used(rendered, compiled_default):
+    from infra.image_policy import check_images, manifest_images, pipeline_images
+
+    refs = pipeline_images(compiled_default) + [r for objects in rendered.values() for r in manifest_images(objects)]
+    everything = [o for objects in rendered.values() for o in objects]
+    assert check_images(refs, everything) == []
+
+
+def test_image_rule_catches_floating_unlisted_and_unbuilt_images():
+    from infra.image_policy import INTERNAL_REGISTRY, ImageRef, check_images
+
+    allowed = {"upstream": {"quay.io/x/y:latest", "quay.io/x/z:1.2"}, "platform": set()}
+    objects = [{"apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "a", "namespace": "ns"}},
+               {"apiVersion": "build.openshift.io/v1", "kind": "BuildConfig", "metadata": {"name": "a", "namespace": "ns"},
+                "spec": {"output": {"to": {"kind": "ImageStreamTag", "name": "a:v1"}}}}]
+    refs = [ImageRef("Deployment ns/d", "spec.containers[0].image", image) for image in (
+        "quay.io/x/y:latest", "quay.io/x/z:1.2", "docker.io/library/nginx:1.27",
+        f"{INTERNAL_REGISTRY}/ns/a:v1", f"{INTERNAL_REGISTRY}/ns/a:v2", f"{INTERNAL_REGISTRY}/other/b:1")]
+    problems = check_images(refs, objects, allowed)
+    assert len(problems) == 4, problems
+    assert "quay.io/x/y:latest' is listed in images.yaml but not pinned" in problems[0]
+    assert "nginx:1.27' is neither built in the cluster nor listed" in problems[1]
+    assert "ns/a:v2' is in the internal registry, but no BuildConfig of this overlay builds it" in problems[2]
+    assert "other/b:1' is in the internal registry" in problems[3]
+
+
+def test_pipeline_image_defaults_follow_the_pipelines_project(monkeypatch):
+    from components.kfp import INTERNAL_REGISTRY, pipeline_image
+
+    monkeypatch.delenv("VINSPECT_IMAGE", raising=False)
+    monkeypatch.delenv("KFP_NAMESPACE", raising=False)
+    assert pipeline_image() == f"{INTERNAL_REGISTRY}/vinspect/vinspect-pipeline:latest"
+    monkeypatch.setenv("KFP_NAMESPACE", "team-a")
+    assert pipeline_image() == f"{INTERNAL_REGISTRY}/team-a/vinspect-pipeline:latest"
+    assert pipeline_image("team-b") == f"{INTERNAL_REGISTRY}/team-b/vinspect-pipeline:latest"
+    monkeypatch.setenv("VINSPECT_IMAGE", "quay.io/me/vinspect-pipeline@sha256:" + "0" * 64)
+    assert pipeline_image("team-b").startswith("quay.io/me/")
+
+
+def test_bootstrap_builds_every_image_before_what_runs_it(rendered):
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["default"])
+    for build in cluster.builds:
+        assert cluster.find("Build", build)["status"]["phase"] == "Complete"
+    # The pipeline image exists before the pipelines server that will run it.
+    assert cluster.first("create", "DataSciencePipelinesApplication vinspect/dspa") > \
+        cluster.first("build", "Build vinspect/vinspect-pipeline-1")
+    stream = cluster.find("ImageStream", "vinspect-pipeline", "vinspect")
+    assert [t["tag"] for t in stream["status"]["tags"]] == ["latest"]
