@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable
 from infra.render import object_ref
 
 APP_ROLE_LABEL = "vinspect.io/role"
+OPTIONAL_ANNOTATION = "vinspect.io/optional"
 APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
@@ -169,10 +170,14 @@ class Step:
 
 @dataclass
 class Phase:
-    """Steps applied together, then waited on together."""
+    """Steps applied together, then waited on together.
+
+    ``optional`` names the optional part (``cvat``, ``gpu``) the phase belongs to, or is None.
+    """
 
     name: str
     steps: list[Step] = field(default_factory=list)
+    optional: str | None = None
 
 
 @dataclass
@@ -181,6 +186,7 @@ class Report:
 
     results: list[tuple[str, str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def count(self, outcome: str) -> int:
         """Number of steps with this outcome (``created``, ``configured``, ``unchanged``...)."""
@@ -475,8 +481,18 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
 # Plan
 
 
+def optional_part(obj: dict[str, Any]) -> str | None:
+    """The optional part an object belongs to (annotation ``vinspect.io/optional``), or None."""
+    return (obj["metadata"].get("annotations") or {}).get(OPTIONAL_ANNOTATION) or None
+
+
 def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phase]:
     """Order objects into phases, with the waits after each and the generated Secrets.
+
+    Objects of an optional part (annotation ``vinspect.io/optional: <part>``, set by the kustomize
+    bases of CVAT on OpenShift Virtualization and of the GPU stack) get phases of their own after
+    everything else, in the same dependency order, named ``<part>: <phase>``: a part that cannot
+    come up (no KVM on the nodes, no GPU) is reported and never holds back the rest.
 
     Args:
         objects: Rendered objects (see :func:`infra.render.render`).
@@ -487,13 +503,18 @@ def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phas
     """
     objects = list(objects)
     ns = Namespaces.from_objects(objects)
-    phases = {name: Phase(name) for name in _PHASE_NAMES}
-    phases["config"].steps.extend(_generated_steps(objects, ns))
+    parts: dict[str | None, dict[str, Phase]] = {None: {name: Phase(name) for name in _PHASE_NAMES}}
+    parts[None]["config"].steps.extend(_generated_steps(objects, ns))
     for obj in objects:
+        part = optional_part(obj)
+        if part not in parts:
+            parts[part] = {name: Phase(f"{part}: {name}", optional=part) for name in _PHASE_NAMES}
+        phases = parts[part]
         phases[phase_of(obj)].steps.append(Step("apply", obj, readiness_waits(obj)))
         if obj["kind"] == "BuildConfig" and builds:
             phases["builds"].steps.append(Step("build", obj, note="start a build of this repository, wait Complete"))
-    return [phases[name] for name in _PHASE_NAMES if phases[name].steps]
+    order = [None] + sorted(p for p in parts if p is not None)
+    return [parts[part][name] for part in order for name in _PHASE_NAMES if parts[part][name].steps]
 
 
 def format_plan(phases: list[Phase]) -> str:
@@ -795,6 +816,27 @@ class Bootstrapper:
 
     # -- run ---------------------------------------------------------------------------------
 
+    def _run_phase(self, phase: Phase, report: Report) -> None:
+        waits: list[Wait] = []
+        for step in phase.steps:
+            if step.action == "generate":
+                outcome = self._generate(step)
+            elif step.action == "build":
+                outcome, build_waits = self._build(step)
+                waits += build_waits
+            else:
+                self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
+                obj = self._runtime_from_template(step.obj) if step.obj["kind"] == "ServingRuntime" else step.obj
+                outcome = self._apply(obj)
+                if step.obj["kind"] == "Subscription":
+                    waits += self._subscription_waits(step.obj)
+                waits += step.waits
+            self.log(f"  {outcome:8s} {step.ref}")
+            report.results.append((phase.name, step.ref, outcome))
+            self.on_step(step.ref, outcome)
+        if waits:
+            self.wait_all(waits)
+
     def run(self, phases: list[Phase]) -> Report:
         """Apply the phases in order, waiting after each. Returns what was done."""
         report = Report()
@@ -804,26 +846,19 @@ class Bootstrapper:
                 if step.obj["kind"] == "DSCInitialization":
                     self.applications_namespace = step.obj["spec"].get("applicationsNamespace") or self.applications_namespace
         for index, phase in enumerate(phases, 1):
+            if phase.optional in report.skipped:
+                self.log(f"phase {index}/{len(phases)}: {phase.name} skipped (an earlier {phase.optional} phase failed)")
+                report.results.extend((phase.name, step.ref, "skipped") for step in phase.steps)
+                continue
             self.log(f"phase {index}/{len(phases)}: {phase.name}")
-            waits: list[Wait] = []
-            for step in phase.steps:
-                if step.action == "generate":
-                    outcome = self._generate(step)
-                elif step.action == "build":
-                    outcome, build_waits = self._build(step)
-                    waits += build_waits
-                else:
-                    self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
-                    obj = self._runtime_from_template(step.obj) if step.obj["kind"] == "ServingRuntime" else step.obj
-                    outcome = self._apply(obj)
-                    if step.obj["kind"] == "Subscription":
-                        waits += self._subscription_waits(step.obj)
-                    waits += step.waits
-                self.log(f"  {outcome:8s} {step.ref}")
-                report.results.append((phase.name, step.ref, outcome))
-                self.on_step(step.ref, outcome)
-            if waits:
-                self.wait_all(waits)
+            try:
+                self._run_phase(phase, report)
+            except BootstrapError as exc:
+                if phase.optional is None:
+                    raise
+                # An optional part (CVAT VM, GPU stack) failed: say so, keep going with the rest.
+                report.skipped[phase.optional] = f"{phase.name}: {exc}"
+                self.log(f"  skipped  optional part {phase.optional}: {exc}")
         report.elapsed_s = self.clock() - started
         return report
 

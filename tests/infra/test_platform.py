@@ -247,3 +247,54 @@ def test_bootstrap_builds_every_image_before_what_runs_it(rendered):
         cluster.first("build", "Build vinspect/vinspect-pipeline-1")
     stream = cluster.find("ImageStream", "vinspect-pipeline", "vinspect")
     assert [t["tag"] for t in stream["status"]["tags"]] == ["latest"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 7: an optional part that never comes up is reported and blocks nothing
+
+
+def test_a_vm_that_never_gets_ready_blocks_nothing_else(rendered):
+    # KubeVirt on nodes without KVM: the VirtualMachine stays Ready=False forever.
+    cluster = FakeCluster(delay=DELAY, stuck={"VirtualMachine cvat"})
+    report = run(cluster, rendered["gpu"], timeout=60)
+    assert set(report.skipped) == {"cvat"}
+    assert "VirtualMachine vinspect/cvat" in report.skipped["cvat"] and "timed out" in report.skipped["cvat"]
+    # Everything that is not CVAT is there: buckets, pipelines server, eventing, triggers, GPU stack.
+    for kind, name in [("Job", "minio-buckets"), ("DataSciencePipelinesApplication", "dspa"),
+                       ("Broker", "default"), ("Trigger", "results-to-dashboard"), ("ClusterPolicy", "gpu-cluster-policy")]:
+        assert cluster.find(kind, name) is not None, f"{kind} {name} was not applied"
+    assert cluster.find("Trigger", "results-to-dashboard")["status"]["conditions"][0]["status"] == "True"
+
+
+def test_a_gpu_stack_that_never_gets_ready_is_skipped_and_named(rendered):
+    cluster = FakeCluster(delay=DELAY, stuck={"Subscription gpu-operator-certified"})
+    report = run(cluster, rendered["gpu"], timeout=60)
+    assert set(report.skipped) == {"gpu"}
+    assert "gpu: operators" in report.skipped["gpu"] and "CSV gpu-operator-certified" in report.skipped["gpu"]
+    # The later GPU phases are skipped, not attempted.
+    assert cluster.find("ClusterPolicy", "gpu-cluster-policy") is None
+    assert ("gpu: services", "ClusterPolicy gpu-cluster-policy", "skipped") in report.results
+    assert cluster.find("Trigger", "images-to-processor", "vinspect") is not None
+
+
+def test_a_required_part_still_stops_the_bootstrap(rendered):
+    from infra.bootstrap import BootstrapTimeout
+
+    cluster = FakeCluster(delay=DELAY, stuck={"Kafka vinspect"})
+    with pytest.raises(BootstrapTimeout, match="Kafka vinspect/vinspect"):
+        run(cluster, rendered["default"], timeout=30)
+
+
+def test_cli_exit_status_names_what_was_skipped(capsys):
+    import typer
+
+    from infra.bootstrap import Report
+    from vinspect.cli.infra import OPTIONAL_SKIPPED_EXIT, finish
+
+    finish(Report(results=[("config", "ConfigMap vinspect/x", "created")]), "gpu")  # nothing skipped: no exit
+    report = Report(skipped={"cvat": "cvat: services: timed out after 60s waiting for VirtualMachine vinspect/cvat"})
+    with pytest.raises(typer.Exit) as exited:
+        finish(report, "gpu")
+    assert exited.value.exit_code == OPTIONAL_SKIPPED_EXIT == 3
+    err = capsys.readouterr().err
+    assert "optional part 'cvat' skipped: cvat: services: timed out" in err and "run the bootstrap again" in err

@@ -12,6 +12,8 @@ from typing import Any, Optional
 import typer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Exit status of a bootstrap that applied everything required but had to skip an optional part.
+OPTIONAL_SKIPPED_EXIT = 3
 
 
 def _fail(message: str) -> None:
@@ -179,10 +181,26 @@ def bootstrap(
             report = runner.run(phases)
         except BootstrapError as exc:
             _fail(str(exc))
+    finish(report, overlay)
+
+
+def finish(report: Any, overlay: str) -> None:
+    """Print what a bootstrap did; exit 3 naming the optional parts it had to skip.
+
+    Args:
+        report: The :class:`infra.bootstrap.Report`.
+        overlay: The overlay's name, for the message.
+    """
     typer.echo(
         f"bootstrap of {overlay} done in {report.elapsed_s:.0f}s: {report.count('created')} created, "
         f"{report.count('configured')} configured, {report.count('unchanged')} unchanged"
     )
+    if report.skipped:
+        for part, why in sorted(report.skipped.items()):
+            typer.echo(f"warning: optional part {part!r} skipped: {why}", err=True)
+        typer.echo(f"everything else is in place; fix the optional part(s) ({', '.join(sorted(report.skipped))}) "
+                   "and run the bootstrap again (it is idempotent)", err=True)
+        raise typer.Exit(OPTIONAL_SKIPPED_EXIT)
 
 
 def register(app: typer.Typer) -> None:
