@@ -37,6 +37,9 @@ from infra.render import object_ref
 
 APP_ROLE_LABEL = "vinspect.io/role"
 OPTIONAL_ANNOTATION = "vinspect.io/optional"
+# Annotations that mark the default StorageClass (the beta one is still honoured by Kubernetes).
+DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
+                             "storageclass.beta.kubernetes.io/is-default-class")
 APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
@@ -814,6 +817,44 @@ class Bootstrapper:
                 container["image"] = image
         return out
 
+    # -- preconditions -----------------------------------------------------------------------
+
+    def check_default_storage_class(self, phases: list[Phase]) -> None:
+        """Refuse to start when claims without a class would wait for a default that does not exist.
+
+        A PersistentVolumeClaim without ``storageClassName`` binds only through the default
+        StorageClass (annotation ``storageclass.kubernetes.io/is-default-class: "true"``); with none,
+        Minio, MLflow and the image registry would stay Pending and the bootstrap would time out
+        far from the cause. Single-node OpenShift has no storage until LVM Storage (LVMS) is installed.
+
+        Raises:
+            BootstrapError: No default StorageClass; the message names the claims and the fix.
+        """
+        claims = [step.ref for phase in phases for step in phase.steps
+                  if step.action == "apply" and step.obj["kind"] == "PersistentVolumeClaim"
+                  and not (step.obj.get("spec") or {}).get("storageClassName")]
+        if not claims:
+            return
+        try:
+            listed = _as_dict(self._resource("storage.k8s.io/v1", "StorageClass").get()) or {}
+        except Exception as exc:  # noqa: BLE001
+            raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {_api_message(exc)}") from exc
+        items = listed.get("items") or []
+        defaults = [sc["metadata"]["name"] for sc in items if any(
+            ((sc["metadata"].get("annotations") or {}).get(key) or "").lower() == "true"
+            for key in DEFAULT_CLASS_ANNOTATIONS)]
+        if defaults:
+            self.log(f"default StorageClass: {', '.join(defaults)}")
+            return
+        names = ", ".join(sc["metadata"]["name"] for sc in items) or "none at all"
+        raise BootstrapError(
+            f"no default StorageClass (classes: {names}); these claims would stay Pending: {', '.join(claims)}. "
+            "On single-node OpenShift install the LVM Storage operator (lvms-operator) and create an LVMCluster "
+            "(its class lvms-<device class> is made the default); otherwise mark a class default: "
+            "oc patch storageclass NAME -p '{\"metadata\":{\"annotations\":"
+            "{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'"
+        )
+
     # -- run ---------------------------------------------------------------------------------
 
     def _run_phase(self, phase: Phase, report: Report) -> None:
@@ -841,6 +882,7 @@ class Bootstrapper:
         """Apply the phases in order, waiting after each. Returns what was done."""
         report = Report()
         started = self.clock()
+        self.check_default_storage_class(phases)
         for phase in phases:
             for step in phase.steps:
                 if step.obj["kind"] == "DSCInitialization":

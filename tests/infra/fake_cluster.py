@@ -198,8 +198,12 @@ class FakeResource:
     def _key(self, name: str, namespace: str | None) -> tuple[str, str, str | None, str]:
         return (_group(self.api_version), self.kind, namespace if self.namespaced else None, name)
 
-    def get(self, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+    def get(self, name: str | None = None, namespace: str | None = None, **_: Any) -> dict[str, Any]:
         self.cluster.reads += 1
+        if name is None:  # a list, as the dynamic client's ResourceList.to_dict() gives it
+            return {"items": [copy.deepcopy(o) for (g, k, ns, _n), o in self.cluster.objects.items()
+                              if k == self.kind and g == _group(self.api_version)
+                              and (namespace is None or ns == namespace)]}
         obj = self.cluster.objects.get(self._key(name, namespace))
         if obj is None:
             raise _error(404, "Not Found", f'{self.kind} "{name}" not found')

@@ -298,3 +298,25 @@ def test_cli_exit_status_names_what_was_skipped(capsys):
     assert exited.value.exit_code == OPTIONAL_SKIPPED_EXIT == 3
     err = capsys.readouterr().err
     assert "optional part 'cvat' skipped: cvat: services: timed out" in err and "run the bootstrap again" in err
+
+
+# ----------------------------------------------------------------------------------------------
+# Precondition: a default StorageClass (single-node clusters need LVMS)
+
+
+def test_bootstrap_without_a_default_storage_class_stops_before_anything(rendered):
+    from infra.bootstrap import BootstrapError
+
+    cluster = FakeCluster(delay=DELAY, storage_classes={"local-manual": False})
+    with pytest.raises(BootstrapError) as err:
+        run(cluster, rendered["sno"])
+    message = str(err.value)
+    assert "no default StorageClass (classes: local-manual)" in message
+    assert "PersistentVolumeClaim vinspect/minio-data" in message and "LVM Storage" in message
+    assert writes(cluster) == [], "nothing may be applied before the precondition holds"
+
+
+def test_bootstrap_accepts_a_default_class_such_as_lvms(rendered):
+    cluster = FakeCluster(delay=DELAY, storage_classes={"lvms-vg1": True})
+    run(cluster, rendered["sno"])
+    assert cluster.find("PersistentVolumeClaim", "minio-data", "vinspect") is not None
