@@ -240,6 +240,7 @@ def _cvat_client():
         username=settings.username,
         password=settings.password.get_secret_value() if settings.password else None,
         ca_bundle=settings.ca_bundle,
+        host=settings.host,
     )
 
 

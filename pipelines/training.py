@@ -38,8 +38,9 @@ S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS
 # credentials (when the server has auth) come from a Secret, which may be absent.
 MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI",)
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-# Token or user/password: whichever keys the CVAT Secret has.
-CVAT_KEYS = ("CVAT_URL", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD")
+# Token or user/password: whichever keys the CVAT Secret has; CVAT_HOST is the name CVAT's proxy
+# routes (the Route host), sent as the Host header to the in-cluster Service URL.
+CVAT_KEYS = ("CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD")
 
 
 @dataclass(frozen=True)

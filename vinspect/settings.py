@@ -124,6 +124,9 @@ class CVATSettings(_Base):
     username: str | None = Field(None, validation_alias="CVAT_USERNAME")
     password: SecretStr | None = Field(None, validation_alias="CVAT_PASSWORD")
     ca_bundle: str | None = Field(None, validation_alias="CVAT_CA_BUNDLE")
+    # The name CVAT is served under (its traefik routes only Host(`${CVAT_HOST}`)); sent as the
+    # Host header when CVAT_URL reaches it by another name, such as the in-cluster Service.
+    host: str | None = Field(None, validation_alias="CVAT_HOST")
 
 
 class KFPSettings(_Base):

@@ -320,3 +320,35 @@ def test_bootstrap_accepts_a_default_class_such_as_lvms(rendered):
     cluster = FakeCluster(delay=DELAY, storage_classes={"lvms-vg1": True})
     run(cluster, rendered["sno"])
     assert cluster.find("PersistentVolumeClaim", "minio-data", "vinspect") is not None
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 5: CVAT answers the in-cluster Service name too
+
+
+def test_cvat_vm_routes_the_service_host_the_pipeline_uses(rendered):
+    import re
+    from urllib.parse import urlsplit
+
+    import yaml
+
+    vm = find(rendered["default"], "VirtualMachine", "cvat")
+    userdata = next(v["cloudInitNoCloud"]["userData"] for v in vm["spec"]["template"]["spec"]["volumes"]
+                    if "cloudInitNoCloud" in v)
+    script = yaml.safe_load(userdata)["write_files"][0]["content"]
+    override = yaml.safe_load(re.search(r"<<'OVERRIDE'\n(.*?)\nOVERRIDE\n", script, re.S).group(1))
+    labels = dict(label.split("=", 1) for label in override["services"]["cvat_server"]["labels"])
+    hosts = re.findall(r"Host\(`([^`]+)`\)", labels["traefik.http.routers.cvat-incluster.rule"])
+    assert labels["traefik.http.routers.cvat-incluster.service"] == "cvat"  # CVAT's own service name
+    # The URL bootstrap writes into Secret cvat-admin (what pipeline pods use) is one of them.
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["default"])
+    secret = cluster.find("Secret", "cvat-admin", "vinspect")
+    url = base64.b64decode(secret["data"]["CVAT_URL"]).decode()
+    assert urlsplit(url).hostname in hosts
+
+
+def test_pipeline_pull_step_gets_cvat_host():
+    from pipelines.training import CVAT_KEYS
+
+    assert "CVAT_HOST" in CVAT_KEYS
