@@ -44,6 +44,7 @@ APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
 CVAT_SECRET = "cvat-admin"
+MLFLOW_PROXY_SECRET = "mlflow-proxy"
 MINIO_PORT = 9000
 DEFAULT_REGION = "us-east-1"
 MODELS_BUCKET = "models"
@@ -473,6 +474,9 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
         for namespace in [ns.app] + ([ns.models] if ns.models else []):
             steps.append(Step("generate", data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
                               note=f"S3 data connection from {MINIO_SECRET}", params={"app_namespace": ns.app}))
+    if ("Deployment", ns.app, "mlflow") in names:
+        steps.append(Step("generate", _secret(MLFLOW_PROXY_SECRET, ns.app, {"session_secret": ""}),
+                          note="cookie secret of MLflow's OAuth proxy, kept if present"))
     if ("VirtualMachine", ns.app, "cvat") in names:
         keys = ["CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_URL", "CVAT_HOST"]
         steps.append(Step("generate", _secret(CVAT_SECRET, ns.app, dict.fromkeys(keys, "")),
@@ -750,6 +754,11 @@ class Bootstrapper:
                     k: desired["metadata"][k] for k in ("labels", "annotations")}):
                 return "unchanged"
             return self._apply(desired)
+        if name == MLFLOW_PROXY_SECRET:
+            if existing:
+                return "unchanged"
+            # oauth-proxy takes a cookie secret of 16, 24 or 32 bytes: 24 random bytes -> 32 characters.
+            return self._apply(_secret(name, namespace, {"session_secret": self.token(24)}))
         if name == CVAT_SECRET:
             if existing:
                 return "unchanged"

@@ -102,6 +102,11 @@ class MLflowSettings(_Base):
     token: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_TOKEN")
     username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
     password: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    # MLflow reads these two itself on every request: `kubernetes` sends the service-account token
+    # of the pod (or the kubeconfig's token on a laptop) as a bearer token, which the OAuth proxy
+    # in front of the cluster's MLflow checks; the CA file verifies the proxy's certificate.
+    auth: str | None = Field(None, validation_alias="MLFLOW_TRACKING_AUTH")
+    server_cert_path: str | None = Field(None, validation_alias="MLFLOW_TRACKING_SERVER_CERT_PATH")
     experiment: str = Field("vinspect", validation_alias="VINSPECT_EXPERIMENT")
     model_name: str = Field("metal-nut", validation_alias="VINSPECT_MODEL_NAME")
 

@@ -55,7 +55,7 @@ def test_plan_orders_phases_and_never_shows_secret_values(objects):
     phases = plan(objects)
     assert [p.name for p in phases if p.optional is None] == [name for name, _ in PHASES]
     # Optional parts come last, in their own phases (the same order within each part).
-    assert [p.optional for p in phases][-9:] == ["cvat"] * 5 + ["gpu"] * 4
+    assert [p.optional for p in phases][-10:] == ["cvat"] * 5 + ["gpu"] * 5
     where = {step.ref: p.name for p in phases for step in p.steps if step.action == "apply"}
     assert where["Namespace vinspect"] == "namespaces"
     assert where["Subscription redhat-ods-operator/rhods-operator"] == "operators"
@@ -83,9 +83,9 @@ def test_bootstrap_applies_in_dependency_order_and_waits(objects):
     # Every object exists, CRs included (their CRDs had to become Established first).
     for obj in objects:
         assert cluster.find(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace")) is not None
-    # + 4 generated Secrets (Minio, CVAT, the data connection twice), - 2 objects the cluster already
-    # has and that are patched (image registry Config, the operator's DSCInitialization).
-    assert report.count("created") == len(objects) + 2
+    # + 5 generated Secrets (Minio, CVAT, MLflow's proxy, the data connection twice), - 2 objects the
+    # cluster already has and that are patched (image registry Config, the operator's DSCInitialization).
+    assert report.count("created") == len(objects) + 3
     t = cluster.first
     # Operators: the instance is created only after its operator's CSV succeeded and its CRD appeared.
     assert t("create", "DataScienceCluster default-dsc") >= t("create", "Subscription redhat-ods-operator/rhods-operator") + 2 * DELAY

@@ -352,3 +352,176 @@ def test_pipeline_pull_step_gets_cvat_host():
     from pipelines.training import CVAT_KEYS
 
     assert "CVAT_HOST" in CVAT_KEYS
+
+
+# ----------------------------------------------------------------------------------------------
+# Defect 10: MLflow only behind OpenShift's OAuth proxy; pipeline steps send their token
+
+
+def _containers(deployment) -> dict[str, dict]:
+    return {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+
+
+@pytest.mark.parametrize("overlay", ["default", "gpu", "sno", "rhoai3"])
+def test_mlflow_is_reachable_only_through_the_oauth_proxy(rendered, overlay):
+    import json
+
+    objects = rendered[overlay]
+    deployment = find(objects, "Deployment", "mlflow")
+    containers = _containers(deployment)
+    mlflow, proxy = containers["mlflow"], containers["oauth-proxy"]
+    assert "--host=127.0.0.1" in mlflow["args"] and not mlflow.get("ports"), "MLflow listens beyond loopback"
+    args = dict(a.lstrip("-").split("=", 1) for a in proxy["args"])
+    assert args["upstream"] == "http://127.0.0.1:5000" and args["provider"] == "openshift"
+    # Bearer tokens (service accounts, `oc whoami -t`) on every path, checked by a SAR the
+    # pipeline runner's Role (services: * in its project) satisfies.
+    delegate = json.loads(args["openshift-delegate-urls"])["/"]
+    assert delegate == {"namespace": "vinspect", "resource": "services", "resourceName": "mlflow", "verb": "get"}
+    assert "skip-auth-regex" not in args
+    service = find(objects, "Service", "mlflow", api_prefix="v1")
+    proxy_ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["https"] and "https" in proxy_ports
+    route = find(objects, "Route", "mlflow")
+    assert route["spec"]["port"]["targetPort"] == "https" and route["spec"]["tls"]["termination"] == "reencrypt"
+    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "mlflow"
+    binding = find(objects, "ClusterRoleBinding", "vinspect-mlflow-auth-delegator")
+    assert binding["roleRef"]["name"] == "system:auth-delegator"
+
+
+def test_mlflow_steps_carry_the_token_auth_wiring(rendered, compiled_default):
+    import json
+
+    platform = compiled_default[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    config = find(rendered["default"], "ConfigMap", "vinspect-runtime")["data"]
+    using = 0
+    for name, executor in platform.items():
+        keys = {k["envVar"]: k["configMapKey"] for src in executor.get("configMapAsEnv", []) for k in src["keyToEnv"]}
+        if "MLFLOW_TRACKING_URI" not in keys:
+            continue
+        using += 1
+        assert keys.get("MLFLOW_TRACKING_AUTH") == "MLFLOW_TRACKING_AUTH", name
+        assert keys.get("MLFLOW_TRACKING_SERVER_CERT_PATH") == "MLFLOW_TRACKING_SERVER_CERT_PATH", name
+    assert using >= 4  # check-dataset, evaluate, register, rollout
+    assert config["MLFLOW_TRACKING_AUTH"] == "kubernetes"
+    assert config["MLFLOW_TRACKING_URI"].startswith("https://")
+    assert config["MLFLOW_TRACKING_SERVER_CERT_PATH"].endswith("/serviceaccount/service-ca.crt")
+    assert "Bearer" not in json.dumps(compiled_default)
+
+
+def test_bootstrap_generates_the_proxy_cookie_secret_once(rendered):
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["default"])
+    secret = cluster.find("Secret", "mlflow-proxy", "vinspect")
+    cookie = base64.b64decode(secret["data"]["session_secret"])
+    assert len(cookie) == 32  # oauth-proxy takes 16, 24 or 32 bytes
+    run(cluster, rendered["default"])
+    assert base64.b64decode(cluster.find("Secret", "mlflow-proxy", "vinspect")["data"]["session_secret"]) == cookie
+
+
+@pytest.fixture
+def token_checking_server():
+    """A real HTTP server that, like oauth-proxy's delegate URLs, answers 401 without the bearer token."""
+    import json
+    import secrets
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    token = secrets.token_urlsafe(32)
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            seen.append(self.headers.get("Authorization") or "")
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                body, status = b"Unauthorized", 401
+            else:
+                body, status = json.dumps({"experiments": [], "next_page_token": ""}).encode(), 200
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = _answer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", token, seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_mlflow_client_sends_the_token_read_from_the_service_account_file(token_checking_server, tmp_path,
+                                                                           monkeypatch):
+    """What the pipeline steps do: MLflow's `kubernetes` auth reads the pod's token file per request."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking.request_auth import kubernetes_request_auth_provider as k8s_auth
+
+    from vinspect.settings import MLflowSettings
+
+    url, token, seen = token_checking_server
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    # The pod's path (/var/run/secrets/kubernetes.io/serviceaccount/token) cannot be written here.
+    monkeypatch.setattr(k8s_auth, "_SERVICE_ACCOUNT_TOKEN_PATH", token_file)
+    monkeypatch.setattr(k8s_auth, "_file_cache", None)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH", raising=False)
+    with pytest.raises(MlflowException):
+        MLflowSettings.from_env(MLFLOW_TRACKING_URI=url).client().search_experiments()
+    assert seen[-1] == ""
+
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "kubernetes")
+    settings = MLflowSettings.from_env(MLFLOW_TRACKING_URI=url)
+    assert settings.auth == "kubernetes"
+    assert settings.client().search_experiments() == []
+    assert seen[-1] == f"Bearer {token}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The data-science workbench of the original procedure
+
+
+def test_workbench_is_a_dashboard_notebook_with_a_gpu_and_storage(rendered):
+    objects = rendered["gpu"]
+    notebook = find(objects, "Notebook", "vinspect-workbench")
+    meta = notebook["metadata"]
+    assert meta["namespace"] == "vinspect"
+    assert meta["labels"]["opendatahub.io/dashboard"] == "true" and meta["labels"]["opendatahub.io/odh-managed"] == "true"
+    assert meta["annotations"]["notebooks.opendatahub.io/inject-oauth"] == "true"
+    pod = notebook["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == meta["name"]
+    # The image is the platform's image stream the dashboard records as last-image-selection.
+    stream = meta["annotations"]["notebooks.opendatahub.io/last-image-selection"]
+    assert container["image"].endswith("/redhat-ods-applications/" + stream)
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    base_url = f"--ServerApp.base_url=/notebook/{meta['namespace']}/{meta['name']}"
+    assert base_url in container["env"][0]["value"]
+    claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+    pvc = find(objects, "PersistentVolumeClaim", claim)
+    assert pvc["metadata"]["labels"]["opendatahub.io/dashboard"] == "true"
+    assert {"secretRef": {"name": "aws-connection-models"}} in container["envFrom"]
+    # It needs a GPU node: part of the optional GPU install, never of the CPU-only default.
+    assert meta["annotations"]["vinspect.io/optional"] == "gpu"
+    assert not [o for o in rendered["default"] if o["kind"] == "Notebook"]
+
+
+def test_bootstrap_creates_the_workbench_once_the_notebook_crd_is_served(rendered):
+    cluster = FakeCluster(delay=DELAY)
+    run(cluster, rendered["gpu"])
+    assert cluster.find("Notebook", "vinspect-workbench", "vinspect") is not None
+    # In the GPU part's phases: after NFD and the GPU operator are ready.
+    assert cluster.first("create", "Notebook vinspect/vinspect-workbench") >= \
+        cluster.first("create", "NodeFeatureDiscovery openshift-nfd/nfd-instance") + DELAY
