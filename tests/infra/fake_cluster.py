@@ -523,10 +523,13 @@ class FakeCluster:
         number = 1 + sum(1 for b in self.builds if b.rsplit("-", 1)[0] == name)
         build_name = f"{name}-{number}"
         self.builds.append(build_name)
+        # A Build starts New, is Pending while its pod is scheduled, Running while it builds and
+        # pushes, then ends Complete (output pushed to the ImageStreamTag) or Failed.
         build = {"apiVersion": "build.openshift.io/v1", "kind": "Build",
-                 "metadata": {"name": build_name, "namespace": namespace}, "status": {"phase": "Running"}}
+                 "metadata": {"name": build_name, "namespace": namespace}, "status": {"phase": "New"}}
         self._store("build.openshift.io", "Build", namespace, build)
         self.record("build", build)
+        self._later(lambda: build["status"].update(phase="Running"), delay=self.delay / 2)
         stream, _, tag = bc["spec"]["output"]["to"]["name"].partition(":")
 
         def done() -> None:

@@ -50,13 +50,14 @@ def validate(
 ) -> None:
     """Validate every rendered object against the upstream schemas in ../shared/schemas/crds.
 
-    Unknown kinds, undeclared fields and literal credentials are errors. The shared folder can be
-    moved with VINSPECT_SHARED_DIR.
+    Unknown kinds, undeclared fields, literal credentials and images neither built by the overlay nor
+    pinned in infra/images.yaml are errors. The shared folder can be moved with VINSPECT_SHARED_DIR.
     """
     from tqdm import tqdm
 
     from infra.render import RenderError, list_overlays
     from infra.render import render as render_overlay
+    from infra.image_policy import check_images, manifest_images
     from infra.validate import SchemasMissingError, default_store, validate_objects
 
     names = overlay or list_overlays()
@@ -73,6 +74,8 @@ def validate(
         except RenderError as exc:
             _fail(str(exc))
         issues = validate_objects(objects, store)
+        # Every image built by this overlay or pinned in infra/images.yaml.
+        issues += check_images(manifest_images(objects), objects, require_all_used=False)
         if issues:
             failed += 1
             typer.echo(f"overlay {name}: {len(issues)} problem(s) in {len(objects)} objects", err=True)
