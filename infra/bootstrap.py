@@ -446,8 +446,9 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
     AI before 2.16, and the dashboard's list of data connections) and the Connections API's
     ``opendatahub.io/connection-type-protocol`` with its deprecated twin
     ``opendatahub.io/connection-type-ref``, which odh-model-controller's webhook reads to inject
-    a connection into an InferenceService (``internal/webhook/.../connectionapi`` constants:
-    ``AnnotationConnectionTypeProtocol`` with values ``s3``/``uri``/``oci``, ``AnnotationConnectionTypeRef``).
+    a connection into an InferenceService (opendatahub-io/odh-model-controller, Go package
+    ``connectionapi``: ``AnnotationConnectionTypeProtocol`` "holds the connection type on the
+    Secret (s3, uri, oci)", ``AnnotationConnectionTypeRef`` its deprecated equivalent).
     """
     return _secret(
         DATA_CONNECTION_SECRET,
