@@ -81,7 +81,7 @@ PHASES: list[tuple[str, set[str]]] = [
     ),
     (
         "platform",
-        {"Config", "NodeFeatureDiscovery", "DataScienceCluster", "KnativeServing", "KnativeEventing",
+        {"Config", "NodeFeatureDiscovery", "DSCInitialization", "DataScienceCluster", "KnativeServing", "KnativeEventing",
          "HyperConverged", "KafkaNodePool", "Kafka"},
     ),
     ("builds", set()),
@@ -319,6 +319,8 @@ def readiness_waits(obj: dict[str, Any]) -> list[Wait]:
         return [wait("state ready", _status_value_check("state", "ready"))]
     if kind == "DataScienceCluster":
         return [wait("phase Ready", _status_value_check("phase", "Ready", also_condition="Ready"))]
+    if kind == "DSCInitialization":
+        return [wait("phase Ready", _status_value_check("phase", "Ready"))]
     if kind == "VirtualMachine":
         return [wait("Ready", _status_value_check("ready", "true", also_condition="Ready"))]
     if kind == "Job":
@@ -521,6 +523,10 @@ def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phas
         phases[phase_of(obj)].steps.append(Step("apply", obj, readiness_waits(obj)))
         if obj["kind"] == "BuildConfig" and builds:
             phases["builds"].steps.append(Step("build", obj, note="start a build of this repository, wait Complete"))
+    for phases in parts.values():
+        for phase in phases.values():
+            # OpenShift AI reads its DSCInitialization before it reconciles a DataScienceCluster.
+            phase.steps.sort(key=lambda step: step.obj["kind"] != "DSCInitialization")
     order = [None] + sorted(p for p in parts if p is not None)
     return [parts[part][name] for part in order for name in _PHASE_NAMES if parts[part][name].steps]
 

@@ -86,6 +86,14 @@ def test_raw_serving_on_2x_has_no_service_mesh(rendered):
     assert dsci["spec"]["serviceMesh"]["managementState"] == "Removed"
 
 
+def test_dsci_is_applied_before_the_datasciencecluster(rendered):
+    from infra.bootstrap import plan
+
+    steps = [(p.name, s.ref) for p in plan(rendered["default"]) for s in p.steps if s.action == "apply"]
+    assert steps.index(("platform", "DSCInitialization default-dsci")) < \
+        steps.index(("platform", "DataScienceCluster default-dsc"))
+
+
 def test_bootstrap_patches_the_operators_dsci_to_no_service_mesh(rendered):
     cluster = FakeCluster(delay=DELAY)
     run(cluster, rendered["default"])
