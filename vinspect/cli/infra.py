@@ -130,7 +130,9 @@ def bootstrap(
     """Apply an overlay in dependency order, waiting on CSVs, CRDs and readiness; safe to re-run.
 
     Generates the Minio credentials and the S3 data connection into Secrets on the cluster; they are
-    never written to disk or printed.
+    never written to disk or printed. Needs a default StorageClass (LVM Storage on single-node
+    OpenShift). Optional parts (CVAT on OpenShift Virtualization, the GPU stack) come last; when one
+    cannot come up the rest is still installed and the exit status is 3 (1: a required part failed).
     """
     from tqdm import tqdm
 
