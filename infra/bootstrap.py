@@ -27,6 +27,7 @@ The cluster is reached through a client passed in, shaped like ``kubernetes.dyna
 from __future__ import annotations
 
 import base64
+import copy
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -35,12 +36,24 @@ from typing import Any, Callable, Iterable
 from infra.render import object_ref
 
 APP_ROLE_LABEL = "vinspect.io/role"
+OPTIONAL_ANNOTATION = "vinspect.io/optional"
+# Annotations that mark the default StorageClass (the beta one is still honoured by Kubernetes).
+DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
+                             "storageclass.beta.kubernetes.io/is-default-class")
+APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
 CVAT_SECRET = "cvat-admin"
+MLFLOW_PROXY_SECRET = "mlflow-proxy"
 MINIO_PORT = 9000
 DEFAULT_REGION = "us-east-1"
 MODELS_BUCKET = "models"
+# Connection-type annotations of an S3 data connection (see :func:`data_connection`).
+DATA_CONNECTION_ANNOTATIONS = {
+    "opendatahub.io/connection-type": "s3",
+    "opendatahub.io/connection-type-protocol": "s3",
+    "opendatahub.io/connection-type-ref": "s3",
+}
 
 # API groups served by Kubernetes or OpenShift themselves: no CRD to wait for.
 _BUILTIN_GROUPS = {
@@ -53,6 +66,7 @@ _BUILTIN_GROUPS = {
     "route.openshift.io",
     "build.openshift.io",
     "image.openshift.io",
+    "template.openshift.io",
     "apiextensions.k8s.io",
 }
 
@@ -67,7 +81,7 @@ PHASES: list[tuple[str, set[str]]] = [
     ),
     (
         "platform",
-        {"Config", "NodeFeatureDiscovery", "DataScienceCluster", "KnativeServing", "KnativeEventing",
+        {"Config", "NodeFeatureDiscovery", "DSCInitialization", "DataScienceCluster", "KnativeServing", "KnativeEventing",
          "HyperConverged", "KafkaNodePool", "Kafka"},
     ),
     ("builds", set()),
@@ -85,6 +99,13 @@ _PHASE_NAMES = [name for name, _ in PHASES]
 
 # Kinds that cannot be patched in place (immutable spec): an existing one is left alone.
 _CREATE_ONLY = {("batch", "Job")}
+
+# Fields replaced as a whole, not merged: a JSON merge patch (RFC 7386) keeps the keys it does not
+# name, so an image registry that had `storage: {emptyDir: {}}` would end with emptyDir *and* pvc,
+# which the registry operator refuses. The patch sets every other key of these fields to null.
+_REPLACED_FIELDS: dict[tuple[str, str], list[tuple[str, ...]]] = {
+    ("imageregistry.operator.openshift.io", "Config"): [("spec", "storage")],
+}
 
 # Condition that means "ready" per kind; kinds not listed (and not special-cased) are not waited on.
 _READY_CONDITION = {
@@ -153,10 +174,14 @@ class Step:
 
 @dataclass
 class Phase:
-    """Steps applied together, then waited on together."""
+    """Steps applied together, then waited on together.
+
+    ``optional`` names the optional part (``cvat``, ``gpu``) the phase belongs to, or is None.
+    """
 
     name: str
     steps: list[Step] = field(default_factory=list)
+    optional: str | None = None
 
 
 @dataclass
@@ -165,6 +190,7 @@ class Report:
 
     results: list[tuple[str, str, str]] = field(default_factory=list)
     elapsed_s: float = 0.0
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def count(self, outcome: str) -> int:
         """Number of steps with this outcome (``created``, ``configured``, ``unchanged``...)."""
@@ -293,6 +319,8 @@ def readiness_waits(obj: dict[str, Any]) -> list[Wait]:
         return [wait("state ready", _status_value_check("state", "ready"))]
     if kind == "DataScienceCluster":
         return [wait("phase Ready", _status_value_check("phase", "Ready", also_condition="Ready"))]
+    if kind == "DSCInitialization":
+        return [wait("phase Ready", _status_value_check("phase", "Ready"))]
     if kind == "VirtualMachine":
         return [wait("Ready", _status_value_check("ready", "true", also_condition="Ready"))]
     if kind == "Job":
@@ -319,6 +347,30 @@ def _contains(actual: Any, desired: Any) -> bool:
         return (isinstance(actual, list) and len(actual) == len(desired)
                 and all(_contains(a, d) for a, d in zip(actual, desired)))
     return actual == desired
+
+
+def _replacing_patch(obj: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
+    """``obj`` as a merge patch that also removes what ``existing`` has under its replaced fields."""
+    fields = _REPLACED_FIELDS.get((_group(obj["apiVersion"]), obj["kind"]), [])
+    if existing is None or not fields:
+        return obj
+    body = obj
+    for path in fields:
+        have, want = existing, obj
+        for key in path:
+            have = have.get(key) if isinstance(have, dict) else None
+            want = want.get(key) if isinstance(want, dict) else None
+        if not isinstance(have, dict) or not isinstance(want, dict):
+            continue
+        stale = {key: None for key in have if key not in want}
+        if stale:
+            if body is obj:
+                body = copy.deepcopy(obj)
+            target = body
+            for key in path:
+                target = target[key]
+            target.update(stale)
+    return body
 
 
 def _status_code(exc: BaseException) -> int | None:
@@ -392,6 +444,13 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
     """The OpenShift AI S3 data connection for the models bucket, from the Minio credentials.
 
     Its keys are the ones ``S3Settings`` reads and KServe's storage initializer understands.
+    Annotated for both connection APIs: the legacy ``opendatahub.io/connection-type`` (OpenShift
+    AI before 2.16, and the dashboard's list of data connections) and the Connections API's
+    ``opendatahub.io/connection-type-protocol`` with its deprecated twin
+    ``opendatahub.io/connection-type-ref``, which odh-model-controller's webhook reads to inject
+    a connection into an InferenceService (opendatahub-io/odh-model-controller, Go package
+    ``connectionapi``: ``AnnotationConnectionTypeProtocol`` "holds the connection type on the
+    Secret (s3, uri, oci)", ``AnnotationConnectionTypeRef`` its deprecated equivalent).
     """
     return _secret(
         DATA_CONNECTION_SECRET,
@@ -404,7 +463,7 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
             "AWS_S3_BUCKET": MODELS_BUCKET,
         },
         labels={"opendatahub.io/dashboard": "true", "opendatahub.io/managed": "true"},
-        annotations={"opendatahub.io/connection-type": "s3", "openshift.io/display-name": "models"},
+        annotations={**DATA_CONNECTION_ANNOTATIONS, "openshift.io/display-name": "models"},
     )
 
 
@@ -418,6 +477,9 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
         for namespace in [ns.app] + ([ns.models] if ns.models else []):
             steps.append(Step("generate", data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
                               note=f"S3 data connection from {MINIO_SECRET}", params={"app_namespace": ns.app}))
+    if ("Deployment", ns.app, "mlflow") in names:
+        steps.append(Step("generate", _secret(MLFLOW_PROXY_SECRET, ns.app, {"session_secret": ""}),
+                          note="cookie secret of MLflow's OAuth proxy, kept if present"))
     if ("VirtualMachine", ns.app, "cvat") in names:
         keys = ["CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_URL", "CVAT_HOST"]
         steps.append(Step("generate", _secret(CVAT_SECRET, ns.app, dict.fromkeys(keys, "")),
@@ -429,8 +491,18 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
 # Plan
 
 
+def optional_part(obj: dict[str, Any]) -> str | None:
+    """The optional part an object belongs to (annotation ``vinspect.io/optional``), or None."""
+    return (obj["metadata"].get("annotations") or {}).get(OPTIONAL_ANNOTATION) or None
+
+
 def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phase]:
     """Order objects into phases, with the waits after each and the generated Secrets.
+
+    Objects of an optional part (annotation ``vinspect.io/optional: <part>``, set by the kustomize
+    bases of CVAT on OpenShift Virtualization and of the GPU stack) get phases of their own after
+    everything else, in the same dependency order, named ``<part>: <phase>``: a part that cannot
+    come up (no KVM on the nodes, no GPU) is reported and never holds back the rest.
 
     Args:
         objects: Rendered objects (see :func:`infra.render.render`).
@@ -441,13 +513,22 @@ def plan(objects: Iterable[dict[str, Any]], *, builds: bool = True) -> list[Phas
     """
     objects = list(objects)
     ns = Namespaces.from_objects(objects)
-    phases = {name: Phase(name) for name in _PHASE_NAMES}
-    phases["config"].steps.extend(_generated_steps(objects, ns))
+    parts: dict[str | None, dict[str, Phase]] = {None: {name: Phase(name) for name in _PHASE_NAMES}}
+    parts[None]["config"].steps.extend(_generated_steps(objects, ns))
     for obj in objects:
+        part = optional_part(obj)
+        if part not in parts:
+            parts[part] = {name: Phase(f"{part}: {name}", optional=part) for name in _PHASE_NAMES}
+        phases = parts[part]
         phases[phase_of(obj)].steps.append(Step("apply", obj, readiness_waits(obj)))
         if obj["kind"] == "BuildConfig" and builds:
             phases["builds"].steps.append(Step("build", obj, note="start a build of this repository, wait Complete"))
-    return [phases[name] for name in _PHASE_NAMES if phases[name].steps]
+    for phases in parts.values():
+        for phase in phases.values():
+            # OpenShift AI reads its DSCInitialization before it reconciles a DataScienceCluster.
+            phase.steps.sort(key=lambda step: step.obj["kind"] != "DSCInitialization")
+    order = [None] + sorted(p for p in parts if p is not None)
+    return [parts[part][name] for part in order for name in _PHASE_NAMES if parts[part][name].steps]
 
 
 def format_plan(phases: list[Phase]) -> str:
@@ -525,6 +606,9 @@ class Bootstrapper:
         self.rebuild = rebuild
         self.token = token
         self._minio: dict[str, str] | None = None
+        # OpenShift AI's applications namespace (its runtime templates live there); read from the
+        # plan's DSCInitialization when it has one.
+        self.applications_namespace = APPLICATIONS_NAMESPACE
 
     # -- client helpers ----------------------------------------------------------------------
 
@@ -556,11 +640,12 @@ class Bootstrapper:
         if (_group(obj["apiVersion"]), obj["kind"]) in _CREATE_ONLY:
             return "unchanged"
         existing = self._get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-        if existing is not None and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
+        body = _replacing_patch(obj, existing)
+        if existing is not None and body == obj and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
             return "unchanged"
         try:
             resource.patch(
-                body=obj,
+                body=body,
                 name=meta["name"],
                 namespace=meta.get("namespace"),
                 content_type="application/merge-patch+json",
@@ -671,9 +756,16 @@ class Bootstrapper:
             if self._minio is None:
                 raise BootstrapError(f"{step.ref}: built from Secret {MINIO_SECRET}, which was not generated first")
             desired = data_connection(namespace, step.params["app_namespace"], self._minio)
-            if existing and _decode(existing) == _decode(desired):
+            # Metadata too: a connection made by an older bootstrap gains the newer annotations.
+            if existing and _decode(existing) == _decode(desired) and _contains(existing["metadata"], {
+                    k: desired["metadata"][k] for k in ("labels", "annotations")}):
                 return "unchanged"
             return self._apply(desired)
+        if name == MLFLOW_PROXY_SECRET:
+            if existing:
+                return "unchanged"
+            # oauth-proxy takes a cookie secret of 16, 24 or 32 bytes: 24 random bytes -> 32 characters.
+            return self._apply(_secret(name, namespace, {"session_secret": self.token(24)}))
         if name == CVAT_SECRET:
             if existing:
                 return "unchanged"
@@ -713,32 +805,118 @@ class Bootstrapper:
         self.log(f"  build    {bc['metadata']['name']} -> Build {build_name}")
         return "started", [Wait("build.openshift.io/v1", "Build", build_name, namespace, "Complete", _build_check)]
 
+    # -- serving runtime image ---------------------------------------------------------------
+
+    def _runtime_from_template(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """The ServingRuntime with the image of the cluster's own template of the same name.
+
+        OpenShift AI keeps its runtime templates (``kserve-ovms``...) as OpenShift Templates in its
+        applications namespace, their images resolved from the operator's ``RELATED_IMAGE_*``
+        settings for the installed release; a runtime that names its template
+        (``opendatahub.io/template-name``) runs what that release tested. Without a template
+        (another distribution, or the dashboard component off), the pinned image stays.
+        """
+        template_name = (obj["metadata"].get("annotations") or {}).get("opendatahub.io/template-name")
+        if not template_name:
+            return obj
+        template = self._get("template.openshift.io/v1", "Template", template_name, self.applications_namespace)
+        runtimes = [o for o in (template or {}).get("objects") or [] if o.get("kind") == "ServingRuntime"]
+        if not runtimes:
+            return obj
+        images = {c.get("name"): c.get("image") for c in runtimes[0].get("spec", {}).get("containers") or []}
+        out = copy.deepcopy(obj)
+        for container in out["spec"].get("containers") or []:
+            image = images.get(container.get("name"))
+            if image and "$(" not in image and image != container.get("image"):
+                self.log(f"  image    {object_ref(obj)} container {container['name']}: {image} "
+                         f"(from Template {self.applications_namespace}/{template_name})")
+                container["image"] = image
+        return out
+
+    # -- preconditions -----------------------------------------------------------------------
+
+    def check_default_storage_class(self, phases: list[Phase]) -> None:
+        """Refuse to start when claims without a class would wait for a default that does not exist.
+
+        A PersistentVolumeClaim without ``storageClassName`` binds only through the default
+        StorageClass (annotation ``storageclass.kubernetes.io/is-default-class: "true"``); with none,
+        Minio, MLflow and the image registry would stay Pending and the bootstrap would time out
+        far from the cause. Single-node OpenShift has no storage until LVM Storage (LVMS) is installed.
+
+        Raises:
+            BootstrapError: No default StorageClass; the message names the claims and the fix.
+        """
+        claims = [step.ref for phase in phases for step in phase.steps
+                  if step.action == "apply" and step.obj["kind"] == "PersistentVolumeClaim"
+                  and not (step.obj.get("spec") or {}).get("storageClassName")]
+        if not claims:
+            return
+        try:
+            listed = _as_dict(self._resource("storage.k8s.io/v1", "StorageClass").get()) or {}
+        except Exception as exc:  # noqa: BLE001
+            raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {_api_message(exc)}") from exc
+        items = listed.get("items") or []
+        defaults = [sc["metadata"]["name"] for sc in items if any(
+            ((sc["metadata"].get("annotations") or {}).get(key) or "").lower() == "true"
+            for key in DEFAULT_CLASS_ANNOTATIONS)]
+        if defaults:
+            self.log(f"default StorageClass: {', '.join(defaults)}")
+            return
+        names = ", ".join(sc["metadata"]["name"] for sc in items) or "none at all"
+        raise BootstrapError(
+            f"no default StorageClass (classes: {names}); these claims would stay Pending: {', '.join(claims)}. "
+            "On single-node OpenShift install the LVM Storage operator (lvms-operator) and create an LVMCluster "
+            "(its class lvms-<device class> is made the default); otherwise mark a class default: "
+            "oc patch storageclass NAME -p '{\"metadata\":{\"annotations\":"
+            "{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'"
+        )
+
     # -- run ---------------------------------------------------------------------------------
+
+    def _run_phase(self, phase: Phase, report: Report) -> None:
+        waits: list[Wait] = []
+        for step in phase.steps:
+            if step.action == "generate":
+                outcome = self._generate(step)
+            elif step.action == "build":
+                outcome, build_waits = self._build(step)
+                waits += build_waits
+            else:
+                self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
+                obj = self._runtime_from_template(step.obj) if step.obj["kind"] == "ServingRuntime" else step.obj
+                outcome = self._apply(obj)
+                if step.obj["kind"] == "Subscription":
+                    waits += self._subscription_waits(step.obj)
+                waits += step.waits
+            self.log(f"  {outcome:8s} {step.ref}")
+            report.results.append((phase.name, step.ref, outcome))
+            self.on_step(step.ref, outcome)
+        if waits:
+            self.wait_all(waits)
 
     def run(self, phases: list[Phase]) -> Report:
         """Apply the phases in order, waiting after each. Returns what was done."""
         report = Report()
         started = self.clock()
-        for index, phase in enumerate(phases, 1):
-            self.log(f"phase {index}/{len(phases)}: {phase.name}")
-            waits: list[Wait] = []
+        self.check_default_storage_class(phases)
+        for phase in phases:
             for step in phase.steps:
-                if step.action == "generate":
-                    outcome = self._generate(step)
-                elif step.action == "build":
-                    outcome, build_waits = self._build(step)
-                    waits += build_waits
-                else:
-                    self._wait_kind_served(step.obj["apiVersion"], step.obj["kind"])
-                    outcome = self._apply(step.obj)
-                    if step.obj["kind"] == "Subscription":
-                        waits += self._subscription_waits(step.obj)
-                    waits += step.waits
-                self.log(f"  {outcome:8s} {step.ref}")
-                report.results.append((phase.name, step.ref, outcome))
-                self.on_step(step.ref, outcome)
-            if waits:
-                self.wait_all(waits)
+                if step.obj["kind"] == "DSCInitialization":
+                    self.applications_namespace = step.obj["spec"].get("applicationsNamespace") or self.applications_namespace
+        for index, phase in enumerate(phases, 1):
+            if phase.optional in report.skipped:
+                self.log(f"phase {index}/{len(phases)}: {phase.name} skipped (an earlier {phase.optional} phase failed)")
+                report.results.extend((phase.name, step.ref, "skipped") for step in phase.steps)
+                continue
+            self.log(f"phase {index}/{len(phases)}: {phase.name}")
+            try:
+                self._run_phase(phase, report)
+            except BootstrapError as exc:
+                if phase.optional is None:
+                    raise
+                # An optional part (CVAT VM, GPU stack) failed: say so, keep going with the rest.
+                report.skipped[phase.optional] = f"{phase.name}: {exc}"
+                self.log(f"  skipped  optional part {phase.optional}: {exc}")
         report.elapsed_s = self.clock() - started
         return report
 

@@ -135,7 +135,9 @@ def schedule(
         package = Path(tmp) / "training_pipeline.yaml"
         # A schedule must pull its source afresh every time (the check step, not the cache,
         # then skips training when the data did not change): every step is compiled uncached.
-        _compile(package, image, secrets, gpus, caching=False)
+        from components.kfp import pipeline_image
+
+        _compile(package, image or pipeline_image(namespace), secrets, gpus, caching=False)
         try:
             pipeline_id, version_id = upload(client, package, suffix="-nocache")
             exp = client.create_experiment(experiment, namespace=namespace or None)

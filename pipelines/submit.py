@@ -240,6 +240,7 @@ def _cvat_client():
         username=settings.username,
         password=settings.password.get_secret_value() if settings.password else None,
         ca_bundle=settings.ca_bundle,
+        host=settings.host,
     )
 
 
@@ -306,7 +307,8 @@ def submit(
         token: Bearer token (see :func:`resolve_token`).
         ca_bundle: CA bundle for the endpoint (``$KFP_CA_BUNDLE``).
         namespace: Pipelines namespace (``$KFP_NAMESPACE``).
-        image: Component image (``$VINSPECT_IMAGE``).
+        image: Component image (default ``$VINSPECT_IMAGE``, else the image built in ``namespace``
+            by the cluster's BuildConfig, see :func:`components.kfp.in_cluster_image`).
         secrets: Names of the S3 / MLflow / CVAT Secrets in that namespace.
         gpus: Accelerator limit of the train step (0: CPU).
         enable_caching: False re-runs every step (a pipeline version compiled with every step
@@ -334,7 +336,10 @@ def submit(
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
     with tempfile.TemporaryDirectory(prefix="vinspect-submit-") as tmp:
         package = Path(tmp) / "training_pipeline.yaml"
-        _compile(package, image, secrets, gpus, caching=enable_caching)
+        from components.kfp import pipeline_image
+
+        # The default image is the one bootstrap builds in this very project.
+        _compile(package, image or pipeline_image(namespace), secrets, gpus, caching=enable_caching)
         try:
             pipeline_id, version_id = upload(client, package, suffix="" if enable_caching else "-nocache")
             exp = client.create_experiment(experiment, namespace=namespace or None)

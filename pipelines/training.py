@@ -34,12 +34,16 @@ DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effe
 
 # Keys of an OpenShift AI S3 data connection, mapped 1:1 onto the same environment names.
 S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET")
-# MLflow's endpoint is configuration, not a secret: it comes from the runtime ConfigMap; only
-# credentials (when the server has auth) come from a Secret, which may be absent.
-MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI",)
+# MLflow's endpoint is configuration, not a secret: it comes from the runtime ConfigMap, with how
+# to authenticate (MLFLOW_TRACKING_AUTH=kubernetes: the step's own service-account token, read by
+# MLflow from the pod's token file on each request, checked by the OAuth proxy in front of MLflow)
+# and the CA of the proxy's certificate. Static credentials, for another server, may come from a
+# Secret, which may be absent.
+MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_SERVER_CERT_PATH")
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
-# Token or user/password: whichever keys the CVAT Secret has.
-CVAT_KEYS = ("CVAT_URL", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD")
+# Token or user/password: whichever keys the CVAT Secret has; CVAT_HOST is the name CVAT's proxy
+# routes (the Route host), sent as the Host header to the in-cluster Service URL.
+CVAT_KEYS = ("CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD")
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,14 @@ Storage layout (the registry core's, see docs/CONTRACTS.md): version ``V`` of mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
 
 ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
+# Where Kubernetes mounts a pod's service-account token (rotated in place by the kubelet).
+SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
 class RegistryError(RuntimeError):
@@ -53,10 +56,25 @@ class RegistryAuth:
             session.auth = (self.username, self.password or "")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> RegistryAuth:
-        """From :class:`vinspect.settings.MLflowSettings` (secrets unwrapped only here)."""
+    def from_settings(cls, settings: Any, *, token_file: Path = SERVICE_ACCOUNT_TOKEN) -> RegistryAuth:
+        """From :class:`vinspect.settings.MLflowSettings` (secrets unwrapped only here).
+
+        With ``MLFLOW_TRACKING_AUTH=kubernetes`` and no token, the pod's service-account token is
+        the bearer token, as MLflow's own ``kubernetes`` auth provider sends it (the cluster's
+        MLflow sits behind an OAuth proxy that checks it).
+
+        Args:
+            settings: The MLflow settings.
+            token_file: The service-account token file (the pod's projected token).
+        """
         token = settings.token.get_secret_value() if settings.token else None
         password = settings.password.get_secret_value() if settings.password else None
+        if not token and (getattr(settings, "auth", None) or "").lower() == "kubernetes":
+            try:
+                token = token_file.read_text().strip() or None
+            except OSError as exc:
+                raise RegistryError(f"MLFLOW_TRACKING_AUTH=kubernetes but the service-account token {token_file} "
+                                    f"cannot be read ({exc.strerror}); run in a pod, or set MLFLOW_TRACKING_TOKEN")
         return cls(token=token or None, username=settings.username or None, password=password)
 
 

@@ -110,6 +110,11 @@ class MLflowSettings(_Base):
     token: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_TOKEN")
     username: str | None = Field(None, validation_alias="MLFLOW_TRACKING_USERNAME")
     password: SecretStr | None = Field(None, validation_alias="MLFLOW_TRACKING_PASSWORD")
+    # MLflow reads these two itself on every request: `kubernetes` sends the service-account token
+    # of the pod (or the kubeconfig's token on a laptop) as a bearer token, which the OAuth proxy
+    # in front of the cluster's MLflow checks; the CA file verifies the proxy's certificate.
+    auth: str | None = Field(None, validation_alias="MLFLOW_TRACKING_AUTH")
+    server_cert_path: str | None = Field(None, validation_alias="MLFLOW_TRACKING_SERVER_CERT_PATH")
     experiment: str = Field("vinspect", validation_alias="VINSPECT_EXPERIMENT")
     model_name: str = Field("metal-nut", validation_alias="VINSPECT_MODEL_NAME")
 
@@ -132,6 +137,9 @@ class CVATSettings(_Base):
     username: str | None = Field(None, validation_alias="CVAT_USERNAME")
     password: SecretStr | None = Field(None, validation_alias="CVAT_PASSWORD")
     ca_bundle: str | None = Field(None, validation_alias="CVAT_CA_BUNDLE")
+    # The name CVAT is served under (its traefik routes only Host(`${CVAT_HOST}`)); sent as the
+    # Host header when CVAT_URL reaches it by another name, such as the in-cluster Service.
+    host: str | None = Field(None, validation_alias="CVAT_HOST")
 
 
 class KFPSettings(_Base):
@@ -141,7 +149,8 @@ class KFPSettings(_Base):
     token: SecretStr | None = Field(None, validation_alias="KFP_TOKEN")
     namespace: str | None = Field(None, validation_alias="KFP_NAMESPACE")
     ca_bundle: str | None = Field(None, validation_alias="KFP_CA_BUNDLE")
-    image: str = Field("quay.io/vinspect/vinspect-pipeline:0.1.0", validation_alias="VINSPECT_IMAGE")
+    # None: the image the cluster builds in the pipelines project (components.kfp.in_cluster_image).
+    image: str | None = Field(None, validation_alias="VINSPECT_IMAGE")
 
 
 class KafkaSettings(_Base):

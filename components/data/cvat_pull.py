@@ -42,7 +42,8 @@ ANNOTATION_JOB_TYPE = "annotation"
 
 
 def make_client(url: str, *, token: str | None = None, username: str | None = None,
-                password: str | None = None, ca_bundle: str | None = None, verify_ssl: bool | None = None):
+                password: str | None = None, ca_bundle: str | None = None, verify_ssl: bool | None = None,
+                host: str | None = None):
     """Build a logged-in ``cvat_sdk.Client`` from a URL and a token or user/password.
 
     Args:
@@ -53,6 +54,9 @@ def make_client(url: str, *, token: str | None = None, username: str | None = No
         ca_bundle: CA certificates to trust for an HTTPS server with a private CA.
         verify_ssl: Certificate checking; None (the default) means on. Keep it on: for a private CA
             pass ``ca_bundle`` instead.
+        host: The host name CVAT is served under (``CVAT_HOST``), sent as the ``Host`` header when
+            ``url`` reaches the server by another name (the in-cluster Service): CVAT's traefik
+            routes only ``Host(`${CVAT_HOST}`)`` and answers 404 to any other name.
 
     Raises:
         CVATError: For missing credentials, a wrong password (401/400) or an unreachable server.
@@ -69,6 +73,8 @@ def make_client(url: str, *, token: str | None = None, username: str | None = No
         if ca_bundle:
             client.api_client.configuration.ssl_ca_cert = ca_bundle
             client.api_client.rest_client = rest.RESTClientObject(client.api_client.configuration)
+        if host and host != urlsplit(url).hostname:
+            client.api_client.set_default_header("Host", host)
         client.check_server_version(fail_if_unsupported=False)
         client.login(AccessTokenCredentials(token) if token else PasswordCredentials(username, password))
     except CVATError:

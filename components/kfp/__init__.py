@@ -15,12 +15,29 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-DEFAULT_IMAGE = "quay.io/vinspect/vinspect-pipeline:0.1.0"
+# The pipeline image `vinspect infra bootstrap` builds in the cluster (BuildConfig
+# vinspect-pipeline, infra/manifests/base/builds) and pushes to the internal registry, where the
+# step pods of the Data Science Pipelines project pull it from. Nothing is published elsewhere.
+INTERNAL_REGISTRY = "image-registry.openshift-image-registry.svc:5000"
+PIPELINE_IMAGE_STREAM = "vinspect-pipeline"
+PIPELINE_IMAGE_TAG = "latest"
+DEFAULT_NAMESPACE = "vinspect"
 
 
-def pipeline_image() -> str:
-    """The image every component runs in: ``$VINSPECT_IMAGE`` or :data:`DEFAULT_IMAGE`."""
-    return os.environ.get("VINSPECT_IMAGE") or DEFAULT_IMAGE
+def in_cluster_image(namespace: str | None = None) -> str:
+    """The in-cluster pipeline image of a project: ``<internal registry>/<ns>/vinspect-pipeline:latest``.
+
+    Args:
+        namespace: The Data Science Pipelines project (default ``$KFP_NAMESPACE``, else ``vinspect``,
+            the project ``infra/manifests`` creates).
+    """
+    namespace = namespace or os.environ.get("KFP_NAMESPACE") or DEFAULT_NAMESPACE
+    return f"{INTERNAL_REGISTRY}/{namespace}/{PIPELINE_IMAGE_STREAM}:{PIPELINE_IMAGE_TAG}"
+
+
+def pipeline_image(namespace: str | None = None) -> str:
+    """The image every component runs in: ``$VINSPECT_IMAGE``, else :func:`in_cluster_image`."""
+    return os.environ.get("VINSPECT_IMAGE") or in_cluster_image(namespace)
 
 
 def make_component(func: Callable[..., Any], image: str | None = None):

@@ -53,6 +53,7 @@ def pull_annotations(
             username=cvat.username,
             password=cvat.password.get_secret_value() if cvat.password else None,
             verify_ssl=None,
+            host=cvat.host,
         )
     manifest = pull(
         source or None,

@@ -29,8 +29,11 @@ RUNTIME_PLURAL = "servingruntimes"
 MODES = ("raw", "modelmesh")
 RAW_RUNTIME = "kserve-ovms"
 MODELMESH_RUNTIME = "ovms"
-# The OVMS image OpenShift AI ships; override with the digest your cluster's template uses.
-DEFAULT_OVMS_IMAGE = "quay.io/modh/openvino_model_server:stable"
+# The OVMS image of OpenShift AI's kserve-ovms template, pinned by digest (never a moving tag);
+# infra/images.yaml lists it, and the infra tests keep the two equal.
+DEFAULT_OVMS_IMAGE = (
+    "quay.io/modh/openvino_model_server@sha256:53b7fcf95de9b81e4c8652d0bf4e84e22d5b696827a5d951d863420c68b9cfe8"
+)
 
 LABEL_MODEL = "vinspect.io/model-name"
 LABEL_VERSION = "vinspect.io/model-version"

@@ -7,6 +7,13 @@ tasks, projects, the paginated ``/api/jobs`` list, the asynchronous export
 queued -> started -> finished or failed; download from ``result_url`` with a Content-Disposition
 file name), and CVAT's error bodies (``{"detail": ...}``; 401, 404, 405 for an unknown format).
 
+In front of it, optionally, the virtual-host routing of CVAT's own deployment: CVAT's
+``docker-compose.yml`` (cvat-ai/cvat) reaches ``cvat_server`` and ``cvat_ui`` only through traefik
+routers whose rules are ``Host(`${CVAT_HOST:-localhost}`)`` (``traefik.http.routers.cvat.rule``,
+``traefik.http.routers.cvat-ui.rule`` labels). Traefik's ``Host`` matcher compares the request's
+host name (the ``Host`` header, port removed, case-insensitive); a request no router matches gets
+traefik's ``404 page not found`` as ``text/plain``. ``FakeCVAT(hosts=[...])`` enforces that.
+
 Exports are built on request from in-memory frames in "Ultralytics YOLO Detection 1.0",
 "YOLO 1.1" or "CVAT for images 1.1", with each task's subset, the way CVAT lays them out.
 """
@@ -110,8 +117,10 @@ class FakeCVAT:
     """
 
     def __init__(self, *, username: str = "annotator", password: str = "correct horse", pat: str | None = None,
-                 page_size: int = 2, version: str = "2.72.0"):
+                 page_size: int = 2, version: str = "2.72.0", hosts: list[str] | None = None):
         self.username, self.password = username, password
+        # Host names traefik routes to CVAT (None: no traefik in front, anything goes).
+        self.hosts = [h.lower() for h in hosts] if hosts is not None else None
         self.pat = pat or "pat_" + secrets.token_hex(8)
         self.tokens: set[str] = set()
         self.sessions: dict[str, str] = {}  # sessionid -> csrftoken
@@ -330,8 +339,22 @@ class _Handler(BaseHTTPRequestHandler):
             return True
         return "Authentication credentials were not provided."
 
+    def _routed_by_traefik(self) -> bool:
+        if self.cvat.hosts is None:
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        if host.startswith("["):
+            host = host.split("]")[0] + "]"
+        else:
+            host = host.rsplit(":", 1)[0] if ":" in host else host
+        return host in self.cvat.hosts
+
     def _route(self, method: str) -> None:
         c = self.cvat
+        if not self._routed_by_traefik():
+            c.calls.append((method, "404 " + self.path))
+            self._body() if method == "POST" else None
+            return self._send(404, b"404 page not found\n", ctype="text/plain; charset=utf-8")
         parts = urlsplit(self.path)
         path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
         c.calls.append((method, path))

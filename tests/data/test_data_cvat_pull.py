@@ -213,3 +213,29 @@ def test_sdk_calls_stay_within_the_cvat_api(cvat, client, tmp_path, shared_dir):
         if (method, path) in extra or re.fullmatch(r"/api/(tasks|projects|jobs)/\d+/dataset/download", path):
             continue
         assert any(m == method.lower() and t.match(path) for m, t in templates), (method, path)
+
+
+# CVAT behind its own traefik, reached from inside the cluster by the Service name (issue 13, defect 5)
+
+ROUTE_HOST = "cvat-vinspect.apps.example.test"
+
+
+@pytest.fixture
+def routed_cvat(cvat):
+    """The same server, but only the Route's host name is routed (CVAT's compose traefik rule)."""
+    cvat.hosts = [ROUTE_HOST]
+    yield cvat
+    cvat.hosts = None
+
+
+def test_a_pull_by_service_url_without_the_host_gets_traefiks_404(routed_cvat, tmp_path):
+    with pytest.raises(CVATError, match="404"):
+        with make_client(routed_cvat.url, token=routed_cvat.pat) as client:
+            pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+
+
+def test_a_pull_by_service_url_sends_cvat_host_and_works(routed_cvat, tmp_path):
+    with make_client(routed_cvat.url, token=routed_cvat.pat, host=ROUTE_HOST) as client:
+        m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
+    assert m["counts"]["images"]["total"] == 8
+    assert not [p for _, p in routed_cvat.calls if p.startswith("404 ")], "a request went out without the Host header"

@@ -11,9 +11,25 @@ It keeps the semantics the bootstrap relies on, on a virtual clock advanced by `
   ones marked ``stuck``, which report ``Ready=False`` with a reason forever;
 - creating what exists is 409 Conflict, reading what does not is 404, creating into a namespace
   that does not exist is 404;
-- Secrets, ConfigMaps, Services... are ready once stored, as in Kubernetes.
+- Secrets, ConfigMaps, Services... are ready once stored, as in Kubernetes;
+- OLM resolves a Subscription only in a channel its catalog has (else the Subscription reports
+  ``ResolutionFailed``, as OLM's resolver does: "no operators found in channel X of package Y");
+  OpenShift AI's channel decides the installed major version, and with it the served
+  DataScienceCluster/DSCInitialization versions. On 3.x, v2 is the storage (hub) version and
+  v1 objects are converted, so the fields v2 dropped (``api/datasciencecluster/v2``,
+  ``api/dscinitialization/v2`` in opendatahub-io/opendatahub-operator) vanish from what is stored;
+- the OpenShift AI operator creates DSCInitialization ``default-dsci`` itself on install, and its
+  runtime Templates (``kserve-ovms``) in the applications namespace once the DSC is ready;
+- builds follow OpenShift's Build API (build.openshift.io/v1 ``Build.status.phase``:
+  New, Pending, Running, then Complete, Failed, Error or Cancelled; a Complete Docker build
+  pushes its output to the ImageStreamTag named in the BuildConfig's ``spec.output.to``);
+- the ``storageclasses`` list is what ``storage.k8s.io/v1`` returns; the default one carries
+  ``storageclass.kubernetes.io/is-default-class: "true"``;
+- objects marked ``stuck`` never become ready; for a VirtualMachine that is what KubeVirt reports
+  on a node without KVM (``Ready=False``, the VMI unschedulable).
 
-Every write is recorded in ``events`` as ``(time, verb, "Kind ns/name")`` for order assertions.
+Every write is recorded in ``events`` as ``(time, verb, "Kind ns/name")`` for order assertions
+(``patch`` when a patch changed the object, ``patch-request`` for every patch sent).
 """
 
 from __future__ import annotations
@@ -46,6 +62,33 @@ BUILTIN_KINDS: dict[tuple[str, str], bool] = {
     ("image.openshift.io/v1", "ImageStream"): True,
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): False,
     ("config.openshift.io/v1", "Ingress"): False,
+    ("template.openshift.io/v1", "Template"): True,
+    ("storage.k8s.io/v1", "StorageClass"): False,
+}
+
+# The OVMS image the fake OpenShift AI operator writes into its kserve-ovms Template (a real
+# operator takes it from RELATED_IMAGE_ODH_OPENVINO_MODEL_SERVER_IMAGE of its release).
+TEMPLATE_OVMS_IMAGE = "registry.redhat.io/rhoai/odh-openvino-model-server-rhel9@sha256:" + "1" * 64
+
+# OLM catalog: package -> channel -> version. Packages not listed accept any channel.
+CATALOG: dict[str, dict[str, str]] = {
+    "rhods-operator": {"stable": "2.25.0", "stable-2.25": "2.25.0", "fast": "2.25.0",
+                       "fast-3.x": "3.0.0", "stable-3.x": "3.0.0"},
+}
+
+# Served versions beyond the one in CRDS, per OpenShift AI major version.
+RHOAI_VERSIONS = {
+    2: {"datascienceclusters.datasciencecluster.opendatahub.io": ["v1"],
+        "dscinitializations.dscinitialization.opendatahub.io": ["v1"]},
+    3: {"datascienceclusters.datasciencecluster.opendatahub.io": ["v1", "v2"],
+        "dscinitializations.dscinitialization.opendatahub.io": ["v1", "v2"]},
+}
+# Fields that v2 (the 3.x storage version) does not have: lost when a v1 object is converted.
+V2_DROPPED: dict[str, list[tuple[str, ...]]] = {
+    "DataScienceCluster": [("spec", "components", "codeflare"), ("spec", "components", "modelmeshserving"),
+                           ("spec", "components", "kserve", "serving"),
+                           ("spec", "components", "kserve", "defaultDeploymentMode")],
+    "DSCInitialization": [("spec", "serviceMesh")],
 }
 
 # CRD name -> (group, version, kind, namespaced)
@@ -55,10 +98,12 @@ CRDS: dict[str, tuple[str, str, str, bool]] = {
     "clusterserviceversions.operators.coreos.com": ("operators.coreos.com", "v1alpha1", "ClusterServiceVersion", True),
     "configs.imageregistry.operator.openshift.io": ("imageregistry.operator.openshift.io", "v1", "Config", False),
     "datascienceclusters.datasciencecluster.opendatahub.io": ("datasciencecluster.opendatahub.io", "v1", "DataScienceCluster", False),
+    "dscinitializations.dscinitialization.opendatahub.io": ("dscinitialization.opendatahub.io", "v1", "DSCInitialization", False),
     "datasciencepipelinesapplications.datasciencepipelinesapplications.opendatahub.io": (
         "datasciencepipelinesapplications.opendatahub.io", "v1", "DataSciencePipelinesApplication", True),
     "servingruntimes.serving.kserve.io": ("serving.kserve.io", "v1alpha1", "ServingRuntime", True),
     "inferenceservices.serving.kserve.io": ("serving.kserve.io", "v1beta1", "InferenceService", True),
+    "notebooks.kubeflow.org": ("kubeflow.org", "v1", "Notebook", True),
     "knativeservings.operator.knative.dev": ("operator.knative.dev", "v1beta1", "KnativeServing", True),
     "knativeeventings.operator.knative.dev": ("operator.knative.dev", "v1beta1", "KnativeEventing", True),
     "knativekafkas.operator.serverless.openshift.io": ("operator.serverless.openshift.io", "v1alpha1", "KnativeKafka", True),
@@ -86,7 +131,8 @@ PREINSTALLED_CRDS = [
 
 # Operator package -> CRDs its CSV installs.
 OPERATOR_CRDS = {
-    "rhods-operator": ["datascienceclusters.datasciencecluster.opendatahub.io"],
+    "rhods-operator": ["datascienceclusters.datasciencecluster.opendatahub.io",
+                       "dscinitializations.dscinitialization.opendatahub.io"],
     "serverless-operator": [
         "knativeservings.operator.knative.dev",
         "knativeeventings.operator.knative.dev",
@@ -104,6 +150,7 @@ INSTANCE_CRDS = {
         "datasciencepipelinesapplications.datasciencepipelinesapplications.opendatahub.io",
         "servingruntimes.serving.kserve.io",
         "inferenceservices.serving.kserve.io",
+        "notebooks.kubeflow.org",
     ],
     "KnativeServing": ["services.serving.knative.dev"],
     "KnativeEventing": ["brokers.eventing.knative.dev", "triggers.eventing.knative.dev"],
@@ -121,6 +168,7 @@ READY_STATUS: dict[str, Callable[[], dict[str, Any]]] = {
     "NodeFeatureDiscovery": lambda: {"conditions": [{"type": "Available", "status": "True"}]},
     "HyperConverged": lambda: {"conditions": [{"type": "Available", "status": "True"}]},
     "Config": lambda: {"conditions": [{"type": "Available", "status": "True"}]},
+    "DSCInitialization": lambda: {"phase": "Ready", "conditions": [{"type": "Available", "status": "True"}]},
 }
 for _kind in ("KnativeServing", "KnativeEventing", "KnativeKafka", "Kafka", "KafkaTopic",
               "DataSciencePipelinesApplication", "Broker", "Trigger", "KafkaSource", "KafkaSink", "Service/knative"):
@@ -152,8 +200,12 @@ class FakeResource:
     def _key(self, name: str, namespace: str | None) -> tuple[str, str, str | None, str]:
         return (_group(self.api_version), self.kind, namespace if self.namespaced else None, name)
 
-    def get(self, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+    def get(self, name: str | None = None, namespace: str | None = None, **_: Any) -> dict[str, Any]:
         self.cluster.reads += 1
+        if name is None:  # a list, as the dynamic client's ResourceList.to_dict() gives it
+            return {"items": [copy.deepcopy(o) for (g, k, ns, _n), o in self.cluster.objects.items()
+                              if k == self.kind and g == _group(self.api_version)
+                              and (namespace is None or ns == namespace)]}
         obj = self.cluster.objects.get(self._key(name, namespace))
         if obj is None:
             raise _error(404, "Not Found", f'{self.kind} "{name}" not found')
@@ -172,6 +224,7 @@ class FakeResource:
             raise _error(409, "Conflict", f'{self.kind} "{name}" already exists')
         obj = copy.deepcopy(body)
         obj.pop("status", None)
+        self.cluster.convert(obj)
         obj["metadata"]["namespace"] = namespace if self.namespaced else None
         if not self.namespaced:
             obj["metadata"].pop("namespace")
@@ -187,8 +240,11 @@ class FakeResource:
         obj = self.cluster.objects.get(key)
         if obj is None:
             raise _error(404, "Not Found", f'{self.kind} "{name}" not found')
+        # Every request, even one the server turns into a no-op (a field conversion drops again).
+        self.cluster.record("patch-request", obj)
         before = copy.deepcopy(obj)
         _merge(obj, {k: v for k, v in body.items() if k != "status"})
+        self.cluster.convert(obj)
         if obj != before:
             self.cluster.record("patch", obj)
             self.cluster.on_patched(obj)
@@ -215,7 +271,9 @@ class _Discovery:
         if (api_version, kind) in BUILTIN_KINDS:
             return FakeResource(self.cluster, api_version, kind, BUILTIN_KINDS[(api_version, kind)])
         for crd_name, (group, version, crd_kind, namespaced) in CRDS.items():
-            if f"{group}/{version}" == api_version and crd_kind == kind and self.cluster.established(crd_name):
+            versions = RHOAI_VERSIONS.get(self.cluster.rhoai_major or 2, {}).get(crd_name, [version])
+            if (crd_kind == kind and api_version in {f"{group}/{v}" for v in versions}
+                    and self.cluster.established(crd_name)):
                 return FakeResource(self.cluster, api_version, kind, namespaced)
         raise ResourceNotFoundError(f"No matches found for {{'api_version': '{api_version}', 'kind': '{kind}'}}")
 
@@ -231,6 +289,9 @@ class FakeCluster:
         stuck: ``"Kind name"`` of objects that never become ready.
         failing: ``"Kind name"`` of Jobs and Builds that fail.
         apps_domain: The cluster's apps domain (Ingress config ``cluster``).
+        storage_classes: ``{name: is_default}`` of the cluster's StorageClasses (default: one
+            default class, as on a cloud install; ``{}`` is a bare single-node cluster without LVMS).
+        registry_storage: The image registry Config's ``spec.storage`` as the installer left it.
     """
 
     def __init__(
@@ -240,7 +301,10 @@ class FakeCluster:
         stuck: set[str] | None = None,
         failing: set[str] | None = None,
         apps_domain: str = "apps.example.test",
+        storage_classes: dict[str, bool] | None = None,
+        registry_storage: dict[str, Any] | None = None,
     ) -> None:
+        self.rhoai_major: int | None = None
         self.now = 0.0
         self.delay = delay
         self.stuck = stuck or set()
@@ -258,9 +322,15 @@ class FakeCluster:
         # The image registry operator's Config exists on every cluster (Removed on bare metal).
         self._store("imageregistry.operator.openshift.io", "Config", None, {
             "apiVersion": "imageregistry.operator.openshift.io/v1", "kind": "Config",
-            "metadata": {"name": "cluster"}, "spec": {"managementState": "Removed"},
+            "metadata": {"name": "cluster"},
+            "spec": {"managementState": "Removed", **({"storage": registry_storage} if registry_storage else {})},
             "status": {"conditions": [{"type": "Available", "status": "False", "reason": "Removed"}]},
         })
+        for name, default in ({"gp3-csi": True} if storage_classes is None else storage_classes).items():
+            self._store("storage.k8s.io", "StorageClass", None, {
+                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "provisioner": "example.csi",
+                "metadata": {"name": name, "annotations": {
+                    "storageclass.kubernetes.io/is-default-class": "true" if default else "false"}}})
         for ns in ("openshift-operators", "openshift-marketplace", "openshift-image-registry",
                    "openshift-virtualization-os-images"):
             self._store("", "Namespace", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
@@ -363,6 +433,8 @@ class FakeCluster:
             obj["status"] = READY_STATUS[status_key]()
             for crd in INSTANCE_CRDS.get(kind, []):
                 self._add_crd(crd, established=False)
+            if kind == "DataScienceCluster":
+                self._publish_templates()
 
         self._later(ready)
 
@@ -372,9 +444,30 @@ class FakeCluster:
         if kind in READY_STATUS and f"{kind} {obj['metadata']['name']}" not in self.stuck:
             self._later(lambda: obj.update(status=READY_STATUS[kind]()))
 
+    def convert(self, obj: dict[str, Any]) -> None:
+        """Store a v1 OpenShift AI object the way a 3.x API server does: as v2, dropped fields lost."""
+        if self.rhoai_major != 3 or obj["kind"] not in V2_DROPPED:
+            return
+        for path in V2_DROPPED[obj["kind"]]:
+            parent = obj
+            for key in path[:-1]:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+            if isinstance(parent, dict):
+                parent.pop(path[-1], None)
+
     def _install_operator(self, sub: dict[str, Any]) -> None:
         package = sub["spec"]["name"]
         namespace = sub["metadata"]["namespace"]
+        channels = CATALOG.get(package)
+        channel = sub["spec"].get("channel", "")
+        if channels is not None and channel not in channels:
+            sub["status"] = {"state": "", "conditions": [{
+                "type": "ResolutionFailed", "status": "True", "reason": "ConstraintsNotSatisfiable",
+                "message": f"constraints not satisfiable: no operators found in channel {channel} of package "
+                           f"{package} in the catalog referenced by subscription {sub['metadata']['name']}"}]}
+            return
+        if package == "rhods-operator":
+            self.rhoai_major = int(channels[channel].split(".")[0])
         csv_name = f"{package}.v1.0.0"
         csv = {"apiVersion": "operators.coreos.com/v1alpha1", "kind": "ClusterServiceVersion",
                "metadata": {"name": csv_name, "namespace": namespace},
@@ -388,8 +481,39 @@ class FakeCluster:
             csv["status"] = {"phase": "Succeeded", "message": "install strategy completed with no errors"}
             for crd in OPERATOR_CRDS.get(package, []):
                 self._add_crd(crd, established=False)
+            if package == "rhods-operator":
+                self._later(self._initialize_rhoai)
 
         self._later(succeeded)
+
+    def _initialize_rhoai(self) -> None:
+        """What the OpenShift AI operator does first: its namespaces and DSCInitialization default-dsci."""
+        for ns in ("redhat-ods-applications", "redhat-ods-monitoring"):
+            self._store("", "Namespace", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+                                                "status": {"phase": "Active"}})
+        version = "v2" if self.rhoai_major == 3 else "v1"
+        spec: dict[str, Any] = {"applicationsNamespace": "redhat-ods-applications",
+                                "monitoring": {"managementState": "Managed", "namespace": "redhat-ods-monitoring"},
+                                "trustedCABundle": {"managementState": "Managed", "customCABundle": ""}}
+        if version == "v1":
+            spec["serviceMesh"] = {"managementState": "Managed",
+                                   "controlPlane": {"name": "data-science-smcp", "namespace": "istio-system",
+                                                    "metricsCollection": "Istio"}}
+        dsci = {"apiVersion": f"dscinitialization.opendatahub.io/{version}", "kind": "DSCInitialization",
+                "metadata": {"name": "default-dsci"}, "spec": spec, "status": READY_STATUS["DSCInitialization"]()}
+        self._store("dscinitialization.opendatahub.io", "DSCInitialization", None, dsci)
+        self.record("create", dsci)
+
+    def _publish_templates(self) -> None:
+        """The operator's serving runtime templates, once the DataScienceCluster is ready."""
+        template = {
+            "apiVersion": "template.openshift.io/v1", "kind": "Template",
+            "metadata": {"name": "kserve-ovms", "namespace": "redhat-ods-applications"},
+            "objects": [{"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
+                         "metadata": {"name": "kserve-ovms"},
+                         "spec": {"containers": [{"name": "kserve-container", "image": TEMPLATE_OVMS_IMAGE}]}}],
+        }
+        self._store("template.openshift.io", "Template", "redhat-ods-applications", template)
 
     # -- builds (what `oc start-build` does) -------------------------------------------------
 
@@ -399,10 +523,13 @@ class FakeCluster:
         number = 1 + sum(1 for b in self.builds if b.rsplit("-", 1)[0] == name)
         build_name = f"{name}-{number}"
         self.builds.append(build_name)
+        # A Build starts New, is Pending while its pod is scheduled, Running while it builds and
+        # pushes, then ends Complete (output pushed to the ImageStreamTag) or Failed.
         build = {"apiVersion": "build.openshift.io/v1", "kind": "Build",
-                 "metadata": {"name": build_name, "namespace": namespace}, "status": {"phase": "Running"}}
+                 "metadata": {"name": build_name, "namespace": namespace}, "status": {"phase": "New"}}
         self._store("build.openshift.io", "Build", namespace, build)
         self.record("build", build)
+        self._later(lambda: build["status"].update(phase="Running"), delay=self.delay / 2)
         stream, _, tag = bc["spec"]["output"]["to"]["name"].partition(":")
 
         def done() -> None:

@@ -103,7 +103,7 @@ def test_unknown_service_and_wrong_port_are_named(rendered):
     assert [p.address.value for p in problems] == ["http://nope.vinspect.svc:80",
                                                    "http://mlflow.vinspect.svc.cluster.local:5001"]
     assert "no Service vinspect/nope" in problems[0].reason
-    assert "answers on [5000], not 5001" in problems[1].reason
+    assert "answers on [8443], not 5001" in problems[1].reason
 
 
 def test_the_service_choice_of_the_datasciencecluster_is_explicit(rendered):

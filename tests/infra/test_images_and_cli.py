@@ -133,7 +133,8 @@ def test_cli_bootstrap_dry_run_prints_the_plan(cli, kubectl, store):
     result = CliRunner().invoke(cli, ["bootstrap", "--dry-run", "--overlay", "gpu"])
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert out.index("phase 1/10: namespaces") < out.index("phase 2/10: operators") < out.index("phase 10/10: triggers")
+    assert out.index("phase 1/20: namespaces") < out.index("phase 2/20: operators") < out.index("phase 10/20: triggers")
+    assert out.index("phase 10/20: triggers") < out.index("phase 15/20: cvat: services") < out.index("phase 20/20: gpu: services")
     assert "generate Secret vinspect/minio-root" in out and "build    BuildConfig vinspect/vinspect-pipeline" in out
     assert "ClusterPolicy gpu-cluster-policy  -> wait: CRD clusterpolicies.nvidia.com Established; state ready" in out
 
@@ -142,4 +143,4 @@ def test_cli_bootstrap_dry_run_works_without_the_schemas(cli, kubectl, tmp_path,
     monkeypatch.setenv("VINSPECT_SHARED_DIR", str(tmp_path))
     result = CliRunner().invoke(cli, ["bootstrap", "--dry-run"])
     assert result.exit_code == 0, result.output
-    assert "warning: not validated offline" in result.output and "phase 1/10: namespaces" in result.output
+    assert "warning: not validated offline" in result.output and "phase 1/15: namespaces" in result.output

@@ -216,7 +216,7 @@ def test_runtime_config_map_has_every_key_the_pipeline_maps(objects, compiled, d
 
 def test_mlflow_tracking_uri_is_the_in_cluster_service(objects, compiled, dspa):
     uri = urlparse(runtime_config(objects, compiled, dspa)["MLFLOW_TRACKING_URI"])
-    assert uri.scheme == "http"
+    assert uri.scheme == "https"  # the OAuth proxy, with a service-CA certificate
     service_name, service_namespace, *_ = uri.hostname.split(".")
     service = find(objects, "Service", service_name, api_prefix="v1")
     assert service["metadata"]["namespace"] == service_namespace
@@ -257,10 +257,12 @@ def test_optional_secrets_are_generated_or_documented(objects, compiled, generat
     # CVAT: a URL plus a complete credential (user and password, or a token).
     cvat = set(generated[(namespace, "cvat-admin")])
     assert "CVAT_URL" in cvat and ({"CVAT_USERNAME", "CVAT_PASSWORD"} <= cvat or "CVAT_TOKEN" in cvat)
-    # vinspect-mlflow is not generated because our MLflow server runs without auth.
+    # vinspect-mlflow is not generated: the steps authenticate to MLflow's OAuth proxy with their own
+    # service-account token (MLFLOW_TRACKING_AUTH=kubernetes from the ConfigMap); the Secret is for
+    # an external MLflow with static credentials.
     assert (namespace, "vinspect-mlflow") not in generated
     args = " ".join(find(objects, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"][0]["args"])
-    assert "--app-name" not in args, "MLflow has auth now: bootstrap must generate vinspect-mlflow"
+    assert "--app-name" not in args, "MLflow's basic-auth app is on: bootstrap must generate vinspect-mlflow"
 
 
 def test_config_map_carries_no_credential(objects, compiled, dspa):

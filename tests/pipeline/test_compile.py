@@ -140,11 +140,13 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
     spec, platform, tasks = compiled["spec"], compiled["platform"], compiled["tasks"]
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     s3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}
-    mlflow = {"configmap/vinspect-runtime": {"MLFLOW_TRACKING_URI"},
+    # Endpoint, auth mode (the step's service-account token) and the proxy's CA from the ConfigMap.
+    mlflow = {"configmap/vinspect-runtime": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_AUTH",
+                                             "MLFLOW_TRACKING_SERVER_CERT_PATH"},
               "vinspect-mlflow": {"MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
     expected = {
         "pull-annotations": {"aws-connection-models": s3,
-                             "cvat-admin": {"CVAT_URL", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD"}},
+                             "cvat-admin": {"CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD"}},
         "check-dataset": mlflow,
         "train": {"aws-connection-models": s3},
         "register": {"aws-connection-models": s3 | {"MLFLOW_S3_ENDPOINT_URL"}, **mlflow},

@@ -81,6 +81,25 @@ def test_auth_from_settings_prefers_the_token(monkeypatch):
     assert (auth.token, auth.username, auth.password) == ("tok", "u", "p")
 
 
+def test_auth_kubernetes_sends_the_service_account_token(monkeypatch, tmp_path):
+    """The cluster's MLflow is behind an OAuth proxy: in a pod, the service-account token is the bearer."""
+    from secrets import token_hex
+
+    from vinspect.settings import MLflowSettings
+
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_AUTH", "kubernetes")
+    token_file = tmp_path / "token"
+    token = token_hex(16)
+    token_file.write_text(token + "\n")
+    assert RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=token_file).token == token
+    with pytest.raises(RegistryError, match="service-account token .* cannot be read"):
+        RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=tmp_path / "absent")
+    monkeypatch.delenv("MLFLOW_TRACKING_AUTH")
+    assert RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=token_file).token is None
+
+
 def test_importing_the_client_and_the_serve_cli_does_not_import_mlflow():
     code = (
         "import sys, serving.registry_client, vinspect.cli.serve\n"

@@ -109,6 +109,7 @@ def register(app: typer.Typer) -> None:
                 username=settings.username,
                 password=settings.password.get_secret_value() if settings.password else None,
                 ca_bundle=settings.ca_bundle,
+                host=settings.host,
             )
             with client:
                 manifest = import_dataset(None, out, fmt=fmt, classes=_classes(classes), map_by_name=map_by_name,

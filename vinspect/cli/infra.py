@@ -12,6 +12,8 @@ from typing import Any, Optional
 import typer
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Exit status of a bootstrap that applied everything required but had to skip an optional part.
+OPTIONAL_SKIPPED_EXIT = 3
 
 
 def _fail(message: str) -> None:
@@ -48,13 +50,14 @@ def validate(
 ) -> None:
     """Validate every rendered object against the upstream schemas in ../shared/schemas/crds.
 
-    Unknown kinds, undeclared fields and literal credentials are errors. The shared folder can be
-    moved with VINSPECT_SHARED_DIR.
+    Unknown kinds, undeclared fields, literal credentials and images neither built by the overlay nor
+    pinned in infra/images.yaml are errors. The shared folder can be moved with VINSPECT_SHARED_DIR.
     """
     from tqdm import tqdm
 
     from infra.render import RenderError, list_overlays
     from infra.render import render as render_overlay
+    from infra.image_policy import check_images, manifest_images
     from infra.validate import SchemasMissingError, default_store, validate_objects
 
     names = overlay or list_overlays()
@@ -71,6 +74,8 @@ def validate(
         except RenderError as exc:
             _fail(str(exc))
         issues = validate_objects(objects, store)
+        # Every image built by this overlay or pinned in infra/images.yaml.
+        issues += check_images(manifest_images(objects), objects, require_all_used=False)
         if issues:
             failed += 1
             typer.echo(f"overlay {name}: {len(issues)} problem(s) in {len(objects)} objects", err=True)
@@ -125,7 +130,9 @@ def bootstrap(
     """Apply an overlay in dependency order, waiting on CSVs, CRDs and readiness; safe to re-run.
 
     Generates the Minio credentials and the S3 data connection into Secrets on the cluster; they are
-    never written to disk or printed.
+    never written to disk or printed. Needs a default StorageClass (LVM Storage on single-node
+    OpenShift). Optional parts (CVAT on OpenShift Virtualization, the GPU stack) come last; when one
+    cannot come up the rest is still installed and the exit status is 3 (1: a required part failed).
     """
     from tqdm import tqdm
 
@@ -179,10 +186,26 @@ def bootstrap(
             report = runner.run(phases)
         except BootstrapError as exc:
             _fail(str(exc))
+    finish(report, overlay)
+
+
+def finish(report: Any, overlay: str) -> None:
+    """Print what a bootstrap did; exit 3 naming the optional parts it had to skip.
+
+    Args:
+        report: The :class:`infra.bootstrap.Report`.
+        overlay: The overlay's name, for the message.
+    """
     typer.echo(
         f"bootstrap of {overlay} done in {report.elapsed_s:.0f}s: {report.count('created')} created, "
         f"{report.count('configured')} configured, {report.count('unchanged')} unchanged"
     )
+    if report.skipped:
+        for part, why in sorted(report.skipped.items()):
+            typer.echo(f"warning: optional part {part!r} skipped: {why}", err=True)
+        typer.echo(f"everything else is in place; fix the optional part(s) ({', '.join(sorted(report.skipped))}) "
+                   "and run the bootstrap again (it is idempotent)", err=True)
+        raise typer.Exit(OPTIONAL_SKIPPED_EXIT)
 
 
 def register(app: typer.Typer) -> None:

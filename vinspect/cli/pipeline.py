@@ -8,7 +8,11 @@ from typing import Optional
 
 import typer
 
-_IMAGE = typer.Option(None, "--image", help="Component image (default $VINSPECT_IMAGE or the released image).")
+_IMAGE = typer.Option(
+    None, "--image",
+    help="Component image (default $VINSPECT_IMAGE, else the image `vinspect infra bootstrap` builds in the "
+         "pipelines project: image-registry.openshift-image-registry.svc:5000/<namespace>/vinspect-pipeline:latest).",
+)
 _GPUS = typer.Option(1, "--gpus", min=0, help="GPUs for the train step (0: CPU-only train step).")
 _PARAM = typer.Option(
     None, "--param", "-p", help="Pipeline parameter as key=value (repeatable; see `vinspect pipeline params`)."
@@ -64,11 +68,13 @@ def register(app: typer.Typer) -> None:
         mlflow_secret: str = _MLFLOW_SECRET,
         cvat_secret: str = _CVAT_SECRET,
         config_map: str = _CONFIG_MAP,
+        namespace: Optional[str] = _NS,
     ) -> None:
         """Compile the training pipeline to KFP IR YAML (upload it in the OpenShift AI console or with `submit`)."""
         from pipelines.compile import compile_pipeline
 
-        path = compile_pipeline(out, image=image, secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map), gpus=gpus)
+        path = compile_pipeline(out, image=image, secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+                                gpus=gpus, namespace=namespace)
         typer.echo(f"wrote {path}")
 
     @app.command("params")

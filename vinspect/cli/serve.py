@@ -28,7 +28,8 @@ def champion_uri(model_name: str, bucket: str, alias: str = "champion") -> tuple
 
     Uses MLflow's REST API through ``serving.registry_client`` (``requests`` only): the serving
     extra and the model-server image do not carry the ``mlflow`` package. Credentials come from
-    ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``; a private CA from
+    ``MLFLOW_TRACKING_TOKEN`` or ``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, or, with
+    ``MLFLOW_TRACKING_AUTH=kubernetes``, the pod's service-account token; a private CA from
     ``MLFLOW_TRACKING_SERVER_CERT_PATH`` (MLflow's own variable).
 
     Raises:
