@@ -158,3 +158,14 @@ def exposed_names(metrics: InspectionMetrics | None = None) -> set[str]:
         elif family.type == "histogram":
             names |= {family.name + s for s in ("_bucket", "_sum", "_count", "_created")}
     return names
+
+
+def metric_labels(metrics: InspectionMetrics | None = None) -> dict[str, tuple[str, ...]]:
+    """``{metric family name: its label names}`` (for checks of alert rules against the definitions)."""
+    metrics = metrics or InspectionMetrics()
+    out = {}
+    for value in vars(metrics).values():
+        name = getattr(value, "_name", None)
+        if name is not None and hasattr(value, "_labelnames"):
+            out[name] = tuple(value._labelnames)
+    return out
