@@ -69,3 +69,14 @@ def test_not_a_cloudevent_is_400_and_a_failed_submit_is_503():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_cli_refuses_unknown_pipeline_arguments():
+    from typer.testing import CliRunner
+
+    from vinspect.cli import app
+
+    r = CliRunner().invoke(app, ["retrain", "serve", "--args", '{"epoch": 3}'])
+    assert r.exit_code == 2 and "unknown pipeline parameter(s) ['epoch']" in r.output
+    r = CliRunner().invoke(app, ["retrain", "serve", "--args", "[1]"])
+    assert r.exit_code == 2 and "not a JSON object" in r.output
