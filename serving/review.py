@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -157,12 +157,13 @@ def reasons_for(result: Mapping[str, Any], sha256: str, policy: ReviewPolicy, *,
 
 @dataclass(frozen=True)
 class Selection:
-    """A frame the selector chose: its hash, why, and when (UTC, ISO 8601)."""
+    """A frame the selector chose: its hash, why, when (UTC, ISO 8601), and its queue key once stored."""
 
     sha256: str
     camera: str
     reasons: tuple[str, ...]
     selected_at: str
+    key: str | None = None
 
 
 def _day(ts: float) -> str:
@@ -415,20 +416,22 @@ class ReviewStore:
 
 
 def queue_frame(selector: ReviewSelector, store: ReviewStore, result: Mapping[str, Any], image: bytes,
-                *, flagged: bool = False) -> str | None:
+                *, flagged: bool = False) -> Selection | None:
     """What the processor calls per result: select by policy, then queue in S3.
 
     Never raises for S3 trouble: a review queue that is down must not stop inspection, so the
     failure is logged and None returned.
 
     Returns:
-        The queue record's key, or None (not selected, a duplicate, capped, or not stored).
+        The stored :class:`Selection` (``key`` is its queue record, ``reasons`` why), or None (not
+        selected, a duplicate, capped, or not stored).
     """
     selection = selector.select(result, image, flagged=flagged)
     if selection is None:
         return None
     try:
-        return store.put(selection, result, image)
+        key = store.put(selection, result, image)
+        return None if key is None else replace(selection, key=key)
     except ReviewError:
         raise
     except Exception as exc:  # S3 down or refusing: logged, inspection goes on

@@ -27,8 +27,9 @@ def _result(camera: str, score: float) -> dict:
 def test_selected_frames_are_queued_with_their_detections(store):
     sel = ReviewSelector(ReviewPolicy(audit_rate=0.0))
     frame = b"\xff\xd8\xffjpeg-1"
-    key = queue_frame(sel, store, _result("cam-1", 0.3), frame)
-    assert key == f"{store.prefix}queue/{hashlib.sha256(frame).hexdigest()}.json"
+    queued = queue_frame(sel, store, _result("cam-1", 0.3), frame)
+    assert queued.key == f"{store.prefix}queue/{hashlib.sha256(frame).hexdigest()}.json"
+    assert queued.reasons == ("disagreement", "uncertain")
     [item] = store.pending()
     assert item.record["reasons"] == ["disagreement", "uncertain"]
     assert item.detections[0]["box"] == [1.0, 2.0, 30.0, 40.0]
