@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import json
 import uuid
 
 import numpy as np

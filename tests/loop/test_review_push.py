@@ -98,7 +98,7 @@ def test_a_push_interrupted_before_marking_reuses_its_task(cvat, store):
 
 
 def test_cli_push_then_completed_job_comes_back_through_the_pull(cvat, store, local_stack, monkeypatch, tmp_path):
-    frames = _queue(store, 4)
+    _queue(store, 4)
     local_stack.apply_env(monkeypatch)
     monkeypatch.setenv("CVAT_TOKEN", cvat.pat)
     monkeypatch.setenv("VINSPECT_REVIEW_PREFIX", store.prefix)
