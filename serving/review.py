@@ -178,7 +178,9 @@ class ReviewSelector:
     """Applies a :class:`ReviewPolicy` with rate caps and de-duplication (thread-safe).
 
     Counts are kept per UTC day in memory; a restarted processor starts the day's counts from zero
-    unless given ``counts`` (e.g. from :meth:`ReviewStore.counts_for_day`).
+    unless given ``counts`` (the caps are a rate limit, not an exact quota: a restart at worst lets
+    one more day's cap through). De-duplication survives restarts through the store (an image
+    already under ``review/images/`` is never queued twice).
 
     Args:
         policy: The policy.
