@@ -23,11 +23,13 @@ twice, or a replayed topic, queues it once).
     review/images/<sha256>.jpg                the frame as the camera sent it (not the annotated copy)
     review/queue/<sha256>.json                one pending item: result, detections, reasons
     review/pushed/<task id>/<sha256>.json     the same record once it is in a CVAT task
+    review/pushed-images/<sha256>.json        which task an image went to (for de-duplication)
 
-The image is written before its queue record, so a record never points at a missing image; the
-queue record is what marks an item pending, and ``mark_pushed`` writes the pushed record before it
-deletes the queue record, so a crash in between leaves the item pending (pushed again, never lost).
-An image already in ``review/images/`` is a duplicate across restarts too.
+The image is written before its queue record, so a record never points at a missing image, and a
+crash between the two leaves nothing that blocks a retry; the queue record is what marks an item
+pending. ``mark_pushed`` writes the pushed record and the image's marker before it deletes the
+queue record, so a crash in between leaves the item pending (pushed again, never lost). An image
+that is pending or was pushed is a duplicate, across restarts too.
 """
 
 from __future__ import annotations
@@ -299,6 +301,13 @@ class ReviewStore:
     def pushed_key(self, task_id: int, sha256: str) -> str:
         return f"{self.prefix}pushed/{task_id}/{sha256}.json"
 
+    def marker_key(self, sha256: str) -> str:
+        return f"{self.prefix}pushed-images/{sha256}.json"
+
+    def known(self, sha256: str) -> bool:
+        """Whether the image is pending or was pushed already."""
+        return self._exists(self.queue_key(sha256)) or self._exists(self.marker_key(sha256))
+
     def _exists(self, key: str) -> bool:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
@@ -323,7 +332,7 @@ class ReviewStore:
             (a duplicate across restarts).
         """
         image_key = self.image_key(selection.sha256)
-        if self._exists(image_key):
+        if self.known(selection.sha256):
             log.info("review: image %s is already queued or reviewed; not queued again", selection.sha256[:12])
             return None
         record = {
@@ -392,7 +401,7 @@ class ReviewStore:
             raise
 
     def mark_pushed(self, items: Iterable[ReviewItem], task_id: int, task_url: str = "") -> list[str]:
-        """Move items from the queue to ``pushed/<task_id>/`` (pushed record first, then delete).
+        """Move items from the queue to ``pushed/<task_id>/`` (pushed record and marker first, then delete).
 
         Returns:
             The pushed records' keys.
@@ -403,6 +412,9 @@ class ReviewStore:
                                                "at": _iso(time.time())})
             key = self.pushed_key(task_id, item.sha256)
             self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(record, sort_keys=True).encode(),
+                               ContentType="application/json")
+            self.s3.put_object(Bucket=self.bucket, Key=self.marker_key(item.sha256),
+                               Body=json.dumps({"task_id": int(task_id), "key": key}).encode(),
                                ContentType="application/json")
             self.s3.delete_object(Bucket=self.bucket, Key=item.key)
             keys.append(key)

@@ -46,6 +46,21 @@ def test_a_frame_already_in_s3_is_not_queued_again_by_a_restarted_processor(stor
     assert store.size() == 1
 
 
+def test_an_image_written_without_its_record_does_not_block_a_retry(store, local_stack):
+    from serving.review import image_hash
+
+    local_stack.s3.put_object(Bucket=store.bucket, Key=store.image_key(image_hash(b"half")), Body=b"half")
+    assert queue_frame(ReviewSelector(ReviewPolicy(audit_rate=0.0)), store, _result("c", 0.3), b"half") is not None
+    assert store.size() == 1
+
+
+def test_a_pushed_image_is_not_queued_again(store):
+    queue_frame(ReviewSelector(ReviewPolicy(audit_rate=0.0)), store, _result("c", 0.3), b"once")
+    store.mark_pushed(store.pending(), 5)
+    assert store.size() == 0
+    assert queue_frame(ReviewSelector(ReviewPolicy(audit_rate=0.0)), store, _result("c", 0.3), b"once") is None
+
+
 def test_mark_pushed_moves_items_out_of_the_queue(store):
     sel = ReviewSelector(ReviewPolicy(audit_rate=0.0))
     for i in range(3):
