@@ -163,3 +163,19 @@ def test_cli_prints_the_task_url_and_no_secret(cvat, nuts, monkeypatch):
     assert "annotator-pw-for-test" not in r.output and cvat.pat not in r.output
     r = runner.invoke(app, ["cvat", "setup", "--cvat-url", cvat.url, "--images", str(root / "missing")])
     assert r.exit_code == 2 and "image source does not exist" in r.output
+
+
+def test_yolo_class_names_come_from_the_folder(nuts, tmp_path):
+    from components.data.cvat_setup import read_yolo_annotations
+
+    root, truth = nuts
+    images = sorted((root / "images").iterdir())
+    labels = tmp_path / "export"
+    labels.mkdir()
+    (labels / "obj.names").write_text("bent\nscratch\n")  # another order than ours: names decide
+    for p in (root / "labels").iterdir():
+        (labels / p.name).write_text("".join(f"{1 - int(ln.split()[0])} {ln.split(' ', 1)[1]}\n"
+                                             for ln in p.read_text().splitlines()))
+    boxes = read_yolo_annotations(labels, images)
+    assert {n: sorted(b[0] for b in bs) for n, bs in boxes.items()} == \
+        {n: sorted(b[0] for b in bs) for n, bs in truth.items()}
