@@ -148,6 +148,7 @@ def build_training_pipeline(
         cvat_task_id: int = 0,
         cvat_project_id: int = 0,
         include_all_jobs: bool = False,
+        map_labels_by_name: bool = True,
         source_version: str = "",
         val_fraction: float = 0.2,
         test_fraction: float = 0.0,
@@ -193,6 +194,7 @@ def build_training_pipeline(
             cvat_project_id=cvat_project_id,
             include_all_jobs=include_all_jobs,
             source_version=source_version,
+            map_by_name=map_labels_by_name,
         ).set_display_name("pull-annotations")
         pull.set_caching_options(caching)
         s3_env(pull)

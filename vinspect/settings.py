@@ -206,3 +206,19 @@ class RuntimeSettings(_Base):
     def token(self, service: str) -> str | None:
         """The bearer token of ``processor`` or ``dashboard`` (None: no token required)."""
         return _secret(self.processor_token if service == "processor" else self.dashboard_token) or None
+
+
+class NotifySettings(_Base):
+    """Where model notifications (CloudEvents ``io.vinspect.model.*``) go.
+
+    On the cluster the URL is the Knative Broker's ingress (the Kafka Broker:
+    ``http://kafka-broker-ingress.knative-eventing.svc.cluster.local/<namespace>/<broker>``);
+    locally any webhook. No URL: notifications are off (logged at debug level only).
+    """
+
+    url: str | None = Field(None, validation_alias="VINSPECT_NOTIFY_URL")
+    mode: str = Field("binary", validation_alias="VINSPECT_NOTIFY_MODE")  # binary | structured
+    token: SecretStr | None = Field(None, validation_alias="VINSPECT_NOTIFY_TOKEN")
+    timeout_s: float = Field(5.0, validation_alias="VINSPECT_NOTIFY_TIMEOUT_S")
+    source: str = Field("/vinspect", validation_alias="VINSPECT_NOTIFY_SOURCE")
+    ca_bundle: str | None = Field(None, validation_alias="VINSPECT_NOTIFY_CA_BUNDLE")

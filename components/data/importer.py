@@ -160,21 +160,39 @@ def map_classes(export: Export, classes: Sequence[str], map_by_name: bool) -> di
     """Map the export's label names to class ids of ``classes``.
 
     Ids are never renumbered silently: unless ``map_by_name``, the export's labels must be
-    ``classes`` in the same order (or a prefix of it).
+    ``classes`` in the same order (or a prefix of it), and every box's label must be one of them.
+
+    With ``map_by_name`` ids follow names: a CVAT project whose labels were created in another
+    order, or that has extra labels, maps ``scratch`` -> 0 and ``bent`` -> 1 by name. Boxes of an
+    extra label (not in ``classes``) are left out of the dataset and counted in the manifest
+    (``ignored_boxes``); only a required class the export does not have is an error, because a
+    class with no label in the source can never be annotated and the model would learn it as
+    background.
 
     Raises:
         DatasetError: For a box whose label is not in ``classes`` (naming its file and line), or a
-            different label list/order, showing both lists.
+            different label list/order, showing both lists (without ``map_by_name``); for a
+            required class missing from the export's labels (with it).
     """
     classes = list(classes)
+    if map_by_name:
+        missing = [c for c in classes if c not in export.labels]
+        if missing:
+            raise DatasetError(
+                f"required class(es) {missing} are not labels of the export (its labels are {export.labels}); "
+                f"add {'them' if len(missing) > 1 else 'it'} to the CVAT project/task (`vinspect cvat setup` "
+                f"creates {classes}) or pass --classes with the classes it has",
+                file=export.root)
+        return {name: classes.index(name) for name in export.labels if name in classes}
     for it in export.items:
         for b in it.boxes:
             if b.label not in classes:
                 raise DatasetError(
                     f"unknown label {b.label!r}: the export's labels are {export.labels}, the dataset's "
-                    f"classes are {classes}. Add it to --classes or relabel it in CVAT",
+                    f"classes are {classes}. Add it to --classes, relabel it in CVAT, or pass --map-by-name "
+                    "to map by name and leave other labels out",
                     file=b.file, line=b.line)
-    if not map_by_name and export.labels != classes[:len(export.labels)]:
+    if export.labels != classes[:len(export.labels)]:
         raise DatasetError(
             f"the export's labels {export.labels} differ from the classes {classes} in names or order. "
             f"Class ids are never renumbered silently: pass --classes {','.join(export.labels)} to keep the "
@@ -272,6 +290,7 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
     subsets = sorted({it.subset for it in export.items if it.subset})
     stats = qa.QAStats(classes)
     files: dict[str, str] = {}
+    ignored_boxes: dict[str, int] = {}
     items_out = []
     with _staging(out_dir, overwrite) as stage:
         (stage / "images").mkdir()
@@ -296,6 +315,9 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
                     file=it.ann_file, line=it.ann_line)
             lines, ids, sizes = [], [], []
             for b in it.boxes:
+                if b.label not in class_ids:  # an extra label, mapped by name: counted, not trained on
+                    ignored_boxes[b.label] = ignored_boxes.get(b.label, 0) + 1
+                    continue
                 cx, cy, w, h = qa.check_box(b.cx, b.cy, b.w, b.h, width, height, b.file, b.line)
                 cid = class_ids[b.label]
                 lines.append(qa.format_label_line(cid, cx, cy, w, h))
@@ -327,6 +349,7 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
             "source_labels": export.labels,
             "class_map": {k: v for k, v in class_ids.items()},
             "ignored_labels": [lab for lab in export.labels if lab not in class_ids],
+            "ignored_boxes": dict(sorted(ignored_boxes.items())),
             "other_shapes": dict(sorted(export.other_shapes.items())),
             "subsets": subsets,
             "counts": stats.counts(),
@@ -336,6 +359,8 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
         write_json(stage / MANIFEST, manifest)
     if export.other_shapes:
         log.info("ignored non-rectangle annotations: %s", dict(export.other_shapes))
+    if ignored_boxes:
+        log.warning("left out boxes of labels that are not classes %s: %s", classes, ignored_boxes)
     return manifest
 
 
@@ -544,6 +569,7 @@ def validate_and_split(
             "box_sizes": stats.size_summary(),
             "other_shapes": manifest_in.get("other_shapes", {}),
             "ignored_labels": manifest_in.get("ignored_labels", []),
+            "ignored_boxes": manifest_in.get("ignored_boxes", {}),
             "warnings": warnings,
             "split": method,
         }

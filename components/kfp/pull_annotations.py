@@ -13,6 +13,7 @@ def pull_annotations(
     include_all_jobs: bool,
     source_version: str,
     raw_dataset: Output[Dataset],
+    map_by_name: bool = True,
 ) -> NamedTuple("PullOutputs", [("dataset_id", str), ("images", int)]):
     """Pull annotations into ``raw_dataset`` (images, labels, manifest.json).
 
@@ -25,6 +26,9 @@ def pull_annotations(
         source_version: Fingerprint of the source's content (only there so that a changed
             source changes this step's cache key; the step does not read it).
         raw_dataset: Output folder.
+        map_by_name: Class ids follow label names (``scratch`` 0, ``bent`` 1) whatever the order or
+            extra labels of the CVAT project; only a missing required class fails. False keeps the
+            export's ids and refuses any other order.
 
     Returns:
         The manifest's dataset id and number of images.
@@ -64,6 +68,7 @@ def pull_annotations(
         task_id=cvat_task_id or None,
         project_id=cvat_project_id or None,
         include_all_jobs=include_all_jobs,
+        map_by_name=map_by_name,
     )
     images = int(manifest.get("counts", {}).get("images", {}).get("total", 0))
     raw_dataset.metadata["dataset_id"] = manifest["dataset_id"]

@@ -133,6 +133,16 @@ class FakeCVAT:
         self.page_size = page_size
         self.version = version
         self.calls: list[tuple[str, str]] = []
+        # Set-up state (projects/tasks created over the API, users, uploads): see _setup_routes.
+        self.users: dict[str, dict] = {username: {"id": 1, "username": username, "email": f"{username}@example.com",
+                                                  "password": password, "first_name": "", "last_name": ""}}
+        self.registration_open = True
+        self.uploads: dict[int, dict] = {}  # task id -> {"started": bool, "files": [(name, bytes)]}
+        self.create_requests: dict[str, dict] = {}  # rq_id -> {"task_id", "polls"}
+        self.shapes: dict[int, list[dict]] = {}  # task id -> annotations as uploaded (LabeledShape)
+        self.default_segment_size = 0  # 0: one job for the whole task, as CVAT without segment_size
+        self.segment_sizes: dict[int, int] = {}  # task id -> segment_size asked for at creation
+        self.assignees: dict[int, int | None] = {}  # job id -> user id
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -358,7 +368,8 @@ class _Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path, query = parts.path.rstrip("/"), {k: v[-1] for k, v in parse_qs(parts.query).items()}
         c.calls.append((method, path))
-        body = self._body() if method == "POST" else b""
+        body = self._body() if method in ("POST", "PATCH", "PUT") else b""
+        self.request_body = body
         if path == "/api/server/about" and method == "GET":
             return self._send(200, {"name": "Computer Vision Annotation Tool", "description": "test server",
                                     "version": c.version, "logo_url": "", "subtitle": ""})
@@ -389,6 +400,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str, seg: list[str], query: dict) -> None:
         c = self.cvat
+        if _setup_routes(self, method, seg, query) is not NOT_HANDLED:
+            return None
         if seg[:1] == ["server"] and seg[1:] == ["annotation", "formats"]:
             fmts = [{"name": f, "ext": "ZIP", "version": f.rsplit(" ", 1)[-1], "enabled": True, "dimension": "2d"}
                     for f in FORMATS]
@@ -446,3 +459,301 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):  # noqa: N802
         self._route("POST")
+
+    def do_PATCH(self):  # noqa: N802
+        self._route("PATCH")
+
+    def do_PUT(self):  # noqa: N802
+        self._route("PUT")
+
+
+# ------------------------------------------------------------------ set-up routes (issue 15)
+#
+# What `vinspect cvat setup` and `vinspect review push` call through cvat-sdk, answered the way
+# CVAT 2.x answers it. Sources: the request/response models and endpoint tables of cvat-sdk's
+# generated API (``cvat_sdk/api_client/api/{projects,tasks,labels,users,auth,jobs}_api.py`` and
+# ``cvat_sdk/api_client/model/*.py``, SDK 2.80 for server 2.x), and the server code in
+# github:cvat-ai/cvat:
+#
+# - list filters (``?name=``, ``?project_id=``, ``?username=``) are CVAT's ``SimpleFilter``, "the only
+#   available check is equality" (``cvat/apps/engine/filters.py``); lists are paginated
+#   ``{count, next, previous, results}``;
+# - ``POST /api/projects`` with ``labels`` creates them in the order given; ``PATCH
+#   /api/projects/{id}`` with ``labels`` adds those without an ``id`` and refuses a name that exists
+#   (``LabelSerializer`` / ``ProjectWriteSerializer`` in ``cvat/apps/engine/serializers.py``);
+#   tasks inside a project take the project's labels and may not set their own;
+# - ``POST /api/tasks/{id}/data`` is the upload protocol of ``UploadMixin``
+#   (``cvat/apps/engine/mixins.py``): ``Upload-Start`` -> 202, ``Upload-Multiple`` multipart
+#   ``client_files[i]`` -> 200, ``Upload-Finish`` with the data fields -> 202 ``{rq_id}``; the task is
+#   created in the background (request operation ``create:task``), frames sorted by name
+#   (``sorting_method`` ``lexicographical``, the default), then one job per ``segment_size``
+#   frames (all frames in one job when it is 0), each job ``new`` / ``annotation``;
+# - ``GET /api/tasks/{id}/data/meta`` lists the frames' names and sizes in frame order;
+# - ``PUT /api/tasks/{id}/annotations`` replaces a task's annotations with a ``LabeledData``
+#   (``shapes`` of ``type`` rectangle, ``points`` ``[x1, y1, x2, y2]`` in pixels, ``label_id``
+#   of the project's labels, ``frame`` index); ``PATCH ...?action=create`` adds to them;
+#   a label id that is not the task's is 400;
+# - ``POST /api/auth/register`` (dj-rest-auth's ``RegisterView`` as ``RegisterViewEx`` in
+#   ``cvat/apps/iam/views.py``): ``username, email, password1, password2``; a taken username is
+#   400 ``{"username": ["A user with that username already exists."]}``; 201 with the user;
+# - ``PATCH /api/jobs/{id}`` with ``assignee`` (a user id) assigns a job; ``state``/``stage`` move it.
+
+NOT_HANDLED = object()
+
+
+def _label_id(owner_id: int, index: int) -> int:
+    """Stable label ids: the project's (or standalone task's) id * 1000 + position."""
+    return owner_id * 1000 + index + 1
+
+
+def _labels_of(c: FakeCVAT, *, project_id: int | None = None, task_id: int | None = None) -> list[dict]:
+    if task_id is not None:
+        t = c.tasks[task_id]
+        if t.project_id is not None:
+            return _labels_of(c, project_id=t.project_id)
+        owner, names, key = t.id, t.labels, "task_id"
+    else:
+        owner, names, key = project_id, c.projects[project_id].labels, "project_id"
+    return [{"id": _label_id(owner, i), "name": n, "color": "#%06x" % (0x3D3DF5 + 4099 * i), "attributes": [],
+             "type": "rectangle", "sublabels": [], "has_parent": False, "parent_id": None,
+             "project_id": owner if key == "project_id" else None, "task_id": owner if key == "task_id" else None}
+            for i, n in enumerate(names)]
+
+
+def _page(c: FakeCVAT, path: str, items: list, query: dict) -> dict:
+    page, size = int(query.get("page", 1)), int(query.get("page_size", c.page_size))
+    chunk = items[(page - 1) * size: page * size]
+    nxt = f"{c.url}/api/{path}?page={page + 1}" if page * size < len(items) else None
+    return {"count": len(items), "next": nxt, "previous": None, "results": chunk}
+
+
+def _user_json(c: FakeCVAT, u: dict) -> dict:
+    return {"url": f"{c.url}/api/users/{u['id']}", "id": u["id"], "username": u["username"],
+            "first_name": u.get("first_name", ""), "last_name": u.get("last_name", ""), "email": u["email"],
+            "groups": ["admin"] if u["id"] == 1 else ["user"], "is_staff": u["id"] == 1,
+            "is_superuser": u["id"] == 1, "is_active": True, "last_login": None, "date_joined": NOW,
+            "has_analytics_access": False}
+
+
+def _multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
+    """``(field name, file name, payload)`` of a multipart/form-data body."""
+    from email.parser import BytesParser
+    from email.policy import HTTP
+
+    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    out = []
+    for part in msg.iter_parts():
+        out.append((part.get_param("name", header="content-disposition"), part.get_filename(),
+                    part.get_payload(decode=True) or b""))
+    return out
+
+
+def _finish_task_data(c: FakeCVAT, task_id: int) -> None:
+    """Turn an upload into frames and jobs (what CVAT's background task creation does)."""
+    from PIL import Image
+
+    t = c.tasks[task_id]
+    files = sorted(c.uploads.pop(task_id)["files"], key=lambda f: f[0])  # lexicographical
+    for name, data in files:
+        with Image.open(io.BytesIO(data)) as im:
+            t.frames.append(Frame(name, data, im.width, im.height))
+    size = c.segment_sizes.get(task_id) or c.default_segment_size or len(t.frames)
+    next_id = max([j.id for task in c.tasks.values() for j in task.jobs] + [1000]) + 1
+    for start in range(0, len(t.frames), size):
+        t.jobs.append(Job(next_id, task_id, range(start, min(start + size, len(t.frames))), "new", "annotation"))
+        next_id += 1
+
+
+def _apply_shapes(c: FakeCVAT, t: Task, shapes: list[dict]) -> None:
+    """Keep the uploaded shapes and mirror them into the frames' boxes, so exports carry them."""
+    names = {lab["id"]: lab["name"] for lab in _labels_of(c, task_id=t.id)}
+    for f in t.frames:
+        f.boxes = []
+    for s in shapes:
+        x0, y0, x1, y1 = (float(v) for v in s["points"][:4])
+        t.frames[int(s["frame"])].boxes.append((names[s["label_id"]], x0, y0, x1, y1))
+    c.shapes[t.id] = shapes
+
+
+def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # noqa: C901 (one table of routes)
+    c = h.cvat
+    body = getattr(h, "request_body", b"")
+
+    def payload() -> dict:
+        try:
+            return json.loads(body or b"{}")
+        except json.JSONDecodeError:
+            return {}
+
+    # ---- projects
+    if seg == ["projects"] and method == "GET":
+        items = [c.project_json(p) for p in sorted(c.projects.values(), key=lambda p: p.id)
+                 if "name" not in query or p.name == query["name"]]
+        return h._send(200, _page(c, "projects", items, query))
+    if seg == ["projects"] and method == "POST":
+        data = payload()
+        if not data.get("name"):
+            return h._send(400, {"name": ["This field is required."]})
+        names = [lab["name"] for lab in data.get("labels", [])]
+        if len(set(names)) != len(names):
+            return h._send(400, {"labels": ["All label names must be unique"]})
+        pid = max([*c.projects, *c.tasks, 0]) + 1
+        c.projects[pid] = Project(pid, data["name"], names)
+        return h._send(201, c.project_json(c.projects[pid]))
+    if seg[:1] == ["projects"] and len(seg) == 2 and method == "PATCH":
+        p = c.projects[int(seg[1])]
+        data = payload()
+        for lab in data.get("labels", []):
+            if "id" in lab:
+                continue  # updating an existing label's fields: nothing this server models
+            if lab["name"] in p.labels:
+                return h._send(400, {"labels": [f"Label '{lab['name']}' already exists"]})
+            p.labels.append(lab["name"])
+        if "name" in data:
+            p.name = data["name"]
+        return h._send(200, c.project_json(p))
+    # ---- labels
+    if seg == ["labels"] and method == "GET":
+        if "project_id" in query:
+            items = _labels_of(c, project_id=int(query["project_id"]))
+        elif "task_id" in query:
+            items = _labels_of(c, task_id=int(query["task_id"]))
+        else:
+            items = [lab for pid in sorted(c.projects) for lab in _labels_of(c, project_id=pid)]
+        return h._send(200, _page(c, "labels", items, query))
+    # ---- tasks
+    if seg == ["tasks"] and method == "GET":
+        items = [c.task_json(t) for t in sorted(c.tasks.values(), key=lambda t: t.id)
+                 if ("name" not in query or t.name == query["name"])
+                 and ("project_id" not in query or t.project_id == int(query["project_id"]))]
+        return h._send(200, _page(c, "tasks", items, query))
+    if seg == ["tasks"] and method == "POST":
+        data = payload()
+        if not data.get("name"):
+            return h._send(400, {"name": ["This field is required."]})
+        pid = data.get("project_id")
+        if pid is not None and pid not in c.projects:
+            return h._send(400, {"project_id": [f"Invalid pk \"{pid}\" - object does not exist."]})
+        if pid is not None and data.get("labels"):
+            return h._send(400, {"labels": ["Tasks inside a project use the project's labels"]})
+        labels = c.projects[pid].labels if pid is not None else [lab["name"] for lab in data.get("labels", [])]
+        tid = max([*c.tasks, *c.projects, 0]) + 1
+        c.tasks[tid] = Task(tid, data["name"], labels, [], [], data.get("subset", ""), pid)
+        c.segment_sizes[tid] = int(data.get("segment_size") or 0)
+        return h._send(201, c.task_json(c.tasks[tid]))
+    if seg[:1] == ["tasks"] and len(seg) == 3 and seg[2] == "data" and method == "POST":
+        tid = int(seg[1])
+        c.tasks[tid]
+        up = c.uploads.setdefault(tid, {"started": False, "files": []})
+        if "Upload-Start" in h.headers:
+            up["started"] = True
+            return h._send(202, None)
+        if "Upload-Multiple" in h.headers:
+            if not up["started"]:
+                return h._send(400, {"detail": "Upload-Start was not sent"})
+            for name, filename, data in _multipart(h.headers.get("Content-Type", ""), body):
+                if name and name.startswith("client_files[") and filename:
+                    up["files"].append((filename.replace("\\", "/").rsplit("/", 1)[-1], data))
+            return h._send(200, None)
+        if "Upload-Finish" in h.headers:
+            if not up["files"]:
+                return h._send(400, {"detail": "No media data found"})
+            rq_id = str(uuid.uuid4())
+            c.create_requests[rq_id] = {"task_id": tid, "polls": 0}
+            return h._send(202, {"rq_id": rq_id})
+        return h._send(400, {"detail": "this test server takes files with Upload-Start/-Multiple/-Finish"})
+    if seg[:1] == ["requests"] and len(seg) == 2 and seg[1] in c.create_requests and method == "GET":
+        rq = c.create_requests[seg[1]]
+        rq["polls"] += 1
+        done = rq["polls"] > c.polls_before_finish
+        if done and rq["task_id"] in c.uploads:
+            _finish_task_data(c, rq["task_id"])
+        status = "finished" if done else ("queued" if rq["polls"] <= 1 else "started")
+        return h._send(200, {
+            "id": seg[1], "status": status, "message": "",
+            "operation": {"type": "create:task", "target": "task", "task_id": rq["task_id"], "project_id": None,
+                          "job_id": None, "format": None, "function_id": None},
+            "progress": 1.0 if done else 0.0, "created_date": NOW, "started_date": NOW,
+            "finished_date": NOW if done else None, "expiry_date": None,
+            "owner": {"id": 1, "username": c.username}, "result_url": None, "result_id": rq["task_id"] if done else None,
+        })
+    if seg[:1] == ["tasks"] and seg[2:] == ["data", "meta"] and method == "GET":
+        t = c.tasks[int(seg[1])]
+        return h._send(200, {
+            "chunk_size": 72, "size": len(t.frames), "image_quality": 95, "start_frame": 0,
+            "stop_frame": max(len(t.frames) - 1, 0), "frame_filter": "", "chunks_updated_date": NOW,
+            "frames": [{"width": f.width, "height": f.height, "name": f.name, "related_files": 0} for f in t.frames],
+            "deleted_frames": [], "included_frames": None, "cloud_storage_id": None, "storage": "local",
+            "storage_method": "cache", "sorting_method": "lexicographical",
+        })
+    if seg[:1] == ["tasks"] and seg[2:] == ["annotations"] and method in ("GET", "PUT", "PATCH"):
+        t = c.tasks[int(seg[1])]
+        if method == "GET":
+            return h._send(200, {"version": 0, "tags": [], "shapes": c.shapes.get(t.id, []), "tracks": []})
+        data = payload()
+        shapes = data.get("shapes", [])
+        ids = {lab["id"] for lab in _labels_of(c, task_id=t.id)}
+        for s in shapes:
+            if s.get("label_id") not in ids:
+                return h._send(400, {"detail": f"label id {s.get('label_id')} is not a label of task {t.id}"})
+            if not 0 <= int(s.get("frame", -1)) < len(t.frames):
+                return h._send(400, {"detail": f"frame {s.get('frame')} is out of task {t.id}"})
+            if s.get("type") != "rectangle" or len(s.get("points", [])) != 4:
+                return h._send(400, {"detail": "this test server keeps rectangles (4 points) only"})
+        if method == "PATCH":
+            if query.get("action") != "create":
+                return h._send(400, {"detail": "action must be create, update or delete"})
+            shapes = c.shapes.get(t.id, []) + shapes
+        stored = [{**s, "id": i + 1} for i, s in enumerate(shapes)]
+        _apply_shapes(c, t, stored)
+        t.updated_date = NOW.replace("2026-01-01", "2026-01-02")
+        return h._send(200, {"version": 1, "tags": [], "shapes": stored, "tracks": []})
+    # ---- users
+    if seg == ["users"] and method == "GET":
+        items = [_user_json(c, u) for u in sorted(c.users.values(), key=lambda u: u["id"])
+                 if "username" not in query or u["username"] == query["username"]]
+        return h._send(200, _page(c, "users", items, query))
+    if seg == ["users", "self"] and method == "GET":
+        return h._send(200, _user_json(c, c.users[c.username]))
+    if seg == ["auth", "register"] and method == "POST":
+        data = payload()
+        if not c.registration_open:
+            return h._send(403, {"detail": "You do not have permission to perform this action."})
+        errors = {k: ["This field is required."] for k in ("username", "email", "password1", "password2")
+                  if not data.get(k)}
+        if errors:
+            return h._send(400, errors)
+        if data["username"] in c.users:
+            return h._send(400, {"username": ["A user with that username already exists."]})
+        if data["password1"] != data["password2"]:
+            return h._send(400, {"non_field_errors": ["The two password fields didn't match."]})
+        uid = max(u["id"] for u in c.users.values()) + 1
+        c.users[data["username"]] = {"id": uid, "username": data["username"], "email": data["email"],
+                                     "password": data["password1"], "first_name": data.get("first_name", ""),
+                                     "last_name": data.get("last_name", "")}
+        return h._send(201, {"username": data["username"], "email": data["email"],
+                             "first_name": data.get("first_name", ""), "last_name": data.get("last_name", ""),
+                             "email_verification_required": False, "key": None})
+    # ---- jobs
+    if seg[:1] == ["jobs"] and len(seg) == 2 and method in ("GET", "PATCH"):
+        j = next((j for t in c.tasks.values() for j in t.jobs if j.id == int(seg[1])), None)
+        if j is None:
+            raise KeyError(seg[1])
+        if method == "PATCH":
+            data = payload()
+            if "assignee" in data:
+                if data["assignee"] is not None and data["assignee"] not in {u["id"] for u in c.users.values()}:
+                    return h._send(400, {"assignee": [f"Invalid pk \"{data['assignee']}\" - object does not exist."]})
+                c.assignees[j.id] = data["assignee"]
+            for name in ("state", "stage"):
+                if name in data:
+                    setattr(j, name, data[name])
+                    j.__post_init__()
+        body_out = c.job_json(j)
+        uid = c.assignees.get(j.id)
+        user = next((u for u in c.users.values() if u["id"] == uid), None)
+        body_out["assignee"] = None if user is None else {"url": f"{c.url}/api/users/{uid}", "id": uid,
+                                                          "username": user["username"], "first_name": "",
+                                                          "last_name": ""}
+        return h._send(200, body_out)
+    return NOT_HANDLED

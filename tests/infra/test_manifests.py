@@ -260,7 +260,7 @@ def test_supplementary_schemas_do_not_shadow_shared_ones(store):
     local = {key for key, (source, _) in store._crd_schemas.items() if source.endswith(".yaml")
              and (Path(__file__).resolve().parents[2] / "infra" / "schemas" / source).is_file()}
     assert {kind for _, kind in local} == {"DataScienceCluster", "DSCInitialization", "Config", "VirtualMachine",
-                                          "HyperConverged", "Notebook"}
+                                          "HyperConverged", "Notebook", "PodMonitor", "PrometheusRule"}
 
 
 def test_cvat_vm_cloud_init_installs_cvat_and_reads_credentials_from_the_secret_disk(rendered, tmp_path):

@@ -28,6 +28,9 @@ _SUBAPPS = {
     "runs": "Training runs in MLflow.",
     "serve": "Runtime services: model server, image processor, camera, dashboard.",
     "infra": "Cluster manifests: render, validate, bootstrap.",
+    "cvat": "CVAT: project, labels, tasks with pre-annotations, annotators.",
+    "review": "The review queue: frames the line selected, pushed to CVAT as pre-annotated tasks.",
+    "retrain": "Retraining on drift: receive drift CloudEvents, submit the training pipeline.",
 }
 subapps = {name: typer.Typer(help=text, no_args_is_help=True) for name, text in _SUBAPPS.items()}
 for _name, _sub in subapps.items():
@@ -52,6 +55,7 @@ _register("pipeline", subapps["pipeline"])
 _register("serve", subapps["serve"])
 _register("infra", subapps["infra"])
 _register("demo", app)  # `vinspect demo`
+_register("loop", subapps["cvat"], subapps["review"], subapps["retrain"])
 
 
 def main() -> None:
