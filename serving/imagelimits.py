@@ -47,6 +47,11 @@ def image_size(data: bytes) -> tuple[int, int, str]:
         raise ImageTooLarge(f"image header announces too many pixels ({exc})") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageTooLarge(f"cannot read image header: {exc}") from None
+    except ImportError:
+        # Once ``ultralytics`` is imported in the process (pipeline steps, notebooks), it wraps
+        # PIL.Image.open and answers an unidentifiable image by importing an optional HEIF plugin,
+        # which raises ModuleNotFoundError offline (ultralytics/utils/patches.py::image_open).
+        raise ImageTooLarge("cannot read image header: not an image format Pillow knows") from None
 
 
 def check_pixels(width: int, height: int, max_pixels: int | None = None, what: str = "image") -> None:

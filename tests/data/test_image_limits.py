@@ -30,3 +30,22 @@ def test_import_names_the_bomb_and_writes_nothing(export_copy, tmp_path):
     with pytest.raises(DatasetError, match=f"{image.name}.*over the limit"):
         import_dataset(export_copy, out)
     assert not out.exists()
+
+
+def test_unreadable_header_is_named_even_after_ultralytics_wraps_pil(monkeypatch):
+    """Ultralytics replaces PIL.Image.open with a wrapper that tries to import a HEIF plugin."""
+    from PIL import Image
+
+    from serving.imagelimits import ImageTooLarge, image_size
+
+    original = Image.open
+
+    def ultralytics_like_open(fp, *args, **kwargs):
+        try:
+            return original(fp, *args, **kwargs)
+        except Image.UnidentifiedImageError:
+            import pi_heif_that_is_not_installed  # noqa: F401  (what the real wrapper does offline)
+
+    monkeypatch.setattr(Image, "open", ultralytics_like_open)
+    with pytest.raises(ImageTooLarge, match="cannot read image header"):
+        image_size(b"definitely not an image")
