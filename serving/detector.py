@@ -626,12 +626,12 @@ OpenVINO itself does not read this key; :func:`open_engine` and the local model 
 the rollout passes the same value to OVMS as ``--plugin_config`` (components/rollout)."""
 
 
-def _suggest(value: str, known: Sequence[str], what: str) -> ValueError:
+def _suggest(value: str, known: Sequence[str], what: str, setting: str) -> ValueError:
     import difflib
 
     hint = difflib.get_close_matches(value, known, n=1)
     extra = f"; did you mean {hint[0]!r}?" if hint else ""
-    return ValueError(f"unknown {what} {value!r} (known: {', '.join(known)}){extra}")
+    return ValueError(f"unknown {what} {value!r} (known: {', '.join(known)}; set by {setting}){extra}")
 
 
 def openvino_available() -> bool:
@@ -654,7 +654,7 @@ def resolve_engine(engine: str | None = None) -> str:
     aliases = {"ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime"}
     name = aliases.get(name, name)
     if name not in ENGINES:
-        raise _suggest(name, ENGINES, f"engine (set by {ENGINE_ENV} or --engine)")
+        raise _suggest(name, ENGINES, "engine", f"{ENGINE_ENV} or --engine")
     if name == "openvino" and not openvino_available():
         raise ValueError("engine 'openvino' asked for, but the openvino package is not installed "
                          "(pip install 'vinspect[serving]', or set VINSPECT_ENGINE=onnxruntime)")
@@ -675,7 +675,7 @@ def resolve_precision(precision: str | None = None) -> str | None:
         return None
     name = {"fp32": "f32", "float32": "f32", "fp16": "f16", "bfloat16": "bf16"}.get(name, name)
     if name not in PRECISIONS:
-        raise _suggest(name, PRECISIONS, f"precision (set by {PRECISION_ENV} or --precision)")
+        raise _suggest(name, PRECISIONS, "precision", f"{PRECISION_ENV} or --precision")
     return name
 
 
