@@ -44,10 +44,11 @@ CLASS_NAMES: tuple[str, ...] = ("scratch", "bent")
 DEFAULT_IMGSZ = 320
 PAD_VALUE = 114
 
-CORE_VERSION = 2
+CORE_VERSION = 3
 """Bumped whenever a change here moves pixels or boxes (2: OpenCV decode and INTER_LINEAR resize,
-was Pillow). Metrics are logged with it, and the quality gate only compares figures measured by
-the same core."""
+was Pillow; 3: evaluation runs on the serving engine, OpenVINO at the variant's precision, was
+ONNX Runtime f32). Metrics are logged with it, and the quality gate only compares figures
+measured by the same core."""
 MAX_NMS_CANDIDATES = 30000  # boxes kept (by score) before NMS, as Ultralytics does
 MAX_DETECTIONS = 300
 _MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any image side we will see

@@ -96,6 +96,8 @@ def rollout_kserve(
     smoke_url: str | None = None,
     wait_restored: bool = True,
     move_alias: Callable[[Any, str, str], Any] = promote,
+    variant: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Deploy ``version`` on KServe, check it, and make it the champion; roll back on failure.
 
@@ -125,6 +127,9 @@ def rollout_kserve(
         move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
             after every check passed (default :func:`~components.registry.promote`; a
             deployed rollback passes one that pops the history instead).
+        variant: The precision variant ``storage_uri`` points at (None or ``onnx``: the ONNX;
+            else an OpenVINO IR folder).
+        precision: The variant's declared inference precision, passed to OVMS.
 
     Returns:
         ``{"status": "deployed" | "rolled_back", "reason", "service", "namespace", "version",
@@ -162,6 +167,8 @@ def rollout_kserve(
         mode=mode,
         runtime=runtime_name,
         resources=resources,
+        model_format="openvino_ir" if variant and variant != "onnx" else "onnx",
+        precision=precision or None,
     )
     champion_before, history_before = champion_state(mlflow_client, model_name)
     previous = get_object(custom_api, **ids)
