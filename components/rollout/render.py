@@ -18,11 +18,10 @@ precision variant the gate chose, ``<model>/<version>/<variant>/`` holding ``1/m
 otherwise runs at the CPU's default (bf16 on CPUs that have it).
 """
 
-import json
-
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
