@@ -109,9 +109,10 @@ def _exports(work: Path, imgsz: int, weights: Path | None) -> tuple[Path, Path]:
                 model.model.names = {0: "scratch", 1: "bent"}
             return model
 
-        onnx = Path(fresh().export(format="onnx", imgsz=imgsz, opset=17, simplify=True, verbose=False))
-        ov_dir = Path(fresh().export(format="openvino", imgsz=imgsz, half=False, verbose=False))
-    onnx = Path(shutil.move(str(onnx), out / "model.onnx")) if onnx.parent != out or onnx.name != "model.onnx" else onnx
+        onnx = Path(fresh().export(format="onnx", imgsz=imgsz, opset=17, simplify=True, verbose=False)).resolve()
+        ov_dir = Path(fresh().export(format="openvino", imgsz=imgsz, half=False, verbose=False)).resolve()
+    if onnx != out / "model.onnx":
+        onnx = Path(shutil.move(str(onnx), out / "model.onnx"))
     return onnx, ov_dir
 
 
