@@ -148,7 +148,7 @@ def evaluate(
     (report / "evaluation.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     (report / "gate.json").write_text(json.dumps(decision, indent=2, sort_keys=True, default=str))
     (report / "variant.json").write_text(json.dumps(
-        {"variant": chosen, "engine": metrics.get("engine"), "precision": metrics.get("precision"),
+        {"variant": chosen, "engine": metrics.get("engine"), "declared_precision": metrics.get("declared_precision"),
          "choice": choice}, indent=2, sort_keys=True, default=str))
 
     gate = "passed" if decision["passed"] else "rejected"

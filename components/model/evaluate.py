@@ -572,8 +572,8 @@ def evaluate_variants(
         out_dir: If given, the PR / confusion plots of each variant go to ``out_dir/<variant>/``.
 
     Returns:
-        ``{variant: {**evaluate_onnx metrics, "latency_ms", "latency_ms_p90", "precision",
-        "quantized"}}``.
+        ``{variant: {**evaluate_onnx metrics, "latency_ms", "latency_ms_p90", "declared_precision",
+        "quantized"}}`` (``precision`` stays the detection metric; ``engine`` says what ran).
     """
     from components.model.export import ONNX_VARIANT, read_variants
 
@@ -586,7 +586,7 @@ def evaluate_variants(
                                 out_dir=(Path(out_dir) / name) if out_dir is not None else None)
         timing = engine_latency_ms(entry["path"], images, engine=engine, runs=latency_runs)
         metrics.update(latency_ms=timing["latency_ms"], latency_ms_p90=timing["latency_ms_p90"],
-                       precision=entry.get("precision"), quantized=bool(entry.get("quantized")))
+                       declared_precision=entry.get("precision"), quantized=bool(entry.get("quantized")))
         results[name] = metrics
         log.info("variant %s (%s): mAP50-95 %.4f, %.2f ms", name, metrics["engine"], metrics["map50_95"],
                  metrics["latency_ms"])

@@ -105,6 +105,8 @@ def test_every_variant_is_evaluated_with_its_serving_engine(variants, dataset):
     assert results["int8"]["engine"].startswith("openvino int8+")
     for figures in results.values():
         assert figures["latency_ms"] > 0 and 0 <= figures["map50_95"] <= 1
+        assert isinstance(figures["precision"], float)  # the detection metric, not the engine's precision
+    assert results["fp32"]["declared_precision"] == "f32" and results["auto"]["declared_precision"] is None
     # The same f32 arithmetic on two engines: the same mAP (to rounding of borderline boxes).
     assert abs(results["fp32"]["map50_95"] - results["onnx"]["map50_95"]) <= 0.01
     assert results["fp32"]["map50"] > 0.1  # the session model detects: this compares real predictions
