@@ -797,12 +797,15 @@ class OpenVinoEngine(Engine):
         threads: Threads per inference (None/0: all cores, OpenVINO's LATENCY hint).
         streams: Inferences that run at once, each on its own ``threads`` (an infer-request
             pool of that size serves concurrent callers). 1 by default.
+        pinning: Pin inference threads to cores (OpenVINO's default on Linux): right on dedicated
+            cores, wrong on a CPU shared with the processor or other pods, where a pinned thread
+            waits for its core instead of moving to an idle one. None keeps OpenVINO's default.
     """
 
     backend = "openvino"
 
     def __init__(self, model: Any, *, precision: str | None = None, threads: int | None = None,
-                 streams: int | None = None) -> None:
+                 streams: int | None = None, pinning: bool | None = None) -> None:
         import queue
 
         import openvino as ov
@@ -814,6 +817,8 @@ class OpenVinoEngine(Engine):
         streams = max(1, int(streams or 1))
         if asked and asked != "auto":
             config["INFERENCE_PRECISION_HINT"] = asked
+        if pinning is not None:
+            config["ENABLE_CPU_PINNING"] = bool(pinning)
         if streams == 1 and not threads:
             config["PERFORMANCE_HINT"] = "LATENCY"
         else:
@@ -917,7 +922,8 @@ def open_engine(
         threads: Threads per inference (None/0: the backend's default, all cores).
         streams: Inferences at once (OpenVINO streams; ONNX Runtime sessions are thread-safe,
             so this only sizes OpenVINO's request pool).
-        spinning: Let ONNX Runtime's threads busy-wait (OpenVINO has no such switch).
+        spinning: The engine may assume dedicated cores: ONNX Runtime's threads busy-wait,
+            OpenVINO pins its threads to cores. Off (the default) suits a shared CPU.
         providers: ONNX Runtime execution providers.
         weights: IR weights when ``model`` is IR XML bytes.
 
@@ -947,7 +953,8 @@ def open_engine(
             if type(exc).__module__.startswith("onnxruntime"):
                 raise ValueError(f"ONNX Runtime cannot load the model: {exc}") from None
             raise
-    return OpenVinoEngine(read_openvino_model(model, weights), precision=precision, threads=threads, streams=streams)
+    return OpenVinoEngine(read_openvino_model(model, weights), precision=precision, threads=threads, streams=streams,
+                          pinning=bool(spinning))
 
 
 def _as_engine(obj: Any) -> Engine:

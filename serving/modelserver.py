@@ -234,7 +234,7 @@ class OnnxModel:
         name / version / source: What is served and where it came from.
         threads: Threads per inference (0: the engine's default, all cores).
         parallel: Inference runs at once (OpenVINO streams); others queue.
-        spin: Let idle ONNX Runtime threads spin (OpenVINO has no such switch).
+        spin: Assume dedicated cores: idle ONNX Runtime threads spin, OpenVINO pins its threads.
         engine: ``openvino`` / ``onnxruntime`` (default ``serving.detector.resolve_engine``).
         precision: OpenVINO inference precision; default what an IR variant declares, else the
             runtime's choice (as OVMS without a ``plugin_config``).

@@ -76,8 +76,8 @@ def model(
                                 "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
     parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
     spin: bool = typer.Option(
-        True, help="Let idle ONNX Runtime threads spin: fastest on dedicated cores; use "
-        "--no-spin when the CPU is shared (local stack, processor on the same node)."
+        True, help="Assume dedicated cores (idle ONNX Runtime threads spin, OpenVINO pins its threads): "
+        "fastest there; use --no-spin when the CPU is shared (local stack, processor on the same node)."
     ),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
     log_level: str = typer.Option("info", help="Log level."),
