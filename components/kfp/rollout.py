@@ -96,16 +96,10 @@ def rollout(
         # VINSPECT_MODEL_TOKEN when set.
         smoke = make_v2_smoke(golden, token=token, expect_version=None,
                               verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule)
-        # The precision variant the gate chose (registered on the version): OVMS reads IR
-        # natively, and a declared precision must reach it as its plugin_config.
-        from components.registry.core import TAG_VARIANT, TAG_VARIANT_PRECISION
-
-        tags = mlflow_client.get_model_version(model_name, version).tags or {}
         result = rollout_kserve(client.CustomObjectsApi(), mlflow_client, namespace=namespace,
                                 model_name=model_name, version=version, storage_uri=storage_uri,
                                 data_connection=data_connection, mode=serving_mode, smoke=smoke,
-                                timeout_s=timeout_s, service=inference_service or None,
-                                variant=tags.get(TAG_VARIANT), precision=tags.get(TAG_VARIANT_PRECISION))
+                                timeout_s=timeout_s, service=inference_service or None)
     else:
         raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
 

@@ -89,7 +89,7 @@ def test_kserve_rollout_points_the_inference_service_at_the_variant(registered, 
     kube = FakeCustomObjectsApi(ready_after=1)
     result = rollout_kserve(kube, mlflow_client, namespace="vinspect", model_name=name, version=info["version"],
                             storage_uri=info["storage_uri"], data_connection="aws-connection-models",
-                            timeout_s=5.0, poll_s=0.01, variant="fp32", precision="f32")
+                            timeout_s=5.0, poll_s=0.01)  # variant and precision from the version's tags
     assert result["status"] == "deployed", result["reason"]
     model = kube.stored("inferenceservices", "vinspect", result["service"])["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "openvino_ir", "version": "opset13"}
