@@ -103,3 +103,23 @@ def test_loads_an_ir_variant_from_s3(local_stack, onnx_model, tmp_path, x, monke
     assert model.engine.precision == "f32"
     np.testing.assert_allclose(model.infer({"images": x}, ["output0"])[0],
                                open_engine(xml, precision="f32", threads=1)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_serving_with_openvino_imports_no_torch(onnx_model):
+    """The serving image has no torch: loading and running a model on OpenVINO must not need it."""
+    import subprocess
+
+    from .conftest import PYTHON, REPO
+
+    code = (
+        "import sys, numpy as np\n"
+        "from serving.modelserver import ModelRepository\n"
+        f"m = ModelRepository().load('m', {str(onnx_model)!r})\n"
+        f"m.infer({{'images': np.zeros({SHAPE}, np.float32)}}, ['output0'])\n"
+        "assert m.engine.backend == 'openvino', m.engine.label\n"
+        "print(sorted(x for x in ('torch', 'ultralytics', 'nncf', 'mlflow') if x in sys.modules))\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k != "VINSPECT_ENGINE"}
+    proc = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
