@@ -1,14 +1,18 @@
-"""Local KServe v2 (Open Inference Protocol) model server over ONNX Runtime.
+"""Local KServe v2 (Open Inference Protocol) model server over OpenVINO (or ONNX Runtime).
 
-What OpenVINO Model Server does for an ONNX file on the cluster, this does on a laptop or
-in CI: the same URLs, the same tensor names (the ONNX graph's, e.g. `images` / `output0`),
+What OpenVINO Model Server does for a model folder on the cluster, this does on a laptop or
+in CI, with the same engine: OpenVINO by default (``serving.detector.open_engine``; ONNX Runtime
+with ``engine="onnxruntime"`` or ``VINSPECT_ENGINE``), reading ``model.onnx`` or an OpenVINO IR
+(``model.xml`` + ``model.bin``) from the version folder as OVMS does, at the precision an IR
+variant declares (else the runtime's choice, as OVMS). The same URLs, the same tensor names
+(the graph's, e.g. `images` / `output0`),
 JSON tensors and the binary tensor extension, plus the Triton repository extension
 (`POST /v2/repository/models/{name}/load`) that the rollout step uses to swap models.
 
 Shape of the code follows KServe's python servers: one small model class with `load()` and
 `infer()`, one exception class per HTTP status, and a thin FastAPI layer.
 
-Swapping without dropping requests: a load builds the new ONNX Runtime session completely
+Swapping without dropping requests: a load builds the new engine completely
 while the old one keeps serving, then replaces the repository's reference in one
 assignment. Requests already running keep the object they started with.
 """
@@ -33,25 +37,9 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "vinspect-modelserver"
 SERVER_VERSION = "0.1.0"
-PLATFORM = "onnx_onnxv1"
+PLATFORM = "onnx_onnxv1"  # what ONNX Runtime serving reports
+OPENVINO_PLATFORM = "OpenVINO"  # what OVMS reports for every model, ONNX included (specs/oip/README.md)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-
-_ONNX_TYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
-
 
 class ModelServerError(Exception):
     """Base of the errors that map to an HTTP status; the message is shown to the client."""
@@ -96,14 +84,6 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-def _spec(node: Any) -> TensorSpec:
-    datatype = _ONNX_TYPES.get(node.type)
-    if datatype is None:
-        raise ModelLoadError(f"tensor {node.name!r} has unsupported ONNX type {node.type}")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-    return TensorSpec(node.name, datatype, shape)
-
-
 # --------------------------------------------------------------------------------------
 # Locating and reading the ONNX file (local path or S3), OVMS layout aware.
 # --------------------------------------------------------------------------------------
@@ -111,40 +91,72 @@ def _spec(node: Any) -> TensorSpec:
 
 @dataclass
 class ModelSource:
-    """Where a model came from and the bytes of its ONNX file."""
+    """Where a model came from and its bytes (ONNX, or OpenVINO IR XML plus ``weights``)."""
 
     uri: str
     location: str  # the exact file read (path or s3 key)
     content: bytes
     version_folder: str | None  # OVMS-style numeric folder the file sat in, if any
+    weights: bytes | None = None  # the IR's .bin when `location` is a model.xml
+
+    @property
+    def is_ir(self) -> bool:
+        """True for an OpenVINO IR (``.xml`` + ``.bin``)."""
+        return self.location.endswith(".xml")
+
+
+def _model_file(names: list[str]) -> str | None:
+    """The file OVMS would load from one folder's file names: IR first, then ONNX."""
+    for preferred in ("model.xml", "model.onnx"):
+        if preferred in names:
+            return preferred
+    for suffix in (".xml", ".onnx"):
+        found = sorted(n for n in names if n.endswith(suffix))
+        if found:
+            return found[0]
+    return None
+
+
+def _ir_weights(xml: str) -> str:
+    return xml[: -len(".xml")] + ".bin"
 
 
 def _pick_version(candidates: dict[str, str], where: str) -> tuple[str, str]:
     """Pick the highest numeric version folder, as OVMS serves the latest version."""
     numeric = {k: v for k, v in candidates.items() if k.isdigit() and int(k) > 0}
     if not numeric:
-        raise ModelLoadError(f"no model.onnx and no numeric version folder under {where}")
+        raise ModelLoadError(
+            f"no model.onnx or model.xml and no numeric version folder holding one under {where}"
+        )
     best = max(numeric, key=int)
     return best, numeric[best]
+
+
+def _local_source(uri: str, file: Path, folder: str | None) -> ModelSource:
+    if file.suffix == ".xml":
+        weights = file.with_suffix(".bin")
+        if not weights.is_file():
+            raise ModelLoadError(f"OpenVINO IR {file} has no weights file {weights.name} beside it")
+        return ModelSource(uri, str(file), file.read_bytes(), folder, weights.read_bytes())
+    return ModelSource(uri, str(file), file.read_bytes(), folder)
 
 
 def _read_local(uri: str) -> ModelSource:
     path = Path(urlparse(uri).path if uri.startswith("file://") else uri)
     if path.is_file():
-        return ModelSource(uri, str(path), path.read_bytes(), None)
+        return _local_source(uri, path, None)
     if not path.is_dir():
         raise ModelLoadError(f"model path {path} does not exist")
-    direct = path / "model.onnx"
-    if direct.is_file():
-        return ModelSource(uri, str(direct), direct.read_bytes(), None)
+    direct = _model_file([p.name for p in path.iterdir() if p.is_file()])
+    if direct:
+        return _local_source(uri, path / direct, None)
     candidates = {}
     for sub in path.iterdir():
-        onnx_files = sorted(sub.glob("*.onnx")) if sub.is_dir() else []
-        if onnx_files:
-            preferred = sub / "model.onnx"
-            candidates[sub.name] = str(preferred if preferred.is_file() else onnx_files[0])
+        chosen = _model_file([p.name for p in sub.iterdir() if p.is_file()]) if sub.is_dir() else None
+        if chosen:
+            candidates[sub.name] = str(sub / chosen)
     folder, file = _pick_version(candidates, str(path))
-    return ModelSource(uri, file, Path(file).read_bytes(), folder)
+    return _local_source(uri, Path(file), folder)
 
 
 def _read_s3(uri: str, s3_client: Any) -> ModelSource:
@@ -152,7 +164,7 @@ def _read_s3(uri: str, s3_client: Any) -> ModelSource:
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if not bucket:
         raise ModelLoadError(f"{uri!r} names no bucket")
-    if key.endswith(".onnx"):
+    if key.endswith((".onnx", ".xml")):
         chosen, folder = key, None
     else:
         prefix = key.rstrip("/") + "/" if key else ""
@@ -163,27 +175,38 @@ def _read_s3(uri: str, s3_client: Any) -> ModelSource:
             for obj in page.get("Contents", [])
         ]
         rel = {k[len(prefix) :]: k for k in keys}
-        if "model.onnx" in rel:
-            chosen, folder = rel["model.onnx"], None
+        direct = _model_file([r for r in rel if "/" not in r])
+        if direct:
+            chosen, folder = rel[direct], None
         else:
+            by_folder: dict[str, list[str]] = {}
+            for r in rel:
+                m = re.fullmatch(r"([^/]+)/([^/]+)", r)
+                if m:
+                    by_folder.setdefault(m.group(1), []).append(m.group(2))
             candidates = {}
-            for r, full in rel.items():
-                m = re.fullmatch(r"([^/]+)/[^/]+\.onnx", r)
-                if m and (m.group(1) not in candidates or r.endswith("/model.onnx")):
-                    candidates[m.group(1)] = full
+            for sub, names in by_folder.items():
+                picked = _model_file(names)
+                if picked:
+                    candidates[sub] = rel[f"{sub}/{picked}"]
             folder, chosen = _pick_version(candidates, uri)
-    try:
-        body = s3_client.get_object(Bucket=bucket, Key=chosen)["Body"].read()
-    except Exception as exc:  # botocore's errors are dynamic classes
-        raise ModelLoadError(f"cannot read s3://{bucket}/{chosen}: {exc}") from None
-    return ModelSource(uri, f"s3://{bucket}/{chosen}", body, folder)
+
+    def get(key: str) -> bytes:
+        try:
+            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:  # botocore's errors are dynamic classes
+            raise ModelLoadError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+
+    weights = get(_ir_weights(chosen)) if chosen.endswith(".xml") else None
+    return ModelSource(uri, f"s3://{bucket}/{chosen}", get(chosen), folder, weights)
 
 
 def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> ModelSource:
-    """Find and read the ONNX file a URI points at.
+    """Find and read the model a URI points at, as OVMS does.
 
-    Accepts a file, a directory holding `model.onnx`, or an OVMS repository directory with
-    numeric version folders (`1/model.onnx`, the latest is taken); the same for `s3://`.
+    Accepts a file (`.onnx`, or an IR `.xml` with its `.bin` beside it), a directory holding
+    one, or an OVMS repository directory with numeric version folders (`1/model.onnx` or
+    `1/model.xml` + `1/model.bin`, IR first; the latest version is taken); the same for `s3://`.
 
     Args:
         uri: Local path, `file://` URI or `s3://bucket/prefix`.
@@ -205,7 +228,17 @@ def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = No
 
 
 class OnnxModel:
-    """One loaded ONNX model version behind an ONNX Runtime session."""
+    """One loaded model version behind an inference engine (OpenVINO or ONNX Runtime).
+
+    Args:
+        name / version / source: What is served and where it came from.
+        threads: Threads per inference (0: the engine's default, all cores).
+        parallel: Inference runs at once (OpenVINO streams); others queue.
+        spin: Assume dedicated cores: idle ONNX Runtime threads spin, OpenVINO pins its threads.
+        engine: ``openvino`` / ``onnxruntime`` (default ``serving.detector.resolve_engine``).
+        precision: OpenVINO inference precision; default what an IR variant declares, else the
+            runtime's choice (as OVMS without a ``plugin_config``).
+    """
 
     def __init__(
         self,
@@ -215,53 +248,63 @@ class OnnxModel:
         threads: int = 0,
         parallel: int = 1,
         spin: bool = True,
+        engine: str | None = None,
+        precision: str | None = None,
     ):
         self.name = name
         self.version = version
         self.source = source
         self.threads = threads
+        self.parallel = max(1, parallel)
         self.spin = spin
-        # ONNX Runtime already spreads one run over `threads` cores; running several at once
+        self.engine_name = engine
+        self.precision = precision
+        # The engine already spreads one run over `threads` cores; running several at once
         # on a small CPU only makes them fight, so by default requests queue for one run.
-        self._slots = threading.Semaphore(max(1, parallel))
-        self.session: Any = None
+        self._slots = threading.Semaphore(self.parallel)
+        self.engine: Any = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
 
+    @property
+    def session(self) -> Any:
+        """The backend object (``onnxruntime.InferenceSession`` or ``openvino.CompiledModel``)."""
+        return self.engine.raw if self.engine is not None else None
+
     def load(self) -> None:
-        """Build the ONNX Runtime session and read the tensor specs.
+        """Build the engine and read the tensor specs.
 
         Raises:
-            ModelLoadError: When ONNX Runtime refuses the file.
+            ModelLoadError: When the engine refuses the model (or the engine setting is wrong).
         """
-        import onnxruntime as ort
+        from serving.detector import open_engine
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        if not self.spin:
-            # Idle ORT worker threads spin by default: fastest on dedicated cores, but on a
-            # CPU shared with the processor or other pods it steals the cores they need.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        kind = "OpenVINO IR" if self.source.is_ir else "ONNX"
         try:
-            self.session = ort.InferenceSession(
-                self.source.content, options, providers=["CPUExecutionProvider"]
+            self.engine = open_engine(
+                self.source.content, weights=self.source.weights, engine=self.engine_name,
+                precision=self.precision, threads=self.threads or None, streams=self.parallel,
+                spinning=self.spin,
             )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"{self.source.location} is not a loadable ONNX model: {exc}")
-        self.inputs = [_spec(n) for n in self.session.get_inputs()]
-        self.outputs = [_spec(n) for n in self.session.get_outputs()]
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        # The bytes are in the session now; keep memory lean.
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.source.location} is not a loadable {kind} model: {exc}") from None
+        except Exception as exc:  # the engines raise their own untyped errors
+            raise ModelLoadError(f"{self.source.location} is not a loadable {kind} model: {exc}") from None
+        self.inputs = [TensorSpec(t.name, t.datatype, t.shape) for t in self.engine.inputs]
+        self.outputs = [TensorSpec(t.name, t.datatype, t.shape) for t in self.engine.outputs]
+        self.metadata = dict(self.engine.metadata)
+        log.info("model %s: %s engine %s (%s)", self.name, kind, self.engine.label, self.source.location)
+        # The bytes are in the engine now; keep memory lean.
         self.source.content = b""
+        self.source.weights = None
 
     def metadata_response(self) -> dict[str, Any]:
         """Return the v2 `$metadata_model_response`."""
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": PLATFORM,
+            "platform": OPENVINO_PLATFORM if self.engine.backend == "openvino" else PLATFORM,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
@@ -311,9 +354,9 @@ class OnnxModel:
         return feeds
 
     def infer(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        """Run the session; at most `parallel` runs at once (ORT releases the GIL)."""
+        """Run the engine; at most `parallel` runs at once (both engines release the GIL)."""
         with self._slots:
-            return self.session.run(output_names, feeds)
+            return self.engine.run(feeds, output_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -337,9 +380,12 @@ class ModelRepository:
 
     Args:
         s3_client_factory: Builds a boto3 S3 client for `s3://` URIs (called per load).
-        threads: ONNX Runtime intra-op threads per session (0 = its default).
+        threads: Threads per inference (0 = the engine's default).
         parallel: Inference runs executed at once per model (more queue).
         spin: Let idle ONNX Runtime threads spin (its default; turn off on shared CPUs).
+        engine: ``openvino`` (default where installed, as OVMS) or ``onnxruntime``.
+        precision: OpenVINO inference precision for every model (default: what an IR variant
+            declares, else the runtime's choice).
     """
 
     def __init__(
@@ -348,11 +394,18 @@ class ModelRepository:
         threads: int = 0,
         parallel: int = 1,
         spin: bool = True,
+        engine: str | None = None,
+        precision: str | None = None,
     ):
+        from serving.detector import resolve_engine, resolve_precision
+
         self._s3 = s3_client_factory
         self._threads = threads
         self._parallel = parallel
         self._spin = spin
+        # Checked here, so a wrong setting stops the server at start-up, not at the first load.
+        self.engine = resolve_engine(engine)
+        self.precision = resolve_precision(precision)
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
 
@@ -399,7 +452,7 @@ class ModelRepository:
             try:
                 source = read_model_source(uri, self._s3)
                 model = OnnxModel(name, version or source.version_folder or "1", source,
-                                  self._threads, self._parallel, self._spin)
+                                  self._threads, self._parallel, self._spin, self.engine, self.precision)
                 model.load()
             except ModelLoadError as exc:
                 if entry.model is None:
@@ -521,7 +574,7 @@ def create_app(
         ["model", "code"], registry=registry,
     )
     infer_seconds = Histogram(
-        "vinspect_modelserver_infer_seconds", "Time spent in ONNX Runtime",
+        "vinspect_modelserver_infer_seconds", "Time spent in the inference engine",
         ["model"], registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
@@ -609,7 +662,7 @@ def create_app(
             t0 = time.perf_counter()
             try:
                 arrays = await run_in_threadpool(model.infer, feeds, [n for n, _ in wanted])
-            except Exception as exc:  # ORT's own errors are runtime input problems
+            except Exception as exc:  # the engines' own errors are runtime input problems
                 raise InvalidInput(f"model {name!r} rejected the input: {exc}") from None
             infer_seconds.labels(name).observe(time.perf_counter() - t0)
             payload, headers = v2.encode_response(
@@ -683,6 +736,8 @@ def serve(
     spin: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "info",
+    engine: str | None = None,
+    precision: str | None = None,
 ) -> None:
     """Run the model server until interrupted.
 
@@ -690,11 +745,14 @@ def serve(
         models: (name, uri, version-or-None) of each model to serve.
         host: Bind address.
         port: REST port (OVMS on KServe uses 8080; the OpenShift AI template 8888).
-        threads: ONNX Runtime intra-op threads per session.
+        threads: Threads per inference (0: the engine's default).
         parallel: Inference runs executed at once per model.
         spin: Let idle ONNX Runtime threads spin (off when sharing the CPU).
         max_body_bytes: Largest accepted request body.
         log_level: uvicorn log level.
+        engine: ``openvino`` (default where installed) or ``onnxruntime``; ``$VINSPECT_ENGINE``.
+        precision: OpenVINO inference precision; ``$VINSPECT_PRECISION`` (default: the variant's
+            declared one, else the runtime's choice).
     """
     import uvicorn
 
@@ -702,7 +760,8 @@ def serve(
 
     keep_large_buffers()  # request bodies and tensors are megabytes: no fresh pages per request
     repository = ModelRepository(
-        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin
+        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin,
+        engine=engine, precision=precision,
     )
     for name, uri, version in models:
         repository.register(name, uri, version)

@@ -43,6 +43,8 @@ TAG_LOGGED = "vinspect.logged"
 TAG_MODEL_URI = "vinspect.model_uri"
 TAG_HISTORY = "vinspect.champion_history"
 TAG_PROMOTED_AT = "vinspect.promoted_at"
+TAG_VARIANT = "vinspect.variant"
+TAG_VARIANT_PRECISION = "vinspect.variant_precision"
 MLFLOW_GIT_TAG = "mlflow.source.git.commit"
 
 # The history only needs to be as deep as anyone would roll back; the tag value is bounded.
@@ -87,9 +89,37 @@ def s3_key(model_name: str, version: str | int) -> str:
     return f"{model_name}/{version}/1/model.onnx"
 
 
-def storage_uri(bucket: str, model_name: str, version: str | int) -> str:
-    """The KServe ``storageUri`` of a version: ``s3://<bucket>/<model>/<version>/``."""
+def storage_uri(bucket: str, model_name: str, version: str | int, variant: str | None = None) -> str:
+    """The KServe ``storageUri`` of a version: ``s3://<bucket>/<model>/<version>/``.
+
+    With a precision ``variant`` (not ``onnx``): ``s3://<bucket>/<model>/<version>/<variant>/``,
+    the OVMS model folder holding ``1/model.xml`` + ``1/model.bin``.
+    """
+    if variant and variant != "onnx":
+        return f"s3://{bucket}/{model_name}/{version}/{variant}/"
     return f"s3://{bucket}/{model_name}/{version}/"
+
+
+def _upload_variants(s3_client, bucket: str, model_name: str, version: str, variants_dir: Path) -> list[str]:
+    """Put every IR variant's OVMS folder under the version: ``<model>/<version>/<variant>/1/...``.
+
+    Each file carries its sha256 as S3 metadata; files already there with that digest are
+    skipped, so a retried registration uploads only what is missing.
+    """
+    from components.model.export import ONNX_VARIANT, read_variants
+
+    keys = []
+    for name, entry in read_variants(variants_dir).items():
+        if name == ONNX_VARIANT:
+            continue  # the ONNX is the version's own 1/model.onnx
+        folder = Path(entry["path"]).parent
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            key = f"{model_name}/{version}/{name}/1/{file.name}"
+            sha = sha256_file(file)
+            if not _s3_has(s3_client, bucket, key, sha):
+                s3_client.upload_file(str(file), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+            keys.append(key)
+    return keys
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -317,6 +347,8 @@ def register_model(
     git_revision: str | None,
     pipeline_run_id: str,
     experiment: str = "vinspect",
+    variants_dir: Path | None = None,
+    variant: str | None = None,
 ) -> dict:
     """Record a trained model in MLflow and S3, and make it the ``challenger``.
 
@@ -325,6 +357,11 @@ def register_model(
     logged with ``mlflow.onnx.log_model`` (explicit signature, CPU provider) and registered as a
     model version; the same file goes to ``s3://<bucket>/<model>/<version>/1/model.onnx`` (the
     layout OpenVINO Model Server serves) and that URI is tagged on the version.
+
+    With ``variants_dir`` (``components.model.export.export_variants``), every OpenVINO IR
+    variant goes under the same version, ``<model>/<version>/<variant>/1/model.{xml,bin}``, and
+    ``variant`` (the one the gate chose) becomes the version's storage URI and ``vinspect.variant``
+    tag, with its declared precision in ``vinspect.variant_precision`` (empty: the runtime's).
 
     Idempotent: calling again with the same ``pipeline_run_id`` and the same ONNX file (by
     sha256) finishes whatever a previous, interrupted call left undone and returns the same
@@ -345,9 +382,11 @@ def register_model(
         git_revision: Source revision of the code that trained the model.
         pipeline_run_id: The KFP (or local) pipeline run id.
         experiment: MLflow experiment name (created when missing).
+        variants_dir: The precision variants to store beside the ONNX (optional).
+        variant: The variant that serves (default ``onnx``: the version's ONNX).
 
     Returns:
-        ``{"name", "version", "s3_uri", "storage_uri", "run_id"}``.
+        ``{"name", "version", "s3_uri", "storage_uri", "run_id", "variant", "variant_precision"}``.
 
     Raises:
         RegistryError: A missing file or bucket, or malformed metrics (named in the message).
@@ -368,6 +407,17 @@ def register_model(
             f"create it or set AWS_S3_BUCKET"
         ) from None
     sha = sha256_file(onnx_path)
+    variant = variant or "onnx"
+    variant_precision = ""
+    if variant != "onnx":
+        if variants_dir is None:
+            raise RegistryError(f"variant {variant!r} chosen but no variants_dir given to register it from")
+        from components.model.export import read_variants
+
+        known = read_variants(Path(variants_dir))
+        if variant not in known:
+            raise RegistryError(f"variant {variant!r} is not in {variants_dir} (have: {', '.join(known)})")
+        variant_precision = known[variant].get("precision") or ""
 
     exp = mlflow_client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else mlflow_client.create_experiment(experiment)
@@ -436,12 +486,15 @@ def register_model(
 
     key = s3_key(model_name, version)
     s3_uri = f"s3://{bucket}/{key}"
-    st_uri = storage_uri(bucket, model_name, version)
+    st_uri = storage_uri(bucket, model_name, version, variant)
     if not _s3_has(s3_client, bucket, key, sha):
         s3_client.upload_file(
             str(onnx_path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}}
         )
         log.info("uploaded %s (sha256 %s)", s3_uri, sha[:12])
+    if variants_dir is not None:
+        uploaded = _upload_variants(s3_client, bucket, model_name, version, Path(variants_dir))
+        log.info("stored %d variant files under s3://%s/%s/%s/", len(uploaded), bucket, model_name, version)
 
     for tag, value in {
         TAG_PIPELINE_RUN: pipeline_run_id,
@@ -449,14 +502,18 @@ def register_model(
         TAG_DATASET: dataset_id,
         TAG_S3_URI: s3_uri,
         TAG_STORAGE_URI: st_uri,
+        TAG_VARIANT: variant,
+        TAG_VARIANT_PRECISION: variant_precision,
         **({TAG_GIT: git_revision} if git_revision else {}),
     }.items():
         mlflow_client.set_model_version_tag(model_name, version, tag, value)
+    mlflow_client.set_tag(run_id, TAG_VARIANT, variant)
     mlflow_client.set_registered_model_alias(model_name, CHALLENGER, version)
     run_status = mlflow_client.get_run(run_id).info.status
     if run_status != "FINISHED":
         mlflow_client.set_terminated(run_id, "FINISHED")
-    return {"name": model_name, "version": version, "s3_uri": s3_uri, "storage_uri": st_uri, "run_id": run_id}
+    return {"name": model_name, "version": version, "s3_uri": s3_uri, "storage_uri": st_uri, "run_id": run_id,
+            "variant": variant, "variant_precision": variant_precision}
 
 
 def _serving_requirements() -> list[str]:
@@ -519,6 +576,8 @@ def _version_dict(mlflow_client, mv, aliases: list[str], metrics_cache: dict | N
         "storage_uri": tags.get(TAG_STORAGE_URI),
         "pipeline_run_id": tags.get(TAG_PIPELINE_RUN),
         "onnx_sha256": tags.get(TAG_SHA256),
+        "variant": tags.get(TAG_VARIANT) or "onnx",
+        "variant_precision": tags.get(TAG_VARIANT_PRECISION) or "",
         "tags": tags,
         "metrics": metrics,
     }

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from components.registry import champion_state, promote, restore_champion
+from components.registry.core import TAG_VARIANT, TAG_VARIANT_PRECISION
 from components.rollout import render
 from components.rollout.kube import (
     RolloutError,
@@ -96,6 +97,8 @@ def rollout_kserve(
     smoke_url: str | None = None,
     wait_restored: bool = True,
     move_alias: Callable[[Any, str, str], Any] = promote,
+    variant: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Deploy ``version`` on KServe, check it, and make it the champion; roll back on failure.
 
@@ -125,6 +128,10 @@ def rollout_kserve(
         move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
             after every check passed (default :func:`~components.registry.promote`; a
             deployed rollback passes one that pops the history instead).
+        variant: The precision variant ``storage_uri`` points at (``onnx``: the ONNX; else an
+            OpenVINO IR folder). None: the version's ``vinspect.variant`` tag.
+        precision: The variant's declared inference precision, passed to OVMS as its
+            ``plugin_config``. None: the version's ``vinspect.variant_precision`` tag.
 
     Returns:
         ``{"status": "deployed" | "rolled_back", "reason", "service", "namespace", "version",
@@ -151,6 +158,12 @@ def rollout_kserve(
         "smoke": None,
         "restore": None,
     }
+    if variant is None or precision is None:
+        # What the registration recorded: the variant the gate chose and the precision it was
+        # measured at (OVMS reads IR natively; a declared precision must reach it explicitly).
+        tags = mlflow_client.get_model_version(model_name, version).tags or {}
+        variant = tags.get(TAG_VARIANT, "onnx") if variant is None else variant
+        precision = tags.get(TAG_VARIANT_PRECISION, "") if precision is None else precision
     # Validate the inputs before touching anything, so a typo changes nothing.
     desired = render.render_inference_service(
         name=name,
@@ -162,6 +175,8 @@ def rollout_kserve(
         mode=mode,
         runtime=runtime_name,
         resources=resources,
+        model_format="openvino_ir" if variant and variant != "onnx" else "onnx",
+        precision=precision or None,
     )
     champion_before, history_before = champion_state(mlflow_client, model_name)
     previous = get_object(custom_api, **ids)

@@ -121,6 +121,15 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejec
         meta = http.get(f"/v2/models/{run_env['model']}").json()
     assert meta["versions"] == [version], meta
     assert meta["inputs"][0]["name"] == "images" and meta["inputs"][0]["shape"][-2:] == [64, 64], meta
+    # Every precision variant was measured and logged; the version and the server carry the
+    # gate's choice (an OpenVINO IR folder under the same version, served by OpenVINO).
+    variant = mv.tags["vinspect.variant"]
+    assert variant in ("fp32", "auto", "int8"), mv.tags
+    assert {f"variant_{v}_{k}" for v in ("onnx", "fp32", "auto", "int8") for k in ("map50_95", "latency_ms")} \
+        <= set(run.data.metrics)
+    assert mv.tags["vinspect.storage_uri"] == f"s3://{bucket}/{run_env['model']}/{version}/{variant}/"
+    local_stack.s3.head_object(Bucket=bucket, Key=f"{run_env['model']}/{version}/int8/1/model.bin")
+    assert meta["platform"] == "OpenVINO", meta
 
     # Only the gate floors changed: the trained weights came from the cache, not a new training.
     (new_dir,) = sorted(set(_run_dirs(run_env["root"])) - set(before))

@@ -8,7 +8,6 @@ import time
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from serving import v2
@@ -21,10 +20,13 @@ SHAPE = [1, 3, IMGSZ, IMGSZ]
 
 @pytest.fixture(scope="module")
 def reference(onnx_model):
-    """In-process ONNX Runtime on the same file: what the server must answer."""
-    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    """The same engine in process, at the same precision, on the same file: what the server must
+    answer (OpenVINO at the runtime's precision by default, as OVMS)."""
+    from serving.detector import open_engine
+
+    engine = open_engine(onnx_model, threads=1)
     x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
-    return x, session.run(["output0"], {"images": x})[0]
+    return x, engine.run({"images": x}, ["output0"])[0]
 
 
 def test_metadata_uses_onnx_tensor_names(model_server, onnx_model):

@@ -66,18 +66,24 @@ def model(
     version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
     host: str = typer.Option("0.0.0.0", help="Bind address."),
     port: int = typer.Option(8080, help="REST port."),
-    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads per run (0: one per core). Best "
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="Inference engine: openvino (OVMS's; the default where installed) or "
+        "onnxruntime [VINSPECT_ENGINE]."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="OpenVINO inference precision: f32, bf16 or auto (default: what an IR "
+        "variant declares, else the runtime's choice, bf16 on CPUs that have it) [VINSPECT_PRECISION]."),
+    threads: int = typer.Option(0, help="Threads per inference (0: one per core). Best "
                                 "single-image latency; for throughput under concurrent requests on a few "
                                 "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
     parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
     spin: bool = typer.Option(
-        True, help="Let idle ONNX Runtime threads spin: fastest on dedicated cores; use "
-        "--no-spin when the CPU is shared (local stack, processor on the same node)."
+        True, help="Assume dedicated cores (idle ONNX Runtime threads spin, OpenVINO pins its threads): "
+        "fastest there; use --no-spin when the CPU is shared (local stack, processor on the same node)."
     ),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """Serve an ONNX model over the KServe v2 protocol (what OVMS does on the cluster)."""
+    """Serve an ONNX or OpenVINO IR model over the KServe v2 protocol (what OVMS does on the cluster)."""
     from vinspect.settings import MLflowSettings, S3Settings
 
     from serving.modelserver import serve
@@ -110,7 +116,8 @@ def model(
             f"POST /v2/repository/models/{model_name}/load"
         )
     serve([(model_name, uri, version)] if uri else [], host, port, threads=threads, parallel=parallel, spin=spin,
-          max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower())
+          max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(), engine=engine,
+          precision=precision)
 
 
 def processor(
