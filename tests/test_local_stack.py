@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -217,3 +218,134 @@ def test_settings_read_env_files_and_never_print_secrets(tmp_path, monkeypatch):
     s = S3Settings.from_env()
     assert s.secret_access_key.get_secret_value() == "from-env"  # the environment wins
     assert "from-env" not in repr(s) and "from-env" not in str(s.redacted())
+
+
+# --------------------------------------------------------------------------- the stack keeps what it stores
+
+
+def test_s3_refuses_a_wrong_secret_and_keeps_objects_as_files(local_stack):
+    from botocore.exceptions import ClientError
+
+    from vinspect.local import _s3_client
+
+    key = f"probe/{uuid.uuid4().hex}.txt"
+    local_stack.s3.put_object(Bucket="models", Key=key, Body=b"kept on disk")
+    assert (local_stack.config.s3_root / "models" / key).read_bytes() == b"kept on disk"
+    wrong = _s3_client(local_stack.env, secret=local_stack.env["AWS_SECRET_ACCESS_KEY"][:-1] + "x")
+    with pytest.raises(ClientError) as refused:
+        wrong.get_object(Bucket="models", Key=key)
+    assert refused.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    stranger = _s3_client({**local_stack.env, "AWS_ACCESS_KEY_ID": "AKIDSOMEONEELSE"})
+    with pytest.raises(ClientError):
+        stranger.list_buckets()
+    import requests  # no signature at all
+
+    assert requests.get(f"{local_stack.env['AWS_S3_ENDPOINT']}/models/{key}", timeout=5).status_code in (400, 403)
+
+
+def test_watermarks_and_committed_offsets_match_the_log(local_stack):
+    """A 5-record batch is a high watermark of 5, not 1; 300 more make 305, not 6."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    from confluent_kafka.admin import NewTopic
+
+    from vinspect.local import _admin
+
+    topic = f"offsets-{uuid.uuid4().hex[:8]}"
+    admin = _admin(local_stack.env)  # kept referenced until the topic exists
+    admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(15)
+    producer = Producer({"bootstrap.servers": local_stack.kafka_bootstrap, "linger.ms": 200})
+
+    def batch(n: int, tag: str) -> None:
+        for i in range(n):
+            producer.produce(topic, value=f"{tag}{i}".encode(), partition=0)
+        assert producer.flush(15) == 0
+
+    def consumer(group: str, **extra) -> Consumer:
+        return Consumer({"bootstrap.servers": local_stack.kafka_bootstrap, "group.id": group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **extra})
+
+    tp = TopicPartition(topic, 0)
+    probe = consumer(f"probe-{uuid.uuid4().hex[:6]}")
+    batch(5, "a")
+    assert probe.get_watermark_offsets(tp, timeout=10) == (0, 5)
+    batch(300, "b")
+    assert probe.get_watermark_offsets(tp, timeout=10) == (0, 305)
+    uncommitted = consumer(f"probe-{uuid.uuid4().hex[:6]}", **{"isolation.level": "read_uncommitted"})
+    assert uncommitted.get_watermark_offsets(tp, timeout=10) == (0, 305)
+    uncommitted.close()
+
+    group = f"g-{uuid.uuid4().hex[:6]}"
+    reader = consumer(group)
+    reader.assign([TopicPartition(topic, 0, 0)])
+    seen = []
+    deadline = time.monotonic() + 30
+    while len(seen) < 120 and time.monotonic() < deadline:
+        msg = reader.poll(0.5)
+        if msg is not None and not msg.error():
+            seen.append((msg.offset(), msg.value()))
+    assert [o for o, _ in seen[:120]] == list(range(120))
+    assert seen[5] == (5, b"b0")  # offsets count records, not batches
+    reader.commit(offsets=[TopicPartition(topic, 0, 120)], asynchronous=False)
+    reader.close()
+    again = consumer(group)
+    assert again.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 120
+    low, high = again.get_watermark_offsets(tp, timeout=10)
+    assert high - 120 == 185  # the lag a dashboard would show
+    again.close()
+
+    # A consumer starting at "latest" starts at the end of the log, not at the last batch's start.
+    late = consumer(f"late-{uuid.uuid4().hex[:6]}", **{"auto.offset.reset": "latest"})
+    late.assign([TopicPartition(topic, 0, -1)])  # OFFSET_END: resolved with ListOffsets
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and late.position([TopicPartition(topic, 0)])[0].offset < 0:
+        late.poll(0.2)
+    batch(1, "c")
+    first = None
+    deadline = time.monotonic() + 20
+    while first is None and time.monotonic() < deadline:
+        msg = late.poll(0.5)
+        if msg is not None and not msg.error():
+            first = msg
+    late.close()
+    probe.close()
+    assert first is not None and (first.offset(), first.value()) == (305, b"c0")
+
+
+def test_reset_asks_first_and_refuses_what_is_not_a_stack(tmp_path):
+    from vinspect.local import looks_like_state, reset
+
+    not_state = tmp_path / "home"
+    not_state.mkdir()
+    (not_state / "thesis.tex").write_text("precious")
+    with pytest.raises(StackError, match="does not look like"):
+        reset(StackConfig(state=not_state), log=lambda _m: None)
+    assert (not_state / "thesis.tex").is_file()
+
+    state = tmp_path / "state"
+    (state / "s3" / "models").mkdir(parents=True)
+    (state / "stack.env").write_text("AWS_ACCESS_KEY_ID=x\n")
+    assert looks_like_state(state)
+    cli = [sys.executable, "-m", "vinspect", "local", "reset", "--state", str(state)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    no = subprocess.run(cli, input="n\n", capture_output=True, text=True, env=env, timeout=120)
+    assert no.returncode != 0 and state.is_dir() and "Delete" in no.stdout
+    yes = subprocess.run([*cli, "--yes"], capture_output=True, text=True, env=env, timeout=120)
+    assert yes.returncode == 0, yes.stderr
+    assert not state.exists()
+
+
+def test_up_says_what_to_do_over_a_running_stack_of_the_previous_layout(cfg):
+    """A moto S3 of the previous stack still running: `up` refuses and names the way out."""
+    old = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        cfg.pid_dir.mkdir(parents=True)
+        start = Path(f"/proc/{old.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        (cfg.pid_dir / "s3.json").write_text(json.dumps(
+            {"pid": old.pid, "start_time": start, "argv": ["/venv/bin/moto_server", "-p", str(cfg.s3_port)]}))
+        with pytest.raises(StackError, match=r"previous local stack.*vinspect local down"):
+            up(cfg, log=lambda _m: None)
+        assert old.poll() is None  # nothing of it was touched
+        assert not (cfg.state / "s3").exists()
+    finally:
+        old.kill()
+        old.wait()
