@@ -349,3 +349,239 @@ def test_up_says_what_to_do_over_a_running_stack_of_the_previous_layout(cfg):
     finally:
         old.kill()
         old.wait()
+
+
+def _jpeg(i: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32), ((37 * i) % 256, 90, 160)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+class _Acknowledged:
+    """Everything the stack acknowledged so far, and a check that it is all still there."""
+
+    def __init__(self, env: dict, tmp: Path):
+        from mlflow import MlflowClient
+
+        self.env = env
+        self.tmp = tmp
+        self.model = f"keep-{uuid.uuid4().hex[:6]}"
+        self.group = f"inspect-{uuid.uuid4().hex[:6]}"
+        self.client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"], registry_uri=env["MLFLOW_TRACKING_URI"])
+        self.versions: dict[str, dict] = {}
+        self.objects: dict[tuple[str, str], str] = {}
+        self.messages: list[bytes] = []
+        self.committed = 0
+
+    def s3(self):
+        from vinspect.local import _s3_client
+
+        return _s3_client(self.env)
+
+    def register_two_versions_and_promote(self) -> None:
+        import hashlib
+
+        from components.registry import promote, register_model
+        from tests.registry.tiny_model import BENT_IN_THE_MIDDLE, build_tiny_onnx
+
+        for run in ("run-a", "run-b"):
+            onnx = build_tiny_onnx(self.tmp / f"{run}.onnx", BENT_IN_THE_MIDDLE, tag=run)
+            info = register_model(
+                self.client, self.s3(), onnx_path=onnx, model_name=self.model, bucket="models",
+                params={"model": "tiny"}, metrics={"mAP50": 0.5}, epoch_metrics_csv=None, plots=[],
+                dataset_id="d" * 64, dataset_uri=None, git_revision=None, pipeline_run_id=run,
+                experiment=f"keep-{self.model}",
+            )
+            self.versions[info["version"]] = {"run_id": info["run_id"], "sha": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+            self.client.log_text(info["run_id"], f"kept {run}", "notes/keep.txt")  # a run artifact, in S3
+            self.objects[("models", f"{self.model}/{info['version']}/1/model.onnx")] = self.versions[info["version"]]["sha"]
+        promote(self.client, self.model, "1")  # champion 1, challenger 2 (set by the second register)
+
+    def put_object(self, key: str) -> None:
+        import hashlib
+
+        body = uuid.uuid4().bytes * 1000
+        self.s3().put_object(Bucket="vinspect-data", Key=key, Body=body)
+        self.objects[("vinspect-data", key)] = hashlib.sha256(body).hexdigest()
+
+    def produce(self, n: int) -> None:
+        from confluent_kafka import Producer
+
+        from vinspect.settings import IMAGES_TOPIC
+
+        producer = Producer({"bootstrap.servers": self.env["KAFKA_BOOTSTRAP_SERVERS"], "acks": "all"})
+        fresh = [_jpeg(len(self.messages) + i) + uuid.uuid4().bytes for i in range(n)]
+        for value in fresh:
+            producer.produce(IMAGES_TOPIC, key=b"cam-1", value=value, partition=0)
+        assert producer.flush(30) == 0
+        self.messages += fresh
+
+    def _consumer(self):
+        from confluent_kafka import Consumer
+
+        return Consumer({"bootstrap.servers": self.env["KAFKA_BOOTSTRAP_SERVERS"], "group.id": self.group,
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+
+    def consume_and_commit(self, n: int) -> None:
+        from confluent_kafka import TopicPartition
+
+        from vinspect.settings import IMAGES_TOPIC
+
+        consumer = self._consumer()
+        try:
+            consumer.assign([TopicPartition(IMAGES_TOPIC, 0, self.committed)])
+            got = self._read(consumer, n)
+            assert got == self.messages[self.committed:self.committed + n]
+            consumer.commit(offsets=[TopicPartition(IMAGES_TOPIC, 0, self.committed + n)], asynchronous=False)
+            self.committed += n
+        finally:
+            consumer.close()
+
+    def _download_model(self, version: str) -> Path:
+        """The MLflow model artifacts of ``version`` (served by MLflow from the stack's S3)."""
+        import mlflow
+
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = self.env["MLFLOW_TRACKING_URI"]
+        try:
+            dst = self.tmp / f"model-{version}-{uuid.uuid4().hex[:6]}"
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model}/{version}",
+                                                            dst_path=str(dst)))
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_TRACKING_URI")
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old
+
+    @staticmethod
+    def _read(consumer, n: int) -> list[bytes]:
+        got = []
+        deadline = time.monotonic() + 60
+        while len(got) < n and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and not msg.error():
+                got.append(msg.value())
+        return got
+
+    def check(self, when: str) -> None:
+        """Runs, versions, aliases, model files, artifacts, objects, messages, offsets: all there."""
+        import hashlib
+
+        from confluent_kafka import TopicPartition
+
+        from vinspect.settings import IMAGES_TOPIC
+
+        versions = {mv.version: mv.run_id for mv in self.client.search_model_versions(f"name='{self.model}'")}
+        assert versions == {v: d["run_id"] for v, d in self.versions.items()}, when
+        aliases = self.client.get_registered_model(self.model).aliases
+        assert aliases == {"champion": "1", "challenger": "2"}, when
+        for version, data in self.versions.items():
+            run = self.client.get_run(data["run_id"])
+            assert run.info.status == "FINISHED" and run.data.metrics["mAP50"] == 0.5, when
+            notes = self.tmp / f"notes-{uuid.uuid4().hex[:6]}"
+            notes.mkdir()
+            got = Path(self.client.download_artifacts(data["run_id"], "notes/keep.txt", str(notes)))
+            assert got.read_text().startswith("kept run-"), f"{when}: run artifact"
+            assert self.client.get_model_version(self.model, version).tags, when
+            model_dir = self._download_model(version)
+            onnx = [p for p in model_dir.rglob("*.onnx")]
+            assert onnx and hashlib.sha256(onnx[0].read_bytes()).hexdigest() == data["sha"], f"{when}: MLflow model {version}"
+        s3 = self.s3()
+        for (bucket, key), sha in self.objects.items():
+            body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            assert hashlib.sha256(body).hexdigest() == sha, f"{when}: s3://{bucket}/{key}"
+        consumer = self._consumer()
+        try:
+            tp = TopicPartition(IMAGES_TOPIC, 0)
+            assert consumer.committed([tp], timeout=15)[0].offset == self.committed, when
+            assert consumer.get_watermark_offsets(tp, timeout=15) == (0, len(self.messages)), when
+            consumer.assign([TopicPartition(IMAGES_TOPIC, 0, self.committed)])
+            remaining = self.messages[self.committed:]
+            assert self._read(consumer, len(remaining)) == remaining, f"{when}: unconsumed images"
+        finally:
+            consumer.close()
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a service and everything in its process group: a crash, not a shutdown."""
+    import signal
+
+    os.killpg(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _descendants(pid) - {p for p in _descendants(pid) if not _alive(p)}:
+        time.sleep(0.1)
+
+
+def test_everything_survives_down_up_and_a_crash_of_each_service(cfg, tmp_path):
+    """The issue's scenario: what was acknowledged is there after `down`/`up` and after SIGKILL."""
+    import requests
+
+    from vinspect.local import _read_env
+
+    # Start from a state directory the previous stack left behind (its credentials, an empty
+    # MLflow database): `up` keeps both.
+    (cfg.state / "mlflow").mkdir(parents=True)
+    (cfg.state / "mlflow" / "mlflow.db").touch()
+    (cfg.state / "stack.env").write_text(
+        f"AWS_ACCESS_KEY_ID=vi{uuid.uuid4().hex[:18]}\nAWS_SECRET_ACCESS_KEY={uuid.uuid4().hex}{uuid.uuid4().hex}\n")
+    before = _read_env(cfg.state / "stack.env")
+    notes: list[str] = []
+    env = up(cfg, log=notes.append)
+    server = None
+    try:
+        assert {k: env[k] for k in before} == before
+        assert any("previous local stack" in n for n in notes)
+        acked = _Acknowledged(env, tmp_path)
+        acked.register_two_versions_and_promote()
+        acked.put_object("datasets/keep/manifest.json")
+        acked.produce(10)
+        acked.consume_and_commit(4)
+        acked.check("before down")
+
+        assert set(down(cfg, log=lambda _m: None)) == set(SERVICES)
+        assert stack_pids(cfg) == {}
+        assert up(cfg, log=lambda _m: None) == env
+        acked.check("after down and up")
+
+        # The champion is served again, from the files the stack kept.
+        port = free_port()
+        serve_env = {**os.environ, **env, "VINSPECT_HOME": str(cfg.state), "PYTHONPATH": str(REPO),
+                     "VINSPECT_MODEL_NAME": acked.model}
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vinspect", "serve", "model", "--champion", "--host", "127.0.0.1",
+             "--port", str(port), "--log-level", "warning"],
+            env=serve_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        )
+        meta = None
+        deadline = time.monotonic() + 120
+        while meta is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                resp = requests.get(f"http://127.0.0.1:{port}/v2/models/{acked.model}", timeout=2)
+                if resp.status_code == 200:
+                    meta = resp.json()
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        assert meta is not None, server.stdout.read() if server.poll() is not None else "model server not ready"
+        assert meta["versions"] == ["1"]
+        server.terminate()
+        server.wait(timeout=30)
+        server = None
+
+        for service in SERVICES:
+            _kill(stack_pids(cfg)[service])
+            assert service not in stack_pids(cfg)
+            up(cfg, log=lambda _m: None)
+            acked.check(f"after SIGKILL of {service}")
+            acked.produce(2)
+            acked.put_object(f"datasets/keep/after-{service}.bin")
+            acked.consume_and_commit(1)
+        acked.check("at the end")
+    finally:
+        if server is not None:
+            server.kill()
+            server.wait()
+        down(cfg, log=lambda _m: None)
