@@ -585,3 +585,92 @@ def test_everything_survives_down_up_and_a_crash_of_each_service(cfg, tmp_path):
             server.kill()
             server.wait()
         down(cfg, log=lambda _m: None)
+
+
+# --------------------------------------------------------------------------- the Kafka front's codec
+
+
+def _uvarint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out
+
+
+def _list_offsets_frames(version: int, partitions: list[tuple[int, int, int, int]]):
+    """(request, response) frames for topic ``t``; partitions are (index, timestamp, error, offset)."""
+    import struct
+
+    flexible = version >= 6
+    arr = (lambda n: _uvarint(n + 1)) if flexible else (lambda n: struct.pack(">i", n))
+    text = (lambda s: _uvarint(len(s) + 1) + s.encode()) if flexible else (lambda s: struct.pack(">h", len(s)) + s.encode())
+    tags = b"\x00" if flexible else b""
+    req = struct.pack(">hhi", 2, version, 42) + struct.pack(">h", 1) + b"c" + tags + struct.pack(">i", -1)
+    if version >= 2:
+        req += struct.pack(">b", 0)
+    req += arr(1) + text("t") + arr(len(partitions))
+    for index, ts, _err, _off in partitions:
+        req += struct.pack(">i", index) + (struct.pack(">i", -1) if version >= 4 else b"") + struct.pack(">q", ts)
+        req += (struct.pack(">i", 1) if version == 0 else b"") + tags
+    req += tags + tags
+    resp = struct.pack(">i", 42) + tags + (struct.pack(">i", 0) if version >= 2 else b"")
+    resp += arr(1) + text("t") + arr(len(partitions))
+    for index, _ts, err, off in partitions:
+        resp += struct.pack(">ih", index, err)
+        if version == 0:
+            resp += struct.pack(">iq", 1, off)
+        else:
+            resp += struct.pack(">qq", 1234, off) + (struct.pack(">i", 0) if version >= 4 else b"")
+        resp += tags
+    resp += tags + tags
+    return req, resp
+
+
+@pytest.mark.parametrize("version", [0, 1, 5, 6, 7, 9])
+def test_front_rewrites_latest_and_earliest_only(version):
+    import asyncio
+
+    from vinspect import kafka_front as kf
+
+    parts = [(0, -1, 0, 6), (1, -2, 0, 5), (2, 1700000000000, 0, 77), (3, -1, 3, -1)]
+    req, resp = _list_offsets_frames(version, parts)
+    query = kf.parse_list_offsets_request(req)
+    assert query.asked == {("t", 0): -1, ("t", 1): -2, ("t", 2): 1700000000000, ("t", 3): -1}
+    positions = kf.offset_positions(resp, version)
+    assert set(positions) == {("t", 0), ("t", 1), ("t", 2)}  # partition 3 answered with an error
+
+    front = kf.Front("127.0.0.1", 1)
+    asked_for = []
+
+    async def truth(partitions, isolation_level):
+        asked_for.append(set(partitions))
+        return {tp: kf.PartitionOffsets(high_watermark=305, last_stable_offset=300, log_start_offset=0)
+                for tp in partitions}
+
+    front.true_offsets = truth
+    fixed = asyncio.run(front.fix_list_offsets(resp, query))
+    assert len(fixed) == len(resp)
+    after = kf.offset_positions(fixed, version)
+    import struct
+
+    got = {tp: struct.unpack_from(">q", fixed, pos)[0] for tp, pos in after.items()}
+    assert got == {("t", 0): 305, ("t", 1): 0, ("t", 2): 77}
+    assert asked_for == [{("t", 0), ("t", 1)}]
+
+
+def test_front_parses_a_fetch_answer_with_records_and_aborted_transactions():
+    import struct
+
+    from vinspect import kafka_front as kf
+
+    frame = struct.pack(">ii", 9, 0) + struct.pack(">i", 1) + struct.pack(">h", 1) + b"t" + struct.pack(">i", 2)
+    frame += struct.pack(">ihqqq", 0, 0, 305, 300, 2) + struct.pack(">i", 1) + struct.pack(">qq", 7, 290)
+    frame += struct.pack(">i", 3) + b"abc"
+    frame += struct.pack(">ihqqq", 1, 6, -1, -1, -1) + struct.pack(">i", -1) + struct.pack(">i", -1)
+    corr, offsets = kf.parse_fetch_offsets_response(frame)
+    assert corr == 9
+    assert offsets == {("t", 0): kf.PartitionOffsets(305, 300, 2)}
+    with pytest.raises(kf.ProtocolError):
+        kf.parse_fetch_offsets_response(frame[:-5])
