@@ -501,6 +501,24 @@ def _service_env(service: str, env: dict[str, str]) -> dict[str, str]:
     return child
 
 
+def _our_port_frees(cfg: StackConfig, service: str, timeout_s: float = 10.0) -> bool:
+    """Whether the port is only held by our own instance of ``service`` that is still dying.
+
+    A killed multi-threaded server is a zombie before its other threads have closed its
+    sockets, so right after a crash its port can still answer for a moment.
+    """
+    rec = _pid_record(cfg, service)
+    pid = int(rec.get("pid", 0) or 0)
+    if not pid or _proc_start_time(pid) != rec.get("start_time"):
+        return False
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _port_open(cfg.port(service)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def _previous_layout(cfg: StackConfig) -> None:
     """Refuse to run over a stack of the previous layout that is still running, saying what to do."""
     if cfg.layout_file.is_file():
@@ -528,7 +546,7 @@ def up(cfg: StackConfig, *, log: Callable[[str], None] = print) -> dict[str, str
     had_state = (cfg.state / "mlflow" / "mlflow.db").is_file()
     running = stack_pids(cfg)
     for service in ("s3", "mlflow", "kafka"):
-        if service not in running and _port_open(cfg.port(service)):
+        if service not in running and _port_open(cfg.port(service)) and not _our_port_frees(cfg, service):
             raise StackError(
                 f"port {cfg.port(service)} for {service} is held by a process vinspect did not start; "
                 f"stop it or choose another port (--{service}-port or VINSPECT_LOCAL_{service.upper()}_PORT)"
