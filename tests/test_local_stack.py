@@ -182,6 +182,18 @@ def test_status_cli_exits_non_zero_when_down(cfg):
     assert "down" in proc.stdout
 
 
+def test_status_reports_the_state_size(cfg):
+    (cfg.state / "s3" / "models" / "m" / "1" / "1").mkdir(parents=True)
+    (cfg.state / "s3" / "models" / "m" / "1" / "1" / "model.onnx").write_bytes(b"x" * 3 * 1024 * 1024)
+    (cfg.state / "stack.env").write_text("AWS_ACCESS_KEY_ID=x\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vinspect.cli", "local", "status", "--state", str(cfg.state)],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+    )
+    assert proc.returncode == 1  # nothing runs
+    assert "3.0 MiB" in proc.stdout and "reset" in proc.stdout
+
+
 def test_cli_lists_every_verb():
     proc = subprocess.run([sys.executable, "-m", "vinspect.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0

@@ -48,7 +48,8 @@ def print_status(cfg: StackConfig) -> bool:
     console = Console()
     console.print(table)
     size = state_size(cfg) if cfg.state.is_dir() else 0
-    console.print(f"state: {cfg.state} ({_size(size)}); `vinspect local down` keeps it, `vinspect local reset` deletes it")
+    # Plain echo: rich would wrap a long path in the middle of the size.
+    typer.echo(f"state: {cfg.state} ({_size(size)}); `vinspect local down` keeps it, `vinspect local reset` deletes it")
     return all(r["ok"] for r in result.values())
 
 
