@@ -290,6 +290,7 @@ class Front:
         self._lookup: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._lookup_lock = asyncio.Lock()
         self._corr = 0
+        self._last_unreachable_log = float("-inf")
 
     async def _ask(self, request: bytes) -> bytes:
         """Send one request on the look-up connection; its response frame. Caller holds the lock."""
@@ -369,7 +370,11 @@ class Front:
         try:
             up_r, up_w = await asyncio.open_connection(*self.upstream)
         except OSError as exc:
-            log.warning("broker at %s:%s unreachable: %s", *self.upstream, exc)
+            # Clients retry every few milliseconds while the broker is down: say it once in a while.
+            now = asyncio.get_running_loop().time()
+            if now - self._last_unreachable_log > 10:
+                self._last_unreachable_log = now
+                log.warning("broker at %s:%s unreachable: %s", *self.upstream, exc)
             client_w.close()
             return
         pending: dict[int, ListOffsetsQuery] = {}
