@@ -56,6 +56,12 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
         # Credentials were generated, not defaulted, and the file is private.
         assert len(env["AWS_SECRET_ACCESS_KEY"]) >= 30
         assert (cfg.env_file.stat().st_mode & 0o077) == 0
+        # The secret is in no command line (what `ps` shows), pid file or log.
+        secret = env["AWS_SECRET_ACCESS_KEY"].encode()
+        for pid in group:
+            assert secret not in Path(f"/proc/{pid}/cmdline").read_bytes(), pid
+        for path in [*cfg.pid_dir.iterdir(), *cfg.log_dir.iterdir()]:
+            assert secret not in path.read_bytes(), path
 
         # S3: put and get an object in a bucket the project uses.
         from vinspect.local import _s3_client
@@ -104,6 +110,7 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
             if msg is not None and not msg.error() and msg.value() == payload:
                 seen = msg
         consumer.close()
+        del producer  # closed now, while the broker is up, not by the GC after `down`
         assert seen is not None and seen.key() == b"cam-1"
 
         # Status asks each service for real.
