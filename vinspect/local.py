@@ -19,6 +19,11 @@ waits until the service really answers, creates buckets and topics, and writes
 ``<state>/stack.env`` with the endpoints and credentials (generated once, then kept). It never
 deletes anything. ``down`` stops only those processes, by pid, process group included, and keeps
 all state; :func:`reset` deletes it. ``status`` asks each service for real.
+
+What a file-backed S3 cannot do: a key cannot also be the prefix of other keys (``a`` and
+``a/b``: a file cannot be a folder; rclone answers ``InternalError``), and rclone keeps user
+metadata (``x-amz-meta-*``) in memory, so it is gone after the S3 server restarts (its keys come
+back capitalised, ``Sha256``, as from MinIO). The project's layouts never need either.
 """
 
 from __future__ import annotations
@@ -498,6 +503,9 @@ def _service_env(service: str, env: dict[str, str]) -> dict[str, str]:
     elif service == "tansu":
         # The Rust object_store reads these; plain HTTP is fine on loopback.
         child.update(AWS_ENDPOINT=env["AWS_S3_ENDPOINT"], AWS_ALLOW_HTTP="true", AWS_REGION=env["AWS_DEFAULT_REGION"])
+    elif service == "kafka":
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the front never talks to S3
+            child.pop(key, None)
     return child
 
 
