@@ -23,7 +23,9 @@ all state; :func:`reset` deletes it. ``status`` asks each service for real.
 What a file-backed S3 cannot do: a key cannot also be the prefix of other keys (``a`` and
 ``a/b``: a file cannot be a folder; rclone answers ``InternalError``), and rclone keeps user
 metadata (``x-amz-meta-*``) in memory, so it is gone after the S3 server restarts (its keys come
-back capitalised, ``Sha256``, as from MinIO). The project's layouts never need either.
+back capitalised, ``Sha256``, as from MinIO). The project's key layouts never nest an object
+under another; the registry's ``sha256`` metadata only spares a re-upload, so without it the
+model file is uploaded again, which is safe.
 """
 
 from __future__ import annotations
