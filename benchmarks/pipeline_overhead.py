@@ -1,6 +1,6 @@
 """Benchmark: the local pipeline's overhead around training, and a cached re-run.
 
-One run, side by side, on a fresh local stack (moto S3, MLflow; ports chosen free) and a local
+One run, side by side, on a fresh local stack (rclone S3 on disk, MLflow, tansu; ports chosen free) and a local
 model server:
 
 1. a fresh run (empty cache) of the whole DAG on a small synthetic dataset: its wall time minus
@@ -116,6 +116,9 @@ def main() -> int:
         "target_cached_s": TARGET_CACHED_S,
         "overhead_ok": overhead <= TARGET_OVERHEAD_S,
         "cached_ok": cached.wall_s <= TARGET_CACHED_S,
+        "s3": "rclone serve s3 (on disk)",
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
     }
     print(json.dumps(out))
     return 0

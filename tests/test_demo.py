@@ -65,4 +65,7 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.3)
-    assert len(pids) == 7 and not [p for p in pids if _alive(p)]
+    from vinspect.local import SERVICES
+
+    # The stack's own services plus the demo's model server, processor, camera and dashboard.
+    assert len(pids) == len(SERVICES) + 4 and not [p for p in pids if _alive(p)]

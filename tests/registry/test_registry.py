@@ -101,7 +101,10 @@ def test_s3_holds_every_version_and_new_runs_make_new_versions(three, s3, bucket
         head = s3.head_object(Bucket=bucket, Key=key)
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert len(body) == head["ContentLength"] > 0
-        assert head["Metadata"]["sha256"] == hashlib.sha256(body).hexdigest()
+        # S3 metadata keys are HTTP headers: AWS lowercases them, MinIO and rclone answer
+        # `X-Amz-Meta-Sha256`, which boto3 hands back as "Sha256" (minio/minio#6471).
+        metadata = {k.lower(): v for k, v in head["Metadata"].items()}
+        assert metadata["sha256"] == hashlib.sha256(body).hexdigest()
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{model_name}/")["Contents"]}
     assert keys == {f"{model_name}/{v}/1/model.onnx" for v in ("1", "2", "3")}
 
