@@ -1,6 +1,9 @@
 """End-to-end stream throughput and latency vs the bare engine's throughput, same machine, 640 and 320 px.
 
-camera -> tansu -> processor (child process) -> model server (child process) -> results.
+camera -> Kafka -> processor (child process) -> model server (child process) -> results.
+The broker is the local stack's (``--broker stack``, the default): tansu storing its log in the
+stack's rclone S3 on disk, behind the stack's Kafka front (``vinspect.local``), so the figures
+include what durability costs; ``--broker memory`` runs tansu alone with its in-memory engine.
 Phase 1 sends a burst and measures sustained images/s; phase 2 sends at half that rate
 and measures per-image latency (camera `ce_time` to the result arriving here). The reference is
 the bare engine the model server runs (OpenVINO by default, at the runtime's precision; the same
@@ -175,6 +178,9 @@ def main() -> None:
                         help="model server and reference engine: openvino (default where installed) or onnxruntime")
     parser.add_argument("--precision", default=None, help="OpenVINO precision (default: the runtime's choice)")
     parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--broker", choices=("stack", "memory"), default="stack",
+                        help="stack: the local stack's durable broker (tansu on rclone S3, Kafka front); "
+                             "memory: tansu with its in-memory engine")
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1,
@@ -227,9 +233,22 @@ def _run(args, imgsz: int) -> dict:
         kafka_port, model_port, health_port = free_port(), free_port(), free_port()
         bootstrap = f"127.0.0.1:{kafka_port}"
         url = f"tcp://{bootstrap}"
-        procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
-                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                       work / "tansu.log")]
+        stack = None
+        if args.broker == "stack":
+            from vinspect.local import StackConfig, stack_pids, up
+
+            stack = StackConfig(state=work / "stack", s3_port=free_port(), mlflow_port=free_port(),
+                                kafka_port=kafka_port)
+            up(stack, log=lambda _m: None)
+            pids = stack_pids(stack)
+            # What the durable broker costs: tansu, the Kafka front and the S3 server under its log.
+            broker_pids = [pids[name] for name in ("tansu", "kafka", "s3") if name in pids]
+            procs = []
+        else:
+            procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
+                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                           work / "tansu.log")]
+            broker_pids = [procs[0].pid]
         results = None
         try:
             admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -275,7 +294,8 @@ def _run(args, imgsz: int) -> dict:
             # model server uses), so the ratio is never flattered by a slow reference.
             ort_before, layout_before = _engine_best(model, 4.0, args.engine, args.precision)
             # Phase 1: burst -> sustained throughput.
-            cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server, procs[0])}
+            cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server)}
+            broker0 = {pid: cpu_seconds(pid) for pid in broker_pids}
             own0 = time.process_time()
             t0 = time.time()
             burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0,
@@ -284,6 +304,7 @@ def _run(args, imgsz: int) -> dict:
             results.wait(set(burst), 600)
             stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
             cpu_ms = {p: (cpu_seconds(p.pid) - cpu0[p]) * 1e3 / len(burst) for p in cpu0}
+            broker_ms = sum(cpu_seconds(pid) - broker0[pid] for pid in broker_pids) * 1e3 / len(burst)
             own_ms = (time.process_time() - own0) * 1e3 / len(burst)
 
             # Raw ORT on the same machine, same model, while the services idle; measured
@@ -303,6 +324,10 @@ def _run(args, imgsz: int) -> dict:
                 results.close()
             for proc in reversed(procs):
                 stop(proc)
+            if stack is not None:
+                from vinspect.local import down
+
+                down(stack, log=lambda _m: None)
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 1)
@@ -326,7 +351,8 @@ def _run(args, imgsz: int) -> dict:
         "engine_cpu_ms_per_image_min": round(min(_ORT_CPU_MS), 1),
         "processor_cpu_ms_per_image": round(cpu_ms[processor], 1),
         "model_server_cpu_ms_per_image": round(cpu_ms[server], 1),
-        "broker_cpu_ms_per_image": round(cpu_ms[procs[0]], 1),
+        "broker": args.broker,
+        "broker_cpu_ms_per_image": round(broker_ms, 1),
         "camera_cpu_ms_per_image": round(camera_ms, 1),
         "camera_and_sink_cpu_ms_per_image": round(own_ms, 1),
         "processor_peak_rss_mb": rss_processor,
