@@ -52,9 +52,11 @@ DATA_BUCKET = "vinspect-data"
 # S3 keys of the runtime, one Minio user each with only what its clients do: the bucket Job
 # (base/minio/buckets-job.yaml) creates the users and their policies from these Secrets.
 ANNOTATED_SECRET = "aws-connection-annotated"
+DASHBOARD_SECRET = "aws-connection-dashboard"
 CAMERA_SECRET = "aws-connection-camera"
 SCOPED_S3_SECRETS = {
-    ANNOTATED_SECRET: f"processor puts and dashboard gets s3://{DATA_BUCKET}/annotated/ only",
+    ANNOTATED_SECRET: f"processor puts into s3://{DATA_BUCKET}/annotated/ only",
+    DASHBOARD_SECRET: f"dashboard gets s3://{DATA_BUCKET}/annotated/ only",
     CAMERA_SECRET: f"camera lists and gets s3://{DATA_BUCKET} only",
 }
 # Connection-type annotations of an S3 data connection (see :func:`data_connection`).

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, MINIO_SECRET, bootstrap
+from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, DASHBOARD_SECRET, MINIO_SECRET, bootstrap
 from tests.infra.conftest import find
 from tests.infra.fake_cluster import FakeCluster
 
@@ -84,7 +84,7 @@ def _settings(cls, env: dict[str, str], monkeypatch):
 
 RUNTIME_S3 = [
     ("Service", "image-processor", "image-processor", ANNOTATED_SECRET),
-    ("Deployment", "dashboard", "dashboard", ANNOTATED_SECRET),
+    ("Deployment", "dashboard", "dashboard", DASHBOARD_SECRET),
     ("Deployment", "camera", "camera", CAMERA_SECRET),
 ]
 
@@ -120,10 +120,10 @@ def test_the_scoped_keys_are_kept_across_bootstrap_runs(rendered):
     def run() -> dict[str, dict[str, str]]:
         bootstrap(fake, copy.deepcopy(rendered["default"]), clock=fake.clock, sleep=fake.sleep,
                   poll_interval=1.0, timeout=120, builder=fake.start_build)
-        return {name: _secret(fake, name) for name in (ANNOTATED_SECRET, CAMERA_SECRET)}
+        return {name: _secret(fake, name) for name in (ANNOTATED_SECRET, DASHBOARD_SECRET, CAMERA_SECRET)}
 
     before = run()
-    assert before[ANNOTATED_SECRET]["AWS_ACCESS_KEY_ID"] != before[CAMERA_SECRET]["AWS_ACCESS_KEY_ID"]
+    assert len({values["AWS_ACCESS_KEY_ID"] for values in before.values()}) == 3
     # Rotating them would leave the bucket Job's users (a Job runs once) with the old secrets.
     assert run() == before
 
@@ -182,7 +182,8 @@ def bucket_job_run(rendered, cluster, tmp_path_factory):
 
 def test_bucket_job_creates_a_minio_user_per_scoped_secret(cluster, bucket_job_run):
     calls, policies, output = bucket_job_run
-    for secret, policy in ((ANNOTATED_SECRET, "vinspect-annotated"), (CAMERA_SECRET, "vinspect-camera")):
+    for secret, policy in ((ANNOTATED_SECRET, "vinspect-annotated"), (DASHBOARD_SECRET, "vinspect-dashboard"),
+                           (CAMERA_SECRET, "vinspect-camera")):
         values = _secret(cluster, secret)
         key, password = values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
         assert f"admin user add vinspect {key} {password}" in calls
@@ -194,20 +195,35 @@ def test_bucket_job_creates_a_minio_user_per_scoped_secret(cluster, bucket_job_r
         assert password not in output and key not in output
 
 
-def test_annotated_images_key_reads_and_writes_only_its_prefix(cluster, bucket_job_run):
+def test_processor_key_only_writes_annotated_images(cluster, bucket_job_run):
+    # AnnotatedImageStore only ever calls put_object.
     _, policies, _ = bucket_job_run
     policy = policies["vinspect-annotated"]
     bucket = _secret(cluster, ANNOTATED_SECRET)["VINSPECT_DATA_BUCKET"]
     key = f"arn:aws:s3:::{bucket}/annotated/2026-12-06/camera-0/ev-1-abc.jpg"
-    assert _allows(policy, "s3:PutObject", key) and _allows(policy, "s3:GetObject", key)
-    assert _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/2026-12-06/")
-    for action in ("s3:DeleteObject", "s3:PutBucketPolicy", "s3:CreateBucket"):
+    assert _allows(policy, "s3:PutObject", key)
+    assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/2026-12-06/")
+    for action in ("s3:GetObject", "s3:DeleteObject", "s3:PutBucketPolicy", "s3:CreateBucket"):
         assert not _allows(policy, action, key)
     for other in (f"arn:aws:s3:::{bucket}/datasets/train.zip", f"arn:aws:s3:::{bucket}/annotatedx/a.jpg",
                   "arn:aws:s3:::models/metal-nut/1/model.onnx", "arn:aws:s3:::mlflow/artifacts/x"):
         assert not _allows(policy, "s3:GetObject", other) and not _allows(policy, "s3:PutObject", other)
     assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="datasets/")
     assert not _allows(policy, "s3:ListBucket", "arn:aws:s3:::models", prefix="annotated/")
+
+
+def test_dashboard_key_only_reads_annotated_images(cluster, bucket_job_run):
+    # The dashboard's Route is public: its key must not be able to write or delete anything.
+    _, policies, _ = bucket_job_run
+    policy = policies["vinspect-dashboard"]
+    bucket = _secret(cluster, DASHBOARD_SECRET)["VINSPECT_DATA_BUCKET"]
+    key = f"arn:aws:s3:::{bucket}/annotated/2026-12-06/camera-0/ev-1-abc.jpg"
+    assert _allows(policy, "s3:GetObject", key)
+    assert _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/x")
+    for action in ("s3:PutObject", "s3:DeleteObject"):
+        assert not _allows(policy, action, key)
+    assert not _allows(policy, "s3:GetObject", f"arn:aws:s3:::{bucket}/datasets/train.zip")
+    assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="datasets/")
 
 
 def test_camera_key_reads_only_the_data_bucket(cluster, bucket_job_run):
