@@ -207,7 +207,8 @@ def camera(
         None, metavar="[SOURCE]", help="Same as --source (kept for existing scripts)."),
     source: Optional[str] = typer.Option(
         None, "--source", help="s3://bucket/prefix/ (real frames from S3, AWS_* settings), a folder "
-        "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]` (default)."),
+        "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]`. Default: "
+        "VINSPECT_CAMERA_SOURCE, else synthetic."),
     cameras: int = typer.Option(1, help="Number of simulated cameras."),
     fps: float = typer.Option(1.0, help="Frames per second per camera (0: as fast as possible)."),
     count: Optional[int] = typer.Option(None, help="Stop after this many frames (default: one pass)."),
@@ -227,14 +228,15 @@ def camera(
 
     if source and source_arg and source != source_arg:
         raise typer.BadParameter(f"two sources given: {source_arg!r} and --source {source!r}")
-    where = source or source_arg or "synthetic"
     kafka = KafkaSettings.from_env()
     runtime = RuntimeSettings.from_env()
+    # An explicit source wins; the setting is how the cluster's Deployment chooses (ConfigMap).
+    where = source or source_arg or runtime.camera_source.strip() or "synthetic"
     s3 = S3Settings.from_env().client() if where.startswith("s3://") else None
     try:
         frames = load_frames(where, seed=seed, s3=s3)
     except ValueError as exc:
-        raise typer.BadParameter(f"--source: {exc}") from None
+        raise typer.BadParameter(f"--source / VINSPECT_CAMERA_SOURCE: {exc}") from None
     total = count if count is not None else (None if loop else len(frames))
     producer = Producer({**kafka.client_config(), "linger.ms": 5, "message.max.bytes": 8 * 1024 * 1024})
     stop = threading.Event()
@@ -244,6 +246,7 @@ def camera(
             producer, kafka.images_topic, frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
             cameras=cameras, fps=fps, count=count, legacy=legacy, quality=quality, scale=scale,
             on_sent=lambda *_: bar.update(1), stop=stop.is_set, max_pixels=runtime.max_image_pixels,
+            max_record_bytes=runtime.max_image_bytes,
         )
     typer.echo(f"sent {sent} frames from {cameras} camera(s)")
 
