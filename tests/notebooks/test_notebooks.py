@@ -186,6 +186,8 @@ def stack_env(local_stack) -> dict[str, str]:
         "VINSPECT_HOME": str(local_stack.config.state),
         "VINSPECT_EXPERIMENT": "notebook-tests",
         "VINSPECT_MODEL_NAME": "nb-metal-nut",
+        # The model server needs a token for its repository API; the notebook sends it too.
+        "VINSPECT_MODEL_TOKEN": local_stack.env.get("VINSPECT_MODEL_TOKEN") or "notebook-test-model-token",
     }
 
 
@@ -236,7 +238,7 @@ def model_server(stack_env, registered, tmp_path_factory):
         # folder name under the storage URI, "1").
         from serving.model_client import ModelClient
 
-        with ModelClient(url, newest["name"]) as client:
+        with ModelClient(url, newest["name"], token=stack_env["VINSPECT_MODEL_TOKEN"]) as client:
             client.load(newest["storage_uri"], newest["version"])
         yield {"url": url, **newest}
     finally:

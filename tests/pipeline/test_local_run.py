@@ -8,7 +8,7 @@ second run changes only the gate floors, and must re-use the trained weights.
 from __future__ import annotations
 
 import json
-
+import os
 import uuid
 from pathlib import Path
 
@@ -35,6 +35,11 @@ def run_env(local_stack, model_server, tmp_path_factory):
     yield {"env": dict(local_stack.env), "state": state, "root": state / "pipeline-root", "model": model,
            "url": model_server}
     mp.undo()
+
+
+def _auth() -> dict[str, str]:
+    """The model server's bearer token (the model_server fixture sets VINSPECT_MODEL_TOKEN)."""
+    return {"Authorization": f"Bearer {os.environ['VINSPECT_MODEL_TOKEN']}"}
 
 
 def _mlflow(run_env):
@@ -66,7 +71,7 @@ def test_rejected_model_is_not_registered_and_the_output_says_why(run_env):
     assert "< floor 1.0100" in result.output
     assert "[vinspect] outcome: rejected" in result.output
     assert _versions(run_env) == []
-    with httpx.Client(base_url=run_env["url"]) as http:
+    with httpx.Client(base_url=run_env["url"], headers=_auth()) as http:
         assert http.get(f"/v2/models/{run_env['model']}").status_code == 404
     (run_dir,) = _run_dirs(run_env["root"])
     assert (run_dir / "train").is_dir() and not (run_dir / "register").exists()
@@ -103,7 +108,7 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, local
     sources = [json.loads(d.dataset.source).get("uri", d.dataset.source) for d in run.inputs.dataset_inputs]
     assert f"s3://{data_bucket}/datasets/{dataset_id}/" in sources, sources
 
-    with httpx.Client(base_url=run_env["url"]) as http:
+    with httpx.Client(base_url=run_env["url"], headers=_auth()) as http:
         meta = http.get(f"/v2/models/{run_env['model']}").json()
     assert meta["versions"] == [version], meta
     assert meta["inputs"][0]["name"] == "images" and meta["inputs"][0]["shape"][-2:] == [64, 64], meta

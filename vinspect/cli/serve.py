@@ -69,7 +69,7 @@ def model(
     port: int = typer.Option(8080, help="REST port."),
     model_root: list[str] = typer.Option(
         [], "--model-root", envvar="VINSPECT_MODEL_ROOTS",
-        help="Folder or s3://bucket[/prefix] the repository API may load from (repeatable; the S3 "
+        help="Folder, s3://BUCKET or s3://BUCKET/PREFIX the repository API may load from (repeatable; the S3 "
         "models bucket AWS_S3_BUCKET is always allowed) [VINSPECT_MODEL_ROOTS, space-separated].",
     ),
     body_timeout_s: float = typer.Option(
