@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from components.registry import champion_state, promote, restore_champion
+from components.registry import champion_state, promote, undo_move
 from components.rollout import render
 from components.rollout.kube import (
     RolloutError,
@@ -163,7 +163,7 @@ def rollout_kserve(
         runtime=runtime_name,
         resources=resources,
     )
-    champion_before, history_before = champion_state(mlflow_client, model_name)
+    moved = before_move = None
     previous = get_object(custom_api, **ids)
     if previous is not None:
         result["previous_version"] = (previous.get("metadata", {}).get("labels") or {}).get(render.LABEL_VERSION)
@@ -193,7 +193,8 @@ def rollout_kserve(
                 raise RolloutError(f"InferenceService {name} is Ready but reports no URL to test")
             result["smoke"] = smoke(url, name)
         stage = "moving the champion alias"
-        move_alias(mlflow_client, model_name, version)
+        before_move = champion_state(mlflow_client, model_name)
+        moved = move_alias(mlflow_client, model_name, version)
         mlflow_client.set_model_version_tag(model_name, version, TAG_DEPLOYED, f"kserve:{namespace}/{name}")
     except Exception as exc:
         result["reason"] = f"{stage} failed: {exc}"
@@ -209,10 +210,10 @@ def rollout_kserve(
             except Exception as rt_exc:
                 problems.append(f"deleting the ServingRuntime it created failed: {rt_exc}")
         try:
-            if champion_state(mlflow_client, model_name) != (champion_before, history_before):
-                restore_champion(mlflow_client, model_name, champion_before, history_before)
+            # Only this call's own alias move is undone, and only if nobody moved it since.
+            result["alias"] = undo_move(mlflow_client, model_name, moved, before=before_move, target=version)
         except Exception as alias_exc:
-            problems.append(f"restoring the champion alias to {champion_before} failed: {alias_exc}")
+            problems.append(f"restoring the champion alias failed: {alias_exc}")
         if problems:
             raise RolloutError(f"{result['reason']}; rollback incomplete: {'; '.join(problems)}") from exc
         if wait_restored and previous is not None:

@@ -280,10 +280,9 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             target = history[-1]
 
             def move_back(c, m, v):
-                # Pops the history (a rollback), instead of pushing onto it as promote would.
-                moved = rollback(c, m)
-                if moved["champion"] != v:
-                    raise RegistryError(f"history changed during the rollout: now {moved['champion']}, expected {v}")
+                # Pops the history (a rollback), instead of pushing onto it as promote would;
+                # refuses without moving anything if another call changed the history meanwhile.
+                return rollback(c, m, expect=v)
 
             result = _deploy(
                 client, name, target, deploy=deploy, move_alias=move_back, namespace=namespace,
