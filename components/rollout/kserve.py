@@ -117,8 +117,10 @@ def rollout_kserve(
         create_runtime: Create the OVMS runtime when the namespace lacks it (else fail).
         runtime_image: OVMS image for a created runtime.
         resources: Predictor resources (raw mode).
-        smoke_url: Base URL for the smoke test, overriding the one in the status (for a test
-            run from outside the cluster through a route).
+        smoke_url: Base URL for the smoke test instead of the one in the status: the URL the
+            image processor is configured with (the pipeline's rollout step passes its
+            ConfigMap's ``VINSPECT_MODEL_URL``), so a version is deployed only when the processor
+            can reach it; or a route, for a test run from outside the cluster.
         wait_restored: After a rollback, wait (same timeout) for the restored service to be
             Ready again and report whether it is.
 

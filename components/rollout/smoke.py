@@ -325,3 +325,32 @@ def make_v2_smoke(
                 http.close()
 
     return smoke
+
+
+def processor_endpoint() -> tuple[str | None, str | None]:
+    """The (URL, model name) the image processor calls, as the pipeline maps them into the rollout.
+
+    The pipeline maps ``VINSPECT_MODEL_URL`` and ``VINSPECT_MODEL_NAME`` of the processor's
+    ConfigMap (``vinspect-runtime``) into the rollout step as ``VINSPECT_PROCESSOR_MODEL_URL`` and
+    ``VINSPECT_PROCESSOR_MODEL_NAME``, so the smoke test calls the model exactly where the
+    processor will (on a headless predictor Service that is the pod's port, which
+    ``status.address.url`` states but a port-less processor URL misses).
+
+    Returns:
+        ``(url or None, model name or None)``.
+    """
+    import os
+
+    url = (os.environ.get("VINSPECT_PROCESSOR_MODEL_URL") or "").strip() or None
+    name = (os.environ.get("VINSPECT_PROCESSOR_MODEL_NAME") or "").strip() or None
+    return url, name
+
+
+def smoke_as(smoke: Callable[[str, str], Any], model: str) -> Callable[[str, str], Any]:
+    """``smoke`` run under the processor's model name, whatever the InferenceService is called."""
+
+    def run(url: str, _served_name: str) -> Any:
+        return smoke(url, model)
+
+    return run
+
