@@ -409,6 +409,8 @@ def _log_run_contents(
             raise RegistryError(f"plot {plot} does not exist")
         mlflow_client.log_artifact(run_id, str(plot), artifact_path="plots")
 
+    if not dataset_id:
+        return  # an imported ONNX registered without an evaluation: no dataset to record
     # MLflow caps a dataset digest at 36 characters; the full id goes into the profile and tags.
     source = dataset_uri or f"vinspect-dataset:{dataset_id}"
     dataset = Dataset(

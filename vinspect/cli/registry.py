@@ -1,4 +1,4 @@
-"""``vinspect model list|promote|rollback`` and ``vinspect runs compare``: thin over
+"""``vinspect model list|register|promote|rollback`` and ``vinspect runs compare``: thin over
 :mod:`components.registry` and :mod:`components.rollout`.
 
 Heavy libraries (mlflow, kubernetes, httpx) are imported inside the commands so ``--help`` is fast.
@@ -218,6 +218,64 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
                 v["s3_uri"] or "",
             )
         console.print(table)
+
+    @model_app.command("register")
+    def register_cmd(
+        onnx: Path = typer.Option(
+            ..., "--onnx", exists=True, dir_okay=False,
+            help="An existing ONNX detector, e.g. the original demo's YOLOv5m ([1, 25200, 7] output).",
+        ),
+        model: str | None = _MODEL_OPT,
+        names: str | None = typer.Option(
+            None, "--names", help="Class names in id order, comma-separated (default: the ONNX metadata)."
+        ),
+        imgsz: int | None = typer.Option(None, "--imgsz", help="Input size, for a model with a dynamic input."),
+        data: Path | None = typer.Option(
+            None, "--data", exists=True, file_okay=False,
+            help="Dataset folder: evaluate on its validation split and record the metrics with the version.",
+        ),
+        gate: bool = typer.Option(
+            False, "--gate", help="Apply the quality gate (needs --data): refuse a model that fails it."
+        ),
+        floors: str | None = typer.Option(
+            None, "--floors", help='Gate floors as JSON, e.g. \'{"map50": 0.5}\' (implies --gate).'
+        ),
+    ) -> None:
+        """Register an existing ONNX model (checked, optionally evaluated and gated) as a new version.
+
+        Serve it with `vinspect model promote VERSION --deploy local|kserve`.
+        """
+        from components.registry import RegistryError
+        from components.registry.onnx_import import import_onnx
+        from vinspect.settings import S3Settings
+
+        client, name, experiment = _mlflow(model)
+        floors_d = None
+        if floors:
+            try:
+                floors_d = json.loads(floors)
+            except json.JSONDecodeError as exc:
+                _fail(f"--floors is not JSON: {exc}")
+            if not isinstance(floors_d, dict):
+                _fail("--floors must be a JSON object")
+        s3 = S3Settings.from_env()
+        try:
+            with console.status(f"Checking and registering {onnx.name} as {name}..."):
+                info = import_onnx(
+                    client, s3.client(), onnx_path=onnx, model_name=name, bucket=s3.bucket,
+                    names=[n for n in names.split(",")] if names else None, imgsz=imgsz, data=data,
+                    floors=floors_d, gate=gate, experiment=experiment,
+                )
+        except (RegistryError, FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        console.print(
+            f"registered [green]{info['name']} v{info['version']}[/green] ({info['layout']} layout, output "
+            f"{info['output_shape']}, {info['imgsz'][0]}x{info['imgsz'][1]}, classes {', '.join(info['names'])}) "
+            f"at {info['storage_uri']}"
+        )
+        if info["metrics"]:
+            console.print(f"  mAP50 {info['metrics'].get('map50', 0):.3f}, mAP50-95 {info['metrics'].get('map50_95', 0):.3f}")
+        console.print(f"  serve it: vinspect model promote {info['version']} --model {info['name']} --deploy local")
 
     @model_app.command("promote")
     def promote_cmd(
