@@ -140,7 +140,10 @@ def alias_lock(
             )
             break
         except Exception as exc:
-            if not _already_exists(exc):
+            # MLflow's SQL store answers a duplicate name by looking the existing model up: when
+            # the holder released it in between, that lookup says "does not exist". Both mean
+            # "held a moment ago": try again.
+            if not (_already_exists(exc) or _not_found(exc)):
                 raise
         tags = _lock_tags(mlflow_client, name)
         if tags is not None:
