@@ -54,7 +54,7 @@ def _model_server():
     token = os.environ.setdefault("VINSPECT_MODEL_TOKEN", secrets.token_urlsafe(24))
     port = _free_port()
     app = create_app(ModelRepository(s3_client_factory_from_env()), token=token,
-                     model_roots=default_model_roots([]))
+                     model_roots=default_model_roots())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

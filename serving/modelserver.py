@@ -902,7 +902,7 @@ def s3_client_factory_from_env() -> Callable[[], Any]:
     return factory
 
 
-def default_model_roots(models: list[tuple[str, str, str | None]], extra: list[str] | None = None) -> list[str]:
+def default_model_roots(extra: list[str] | None = None) -> list[str]:
     """The roots a server allows loads from when none are given: the models bucket and ``extra``.
 
     The configured S3 models bucket (``AWS_S3_BUCKET``) is where the registry writes every

@@ -324,7 +324,7 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         timeout: float = _TIMEOUT_OPT,
     ) -> None:
         """Point the champion back at the previous champion (optionally redeploying it)."""
-        from components.registry import RegistryError, champion_state, rollback
+        from components.registry import champion_state, rollback
 
         client, name, _ = _mlflow(model)
         try:

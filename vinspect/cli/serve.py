@@ -129,7 +129,7 @@ def model(
         serve(models, host, port, threads=threads, parallel=parallel, spin=spin,
               max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(),
               token=token.get_secret_value() if token else None,
-              model_roots=default_model_roots(models, model_root), body_timeout_s=body_timeout_s)
+              model_roots=default_model_roots(model_root), body_timeout_s=body_timeout_s)
     except ValueError as exc:  # a malformed --model-root
         raise typer.BadParameter(str(exc)) from None
 
