@@ -21,6 +21,10 @@ from components.data.errors import DatasetError
 # edge); up to half a pixel is clipped, anything more is a labelling error.
 EDGE_TOLERANCE_PX = 0.5
 _SIZE_SAMPLE = 4000  # box sizes kept for the report plot: a fixed-size sample keeps memory flat
+# Largest image accepted, in pixels (Pillow's own decompression-bomb threshold, ~9459 x 9459):
+# the size comes from the header, so a small file that would decode to gigabytes (a PNG bomb)
+# is refused before anything downstream (training, evaluation) decodes it.
+MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 def check_image(data: bytes, where: str | Path) -> tuple[int, int]:
@@ -47,6 +51,11 @@ def check_image(data: bytes, where: str | Path) -> tuple[int, int]:
         raise DatasetError("truncated JPEG (no end-of-image marker)", file=where)
     if size[0] <= 0 or size[1] <= 0:
         raise DatasetError(f"image has size {size[0]}x{size[1]}", file=where)
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise DatasetError(
+            f"image is {size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, over the limit of "
+            f"{MAX_IMAGE_PIXELS:,} (a decompression bomb, or a frame far larger than an inspection camera's)",
+            file=where)
     return size
 
 

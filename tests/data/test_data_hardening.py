@@ -220,3 +220,36 @@ def test_a_label_file_without_an_image_is_a_qa_warning(export_copy, tmp_path):
     assert report["orphan_labels"] == ["obj_train_data/orphan_999.txt"]
     assert any("belong to no image" in w and "orphan_999.txt" in w for w in report["warnings"])
     assert manifest["counts"]  # the import itself succeeded
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A valid PNG of ``width`` x ``height`` whose pixel data is a few hundred bytes of zlib.
+
+    Grey 8-bit, every row filter 0 and black: it compresses ~1000:1, which is what a decompression
+    bomb is (the issue's 450 KB PNG decodes to 12000 x 12000).
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compressobj(9)
+    raw = rows.compress(b"\0" * (width + 1) * 64) + rows.flush()  # the first rows; verify() never decodes
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_from_its_header(export_copy, tmp_path):
+    """Issue 18 point 6 (importer): the size is checked from the header, nothing is decoded."""
+    import resource
+
+    victim = sorted((export_copy / "obj_train_data").glob("*.png"))[0]
+    victim.write_bytes(_png_header(12000, 12000))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DatasetError, match=r"12000x12000 = 144,000,000 pixels, over the limit") as err:
+        import_dataset(export_copy, tmp_path / "out")
+    assert err.value.file.endswith(victim.name)
+    # 144 M pixels decoded would be >= 144 MB more peak memory; the header check costs nothing.
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100_000  # KiB
+    assert not (tmp_path / "out").exists()
