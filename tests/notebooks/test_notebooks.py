@@ -225,7 +225,8 @@ def model_server(stack_env, registered, tmp_path_factory):
                 raise RuntimeError(f"model server exited with {proc.returncode}:\n"
                                    f"{(tmp_path / 'modelserver.log').read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/v2/models/{newest['name']}/ready", timeout=2).status_code == 200:
+                auth = {"Authorization": f"Bearer {stack_env['VINSPECT_MODEL_TOKEN']}"}
+                if httpx.get(f"{url}/v2/models/{newest['name']}/ready", timeout=2, headers=auth).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
