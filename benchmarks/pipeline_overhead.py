@@ -42,13 +42,20 @@ def _free_port() -> int:
 
 
 def _model_server():
+    import secrets
+
     import uvicorn
 
-    from serving.modelserver import ModelRepository, create_app, s3_client_factory_from_env
+    from serving.modelserver import (
+        ModelRepository, create_app, default_model_roots, s3_client_factory_from_env,
+    )
 
+    # The repository API (the rollout's load) needs a token; the rollout step reads it from here.
+    token = os.environ.setdefault("VINSPECT_MODEL_TOKEN", secrets.token_urlsafe(24))
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ModelRepository(s3_client_factory_from_env())),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    app = create_app(ModelRepository(s3_client_factory_from_env()), token=token,
+                     model_roots=default_model_roots())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -278,7 +278,7 @@ def _run(args, imgsz: int) -> dict:
                             "--spin" if args.server_spin else "--no-spin", "--log-level", "warning"],
                            work / "model.log", env)
             procs.append(server)
-            wait_http(f"http://127.0.0.1:{model_port}/v2/models/metal-nut/ready")
+            wait_http(f"http://127.0.0.1:{model_port}/v2/health/ready")  # open even with a token set
             processor = start([PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
                                "--port", str(health_port), "--concurrency", str(args.concurrency),
                                "--log-level", "warning"], work / "processor.log", env)

@@ -309,6 +309,13 @@ def build_training_pipeline(
                         deploy, secrets.model_token, {"token": "VINSPECT_MODEL_TOKEN"},
                         optional=True,
                     )
+                    # The smoke test calls the model where the image processor will: the URL and
+                    # model name of the processor's own ConfigMap (issue 13, defect 2).
+                    kubernetes.use_config_map_as_env(
+                        deploy, secrets.config,
+                        {"VINSPECT_MODEL_URL": "VINSPECT_PROCESSOR_MODEL_URL",
+                         "VINSPECT_MODEL_NAME": "VINSPECT_PROCESSOR_MODEL_NAME"},
+                    )
 
                 with dsl.Else(name="model-unchanged"):
                     ops.report_outcome(

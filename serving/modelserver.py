@@ -15,11 +15,23 @@ Shape of the code follows KServe's python servers: one small model class with `l
 Swapping without dropping requests: a load builds the new engine completely
 while the old one keeps serving, then replaces the repository's reference in one
 assignment. Requests already running keep the object they started with.
+
+Access: a bearer token (``VINSPECT_MODEL_TOKEN``, the setting the processor and the rollout
+already send) guards the repository API always and every model endpoint when it is set; a server
+started without a token serves inference but answers 403 to the repository API (it is disabled,
+not open). ``load`` reads only under the server's model roots (local folders and
+``s3://bucket[/prefix]``), checked before anything is opened, so its errors say nothing about
+paths outside them. Health endpoints stay open for probes. Bodies are bounded in size (413) and
+in time (408 when the client stops sending), and every malformed body is a 400 naming the field.
 """
 
 
+import asyncio
 import gzip
+import hmac
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -40,6 +52,9 @@ SERVER_VERSION = "0.1.0"
 PLATFORM = "onnx_onnxv1"  # what ONNX Runtime serving reports
 OPENVINO_PLATFORM = "OpenVINO"  # what OVMS reports for every model, ONNX included (specs/oip/README.md)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# A client that stops sending mid-body (Content-Length larger than what it sends) gets a 408
+# after this many seconds without a byte, instead of holding a worker forever.
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 class ModelServerError(Exception):
     """Base of the errors that map to an HTTP status; the message is shown to the client."""
@@ -67,6 +82,36 @@ class ModelNotReady(ModelServerError):
 
 class ModelLoadError(ModelServerError):
     """A load request could not be satisfied (missing file, unreadable ONNX)."""
+
+    status_code = 400
+
+
+class Unauthorized(ModelServerError):
+    """No bearer token, or the wrong one."""
+
+    status_code = 401
+
+
+class Forbidden(ModelServerError):
+    """The request is not allowed here (repository API disabled, uri outside the model roots)."""
+
+    status_code = 403
+
+
+class RequestTimeout(ModelServerError):
+    """The client stopped sending the body it announced."""
+
+    status_code = 408
+
+
+class PayloadTooLarge(ModelServerError):
+    """The body (or its decompressed form) is larger than the server accepts."""
+
+    status_code = 413
+
+
+class _ClientGone(ModelServerError):
+    """The client closed the connection mid-body; nobody reads the answer."""
 
     status_code = 400
 
@@ -222,6 +267,85 @@ def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = No
     return _read_local(uri)
 
 
+@dataclass(frozen=True)
+class ModelRoots:
+    """Where the repository API may load models from: local folders and S3 bucket/prefixes.
+
+    A ``load`` names a URI; it is accepted only when it lies under one of these roots, decided
+    from the URI's text (local paths with symlinks resolved) before anything is opened, so a
+    refusal reads the same whether or not the path exists.
+
+    Args:
+        local: Absolute folders (resolved).
+        s3: ``(bucket, prefix)`` pairs; an empty prefix allows the whole bucket.
+    """
+
+    local: tuple[Path, ...] = ()
+    s3: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, roots: list[str] | tuple[str, ...] | None) -> "ModelRoots":
+        """Build from strings: ``/models``, ``file:///models`` or ``s3://bucket[/prefix]``.
+
+        Raises:
+            ValueError: For a relative path, another scheme or an S3 root without a bucket.
+        """
+        local: list[Path] = []
+        s3: list[tuple[str, str]] = []
+        for root in roots or ():
+            if root.startswith("s3://"):
+                parsed = urlparse(root)
+                prefix = parsed.path.strip("/")
+                if not parsed.netloc or ".." in prefix.split("/"):
+                    raise ValueError(f"model root {root!r}: expected s3://bucket[/prefix]")
+                s3.append((parsed.netloc, prefix + "/" if prefix else ""))
+                continue
+            path = urlparse(root).path if root.startswith("file://") else root
+            if "://" in path or not os.path.isabs(path):
+                raise ValueError(f"model root {root!r}: expected an absolute folder or s3://bucket[/prefix]")
+            local.append(Path(os.path.realpath(path)))
+        return cls(tuple(local), tuple(s3))
+
+    def describe(self) -> str:
+        """The roots as a human reads them (for error messages)."""
+        items = [str(p) for p in self.local] + [f"s3://{b}/{p}" for b, p in self.s3]
+        return ", ".join(items) if items else "none configured"
+
+    def check(self, uri: str) -> str:
+        """Return ``uri`` if it lies under a root.
+
+        Raises:
+            Forbidden: Otherwise, with a message that never depends on what exists outside.
+        """
+        if uri.startswith("s3://"):
+            parsed = urlparse(uri)
+            key = parsed.path.lstrip("/")
+            parts = key.split("/")
+            # S3 keys are literal, but some servers normalise dot segments: refuse them outright.
+            if "." not in parts and ".." not in parts:
+                for bucket, prefix in self.s3:
+                    if parsed.netloc == bucket and (key + "/").startswith(prefix):
+                        return uri
+        elif "://" not in uri or uri.startswith("file://"):
+            raw = urlparse(uri).path if uri.startswith("file://") else uri
+            if os.path.isabs(raw):
+                resolved = Path(os.path.realpath(raw))
+                if any(resolved == root or resolved.is_relative_to(root) for root in self.local):
+                    return uri
+        raise Forbidden(
+            f"load refused: {uri!r} is not under this server's model roots ({self.describe()}); "
+            "give the server another root with --model-root"
+        )
+
+    def check_file(self, uri: str, location: str) -> None:
+        """Check the file a local load picked (a symlink inside a root may point outside it)."""
+        if location.startswith("s3://"):
+            return
+        resolved = Path(os.path.realpath(location))
+        if not any(resolved.is_relative_to(root) for root in self.local):
+            raise Forbidden(f"load refused: {uri!r} resolves outside this server's model roots")
+
+
 # --------------------------------------------------------------------------------------
 # The model.
 # --------------------------------------------------------------------------------------
@@ -372,6 +496,10 @@ class _Entry:
     model: OnnxModel | None = None
     state: str = "UNAVAILABLE"  # LOADING | READY | UNAVAILABLE
     reason: str = ""
+    # Meant to serve: declared at start-up, or loaded successfully since (and not unloaded).
+    # Readiness looks only at these, so a failed load of a made-up name is reported in the
+    # index but does not take a healthy server out of service.
+    required: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -422,10 +550,17 @@ class ModelRepository:
         """Declare a model that will be loaded later (it answers 503 until then)."""
         entry = self._entry(name, create=True)
         entry.uri, entry.version = uri, version
+        entry.required = True
         if entry.model is None:
             entry.state = "LOADING"
 
-    def load(self, name: str, uri: str | None = None, version: str | None = None) -> OnnxModel:
+    def load(
+        self,
+        name: str,
+        uri: str | None = None,
+        version: str | None = None,
+        roots: ModelRoots | None = None,
+    ) -> OnnxModel:
         """Load (or reload) a model and swap it in once fully ready.
 
         The previous version keeps answering during the load; a failed load leaves it
@@ -435,14 +570,19 @@ class ModelRepository:
             name: Model name (the URL's `{name}`).
             uri: Path or `s3://` URI; defaults to the model's current source.
             version: Version to report; defaults to the OVMS version folder, else "1".
+            roots: When given (the repository API), a new ``uri`` must lie under them; a
+                reload of the source declared at start-up is always allowed.
 
         Raises:
+            Forbidden: The uri is outside ``roots`` (checked before anything is read).
             ModelLoadError: When the source cannot be read or loaded.
         """
         entry = self._entry(name, create=True)
         with entry.lock:
             if version is None and (uri is None or uri == entry.uri):
                 version = entry.version  # a (re)load of the declared source keeps its declared version
+            if roots is not None and uri is not None and uri != entry.uri:
+                roots.check(uri)
             uri = uri or entry.uri
             if not uri:
                 raise ModelLoadError(f"model {name!r} has no uri to load from")
@@ -451,10 +591,12 @@ class ModelRepository:
             started = time.monotonic()
             try:
                 source = read_model_source(uri, self._s3)
+                if roots is not None and uri != entry.uri:
+                    roots.check_file(uri, source.location)
                 model = OnnxModel(name, version or source.version_folder or "1", source,
                                   self._threads, self._parallel, self._spin, self.engine, self.precision)
                 model.load()
-            except ModelLoadError as exc:
+            except ModelServerError as exc:
                 if entry.model is None:
                     entry.state, entry.reason = "UNAVAILABLE", str(exc)
                 raise
@@ -462,6 +604,7 @@ class ModelRepository:
             entry.model = model
             entry.uri, entry.version = uri, model.version
             entry.state, entry.reason = "READY", ""
+            entry.required = True
             log.info(
                 "model %s version %s loaded from %s in %.2fs",
                 name, model.version, source.location, time.monotonic() - started,
@@ -473,6 +616,7 @@ class ModelRepository:
         entry = self._entry(name)
         with entry.lock:
             entry.model, entry.state, entry.reason = None, "UNAVAILABLE", "unloaded"
+            entry.required = False  # unloaded on purpose: no longer meant to serve
 
     def get(self, name: str, version: str | None = None) -> OnnxModel:
         """Return the serving model.
@@ -493,10 +637,15 @@ class ModelRepository:
         return model
 
     def ready(self) -> bool:
-        """True when every declared model is serving."""
+        """True when at least one model is meant to serve and every such model is serving.
+
+        Meant to serve: declared at start-up or loaded successfully since, and not unloaded.
+        A failed load of a name that never served leaves an UNAVAILABLE entry in the index
+        (with its reason) but does not count, so it cannot make a healthy server unready.
+        """
         with self._guard:
-            entries = list(self._entries.values())
-        return bool(entries) and all(e.model is not None for e in entries)
+            required = [e for e in self._entries.values() if e.required]
+        return bool(required) and all(e.model is not None for e in required)
 
     def index(self) -> list[dict[str, str]]:
         """The Triton repository index: name, version, state, reason."""
@@ -518,15 +667,43 @@ class ModelRepository:
 # --------------------------------------------------------------------------------------
 
 
-async def _read_body(request: Any, max_bytes: int) -> bytes:
+async def _read_body(request: Any, max_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> bytes:
+    """Read the whole body, bounded in size (413) and in idle time between chunks (408).
+
+    Raises:
+        PayloadTooLarge: Declared, received or decompressed size over ``max_bytes``.
+        RequestTimeout: No byte for ``timeout_s`` seconds before the announced end.
+        InvalidInput: A bad or unsupported Content-Encoding.
+    """
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            # One line, no traceback: a stalled client is the client's problem, not ours.
+            log.warning(
+                "%s %s: body stalled (%d of %s bytes after %.0fs without data); answered 408",
+                request.method, request.url.path, size, declared or "?", timeout_s,
+            )
+            raise RequestTimeout(
+                f"request body incomplete: received {size} of {declared or 'the announced'} bytes, "
+                f"then nothing for {timeout_s:.0f}s"
+            ) from None
+        except ClientDisconnect:
+            log.warning("%s %s: client closed the connection after %d of %s body bytes",
+                        request.method, request.url.path, size, declared or "?")
+            raise _ClientGone("client disconnected") from None
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidInput(f"request body exceeds the limit of {max_bytes} bytes")
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").lower()
@@ -537,10 +714,44 @@ async def _read_body(request: Any, max_bytes: int) -> bytes:
         except (zlib.error, gzip.BadGzipFile) as exc:
             raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
         if len(body) > max_bytes:
-            raise InvalidInput(f"decompressed body exceeds the limit of {max_bytes} bytes")
+            raise PayloadTooLarge(f"decompressed body exceeds the limit of {max_bytes} bytes")
     elif encoding not in ("", "identity"):
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
     return body
+
+
+def _parse_load_body(body: bytes) -> tuple[str | None, str | None]:
+    """The ``uri`` and ``version`` of a repository load request, each field checked.
+
+    Raises:
+        InvalidInput: Naming the field that is wrong.
+    """
+    if not body.strip():
+        return None, None
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"load request is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("load request is nested too deeply to be a load request") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(
+            f"load request body must be a JSON object like {{\"parameters\": {{\"uri\": ...}}}}, "
+            f"not {type(parsed).__name__}"
+        )
+    params = parsed.get("parameters")
+    if params is None:
+        return None, None
+    if not isinstance(params, dict):
+        raise InvalidInput(f"load request 'parameters' must be an object, not {type(params).__name__}")
+    uri, version = params.get("uri"), params.get("version")
+    if uri is not None and not isinstance(uri, str):
+        raise InvalidInput(f"load request 'parameters.uri' must be a string, not {type(uri).__name__}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))):
+        raise InvalidInput(
+            f"load request 'parameters.version' must be a string or integer, not {type(version).__name__}"
+        )
+    return uri or None, str(version) if version is not None else None
 
 
 def create_app(
@@ -548,6 +759,9 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     load_on_startup: bool = True,
+    token: str | None = None,
+    model_roots: ModelRoots | list[str] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> Any:
     """Build the FastAPI application.
 
@@ -556,6 +770,12 @@ def create_app(
             a background thread at start-up, so the server answers 503 while loading.
         max_body_bytes: Largest accepted request body (after decompression).
         load_on_startup: Load registered models when the app starts.
+        token: Bearer token. When set, every endpoint but the two health probes requires
+            it. When None, inference is open and the repository API (index, load, unload)
+            answers 403: it is never served without a token.
+        model_roots: Where the repository API may load from (folders, ``s3://bucket[/prefix]``);
+            none means only reloads of the models declared at start-up.
+        body_timeout_s: Seconds without a body byte before a request is answered 408.
 
     Returns:
         The ASGI app.
@@ -598,12 +818,29 @@ def create_app(
             threading.Thread(target=_background_load, name="model-load", daemon=True).start()
         yield
 
+    roots = model_roots if isinstance(model_roots, ModelRoots) else ModelRoots.parse(model_roots)
+    expected = token.encode("utf-8") if token else None
+
+    def authorize(request: Request, repository_api: bool = False) -> None:
+        if expected is None:
+            if repository_api:
+                raise Forbidden(
+                    "the repository API (index, load, unload) is disabled: this server was started "
+                    "without a token; set VINSPECT_MODEL_TOKEN to enable it"
+                )
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8"), expected):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer $VINSPECT_MODEL_TOKEN)")
+
     app = FastAPI(title=SERVER_NAME, version=SERVER_VERSION, lifespan=lifespan)
     app.state.repository = repository
 
     @app.exception_handler(ModelServerError)
     async def _error(_request: Request, exc: ModelServerError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(v2.V2ProtocolError)
     async def _protocol_error(_request: Request, exc: v2.V2ProtocolError) -> JSONResponse:
@@ -619,7 +856,8 @@ def create_app(
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        authorize(request)
         return {
             "name": SERVER_NAME,
             "version": SERVER_VERSION,
@@ -628,12 +866,14 @@ def create_app(
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+        authorize(request)
         return repository.get(name, version).metadata_response()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_ready(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+        authorize(request)
         repository.get(name, version)
         return {"name": name, "ready": True}
 
@@ -643,8 +883,9 @@ def create_app(
         started = time.perf_counter()
         code = "200"
         try:
+            authorize(request)
             model = repository.get(name, version)
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
             header_length = request.headers.get(v2.HEADER_LENGTH.lower())
             if header_length is not None:
                 if not header_length.isdigit():
@@ -678,38 +919,26 @@ def create_app(
             request_seconds.labels(name).observe(time.perf_counter() - started)
 
     @app.post("/v2/repository/index")
-    async def repository_index() -> list[dict[str, str]]:
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        authorize(request, repository_api=True)
         return repository.index()
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str, request: Request) -> dict[str, Any]:
-        body = await _read_body(request, 1024 * 1024)
-        params: dict[str, Any] = {}
-        if body.strip():
-            import json
-
-            try:
-                parsed = json.loads(body)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"load request is not JSON: {exc}") from None
-            params = (parsed or {}).get("parameters") or {}
-            if not isinstance(params, dict):
-                raise InvalidInput("load request 'parameters' must be an object")
-        uri = params.get("uri")
-        version = params.get("version")
-        model = await run_in_threadpool(
-            repository.load, name, str(uri) if uri else None,
-            str(version) if version is not None else None,
-        )
+        authorize(request, repository_api=True)
+        uri, version = _parse_load_body(await _read_body(request, 1024 * 1024, body_timeout_s))
+        model = await run_in_threadpool(repository.load, name, uri, version, roots)
         return {"name": model.name, "version": model.version, "state": "READY"}
 
     @app.post("/v2/repository/models/{name}/unload")
-    async def unload(name: str) -> dict[str, Any]:
+    async def unload(name: str, request: Request) -> dict[str, Any]:
+        authorize(request, repository_api=True)
         repository.unload(name)
         return {"name": name, "state": "UNAVAILABLE"}
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        authorize(request)  # per-model counters name the models: behind the token when one is set
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -726,9 +955,28 @@ def s3_client_factory_from_env() -> Callable[[], Any]:
     return factory
 
 
+def default_model_roots(extra: list[str] | None = None) -> list[str]:
+    """The roots a server allows loads from when none are given: the models bucket and ``extra``.
+
+    The configured S3 models bucket (``AWS_S3_BUCKET``) is where the registry writes every
+    version, so rollouts load from it; local folders must be named (``--model-root``). The
+    URIs served at start-up are not added: reloading them needs no root.
+    """
+    roots = list(extra or [])
+    try:
+        from vinspect.settings import S3Settings
+
+        bucket = S3Settings.from_env().bucket
+    except Exception:  # noqa: BLE001 - no S3 configured: local roots only
+        bucket = None
+    if bucket:
+        roots.append(f"s3://{bucket}")
+    return roots
+
+
 def serve(
     models: list[tuple[str, str, str | None]],
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 8080,
     *,
     threads: int = 0,
@@ -738,12 +986,15 @@ def serve(
     log_level: str = "info",
     engine: str | None = None,
     precision: str | None = None,
+    token: str | None = None,
+    model_roots: list[str] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> None:
     """Run the model server until interrupted.
 
     Args:
         models: (name, uri, version-or-None) of each model to serve.
-        host: Bind address.
+        host: Bind address: loopback by default; a container or edge box widens it explicitly.
         port: REST port (OVMS on KServe uses 8080; the OpenShift AI template 8888).
         threads: Threads per inference (0: the engine's default).
         parallel: Inference runs executed at once per model.
@@ -753,11 +1004,15 @@ def serve(
         engine: ``openvino`` (default where installed) or ``onnxruntime``; ``$VINSPECT_ENGINE``.
         precision: OpenVINO inference precision; ``$VINSPECT_PRECISION`` (default: the variant's
             declared one, else the runtime's choice).
+        token: Bearer token (see :func:`create_app`); None disables the repository API.
+        model_roots: Where ``load`` may read from (see :class:`ModelRoots`).
+        body_timeout_s: Seconds without a body byte before a request is answered 408.
     """
     import uvicorn
 
     from serving.memory import keep_large_buffers
 
+    roots = ModelRoots.parse(model_roots)  # a bad root fails before anything starts
     keep_large_buffers()  # request bodies and tensors are megabytes: no fresh pages per request
     repository = ModelRepository(
         s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin,
@@ -765,5 +1020,8 @@ def serve(
     )
     for name, uri, version in models:
         repository.register(name, uri, version)
-    app = create_app(repository, max_body_bytes=max_body_bytes)
+    if token is None:
+        log.warning("no VINSPECT_MODEL_TOKEN: inference is open and the repository API is disabled")
+    app = create_app(repository, max_body_bytes=max_body_bytes, token=token, model_roots=roots,
+                     body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -64,7 +64,9 @@ def model(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [VINSPECT_MODEL_NAME]."),
     version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
-    host: str = typer.Option("0.0.0.0", help="Bind address."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Bind address: loopback by default; 0.0.0.0 in a container or to serve other hosts."
+    ),
     port: int = typer.Option(8080, help="REST port."),
     engine: Optional[str] = typer.Option(
         None, "--engine", help="Inference engine: openvino (OVMS's; the default where installed) or "
@@ -72,6 +74,14 @@ def model(
     precision: Optional[str] = typer.Option(
         None, "--precision", help="OpenVINO inference precision: f32, bf16 or auto (default: what an IR "
         "variant declares, else the runtime's choice, bf16 on CPUs that have it) [VINSPECT_PRECISION]."),
+    model_root: list[str] = typer.Option(
+        [], "--model-root", envvar="VINSPECT_MODEL_ROOTS",
+        help="Folder, s3://BUCKET or s3://BUCKET/PREFIX the repository API may load from (repeatable; the S3 "
+        "models bucket AWS_S3_BUCKET is always allowed) [VINSPECT_MODEL_ROOTS, space-separated].",
+    ),
+    body_timeout_s: float = typer.Option(
+        30.0, "--body-timeout", help="Seconds without a request-body byte before answering 408."
+    ),
     threads: int = typer.Option(0, help="Threads per inference (0: one per core). Best "
                                 "single-image latency; for throughput under concurrent requests on a few "
                                 "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
@@ -83,10 +93,15 @@ def model(
     max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """Serve an ONNX or OpenVINO IR model over the KServe v2 protocol (what OVMS does on the cluster)."""
-    from vinspect.settings import MLflowSettings, S3Settings
+    """Serve an ONNX or OpenVINO IR model over the KServe v2 protocol (what OVMS does on the cluster).
 
-    from serving.modelserver import serve
+    With VINSPECT_MODEL_TOKEN set, every endpoint but the health probes needs
+    `Authorization: Bearer <token>`; without it inference is open and the repository API
+    (load / unload, which rollouts use) is disabled.
+    """
+    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
+
+    from serving.modelserver import default_model_roots, serve
 
     _logging(log_level)
     model_name = name or MLflowSettings.from_env().model_name
@@ -115,9 +130,15 @@ def model(
             f"serving no model yet on http://{host}:{port}; a rollout loads one with "
             f"POST /v2/repository/models/{model_name}/load"
         )
-    serve([(model_name, uri, version)] if uri else [], host, port, threads=threads, parallel=parallel, spin=spin,
-          max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(), engine=engine,
-          precision=precision)
+    token = ModelServerSettings.from_env().token
+    models = [(model_name, uri, version)] if uri else []
+    try:
+        serve(models, host, port, threads=threads, parallel=parallel, spin=spin,
+              max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(), engine=engine,
+              precision=precision, token=token.get_secret_value() if token else None,
+              model_roots=default_model_roots(model_root), body_timeout_s=body_timeout_s)
+    except ValueError as exc:  # a malformed --model-root
+        raise typer.BadParameter(str(exc)) from None
 
 
 def processor(
