@@ -55,6 +55,9 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
 
         # Credentials were generated, not defaulted, and the file is private.
         assert len(env["AWS_SECRET_ACCESS_KEY"]) >= 30
+        # The model server's token too (its repository API is off without one), kept by a later up.
+        assert len(env["VINSPECT_MODEL_TOKEN"]) >= 32
+        assert up(cfg, log=lambda _m: None)["VINSPECT_MODEL_TOKEN"] == env["VINSPECT_MODEL_TOKEN"]
         assert (cfg.env_file.stat().st_mode & 0o077) == 0
         # The secret is in no command line (what `ps` shows), pid file or log.
         secret = env["AWS_SECRET_ACCESS_KEY"].encode()

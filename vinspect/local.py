@@ -253,6 +253,10 @@ def _write_env(cfg: StackConfig) -> dict[str, str]:
     old = _read_env(cfg.env_file)
     key = old.get("AWS_ACCESS_KEY_ID") or "vi" + secrets.token_hex(9)
     secret = old.get("AWS_SECRET_ACCESS_KEY") or secrets.token_urlsafe(30)
+    # The model server's bearer token: its repository API (a rollout's load) is disabled without
+    # one, so every shell that reads stack.env (serve model, model promote --deploy local, the
+    # processor) shares this one, generated once and kept like the S3 keys.
+    model_token = old.get("VINSPECT_MODEL_TOKEN") or secrets.token_urlsafe(32)
     s3 = f"http://{HOST}:{cfg.s3_port}"
     env = {
         "AWS_S3_ENDPOINT": s3,
@@ -267,6 +271,7 @@ def _write_env(cfg: StackConfig) -> dict[str, str]:
         "YOLO_CONFIG_DIR": str(cfg.state / "ultralytics"),
         "YOLO_OFFLINE": "1",
         "YOLO_AUTOINSTALL": "false",
+        "VINSPECT_MODEL_TOKEN": model_token,
     }
     cfg.state.mkdir(parents=True, exist_ok=True)
     tmp = cfg.env_file.with_suffix(".tmp")
