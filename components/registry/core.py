@@ -658,7 +658,10 @@ def _s3_has(s3_client, bucket: str, key: str, sha: str) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
-    return head.get("Metadata", {}).get("sha256") == sha
+    # User-metadata keys come back capitalised from MinIO and rclone ("Sha256", minio/minio#6471),
+    # lowercase from AWS: compare case-insensitively, or the skip never fires on our own stores.
+    metadata = {str(k).lower(): v for k, v in (head.get("Metadata") or {}).items()}
+    return metadata.get("sha256") == sha
 
 
 # --------------------------------------------------------------------------------------------

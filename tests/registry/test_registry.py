@@ -200,3 +200,21 @@ def test_sha256_file(tmp_path):
     p = tmp_path / "x"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_an_unchanged_file_is_not_uploaded_again_whatever_the_metadata_case(local_stack):
+    """The local S3 (rclone, like MinIO) returns user-metadata keys capitalised ("Sha256")."""
+    import hashlib
+    import uuid
+
+    from components.registry.core import _s3_has
+
+    s3 = local_stack.s3
+    bucket = local_stack.env["AWS_S3_BUCKET"]
+    key = f"metadata-case-{uuid.uuid4().hex[:8]}/1/model.onnx"
+    body = b"not really a model"
+    sha = hashlib.sha256(body).hexdigest()
+    assert not _s3_has(s3, bucket, key, sha)
+    s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": sha})
+    assert _s3_has(s3, bucket, key, sha)
+    assert not _s3_has(s3, bucket, key, "0" * 64)
