@@ -585,9 +585,13 @@ def test_everything_survives_down_up_and_a_crash_of_each_service(cfg, tmp_path):
         deadline = time.monotonic() + 120
         while meta is None and time.monotonic() < deadline and server.poll() is None:
             try:
-                resp = requests.get(f"http://127.0.0.1:{port}/v2/models/{acked.model}", timeout=2)
+                # The stack's model token (stack.env) guards every model endpoint of the server.
+                resp = requests.get(f"http://127.0.0.1:{port}/v2/models/{acked.model}", timeout=2,
+                                    headers={"Authorization": f"Bearer {env['VINSPECT_MODEL_TOKEN']}"})
                 if resp.status_code == 200:
                     meta = resp.json()
+                else:
+                    time.sleep(0.5)
             except requests.ConnectionError:
                 time.sleep(0.5)
         assert meta is not None, server.stdout.read() if server.poll() is not None else "model server not ready"

@@ -53,7 +53,7 @@ def check_image(data: bytes, where: str | Path) -> tuple[int, int]:
     if size[0] <= 0 or size[1] <= 0:
         raise DatasetError(f"image has size {size[0]}x{size[1]}", file=where)
     try:  # the header's size, before anything decodes it (decompression bombs)
-        check_pixels(size[0], size[1], what=str(where))
+        check_pixels(size[0], size[1], what="image")  # DatasetError names the file
     except ImageTooLarge as e:
         raise DatasetError(str(e), file=where) from None
     return size

@@ -74,7 +74,9 @@ def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, 
     path = tmp_path / "bent_000.png"
     Image.fromarray(np.full((120, 160, 3), 90, dtype=np.uint8)).save(path)
     repo = ModelRepository(lambda: s3)
-    with TestClient(create_app(repo, load_on_startup=False)) as server:
+    bucket = info["storage_uri"].split("/")[2]
+    app = create_app(repo, load_on_startup=False, token="variant-test-token", model_roots=[f"s3://{bucket}"])
+    with TestClient(app, headers={"Authorization": "Bearer variant-test-token"}) as server:
         smoke = make_v2_smoke([GoldenImage(path, frozenset({"bent"}))], client=server)
         result = rollout_local(server, mlflow_client, model_name=name, version=info["version"], smoke=smoke)
         assert result["status"] == "deployed", result["reason"]

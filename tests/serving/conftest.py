@@ -65,15 +65,16 @@ def onnx_model_64(tmp_path_factory) -> Path:
     return _export(tmp_path_factory.mktemp("onnx64"), 64)
 
 
-def wait_http(url: str, timeout: float = 30.0, status: int = 200, proc=None) -> None:
-    """Poll `url` until it answers `status` (fails early when `proc` exits)."""
+def wait_http(url: str, timeout: float = 30.0, status: int = 200, proc=None, token: str | None = None) -> None:
+    """Poll `url` until it answers `status` (fails early when `proc` exits); `token`: a bearer token."""
     deadline = time.monotonic() + timeout
     last = None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process for {url} exited with {proc.returncode}")
         try:
-            last = httpx.get(url, timeout=2.0).status_code
+            last = httpx.get(url, timeout=2.0, headers=headers).status_code
             if last == status:
                 return
         except httpx.TransportError as exc:

@@ -79,8 +79,9 @@ def test_onnxruntime_backend_by_setting(onnx_model, x, monkeypatch):
 def test_ir_without_weights_is_a_clear_400(onnx_model, tmp_path):
     _write_ir(onnx_model, tmp_path / "repo" / "1", None)
     (tmp_path / "repo" / "1" / "model.bin").unlink()
-    with ThreadServer(create_app(ModelRepository())) as server:
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load",
+    app = create_app(ModelRepository(), token="engine-test-token", model_roots=[str(tmp_path)])
+    with ThreadServer(app) as server:
+        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers={"Authorization": "Bearer engine-test-token"},
                        json={"parameters": {"uri": str(tmp_path / "repo")}})
     assert r.status_code == 400 and "has no weights file model.bin" in r.json()["error"]
 

@@ -128,7 +128,7 @@ class Runtime:
             "model", self.env,
         )
         wait_http(f"http://127.0.0.1:{self.model_port}/v2/models/metal-nut/ready", 60,
-                  proc=self.model)
+                  proc=self.model, token=self.env.get("VINSPECT_MODEL_TOKEN"))
         return self.model
 
     def start_processor(self):
