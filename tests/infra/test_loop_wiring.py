@@ -227,3 +227,27 @@ def test_processor_and_review_keys_allow_exactly_the_review_queue_calls(cluster,
         assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="datasets/")
         assert not _allows(policy, "s3:GetObject", "arn:aws:s3:::models/metal-nut/1/model.onnx")
         assert not _allows(policy, "s3:PutObject", "arn:aws:s3:::models/metal-nut/1/model.onnx")
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+def test_monitoring_is_admitted_on_the_port_the_pod_monitor_scrapes(rendered):
+    # The PodMonitor names Knative's `user-port`: the processor container's port (Knative gives
+    # the user container's port that name). The policy must admit exactly that number, the
+    # processor must listen there, and the flows file must model it.
+    from infra.connectivity import load_spec
+
+    objects = rendered["loop"]
+    monitor = find(objects, "PodMonitor", "image-processor")["spec"]["podMetricsEndpoints"]
+    assert [e["port"] for e in monitor] == ["user-port"]
+    container = find(objects, "Service", "image-processor", "serving.knative.dev")["spec"]["template"]["spec"]["containers"][0]
+    port = container["ports"][0]["containerPort"]
+    assert f"--port={port}" in container["args"]
+    policy = find(objects, "NetworkPolicy", "allow-from-monitoring")["spec"]
+    assert policy["podSelector"] == {"matchLabels": {"serving.knative.dev/service": "image-processor"}}
+    assert {"protocol": "TCP", "port": port} in policy["ingress"][0]["ports"]
+    spec = load_spec()
+    assert spec.endpoints["processor"]["ports"]["user-port"] == port
+    assert any((f.source, f.target, f.port, f.expect) == ("prometheus-user-workload", "processor", port, "allowed")
+               for f in spec.flows)
