@@ -251,3 +251,21 @@ def test_monitoring_is_admitted_on_the_port_the_pod_monitor_scrapes(rendered):
     assert spec.endpoints["processor"]["ports"]["user-port"] == port
     assert any((f.source, f.target, f.port, f.expect) == ("prometheus-user-workload", "processor", port, "allowed")
                for f in spec.flows)
+
+
+# --- the retraining receiver ------------------------------------------------------------------
+
+
+def test_retraining_receiver_has_a_read_only_root_and_a_writable_tmp(rendered):
+    objects = rendered["retrain-on-drift"]
+    pod = find(objects, "Service", "retrain-on-drift", "serving.knative.dev")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {"name": "HOME", "value": "/tmp"} in container["env"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "emptyDir" in {v["name"]: v for v in pod["volumes"]}[mounts["/tmp"]]
+    # Knative admits the emptyDir only with its extension on (else the revision is refused).
+    serving = find(objects, "KnativeServing", "knative-serving")
+    assert serving["spec"]["config"]["features"]["kubernetes.podspec-volumes-emptydir"] == "enabled"
+    # The token stays: the pipelines API authorizes the submit with it.
+    assert pod.get("automountServiceAccountToken", True) is True and pod["serviceAccountName"] == "retrain-on-drift"
