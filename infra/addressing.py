@@ -35,6 +35,7 @@ _CONTAINER_PATHS = {
     "StatefulSet": ("spec", "template", "spec"),
     "DaemonSet": ("spec", "template", "spec"),
     "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
     "Service": ("spec", "template", "spec"),  # serving.knative.dev/v1
 }
 

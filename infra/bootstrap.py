@@ -54,10 +54,12 @@ DATA_BUCKET = "vinspect-data"
 ANNOTATED_SECRET = "aws-connection-annotated"
 DASHBOARD_SECRET = "aws-connection-dashboard"
 CAMERA_SECRET = "aws-connection-camera"
+REVIEW_SECRET = "aws-connection-review"
 SCOPED_S3_SECRETS = {
-    ANNOTATED_SECRET: f"processor puts into s3://{DATA_BUCKET}/annotated/ only",
+    ANNOTATED_SECRET: f"processor puts into s3://{DATA_BUCKET}/annotated/ and queues frames under review/ only",
     DASHBOARD_SECRET: f"dashboard gets s3://{DATA_BUCKET}/annotated/ only",
     CAMERA_SECRET: f"camera lists and gets s3://{DATA_BUCKET} only",
+    REVIEW_SECRET: f"review push reads s3://{DATA_BUCKET}/review/queue/ and moves items to review/pushed/ only",
 }
 # Connection-type annotations of an S3 data connection (see :func:`data_connection`).
 DATA_CONNECTION_ANNOTATIONS = {

@@ -9,9 +9,9 @@ semantics, for the full connectivity map:
   server adds) and NetworkPolicies;
 - the NetworkPolicy Strimzi generates for the ``Kafka`` cluster (:func:`strimzi_network_policy`),
   since it, not ours, decides who reaches the listeners;
-- one pod per endpoint of ``infra/network/flows.yaml``: pods of our own Deployments, Jobs, the
-  Knative Service and the CVAT VirtualMachine with their rendered template labels plus the labels
-  their controllers add, and the pods operators create (KServe predictor, Knative data plane,
+- one pod per endpoint of ``infra/network/flows.yaml``: pods of our own Deployments, Jobs,
+  CronJobs, the Knative Services and the CVAT VirtualMachine with their rendered template labels
+  plus the labels their controllers add, and the pods operators create (KServe predictor, Knative data plane,
   Strimzi brokers, pipeline steps, router, monitoring) with the labels cited there.
 
 The same data file renders the table in ``docs/connectivity.md`` (``python -m infra.connectivity
@@ -47,6 +47,8 @@ EXPECTATIONS = ("allowed", "denied")
 _POD_TEMPLATE_PATHS = {
     "Deployment": ("spec", "template"),
     "Job": ("spec", "template"),
+    # A CronJob's pods are those of the Jobs it creates from its job template.
+    "CronJob": ("spec", "jobTemplate", "spec", "template"),
     "StatefulSet": ("spec", "template"),
     "DaemonSet": ("spec", "template"),
     "Service": ("spec", "template"),  # serving.knative.dev/v1 Service
@@ -90,12 +92,19 @@ class FlowResult:
     flow: Flow
     overlay: str
     allowed: bool | None  # None: an endpoint of the flow is not in this overlay
+    # The absent endpoint's `overlays` names this overlay: it must be there, so the flow must be
+    # decided here (a workload dropped from its overlay fails instead of passing unchecked).
+    required: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.allowed is None or self.allowed == (self.flow.expect == "allowed")
+        if self.allowed is None:
+            return not self.required
+        return self.allowed == (self.flow.expect == "allowed")
 
     def __str__(self) -> str:
+        if self.allowed is None and self.required:
+            return f"[{self.overlay}] {self.flow.describe()}: an endpoint the flows file places in this overlay is absent"
         if self.allowed is None:
             return f"[{self.overlay}] {self.flow.describe()}: not applicable (endpoint absent)"
         state = "allowed" if self.allowed else "denied"
@@ -119,6 +128,9 @@ def load_spec(path: Path = FLOWS_FILE) -> Spec:
             raise ConnectivityError(f"{path}: endpoint {name!r} needs `manifest`, `namespace` or `ip`")
         if endpoint.get("ip"):
             ipaddress.ip_network(endpoint["ip"])
+        overlays = endpoint.get("overlays")
+        if overlays is not None and not (isinstance(overlays, list) and all(isinstance(o, str) for o in overlays)):
+            raise ConnectivityError(f"{path}: endpoint {name!r} `overlays` must be a list of overlay names")
     flows = []
     for index, raw in enumerate(data.get("flows") or [], start=1):
         for key in ("from", "to"):
@@ -334,8 +346,10 @@ def evaluate(spec: Spec, overlay: str, pods: dict[str, dict[str, Any]], connecti
     results = []
     for flow in spec.flows:
         target = spec.endpoints[flow.target]
-        if flow.source not in pods or (not target.get("ip") and flow.target not in pods):
-            results.append(FlowResult(flow, overlay, None))
+        absent = [name for name in (flow.source, flow.target) if name not in pods and not spec.endpoints[name].get("ip")]
+        if absent:
+            required = any(overlay in (spec.endpoints[name].get("overlays") or []) for name in absent)
+            results.append(FlowResult(flow, overlay, None, required))
             continue
         source_key = key(flow.source)
         if target.get("ip"):
@@ -361,7 +375,10 @@ def _endpoint_where(endpoint: dict[str, Any]) -> str:
         return f"address {endpoint['ip']}"
     if endpoint.get("manifest"):
         ref = endpoint["manifest"]
-        return f"pod of {ref['kind']} `{ref['name']}` (manifests)"
+        where = f"pod of {ref['kind']} `{ref['name']}` (manifests"
+        if endpoint.get("overlays"):
+            where += "; overlays " + ", ".join(f"`{o}`" for o in endpoint["overlays"])
+        return where + ")"
     return f"`{endpoint['namespace']}`"
 
 

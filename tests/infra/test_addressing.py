@@ -125,3 +125,17 @@ def test_mlflow_is_addressed_through_its_tls_proxy_only(rendered, uri, reason):
 def test_the_service_choice_of_the_datasciencecluster_is_explicit(rendered):
     dsc = find(rendered["default"], "DataScienceCluster", "default-dsc")
     assert dsc["spec"]["components"]["kserve"]["rawDeploymentServiceConfig"] in ("Headless", "Headed")
+
+
+def test_addresses_of_the_loop_workloads_are_checked(rendered, generated_secrets):
+    # The retraining receiver (Knative Service) and the review push (CronJob: containers under
+    # spec.jobTemplate) are read like every other workload: a wrong port there must be reported.
+    objects = copy.deepcopy(rendered["retrain-on-drift"])
+    values = {a.where: a.value for a in find_addresses(objects)}
+    assert values["Service vinspect/retrain-on-drift container retrain-on-drift env.KFP_HOST"] == \
+        "https://ds-pipeline-dspa.vinspect.svc.cluster.local:8443"
+    cron = find(objects, "CronJob", "review-push")
+    container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container["env"].append({"name": "CVAT_URL", "value": "http://cvat.vinspect.svc.cluster.local:80"})
+    problems = [str(p) for p in check_overlay(objects, generated_secrets)]
+    assert problems and all("CronJob vinspect/review-push container review-push env.CVAT_URL" in p for p in problems)

@@ -128,3 +128,58 @@ def test_documentation_table_is_generated_from_the_flows_file(spec):
     block = document_block(DOC_FILE.read_text())
     assert block, f"{DOC_FILE} lost its generated block"
     assert block == markdown(spec), "docs/connectivity.md is stale: run `python -m infra.connectivity --markdown --write`"
+
+
+def test_cronjob_pods_carry_the_job_template_labels(rendered, spec):
+    # The review push runs as a CronJob: its pods are those of the Jobs it creates from
+    # spec.jobTemplate, labelled from that template (plus the Job controller's labels).
+    from infra.connectivity import endpoint_pods
+
+    pods = endpoint_pods(rendered["loop"], spec)
+    labels = pods["review-push"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "review-push"
+    assert labels["job-name"].startswith("review-push-")
+    assert pods["review-push"]["metadata"]["namespace"] == "vinspect"
+    assert "review-push" not in endpoint_pods(rendered["default"], spec)
+
+
+@pytest.mark.parametrize("overlay, workload", [("loop", ("CronJob", "review-push")),
+                                               ("retrain-on-drift", ("CronJob", "review-push")),
+                                               ("retrain-on-drift", ("Service", "retrain-on-drift"))],
+                         ids=["loop-review-push", "retrain-review-push", "retrain-receiver"])
+def test_a_workload_missing_from_its_overlay_fails_the_check(nca, rendered, spec, overlay, workload):
+    # Flows of a workload that exists in one overlay only are checked there; dropping it from that
+    # overlay must fail, not turn its flows into "not applicable".
+    kind, name = workload
+    results = check_overlay(rendered[overlay], overlay, spec)
+    assert all(r.allowed is not None for r in results if name in (r.flow.source, r.flow.target))
+    objects = [o for o in rendered[overlay] if not (o["kind"] == kind and o["metadata"]["name"] == name)]
+    failed = [r for r in check_overlay(objects, overlay, spec) if not r.ok]
+    assert failed and all(name in (r.flow.source, r.flow.target) for r in failed)
+    assert "absent" in str(failed[0])
+
+
+def test_cvat_admits_its_clients_only_through_its_policy(nca, rendered, spec):
+    # Before the CVAT policy the project-wide rule let every pod of vinspect (the camera too) in.
+    objects = copy.deepcopy(rendered["loop"])
+    same = find(objects, "NetworkPolicy", "allow-same-namespace")
+    same["spec"]["podSelector"]["matchExpressions"][0]["values"].remove("cvat")
+    failed = {(r.flow.source, r.flow.target) for r in check_overlay(objects, "loop", spec) if not r.ok}
+    assert ("camera", "cvat") in failed and ("processor", "cvat") in failed
+
+
+def test_monitoring_reaches_the_processor_only(nca, rendered, spec):
+    # The old policy admitted monitoring to every Knative revision pod (the retraining receiver too).
+    objects = copy.deepcopy(rendered["retrain-on-drift"])
+    find(objects, "NetworkPolicy", "allow-from-monitoring")["spec"]["podSelector"] = {
+        "matchExpressions": [{"key": "serving.knative.dev/service", "operator": "Exists"}]}
+    failed = {(r.flow.source, r.flow.target, r.flow.port) for r in check_overlay(objects, "retrain-on-drift", spec)
+              if not r.ok}
+    assert failed == {("prometheus-user-workload", "retrain-on-drift", 8080)}
+
+
+def test_flows_file_endpoint_overlays_must_be_a_list(tmp_path: Path):
+    bad = tmp_path / "flows.yaml"
+    bad.write_text("endpoints:\n  a: {namespace: x, overlays: loop}\nflows: []\n")
+    with pytest.raises(ConnectivityError, match=r"endpoint 'a' `overlays` must be a list"):
+        load_spec(bad)

@@ -111,8 +111,9 @@ def test_review_push_cronjob_runs_the_cli_with_generated_secrets(loop):
     r = CliRunner().invoke(app, [*container["command"][1:], "--help"])
     assert r.exit_code == 0, r.output  # every flag the job passes exists
     refs = [(kind, ref["name"]) for entry in container["envFrom"] for kind, ref in entry.items()]
-    assert refs == [("configMapRef", "vinspect-runtime"), ("secretRef", "aws-connection-models"),
-                    ("secretRef", "cvat-admin")]
+    # S3 from the review push's own Minio user (env, tests/infra/test_loop_wiring.py), not from
+    # the models bucket's data connection.
+    assert refs == [("configMapRef", "vinspect-runtime"), ("secretRef", "cvat-admin")]
     from infra.bootstrap import CVAT_SECRET
 
     assert CVAT_SECRET == "cvat-admin"
