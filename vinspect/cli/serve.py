@@ -282,7 +282,12 @@ def dashboard(
     s3 = S3Settings.from_env()
     # The browser has no S3 credentials: annotated images are fetched through this server.
     images = ImageSource(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket, runtime.annotated_prefix)
-    state = DashboardState(images=images)
+    from serving.dashboard.app import ReviewDesk
+    from serving.review import ReviewSelector, ReviewStore
+
+    # Operator flags and the queue size: the review queue in the data bucket (serving.review).
+    review = ReviewDesk(ReviewSelector(), ReviewStore(images.s3, s3.data_bucket), images)
+    state = DashboardState(images=images, review=review)
     feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"dashboard on http://{shown}:{port}/")
