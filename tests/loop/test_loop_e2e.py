@@ -4,7 +4,8 @@ frames -> the image processor (its Knative HTTP adapter, our model server) -> re
 -> ``vinspect review push`` -> a pre-annotated task in the CVAT project (the CVAT test server)
 -> a labeller corrects the boxes and completes the job -> the existing pull gives a new dataset
 id -> a data-aware pipeline run (kfp.local, tiny settings) trains on it, registers and deploys;
-a second data-aware run on the same data skips training.
+a second data-aware run on the same data skips training, and one after a further correction trains
+again on the next dataset id.
 
 Real parts: moto S3, MLflow and tansu from the local stack, our model server, kfp.local; CVAT is
 the test server built from CVAT's published API (tests/data/cvat_server.py).
@@ -76,8 +77,6 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
 
     from components.registry import get_champion, version_info
     from pipelines.local import run_local
-    from pipelines.submit import resolve_source_version
-    from components.data.cvat_pull import make_client
     from vinspect.cli import app
 
     local_stack.apply_env(monkeypatch)
@@ -132,31 +131,40 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     # 4. A data-aware run (skip_if_unchanged, as the schedule and the drift trigger submit it) on
     #    the project: the pull maps labels by name, the dataset id is new, the model trains.
     model = f"loop-e2e-{uuid.uuid4().hex[:6]}"
-    arguments = {"cvat_project_id": task.project_id, "data_source": "", "model_name": model,
-                 "skip_if_unchanged": True, **TINY}
-    with make_client(cvat.url, token=cvat.pat) as cvat_client:
-        version, _note = resolve_source_version(dict(arguments), cvat_client=cvat_client)
-    assert version
+    arguments = {"cvat_project_id": task.project_id, "model_name": model, "skip_if_unchanged": True, **TINY}
     root = tmp_path / "pipeline-root"
-    first = run_local(str(tmp_path), arguments={**arguments, "source_version": version},
-                      model_url=model_server.url, pipeline_root=root, env=dict(local_stack.env))
+
+    def run():
+        # No data source and no source_version: the run reads the version from CVAT itself.
+        return run_local(None, arguments=dict(arguments), model_url=model_server.url, pipeline_root=root,
+                         env=dict(local_stack.env))
+
+    def trained(result) -> bool:
+        return any(s["task"] == "train" and not s["cached"] for s in result.steps)
+
+    first = run()
     assert first.outcome == "deployed", first.detail
-    trained = [s for s in first.steps if s["task"] == "train"]
-    assert trained and not trained[0]["cached"]
+    assert trained(first)
     mlflow = MlflowClient(tracking_uri=local_stack.mlflow_uri, registry_uri=local_stack.mlflow_uri)
-    champion = get_champion(mlflow, model)
-    info = version_info(mlflow, model, champion)
-    dataset_id = info["dataset_id"]
+    dataset_id = version_info(mlflow, model, get_champion(mlflow, model))["dataset_id"]
     assert dataset_id
     assert httpx.get(f"{model_server.url}/v2/models/{model}").status_code == 200
-
     # The dataset the run trained on is the labeller's: every pushed frame, ids by name.
-    split = next(p for p in root.rglob("manifest.json") if json.loads(p.read_text()).get("dataset_id") == dataset_id)
-    manifest = json.loads(split.read_text())
+    manifest = next(m for m in (json.loads(p.read_text()) for p in root.rglob("manifest.json"))
+                    if m.get("dataset_id") == dataset_id)
     assert len(manifest["items"]) == FRAMES and manifest["classes"] == list(CLASSES)
 
     # 5. Data-aware: the same data again is the champion's dataset, so training is skipped.
-    second = run_local(str(tmp_path), arguments={**arguments, "source_version": version},
-                       model_url=model_server.url, pipeline_root=root, env=dict(local_stack.env))
+    second = run()
     assert second.outcome == "skipped", second.detail
-    assert dataset_id in second.detail
+    assert dataset_id in second.detail and not trained(second)
+
+    # 6. A labeller corrects one more frame (CVAT bumps the job's updated_date when it saves):
+    #    the next run pulls again rather than re-using the cached pull, and trains on the new id.
+    frame = task.frames[0]
+    frame.boxes = [("bent" if lab == "scratch" else "scratch", *box) for lab, *box in frame.boxes]
+    for job in task.jobs:
+        job.updated_date = "2030-01-01T00:00:00.000000Z"
+    third = run()
+    assert trained(third), third.detail
+    assert dataset_id not in third.detail
