@@ -6,6 +6,9 @@ Side by side in one run:
   (``components.model.evaluate_onnx``),
 * Ultralytics' own ``val`` on the same ONNX file and the same validation split (the agreement
   check of the evaluate core; same IoU 0.7 / conf 0.001 on both sides),
+* the precision variants as the pipeline makes and judges them (``export_variants``,
+  ``evaluate_variants``, ``choose_variant``): FP32 (OpenVINO f32) and the variant the gate
+  chooses (the fastest within 0.01 mAP50-95 of FP32), each with its engine and precision,
 * the original demo's reported figures (YOLOv5m, 640 px, GPU, 413 epochs, 18 validation images):
   mAP50 0.84, mAP50-95 0.654, mAP50 per class scratch 0.795, bent 0.884.
 
@@ -14,6 +17,9 @@ Needs ``../shared/data/metal_nut/yolo_1.1`` (56 images). Prints one JSON object 
 Usage::
 
     .venv/bin/python benchmarks/metal_nut_quality.py [--train-minutes 12] [--seed 0]
+    .venv/bin/python benchmarks/metal_nut_quality.py --imgsz 640 --device 0 --epochs 50 --batch 16 \
+        --train-minutes 600     # the pipeline's defaults, on a GPU
+    .venv/bin/python benchmarks/metal_nut_quality.py --epochs 1 --imgsz 64 --calibration-images 4   # smoke run
 """
 
 from __future__ import annotations
@@ -71,13 +77,26 @@ def main() -> None:
     ap.add_argument("--lr0", type=float, default=0.01, help="ignored with --optimizer auto")
     ap.add_argument("--val", type=float, default=0.3, help="validation fraction (0.3 -> 17 images)")
     ap.add_argument("--keep", type=Path, default=None, help="keep artifacts in this folder")
+    ap.add_argument("--epochs", type=int, default=300, help="epoch cap (the wall-clock budget usually ends first)")
+    ap.add_argument("--device", default="cpu", help="cpu, or a CUDA device index such as 0")
+    ap.add_argument("--calibration-images", type=int, default=300, help="INT8 calibration images (training split)")
+    ap.add_argument("--variant-tolerance", type=float, default=0.01)
     args = ap.parse_args()
     if not DATA.is_dir():
         print(json.dumps({"bench": "metal_nut_quality", "skipped": f"{DATA} not found"}))
         return
 
     from components.data import import_dataset
-    from components.model import evaluate_onnx, export_onnx, parity_check, train_model
+    from components.model import (
+        choose_variant,
+        evaluate_onnx,
+        evaluate_variants,
+        export_onnx,
+        export_variants,
+        parity_check,
+        train_model,
+    )
+    from components.model.evaluate import split_images
 
     tmp_ctx = tempfile.TemporaryDirectory(prefix="vinspect-bench-") if args.keep is None else None
     work = Path(tmp_ctx.name) if tmp_ctx else args.keep.resolve()
@@ -86,8 +105,8 @@ def main() -> None:
         manifest = import_dataset(DATA, work / "dataset", val=args.val, seed=args.seed, overwrite=True)
         t0 = time.perf_counter()
         result = train_model(
-            work / "dataset" / "data.yaml", work / "runs", model="yolo11n.yaml", epochs=300,
-            imgsz=args.imgsz, batch=args.batch, patience=1000, seed=args.seed, device="cpu",
+            work / "dataset" / "data.yaml", work / "runs", model="yolo11n.yaml", epochs=args.epochs,
+            imgsz=args.imgsz, batch=args.batch, patience=1000, seed=args.seed, device=args.device,
             optimizer=args.optimizer, lr0=args.lr0,
             time_hours=args.train_minutes / 60.0,
         )
@@ -97,11 +116,16 @@ def main() -> None:
         val_images = sorted((work / "dataset" / "images" / "val").iterdir())
         parity = parity_check(result.best_weights, onnx_path, val_images, imgsz=args.imgsz)
         t1 = time.perf_counter()
-        ours = evaluate_onnx(onnx_path, work / "dataset", iou=0.7, out_dir=work / "eval")
+        # ONNX Runtime f32, as Ultralytics' val runs the same file: the metric agreement check.
+        ours = evaluate_onnx(onnx_path, work / "dataset", iou=0.7, out_dir=work / "eval", engine="onnxruntime")
         ours_s = time.perf_counter() - t1
         t2 = time.perf_counter()
         theirs = _ultralytics_val(onnx_path, work / "dataset" / "data.yaml", args.imgsz, work)
         theirs_s = time.perf_counter() - t2
+        export_variants(onnx_path, work / "variants", calibration=split_images(work / "dataset", "train"),
+                        calibration_images=args.calibration_images)
+        variants = evaluate_variants(work / "variants", work / "dataset", iou=0.7)
+        choice = choose_variant(variants, tolerance=args.variant_tolerance)
     finally:
         if tmp_ctx:
             tmp_ctx.cleanup()
@@ -138,6 +162,14 @@ def main() -> None:
         "demo_reference": DEMO,
         "ratio_map50_vs_demo": round(ours["map50"] / DEMO["map50"], 3),
         "ratio_map50_95_vs_demo": round(ours["map50_95"] / DEMO["map50_95"], 3),
+        "fp32": {"engine": variants["fp32"]["engine"], **brief(variants["fp32"]),
+                 "latency_ms": round(variants["fp32"]["latency_ms"], 2)},
+        "chosen_variant": choice.variant,
+        "chosen": {"engine": variants[choice.variant]["engine"], **brief(variants[choice.variant]),
+                   "latency_ms": round(variants[choice.variant]["latency_ms"], 2)},
+        "variants": {name: {"engine": v["engine"], "map50": round(v["map50"], 4), "map50_95": round(v["map50_95"], 4),
+                            "latency_ms": round(v["latency_ms"], 2)} for name, v in variants.items()},
+        "variant_choice": choice.reasons,
     }
     print(json.dumps(out))
 

@@ -1,18 +1,25 @@
-"""End-to-end stream throughput and latency vs raw ONNX Runtime throughput, same machine.
+"""End-to-end stream throughput and latency vs the bare engine's throughput, same machine, 640 and 320 px.
 
-camera -> tansu -> processor (child process) -> model server (child process) -> results.
+camera -> Kafka -> processor (child process) -> model server (child process) -> results.
+The broker is the local stack's (``--broker stack``, the default): tansu storing its log in the
+stack's rclone S3 on disk, behind the stack's Kafka front (``vinspect.local``), so the figures
+include what durability costs; ``--broker memory`` runs tansu alone with its in-memory engine.
 Phase 1 sends a burst and measures sustained images/s; phase 2 sends at half that rate
-and measures per-image latency (camera `ce_time` to the result arriving here). Raw ONNX
-Runtime throughput (`session.run` on ready tensors, same model and input size) is the best of
-three layouts (ORT's defaults, no spinning, one single-threaded run per core at once), measured
-before and after the burst. The model server runs the single-threaded-run-per-core layout by
-default. Peak RSS of the processor and the model server is read from /proc; CPU ms per image
-is reported for every process, the broker and this script's camera and result sink included
-(all of them share the same cores as the reference had to itself).
+and measures per-image latency (camera `ce_time` to the result arriving here). The reference is
+the bare engine the model server runs (OpenVINO by default, at the runtime's precision; the same
+engine and precision as the server, ``--engine`` / ``--precision``) called on ready tensors,
+same model and input size: the best of its layouts (one inference at a time over all cores,
+and one single-threaded inference per core at once; for ONNX Runtime also without spinning),
+measured before and after the burst. The model server runs the one-per-core layout by default.
+Peak RSS of the processor and the model server is read from /proc; CPU ms per image is reported
+for every process, the broker and this script's camera and result sink included (all of them
+share the same cores as the reference had to itself).
 
-    .venv/bin/python benchmarks/stream.py [--imgsz 640] [--images 120]
+    .venv/bin/python benchmarks/stream.py --images 120 --latency-images 40     # the full run
+    .venv/bin/python benchmarks/stream.py --images 12 --latency-images 6 --imgsz 320   # smoke run
 
-Last line: {"bench": "stream", "ratio_vs_ort_throughput": ..., ...}
+Last line: {"bench": "stream", "ratio_vs_engine_throughput": ..., "engine": ..., "sizes": {...}}
+(headline keys from 640 px when it was run).
 """
 
 from __future__ import annotations
@@ -39,25 +46,22 @@ from serving.detector import _usable_cpus  # noqa: E402
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "metal_nut" / "yolo_1.1" / "obj_train_data"
 
 
-def _ort_throughput(model: Path, seconds: float, threads: int, spin: bool = True, parallel: int = 1) -> float:
-    """Images/s of bare ``session.run`` calls, ``parallel`` of them at once from as many threads."""
-    import onnxruntime as ort
+def _engine_throughput(model: Path, seconds: float, threads: int, spin: bool = True, parallel: int = 1,
+                       engine: str | None = None, precision: str | None = None) -> float:
+    """Images/s of bare engine calls, ``parallel`` of them at once from as many threads."""
+    from serving.detector import open_engine
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-    inp = session.get_inputs()[0]
-    x = np.random.default_rng(0).random(inp.shape, dtype=np.float32)
-    session.run(None, {inp.name: x})
+    eng = open_engine(model, engine=engine, precision=precision, threads=threads or None,
+                      streams=parallel, spinning=spin)
+    _ENGINE_LABEL.append(eng.label)
+    x = np.random.default_rng(0).random(eng.inputs[0].shape, dtype=np.float32)
+    eng(x)
     counts = [0] * parallel
     t0, c0 = time.perf_counter(), time.process_time()
 
     def loop(k: int) -> None:
         while time.perf_counter() - t0 < seconds:
-            session.run(None, {inp.name: x})
+            eng(x)
             counts[k] += 1
 
     workers = [threading.Thread(target=loop, args=(k,)) for k in range(parallel)]
@@ -70,25 +74,30 @@ def _ort_throughput(model: Path, seconds: float, threads: int, spin: bool = True
     return n / (time.perf_counter() - t0)
 
 
-def _ort_best(model: Path, seconds: float) -> tuple[float, str]:
-    """The best raw ONNX Runtime throughput on this machine, and the layout that gave it.
+def _engine_best(model: Path, seconds: float, engine: str | None, precision: str | None) -> tuple[float, str]:
+    """The best bare-engine throughput on this machine, and the layout that gave it.
 
-    Tried: ORT's defaults (one run at a time over all cores, spinning), the same without
-    spinning, and one single-threaded run per core at once (usually the fastest for a small
-    model on few cores). The ratio is never flattered by a slow reference.
+    Tried: the engine's defaults (one run at a time over all cores), one single-threaded run per
+    core at once (usually the fastest for a small model on few cores), and for ONNX Runtime its
+    defaults without spinning. The ratio is never flattered by a slow reference.
     """
+    from serving.detector import resolve_engine
+
     cores = _usable_cpus()
     layouts = {
-        "default": lambda: _ort_throughput(model, seconds, 0),
-        "no-spin": lambda: _ort_throughput(model, seconds, 0, spin=False),
-        f"{cores}x1-thread": lambda: _ort_throughput(model, seconds, 1, parallel=cores),
+        "default": lambda: _engine_throughput(model, seconds, 0, engine=engine, precision=precision),
+        f"{cores}x1-thread": lambda: _engine_throughput(model, seconds, 1, parallel=cores, engine=engine,
+                                                        precision=precision),
     }
+    if resolve_engine(engine) == "onnxruntime":
+        layouts["no-spin"] = lambda: _engine_throughput(model, seconds, 0, spin=False, engine=engine)
     measured = {name: fn() for name, fn in layouts.items()}
     best = max(measured, key=measured.__getitem__)
     return measured[best], best
 
 
-_ORT_CPU_MS: list[float] = []  # CPU ms per image of each raw ORT measurement
+_ORT_CPU_MS: list[float] = []  # CPU ms per image of each bare-engine measurement
+_ENGINE_LABEL: list[str] = []  # backend and precision of the bare engine (e.g. "openvino bf16")
 
 
 class _Results:
@@ -163,22 +172,53 @@ def _send(bootstrap: str, topic: str, jpegs: list[bytes], count: int, fps: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, default=640,
-                        help="model input size (default: the training pipeline's, 640)")
+    parser.add_argument("--imgsz", type=int, nargs="+", default=[640, 320],
+                        help="model input sizes, each run in turn (default: the pipeline's 640, and 320)")
+    parser.add_argument("--engine", default=None,
+                        help="model server and reference engine: openvino (default where installed) or onnxruntime")
+    parser.add_argument("--precision", default=None, help="OpenVINO precision (default: the runtime's choice)")
     parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--broker", choices=("stack", "memory"), default="stack",
+                        help="stack: the local stack's durable broker (tansu on rclone S3, Kafka front); "
+                             "memory: tansu with its in-memory engine")
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1,
-                        help="model server ORT intra-op threads per run (0: one per core)")
+                        help="model server threads per inference (0: one per core)")
     parser.add_argument("--server-threads", type=int, default=None, help="alias of --threads")
     parser.add_argument("--server-parallel", type=int, default=None,
-                        help="model server runs at once (default: one per CPU, as the fastest raw "
-                             "ORT layout on a small CPU)")
+                        help="model server runs at once (default: one per CPU, as the fastest bare "
+                             "engine layout on a small CPU)")
     parser.add_argument("--server-spin", action="store_true",
                         help="let the server's ORT threads spin (off: all processes share the CPU)")
     args = parser.parse_args()
     if args.server_parallel is None:
         args.server_parallel = _usable_cpus()
+    sizes = {}
+    for imgsz in args.imgsz:
+        sizes[str(imgsz)] = _run(args, imgsz)
+        print(json.dumps(sizes[str(imgsz)]), file=sys.stderr)
+    head = sizes.get("640") or next(iter(sizes.values()))
+    print(json.dumps({
+        "bench": "stream",
+        "headline_imgsz": head["imgsz"],
+        "engine": head["engine"],
+        "ratio_vs_engine_throughput": head["ratio_vs_engine_throughput"],
+        "model_server_peak_rss_mb": head["model_server_peak_rss_mb"],
+        "processor_peak_rss_mb": head["processor_peak_rss_mb"],
+        "target_ratio_min": 0.8,
+        "rss_target_mb": 500,
+        "sizes": sizes,
+        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }))
+
+
+def _run(args, imgsz: int) -> dict:
+    """One end-to-end run at one input size."""
+    import os
+
+    _ORT_CPU_MS.clear()  # per-size figures
+    _ENGINE_LABEL.clear()
 
     from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -187,15 +227,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model = yolo_onnx(work, args.imgsz)
+        model = yolo_onnx(work, imgsz)
         frames = load_frames(SHARED if SHARED.is_dir() else "synthetic:32")
         jpegs = [encode_jpeg(f.data) for f in frames]  # the camera's work, done before any clock
         kafka_port, model_port, health_port = free_port(), free_port(), free_port()
         bootstrap = f"127.0.0.1:{kafka_port}"
         url = f"tcp://{bootstrap}"
-        procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
-                        "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                       work / "tansu.log")]
+        stack = None
+        if args.broker == "stack":
+            from vinspect.local import StackConfig, stack_pids, up
+
+            stack = StackConfig(state=work / "stack", s3_port=free_port(), mlflow_port=free_port(),
+                                kafka_port=kafka_port)
+            up(stack, log=lambda _m: None)
+            pids = stack_pids(stack)
+            # What the durable broker costs: tansu, the Kafka front and the S3 server under its log.
+            broker_pids = [pids[name] for name in ("tansu", "kafka", "s3") if name in pids]
+            procs = []
+        else:
+            procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
+                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
+                           work / "tansu.log")]
+            broker_pids = [procs[0].pid]
         results = None
         try:
             admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -213,6 +266,8 @@ def main() -> None:
             for fut in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
                 fut.result(15)
             env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                   **({"VINSPECT_ENGINE": args.engine} if args.engine else {}),
+                   **({"VINSPECT_PRECISION": args.precision} if args.precision else {}),
                    "VINSPECT_MODEL_URL": f"http://127.0.0.1:{model_port}",
                    "VINSPECT_MODEL_NAME": "metal-nut", "VINSPECT_KAFKA_GROUP": "bench"}
             server = start([PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(model),
@@ -223,7 +278,7 @@ def main() -> None:
                             "--spin" if args.server_spin else "--no-spin", "--log-level", "warning"],
                            work / "model.log", env)
             procs.append(server)
-            wait_http(f"http://127.0.0.1:{model_port}/v2/models/metal-nut/ready")
+            wait_http(f"http://127.0.0.1:{model_port}/v2/health/ready")  # open even with a token set
             processor = start([PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
                                "--port", str(health_port), "--concurrency", str(args.concurrency),
                                "--log-level", "warning"], work / "processor.log", env)
@@ -237,9 +292,10 @@ def main() -> None:
 
             # Reference: the better of ORT's defaults and ORT without spinning (what the
             # model server uses), so the ratio is never flattered by a slow reference.
-            ort_before, layout_before = _ort_best(model, 4.0)
+            ort_before, layout_before = _engine_best(model, 4.0, args.engine, args.precision)
             # Phase 1: burst -> sustained throughput.
-            cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server, procs[0])}
+            cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server)}
+            broker0 = {pid: cpu_seconds(pid) for pid in broker_pids}
             own0 = time.process_time()
             t0 = time.time()
             burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0,
@@ -248,11 +304,12 @@ def main() -> None:
             results.wait(set(burst), 600)
             stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
             cpu_ms = {p: (cpu_seconds(p.pid) - cpu0[p]) * 1e3 / len(burst) for p in cpu0}
+            broker_ms = sum(cpu_seconds(pid) - broker0[pid] for pid in broker_pids) * 1e3 / len(burst)
             own_ms = (time.process_time() - own0) * 1e3 / len(burst)
 
             # Raw ORT on the same machine, same model, while the services idle; measured
             # before and after the burst too, as the machine is shared and noisy.
-            ort_after, layout_after = _ort_best(model, 4.0)
+            ort_after, layout_after = _engine_best(model, 4.0, args.engine, args.precision)
             ort_ips = (ort_before + ort_after) / 2
 
             # Phase 2: steady rate at half the measured throughput -> latency.
@@ -267,37 +324,40 @@ def main() -> None:
                 results.close()
             for proc in reversed(procs):
                 stop(proc)
+            if stack is not None:
+                from vinspect.local import down
+
+                down(stack, log=lambda _m: None)
 
     def pct(p: float) -> float:
         return round(lat[min(len(lat) - 1, int(round(p / 100 * (len(lat) - 1))))], 1)
 
-    print(json.dumps({
-        "bench": "stream",
-        "imgsz": args.imgsz,
+    return {
+        "imgsz": imgsz,
+        "engine": _ENGINE_LABEL[-1] if _ENGINE_LABEL else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
         "images": args.images,
         "concurrency": args.concurrency,
         "server_threads": args.threads if args.server_threads is None else args.server_threads,
         "server_parallel": args.server_parallel,
         "server_spin": args.server_spin,
         "stream_images_per_s": round(stream_ips, 2),
-        "ort_images_per_s": round(ort_ips, 2),
-        "ort_best_layout": sorted({layout_before, layout_after}),
-        "ratio_vs_ort_throughput": round(stream_ips / ort_ips, 3),
-        "target_ratio_min": 0.8,
+        "engine_images_per_s": round(ort_ips, 2),
+        "engine_best_layout": sorted({layout_before, layout_after}),
+        "ratio_vs_engine_throughput": round(stream_ips / ort_ips, 3),
         "latency_ms_p50": pct(50),
         "latency_ms_p99": pct(99),
         "latency_rate_per_s": round(max(1.0, stream_ips / 2), 2),
-        "ort_cpu_ms_per_image_min": round(min(_ORT_CPU_MS), 1),
+        "engine_cpu_ms_per_image_min": round(min(_ORT_CPU_MS), 1),
         "processor_cpu_ms_per_image": round(cpu_ms[processor], 1),
         "model_server_cpu_ms_per_image": round(cpu_ms[server], 1),
-        "broker_cpu_ms_per_image": round(cpu_ms[procs[0]], 1),
+        "broker": args.broker,
+        "broker_cpu_ms_per_image": round(broker_ms, 1),
         "camera_cpu_ms_per_image": round(camera_ms, 1),
         "camera_and_sink_cpu_ms_per_image": round(own_ms, 1),
         "processor_peak_rss_mb": rss_processor,
         "model_server_peak_rss_mb": rss_model,
-        "rss_target_mb": 500,
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }))
+    }
 
 
 if __name__ == "__main__":

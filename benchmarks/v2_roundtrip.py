@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -46,15 +47,17 @@ def main() -> None:
                         "m", "--host", "127.0.0.1", "--port", str(port), "--threads",
                         str(args.threads), "--log-level", "warning"], work / "server.log")
         try:
-            wait_http(f"http://127.0.0.1:{port}/v2/models/m/ready")
+            wait_http(f"http://127.0.0.1:{port}/v2/health/ready")  # open even with a token set
             options = ort.SessionOptions()
             if args.threads:
                 options.intra_op_num_threads = args.threads
             session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
             inp = session.get_inputs()[0]
             x = np.random.default_rng(0).random(inp.shape, dtype=np.float32)
-            binary = ModelClient(f"http://127.0.0.1:{port}", "m", timeout=120)
-            as_json = ModelClient(f"http://127.0.0.1:{port}", "m", timeout=120, binary=False)
+            # The server inherits VINSPECT_MODEL_TOKEN when one is set: send it.
+            token = os.environ.get("VINSPECT_MODEL_TOKEN") or None
+            binary = ModelClient(f"http://127.0.0.1:{port}", "m", timeout=120, token=token)
+            as_json = ModelClient(f"http://127.0.0.1:{port}", "m", timeout=120, binary=False, token=token)
             ref = session.run(None, {inp.name: x})[0]
             out = binary.infer({inp.name: x}).outputs["output0"].array
             np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)  # same answer first

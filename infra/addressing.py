@@ -60,6 +60,9 @@ class ServiceModel:
     namespace: str
     ports: frozenset[int]
     source: str
+    # Ports that speak TLS (a Service port named or appProtocol ``https``): a plain ``http://``
+    # URL there gets a TLS handshake error, not an answer (MLflow's OAuth proxy on 8443).
+    tls_ports: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,15 @@ def declared_services(objects: list[dict[str, Any]]) -> list[ServiceModel]:
             continue
         spec = obj.get("spec") or {}
         headless = spec.get("clusterIP") == "None"
-        ports = set()
+        ports, tls = set(), set()
         for port in spec.get("ports") or []:
             target = port.get("targetPort", port["port"])
-            ports.add(target if headless and isinstance(target, int) else port["port"])
-        services.append(ServiceModel(obj["metadata"]["name"], obj["metadata"].get("namespace"), frozenset(ports), "manifest"))
+            number = target if headless and isinstance(target, int) else port["port"]
+            ports.add(number)
+            if "https" in (port.get("name"), port.get("appProtocol")):
+                tls.add(number)
+        services.append(ServiceModel(obj["metadata"]["name"], obj["metadata"].get("namespace"), frozenset(ports),
+                                     "manifest", frozenset(tls)))
     return services
 
 
@@ -249,6 +256,9 @@ def check(addresses: list[Address], services: list[ServiceModel], variant: str =
         elif port not in service.ports:
             problems.append(Problem(address, variant, f"Service {key[1]}/{key[0]} answers on {sorted(service.ports)}, "
                                                       f"not {port} ({service.source})"))
+        elif port in service.tls_ports and address.value.startswith("http://"):
+            problems.append(Problem(address, variant, f"Service {key[1]}/{key[0]} port {port} speaks TLS: "
+                                                      f"use https:// ({service.source})"))
     return problems
 
 

@@ -4,8 +4,8 @@ The order is fixed by what each object needs from the cluster, not by file order
 
 1. ``namespaces``; 2. ``operators`` (OperatorGroups, Subscriptions, then each Subscription's
 ClusterServiceVersion must reach ``Succeeded``); 3. ``secrets`` generated here (Minio root
-credentials with :func:`secrets.token_urlsafe`, the S3 data connection built from them, the CVAT
-admin) and plain configuration; 4. ``platform`` instances (OpenShift AI, Knative, Kafka, image
+credentials with :func:`secrets.token_urlsafe`, the S3 data connection built from them, the
+runtime's own Minio users, the CVAT admin) and plain configuration; 4. ``platform`` instances (OpenShift AI, Knative, Kafka, image
 registry, NFD, virtualization); 5. ``builds`` of this repository's images; 6. ``services``
 (Deployments, GPU ClusterPolicy, KnativeKafka, topics, the ServingRuntime, the CVAT VM);
 7. ``storage-init`` (bucket Job); 8. ``pipelines`` (DataSciencePipelinesApplication);
@@ -48,6 +48,17 @@ MLFLOW_PROXY_SECRET = "mlflow-proxy"
 MINIO_PORT = 9000
 DEFAULT_REGION = "us-east-1"
 MODELS_BUCKET = "models"
+DATA_BUCKET = "vinspect-data"
+# S3 keys of the runtime, one Minio user each with only what its clients do: the bucket Job
+# (base/minio/buckets-job.yaml) creates the users and their policies from these Secrets.
+ANNOTATED_SECRET = "aws-connection-annotated"
+DASHBOARD_SECRET = "aws-connection-dashboard"
+CAMERA_SECRET = "aws-connection-camera"
+SCOPED_S3_SECRETS = {
+    ANNOTATED_SECRET: f"processor puts into s3://{DATA_BUCKET}/annotated/ only",
+    DASHBOARD_SECRET: f"dashboard gets s3://{DATA_BUCKET}/annotated/ only",
+    CAMERA_SECRET: f"camera lists and gets s3://{DATA_BUCKET} only",
+}
 # Connection-type annotations of an S3 data connection (see :func:`data_connection`).
 DATA_CONNECTION_ANNOTATIONS = {
     "opendatahub.io/connection-type": "s3",
@@ -467,6 +478,30 @@ def data_connection(namespace: str, app_namespace: str, creds: dict[str, str]) -
     )
 
 
+def scoped_s3_connection(name: str, namespace: str, creds: dict[str, str]) -> dict[str, Any]:
+    """A runtime client's S3 Secret: its own Minio user (see ``SCOPED_S3_SECRETS``), not root.
+
+    Holds every key ``S3Settings`` needs, the data bucket included (the bucket its Minio policy
+    names), so that a Deployment takes all of its S3 settings from one place.
+
+    Args:
+        name: The Secret's name, a key of ``SCOPED_S3_SECRETS``.
+        namespace: The application project (where Minio runs).
+        creds: ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` of the Minio user.
+    """
+    return _secret(
+        name,
+        namespace,
+        {
+            "AWS_ACCESS_KEY_ID": creds["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": creds["AWS_SECRET_ACCESS_KEY"],
+            "AWS_S3_ENDPOINT": f"http://minio.{namespace}.svc.cluster.local:{MINIO_PORT}",
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
+            "VINSPECT_DATA_BUCKET": DATA_BUCKET,
+        },
+    )
+
+
 def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step]:
     names = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects}
     steps = []
@@ -477,6 +512,10 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
         for namespace in [ns.app] + ([ns.models] if ns.models else []):
             steps.append(Step("generate", data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
                               note=f"S3 data connection from {MINIO_SECRET}", params={"app_namespace": ns.app}))
+        for name, scope in SCOPED_S3_SECRETS.items():
+            empty = dict.fromkeys(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], "")
+            steps.append(Step("generate", scoped_s3_connection(name, ns.app, empty),
+                              note=f"Minio user for the runtime ({scope}), kept if present"))
     if ("Deployment", ns.app, "mlflow") in names:
         steps.append(Step("generate", _secret(MLFLOW_PROXY_SECRET, ns.app, {"session_secret": ""}),
                           note="cookie secret of MLflow's OAuth proxy, kept if present"))
@@ -761,6 +800,12 @@ class Bootstrapper:
                     k: desired["metadata"][k] for k in ("labels", "annotations")}):
                 return "unchanged"
             return self._apply(desired)
+        if name in SCOPED_S3_SECRETS:
+            if existing:
+                return "unchanged"
+            # Same lengths as the root user's: within Minio's 3-20 / 8-40 characters.
+            creds = {"AWS_ACCESS_KEY_ID": self.token(12), "AWS_SECRET_ACCESS_KEY": self.token(24)}
+            return self._apply(scoped_s3_connection(name, namespace, creds))
         if name == MLFLOW_PROXY_SECRET:
             if existing:
                 return "unchanged"

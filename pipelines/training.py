@@ -2,7 +2,7 @@
 
     pull_annotations -> validate_and_split -> check_dataset
       if action == "train":
-          train -> export_onnx -> evaluate
+          train -> export_onnx (+ precision variants) -> evaluate (+ variant choice)
           if gate == "passed":
               if onnx sha256 != champion's:  register -> rollout          (deployed; champion moves)
               else:                          report_outcome("unchanged")  (identical re-run)
@@ -169,6 +169,8 @@ def build_training_pipeline(
         opset: int = 17,
         parity_atol: float = 1e-3,
         parity_images: int = 4,
+        calibration_images: int = 300,
+        variant_tolerance: float = 0.01,
         eval_conf: float = 0.001,
         eval_iou: float = 0.6,
         min_map50: float = 0.5,
@@ -243,6 +245,7 @@ def build_training_pipeline(
                 opset=opset,
                 parity_atol=parity_atol,
                 parity_images=parity_images,
+                calibration_images=calibration_images,
             ).set_display_name("export-onnx")
             export.set_caching_options(caching)
 
@@ -258,6 +261,8 @@ def build_training_pipeline(
                 model_name=model_name,
                 champion_version=check.outputs["champion_version"],
                 allow_missing_champion=allow_missing_champion,
+                variants=export.outputs["variants"],
+                variant_tolerance=variant_tolerance,
             ).set_display_name("evaluate")
             evaluate.set_caching_options(caching)
             # On new data the champion's ONNX is read from S3 and re-evaluated on this split.
@@ -277,6 +282,7 @@ def build_training_pipeline(
                         opset=opset,
                         git_revision=git_revision,
                         pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                        variants=export.outputs["variants"],
                     ).set_display_name("register")
                     register.set_caching_options(False)
                     s3_env(register, mlflow_artifacts=True)
@@ -302,6 +308,13 @@ def build_training_pipeline(
                     kubernetes.use_secret_as_env(
                         deploy, secrets.model_token, {"token": "VINSPECT_MODEL_TOKEN"},
                         optional=True,
+                    )
+                    # The smoke test calls the model where the image processor will: the URL and
+                    # model name of the processor's own ConfigMap (issue 13, defect 2).
+                    kubernetes.use_config_map_as_env(
+                        deploy, secrets.config,
+                        {"VINSPECT_MODEL_URL": "VINSPECT_PROCESSOR_MODEL_URL",
+                         "VINSPECT_MODEL_NAME": "VINSPECT_PROCESSOR_MODEL_NAME"},
                     )
 
                 with dsl.Else(name="model-unchanged"):

@@ -232,6 +232,7 @@ def produce_frames(
     on_sent: Callable[[str, str], None] | None = None,
     stop: Callable[[], bool] | None = None,
     max_pixels: int | None = None,
+    max_record_bytes: int | None = None,
 ) -> int:
     """Send frames to Kafka, `cameras` of them in round robin, each at `fps`.
 
@@ -250,6 +251,10 @@ def produce_frames(
         stop: Polled between frames; True ends the stream.
         max_pixels: Pixel limit checked on each frame's header before decoding; a frame
             over it (or unreadable) is skipped with a warning, the stream goes on.
+        max_record_bytes: Largest Kafka record (key, value and headers) to produce, normally
+            `VINSPECT_MAX_IMAGE_BYTES` (the topic's `max.message.bytes` on the cluster); a frame
+            over it is skipped with a warning, since the broker would refuse it and the refusal
+            would only surface at the final flush.
 
     Returns:
         Number of frames produced (all delivered: the producer is flushed).
@@ -286,6 +291,14 @@ def produce_frames(
             event = image_event(jpeg, camera_id, source=source, label=frame.label)
             key, value, headers = to_kafka(event)
             event_id = event["id"]
+        size = len(key or b"") + len(value) + sum(len(k) + len(v or b"") for k, v in headers)
+        if max_record_bytes is not None and size > max_record_bytes:
+            skipped += 1
+            log.warning("skipping frame %s: record of %d bytes is over the limit of %d (VINSPECT_MAX_IMAGE_BYTES)",
+                        frame.name, size, max_record_bytes)
+            if skipped > 1000 and sent == 0:
+                raise ValueError(f"no usable frame in the first {skipped} (records over {max_record_bytes} bytes)")
+            continue
         while True:
             try:
                 producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery)

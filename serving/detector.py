@@ -3,7 +3,8 @@
 Used by evaluation, the ONNX parity check, the image processor and the notebooks, so a model is
 validated exactly the way it is served. Only numpy and Pillow are imported at module level;
 OpenCV (decoding, resizing: the same ``cv2.INTER_LINEAR`` as Ultralytics) is imported on first
-use, and :class:`Detector` imports onnxruntime lazily when it is given a model path.
+use, and the inference engine (OpenVINO by default, ONNX Runtime as the alternative, see
+:func:`open_engine`) is imported when a model is loaded.
 
 Conventions (kept explicit because the original demo got them wrong by accident):
 
@@ -43,10 +44,11 @@ CLASS_NAMES: tuple[str, ...] = ("scratch", "bent")
 DEFAULT_IMGSZ = 320
 PAD_VALUE = 114
 
-CORE_VERSION = 2
+CORE_VERSION = 3
 """Bumped whenever a change here moves pixels or boxes (2: OpenCV decode and INTER_LINEAR resize,
-was Pillow). Metrics are logged with it, and the quality gate only compares figures measured by
-the same core."""
+was Pillow; 3: evaluation runs on the serving engine, OpenVINO at the variant's precision, was
+ONNX Runtime f32). Metrics are logged with it, and the quality gate only compares figures
+measured by the same core."""
 MAX_NMS_CANDIDATES = 30000  # boxes kept (by score) before NMS, as Ultralytics does
 MAX_DETECTIONS = 300
 _MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any image side we will see
@@ -604,15 +606,168 @@ def parse_metadata(meta: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
-def _default_providers() -> list[str]:
-    import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
+# --------------------------------------------------------------------------------------------
+# Engines: one interface, two backends (OpenVINO, ONNX Runtime)
+# --------------------------------------------------------------------------------------------
 
-    available = ort.get_available_providers()
-    preferred = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return [p for p in preferred if p in available] or available
+ENGINES = ("openvino", "onnxruntime")
+"""Inference backends. OpenVINO is what OpenVINO Model Server runs on the cluster; ONNX Runtime is
+the alternative (and the fallback where ``openvino`` is not installed)."""
+
+PRECISIONS = ("auto", "f32", "bf16", "f16")
+"""Inference precision of an OpenVINO engine: ``auto`` is the runtime's own choice (bf16 on a CPU
+with ``avx512_bf16`` or AMX, f32 otherwise), what OVMS does unless told otherwise. ONNX Runtime
+always computes in the model's precision (f32 for our exports)."""
+
+ENGINE_ENV = "VINSPECT_ENGINE"
+PRECISION_ENV = "VINSPECT_PRECISION"
+PRECISION_RT_KEY = ("vinspect", "inference_precision")
+"""Where an OpenVINO IR variant declares the precision it was evaluated (and must be served) at.
+OpenVINO itself does not read this key; :func:`open_engine` and the local model server do, and
+the rollout passes the same value to OVMS as ``--plugin_config`` (components/rollout)."""
 
 
-def _open_session(path: Path, providers: Sequence[str] | None, spinning: bool, threads: int | None = None) -> Any:
+def _suggest(value: str, known: Sequence[str], what: str, setting: str) -> ValueError:
+    import difflib
+
+    hint = difflib.get_close_matches(value, known, n=1)
+    extra = f"; did you mean {hint[0]!r}?" if hint else ""
+    return ValueError(f"unknown {what} {value!r} (known: {', '.join(known)}; set by {setting}){extra}")
+
+
+def openvino_available() -> bool:
+    """True when the ``openvino`` package can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def resolve_engine(engine: str | None = None) -> str:
+    """The backend to use: ``engine``, else ``$VINSPECT_ENGINE``, else OpenVINO where installed.
+
+    Raises:
+        ValueError: For an unknown name (with a suggestion), or ``openvino`` asked for but not
+            installed.
+    """
+    name = (engine or os.environ.get(ENGINE_ENV) or "").strip().lower()
+    if not name:
+        return "openvino" if openvino_available() else "onnxruntime"
+    aliases = {"ov": "openvino", "ort": "onnxruntime", "onnx": "onnxruntime"}
+    name = aliases.get(name, name)
+    if name not in ENGINES:
+        raise _suggest(name, ENGINES, "engine", f"{ENGINE_ENV} or --engine")
+    if name == "openvino" and not openvino_available():
+        raise ValueError("engine 'openvino' asked for, but the openvino package is not installed "
+                         "(pip install 'vinspect[serving]', or set VINSPECT_ENGINE=onnxruntime)")
+    return name
+
+
+def resolve_precision(precision: str | None = None) -> str | None:
+    """The inference precision asked for: ``precision``, else ``$VINSPECT_PRECISION``, else None.
+
+    None means "not asked": a model that declares its precision gets it, any other the runtime's
+    choice. ``auto`` forces the runtime's choice even on a model that declares one.
+
+    Raises:
+        ValueError: For an unknown precision (with a suggestion).
+    """
+    name = (precision or os.environ.get(PRECISION_ENV) or "").strip().lower()
+    if not name:
+        return None
+    name = {"fp32": "f32", "float32": "f32", "fp16": "f16", "bfloat16": "bf16"}.get(name, name)
+    if name not in PRECISIONS:
+        raise _suggest(name, PRECISIONS, "precision", f"{PRECISION_ENV} or --precision")
+    return name
+
+
+_NUMPY_TO_V2 = {
+    "float32": "FP32", "float16": "FP16", "float64": "FP64", "uint8": "UINT8", "uint16": "UINT16",
+    "uint32": "UINT32", "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32",
+    "int64": "INT64", "bool": "BOOL", "object": "BYTES", "bfloat16": "BF16",
+}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A model input or output: name, v2 datatype (``FP32``, ...) and shape (-1 = dynamic)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+class Engine:
+    """One loaded model behind one backend: ``engine(tensor) -> raw output``.
+
+    Thread-safe: several threads may call :meth:`run` at once (ONNX Runtime sessions are; the
+    OpenVINO engine hands each call its own infer request from a pool).
+
+    Attributes:
+        backend: ``openvino`` or ``onnxruntime``.
+        precision: The precision inference really runs at (``f32``, ``bf16``, ``f16``), read back
+            from the compiled model, not the one asked for.
+        quantized: True for an INT8 (NNCF) model: its quantized layers run in int8, the rest at
+            ``precision``.
+        inputs / outputs: :class:`TensorInfo` of each tensor, in model order.
+        metadata: The model's custom metadata (ONNX ``metadata_props``, which OpenVINO keeps in
+            ``rt_info["framework"]`` when it converts ONNX to IR).
+        raw: The backend object (``onnxruntime.InferenceSession`` or ``openvino.CompiledModel``).
+    """
+
+    backend = ""
+
+    def __init__(self) -> None:
+        self.precision = "f32"
+        self.quantized = False
+        self.inputs: list[TensorInfo] = []
+        self.outputs: list[TensorInfo] = []
+        self.metadata: dict[str, str] = {}
+        self.raw: Any = None
+
+    @property
+    def label(self) -> str:
+        """E.g. ``openvino bf16``, ``openvino int8+bf16``, ``onnxruntime f32``: how figures are labelled."""
+        return f"{self.backend} {'int8+' if self.quantized else ''}{self.precision}"
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run once; returns the outputs named (default: all), in that order."""
+        raise NotImplementedError
+
+    def __call__(self, tensor: np.ndarray) -> np.ndarray:
+        """The first output for one input tensor (the detector's case)."""
+        return self.run({self.inputs[0].name: tensor}, [self.outputs[0].name])[0]
+
+
+class OnnxRuntimeEngine(Engine):
+    """ONNX Runtime on CPU (CUDA when present), f32."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.raw = session
+        types = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
+                 "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int32)": "INT32",
+                 "tensor(int64)": "INT64", "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
+                 "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
+                 "tensor(int16)": "INT16"}
+
+        def info(node: Any) -> TensorInfo:
+            shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+            return TensorInfo(node.name, types.get(node.type, node.type), shape)
+
+        self.inputs = [info(n) for n in session.get_inputs()]
+        self.outputs = [info(n) for n in session.get_outputs()]
+        self.metadata = dict(session.get_modelmeta().custom_metadata_map)
+        self.precision = "f16" if any(t.datatype == "FP16" for t in self.inputs) else "f32"
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run the session (it releases the GIL and is thread-safe)."""
+        names = list(output_names) if output_names is not None else [t.name for t in self.outputs]
+        return self.raw.run(names, dict(feeds))
+
+
+def _ort_session(model: str | Path | bytes, threads: int | None, spinning: bool, providers: Sequence[str] | None) -> Any:
     import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
 
     opts = ort.SessionOptions()
@@ -625,33 +780,226 @@ def _open_session(path: Path, providers: Sequence[str] | None, spinning: bool, t
         # spinning is ~3 ms faster per image (benchmarks/detector.py).
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=list(providers) if providers else _default_providers())
+    if providers is None:
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available] or available
+    source = bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else str(model)
+    return ort.InferenceSession(source, opts, providers=list(providers))
+
+
+class OpenVinoEngine(Engine):
+    """OpenVINO on CPU: OVMS's engine, at the runtime's precision unless one is asked or declared.
+
+    Args:
+        model: An ``openvino.Model`` (read from ONNX or IR).
+        precision: ``f32``/``bf16``/``f16``/``auto``, or None for what the model declares
+            (:data:`PRECISION_RT_KEY`), else the runtime's choice.
+        threads: Threads per inference (None/0: all cores, OpenVINO's LATENCY hint).
+        streams: Inferences that run at once, each on its own ``threads`` (an infer-request
+            pool of that size serves concurrent callers). 1 by default.
+        pinning: Pin inference threads to cores (OpenVINO's default on Linux): right on dedicated
+            cores, wrong on a CPU shared with the processor or other pods, where a pinned thread
+            waits for its core instead of moving to an idle one. None keeps OpenVINO's default.
+    """
+
+    backend = "openvino"
+
+    def __init__(self, model: Any, *, precision: str | None = None, threads: int | None = None,
+                 streams: int | None = None, pinning: bool | None = None) -> None:
+        import queue
+
+        import openvino as ov
+
+        super().__init__()
+        declared = declared_precision(model)
+        asked = precision or declared
+        config: dict[str, Any] = {}
+        streams = max(1, int(streams or 1))
+        if asked and asked != "auto":
+            config["INFERENCE_PRECISION_HINT"] = asked
+        if pinning is not None:
+            config["ENABLE_CPU_PINNING"] = bool(pinning)
+        if streams == 1 and not threads:
+            config["PERFORMANCE_HINT"] = "LATENCY"
+        else:
+            config["NUM_STREAMS"] = str(streams)
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = str(int(threads) * streams)
+        core = ov.Core()
+        try:
+            self.raw = core.compile_model(model, "CPU", config)
+        except RuntimeError as exc:
+            raise ValueError(f"OpenVINO cannot compile the model with {config}: {exc}") from exc
+        self.precision = self.raw.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
+        self.metadata = _ov_metadata(model)
+
+        def info(port: Any) -> TensorInfo:
+            pshape = port.get_partial_shape()
+            shape = tuple(d.get_length() if d.is_static else -1 for d in pshape)
+            dtype = port.get_element_type().to_dtype().name
+            return TensorInfo(port.get_any_name(), _NUMPY_TO_V2.get(dtype, dtype.upper()), shape)
+
+        self.inputs = [info(p) for p in self.raw.inputs]
+        self.outputs = [info(p) for p in self.raw.outputs]
+        self._requests: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        for _ in range(streams):
+            self._requests.put(self.raw.create_infer_request())
+
+    def run(self, feeds: Mapping[str, np.ndarray], output_names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Run on a free infer request (waits for one when all are busy); outputs are copies."""
+        names = list(output_names) if output_names is not None else [t.name for t in self.outputs]
+        request = self._requests.get()
+        try:
+            # share_inputs: the tensor is read in place, no copy; infer() releases the GIL.
+            request.infer({k: np.ascontiguousarray(v) for k, v in feeds.items()}, share_inputs=True)
+            return [np.array(request.get_tensor(n).data, copy=True) for n in names]
+        finally:
+            self._requests.put(request)
+
+
+def declared_precision(model: Any) -> str | None:
+    """The precision an OpenVINO model declares in its ``rt_info`` (:data:`PRECISION_RT_KEY`), or None."""
+    if model.has_rt_info(list(PRECISION_RT_KEY)):
+        value = str(model.get_rt_info(list(PRECISION_RT_KEY)).astype(str)).strip().lower()
+        return value if value in PRECISIONS else None
+    return None
+
+
+def _ov_metadata(model: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if model.has_rt_info(["framework"]):
+        for key in model.get_rt_info(["framework"]).value:
+            out[str(key)] = str(model.get_rt_info(["framework", str(key)]).astype(str))
+    return out
+
+
+def read_openvino_model(model: str | Path | bytes, weights: bytes | None = None) -> Any:
+    """An ``openvino.Model`` from an ``.onnx`` or ``.xml`` path, ONNX bytes, or IR XML + weights bytes.
+
+    Raises:
+        FileNotFoundError: A path that does not exist (or an IR without its ``.bin``).
+        ValueError: Bytes or a file OpenVINO cannot read.
+    """
+    import openvino as ov
+
+    core = ov.Core()
+    try:
+        if isinstance(model, (bytes, bytearray, memoryview)):
+            if weights is not None:
+                return core.read_model(bytes(model), ov.Tensor(np.frombuffer(weights, np.uint8).copy()))
+            return core.read_model(bytes(model))
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"model not found: {path}")
+        if path.suffix == ".xml" and not path.with_suffix(".bin").is_file():
+            raise FileNotFoundError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name}")
+        return core.read_model(str(path))
+    except RuntimeError as exc:  # OpenVINO reports unreadable models as RuntimeError
+        raise ValueError(f"OpenVINO cannot read the model: {exc}") from None
+
+
+def open_engine(
+    model: str | Path | bytes,
+    *,
+    engine: str | None = None,
+    precision: str | None = None,
+    threads: int | None = None,
+    streams: int | None = None,
+    spinning: bool = False,
+    providers: Sequence[str] | None = None,
+    weights: bytes | None = None,
+) -> Engine:
+    """Load a model on the chosen backend.
+
+    Args:
+        model: ``.onnx`` or OpenVINO ``.xml`` path, or the model's bytes (ONNX, or IR XML with
+            ``weights``).
+        engine: ``openvino`` or ``onnxruntime`` (default: :func:`resolve_engine`). An IR needs
+            OpenVINO.
+        precision: OpenVINO inference precision (default :func:`resolve_precision`); ONNX
+            Runtime refuses anything but ``f32``/``auto``.
+        threads: Threads per inference (None/0: the backend's default, all cores).
+        streams: Inferences at once (OpenVINO streams; ONNX Runtime sessions are thread-safe,
+            so this only sizes OpenVINO's request pool).
+        spinning: The engine may assume dedicated cores: ONNX Runtime's threads busy-wait,
+            OpenVINO pins its threads to cores. Off (the default) suits a shared CPU.
+        providers: ONNX Runtime execution providers.
+        weights: IR weights when ``model`` is IR XML bytes.
+
+    Returns:
+        An :class:`Engine`.
+
+    Raises:
+        FileNotFoundError: A missing file.
+        ValueError: An unknown engine/precision, a precision the backend cannot honour, or a
+            model the backend cannot read.
+    """
+    is_ir = weights is not None or (isinstance(model, (str, Path)) and Path(model).suffix == ".xml")
+    name = resolve_engine(engine)
+    precision = resolve_precision(precision)
+    if is_ir and name != "openvino":
+        if engine:
+            raise ValueError(f"{model if not isinstance(model, bytes) else 'IR'}: an OpenVINO IR needs engine 'openvino', not {name!r}")
+        name = resolve_engine("openvino")
+    if isinstance(model, (str, Path)) and not Path(model).is_file():
+        raise FileNotFoundError(f"model not found: {model}")
+    if name == "onnxruntime":
+        if precision not in (None, "auto", "f32"):
+            raise ValueError(f"engine 'onnxruntime' runs the model's own precision (f32), not {precision!r}")
+        try:
+            return OnnxRuntimeEngine(_ort_session(model, threads, spinning, providers))
+        except Exception as exc:
+            if type(exc).__module__.startswith("onnxruntime"):
+                raise ValueError(f"ONNX Runtime cannot load the model: {exc}") from None
+            raise
+    return OpenVinoEngine(read_openvino_model(model, weights), precision=precision, threads=threads, streams=streams,
+                          pinning=bool(spinning))
+
+
+def _as_engine(obj: Any) -> Engine:
+    """Wrap what a caller handed the Detector: an Engine, or an ``onnxruntime.InferenceSession``."""
+    if isinstance(obj, Engine):
+        return obj
+    if hasattr(obj, "get_modelmeta") and hasattr(obj, "run"):
+        return OnnxRuntimeEngine(obj)
+    raise TypeError(f"expected a model path, an Engine or an onnxruntime.InferenceSession, got {type(obj).__name__}")
 
 
 class Detector:
-    """An ONNX YOLO model plus the detector core: image in, detections out.
+    """A YOLO model on an inference engine plus the detector core: image in, detections out.
+
+    Pre- and post-processing are the same code whatever the engine; only the inference call
+    differs (:class:`Engine`).
 
     Args:
-        path_or_session: Path to an ``.onnx`` file, an ``onnxruntime.InferenceSession``, or
-            ``None`` for remote-only use through :meth:`detect_with` (then give ``names`` and
-            ``imgsz``).
+        path_or_session: Path to an ``.onnx`` file or an OpenVINO IR ``.xml``, an :class:`Engine`,
+            an ``onnxruntime.InferenceSession``, or ``None`` for remote-only use through
+            :meth:`detect_with` (then give ``names`` and ``imgsz``).
         conf: Minimum score kept (the original demo used 0.2).
         iou: NMS IoU threshold (the original demo used 0.4).
         names: Override the class names from the metadata.
         imgsz: Override the input size from the metadata / input shape.
+        engine: ``openvino`` or ``onnxruntime`` (default :func:`resolve_engine`: ``$VINSPECT_ENGINE``,
+            else OpenVINO where it is installed).
+        precision: OpenVINO inference precision (``f32``, ``bf16``, ``auto``; default what the
+            model declares, else the runtime's choice: bf16 on CPUs with bf16 support).
         providers: ONNX Runtime execution providers (default: CUDA if present, else CPU).
         spinning: Let ONNX Runtime's threads busy-wait (faster on an idle, dedicated CPU; off by
             default because it hurts on shared or CPU-limited nodes).
-        threads: ONNX Runtime intra-op threads per inference (default: one per physical core).
-            For a stream of images, ``threads=1`` with :meth:`detect_many` running one image per
-            core is the faster layout on CPU: a small model splits poorly across cores (see
-            ``benchmarks/detector.py``).
+        threads: Threads per inference (default: the engine's, all cores). For a stream of
+            images, ``threads=1`` with :meth:`detect_many` running one image per core is the
+            faster layout on CPU: a small model splits poorly across cores (see
+            ``benchmarks/detector.py``); OpenVINO then gets one stream per core.
 
     Attributes:
+        engine: The :class:`Engine` (None for remote-only use); ``engine.label`` says backend and
+            precision.
+        session: The backend object (``engine.raw``), kept for callers that want it.
         names: Class names, index = class id.
         imgsz: ``(height, width)`` of the model input.
         stride: Model stride.
-        metadata: Parsed ONNX metadata (see :func:`parse_metadata`).
+        metadata: Parsed model metadata (see :func:`parse_metadata`).
         input_name / output_name: Tensor names (``images`` / ``output0`` for our exports).
         timings: Milliseconds spent in ``preprocess``, ``inference`` and ``postprocess`` by the
             last call.
@@ -665,13 +1013,15 @@ class Detector:
         *,
         names: Sequence[str] | Mapping[Any, str] | None = None,
         imgsz: int | Sequence[int] | None = None,
+        engine: str | None = None,
+        precision: str | None = None,
         providers: Sequence[str] | None = None,
         spinning: bool = False,
         threads: int | None = None,
     ) -> None:
         self.conf = float(conf)
         self.iou = float(iou)
-        self.session: Any = None
+        self.engine: Engine | None = None
         self.input_name = "images"
         self.output_name = "output0"
         self.metadata: dict[str, Any] = {"names": None, "imgsz": None, "stride": None, "dataset_id": None}
@@ -680,17 +1030,19 @@ class Detector:
         if isinstance(path_or_session, (str, Path)):
             self.path = Path(path_or_session)
             if not self.path.is_file():
-                raise FileNotFoundError(f"ONNX model not found: {self.path}")
-            self.session = _open_session(self.path, providers, spinning, threads)
+                raise FileNotFoundError(f"model not found: {self.path}")
+            streams = _usable_cpus() if threads == 1 else None
+            self.engine = open_engine(self.path, engine=engine, precision=precision, threads=threads,
+                                      streams=streams, spinning=spinning, providers=providers)
         elif path_or_session is not None:
-            self.session = path_or_session
-        if self.session is not None:
-            inp = self.session.get_inputs()[0]
+            self.engine = _as_engine(path_or_session)
+        if self.engine is not None:
+            inp = self.engine.inputs[0]
             self.input_name = inp.name
-            self.output_name = self.session.get_outputs()[0].name
-            if len(inp.shape) == 4 and all(isinstance(d, int) for d in inp.shape[2:]):
+            self.output_name = self.engine.outputs[0].name
+            if len(inp.shape) == 4 and all(d > 0 for d in inp.shape[2:]):
                 shape_hw = (int(inp.shape[2]), int(inp.shape[3]))
-            self.metadata = parse_metadata(self.session.get_modelmeta().custom_metadata_map)
+            self.metadata = parse_metadata(self.engine.metadata)
         self.names: list[str] = _names_list(names) if names is not None else (
             self.metadata["names"] or list(CLASS_NAMES)
         )
@@ -700,6 +1052,11 @@ class Detector:
             self.imgsz = self.metadata["imgsz"] or shape_hw or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
         self.stride: int = self.metadata["stride"] or 32
         self.timings: dict[str, float] = {}
+
+    @property
+    def session(self) -> Any:
+        """The backend object: an ``onnxruntime.InferenceSession`` or an ``openvino.CompiledModel``."""
+        return self.engine.raw if self.engine is not None else None
 
     def prepare(self, img: Any) -> tuple[np.ndarray, LetterboxInfo]:
         """Input tensor and letterbox info for one image, as :meth:`detect` makes them.
@@ -721,10 +1078,11 @@ class Detector:
         return preprocess(img, self.imgsz, stride=self.stride)
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the local ONNX Runtime session on a prepared input tensor."""
-        if self.session is None:
-            raise RuntimeError("this Detector has no local ONNX session; use detect_with(img, infer)")
-        return self.session.run([self.output_name], {self.input_name: tensor})[0]
+        """Run the local engine on a prepared input tensor."""
+        if self.engine is None:
+            raise RuntimeError("this Detector has no local model (no ONNX session or OpenVINO engine); "
+                               "use detect_with(img, infer)")
+        return self.engine(tensor)
 
     def detect(self, img: Any) -> list[Detection]:
         """Detect objects in one image with the local session.
@@ -754,8 +1112,8 @@ class Detector:
     def detect_many(self, images: Iterable[Any], workers: int | None = None) -> Iterator[list[Detection]]:
         """Detect objects in a stream of images, ``workers`` images at a time, results in order.
 
-        Each worker decodes, letterboxes, runs the (thread-safe) session and post-processes one
-        image; OpenCV, NumPy and ONNX Runtime release the GIL, so the workers use separate
+        Each worker decodes, letterboxes, runs the (thread-safe) engine and post-processes one
+        image; OpenCV, NumPy, ONNX Runtime and OpenVINO release the GIL, so the workers use separate
         cores. Pair with ``Detector(..., threads=1)`` for the best throughput on CPU.
 
         Args:

@@ -1,21 +1,37 @@
-"""Local KServe v2 (Open Inference Protocol) model server over ONNX Runtime.
+"""Local KServe v2 (Open Inference Protocol) model server over OpenVINO (or ONNX Runtime).
 
-What OpenVINO Model Server does for an ONNX file on the cluster, this does on a laptop or
-in CI: the same URLs, the same tensor names (the ONNX graph's, e.g. `images` / `output0`),
+What OpenVINO Model Server does for a model folder on the cluster, this does on a laptop or
+in CI, with the same engine: OpenVINO by default (``serving.detector.open_engine``; ONNX Runtime
+with ``engine="onnxruntime"`` or ``VINSPECT_ENGINE``), reading ``model.onnx`` or an OpenVINO IR
+(``model.xml`` + ``model.bin``) from the version folder as OVMS does, at the precision an IR
+variant declares (else the runtime's choice, as OVMS). The same URLs, the same tensor names
+(the graph's, e.g. `images` / `output0`),
 JSON tensors and the binary tensor extension, plus the Triton repository extension
 (`POST /v2/repository/models/{name}/load`) that the rollout step uses to swap models.
 
 Shape of the code follows KServe's python servers: one small model class with `load()` and
 `infer()`, one exception class per HTTP status, and a thin FastAPI layer.
 
-Swapping without dropping requests: a load builds the new ONNX Runtime session completely
+Swapping without dropping requests: a load builds the new engine completely
 while the old one keeps serving, then replaces the repository's reference in one
 assignment. Requests already running keep the object they started with.
+
+Access: a bearer token (``VINSPECT_MODEL_TOKEN``, the setting the processor and the rollout
+already send) guards the repository API always and every model endpoint when it is set; a server
+started without a token serves inference but answers 403 to the repository API (it is disabled,
+not open). ``load`` reads only under the server's model roots (local folders and
+``s3://bucket[/prefix]``), checked before anything is opened, so its errors say nothing about
+paths outside them. Health endpoints stay open for probes. Bodies are bounded in size (413) and
+in time (408 when the client stops sending), and every malformed body is a 400 naming the field.
 """
 
 
+import asyncio
 import gzip
+import hmac
+import json
 import logging
+import os
 import re
 import threading
 import time
@@ -33,25 +49,12 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "vinspect-modelserver"
 SERVER_VERSION = "0.1.0"
-PLATFORM = "onnx_onnxv1"
+PLATFORM = "onnx_onnxv1"  # what ONNX Runtime serving reports
+OPENVINO_PLATFORM = "OpenVINO"  # what OVMS reports for every model, ONNX included (specs/oip/README.md)
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
-
-_ONNX_TYPES = {
-    "tensor(float)": "FP32",
-    "tensor(float16)": "FP16",
-    "tensor(double)": "FP64",
-    "tensor(uint8)": "UINT8",
-    "tensor(uint16)": "UINT16",
-    "tensor(uint32)": "UINT32",
-    "tensor(uint64)": "UINT64",
-    "tensor(int8)": "INT8",
-    "tensor(int16)": "INT16",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-    "tensor(string)": "BYTES",
-}
-
+# A client that stops sending mid-body (Content-Length larger than what it sends) gets a 408
+# after this many seconds without a byte, instead of holding a worker forever.
+DEFAULT_BODY_TIMEOUT_S = 30.0
 
 class ModelServerError(Exception):
     """Base of the errors that map to an HTTP status; the message is shown to the client."""
@@ -83,6 +86,36 @@ class ModelLoadError(ModelServerError):
     status_code = 400
 
 
+class Unauthorized(ModelServerError):
+    """No bearer token, or the wrong one."""
+
+    status_code = 401
+
+
+class Forbidden(ModelServerError):
+    """The request is not allowed here (repository API disabled, uri outside the model roots)."""
+
+    status_code = 403
+
+
+class RequestTimeout(ModelServerError):
+    """The client stopped sending the body it announced."""
+
+    status_code = 408
+
+
+class PayloadTooLarge(ModelServerError):
+    """The body (or its decompressed form) is larger than the server accepts."""
+
+    status_code = 413
+
+
+class _ClientGone(ModelServerError):
+    """The client closed the connection mid-body; nobody reads the answer."""
+
+    status_code = 400
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A model input or output as the metadata endpoint reports it (-1 = dynamic dim)."""
@@ -96,14 +129,6 @@ class TensorSpec:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
 
 
-def _spec(node: Any) -> TensorSpec:
-    datatype = _ONNX_TYPES.get(node.type)
-    if datatype is None:
-        raise ModelLoadError(f"tensor {node.name!r} has unsupported ONNX type {node.type}")
-    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-    return TensorSpec(node.name, datatype, shape)
-
-
 # --------------------------------------------------------------------------------------
 # Locating and reading the ONNX file (local path or S3), OVMS layout aware.
 # --------------------------------------------------------------------------------------
@@ -111,40 +136,72 @@ def _spec(node: Any) -> TensorSpec:
 
 @dataclass
 class ModelSource:
-    """Where a model came from and the bytes of its ONNX file."""
+    """Where a model came from and its bytes (ONNX, or OpenVINO IR XML plus ``weights``)."""
 
     uri: str
     location: str  # the exact file read (path or s3 key)
     content: bytes
     version_folder: str | None  # OVMS-style numeric folder the file sat in, if any
+    weights: bytes | None = None  # the IR's .bin when `location` is a model.xml
+
+    @property
+    def is_ir(self) -> bool:
+        """True for an OpenVINO IR (``.xml`` + ``.bin``)."""
+        return self.location.endswith(".xml")
+
+
+def _model_file(names: list[str]) -> str | None:
+    """The file OVMS would load from one folder's file names: IR first, then ONNX."""
+    for preferred in ("model.xml", "model.onnx"):
+        if preferred in names:
+            return preferred
+    for suffix in (".xml", ".onnx"):
+        found = sorted(n for n in names if n.endswith(suffix))
+        if found:
+            return found[0]
+    return None
+
+
+def _ir_weights(xml: str) -> str:
+    return xml[: -len(".xml")] + ".bin"
 
 
 def _pick_version(candidates: dict[str, str], where: str) -> tuple[str, str]:
     """Pick the highest numeric version folder, as OVMS serves the latest version."""
     numeric = {k: v for k, v in candidates.items() if k.isdigit() and int(k) > 0}
     if not numeric:
-        raise ModelLoadError(f"no model.onnx and no numeric version folder under {where}")
+        raise ModelLoadError(
+            f"no model.onnx or model.xml and no numeric version folder holding one under {where}"
+        )
     best = max(numeric, key=int)
     return best, numeric[best]
+
+
+def _local_source(uri: str, file: Path, folder: str | None) -> ModelSource:
+    if file.suffix == ".xml":
+        weights = file.with_suffix(".bin")
+        if not weights.is_file():
+            raise ModelLoadError(f"OpenVINO IR {file} has no weights file {weights.name} beside it")
+        return ModelSource(uri, str(file), file.read_bytes(), folder, weights.read_bytes())
+    return ModelSource(uri, str(file), file.read_bytes(), folder)
 
 
 def _read_local(uri: str) -> ModelSource:
     path = Path(urlparse(uri).path if uri.startswith("file://") else uri)
     if path.is_file():
-        return ModelSource(uri, str(path), path.read_bytes(), None)
+        return _local_source(uri, path, None)
     if not path.is_dir():
         raise ModelLoadError(f"model path {path} does not exist")
-    direct = path / "model.onnx"
-    if direct.is_file():
-        return ModelSource(uri, str(direct), direct.read_bytes(), None)
+    direct = _model_file([p.name for p in path.iterdir() if p.is_file()])
+    if direct:
+        return _local_source(uri, path / direct, None)
     candidates = {}
     for sub in path.iterdir():
-        onnx_files = sorted(sub.glob("*.onnx")) if sub.is_dir() else []
-        if onnx_files:
-            preferred = sub / "model.onnx"
-            candidates[sub.name] = str(preferred if preferred.is_file() else onnx_files[0])
+        chosen = _model_file([p.name for p in sub.iterdir() if p.is_file()]) if sub.is_dir() else None
+        if chosen:
+            candidates[sub.name] = str(sub / chosen)
     folder, file = _pick_version(candidates, str(path))
-    return ModelSource(uri, file, Path(file).read_bytes(), folder)
+    return _local_source(uri, Path(file), folder)
 
 
 def _read_s3(uri: str, s3_client: Any) -> ModelSource:
@@ -152,7 +209,7 @@ def _read_s3(uri: str, s3_client: Any) -> ModelSource:
     bucket, key = parsed.netloc, parsed.path.lstrip("/")
     if not bucket:
         raise ModelLoadError(f"{uri!r} names no bucket")
-    if key.endswith(".onnx"):
+    if key.endswith((".onnx", ".xml")):
         chosen, folder = key, None
     else:
         prefix = key.rstrip("/") + "/" if key else ""
@@ -163,27 +220,38 @@ def _read_s3(uri: str, s3_client: Any) -> ModelSource:
             for obj in page.get("Contents", [])
         ]
         rel = {k[len(prefix) :]: k for k in keys}
-        if "model.onnx" in rel:
-            chosen, folder = rel["model.onnx"], None
+        direct = _model_file([r for r in rel if "/" not in r])
+        if direct:
+            chosen, folder = rel[direct], None
         else:
+            by_folder: dict[str, list[str]] = {}
+            for r in rel:
+                m = re.fullmatch(r"([^/]+)/([^/]+)", r)
+                if m:
+                    by_folder.setdefault(m.group(1), []).append(m.group(2))
             candidates = {}
-            for r, full in rel.items():
-                m = re.fullmatch(r"([^/]+)/[^/]+\.onnx", r)
-                if m and (m.group(1) not in candidates or r.endswith("/model.onnx")):
-                    candidates[m.group(1)] = full
+            for sub, names in by_folder.items():
+                picked = _model_file(names)
+                if picked:
+                    candidates[sub] = rel[f"{sub}/{picked}"]
             folder, chosen = _pick_version(candidates, uri)
-    try:
-        body = s3_client.get_object(Bucket=bucket, Key=chosen)["Body"].read()
-    except Exception as exc:  # botocore's errors are dynamic classes
-        raise ModelLoadError(f"cannot read s3://{bucket}/{chosen}: {exc}") from None
-    return ModelSource(uri, f"s3://{bucket}/{chosen}", body, folder)
+
+    def get(key: str) -> bytes:
+        try:
+            return s3_client.get_object(Bucket=bucket, Key=key)["Body"].read()
+        except Exception as exc:  # botocore's errors are dynamic classes
+            raise ModelLoadError(f"cannot read s3://{bucket}/{key}: {exc}") from None
+
+    weights = get(_ir_weights(chosen)) if chosen.endswith(".xml") else None
+    return ModelSource(uri, f"s3://{bucket}/{chosen}", get(chosen), folder, weights)
 
 
 def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = None) -> ModelSource:
-    """Find and read the ONNX file a URI points at.
+    """Find and read the model a URI points at, as OVMS does.
 
-    Accepts a file, a directory holding `model.onnx`, or an OVMS repository directory with
-    numeric version folders (`1/model.onnx`, the latest is taken); the same for `s3://`.
+    Accepts a file (`.onnx`, or an IR `.xml` with its `.bin` beside it), a directory holding
+    one, or an OVMS repository directory with numeric version folders (`1/model.onnx` or
+    `1/model.xml` + `1/model.bin`, IR first; the latest version is taken); the same for `s3://`.
 
     Args:
         uri: Local path, `file://` URI or `s3://bucket/prefix`.
@@ -199,13 +267,102 @@ def read_model_source(uri: str, s3_client_factory: Callable[[], Any] | None = No
     return _read_local(uri)
 
 
+@dataclass(frozen=True)
+class ModelRoots:
+    """Where the repository API may load models from: local folders and S3 bucket/prefixes.
+
+    A ``load`` names a URI; it is accepted only when it lies under one of these roots, decided
+    from the URI's text (local paths with symlinks resolved) before anything is opened, so a
+    refusal reads the same whether or not the path exists.
+
+    Args:
+        local: Absolute folders (resolved).
+        s3: ``(bucket, prefix)`` pairs; an empty prefix allows the whole bucket.
+    """
+
+    local: tuple[Path, ...] = ()
+    s3: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def parse(cls, roots: list[str] | tuple[str, ...] | None) -> "ModelRoots":
+        """Build from strings: ``/models``, ``file:///models`` or ``s3://bucket[/prefix]``.
+
+        Raises:
+            ValueError: For a relative path, another scheme or an S3 root without a bucket.
+        """
+        local: list[Path] = []
+        s3: list[tuple[str, str]] = []
+        for root in roots or ():
+            if root.startswith("s3://"):
+                parsed = urlparse(root)
+                prefix = parsed.path.strip("/")
+                if not parsed.netloc or ".." in prefix.split("/"):
+                    raise ValueError(f"model root {root!r}: expected s3://bucket[/prefix]")
+                s3.append((parsed.netloc, prefix + "/" if prefix else ""))
+                continue
+            path = urlparse(root).path if root.startswith("file://") else root
+            if "://" in path or not os.path.isabs(path):
+                raise ValueError(f"model root {root!r}: expected an absolute folder or s3://bucket[/prefix]")
+            local.append(Path(os.path.realpath(path)))
+        return cls(tuple(local), tuple(s3))
+
+    def describe(self) -> str:
+        """The roots as a human reads them (for error messages)."""
+        items = [str(p) for p in self.local] + [f"s3://{b}/{p}" for b, p in self.s3]
+        return ", ".join(items) if items else "none configured"
+
+    def check(self, uri: str) -> str:
+        """Return ``uri`` if it lies under a root.
+
+        Raises:
+            Forbidden: Otherwise, with a message that never depends on what exists outside.
+        """
+        if uri.startswith("s3://"):
+            parsed = urlparse(uri)
+            key = parsed.path.lstrip("/")
+            parts = key.split("/")
+            # S3 keys are literal, but some servers normalise dot segments: refuse them outright.
+            if "." not in parts and ".." not in parts:
+                for bucket, prefix in self.s3:
+                    if parsed.netloc == bucket and (key + "/").startswith(prefix):
+                        return uri
+        elif "://" not in uri or uri.startswith("file://"):
+            raw = urlparse(uri).path if uri.startswith("file://") else uri
+            if os.path.isabs(raw):
+                resolved = Path(os.path.realpath(raw))
+                if any(resolved == root or resolved.is_relative_to(root) for root in self.local):
+                    return uri
+        raise Forbidden(
+            f"load refused: {uri!r} is not under this server's model roots ({self.describe()}); "
+            "give the server another root with --model-root"
+        )
+
+    def check_file(self, uri: str, location: str) -> None:
+        """Check the file a local load picked (a symlink inside a root may point outside it)."""
+        if location.startswith("s3://"):
+            return
+        resolved = Path(os.path.realpath(location))
+        if not any(resolved.is_relative_to(root) for root in self.local):
+            raise Forbidden(f"load refused: {uri!r} resolves outside this server's model roots")
+
+
 # --------------------------------------------------------------------------------------
 # The model.
 # --------------------------------------------------------------------------------------
 
 
 class OnnxModel:
-    """One loaded ONNX model version behind an ONNX Runtime session."""
+    """One loaded model version behind an inference engine (OpenVINO or ONNX Runtime).
+
+    Args:
+        name / version / source: What is served and where it came from.
+        threads: Threads per inference (0: the engine's default, all cores).
+        parallel: Inference runs at once (OpenVINO streams); others queue.
+        spin: Assume dedicated cores: idle ONNX Runtime threads spin, OpenVINO pins its threads.
+        engine: ``openvino`` / ``onnxruntime`` (default ``serving.detector.resolve_engine``).
+        precision: OpenVINO inference precision; default what an IR variant declares, else the
+            runtime's choice (as OVMS without a ``plugin_config``).
+    """
 
     def __init__(
         self,
@@ -215,53 +372,63 @@ class OnnxModel:
         threads: int = 0,
         parallel: int = 1,
         spin: bool = True,
+        engine: str | None = None,
+        precision: str | None = None,
     ):
         self.name = name
         self.version = version
         self.source = source
         self.threads = threads
+        self.parallel = max(1, parallel)
         self.spin = spin
-        # ONNX Runtime already spreads one run over `threads` cores; running several at once
+        self.engine_name = engine
+        self.precision = precision
+        # The engine already spreads one run over `threads` cores; running several at once
         # on a small CPU only makes them fight, so by default requests queue for one run.
-        self._slots = threading.Semaphore(max(1, parallel))
-        self.session: Any = None
+        self._slots = threading.Semaphore(self.parallel)
+        self.engine: Any = None
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
 
+    @property
+    def session(self) -> Any:
+        """The backend object (``onnxruntime.InferenceSession`` or ``openvino.CompiledModel``)."""
+        return self.engine.raw if self.engine is not None else None
+
     def load(self) -> None:
-        """Build the ONNX Runtime session and read the tensor specs.
+        """Build the engine and read the tensor specs.
 
         Raises:
-            ModelLoadError: When ONNX Runtime refuses the file.
+            ModelLoadError: When the engine refuses the model (or the engine setting is wrong).
         """
-        import onnxruntime as ort
+        from serving.detector import open_engine
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        if not self.spin:
-            # Idle ORT worker threads spin by default: fastest on dedicated cores, but on a
-            # CPU shared with the processor or other pods it steals the cores they need.
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        kind = "OpenVINO IR" if self.source.is_ir else "ONNX"
         try:
-            self.session = ort.InferenceSession(
-                self.source.content, options, providers=["CPUExecutionProvider"]
+            self.engine = open_engine(
+                self.source.content, weights=self.source.weights, engine=self.engine_name,
+                precision=self.precision, threads=self.threads or None, streams=self.parallel,
+                spinning=self.spin,
             )
-        except Exception as exc:  # onnxruntime raises its own untyped errors
-            raise ModelLoadError(f"{self.source.location} is not a loadable ONNX model: {exc}")
-        self.inputs = [_spec(n) for n in self.session.get_inputs()]
-        self.outputs = [_spec(n) for n in self.session.get_outputs()]
-        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
-        # The bytes are in the session now; keep memory lean.
+        except ValueError as exc:
+            raise ModelLoadError(f"{self.source.location} is not a loadable {kind} model: {exc}") from None
+        except Exception as exc:  # the engines raise their own untyped errors
+            raise ModelLoadError(f"{self.source.location} is not a loadable {kind} model: {exc}") from None
+        self.inputs = [TensorSpec(t.name, t.datatype, t.shape) for t in self.engine.inputs]
+        self.outputs = [TensorSpec(t.name, t.datatype, t.shape) for t in self.engine.outputs]
+        self.metadata = dict(self.engine.metadata)
+        log.info("model %s: %s engine %s (%s)", self.name, kind, self.engine.label, self.source.location)
+        # The bytes are in the engine now; keep memory lean.
         self.source.content = b""
+        self.source.weights = None
 
     def metadata_response(self) -> dict[str, Any]:
         """Return the v2 `$metadata_model_response`."""
         return {
             "name": self.name,
             "versions": [self.version],
-            "platform": PLATFORM,
+            "platform": OPENVINO_PLATFORM if self.engine.backend == "openvino" else PLATFORM,
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
         }
@@ -311,9 +478,9 @@ class OnnxModel:
         return feeds
 
     def infer(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
-        """Run the session; at most `parallel` runs at once (ORT releases the GIL)."""
+        """Run the engine; at most `parallel` runs at once (both engines release the GIL)."""
         with self._slots:
-            return self.session.run(output_names, feeds)
+            return self.engine.run(feeds, output_names)
 
 
 # --------------------------------------------------------------------------------------
@@ -329,6 +496,10 @@ class _Entry:
     model: OnnxModel | None = None
     state: str = "UNAVAILABLE"  # LOADING | READY | UNAVAILABLE
     reason: str = ""
+    # Meant to serve: declared at start-up, or loaded successfully since (and not unloaded).
+    # Readiness looks only at these, so a failed load of a made-up name is reported in the
+    # index but does not take a healthy server out of service.
+    required: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -337,9 +508,12 @@ class ModelRepository:
 
     Args:
         s3_client_factory: Builds a boto3 S3 client for `s3://` URIs (called per load).
-        threads: ONNX Runtime intra-op threads per session (0 = its default).
+        threads: Threads per inference (0 = the engine's default).
         parallel: Inference runs executed at once per model (more queue).
         spin: Let idle ONNX Runtime threads spin (its default; turn off on shared CPUs).
+        engine: ``openvino`` (default where installed, as OVMS) or ``onnxruntime``.
+        precision: OpenVINO inference precision for every model (default: what an IR variant
+            declares, else the runtime's choice).
     """
 
     def __init__(
@@ -348,11 +522,18 @@ class ModelRepository:
         threads: int = 0,
         parallel: int = 1,
         spin: bool = True,
+        engine: str | None = None,
+        precision: str | None = None,
     ):
+        from serving.detector import resolve_engine, resolve_precision
+
         self._s3 = s3_client_factory
         self._threads = threads
         self._parallel = parallel
         self._spin = spin
+        # Checked here, so a wrong setting stops the server at start-up, not at the first load.
+        self.engine = resolve_engine(engine)
+        self.precision = resolve_precision(precision)
         self._entries: dict[str, _Entry] = {}
         self._guard = threading.Lock()
 
@@ -369,10 +550,17 @@ class ModelRepository:
         """Declare a model that will be loaded later (it answers 503 until then)."""
         entry = self._entry(name, create=True)
         entry.uri, entry.version = uri, version
+        entry.required = True
         if entry.model is None:
             entry.state = "LOADING"
 
-    def load(self, name: str, uri: str | None = None, version: str | None = None) -> OnnxModel:
+    def load(
+        self,
+        name: str,
+        uri: str | None = None,
+        version: str | None = None,
+        roots: ModelRoots | None = None,
+    ) -> OnnxModel:
         """Load (or reload) a model and swap it in once fully ready.
 
         The previous version keeps answering during the load; a failed load leaves it
@@ -382,14 +570,19 @@ class ModelRepository:
             name: Model name (the URL's `{name}`).
             uri: Path or `s3://` URI; defaults to the model's current source.
             version: Version to report; defaults to the OVMS version folder, else "1".
+            roots: When given (the repository API), a new ``uri`` must lie under them; a
+                reload of the source declared at start-up is always allowed.
 
         Raises:
+            Forbidden: The uri is outside ``roots`` (checked before anything is read).
             ModelLoadError: When the source cannot be read or loaded.
         """
         entry = self._entry(name, create=True)
         with entry.lock:
             if version is None and (uri is None or uri == entry.uri):
                 version = entry.version  # a (re)load of the declared source keeps its declared version
+            if roots is not None and uri is not None and uri != entry.uri:
+                roots.check(uri)
             uri = uri or entry.uri
             if not uri:
                 raise ModelLoadError(f"model {name!r} has no uri to load from")
@@ -398,10 +591,12 @@ class ModelRepository:
             started = time.monotonic()
             try:
                 source = read_model_source(uri, self._s3)
+                if roots is not None and uri != entry.uri:
+                    roots.check_file(uri, source.location)
                 model = OnnxModel(name, version or source.version_folder or "1", source,
-                                  self._threads, self._parallel, self._spin)
+                                  self._threads, self._parallel, self._spin, self.engine, self.precision)
                 model.load()
-            except ModelLoadError as exc:
+            except ModelServerError as exc:
                 if entry.model is None:
                     entry.state, entry.reason = "UNAVAILABLE", str(exc)
                 raise
@@ -409,6 +604,7 @@ class ModelRepository:
             entry.model = model
             entry.uri, entry.version = uri, model.version
             entry.state, entry.reason = "READY", ""
+            entry.required = True
             log.info(
                 "model %s version %s loaded from %s in %.2fs",
                 name, model.version, source.location, time.monotonic() - started,
@@ -420,6 +616,7 @@ class ModelRepository:
         entry = self._entry(name)
         with entry.lock:
             entry.model, entry.state, entry.reason = None, "UNAVAILABLE", "unloaded"
+            entry.required = False  # unloaded on purpose: no longer meant to serve
 
     def get(self, name: str, version: str | None = None) -> OnnxModel:
         """Return the serving model.
@@ -440,10 +637,15 @@ class ModelRepository:
         return model
 
     def ready(self) -> bool:
-        """True when every declared model is serving."""
+        """True when at least one model is meant to serve and every such model is serving.
+
+        Meant to serve: declared at start-up or loaded successfully since, and not unloaded.
+        A failed load of a name that never served leaves an UNAVAILABLE entry in the index
+        (with its reason) but does not count, so it cannot make a healthy server unready.
+        """
         with self._guard:
-            entries = list(self._entries.values())
-        return bool(entries) and all(e.model is not None for e in entries)
+            required = [e for e in self._entries.values() if e.required]
+        return bool(required) and all(e.model is not None for e in required)
 
     def index(self) -> list[dict[str, str]]:
         """The Triton repository index: name, version, state, reason."""
@@ -465,15 +667,43 @@ class ModelRepository:
 # --------------------------------------------------------------------------------------
 
 
-async def _read_body(request: Any, max_bytes: int) -> bytes:
+async def _read_body(request: Any, max_bytes: int, timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> bytes:
+    """Read the whole body, bounded in size (413) and in idle time between chunks (408).
+
+    Raises:
+        PayloadTooLarge: Declared, received or decompressed size over ``max_bytes``.
+        RequestTimeout: No byte for ``timeout_s`` seconds before the announced end.
+        InvalidInput: A bad or unsupported Content-Encoding.
+    """
+    from starlette.requests import ClientDisconnect
+
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise InvalidInput(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
+        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the limit of {max_bytes}")
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), timeout_s)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            # One line, no traceback: a stalled client is the client's problem, not ours.
+            log.warning(
+                "%s %s: body stalled (%d of %s bytes after %.0fs without data); answered 408",
+                request.method, request.url.path, size, declared or "?", timeout_s,
+            )
+            raise RequestTimeout(
+                f"request body incomplete: received {size} of {declared or 'the announced'} bytes, "
+                f"then nothing for {timeout_s:.0f}s"
+            ) from None
+        except ClientDisconnect:
+            log.warning("%s %s: client closed the connection after %d of %s body bytes",
+                        request.method, request.url.path, size, declared or "?")
+            raise _ClientGone("client disconnected") from None
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidInput(f"request body exceeds the limit of {max_bytes} bytes")
+            raise PayloadTooLarge(f"request body exceeds the limit of {max_bytes} bytes")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding", "").lower()
@@ -484,10 +714,44 @@ async def _read_body(request: Any, max_bytes: int) -> bytes:
         except (zlib.error, gzip.BadGzipFile) as exc:
             raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
         if len(body) > max_bytes:
-            raise InvalidInput(f"decompressed body exceeds the limit of {max_bytes} bytes")
+            raise PayloadTooLarge(f"decompressed body exceeds the limit of {max_bytes} bytes")
     elif encoding not in ("", "identity"):
         raise InvalidInput(f"unsupported Content-Encoding {encoding!r}")
     return body
+
+
+def _parse_load_body(body: bytes) -> tuple[str | None, str | None]:
+    """The ``uri`` and ``version`` of a repository load request, each field checked.
+
+    Raises:
+        InvalidInput: Naming the field that is wrong.
+    """
+    if not body.strip():
+        return None, None
+    try:
+        parsed = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInput(f"load request is not JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidInput("load request is nested too deeply to be a load request") from None
+    if not isinstance(parsed, dict):
+        raise InvalidInput(
+            f"load request body must be a JSON object like {{\"parameters\": {{\"uri\": ...}}}}, "
+            f"not {type(parsed).__name__}"
+        )
+    params = parsed.get("parameters")
+    if params is None:
+        return None, None
+    if not isinstance(params, dict):
+        raise InvalidInput(f"load request 'parameters' must be an object, not {type(params).__name__}")
+    uri, version = params.get("uri"), params.get("version")
+    if uri is not None and not isinstance(uri, str):
+        raise InvalidInput(f"load request 'parameters.uri' must be a string, not {type(uri).__name__}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (str, int))):
+        raise InvalidInput(
+            f"load request 'parameters.version' must be a string or integer, not {type(version).__name__}"
+        )
+    return uri or None, str(version) if version is not None else None
 
 
 def create_app(
@@ -495,6 +759,9 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     load_on_startup: bool = True,
+    token: str | None = None,
+    model_roots: ModelRoots | list[str] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> Any:
     """Build the FastAPI application.
 
@@ -503,6 +770,12 @@ def create_app(
             a background thread at start-up, so the server answers 503 while loading.
         max_body_bytes: Largest accepted request body (after decompression).
         load_on_startup: Load registered models when the app starts.
+        token: Bearer token. When set, every endpoint but the two health probes requires
+            it. When None, inference is open and the repository API (index, load, unload)
+            answers 403: it is never served without a token.
+        model_roots: Where the repository API may load from (folders, ``s3://bucket[/prefix]``);
+            none means only reloads of the models declared at start-up.
+        body_timeout_s: Seconds without a body byte before a request is answered 408.
 
     Returns:
         The ASGI app.
@@ -521,7 +794,7 @@ def create_app(
         ["model", "code"], registry=registry,
     )
     infer_seconds = Histogram(
-        "vinspect_modelserver_infer_seconds", "Time spent in ONNX Runtime",
+        "vinspect_modelserver_infer_seconds", "Time spent in the inference engine",
         ["model"], registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
@@ -545,12 +818,29 @@ def create_app(
             threading.Thread(target=_background_load, name="model-load", daemon=True).start()
         yield
 
+    roots = model_roots if isinstance(model_roots, ModelRoots) else ModelRoots.parse(model_roots)
+    expected = token.encode("utf-8") if token else None
+
+    def authorize(request: Request, repository_api: bool = False) -> None:
+        if expected is None:
+            if repository_api:
+                raise Forbidden(
+                    "the repository API (index, load, unload) is disabled: this server was started "
+                    "without a token; set VINSPECT_MODEL_TOKEN to enable it"
+                )
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode("utf-8"), expected):
+            raise Unauthorized("missing or wrong bearer token (Authorization: Bearer $VINSPECT_MODEL_TOKEN)")
+
     app = FastAPI(title=SERVER_NAME, version=SERVER_VERSION, lifespan=lifespan)
     app.state.repository = repository
 
     @app.exception_handler(ModelServerError)
     async def _error(_request: Request, exc: ModelServerError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status_code)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse({"error": str(exc)}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(v2.V2ProtocolError)
     async def _protocol_error(_request: Request, exc: v2.V2ProtocolError) -> JSONResponse:
@@ -566,7 +856,8 @@ def create_app(
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     @app.get("/v2")
-    async def server_metadata() -> dict[str, Any]:
+    async def server_metadata(request: Request) -> dict[str, Any]:
+        authorize(request)
         return {
             "name": SERVER_NAME,
             "version": SERVER_VERSION,
@@ -575,12 +866,14 @@ def create_app(
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_metadata(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+        authorize(request)
         return repository.get(name, version).metadata_response()
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, version: str | None = None) -> dict[str, Any]:
+    async def model_ready(request: Request, name: str, version: str | None = None) -> dict[str, Any]:
+        authorize(request)
         repository.get(name, version)
         return {"name": name, "ready": True}
 
@@ -590,8 +883,9 @@ def create_app(
         started = time.perf_counter()
         code = "200"
         try:
+            authorize(request)
             model = repository.get(name, version)
-            body = await _read_body(request, max_body_bytes)
+            body = await _read_body(request, max_body_bytes, body_timeout_s)
             header_length = request.headers.get(v2.HEADER_LENGTH.lower())
             if header_length is not None:
                 if not header_length.isdigit():
@@ -609,7 +903,7 @@ def create_app(
             t0 = time.perf_counter()
             try:
                 arrays = await run_in_threadpool(model.infer, feeds, [n for n, _ in wanted])
-            except Exception as exc:  # ORT's own errors are runtime input problems
+            except Exception as exc:  # the engines' own errors are runtime input problems
                 raise InvalidInput(f"model {name!r} rejected the input: {exc}") from None
             infer_seconds.labels(name).observe(time.perf_counter() - t0)
             payload, headers = v2.encode_response(
@@ -625,38 +919,26 @@ def create_app(
             request_seconds.labels(name).observe(time.perf_counter() - started)
 
     @app.post("/v2/repository/index")
-    async def repository_index() -> list[dict[str, str]]:
+    async def repository_index(request: Request) -> list[dict[str, str]]:
+        authorize(request, repository_api=True)
         return repository.index()
 
     @app.post("/v2/repository/models/{name}/load")
     async def load(name: str, request: Request) -> dict[str, Any]:
-        body = await _read_body(request, 1024 * 1024)
-        params: dict[str, Any] = {}
-        if body.strip():
-            import json
-
-            try:
-                parsed = json.loads(body)
-            except json.JSONDecodeError as exc:
-                raise InvalidInput(f"load request is not JSON: {exc}") from None
-            params = (parsed or {}).get("parameters") or {}
-            if not isinstance(params, dict):
-                raise InvalidInput("load request 'parameters' must be an object")
-        uri = params.get("uri")
-        version = params.get("version")
-        model = await run_in_threadpool(
-            repository.load, name, str(uri) if uri else None,
-            str(version) if version is not None else None,
-        )
+        authorize(request, repository_api=True)
+        uri, version = _parse_load_body(await _read_body(request, 1024 * 1024, body_timeout_s))
+        model = await run_in_threadpool(repository.load, name, uri, version, roots)
         return {"name": model.name, "version": model.version, "state": "READY"}
 
     @app.post("/v2/repository/models/{name}/unload")
-    async def unload(name: str) -> dict[str, Any]:
+    async def unload(name: str, request: Request) -> dict[str, Any]:
+        authorize(request, repository_api=True)
         repository.unload(name)
         return {"name": name, "state": "UNAVAILABLE"}
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        authorize(request)  # per-model counters name the models: behind the token when one is set
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
@@ -673,9 +955,28 @@ def s3_client_factory_from_env() -> Callable[[], Any]:
     return factory
 
 
+def default_model_roots(extra: list[str] | None = None) -> list[str]:
+    """The roots a server allows loads from when none are given: the models bucket and ``extra``.
+
+    The configured S3 models bucket (``AWS_S3_BUCKET``) is where the registry writes every
+    version, so rollouts load from it; local folders must be named (``--model-root``). The
+    URIs served at start-up are not added: reloading them needs no root.
+    """
+    roots = list(extra or [])
+    try:
+        from vinspect.settings import S3Settings
+
+        bucket = S3Settings.from_env().bucket
+    except Exception:  # noqa: BLE001 - no S3 configured: local roots only
+        bucket = None
+    if bucket:
+        roots.append(f"s3://{bucket}")
+    return roots
+
+
 def serve(
     models: list[tuple[str, str, str | None]],
-    host: str = "0.0.0.0",
+    host: str = "127.0.0.1",
     port: int = 8080,
     *,
     threads: int = 0,
@@ -683,28 +984,44 @@ def serve(
     spin: bool = True,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     log_level: str = "info",
+    engine: str | None = None,
+    precision: str | None = None,
+    token: str | None = None,
+    model_roots: list[str] | None = None,
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S,
 ) -> None:
     """Run the model server until interrupted.
 
     Args:
         models: (name, uri, version-or-None) of each model to serve.
-        host: Bind address.
+        host: Bind address: loopback by default; a container or edge box widens it explicitly.
         port: REST port (OVMS on KServe uses 8080; the OpenShift AI template 8888).
-        threads: ONNX Runtime intra-op threads per session.
+        threads: Threads per inference (0: the engine's default).
         parallel: Inference runs executed at once per model.
         spin: Let idle ONNX Runtime threads spin (off when sharing the CPU).
         max_body_bytes: Largest accepted request body.
         log_level: uvicorn log level.
+        engine: ``openvino`` (default where installed) or ``onnxruntime``; ``$VINSPECT_ENGINE``.
+        precision: OpenVINO inference precision; ``$VINSPECT_PRECISION`` (default: the variant's
+            declared one, else the runtime's choice).
+        token: Bearer token (see :func:`create_app`); None disables the repository API.
+        model_roots: Where ``load`` may read from (see :class:`ModelRoots`).
+        body_timeout_s: Seconds without a body byte before a request is answered 408.
     """
     import uvicorn
 
     from serving.memory import keep_large_buffers
 
+    roots = ModelRoots.parse(model_roots)  # a bad root fails before anything starts
     keep_large_buffers()  # request bodies and tensors are megabytes: no fresh pages per request
     repository = ModelRepository(
-        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin
+        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin,
+        engine=engine, precision=precision,
     )
     for name, uri, version in models:
         repository.register(name, uri, version)
-    app = create_app(repository, max_body_bytes=max_body_bytes)
+    if token is None:
+        log.warning("no VINSPECT_MODEL_TOKEN: inference is open and the repository API is disabled")
+    app = create_app(repository, max_body_bytes=max_body_bytes, token=token, model_roots=roots,
+                     body_timeout_s=body_timeout_s)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

@@ -6,7 +6,8 @@ REST endpoint ``GET /api/2.0/mlflow/registered-models/alias`` is all it needs; `
 core dependency.
 
 Storage layout (the registry core's, see docs/CONTRACTS.md): version ``V`` of model ``M`` lives at
-``s3://<bucket>/M/V/`` (OVMS layout, ``1/model.onnx`` inside).
+``s3://<bucket>/M/V/`` (OVMS layout, ``1/model.onnx`` inside); the precision variant the gate
+chose for it is the version's ``vinspect.storage_uri`` tag (``s3://<bucket>/M/V/<variant>/``).
 """
 
 from __future__ import annotations
@@ -82,12 +83,22 @@ def alias_version(
     tracking_uri: str,
     model_name: str,
     alias: str = "champion",
+    **kwargs: Any,
+) -> str:
+    """The version a registry alias points at (see :func:`alias_model_version` for the arguments)."""
+    return str(alias_model_version(tracking_uri, model_name, alias, **kwargs)["version"])
+
+
+def alias_model_version(
+    tracking_uri: str,
+    model_name: str,
+    alias: str = "champion",
     *,
     session: requests.Session | None = None,
     auth: RegistryAuth | None = None,
     timeout_s: float = 10.0,
     verify: bool | str = True,
-) -> str:
+) -> dict[str, Any]:
     """The version a registry alias points at, read from MLflow's REST API.
 
     Args:
@@ -100,7 +111,7 @@ def alias_version(
         verify: TLS verification (True or a CA bundle path); never disabled.
 
     Returns:
-        The version number as a string.
+        MLflow's ``model_version`` object (``version``, ``tags`` as ``[{"key", "value"}]``, ...).
 
     Raises:
         AliasNotFound: When the model or the alias does not exist.
@@ -137,10 +148,11 @@ def alias_version(
     if resp.status_code != 200:
         raise RegistryError(f"registry lookup of {where}: HTTP {resp.status_code}: {_error_message(resp)}")
     try:
-        version = resp.json()["model_version"]["version"]
+        model_version = resp.json()["model_version"]
+        str(model_version["version"])
     except (ValueError, KeyError, TypeError):
         raise RegistryError(f"registry lookup of {where}: unexpected answer {resp.text[:200]!r}") from None
-    return str(version)
+    return model_version
 
 
 def _error_message(resp: requests.Response) -> str:
@@ -163,13 +175,21 @@ def champion_uri(
     alias: str = "champion",
     **kwargs: Any,
 ) -> tuple[str, str]:
-    """Resolve ``alias`` to (``s3://<bucket>/<model>/<version>/``, version).
+    """Resolve ``alias`` to (its storage URI, version).
 
-    Keyword arguments go to :func:`alias_version` (``session``, ``auth``, ``timeout_s``, ``verify``).
+    The storage URI is the version's ``vinspect.storage_uri`` tag (the precision variant the gate
+    chose), else ``s3://<bucket>/<model>/<version>/`` (the version's ONNX).
+
+    Keyword arguments go to :func:`alias_model_version` (``session``, ``auth``, ``timeout_s``, ``verify``).
 
     Raises:
         AliasNotFound: No such model or alias.
         RegistryError: Any other lookup failure.
     """
-    version = alias_version(tracking_uri, model_name, alias, **kwargs)
+    model_version = alias_model_version(tracking_uri, model_name, alias, **kwargs)
+    version = str(model_version["version"])
+    tags = {t.get("key"): t.get("value") for t in model_version.get("tags") or [] if isinstance(t, dict)}
+    tagged = tags.get("vinspect.storage_uri")
+    if isinstance(tagged, str) and tagged.startswith("s3://"):
+        return tagged, version
     return storage_uri(bucket, model_name, version), version

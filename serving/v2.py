@@ -203,7 +203,7 @@ def _tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> 
     else:
         try:
             out = np.asarray(data, dtype=numpy_dtype(datatype)).reshape(-1)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise V2ProtocolError(f"tensor {name!r}: 'data' is not {datatype}: {exc}") from None
     if out.size != _element_count(shape):
         raise V2ProtocolError(
@@ -227,6 +227,9 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
         header = json.loads(header_bytes)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise V2ProtocolError(f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # A request is three levels deep; thousands of nested arrays are an attack, not a tensor.
+        raise V2ProtocolError("body is not valid JSON: nested too deeply") from None
     if not isinstance(header, dict):
         raise V2ProtocolError("body must be a JSON object")
     return header, rest
@@ -243,17 +246,18 @@ def _read_tensors(
             raise V2ProtocolError(f"each of '{what}' needs a string 'name'")
         name = entry["name"]
         datatype = entry.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise V2ProtocolError(
                 f"tensor {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}"
             )
         shape = _check_shape(name, entry.get("shape"))
-        params = entry.get("parameters") or {}
+        params = entry.get("parameters")
+        params = {} if params is None else params
         if not isinstance(params, dict):
             raise V2ProtocolError(f"tensor {name!r}: 'parameters' must be an object")
         size = params.get("binary_data_size")
         if size is not None:
-            if not isinstance(size, int) or size < 0 or offset + size > len(rest):
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(rest):
                 raise V2ProtocolError(
                     f"tensor {name!r}: binary_data_size {size!r} does not fit the "
                     f"{len(rest) - offset} bytes left in the body"
@@ -289,7 +293,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         raise V2ProtocolError(
             f"{len(rest) - offset} bytes of binary data are not claimed by any input"
         )
-    params = header.get("parameters") or {}
+    params = header.get("parameters")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         raise V2ProtocolError("request 'parameters' must be an object")
     outputs = None
@@ -300,7 +305,10 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         for entry in header["outputs"]:
             if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
                 raise V2ProtocolError("each of 'outputs' needs a string 'name'")
-            oparams = entry.get("parameters") or {}
+            oparams = entry.get("parameters")
+            oparams = {} if oparams is None else oparams
+            if not isinstance(oparams, dict):
+                raise V2ProtocolError(f"output {entry['name']!r}: 'parameters' must be an object")
             outputs.append(RequestedOutput(entry["name"], bool(oparams.get("binary_data"))))
     request_id = header.get("id")
     return InferRequest(

@@ -105,7 +105,8 @@ class LocalStack:
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory) -> LocalStack:
-    """The real embedded stack (moto S3, MLflow, tansu) on free ports, for the whole session."""
+    """The real embedded stack (rclone S3 on disk, MLflow, tansu behind its front) on free ports,
+    for the whole session."""
     from vinspect.local import StackConfig, down, up
 
     cfg = StackConfig(

@@ -26,10 +26,20 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _stack_env(state) -> dict[str, str]:
+    path = state / "stack.env"
+    if not path.is_file():
+        return {}
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line and not line.startswith("#"))
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
     state = tmp_path / "state"
     ports = {name: free_port() for name in ("S3", "MLFLOW", "KAFKA", "MODEL_SERVER", "PROCESSOR", "DASHBOARD")}
-    env = {**os.environ, "VINSPECT_HOME": str(state)}
+    # The model server needs a bearer token; the demo uses the stack's (stack.env) when the stack
+    # generated one, else this one.
+    env = {**os.environ, "VINSPECT_HOME": str(state), "VINSPECT_MODEL_TOKEN": "demo-test-model-token"}
     env.update({f"VINSPECT_LOCAL_{k}_PORT": str(v) for k, v in ports.items()})
     for var in ("MLFLOW_TRACKING_URI", "AWS_S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "VINSPECT_MODEL_URL"):
         env.pop(var, None)
@@ -43,7 +53,9 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
         assert dashboard in proc.stdout
 
         # The model server serves the champion the pipeline rolled out.
-        meta = requests.get(f"http://127.0.0.1:{ports['MODEL_SERVER']}/v2/models/metal-nut", timeout=5).json()
+        token = _stack_env(state).get("VINSPECT_MODEL_TOKEN") or env["VINSPECT_MODEL_TOKEN"]
+        meta = requests.get(f"http://127.0.0.1:{ports['MODEL_SERVER']}/v2/models/metal-nut", timeout=5,
+                            headers={"Authorization": f"Bearer {token}"}).json()
         assert meta["versions"] == ["1"]
 
         # The camera streams, the processor inspects, the dashboard shows results per camera.
@@ -65,4 +77,7 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.3)
-    assert len(pids) == 7 and not [p for p in pids if _alive(p)]
+    from vinspect.local import SERVICES
+
+    # The stack's own services plus the demo's model server, processor, camera and dashboard.
+    assert len(pids) == len(SERVICES) + 4 and not [p for p in pids if _alive(p)]

@@ -68,6 +68,13 @@ def run_demo(
     except StackError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         return 1
+    if not env.get("VINSPECT_MODEL_TOKEN"):
+        # The model server's repository API (the rollout's load) needs a bearer token. A stack
+        # that generates one keeps it in stack.env; otherwise this demo makes one for the model
+        # server, the pipeline's rollout and the processor it starts (never printed).
+        import secrets
+
+        env["VINSPECT_MODEL_TOKEN"] = os.environ.get("VINSPECT_MODEL_TOKEN") or secrets.token_urlsafe(32)
     os.environ.update(env)
     if not print_status(cfg):
         return 1

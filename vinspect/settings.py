@@ -200,6 +200,9 @@ class RuntimeSettings(_Base):
     dlq_copy_max_bytes: int = Field(1024 * 1024, validation_alias="VINSPECT_DLQ_COPY_MAX_BYTES")
     result_format: str = Field("vinspect", validation_alias="VINSPECT_RESULT_FORMAT")
     annotated_prefix: str = Field("annotated", validation_alias="VINSPECT_ANNOTATED_PREFIX")
+    # Where `vinspect serve camera` reads frames when no --source is given: s3://bucket/prefix/,
+    # a folder or an archive; empty means synthetic frames (the cluster's ConfigMap vinspect-camera).
+    camera_source: str = Field("", validation_alias="VINSPECT_CAMERA_SOURCE")
     processor_token: SecretStr | None = Field(None, validation_alias="VINSPECT_PROCESSOR_TOKEN")
     dashboard_token: SecretStr | None = Field(None, validation_alias="VINSPECT_DASHBOARD_TOKEN")
 

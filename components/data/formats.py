@@ -23,6 +23,7 @@ import json
 import math
 import os
 import posixpath
+import re
 import xml.etree.ElementTree as ET
 import xml.parsers.expat
 from collections import Counter
@@ -115,6 +116,8 @@ class Export:
         labels: Label names in the export's order (for YOLO formats: index = class id).
         items: One entry per image.
         other_shapes: Non-rectangle annotations counted by kind (polygon, mask, points...).
+        orphan_labels: Label files (relative to ``root``) that belong to no image of the export:
+            ignored, and reported as a warning by the QA.
     """
 
     format: str
@@ -122,6 +125,21 @@ class Export:
     labels: list[str]
     items: list[Item]
     other_shapes: Counter = field(default_factory=Counter)
+    orphan_labels: list[str] = field(default_factory=list)
+
+
+def _orphans(root: str, folders: list[str], used: set[str]) -> list[str]:
+    """``.txt`` files under ``folders`` that no image's label path claims (relative to ``root``)."""
+    out = []
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for d, _, files in os.walk(folder):
+            for f in files:
+                path = os.path.join(d, f)
+                if f.endswith(".txt") and path not in used:
+                    out.append(_rel(root, path))
+    return sorted(set(out))
 
 
 def canonical_format(name: str) -> str:
@@ -277,9 +295,51 @@ def _parse_yolo_labels(label_file: str, rel: str, names: list[str]) -> list[Box]
     return boxes
 
 
-def _resolve_listed(root: str, listed: str) -> str:
-    """Resolve a path from a YOLO list file; CVAT writes them as ``data/<path inside export>``."""
-    p = listed.strip().replace("\\", "/")
+_OUTSIDE = "every path an export names must lie inside the export"
+
+
+def _check_named(named: str, file: str | Path | None, line: int | None) -> str:
+    """Refuse a path named by an export that is absolute or climbs out (``..``), from its text alone.
+
+    Returns:
+        The name with forward slashes.
+
+    Raises:
+        DatasetError: Naming ``file:line``; nothing outside the export has been looked at.
+    """
+    p = named.strip().replace("\\", "/")
+    parts = p.split("/")
+    if p.startswith("/") or re.match(r"^[A-Za-z]:", p) or ".." in parts:
+        raise DatasetError(f"path {named.strip()!r} points outside the export; {_OUTSIDE}", file=file, line=line)
+    return p
+
+
+def _check_real(root: str | Path, path: str | Path, named: str, file: str | Path | None, line: int | None) -> None:
+    """Refuse ``path`` when it resolves (through symlinks) outside ``root``."""
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(os.path.join(real_root, "")):
+        raise DatasetError(f"path {named.strip()!r} resolves outside the export (a symlink?); {_OUTSIDE}",
+                           file=file, line=line)
+
+
+def _first_file(root: str | Path, candidates: list, named: str, file: str | Path | None, line: int | None):
+    """The first candidate that is a file, each confined to ``root`` before it is looked at."""
+    for c in candidates:
+        _check_real(root, c, named, file, line)
+        if os.path.isfile(c):
+            return c
+    return candidates[0]
+
+
+def _resolve_listed(root: str, listed: str, file: str | Path | None = None, line: int | None = None) -> str:
+    """Resolve a path from a YOLO list file; CVAT writes them as ``data/<path inside export>``.
+
+    Raises:
+        DatasetError: The path is absolute, climbs out with ``..`` or resolves outside the
+            export; the message names ``file:line``.
+    """
+    p = _check_named(listed, file, line)
     candidates = []
     # The common case first: CVAT's "data/" prefix stands for the export root.
     if p.startswith("data/"):
@@ -287,10 +347,13 @@ def _resolve_listed(root: str, listed: str) -> str:
     if p.startswith("./"):
         candidates.append(os.path.join(root, p[2:]))
     candidates.append(os.path.join(root, p))
-    for c in candidates:
-        if os.path.isfile(c):
-            return c
-    return candidates[0]
+    return _first_file(root, candidates, listed, file, line)
+
+
+def _check_label(root: str, label: str, file: str | Path | None, line: int | None) -> None:
+    """A label file beside a confined image is inside too, unless it is itself a symlink."""
+    if os.path.islink(label):
+        _check_real(root, label, _rel(root, label), file, line)
 
 
 def _label_for_image(image: str) -> str:
@@ -333,13 +396,15 @@ def _read_yolo11(root: Path) -> Export:
                     )
                 continue
             subset = "val" if key == "valid" else key
-            subsets[subset] = Path(_resolve_listed(str(root), value))
+            subsets[subset] = Path(_resolve_listed(str(root), value, "obj.data", lineno))
     else:
         # obj.data is optional for Datumaro: fall back to the <subset>.txt list files.
         for d in sorted(root.glob("obj_*_data")):
             subset = d.name[len("obj_"):-len("_data")]
             subsets[subset] = root / f"{subset}.txt"
     items: list[Item] = []
+    used_labels: set[str] = set()
+    data_dirs: list[str] = []
     for subset, list_file in subsets.items():
         rel_list = _rel(root, list_file)
         if not list_file.is_file():
@@ -348,16 +413,19 @@ def _read_yolo11(root: Path) -> Export:
         if not data_dir.is_dir():
             data_dir = root / f"obj_{subset}_data"
         root_s, data_s = str(root), str(data_dir)
+        data_dirs.append(data_s)
         for lineno, raw in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1):
             if not raw.strip():
                 continue
-            image = _resolve_listed(root_s, raw)
+            image = _resolve_listed(root_s, raw, rel_list, lineno)
             if not os.path.isfile(image):
                 raise DatasetError(f"listed image {raw.strip()!r} is missing from the export", file=rel_list, line=lineno)
             label = os.path.splitext(image)[0] + ".txt"
+            _check_label(root_s, label, rel_list, lineno)
+            used_labels.add(label)
             boxes = _parse_yolo_labels(label, _rel(root_s, label), names)
             items.append(Item(_name_under(data_s, image), image, boxes, _norm_subset(subset), None, rel_list, lineno))
-    return Export(YOLO11, root, names, items)
+    return Export(YOLO11, root, names, items, orphan_labels=_orphans(str(root), data_dirs, used_labels))
 
 
 # --------------------------------------------------------------------------- Ultralytics
@@ -383,10 +451,12 @@ def _read_ultralytics(root: Path) -> Export:
         raise DatasetError("data.yaml has no 'names' list", file="data.yaml")
     root_s = str(root)
     items: list[Item] = []
+    used_labels: set[str] = set()
     for subset, value in data.items():
         if subset in ("path", "names", "nc", "download") or not isinstance(value, str):
             continue
-        target = root / value
+        target = root / _check_named(value, "data.yaml", None)
+        _check_real(root, target, value, "data.yaml", None)
         if target.is_dir():
             images = sorted(os.path.join(d, f) for d, _, fs in os.walk(target) for f in fs
                             if os.path.splitext(f)[1].lower() in IMAGE_EXTS)
@@ -396,7 +466,7 @@ def _read_ultralytics(root: Path) -> Export:
             listing = []
             for lineno, raw in enumerate(target.read_text(encoding="utf-8").splitlines(), start=1):
                 if raw.strip():
-                    listing.append((_resolve_listed(root_s, raw), value, lineno))
+                    listing.append((_resolve_listed(root_s, raw, value, lineno), value, lineno))
             img_base = os.path.join(root_s, "images", subset)
         else:
             raise DatasetError(f"subset {subset!r} points at {value!r}, which is not in the export", file="data.yaml")
@@ -404,10 +474,14 @@ def _read_ultralytics(root: Path) -> Export:
             if not os.path.isfile(image):
                 raise DatasetError(f"listed image {_rel(root_s, image)!r} is missing from the export",
                                    file=ann_file, line=lineno)
+            _check_real(root_s, image, _rel(root_s, image), ann_file, lineno)  # a symlink in a folder
             label = _label_for_image(image)
+            _check_label(root_s, label, ann_file, lineno)
+            used_labels.add(label)
             boxes = _parse_yolo_labels(label, _rel(root_s, label), names)
             items.append(Item(_name_under(img_base, image), image, boxes, _norm_subset(subset), None, ann_file, lineno))
-    return Export(ULTRALYTICS, root, names, items)
+    orphans = _orphans(root_s, [os.path.join(root_s, "labels")], used_labels)
+    return Export(ULTRALYTICS, root, names, items, orphan_labels=orphans)
 
 
 # --------------------------------------------------------------------------- CVAT for images 1.1
@@ -485,11 +559,12 @@ def _read_cvat(root: Path) -> Export:
             subset = _norm_subset(img.get("subset") or file_subset)
             width = int(_float_attr(img, "width", rel, line))
             height = int(_float_attr(img, "height", rel, line))
+            _check_named(name, rel, line)
             candidates = []
             if img.get("subset"):
-                candidates.append(root / "images" / img.get("subset") / name)
+                candidates.append(root / "images" / _check_named(img.get("subset"), rel, line) / name)
             candidates += [root / "images" / name, root / name]
-            image = next((c for c in candidates if c.is_file()), candidates[0])
+            image = _first_file(root, candidates, name, rel, line)
             if not image.is_file():
                 raise DatasetError(f"image {name!r} is missing from the export (looked for "
                                    f"{_rel(root, candidates[0])})", file=rel, line=line)
@@ -574,8 +649,11 @@ def _read_coco(root: Path) -> Export:
                 size = (int(im["width"]), int(im["height"]))
             except (KeyError, TypeError, ValueError):
                 raise DatasetError(f"image record {im!r} lacks id, file_name, width or height", file=rel) from None
+            # COCO JSON has no useful line numbers: the image id names the record.
+            where = f"{rel} (image id {iid})"
+            _check_named(fname, where, None)
             candidates = [root / "images" / subset_raw / fname, root / "images" / fname]
-            image = next((c for c in candidates if c.is_file()), candidates[0])
+            image = _first_file(root, candidates, fname, where, None)
             if not image.is_file():
                 raise DatasetError(f"image id {iid} ({fname!r}) is missing from the export", file=rel)
             item = Item(fname, str(image), [], _norm_subset(subset_raw), size, rel, None)

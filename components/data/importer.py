@@ -12,14 +12,23 @@ Ultralytics-ready dataset of ``docs/CONTRACTS.md``::
     DIR/qa_report.json  DIR/qa_report.png
 
 Both write into a temporary folder next to ``out_dir`` and rename it into place at the end, so a
-failure leaves nothing behind.
+failure leaves nothing behind. Without ``overwrite`` the rename itself is the check that
+``out_dir`` is still absent or empty (rename(2) refuses a non-empty target), so of two imports
+into the same new folder exactly one succeeds. Every hidden temporary folder has a sibling
+``.lock`` file its owner holds an exclusive ``flock`` on; a process killed mid-import releases it,
+and the next import in the same parent folder removes such stale folders (never one whose
+lock is held, never a folder without our lock file).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import zipfile
@@ -55,6 +64,80 @@ DEFAULT_CLASSES = ("scratch", "bent")
 # --------------------------------------------------------------------------- atomic output
 
 
+_TEMP_NAME = re.compile(r"^\..+\.(tmp|work|pull|old)-[A-Za-z0-9_]+$")
+# A lock file this young may belong to a process that has created but not yet locked it.
+_LOCK_GRACE_S = 60.0
+
+
+@contextmanager
+def _temp_dir(out_dir: Path, kind: str) -> Iterator[Path]:
+    """A hidden folder beside ``out_dir``, locked while this process lives, removed on exit.
+
+    The ``flock`` on ``<folder>.lock`` is taken before the folder exists and the kernel drops it
+    when the process dies, however it dies: that is how a later import tells a stale folder
+    from one in use.
+    """
+    parent = out_dir.parent
+    fd, lock_s = tempfile.mkstemp(dir=parent, prefix=f".{out_dir.name}.{kind}-", suffix=".lock")
+    lock = Path(lock_s)
+    path = Path(lock_s[: -len(".lock")])
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.mkdir(path, 0o700)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
+
+
+def clean_stale_temp(parent: Path) -> list[Path]:
+    """Remove hidden temp folders in ``parent`` left by imports that were killed.
+
+    Only folders with our ``.lock`` sibling whose lock nobody holds (and that is older than a
+    minute) are removed; anything else is left alone.
+
+    Returns:
+        The folders removed.
+    """
+    import time
+
+    removed: list[Path] = []
+    try:
+        candidates = [e for e in os.scandir(parent) if e.name.startswith(".") and e.name.endswith(".lock")]
+    except FileNotFoundError:
+        return removed
+    for entry in candidates:
+        name = entry.name[: -len(".lock")]
+        if not _TEMP_NAME.match(name):
+            continue
+        try:
+            if time.time() - entry.stat().st_mtime < _LOCK_GRACE_S:
+                continue
+            fd = os.open(entry.path, os.O_RDWR)
+        except FileNotFoundError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its owner is alive
+            try:
+                same = os.fstat(fd).st_ino == os.stat(entry.path).st_ino
+            except FileNotFoundError:
+                same = False  # the owner finished and removed it meanwhile
+            if same:
+                shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+                os.unlink(entry.path)
+                removed.append(Path(parent) / name)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("removed %d stale temp folder(s) of killed imports in %s", len(removed), parent)
+    return removed
+
+
 def _check_target(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists():
         if not out_dir.is_dir():
@@ -63,30 +146,40 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
             raise DatasetError("output folder is not empty; choose another --out or pass --overwrite",
                                file=out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temp(out_dir.parent)
 
 
 @contextmanager
 def _staging(out_dir: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a temp folder beside ``out_dir``; on success it replaces ``out_dir``, else it is removed."""
     _check_target(out_dir, overwrite)
-    stage = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with _temp_dir(out_dir, "tmp") as stage:
         yield stage
-        _commit(stage, out_dir)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
+        _commit(stage, out_dir, overwrite)
+
+
+def _commit(stage: Path, out_dir: Path, overwrite: bool) -> None:
+    """Move ``stage`` to ``out_dir`` in one rename.
+
+    Raises:
+        DatasetError: Without ``overwrite``, when ``out_dir`` was filled since the start (by a
+            concurrent import): the rename refuses, and the other import's result stands.
+    """
+    if overwrite and out_dir.exists() and any(out_dir.iterdir()):
+        with _temp_dir(out_dir, "old") as trash:
+            os.replace(out_dir, trash)  # onto the empty placeholder: atomic
+            os.replace(stage, out_dir)
+        return
+    try:
+        # rename(2) replaces a missing or empty folder atomically and refuses a non-empty one:
+        # the check and the commit are this one step.
+        os.rename(stage, out_dir)
+    except OSError as e:
+        if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise DatasetError(
+                "output folder was filled by another import while this one ran; nothing was changed. "
+                "Choose another --out or pass --overwrite", file=out_dir) from None
         raise
-
-
-def _commit(stage: Path, out_dir: Path) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        trash = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, trash)
-        os.replace(stage, out_dir)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        # rename(2) atomically replaces an empty folder.
-        os.replace(stage, out_dir)
 
 
 # --------------------------------------------------------------------------- sources
@@ -254,8 +347,7 @@ def pull_annotations(
     if len(set(classes)) != len(classes) or not classes:
         raise DatasetError(f"classes must be distinct, non-empty names, got {classes}")
     _check_target(out_dir, overwrite)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.work-") as work_s:
-        work = Path(work_s)
+    with _temp_dir(out_dir, "work") as work:
         if cvat_client is not None and (task_id is not None or project_id is not None):
             from components.data.cvat_pull import ULTRALYTICS_FORMAT, export_from_cvat
 
@@ -351,6 +443,7 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
             "ignored_labels": [lab for lab in export.labels if lab not in class_ids],
             "ignored_boxes": dict(sorted(ignored_boxes.items())),
             "other_shapes": dict(sorted(export.other_shapes.items())),
+            "orphan_labels": export.orphan_labels,
             "subsets": subsets,
             "counts": stats.counts(),
             "files": files,
@@ -512,6 +605,10 @@ def validate_and_split(
     facts = _scan(in_dir, manifest_in, progress, trusted=_move)
     manifest_in["items"] = manifest_in["files"] = None  # facts hold what is needed; keep memory flat
     warnings: list[str] = []
+    orphans = list(manifest_in.get("orphan_labels") or [])
+    if orphans:
+        shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else "")
+        warnings.append(f"{len(orphans)} label file(s) in the export belong to no image and were ignored: {shown}")
     assign, method = _assign_splits(facts, classes, val, test, seed, warnings)
     split_names = [s for s in ("train", "val", "test") if s in set(assign.values())]
 
@@ -570,6 +667,7 @@ def validate_and_split(
             "other_shapes": manifest_in.get("other_shapes", {}),
             "ignored_labels": manifest_in.get("ignored_labels", []),
             "ignored_boxes": manifest_in.get("ignored_boxes", {}),
+            "orphan_labels": orphans,
             "warnings": warnings,
             "split": method,
         }
@@ -614,8 +712,8 @@ def import_dataset(source: str | Path | None, out_dir: Path, *, val: float = 0.2
     """
     out_dir = Path(out_dir).resolve()
     _check_target(out_dir, overwrite)
-    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}.pull-") as tmp:
-        stage1 = Path(tmp) / "annotations"
+    with _temp_dir(out_dir, "pull") as tmp:
+        stage1 = tmp / "annotations"
         pull_annotations(source, stage1, progress=progress, **kw)
         # The intermediate folder is ours, so its images are moved rather than copied again.
         return validate_and_split(stage1, out_dir, val=val, test=test, seed=seed, overwrite=overwrite,

@@ -22,6 +22,10 @@ from serving.imagelimits import ImageTooLarge, check_pixels
 # edge); up to half a pixel is clipped, anything more is a labelling error.
 EDGE_TOLERANCE_PX = 0.5
 _SIZE_SAMPLE = 4000  # box sizes kept for the report plot: a fixed-size sample keeps memory flat
+# Largest image accepted, in pixels (Pillow's own decompression-bomb threshold, ~9459 x 9459):
+# the size comes from the header, so a small file that would decode to gigabytes (a PNG bomb)
+# is refused before anything downstream (training, evaluation) decodes it.
+MAX_IMAGE_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 
 def check_image(data: bytes, where: str | Path) -> tuple[int, int]:

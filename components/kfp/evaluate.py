@@ -1,4 +1,4 @@
-"""KFP step 5: evaluate the ONNX model through the detector core and decide the quality gate."""
+"""KFP step 5: evaluate every precision variant with its serving engine, choose one, decide the gate."""
 
 from typing import NamedTuple
 
@@ -19,11 +19,21 @@ def evaluate(
     allow_missing_champion: bool,
     eval_metrics: Output[Metrics],
     eval_report: Output[Artifact],
-) -> NamedTuple("GateOutputs", [("gate", str), ("reasons", str), ("map50", float), ("map50_95", float)]):
-    """Evaluate on the validation split and decide the gate (floors + non-regression).
+    variants: Input[Model] = None,
+    variant_tolerance: float = 0.01,
+    latency_runs: int = 20,
+) -> NamedTuple("GateOutputs", [("gate", str), ("reasons", str), ("map50", float), ("map50_95", float),
+                                ("variant", str)]):
+    """Evaluate on the validation split, choose the serving variant, and decide the gate.
+
+    Every variant (FP32 / runtime-precision / INT8 OpenVINO IR, and the FP32 ONNX on ONNX
+    Runtime for the record) is measured with the engine and precision that will serve it: mAP on
+    the validation split and the bare engine's median latency. The fastest variant within
+    ``variant_tolerance`` mAP50-95 of FP32 is chosen; the quality gate (floors, non-regression)
+    then judges that variant, since it is what will serve.
 
     Args:
-        onnx_model: The exported model.
+        onnx_model: The exported FP32 ONNX model (evaluated alone when ``variants`` is absent).
         dataset: The dataset it was trained on (its ``val`` split is evaluated).
         conf: Confidence threshold for mAP (low, e.g. 0.001).
         iou: NMS IoU threshold.
@@ -39,22 +49,43 @@ def evaluate(
         allow_missing_champion: When a champion exists but cannot be evaluated (ONNX missing
             from S3, other classes, ...), gate on the floors only instead of rejecting. Off by
             default: a silent fallback would let a worse model replace the champion.
-        eval_metrics: Output: the overall and per-class figures.
-        eval_report: Output folder: ``metrics.json``, ``gate.json``, ``champion.json`` and the
-            PR / confusion plots.
+        eval_metrics: Output: the overall and per-class figures of the chosen variant, and
+            every variant's mAP and latency (``variant_<name>_map50_95``, ``..._latency_ms``).
+        eval_report: Output folder: ``metrics.json``, ``gate.json``, ``variant.json``,
+            ``champion.json`` and the PR / confusion plots.
+        variants: The export step's variant folder (``variants.json`` + OVMS-layout folders).
+        variant_tolerance: Largest mAP50-95 drop below FP32 a faster variant may have.
+        latency_runs: Timed inferences per variant.
 
     Returns:
-        ``gate`` (``passed`` or ``rejected``), the reasons as one string, mAP50 and mAP50-95.
+        ``gate`` (``passed`` or ``rejected``), the reasons as one string, mAP50 and mAP50-95 of
+        the chosen variant, and its name.
     """
     import json
+    import shutil
     from collections import namedtuple
     from pathlib import Path
 
-    from components.model import decide_gate, evaluate_onnx
+    from components.model import choose_variant, decide_gate, evaluate_onnx, evaluate_variants
 
     report = Path(eval_report.path)
     report.mkdir(parents=True, exist_ok=True)
-    metrics = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report, conf=conf, iou=iou)
+    choice = None
+    if variants is not None and Path(variants.path).is_dir():
+        results = evaluate_variants(Path(variants.path), Path(dataset.path), split="val", conf=conf, iou=iou,
+                                    latency_runs=latency_runs, out_dir=report / "variants")
+        choice = choose_variant(results, tolerance=variant_tolerance).to_dict()
+        chosen = choice["variant"]
+        metrics = results[chosen]
+        # The chosen variant's plots are the run's plots.
+        for plot in (report / "variants" / chosen).glob("*.png"):
+            shutil.copyfile(plot, report / plot.name)
+        for line in choice["reasons"]:
+            print(f"variant {line}")
+    else:
+        chosen, results = "onnx", None
+        metrics = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report,
+                                conf=conf, iou=iou)
     floors = {"map50": min_map50, "map50_95": min_map50_95, "per_class_map50": min_class_map50}
     champion, label, unavailable = None, "champion", None
     if champion_version:
@@ -96,6 +127,12 @@ def evaluate(
         for key in ("map50", "map50_95", "precision", "recall"):
             if per.get(key) is not None:
                 flat[f"{name}_{key}"] = float(per[key])
+    for name, figures in (results or {}).items():
+        for key in ("map50", "map50_95", "latency_ms"):
+            if figures.get(key) is not None:
+                flat[f"variant_{name}_{key}"] = float(figures[key])
+    if choice is not None:
+        flat["variant_tolerance"] = float(variant_tolerance)
     # How the figures were measured (thresholds, detector core): the gate only reuses recorded
     # champion figures measured the same way (components.model.champion).
     from serving.detector import CORE_VERSION
@@ -110,10 +147,13 @@ def evaluate(
     (report / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True))
     (report / "evaluation.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     (report / "gate.json").write_text(json.dumps(decision, indent=2, sort_keys=True, default=str))
+    (report / "variant.json").write_text(json.dumps(
+        {"variant": chosen, "engine": metrics.get("engine"), "declared_precision": metrics.get("declared_precision"),
+         "choice": choice}, indent=2, sort_keys=True, default=str))
 
     gate = "passed" if decision["passed"] else "rejected"
     reasons = "; ".join(decision["reasons"])
-    print(f"quality gate {gate.upper()}: {reasons}")
-    return namedtuple("GateOutputs", ["gate", "reasons", "map50", "map50_95"])(
-        gate, reasons, flat.get("map50", 0.0), flat.get("map50_95", 0.0)
+    print(f"quality gate {gate.upper()} for variant {chosen} ({metrics.get('engine')}): {reasons}")
+    return namedtuple("GateOutputs", ["gate", "reasons", "map50", "map50_95", "variant"])(
+        gate, reasons, flat.get("map50", 0.0), flat.get("map50_95", 0.0), chosen
     )

@@ -1,4 +1,4 @@
-"""KFP step 6: register the model in MLflow and put the ONNX on S3 in the OVMS layout."""
+"""KFP step 6: register the model in MLflow and put the ONNX and its precision variants on S3 (OVMS layout)."""
 
 from typing import NamedTuple
 
@@ -14,6 +14,7 @@ def register(
     opset: int,
     git_revision: str,
     pipeline_run_id: str,
+    variants: Input[Model] = None,
 ) -> NamedTuple("RegisterOutputs", [("version", str), ("storage_uri", str), ("s3_uri", str), ("run_id", str)]):
     """Record the run (params, per-epoch metrics, plots, dataset, git revision) and the version.
 
@@ -32,9 +33,13 @@ def register(
         opset: ONNX opset (logged with the training parameters).
         git_revision: Source revision the pipeline was compiled from.
         pipeline_run_id: The KFP run id.
+        variants: The export step's precision variants; all are stored under the version, and
+            the one the evaluate step chose (``variant.json`` in ``eval_report``) becomes the
+            version's storage URI, so the rollout serves it.
 
     Returns:
-        The registered version, its KServe storage URI, the S3 URI of the ONNX and the MLflow run id.
+        The registered version, its KServe storage URI (the chosen variant's folder), the S3 URI
+        of the ONNX and the MLflow run id.
     """
     import json
     from collections import namedtuple
@@ -49,6 +54,13 @@ def register(
     params = json.loads((train_dir / "params.json").read_text())
     params["opset"] = opset
     metrics = json.loads((eval_dir / "metrics.json").read_text())
+    choice_file = eval_dir / "variant.json"
+    variant = json.loads(choice_file.read_text()).get("variant") if choice_file.is_file() else None
+    variants_dir = Path(variants.path) if variants is not None and Path(variants.path).is_dir() else None
+    if variants_dir is None:
+        variant = None  # nothing but the ONNX to serve
+    if variant:
+        params["serving_variant"] = variant
     results_csv = train_dir / "results.csv"
     plots = sorted((train_dir / "plots").glob("*.png")) + sorted(eval_dir.glob("*.png"))
     manifest = read_manifest(Path(dataset.path))
@@ -74,8 +86,11 @@ def register(
         git_revision=git_revision or None,
         pipeline_run_id=pipeline_run_id,
         experiment=mlflow.experiment,
+        variants_dir=variants_dir,
+        variant=variant,
     )
-    print(f"registered {info['name']} version {info['version']} at {info['s3_uri']}")
+    print(f"registered {info['name']} version {info['version']} at {info['s3_uri']}; serving variant "
+          f"{info['variant']} ({info['variant_precision'] or 'runtime precision'}) from {info['storage_uri']}")
     return namedtuple("RegisterOutputs", ["version", "storage_uri", "s3_uri", "run_id"])(
         str(info["version"]), info["storage_uri"], info["s3_uri"], info["run_id"]
     )

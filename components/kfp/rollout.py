@@ -28,7 +28,12 @@ def rollout(
         version: Version to deploy.
         storage_uri: ``s3://<bucket>/<model>/<version>/``.
         serving_mode: ``raw`` (KServe RawDeployment + OVMS, OpenShift AI 3.x), ``modelmesh``
-            (RHODS 2.x) or ``local`` (the local model server at ``$VINSPECT_MODEL_URL``).
+            (RHODS 2.x) or ``local`` (the local model server at ``$VINSPECT_MODEL_URL``). On the
+            cluster the smoke test calls the model the way the image processor will: at the URL
+            and model name of the processor's ConfigMap (``VINSPECT_MODEL_URL`` and
+            ``VINSPECT_MODEL_NAME`` of ``vinspect-runtime``, which the pipeline maps into this step
+            as ``VINSPECT_PROCESSOR_MODEL_URL`` / ``_NAME``), not at the InferenceService's
+            ``status.address.url``: a processor URL that reaches nothing rolls the version back.
         namespace: Namespace of the InferenceService (empty: the pod's own namespace); the
             pipeline's service account needs rights on InferenceServices there.
         inference_service: InferenceService name (empty: derived from the model name).
@@ -60,7 +65,7 @@ def rollout(
     from components.kfp.outcome import record_outcome
     from components.model.evaluate import split_images
     from components.rollout import GoldenImage, make_v2_smoke, rollout_kserve, rollout_local
-    from components.rollout.smoke import cluster_tls_verify, golden_from_split
+    from components.rollout.smoke import cluster_tls_verify, golden_from_split, processor_endpoint, smoke_as
     from vinspect.settings import MLflowSettings, ModelServerSettings
 
     data_dir = Path(dataset.path)
@@ -96,10 +101,20 @@ def rollout(
         # VINSPECT_MODEL_TOKEN when set.
         smoke = make_v2_smoke(golden, token=token, expect_version=None,
                               verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule)
+        processor_url, processor_model = processor_endpoint()
+        if processor_url:
+            print(f"[vinspect] smoke test through the processor's endpoint: {processor_url}"
+                  + (f" (model {processor_model})" if processor_model else ""))
+            if processor_model:
+                smoke = smoke_as(smoke, processor_model)
+        else:
+            print("[vinspect] warning: VINSPECT_PROCESSOR_MODEL_URL is not set; the smoke test uses the "
+                  "InferenceService's status URL, which the image processor may not be configured with")
         result = rollout_kserve(client.CustomObjectsApi(), mlflow_client, namespace=namespace,
                                 model_name=model_name, version=version, storage_uri=storage_uri,
                                 data_connection=data_connection, mode=serving_mode, smoke=smoke,
-                                timeout_s=timeout_s, service=inference_service or None)
+                                timeout_s=timeout_s, service=inference_service or None,
+                                smoke_url=processor_url)
     else:
         raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
 
@@ -111,3 +126,4 @@ def rollout(
     record_outcome("deployed", f"{model_name} v{version} is serving at {url} and is the champion",
                    model_name=model_name, version=version, url=url, storage_uri=storage_uri)
     return namedtuple("RolloutOutputs", ["status", "url"])("deployed", url)
+

@@ -4,9 +4,17 @@ Heavy libraries (torch, Ultralytics, ONNX Runtime, matplotlib) are imported insi
 so importing this package is cheap.
 """
 
-from components.model.evaluate import compute_metrics, evaluate_onnx, match_predictions
-from components.model.export import DEFAULT_ATOL, DEFAULT_OPSET, ParityError, export_onnx, parity_check
-from components.model.gate import DEFAULT_FLOORS, GateDecision, decide_gate
+from components.model.evaluate import compute_metrics, evaluate_onnx, evaluate_variants, match_predictions
+from components.model.export import (
+    DEFAULT_ATOL,
+    DEFAULT_OPSET,
+    ParityError,
+    export_onnx,
+    export_variants,
+    parity_check,
+    read_variants,
+)
+from components.model.gate import DEFAULT_FLOORS, GateDecision, VariantChoice, choose_variant, decide_gate
 from components.model.train import TrainResult, train_model
 
 __all__ = [
@@ -14,6 +22,11 @@ __all__ = [
     "DEFAULT_FLOORS",
     "DEFAULT_OPSET",
     "GateDecision",
+    "VariantChoice",
+    "choose_variant",
+    "evaluate_variants",
+    "export_variants",
+    "read_variants",
     "ParityError",
     "TrainResult",
     "compute_metrics",

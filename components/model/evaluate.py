@@ -408,11 +408,14 @@ def evaluate_onnx(
     conf: float = 0.001,
     iou: float = 0.6,
     progress: Callable[[int, int], None] | None = None,
+    engine: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate an ONNX detector on one split of a YOLO dataset, through the detector core.
+    """Evaluate a detector (ONNX or OpenVINO IR) on one split of a YOLO dataset, through the detector core.
 
     Args:
-        onnx_path: Exported model (names and input size read from its metadata).
+        onnx_path: Exported model, ``.onnx`` or IR ``.xml`` (names and input size read from its
+            metadata).
         dataset_dir: Dataset directory (CONTRACTS.md layout).
         split: Split to evaluate (``val`` by default).
         out_dir: If given, ``PR_curve.png`` and ``confusion_matrix.png`` are written there.
@@ -420,16 +423,20 @@ def evaluate_onnx(
         iou: NMS IoU threshold. 0.6 by default; Ultralytics ``val`` uses 0.7, pass ``iou=0.7``
             to compare like for like.
         progress: Optional ``callback(done, total)`` per image.
+        engine: Inference engine (default ``serving.detector.resolve_engine``: OpenVINO where
+            installed, as it will be served).
+        precision: OpenVINO precision (default: what the model declares, else the runtime's).
 
     Returns:
         ``{"map50", "map50_95", "precision", "recall", "per_class": {name: {"map50", "map50_95",
         "precision", "recall", "support"}}, "images", "instances", "split", "conf", "iou",
-        "model_dataset_id", "eval_dataset_id", "confusion_matrix", "plots": [paths]}``. Classes without ground truth in the split have
+        "model_dataset_id", "eval_dataset_id", "engine", "confusion_matrix", "plots": [paths]}``;
+        ``engine`` says backend and precision (e.g. ``openvino bf16``). Classes without ground truth in the split have
         ``support`` 0 and ``None`` for their metrics (the gate skips them).
     """
     # One image per core, one thread per inference: the faster layout for a small model on
     # CPU (benchmarks/detector.py); results come back in order.
-    detector = det.Detector(onnx_path, conf=conf, iou=iou, threads=1)
+    detector = det.Detector(onnx_path, conf=conf, iou=iou, threads=1, engine=engine, precision=precision)
     names = detector.names
     nc = len(names)
     images = split_images(Path(dataset_dir), split)
@@ -484,6 +491,7 @@ def evaluate_onnx(
         "conf": conf,
         "iou": iou,
         "model_dataset_id": detector.metadata.get("dataset_id") or "",
+        "engine": detector.engine.label,
         "eval_dataset_id": _dataset_id(Path(dataset_dir)),
         "confusion_matrix": cm.tolist(),
         "plots": [],
@@ -495,6 +503,91 @@ def evaluate_onnx(
             str(plot_pr_curve(result, names, out / "PR_curve.png")),
             str(plot_confusion_matrix(cm, names, out / "confusion_matrix.png")),
         ]
-    log.info("evaluated %s on %s/%s: mAP50 %.3f mAP50-95 %.3f", onnx_path, dataset_dir, split,
-             metrics["map50"], metrics["map50_95"])
+    log.info("evaluated %s (%s) on %s/%s: mAP50 %.3f mAP50-95 %.3f", onnx_path, detector.engine.label,
+             dataset_dir, split, metrics["map50"], metrics["map50_95"])
     return metrics
+
+
+def engine_latency_ms(model_path: Path, images: Sequence[Path], *, engine: str | None = None,
+                      precision: str | None = None, runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+    """Median latency of the bare engine call, one image at a time, as the model will be served.
+
+    The engine is opened as the model server opens it by default (all cores for one inference,
+    the model's declared precision else the runtime's); the tensors are the detector core's.
+
+    Args:
+        model_path: ``.onnx`` or IR ``.xml``.
+        images: Images to make input tensors from (cycled).
+        engine: Backend (default as for serving).
+        precision: OpenVINO precision (default: the model's declared one, else the runtime's).
+        runs: Timed inferences (median reported).
+        warmup: Untimed inferences first.
+
+    Returns:
+        ``{"latency_ms": median, "latency_ms_p90": ..., "runs", "engine": label}``.
+    """
+    import time
+
+    eng = det.open_engine(model_path, engine=engine, precision=precision)
+    core = det.Detector(eng)
+    tensors = [core.prepare(p)[0] for p in list(images)[: max(1, min(len(images), 8))]]
+    if not tensors:
+        raise ValueError("engine_latency_ms needs at least one image")
+    for i in range(max(0, warmup)):
+        eng(tensors[i % len(tensors)])
+    times = []
+    for i in range(max(1, runs)):
+        t0 = time.perf_counter()
+        eng(tensors[i % len(tensors)])
+        times.append((time.perf_counter() - t0) * 1e3)
+    return {"latency_ms": float(np.median(times)), "latency_ms_p90": float(np.percentile(times, 90)),
+            "runs": len(times), "engine": eng.label}
+
+
+def evaluate_variants(
+    variants_dir: Path,
+    dataset_dir: Path,
+    *,
+    split: str = "val",
+    conf: float = 0.001,
+    iou: float = 0.6,
+    latency_runs: int = 20,
+    out_dir: Path | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Evaluate every precision variant with the engine and precision that will serve it.
+
+    The serving candidates (``components.model.export.VARIANT_SPECS``) run on OpenVINO at their
+    declared precision, else the runtime's choice, exactly as OVMS and the local model server
+    run them; the FP32 ONNX reference runs on ONNX Runtime (f32) for the record. Each gets its
+    mAP figures (:func:`evaluate_onnx`) and the median bare-engine latency on the same machine
+    (:func:`engine_latency_ms`).
+
+    Args:
+        variants_dir: Folder written by ``components.model.export.export_variants``.
+        dataset_dir: Dataset directory.
+        split: Split evaluated.
+        conf: Confidence threshold for mAP.
+        iou: NMS IoU threshold.
+        latency_runs: Timed inferences per variant.
+        out_dir: If given, the PR / confusion plots of each variant go to ``out_dir/<variant>/``.
+
+    Returns:
+        ``{variant: {**evaluate_onnx metrics, "latency_ms", "latency_ms_p90", "declared_precision",
+        "quantized"}}`` (``precision`` stays the detection metric; ``engine`` says what ran).
+    """
+    from components.model.export import ONNX_VARIANT, read_variants
+
+    index = read_variants(Path(variants_dir))
+    images = split_images(Path(dataset_dir), split)
+    results: dict[str, dict[str, Any]] = {}
+    for name, entry in index.items():
+        engine = "onnxruntime" if name == ONNX_VARIANT else "openvino"
+        metrics = evaluate_onnx(entry["path"], dataset_dir, split=split, conf=conf, iou=iou, engine=engine,
+                                out_dir=(Path(out_dir) / name) if out_dir is not None else None)
+        timing = engine_latency_ms(entry["path"], images, engine=engine, runs=latency_runs)
+        metrics.update(latency_ms=timing["latency_ms"], latency_ms_p90=timing["latency_ms_p90"],
+                       declared_precision=entry.get("precision"), quantized=bool(entry.get("quantized")))
+        results[name] = metrics
+        log.info("variant %s (%s): mAP50-95 %.4f, %.2f ms", name, metrics["engine"], metrics["map50_95"],
+                 metrics["latency_ms"])
+    return results

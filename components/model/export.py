@@ -206,16 +206,21 @@ def parity_check(
     iou: float = 0.45,
     min_box_iou: float = 0.95,
 ) -> dict[str, Any]:
-    """Check that the ONNX model reproduces the PyTorch model on the same input tensors.
+    """Check that the ONNX model reproduces the PyTorch model on the same input tensors, on both engines.
 
     Each image goes through :func:`serving.detector.preprocess` once; the same tensor is fed to
-    the fused PyTorch model and to ONNX Runtime. Two things must hold:
+    the fused PyTorch model, to ONNX Runtime and (where installed) to OpenVINO at f32. For each
+    engine two things must hold:
 
-    * raw outputs: ``max |torch - onnx| <= atol`` over every element;
+    * raw outputs: ``max |torch - engine| <= atol`` over every element;
     * detections (after :func:`serving.detector.postprocess` at ``conf``/``iou``): every
       detection on either side has a same-class partner with box IoU ``>= min_box_iou``.
       Detections whose score lies within ``atol`` of ``conf`` are ignored, since rounding may
       legitimately put them on either side of the threshold.
+
+    OpenVINO at the runtime's own precision (bf16 on CPUs that have it) is compared too, for the
+    record only (``max_abs_diff_openvino_auto``): reduced precision moves outputs by design, and
+    whether it costs accuracy is the evaluate step's mAP comparison of the variants.
 
     Args:
         weights: The PyTorch weights the ONNX file was exported from.
@@ -229,7 +234,10 @@ def parity_check(
 
     Returns:
         ``{"passed": True, "images": n, "atol": atol, "max_abs_diff": x, "mean_abs_diff": x,
-        "detections_torch": n, "detections_onnx": n, "matched": n, "per_image": [...]}``.
+        "detections_torch": n, "detections_onnx": n, "matched": n, "per_image": [...]}`` with
+        ONNX Runtime's figures, plus ``max_abs_diff_openvino``, ``detections_openvino``,
+        ``matched_openvino`` (OpenVINO f32), ``max_abs_diff_openvino_auto`` and
+        ``openvino_auto_precision`` when OpenVINO is installed.
 
     Raises:
         ValueError: If no images are given.
@@ -237,7 +245,12 @@ def parity_check(
     """
     if not images:
         raise ValueError("parity_check needs at least one image")
-    d = det.Detector(onnx_path, conf=conf, iou=iou, imgsz=imgsz)
+    d = det.Detector(onnx_path, conf=conf, iou=iou, imgsz=imgsz, engine="onnxruntime")
+    ov_f32 = ov_auto = None
+    if det.openvino_available():
+        ov_f32 = det.open_engine(onnx_path, engine="openvino", precision="f32")
+        ov_auto = det.open_engine(onnx_path, engine="openvino", precision="auto")
+    ov_totals = {"max": 0.0, "max_auto": 0.0, "do": 0, "m": 0}
     model, torch = _torch_model(Path(weights))
     names = d.names
     per_image: list[dict[str, Any]] = []
@@ -282,6 +295,23 @@ def parity_check(
                 f"{path}: detections disagree (torch {len(dets_t)}, onnx {len(dets_o)}, "
                 f"matched at IoU>={min_box_iou}: {min(m_to, m_ot)})"
             )
+        if ov_f32 is not None:
+            out_v = np.asarray(ov_f32(tensor), dtype=np.float32)
+            diff_v = float(np.abs(out_t - out_v).max()) if out_v.size else 0.0
+            dets_v = det.postprocess(out_v, info, arr.shape[:2], conf=conf, iou=iou, names=names)
+            firm_v = [x for x in dets_v if x.score > conf + atol]
+            m_tv, m_vt = _match(firm_t, dets_v, min_box_iou), _match(firm_v, dets_t, min_box_iou)
+            row.update(max_abs_diff_openvino=diff_v, detections_openvino=len(dets_v))
+            ov_totals["max"] = max(ov_totals["max"], diff_v)
+            ov_totals["do"] += len(dets_v)
+            ov_totals["m"] += min(m_tv, m_vt)
+            ov_totals["max_auto"] = max(ov_totals["max_auto"],
+                                        float(np.abs(out_t - np.asarray(ov_auto(tensor), np.float32)).max()))
+            if diff_v > atol:
+                failures.append(f"{path}: max |torch - openvino f32| = {diff_v:.3g} > atol {atol:g}")
+            if m_tv < len(firm_t) or m_vt < len(firm_v):
+                failures.append(f"{path}: openvino f32 detections disagree (torch {len(dets_t)}, "
+                                f"openvino {len(dets_v)}, matched: {min(m_tv, m_vt)})")
     report = {
         "passed": not failures,
         "images": len(images),
@@ -293,9 +323,217 @@ def parity_check(
         "matched": totals["m"],
         "per_image": per_image,
     }
+    if ov_f32 is not None:
+        report.update(max_abs_diff_openvino=ov_totals["max"], detections_openvino=ov_totals["do"],
+                      matched_openvino=ov_totals["m"], max_abs_diff_openvino_auto=ov_totals["max_auto"],
+                      openvino_auto_precision=ov_auto.precision)
     if failures:
         raise ParityError(
-            f"ONNX model {onnx_path} does not match {weights} on {len(failures)} check(s): "
+            f"ONNX model {onnx_path} (ONNX Runtime, OpenVINO f32) does not match {weights} on {len(failures)} check(s): "
             + "; ".join(failures[:5])
         )
     return report
+
+
+# --------------------------------------------------------------------------------------------
+# Precision variants: OpenVINO IR at FP32, at the runtime's precision, and INT8 (NNCF PTQ)
+# --------------------------------------------------------------------------------------------
+
+VARIANTS_FILE = "variants.json"
+ONNX_VARIANT = "onnx"
+"""The FP32 ONNX reference (``<version>/1/model.onnx``, the registered MLflow model). Evaluated
+with ONNX Runtime f32 for the record; not a serving candidate of its own, since OVMS would run it
+exactly as the ``auto`` variant."""
+
+VARIANT_SPECS: dict[str, dict[str, Any]] = {
+    "fp32": {"precision": "f32", "quantized": False},
+    "auto": {"precision": None, "quantized": False},
+    "int8": {"precision": None, "quantized": True},
+}
+"""The serving candidates, each an OVMS model folder ``<variant>/1/model.xml`` + ``model.bin``:
+
+* ``fp32``: full precision, declared in the IR (``serving.detector.PRECISION_RT_KEY``) and passed
+  to OVMS as ``INFERENCE_PRECISION_HINT=f32``: the reference the others are held to;
+* ``auto``: the same weights at the runtime's choice (bf16 on CPUs with ``avx512_bf16``/AMX,
+  f32 elsewhere), what OVMS does by default;
+* ``int8``: NNCF post-training quantization calibrated on the training split, the unquantized
+  rest at the runtime's choice.
+"""
+
+DEFAULT_CALIBRATION_IMAGES = 300
+"""NNCF's own default subset size; capped by the training split's size."""
+
+
+def _head_scope(model: Any) -> Any:
+    """Layers NNCF leaves in floating point: the YOLO Detect head's box arithmetic and sigmoid.
+
+    The last ``/model.N/`` block of an Ultralytics ONNX graph is the Detect head; quantizing its
+    DFL decode and the Add/Sub/Mul/Div that turn distances into pixel boxes costs accuracy for no
+    speed (Ultralytics' own INT8 OpenVINO export ignores the same ops).
+    """
+    import re
+
+    import nncf
+
+    blocks = [int(m.group(1)) for op in model.get_ops()
+              if (m := re.search(r"/model\.(\d+)/", op.get_friendly_name()))]
+    patterns = []
+    if blocks:
+        head = max(blocks)
+        patterns = [rf".*/model\.{head}/(?:.*/)?(?:Add|Sub|Mul|Div)[^/]*$", rf".*/model\.{head}/dfl/.*"]
+    return nncf.IgnoredScope(types=["Sigmoid"], patterns=patterns, validate=False)
+
+
+def quantize_int8(model: Any, calibration: Sequence[Path], *, imgsz: int | Sequence[int],
+                  stride: int = 32, subset_size: int = DEFAULT_CALIBRATION_IMAGES) -> Any:
+    """NNCF post-training INT8 quantization of an OpenVINO model.
+
+    Calibration inputs are made by the detector core (``Detector.prepare``: the served decode and
+    letterbox), one image at a time, so memory stays flat however many images are used.
+
+    Args:
+        model: ``openvino.Model`` (FP32).
+        calibration: Image files, typically the training split.
+        imgsz: Model input size.
+        stride: Model stride.
+        subset_size: Images used (at most ``len(calibration)``).
+
+    Returns:
+        The quantized ``openvino.Model``.
+
+    Raises:
+        ValueError: When no calibration image is given.
+    """
+    import nncf
+
+    images = list(calibration)
+    if not images:
+        raise ValueError("INT8 calibration needs at least one image (the training split is empty)")
+    core = det.Detector(None, imgsz=imgsz)
+    core.stride = int(stride)
+    n = max(1, min(int(subset_size), len(images)))
+    step = len(images) / n
+    chosen = [images[int(i * step)] for i in range(n)]  # spread over the split, deterministic
+
+    def transform(path: Path) -> np.ndarray:
+        return core.prepare(path)[0]
+
+    return nncf.quantize(
+        model,
+        nncf.Dataset(chosen, transform),
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=n,
+        ignored_scope=_head_scope(model),
+    )
+
+
+def _save_ir(model: Any, folder: Path, precision: str | None) -> Path:
+    import openvino as ov
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if precision:
+        model.set_rt_info(precision, list(det.PRECISION_RT_KEY))
+    # FP32 weights on disk (no FP16 compression): the precision is the runtime's business.
+    ov.save_model(model, str(folder / "model.xml"), compress_to_fp16=False)
+    return folder / "model.xml"
+
+
+def export_variants(
+    onnx_path: Path,
+    out_dir: Path,
+    *,
+    calibration: Sequence[Path],
+    calibration_images: int = DEFAULT_CALIBRATION_IMAGES,
+    variants: Sequence[str] = tuple(VARIANT_SPECS),
+) -> dict[str, Any]:
+    """Write the precision variants of an ONNX model, each in the OVMS layout, plus an index.
+
+    ``out_dir/onnx/1/model.onnx`` (the FP32 ONNX, copied), ``out_dir/<variant>/1/model.xml`` and
+    ``.bin`` for each of :data:`VARIANT_SPECS`, and ``out_dir/variants.json``:
+    ``{name: {"path", "precision", "quantized", "sha256"}}`` (paths relative to ``out_dir``;
+    ``precision`` is the declared one, None = the runtime's choice). The ONNX metadata (names,
+    imgsz, stride, dataset id) is kept in every IR. Written to a temporary folder first, so an
+    interrupted export leaves no half variant set.
+
+    Args:
+        onnx_path: The exported FP32 ONNX model.
+        out_dir: Where the variants go (created; must be empty or absent).
+        calibration: Images for INT8 calibration (the training split).
+        calibration_images: At most this many of them are used.
+        variants: Which of :data:`VARIANT_SPECS` to write.
+
+    Returns:
+        The index, as written to ``variants.json``.
+
+    Raises:
+        ValueError: An unknown variant name, or ``out_dir`` not empty.
+    """
+    import openvino as ov
+
+    from components.registry.core import sha256_file
+
+    unknown = [v for v in variants if v not in VARIANT_SPECS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANT_SPECS)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ValueError(f"{out_dir} is not empty: variants are written to a fresh folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    meta = det.parse_metadata(_onnx_metadata(Path(onnx_path)))
+    imgsz = meta["imgsz"] or (det.DEFAULT_IMGSZ, det.DEFAULT_IMGSZ)
+    index: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix=".variants-", dir=out_dir.parent) as tmp:
+        staged = Path(tmp) / "v"
+        onnx_dest = staged / ONNX_VARIANT / "1" / "model.onnx"
+        onnx_dest.parent.mkdir(parents=True)
+        shutil.copyfile(onnx_path, onnx_dest)
+        index[ONNX_VARIANT] = {"path": f"{ONNX_VARIANT}/1/model.onnx", "precision": "f32", "quantized": False}
+        core = ov.Core()
+        for name in variants:
+            spec = VARIANT_SPECS[name]
+            model = core.read_model(str(onnx_path))
+            if spec["quantized"]:
+                model = quantize_int8(model, calibration, imgsz=imgsz, stride=meta["stride"] or 32,
+                                      subset_size=calibration_images)
+            _save_ir(model, staged / name / "1", spec["precision"])
+            index[name] = {"path": f"{name}/1/model.xml", "precision": spec["precision"],
+                           "quantized": spec["quantized"]}
+        for entry in index.values():
+            entry["sha256"] = sha256_file(staged / entry["path"])
+        (staged / VARIANTS_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))
+        if out_dir.exists():
+            out_dir.rmdir()
+        staged.replace(out_dir)
+    log.info("wrote variants %s of %s to %s", ", ".join(index), onnx_path, out_dir)
+    return index
+
+
+def read_variants(variants_dir: Path) -> dict[str, Any]:
+    """The index :func:`export_variants` wrote, with each ``path`` made absolute.
+
+    Raises:
+        FileNotFoundError: No ``variants.json``, or a file it lists is missing.
+        ValueError: An unreadable index.
+    """
+    variants_dir = Path(variants_dir)
+    index_path = variants_dir / VARIANTS_FILE
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path}: no variant index (was the model exported by export_variants?)")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{index_path}: not JSON: {exc}") from None
+    out = {}
+    for name, entry in index.items():
+        path = variants_dir / str(entry.get("path", ""))
+        if not path.is_file():
+            raise FileNotFoundError(f"{index_path}: variant {name!r} lists {path}, which is missing")
+        out[name] = {**entry, "path": path}
+    return out
+
+
+def _onnx_metadata(onnx_path: Path) -> dict[str, str]:
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}

@@ -156,3 +156,91 @@ def decide_gate(
     passed = not failed
     reasons = failed if failed else [c["text"] for c in checks]
     return GateDecision(passed=passed, reasons=reasons, checks=checks)
+
+
+DEFAULT_VARIANT_TOLERANCE = 0.01
+"""Largest mAP50-95 drop below the FP32 variant a faster variant may have (one mAP point)."""
+
+
+@dataclass
+class VariantChoice:
+    """Which precision variant serves, and why.
+
+    Attributes:
+        variant: The chosen variant's name.
+        reference: The FP32 variant the others are held to.
+        tolerance: Allowed mAP50-95 drop below the reference.
+        per_variant: ``{name: {"map50", "map50_95", "latency_ms", "engine", "eligible", "text"}}``.
+        reasons: One line per variant, then the choice.
+    """
+
+    variant: str
+    reference: str
+    tolerance: float
+    per_variant: dict[str, dict[str, Any]]
+    reasons: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+def choose_variant(
+    results: Mapping[str, Mapping[str, Any]],
+    *,
+    tolerance: float = DEFAULT_VARIANT_TOLERANCE,
+    reference: str = "fp32",
+    candidates: Sequence[str] | None = None,
+) -> VariantChoice:
+    """The fastest variant whose mAP50-95 is within ``tolerance`` of the FP32 reference.
+
+    Args:
+        results: ``{variant: {"map50_95", "latency_ms", ...}}`` as
+            :func:`components.model.evaluate.evaluate_variants` returns them (measured with the
+            engine and precision that will serve each variant).
+        tolerance: Allowed drop of mAP50-95 below the reference (absolute, default 0.01).
+        reference: The FP32 variant; always eligible, so there is always a choice.
+        candidates: Variants that may serve (default: every one in ``results`` except the ONNX
+            Runtime record ``onnx``).
+
+    Returns:
+        A :class:`VariantChoice`. Ties in latency go to the more accurate variant.
+
+    Raises:
+        ValueError: A negative tolerance, no reference figures, or a candidate without a
+            mAP50-95 or latency (named).
+    """
+    if tolerance < 0:
+        raise ValueError(f"variant tolerance must be >= 0, got {tolerance}")
+    if reference not in results:
+        raise ValueError(f"no figures for the reference variant {reference!r} (have: {', '.join(results)})")
+    names = list(candidates) if candidates is not None else [n for n in results if n != "onnx"]
+    if reference not in names:
+        names.insert(0, reference)
+    ref_map = _number(results[reference].get("map50_95"))
+    if ref_map is None:
+        raise ValueError(f"reference variant {reference!r} has no mAP50-95")
+    per: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in results:
+            raise ValueError(f"candidate variant {name!r} was not evaluated (have: {', '.join(results)})")
+        figures = results[name]
+        value, latency = _number(figures.get("map50_95")), _number(figures.get("latency_ms"))
+        if value is None or latency is None:
+            raise ValueError(f"variant {name!r} lacks mAP50-95 or latency_ms: {dict(figures)}")
+        eligible = name == reference or value >= ref_map - tolerance
+        per[name] = {
+            "map50": _number(figures.get("map50")),
+            "map50_95": value,
+            "latency_ms": latency,
+            "engine": figures.get("engine"),
+            "eligible": eligible,
+            "text": (f"{name} ({figures.get('engine') or '?'}): mAP50-95 {value:.4f} "
+                     f"{'>=' if eligible else '<'} {reference} {ref_map:.4f} - {tolerance:g}, {latency:.2f} ms"),
+        }
+    chosen = min((n for n in names if per[n]["eligible"]),
+                 key=lambda n: (per[n]["latency_ms"], -per[n]["map50_95"]))
+    reasons = [per[n]["text"] for n in names]
+    reasons.append(f"chosen: {chosen}, the fastest within {tolerance:g} mAP50-95 of {reference}")
+    return VariantChoice(variant=chosen, reference=reference, tolerance=float(tolerance),
+                         per_variant=per, reasons=reasons)

@@ -7,7 +7,9 @@ from components.registry.compare import compare_runs, plot_runs
 from components.registry.core import (
     CHALLENGER,
     CHAMPION,
+    AliasLockTimeout,
     RegistryError,
+    alias_lock,
     champion_metrics,
     champion_state,
     get_champion,
@@ -18,13 +20,16 @@ from components.registry.core import (
     rollback,
     s3_key,
     storage_uri,
+    undo_move,
     version_info,
 )
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "AliasLockTimeout",
     "RegistryError",
+    "alias_lock",
     "champion_metrics",
     "champion_state",
     "compare_runs",
@@ -37,5 +42,6 @@ __all__ = [
     "rollback",
     "s3_key",
     "storage_uri",
+    "undo_move",
     "version_info",
 ]

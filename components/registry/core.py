@@ -9,6 +9,17 @@ entry points build them from settings. The registry uses aliases, never the depr
 
 Each promotion pushes the previous champion onto a history kept as a tag on the registered model,
 so a rollback is a pointer change, never a re-upload.
+
+Concurrent alias moves are serialized by :func:`alias_lock`. MLflow has no compare-and-set on
+aliases or tags, but it does refuse to create a registered model whose name exists (a unique
+key in its store, answered ``RESOURCE_ALREADY_EXISTS``), so creating a companion registered
+model ``<name>.alias-lock`` is an atomic test-and-set and deleting it releases the lock. Every
+read-modify-write of ``champion`` and its history happens inside it; a failed call undoes only
+its own change, which nobody else can have touched while it held the lock. The lock is a lease
+(``vinspect.lock_expires``): a holder killed mid-move blocks the next caller until the lease
+runs out, then the lock is taken over. What this does not cover: a holder that stalls longer
+than the lease (two minutes for a move that takes well under a second) and a writer that moves
+the alias around vinspect (the MLflow UI or API directly).
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ TAG_LOGGED = "vinspect.logged"
 TAG_MODEL_URI = "vinspect.model_uri"
 TAG_HISTORY = "vinspect.champion_history"
 TAG_PROMOTED_AT = "vinspect.promoted_at"
+TAG_VARIANT = "vinspect.variant"
+TAG_VARIANT_PRECISION = "vinspect.variant_precision"
 MLFLOW_GIT_TAG = "mlflow.source.git.commit"
 
 # The history only needs to be as deep as anyone would roll back; the tag value is bounded.
@@ -53,6 +66,120 @@ _BATCH = 1000
 
 class RegistryError(RuntimeError):
     """A registry operation that cannot be done as asked (the message says why and what to do)."""
+
+
+class AliasLockTimeout(RegistryError):
+    """Another promote / rollback held the alias lock for longer than this call would wait."""
+
+
+# --------------------------------------------------------------------------------------------
+# The alias lock
+# --------------------------------------------------------------------------------------------
+
+LOCK_SUFFIX = ".alias-lock"
+TAG_LOCK_OWNER = "vinspect.lock_owner"
+TAG_LOCK_EXPIRES = "vinspect.lock_expires"
+# A move takes well under a second; the lease only matters when a holder died.
+LOCK_LEASE_S = 120.0
+LOCK_WAIT_S = 60.0
+
+
+def _already_exists(exc: BaseException) -> bool:
+    code = getattr(exc, "error_code", "") or ""
+    return "RESOURCE_ALREADY_EXISTS" in str(code) or "already exists" in str(exc)
+
+
+def lock_name(model_name: str) -> str:
+    """The registered-model name that is the alias lock of ``model_name``."""
+    return model_name + LOCK_SUFFIX
+
+
+def _lock_tags(mlflow_client, name: str) -> dict[str, str] | None:
+    try:
+        return dict(mlflow_client.get_registered_model(name).tags or {})
+    except Exception as exc:
+        if _not_found(exc):
+            return None
+        raise
+
+
+@contextlib.contextmanager
+def alias_lock(
+    mlflow_client,
+    model_name: str,
+    *,
+    wait_s: float = LOCK_WAIT_S,
+    lease_s: float = LOCK_LEASE_S,
+) -> Iterator[str]:
+    """Hold the lock that serializes every move of ``model_name``'s aliases and history.
+
+    Args:
+        mlflow_client: ``MlflowClient``.
+        model_name: Registered model whose aliases are about to move.
+        wait_s: How long to wait for another holder before giving up.
+        lease_s: How long this hold counts as alive; after that another caller may take over.
+
+    Yields:
+        This holder's owner id.
+
+    Raises:
+        AliasLockTimeout: Another holder kept the lock for ``wait_s`` seconds.
+    """
+    import random
+    import socket
+    import uuid
+
+    name = lock_name(model_name)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            mlflow_client.create_registered_model(
+                name,
+                tags={TAG_LOCK_OWNER: owner, TAG_LOCK_EXPIRES: f"{time.time() + lease_s:.3f}"},
+                description=f"vinspect: lock serializing moves of {model_name}'s champion alias; "
+                "held for well under a second, removed when released",
+            )
+            break
+        except Exception as exc:
+            # MLflow's SQL store answers a duplicate name by looking the existing model up: when
+            # the holder released it in between, that lookup says "does not exist". Both mean
+            # "held a moment ago": try again.
+            if not (_already_exists(exc) or _not_found(exc)):
+                raise
+        tags = _lock_tags(mlflow_client, name)
+        if tags is not None:
+            try:
+                expires = float(tags.get(TAG_LOCK_EXPIRES, "0"))
+            except ValueError:
+                expires = 0.0
+            if time.time() > expires:
+                # The holder died (or stalled past its lease): take over, unless it was
+                # released or renewed in the meantime (re-read right before the delete).
+                again = _lock_tags(mlflow_client, name)
+                if again is not None and again.get(TAG_LOCK_OWNER) == tags.get(TAG_LOCK_OWNER):
+                    log.warning("%s: alias lock of %s expired; taking it over", model_name,
+                                tags.get(TAG_LOCK_OWNER))
+                    with contextlib.suppress(Exception):
+                        mlflow_client.delete_registered_model(name)
+                continue
+        if time.monotonic() > deadline:
+            holder = (tags or {}).get(TAG_LOCK_OWNER, "unknown")
+            raise AliasLockTimeout(
+                f"model {model_name!r}: another promote or rollback ({holder}) held the alias lock for "
+                f"{wait_s:.0f}s; retry later (a crashed holder's lock expires {lease_s:.0f}s after it "
+                f"was taken, or delete the registered model {name!r})"
+            )
+        time.sleep(random.uniform(0.02, 0.15))
+    try:
+        yield owner
+    finally:
+        tags = _lock_tags(mlflow_client, name)
+        if tags is not None and tags.get(TAG_LOCK_OWNER) == owner:
+            with contextlib.suppress(Exception):
+                mlflow_client.delete_registered_model(name)
+        else:
+            log.warning("%s: the alias lock was taken over after this call's lease expired", model_name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,9 +214,37 @@ def s3_key(model_name: str, version: str | int) -> str:
     return f"{model_name}/{version}/1/model.onnx"
 
 
-def storage_uri(bucket: str, model_name: str, version: str | int) -> str:
-    """The KServe ``storageUri`` of a version: ``s3://<bucket>/<model>/<version>/``."""
+def storage_uri(bucket: str, model_name: str, version: str | int, variant: str | None = None) -> str:
+    """The KServe ``storageUri`` of a version: ``s3://<bucket>/<model>/<version>/``.
+
+    With a precision ``variant`` (not ``onnx``): ``s3://<bucket>/<model>/<version>/<variant>/``,
+    the OVMS model folder holding ``1/model.xml`` + ``1/model.bin``.
+    """
+    if variant and variant != "onnx":
+        return f"s3://{bucket}/{model_name}/{version}/{variant}/"
     return f"s3://{bucket}/{model_name}/{version}/"
+
+
+def _upload_variants(s3_client, bucket: str, model_name: str, version: str, variants_dir: Path) -> list[str]:
+    """Put every IR variant's OVMS folder under the version: ``<model>/<version>/<variant>/1/...``.
+
+    Each file carries its sha256 as S3 metadata; files already there with that digest are
+    skipped, so a retried registration uploads only what is missing.
+    """
+    from components.model.export import ONNX_VARIANT, read_variants
+
+    keys = []
+    for name, entry in read_variants(variants_dir).items():
+        if name == ONNX_VARIANT:
+            continue  # the ONNX is the version's own 1/model.onnx
+        folder = Path(entry["path"]).parent
+        for file in sorted(p for p in folder.iterdir() if p.is_file()):
+            key = f"{model_name}/{version}/{name}/1/{file.name}"
+            sha = sha256_file(file)
+            if not _s3_has(s3_client, bucket, key, sha):
+                s3_client.upload_file(str(file), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
+            keys.append(key)
+    return keys
 
 
 def _not_found(exc: BaseException) -> bool:
@@ -287,6 +442,8 @@ def _log_run_contents(
             raise RegistryError(f"plot {plot} does not exist")
         mlflow_client.log_artifact(run_id, str(plot), artifact_path="plots")
 
+    if not dataset_id:
+        return  # an imported ONNX registered without an evaluation: no dataset to record
     # MLflow caps a dataset digest at 36 characters; the full id goes into the profile and tags.
     source = dataset_uri or f"vinspect-dataset:{dataset_id}"
     dataset = Dataset(
@@ -317,6 +474,8 @@ def register_model(
     git_revision: str | None,
     pipeline_run_id: str,
     experiment: str = "vinspect",
+    variants_dir: Path | None = None,
+    variant: str | None = None,
 ) -> dict:
     """Record a trained model in MLflow and S3, and make it the ``challenger``.
 
@@ -325,6 +484,11 @@ def register_model(
     logged with ``mlflow.onnx.log_model`` (explicit signature, CPU provider) and registered as a
     model version; the same file goes to ``s3://<bucket>/<model>/<version>/1/model.onnx`` (the
     layout OpenVINO Model Server serves) and that URI is tagged on the version.
+
+    With ``variants_dir`` (``components.model.export.export_variants``), every OpenVINO IR
+    variant goes under the same version, ``<model>/<version>/<variant>/1/model.{xml,bin}``, and
+    ``variant`` (the one the gate chose) becomes the version's storage URI and ``vinspect.variant``
+    tag, with its declared precision in ``vinspect.variant_precision`` (empty: the runtime's).
 
     Idempotent: calling again with the same ``pipeline_run_id`` and the same ONNX file (by
     sha256) finishes whatever a previous, interrupted call left undone and returns the same
@@ -345,9 +509,11 @@ def register_model(
         git_revision: Source revision of the code that trained the model.
         pipeline_run_id: The KFP (or local) pipeline run id.
         experiment: MLflow experiment name (created when missing).
+        variants_dir: The precision variants to store beside the ONNX (optional).
+        variant: The variant that serves (default ``onnx``: the version's ONNX).
 
     Returns:
-        ``{"name", "version", "s3_uri", "storage_uri", "run_id"}``.
+        ``{"name", "version", "s3_uri", "storage_uri", "run_id", "variant", "variant_precision"}``.
 
     Raises:
         RegistryError: A missing file or bucket, or malformed metrics (named in the message).
@@ -368,6 +534,17 @@ def register_model(
             f"create it or set AWS_S3_BUCKET"
         ) from None
     sha = sha256_file(onnx_path)
+    variant = variant or "onnx"
+    variant_precision = ""
+    if variant != "onnx":
+        if variants_dir is None:
+            raise RegistryError(f"variant {variant!r} chosen but no variants_dir given to register it from")
+        from components.model.export import read_variants
+
+        known = read_variants(Path(variants_dir))
+        if variant not in known:
+            raise RegistryError(f"variant {variant!r} is not in {variants_dir} (have: {', '.join(known)})")
+        variant_precision = known[variant].get("precision") or ""
 
     exp = mlflow_client.get_experiment_by_name(experiment)
     experiment_id = exp.experiment_id if exp else mlflow_client.create_experiment(experiment)
@@ -436,12 +613,15 @@ def register_model(
 
     key = s3_key(model_name, version)
     s3_uri = f"s3://{bucket}/{key}"
-    st_uri = storage_uri(bucket, model_name, version)
+    st_uri = storage_uri(bucket, model_name, version, variant)
     if not _s3_has(s3_client, bucket, key, sha):
         s3_client.upload_file(
             str(onnx_path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}}
         )
         log.info("uploaded %s (sha256 %s)", s3_uri, sha[:12])
+    if variants_dir is not None:
+        uploaded = _upload_variants(s3_client, bucket, model_name, version, Path(variants_dir))
+        log.info("stored %d variant files under s3://%s/%s/%s/", len(uploaded), bucket, model_name, version)
 
     for tag, value in {
         TAG_PIPELINE_RUN: pipeline_run_id,
@@ -449,14 +629,18 @@ def register_model(
         TAG_DATASET: dataset_id,
         TAG_S3_URI: s3_uri,
         TAG_STORAGE_URI: st_uri,
+        TAG_VARIANT: variant,
+        TAG_VARIANT_PRECISION: variant_precision,
         **({TAG_GIT: git_revision} if git_revision else {}),
     }.items():
         mlflow_client.set_model_version_tag(model_name, version, tag, value)
+    mlflow_client.set_tag(run_id, TAG_VARIANT, variant)
     mlflow_client.set_registered_model_alias(model_name, CHALLENGER, version)
     run_status = mlflow_client.get_run(run_id).info.status
     if run_status != "FINISHED":
         mlflow_client.set_terminated(run_id, "FINISHED")
-    return {"name": model_name, "version": version, "s3_uri": s3_uri, "storage_uri": st_uri, "run_id": run_id}
+    return {"name": model_name, "version": version, "s3_uri": s3_uri, "storage_uri": st_uri, "run_id": run_id,
+            "variant": variant, "variant_precision": variant_precision}
 
 
 def _serving_requirements() -> list[str]:
@@ -474,7 +658,10 @@ def _s3_has(s3_client, bucket: str, key: str, sha: str) -> bool:
         if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
-    return head.get("Metadata", {}).get("sha256") == sha
+    # User-metadata keys come back capitalised from MinIO and rclone ("Sha256", minio/minio#6471),
+    # lowercase from AWS: compare case-insensitively, or the skip never fires on our own stores.
+    metadata = {str(k).lower(): v for k, v in (head.get("Metadata") or {}).items()}
+    return metadata.get("sha256") == sha
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,6 +706,8 @@ def _version_dict(mlflow_client, mv, aliases: list[str], metrics_cache: dict | N
         "storage_uri": tags.get(TAG_STORAGE_URI),
         "pipeline_run_id": tags.get(TAG_PIPELINE_RUN),
         "onnx_sha256": tags.get(TAG_SHA256),
+        "variant": tags.get(TAG_VARIANT) or "onnx",
+        "variant_precision": tags.get(TAG_VARIANT_PRECISION) or "",
         "tags": tags,
         "metrics": metrics,
     }
@@ -594,84 +783,185 @@ def champion_metrics(mlflow_client, model_name: str, dataset_id: str) -> dict | 
 def promote(mlflow_client, model_name: str, version: str | int) -> dict:
     """Point ``champion`` at ``version``, remembering the previous champion for a rollback.
 
+    Serialized with every other alias move of the model (:func:`alias_lock`), so concurrent
+    calls end in a state some sequential order gives, and a failed call puts back only what it
+    changed itself.
+
     Args:
         mlflow_client: ``MlflowClient``.
         model_name: Registered model name.
         version: The version to promote (must exist and be READY).
 
     Returns:
-        ``{"name", "champion", "previous"}`` (``previous`` is None for the first champion).
+        ``{"name", "champion", "previous", "changed", "history"}`` (``previous`` is None for the
+        first champion; ``history`` as left by this call).
 
     Raises:
         RegistryError: The version does not exist or failed registration.
+        AliasLockTimeout: Another move held the lock too long.
     """
     version = str(version)
-    try:
-        mv = mlflow_client.get_model_version(model_name, version)
-    except Exception as exc:
-        if _not_found(exc):
+    with alias_lock(mlflow_client, model_name):
+        try:
+            mv = mlflow_client.get_model_version(model_name, version)
+        except Exception as exc:
+            if _not_found(exc):
+                raise RegistryError(
+                    f"model {model_name!r} has no version {version}; see `vinspect model list`"
+                ) from None
+            raise
+        if mv.status not in (None, "READY"):
+            raise RegistryError(f"model {model_name!r} version {version} is {mv.status}, not READY")
+        current = get_champion(mlflow_client, model_name)
+        history = _history(mlflow_client, model_name)
+        if current == version:
+            return {"name": model_name, "champion": version, "previous": None, "changed": False,
+                    "history": history, "undo": None}
+        new_history = history
+        if current is not None and (not history or history[-1] != current):
+            new_history = (history + [current])[-_HISTORY_DEPTH:]
+        if new_history != history:
+            # History first: should this process die before the alias moves, the champion is
+            # unchanged and the extra entry is harmless; the other order could lose the way back.
+            mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(new_history))
+        try:
+            mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
+        except Exception:
+            if new_history != history:
+                mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
+            raise
+        mlflow_client.set_model_version_tag(
+            model_name, version, TAG_PROMOTED_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        )
+    log.info("%s: champion %s -> %s", model_name, current, version)
+    return {"name": model_name, "champion": version, "previous": current, "changed": True,
+            "history": new_history, "undo": (current, history)}
+
+
+def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
+    """Point ``champion`` back at the previous champion (a pointer change, no upload).
+
+    Args:
+        mlflow_client: ``MlflowClient``.
+        model_name: Registered model name.
+        expect: When given, the version the caller means to roll back to; if the history says
+            otherwise (another move came in between), nothing changes and RegistryError is raised.
+
+    Returns:
+        ``{"name", "champion", "rolled_back_from", "history"}``.
+
+    Raises:
+        RegistryError: When no previous champion is recorded, or it is not ``expect``.
+        AliasLockTimeout: Another move held the lock too long.
+    """
+    with alias_lock(mlflow_client, model_name):
+        history = _history(mlflow_client, model_name)
+        current = get_champion(mlflow_client, model_name)
+        if not history:
             raise RegistryError(
-                f"model {model_name!r} has no version {version}; see `vinspect model list`"
-            ) from None
-        raise
-    if mv.status not in (None, "READY"):
-        raise RegistryError(f"model {model_name!r} version {version} is {mv.status}, not READY")
-    current = get_champion(mlflow_client, model_name)
-    if current == version:
-        return {"name": model_name, "champion": version, "previous": None, "changed": False}
-    history = _history(mlflow_client, model_name)
-    mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
-    if current is not None:
-        history = (history + [current])[-_HISTORY_DEPTH:]
+                f"model {model_name!r}: no previous champion recorded (current: {current}); "
+                f"use `vinspect model promote VERSION` to choose one"
+            )
+        if expect is not None and history[-1] != str(expect):
+            raise RegistryError(
+                f"model {model_name!r}: the previous champion is now {history[-1]}, not {expect} "
+                f"(another promote or rollback came in between); nothing changed"
+            )
+        before = list(history)
+        previous = history.pop()
+        # Alias first: should this process die before the history is written, the popped entry
+        # is still there and a second rollback lands on the same version.
+        mlflow_client.set_registered_model_alias(model_name, CHAMPION, previous)
         try:
             mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
         except Exception:
-            # Without the history a later rollback could not find its way back: undo the move.
-            mlflow_client.set_registered_model_alias(model_name, CHAMPION, current)
+            if current is not None:
+                mlflow_client.set_registered_model_alias(model_name, CHAMPION, current)
             raise
-    mlflow_client.set_model_version_tag(
-        model_name, version, TAG_PROMOTED_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    )
-    log.info("%s: champion %s -> %s", model_name, current, version)
-    return {"name": model_name, "champion": version, "previous": current, "changed": True}
+    log.info("%s: champion rolled back %s -> %s", model_name, current, previous)
+    return {"name": model_name, "champion": previous, "rolled_back_from": current, "history": history,
+            "undo": (current, before)}
 
 
-def rollback(mlflow_client, model_name: str) -> dict:
-    """Point ``champion`` back at the previous champion (a pointer change, no upload).
+def undo_move(
+    mlflow_client,
+    model_name: str,
+    moved: Any,
+    *,
+    before: tuple[str | None, list[str]] | None = None,
+    target: str | None = None,
+) -> str:
+    """Undo an alias move this caller made (the result of :func:`promote` or :func:`rollback`).
+
+    Only the caller's own move is undone, and only while the state is still the one it left:
+    a later promote by someone else stands.
+
+    Args:
+        mlflow_client: ``MlflowClient``.
+        model_name: Registered model name.
+        moved: What the move returned (None when it raised).
+        before: ``(champion, history)`` read just before a move that raised; with ``target``,
+            a half-done move (``champion`` already at ``target``) is put back to it.
+        target: The version the failed move was moving to.
 
     Returns:
-        ``{"name", "champion", "rolled_back_from"}``.
-
-    Raises:
-        RegistryError: When no previous champion is recorded.
+        What happened, for the rollout's report.
     """
-    history = _history(mlflow_client, model_name)
-    current = get_champion(mlflow_client, model_name)
-    if not history:
-        raise RegistryError(
-            f"model {model_name!r}: no previous champion recorded (current: {current}); "
-            f"use `vinspect model promote VERSION` to choose one"
-        )
-    previous = history.pop()
-    mlflow_client.set_registered_model_alias(model_name, CHAMPION, previous)
-    try:
-        mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
-    except Exception:
-        if current is not None:
-            mlflow_client.set_registered_model_alias(model_name, CHAMPION, current)
-        raise
-    log.info("%s: champion rolled back %s -> %s", model_name, current, previous)
-    return {"name": model_name, "champion": previous, "rolled_back_from": current}
+    if isinstance(moved, Mapping) and moved.get("undo"):
+        before_champion, before_history = moved["undo"]
+        if restore_champion(mlflow_client, model_name, before_champion, before_history,
+                            expect=(moved["champion"], moved["history"])):
+            return f"champion put back to {before_champion}"
+        return "champion left alone: another call moved it since"
+    if moved is None and before is not None and target is not None:
+        # A move that raised part-way (a custom mover): undo only if it left its own target.
+        with alias_lock(mlflow_client, model_name):
+            now = champion_state(mlflow_client, model_name)
+            if now[0] == str(target) and (now[0], list(now[1])) != (before[0], list(before[1])):
+                _restore_unlocked(mlflow_client, model_name, before[0], before[1])
+                return f"champion put back to {before[0]}"
+    return "the champion alias had not moved"
 
 
-def restore_champion(mlflow_client, model_name: str, version: str | None, history: list[str]) -> None:
-    """Put ``champion`` and its history back exactly as they were (used by a failed rollout)."""
+def _restore_unlocked(mlflow_client, model_name: str, version: str | None, history: list[str]) -> None:
+    mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
     if version is None:
         with contextlib.suppress(Exception):
             mlflow_client.delete_registered_model_alias(model_name, CHAMPION)
     else:
         mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)
-    mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
+
+
+def restore_champion(
+    mlflow_client,
+    model_name: str,
+    version: str | None,
+    history: list[str],
+    expect: tuple[str | None, list[str]] | None = None,
+) -> bool:
+    """Put ``champion`` and its history back as they were (used by a failed rollout).
+
+    Args:
+        mlflow_client: ``MlflowClient``.
+        model_name: Registered model name.
+        version: Champion to restore (None removes the alias).
+        history: History to restore.
+        expect: ``(champion, history)`` this caller left; when the state is no longer that
+            (another call moved the alias since), nothing is restored: undoing would throw
+            away that call's success.
+
+    Returns:
+        True when restored, False when skipped because of ``expect``.
+    """
+    with alias_lock(mlflow_client, model_name):
+        if expect is not None:
+            now = champion_state(mlflow_client, model_name)
+            if (now[0], list(now[1])) != (expect[0], list(expect[1])):
+                log.warning("%s: not restoring champion %s: another call moved it since (now %s)",
+                            model_name, version, now[0])
+                return False
+        _restore_unlocked(mlflow_client, model_name, version, history)
+    return True
 
 
 def champion_state(mlflow_client, model_name: str) -> tuple[str | None, list[str]]:

@@ -13,7 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from components.registry import champion_state, promote, restore_champion
+from components.registry import champion_state, promote, undo_move
+from components.registry.core import TAG_VARIANT, TAG_VARIANT_PRECISION
 from components.rollout import render
 from components.rollout.kube import (
     RolloutError,
@@ -96,6 +97,8 @@ def rollout_kserve(
     smoke_url: str | None = None,
     wait_restored: bool = True,
     move_alias: Callable[[Any, str, str], Any] = promote,
+    variant: str | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Deploy ``version`` on KServe, check it, and make it the champion; roll back on failure.
 
@@ -117,14 +120,20 @@ def rollout_kserve(
         create_runtime: Create the OVMS runtime when the namespace lacks it (else fail).
         runtime_image: OVMS image for a created runtime.
         resources: Predictor resources (raw mode).
-        smoke_url: Base URL for the smoke test, overriding the one in the status (for a test
-            run from outside the cluster through a route).
+        smoke_url: Base URL for the smoke test instead of the one in the status: the URL the
+            image processor is configured with (the pipeline's rollout step passes its
+            ConfigMap's ``VINSPECT_MODEL_URL``), so a version is deployed only when the processor
+            can reach it; or a route, for a test run from outside the cluster.
         wait_restored: After a rollback, wait (same timeout) for the restored service to be
             Ready again and report whether it is.
 
         move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
             after every check passed (default :func:`~components.registry.promote`; a
             deployed rollback passes one that pops the history instead).
+        variant: The precision variant ``storage_uri`` points at (``onnx``: the ONNX; else an
+            OpenVINO IR folder). None: the version's ``vinspect.variant`` tag.
+        precision: The variant's declared inference precision, passed to OVMS as its
+            ``plugin_config``. None: the version's ``vinspect.variant_precision`` tag.
 
     Returns:
         ``{"status": "deployed" | "rolled_back", "reason", "service", "namespace", "version",
@@ -151,6 +160,12 @@ def rollout_kserve(
         "smoke": None,
         "restore": None,
     }
+    if variant is None or precision is None:
+        # What the registration recorded: the variant the gate chose and the precision it was
+        # measured at (OVMS reads IR natively; a declared precision must reach it explicitly).
+        tags = mlflow_client.get_model_version(model_name, version).tags or {}
+        variant = tags.get(TAG_VARIANT, "onnx") if variant is None else variant
+        precision = tags.get(TAG_VARIANT_PRECISION, "") if precision is None else precision
     # Validate the inputs before touching anything, so a typo changes nothing.
     desired = render.render_inference_service(
         name=name,
@@ -162,8 +177,10 @@ def rollout_kserve(
         mode=mode,
         runtime=runtime_name,
         resources=resources,
+        model_format="openvino_ir" if variant and variant != "onnx" else "onnx",
+        precision=precision or None,
     )
-    champion_before, history_before = champion_state(mlflow_client, model_name)
+    moved = before_move = None
     previous = get_object(custom_api, **ids)
     if previous is not None:
         result["previous_version"] = (previous.get("metadata", {}).get("labels") or {}).get(render.LABEL_VERSION)
@@ -193,7 +210,8 @@ def rollout_kserve(
                 raise RolloutError(f"InferenceService {name} is Ready but reports no URL to test")
             result["smoke"] = smoke(url, name)
         stage = "moving the champion alias"
-        move_alias(mlflow_client, model_name, version)
+        before_move = champion_state(mlflow_client, model_name)
+        moved = move_alias(mlflow_client, model_name, version)
         mlflow_client.set_model_version_tag(model_name, version, TAG_DEPLOYED, f"kserve:{namespace}/{name}")
     except Exception as exc:
         result["reason"] = f"{stage} failed: {exc}"
@@ -209,10 +227,10 @@ def rollout_kserve(
             except Exception as rt_exc:
                 problems.append(f"deleting the ServingRuntime it created failed: {rt_exc}")
         try:
-            if champion_state(mlflow_client, model_name) != (champion_before, history_before):
-                restore_champion(mlflow_client, model_name, champion_before, history_before)
+            # Only this call's own alias move is undone, and only if nobody moved it since.
+            result["alias"] = undo_move(mlflow_client, model_name, moved, before=before_move, target=version)
         except Exception as alias_exc:
-            problems.append(f"restoring the champion alias to {champion_before} failed: {alias_exc}")
+            problems.append(f"restoring the champion alias failed: {alias_exc}")
         if problems:
             raise RolloutError(f"{result['reason']}; rollback incomplete: {'; '.join(problems)}") from exc
         if wait_restored and previous is not None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from components.registry import champion_state, promote, restore_champion
+from components.registry import champion_state, promote, undo_move
 from components.registry.core import TAG_STORAGE_URI
 from components.rollout.kube import RolloutError
 
@@ -117,8 +117,8 @@ def rollout_local(
         "restore": None,
     }
     started = time.monotonic()
+    moved = before_move = None
     try:
-        champion_before, history_before = champion_state(mlflow_client, model_name)
         previous = _served_version(http, name, token)
         result["previous_version"] = previous
         stage = "loading the model"
@@ -132,14 +132,16 @@ def rollout_local(
                 stage = "smoke-testing"
                 result["smoke"] = smoke(base_url, name)
             stage = "moving the champion alias"
-            move_alias(mlflow_client, model_name, version)
+            before_move = champion_state(mlflow_client, model_name)
+            moved = move_alias(mlflow_client, model_name, version)
             mlflow_client.set_model_version_tag(model_name, version, TAG_DEPLOYED, f"local:{base_url}/{name}")
         except Exception as exc:
             result["reason"] = f"{stage} failed: {exc}"
             log.warning("local rollout of %s v%s failed while %s: %s", model_name, version, stage, exc)
             result["restore"] = _restore(http, mlflow_client, model_name, name, previous, token)
-            if champion_state(mlflow_client, model_name) != (champion_before, history_before):
-                restore_champion(mlflow_client, model_name, champion_before, history_before)
+            # Only this call's own alias move is undone, and only if nobody moved it since:
+            # a failure here must never undo another promote's success.
+            result["alias"] = undo_move(mlflow_client, model_name, moved, before=before_move, target=version)
             result["elapsed_s"] = round(time.monotonic() - started, 3)
             return result
     finally:

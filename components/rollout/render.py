@@ -11,12 +11,17 @@ Two deployment modes, as OpenShift AI offers them:
   an OVMS runtime using the built-in ``ovms`` adapter; ``storage.key`` names the data
   connection as the ``storage-config`` Secret knows it.
 
-Both point at the versioned path ``<model>/<version>/`` that holds ``1/model.onnx``.
+Both point at the versioned path ``<model>/<version>/`` that holds ``1/model.onnx``, or at the
+precision variant the gate chose, ``<model>/<version>/<variant>/`` holding ``1/model.xml`` +
+``1/model.bin`` (model format ``openvino_ir``). A variant that declares its inference precision
+(the FP32 one) gets it as OVMS's ``--plugin_config`` (``INFERENCE_PRECISION_HINT``), since OVMS
+otherwise runs at the CPU's default (bf16 on CPUs that have it).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import re
 from typing import Any
 
@@ -95,8 +100,10 @@ def render_inference_service(
     expose_route: bool = False,
     auth: bool = False,
     extra_labels: dict[str, str] | None = None,
+    model_format: str = "onnx",
+    precision: str | None = None,
 ) -> dict[str, Any]:
-    """Render a KServe ``InferenceService`` serving one ONNX model version with OVMS.
+    """Render a KServe ``InferenceService`` serving one model version (ONNX or OpenVINO IR) with OVMS.
 
     Args:
         name: InferenceService name (also the v2 model name OVMS answers to).
@@ -113,6 +120,9 @@ def render_inference_service(
         expose_route: Make an external route (``networking.kserve.io/visibility: exposed``).
         auth: Require a bearer token (``security.opendatahub.io/enable-auth``).
         extra_labels: Added to the metadata labels.
+        model_format: ``onnx`` or ``openvino_ir`` (a precision variant's folder).
+        precision: Inference precision the variant must run at (``f32``, ``bf16``), passed to
+            OVMS as ``--plugin_config``; None: OVMS's default (the CPU's choice).
 
     Returns:
         The manifest as a dict.
@@ -130,6 +140,14 @@ def render_inference_service(
         raise RenderError(f"replicas min={min_replicas} max={max_replicas} are inconsistent")
     path = storage_path(storage_uri)
     version = str(version)
+    formats = {"onnx": "1", "openvino_ir": "opset13" if mode == "raw" else "opset1"}
+    if model_format not in formats:
+        raise RenderError(f"model_format {model_format!r} is not one of {sorted(formats)}")
+    if precision and mode != "raw":
+        raise RenderError(
+            f"precision {precision!r} needs a per-model --plugin_config, which ModelMesh cannot pass; "
+            "serve a variant without a declared precision, or use mode 'raw'"
+        )
     labels = {
         LABEL_MODEL: _label_value(model_name),
         LABEL_VERSION: _label_value(version),
@@ -146,7 +164,7 @@ def render_inference_service(
         ANNOTATION_STORAGE_URI: storage_uri,
     }
     model: dict[str, Any] = {
-        "modelFormat": {"name": "onnx", "version": "1"},
+        "modelFormat": {"name": model_format, "version": formats[model_format]},
         "runtime": runtime or (RAW_RUNTIME if mode == "raw" else MODELMESH_RUNTIME),
         "storage": {"key": data_connection, "path": path},
     }
@@ -164,6 +182,10 @@ def render_inference_service(
         if expose_route:
             labels["networking.kserve.io/visibility"] = "exposed"
         model["protocolVersion"] = "v2"
+        if precision:
+            # Appended to the runtime's container args by KServe (the predictor's model spec is a
+            # container spec); OVMS applies it to the model's CPU plugin.
+            model["args"] = [f"--plugin_config={json.dumps({'INFERENCE_PRECISION_HINT': precision})}"]
         model["resources"] = copy.deepcopy(resources if resources is not None else _DEFAULT_RESOURCES)
         predictor["minReplicas"] = min_replicas
         predictor["maxReplicas"] = max_replicas

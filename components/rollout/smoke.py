@@ -261,16 +261,19 @@ def make_v2_smoke(
         http = client or httpx.Client(timeout=timeout_s, verify=verify)
         try:
             meta = model_metadata(http, base_url, model, token=token)
-            inputs = {t.get("name"): t for t in meta.get("inputs", [])}
-            outputs = {t.get("name") for t in meta.get("outputs", [])}
-            if "images" not in inputs or "output0" not in outputs:
+            inputs, outputs = meta.get("inputs") or [], meta.get("outputs") or []
+            # As the image processor does: the first (only) input and the first output, by the
+            # names the model declares (`images`/`output0` from Ultralytics, `output` from YOLOv5).
+            if len(inputs) != 1 or not outputs or not all(isinstance(t, dict) and t.get("name") for t in inputs + outputs):
                 raise SmokeTestError(
-                    f"model {model}: expected input 'images' and output 'output0', metadata has "
-                    f"inputs {sorted(inputs)} outputs {sorted(outputs)}"
+                    f"model {model}: expected one image input and an output, metadata has inputs "
+                    f"{[t.get('name') for t in inputs if isinstance(t, dict)]} outputs "
+                    f"{[t.get('name') for t in outputs if isinstance(t, dict)]}"
                 )
+            input_name, output_name = inputs[0]["name"], outputs[0]["name"]
             size = imgsz
             if size is None:
-                shape = inputs["images"].get("shape") or []
+                shape = inputs[0].get("shape") or []
                 if len(shape) != 4 or min(shape[2:]) <= 0:
                     raise SmokeTestError(
                         f"model {model}: input shape {shape} is not static; pass imgsz explicitly"
@@ -281,7 +284,8 @@ def make_v2_smoke(
             for item in golden:
                 img = detector.decode_image(Path(item.path).read_bytes())
                 tensor, info = detector.preprocess(img, size)
-                output, served_version = infer_v2(http, base_url, model, tensor, token=token)
+                output, served_version = infer_v2(http, base_url, model, tensor, token=token,
+                                                  input_name=input_name, output_name=output_name)
                 if expect_version is not None and served_version is not None and served_version != expect_version:
                     raise SmokeTestError(
                         f"model {model}: server answered with version {served_version}, expected {expect_version}"
@@ -325,3 +329,32 @@ def make_v2_smoke(
                 http.close()
 
     return smoke
+
+
+def processor_endpoint() -> tuple[str | None, str | None]:
+    """The (URL, model name) the image processor calls, as the pipeline maps them into the rollout.
+
+    The pipeline maps ``VINSPECT_MODEL_URL`` and ``VINSPECT_MODEL_NAME`` of the processor's
+    ConfigMap (``vinspect-runtime``) into the rollout step as ``VINSPECT_PROCESSOR_MODEL_URL`` and
+    ``VINSPECT_PROCESSOR_MODEL_NAME``, so the smoke test calls the model exactly where the
+    processor will (on a headless predictor Service that is the pod's port, which
+    ``status.address.url`` states but a port-less processor URL misses).
+
+    Returns:
+        ``(url or None, model name or None)``.
+    """
+    import os
+
+    url = (os.environ.get("VINSPECT_PROCESSOR_MODEL_URL") or "").strip() or None
+    name = (os.environ.get("VINSPECT_PROCESSOR_MODEL_NAME") or "").strip() or None
+    return url, name
+
+
+def smoke_as(smoke: Callable[[str, str], Any], model: str) -> Callable[[str, str], Any]:
+    """``smoke`` run under the processor's model name, whatever the InferenceService is called."""
+
+    def run(url: str, _served_name: str) -> Any:
+        return smoke(url, model)
+
+    return run
+

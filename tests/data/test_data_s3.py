@@ -1,4 +1,4 @@
-"""S3: upload by content id (skipping what is there) and import from an s3:// archive, on moto."""
+"""S3: upload by content id (skipping what is there) and import from an s3:// archive, on the local stack's S3."""
 
 from __future__ import annotations
 

@@ -106,6 +106,22 @@ def test_unknown_service_and_wrong_port_are_named(rendered):
     assert "answers on [8443], not 5001" in problems[1].reason
 
 
+@pytest.mark.parametrize("uri, reason", [
+    ("http://mlflow.vinspect.svc.cluster.local:5000", "answers on [8443], not 5000"),
+    ("http://mlflow.vinspect.svc.cluster.local:8443", "port 8443 speaks TLS: use https://"),
+    ("https://mlflow.vinspect.svc.cluster.local", "answers on [8443], not 443"),
+])
+def test_mlflow_is_addressed_through_its_tls_proxy_only(rendered, uri, reason):
+    # MLflow listens on 127.0.0.1:5000 behind the OAuth proxy (Service mlflow, port https 8443):
+    # the pre-proxy URL, plain http to the proxy, or the default https port must all be refused.
+    objects = copy.deepcopy(rendered["default"])
+    assert find(objects, "ConfigMap", "vinspect-runtime")["data"]["MLFLOW_TRACKING_URI"] == \
+        "https://mlflow.vinspect.svc.cluster.local:8443"
+    find(objects, "ConfigMap", "vinspect-runtime")["data"]["MLFLOW_TRACKING_URI"] = uri
+    problems = [p for p in check_overlay(objects) if "MLFLOW_TRACKING_URI" in p.address.where]
+    assert problems and all(reason in p.reason for p in problems), "\n".join(map(str, problems))
+
+
 def test_the_service_choice_of_the_datasciencecluster_is_explicit(rendered):
     dsc = find(rendered["default"], "DataScienceCluster", "default-dsc")
     assert dsc["spec"]["components"]["kserve"]["rawDeploymentServiceConfig"] in ("Headless", "Headed")

@@ -83,9 +83,10 @@ def test_bootstrap_applies_in_dependency_order_and_waits(objects):
     # Every object exists, CRs included (their CRDs had to become Established first).
     for obj in objects:
         assert cluster.find(obj["kind"], obj["metadata"]["name"], obj["metadata"].get("namespace")) is not None
-    # + 5 generated Secrets (Minio, CVAT, MLflow's proxy, the data connection twice), - 2 objects the
-    # cluster already has and that are patched (image registry Config, the operator's DSCInitialization).
-    assert report.count("created") == len(objects) + 3
+    # + 8 generated Secrets (Minio, CVAT, MLflow's proxy, the data connection twice, the runtime's three
+    # Minio users), - 2 objects the cluster already has and that are patched (image registry Config,
+    # the operator's DSCInitialization).
+    assert report.count("created") == len(objects) + 6
     t = cluster.first
     # Operators: the instance is created only after its operator's CSV succeeded and its CRD appeared.
     assert t("create", "DataScienceCluster default-dsc") >= t("create", "Subscription redhat-ods-operator/rhods-operator") + 2 * DELAY

@@ -41,7 +41,9 @@ def test_serving_images_install_only_the_serving_extra(image):
     assert re.search(r'pip install "/tmp/src\[serving\]"', runs)
     assert "[train]" not in runs and not any(dep in runs for dep in TRAIN_ONLY)
     entry = [args for word, args in steps if word == "ENTRYPOINT"]
-    assert entry == [f'["vinspect", "serve", "{SERVING_IMAGES[image]}"]']
+    # The model server binds loopback unless told otherwise; its image must say 0.0.0.0.
+    host = ', "--host=0.0.0.0"' if image == "modelserver" else ""
+    assert entry == [f'["vinspect", "serve", "{SERVING_IMAGES[image]}"{host}]']
     assert not any("pip" in args for word, args in steps if word in ("ENTRYPOINT", "CMD"))
     assert ("USER", "1001") in steps
 

@@ -100,3 +100,25 @@ def test_triggers_keep_per_camera_order_like_the_source(rendered):
     for trigger in (o for o in objects if o["kind"] == "Trigger"):
         annotations = trigger["metadata"].get("annotations") or {}
         assert annotations.get("kafka.eventing.knative.dev/delivery.order") == "ordered", trigger["metadata"]["name"]
+
+
+@pytest.mark.parametrize("overlay", ["default", "gpu", "sno"], ids=lambda o: f"overlay-{o}")
+def test_runtime_image_limit_fits_the_topics_and_the_data_plane(rendered, overlay, monkeypatch):
+    # The processor refuses, and the camera skips, images over VINSPECT_MAX_IMAGE_BYTES. Left at
+    # the code's 10 MiB default (the local stack's), the camera would produce frames the 4 MiB
+    # topics refuse, and the processor would accept what Knative's data plane cannot carry.
+    from vinspect.settings import RuntimeSettings
+
+    objects = rendered[overlay]
+    data = find(objects, "ConfigMap", "vinspect-runtime")["data"]
+    assert "VINSPECT_MAX_IMAGE_BYTES" in data, "the runtime ConfigMap leaves the image limit at the code's default"
+    monkeypatch.setenv("VINSPECT_MAX_IMAGE_BYTES", data["VINSPECT_MAX_IMAGE_BYTES"])
+    limit = RuntimeSettings(_env_file=None).max_image_bytes  # what processor and camera read
+    assert limit == int(data["VINSPECT_MAX_IMAGE_BYTES"])
+    source = find(objects, "KafkaSource", "visual-inspection-images")["spec"]
+    broker_topic = find(objects, "Broker", "default")["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"]
+    limits = {t["metadata"]["name"]: int(t["spec"]["config"]["max.message.bytes"]) for t in _topics(objects)}
+    for topic in [*source["topics"], broker_topic]:
+        assert limit <= limits[topic], f"VINSPECT_MAX_IMAGE_BYTES {limit} > topic {topic} max.message.bytes {limits[topic]}"
+    broker_max = _data_plane_max_request(objects, "config-kafka-broker-data-plane", "config-kafka-broker-producer.properties")
+    assert limit <= broker_max, f"VINSPECT_MAX_IMAGE_BYTES {limit} > Broker receiver max.request.size {broker_max}"

@@ -61,3 +61,21 @@ def test_cli_evaluate_with_gate(onnx_model, dataset, tmp_path):
     assert "REJECTED" in rejected.output and "map50" in rejected.output
     bad = runner.invoke(_app(), ["model", "evaluate", str(onnx_model), str(dataset), "--floors", '{"mAP": 1}'])
     assert bad.exit_code == 2 and "unknown gate floor" in bad.output
+
+
+def test_cli_export_variants_and_evaluate_an_ir_with_its_engine(onnx_model, trained, dataset, tmp_path):
+    out = tmp_path / "m.onnx"
+    result = runner.invoke(_app(), ["model", "export", str(trained.best_weights), "--out", str(out),
+                                    "--imgsz", str(IMGSZ), "--variants", str(tmp_path / "v"),
+                                    "--calibration", str(dataset), "--calibration-images", "8"])
+    assert result.exit_code == 0, result.output
+    assert "variants: onnx, fp32, auto, int8" in result.output
+    ev = runner.invoke(_app(), ["model", "evaluate", str(tmp_path / "v" / "fp32" / "1" / "model.xml"), str(dataset),
+                                "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout[ev.stdout.index("{"):])["engine"] == "openvino f32"
+    bad = runner.invoke(_app(), ["model", "evaluate", str(onnx_model), str(dataset), "--engine", "tensorrt"])
+    assert bad.exit_code != 0 and "unknown engine 'tensorrt'" in bad.output
+    missing = runner.invoke(_app(), ["model", "export", str(trained.best_weights), "--out", str(tmp_path / "n.onnx"),
+                                     "--imgsz", str(IMGSZ), "--variants", str(tmp_path / "w")])
+    assert missing.exit_code != 0 and "--variants needs --calibration" in missing.output

@@ -109,6 +109,11 @@ def test_parity_check_passes_for_the_real_export(trained, onnx_model, val_images
     assert report["detections_torch"] > 0 and report["matched"] > 0
     assert report["detections_torch"] == report["detections_onnx"]
     assert sum(1 for row in report["per_image"] if row["matched"]) >= 2
+    # OpenVINO at f32 on the same tensors: the same figures (torch, ONNX Runtime and OpenVINO agree).
+    pytest.importorskip("openvino")
+    assert report["max_abs_diff_openvino"] <= report["atol"]
+    assert report["detections_openvino"] == report["detections_torch"] and report["matched_openvino"] > 0
+    assert report["openvino_auto_precision"] in ("f32", "bf16")  # recorded, judged by the variants' mAP
 
 
 def test_parity_check_fails_for_a_tampered_model(trained, onnx_model, val_images, tmp_path):

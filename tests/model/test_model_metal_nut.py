@@ -36,3 +36,7 @@ def test_metal_nut_quality_and_agreement_with_ultralytics(shared_dir, tmp_path):
     assert result["abs_diff_map50_vs_ultralytics"] <= 0.05
     assert result["abs_diff_map50_95_vs_ultralytics"] <= 0.05
     assert set(result["ours_onnx_detector_core"]["per_class"]) == {"scratch", "bent"}
+    # The precision variants: FP32 and the gate's choice, each measured with its serving engine.
+    assert result["fp32"]["engine"] == "openvino f32"
+    assert result["chosen_variant"] in ("fp32", "auto", "int8")
+    assert result["chosen"]["map50_95"] >= result["fp32"]["map50_95"] - 0.01

@@ -186,6 +186,8 @@ def stack_env(local_stack) -> dict[str, str]:
         "VINSPECT_HOME": str(local_stack.config.state),
         "VINSPECT_EXPERIMENT": "notebook-tests",
         "VINSPECT_MODEL_NAME": "nb-metal-nut",
+        # The model server needs a token for its repository API; the notebook sends it too.
+        "VINSPECT_MODEL_TOKEN": local_stack.env.get("VINSPECT_MODEL_TOKEN") or "notebook-test-model-token",
     }
 
 
@@ -223,7 +225,8 @@ def model_server(stack_env, registered, tmp_path_factory):
                 raise RuntimeError(f"model server exited with {proc.returncode}:\n"
                                    f"{(tmp_path / 'modelserver.log').read_text()[-3000:]}")
             try:
-                if httpx.get(f"{url}/v2/models/{newest['name']}/ready", timeout=2).status_code == 200:
+                auth = {"Authorization": f"Bearer {stack_env['VINSPECT_MODEL_TOKEN']}"}
+                if httpx.get(f"{url}/v2/models/{newest['name']}/ready", timeout=2, headers=auth).status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -236,7 +239,7 @@ def model_server(stack_env, registered, tmp_path_factory):
         # folder name under the storage URI, "1").
         from serving.model_client import ModelClient
 
-        with ModelClient(url, newest["name"]) as client:
+        with ModelClient(url, newest["name"], token=stack_env["VINSPECT_MODEL_TOKEN"]) as client:
             client.load(newest["storage_uri"], newest["version"])
         yield {"url": url, **newest}
     finally:

@@ -10,6 +10,8 @@ import pytest
 from tests.conftest import free_port
 from tests.pipeline.fake_kfp import FakeKFP
 
+MODEL_TOKEN = "pipeline-test-model-token"
+
 
 @pytest.fixture
 def fake_kfp(monkeypatch, tmp_path):
@@ -40,9 +42,12 @@ def model_server(local_stack):
 
     repository = ModelRepository(lambda: local_stack.s3)
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(repository), host="127.0.0.1", port=port, log_level="warning")
-    )
+    # Its repository API needs a token: the stack's own when it has one (the rollout step sends
+    # VINSPECT_MODEL_TOKEN from the stack's settings), else one the tests set (MODEL_TOKEN).
+    token = local_stack.env.get("VINSPECT_MODEL_TOKEN") or MODEL_TOKEN
+    bucket = local_stack.env.get("AWS_S3_BUCKET", "models")
+    app = create_app(repository, token=token, model_roots=[f"s3://{bucket}"])
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -50,8 +55,12 @@ def model_server(local_stack):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the model server did not start")
         time.sleep(0.05)
+    # The rollout step and the tests' own calls send it from the environment.
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VINSPECT_MODEL_TOKEN", token)
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        mp.undo()
         server.should_exit = True
         thread.join(timeout=10)

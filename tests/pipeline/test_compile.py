@@ -150,7 +150,10 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
         "check-dataset": mlflow,
         "train": {"aws-connection-models": s3},
         "register": {"aws-connection-models": s3 | {"MLFLOW_S3_ENDPOINT_URL"}, **mlflow},
-        "rollout": {"aws-connection-models": s3, **mlflow, "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"}},
+        # The smoke test calls the model where the processor will: its ConfigMap's URL and name.
+        "rollout": {"aws-connection-models": s3, **mlflow, "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"},
+                    "configmap/vinspect-runtime": {"MLFLOW_TRACKING_URI", "VINSPECT_PROCESSOR_MODEL_URL",
+                                                   "VINSPECT_PROCESSOR_MODEL_NAME"}},
         "validate-and-split": {},
         "export-onnx": {},
         # The champion's ONNX is read from S3 and its version from MLflow to re-evaluate it.

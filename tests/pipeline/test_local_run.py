@@ -8,7 +8,7 @@ second run changes only the gate floors, and must re-use the trained weights.
 from __future__ import annotations
 
 import json
-
+import os
 import uuid
 from pathlib import Path
 
@@ -35,6 +35,11 @@ def run_env(local_stack, model_server, tmp_path_factory):
     yield {"env": dict(local_stack.env), "state": state, "root": state / "pipeline-root", "model": model,
            "url": model_server}
     mp.undo()
+
+
+def _auth() -> dict[str, str]:
+    """The model server's bearer token (the model_server fixture sets VINSPECT_MODEL_TOKEN)."""
+    return {"Authorization": f"Bearer {os.environ['VINSPECT_MODEL_TOKEN']}"}
 
 
 def _mlflow(run_env):
@@ -67,7 +72,7 @@ def rejected_run(run_env):
     for key, value in TINY.items():
         args += ["-p", f"{key}={value}"]
     result = CliRunner().invoke(app, args)
-    with httpx.Client(base_url=run_env["url"]) as http:
+    with httpx.Client(base_url=run_env["url"], headers=_auth()) as http:
         served = http.get(f"/v2/models/{run_env['model']}").status_code
     return {"exit_code": result.exit_code, "output": result.output, "versions": _versions(run_env),
             "served": served, "run_dirs": _run_dirs(run_env["root"])}
@@ -117,10 +122,19 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejec
     sources = [json.loads(d.dataset.source).get("uri", d.dataset.source) for d in run.inputs.dataset_inputs]
     assert f"s3://{data_bucket}/datasets/{dataset_id}/" in sources, sources
 
-    with httpx.Client(base_url=run_env["url"]) as http:
+    with httpx.Client(base_url=run_env["url"], headers=_auth()) as http:
         meta = http.get(f"/v2/models/{run_env['model']}").json()
     assert meta["versions"] == [version], meta
     assert meta["inputs"][0]["name"] == "images" and meta["inputs"][0]["shape"][-2:] == [64, 64], meta
+    # Every precision variant was measured and logged; the version and the server carry the
+    # gate's choice (an OpenVINO IR folder under the same version, served by OpenVINO).
+    variant = mv.tags["vinspect.variant"]
+    assert variant in ("fp32", "auto", "int8"), mv.tags
+    assert {f"variant_{v}_{k}" for v in ("onnx", "fp32", "auto", "int8") for k in ("map50_95", "latency_ms")} \
+        <= set(run.data.metrics)
+    assert mv.tags["vinspect.storage_uri"] == f"s3://{bucket}/{run_env['model']}/{version}/{variant}/"
+    local_stack.s3.head_object(Bucket=bucket, Key=f"{run_env['model']}/{version}/int8/1/model.bin")
+    assert meta["platform"] == "OpenVINO", meta
 
     # Only the gate floors changed: the trained weights came from the cache, not a new training.
     (new_dir,) = sorted(set(_run_dirs(run_env["root"])) - set(before))

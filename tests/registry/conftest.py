@@ -126,17 +126,29 @@ def model_name() -> str:
     return f"tiny-{uuid.uuid4().hex[:8]}"
 
 
+def model_token(local_stack) -> str:
+    """The model server's bearer token: the stack's own when it generated one."""
+    return local_stack.env.get("VINSPECT_MODEL_TOKEN") or "registry-test-model-token"
+
+
 @pytest.fixture
-def http_model_server(s3):
-    """The real model server on a loopback port (uvicorn in a thread, stopped at the end)."""
+def http_model_server(s3, bucket, local_stack, monkeypatch):
+    """The real model server on a loopback port (uvicorn in a thread, stopped at the end).
+
+    It requires a token (its repository API is off without one) and loads only from the
+    stack's models bucket; ``VINSPECT_MODEL_TOKEN`` is set for the test so CLI calls send it.
+    """
     import uvicorn
 
     from serving.modelserver import ModelRepository, create_app
 
+    token = model_token(local_stack)
+    monkeypatch.setenv("VINSPECT_MODEL_TOKEN", token)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False)
+    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False, token=token,
+                      model_roots=[f"s3://{bucket}"])
     server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

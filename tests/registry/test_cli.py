@@ -4,6 +4,7 @@ including a deploy to the real local model server over HTTP."""
 from __future__ import annotations
 
 import json
+import os
 import uuid
 
 import numpy as np
@@ -84,7 +85,8 @@ def test_promote_and_rollback_with_local_deploy(env, register, http_model_server
     assert code == 0 and "deployed v1" in out, out
     code, out = _run("model", "promote", "2", *common)
     assert code == 0 and "deployed v2" in out, out
-    served = lambda: httpx.get(f"{http_model_server}/v2/models/{name}").json()["versions"]  # noqa: E731
+    auth = {"Authorization": f"Bearer {os.environ['VINSPECT_MODEL_TOKEN']}"}
+    served = lambda: httpx.get(f"{http_model_server}/v2/models/{name}", headers=auth).json()["versions"]  # noqa: E731
     assert served() == ["2"]
     code, out = _run("model", "rollback", *common)
     assert code == 0 and "deployed v1" in out, out

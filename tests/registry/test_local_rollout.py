@@ -28,14 +28,15 @@ def versions(register) -> tuple[str, dict[str, dict]]:
 
 
 @pytest.fixture
-def server(s3):
-    """The local model server app in-process (no model loaded yet)."""
+def server(s3, bucket):
+    """The local model server app in-process (no model loaded yet), its token on every call."""
     from fastapi.testclient import TestClient
 
     from serving.modelserver import ModelRepository, create_app
 
-    app = create_app(ModelRepository(lambda: s3), load_on_startup=False)
-    with TestClient(app) as client:
+    app = create_app(ModelRepository(lambda: s3), load_on_startup=False, token="rollout-test-token",
+                     model_roots=[f"s3://{bucket}"])
+    with TestClient(app, headers={"Authorization": "Bearer rollout-test-token"}) as client:
         yield client
 
 

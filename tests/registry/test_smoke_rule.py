@@ -77,7 +77,9 @@ def served(tmp_path):
     def _fail():
         raise AssertionError("no S3 in these tests")
 
-    with TestClient(create_app(ModelRepository(_fail), load_on_startup=False)) as client:
+    app = create_app(ModelRepository(_fail), load_on_startup=False, token="smoke-test-token",
+                     model_roots=[str(tmp_path)])
+    with TestClient(app, headers={"Authorization": "Bearer smoke-test-token"}) as client:
         def _serve(detections):
             name = f"rule-{uuid.uuid4().hex[:6]}"
             path = build_tiny_onnx(tmp_path / f"{name}.onnx", detections, tag=name)
@@ -217,7 +219,7 @@ def test_local_rollout_step_applies_the_rule_and_rolls_back(local_stack, registe
     for key, value in local_stack.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("VINSPECT_MODEL_URL", http_model_server)
-    monkeypatch.delenv("VINSPECT_MODEL_TOKEN", raising=False)
+    # http_model_server set VINSPECT_MODEL_TOKEN: the step sends it, as it would to a real server.
     name = f"tiny-rule-{uuid.uuid4().hex[:8]}"
     good = register(name, "run-both", detections=BOTH)
     bent_only = register(name, "run-bent", detections=BENT_IN_THE_MIDDLE)

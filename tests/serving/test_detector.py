@@ -274,7 +274,7 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
     # (32 +- 8, 32 +- 4) in the letterbox -> x: (24..40)/0.25, y: (28-16..36-16)/0.25
     np.testing.assert_allclose(local[0].box, [96, 48, 160, 80])
     assert set(d.timings) == {"preprocess", "inference", "postprocess"}
-    assert det.Detector(path, threads=1).session.get_session_options().intra_op_num_threads == 1
+    assert det.Detector(path, threads=1, engine="onnxruntime").session.get_session_options().intra_op_num_threads == 1
     seen = []
 
     def remote(tensor):
@@ -283,7 +283,7 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
 
     assert det.Detector(None, conf=0.2, iou=0.4, names=("scratch", "bent"), imgsz=64).detect_with(img, remote) == local
     assert seen == [(1, 3, 64, 64)]
-    with pytest.raises(RuntimeError, match="no local ONNX session"):
+    with pytest.raises(RuntimeError, match="no local model"):
         det.Detector(None, imgsz=64).detect(img)
     with pytest.raises(FileNotFoundError):
         det.Detector(tmp_path / "missing.onnx")
@@ -296,3 +296,75 @@ def test_module_imports_only_numpy_and_pillow():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Engines: backend selection, IR loading, declared precision
+# --------------------------------------------------------------------------------------------
+
+_META = {"names": '{"0": "scratch", "1": "bent"}', "imgsz": "[64, 64]", "stride": "32", "dataset_id": "d1"}
+
+
+def _bent_output() -> np.ndarray:
+    out = np.zeros((1, 6, 84), np.float32)
+    out[0, :4, 0] = [32, 32, 16, 8]
+    out[0, 5, 0] = 0.95
+    return out
+
+
+def test_engine_selection_setting_default_and_errors(monkeypatch):
+    monkeypatch.delenv(det.ENGINE_ENV, raising=False)
+    monkeypatch.delenv(det.PRECISION_ENV, raising=False)
+    pytest.importorskip("openvino")
+    assert det.resolve_engine() == "openvino"  # the default where it is installed
+    monkeypatch.setenv(det.ENGINE_ENV, "onnxruntime")
+    assert det.resolve_engine() == "onnxruntime"
+    assert det.resolve_engine("ov") == "openvino"  # an argument beats the setting
+    with pytest.raises(ValueError, match="did you mean 'openvino'"):
+        det.resolve_engine("openvno")
+    monkeypatch.delenv(det.ENGINE_ENV)
+    monkeypatch.setattr(det, "openvino_available", lambda: False)
+    assert det.resolve_engine() == "onnxruntime"  # the fallback where OpenVINO is absent
+    with pytest.raises(ValueError, match="not installed"):
+        det.resolve_engine("openvino")
+    monkeypatch.setenv(det.PRECISION_ENV, "FP32")
+    assert det.resolve_precision() == "f32"
+    with pytest.raises(ValueError, match="did you mean 'bf16'"):
+        det.resolve_precision("bf61")
+
+
+def test_both_engines_give_the_same_detections_through_one_core(tmp_path, monkeypatch):
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.delenv(det.ENGINE_ENV, raising=False)
+    path = _constant_model(tmp_path / "m.onnx", _bent_output(), 64, _META)
+    img = np.zeros((128, 256, 3), np.uint8)
+    default = det.Detector(path, conf=0.2, iou=0.4)
+    ort = det.Detector(path, conf=0.2, iou=0.4, engine="onnxruntime")
+    assert default.engine.backend == "openvino" and ort.engine.backend == "onnxruntime"
+    assert ort.engine.label == "onnxruntime f32"
+    assert default.engine.precision in ("f32", "bf16")  # the runtime's choice on this CPU
+    assert default.names == ort.names == ["scratch", "bent"] and default.metadata["dataset_id"] == "d1"
+    assert default.detect(img) == ort.detect(img)
+    np.testing.assert_allclose(det.Detector(path, threads=1).detect(img)[0].box, [96, 48, 160, 80])
+    with pytest.raises(ValueError, match="runs the model's own precision"):
+        det.Detector(path, engine="onnxruntime", precision="bf16")
+
+
+def test_ir_loads_with_metadata_and_its_declared_precision(tmp_path):
+    ov = pytest.importorskip("openvino")
+    path = _constant_model(tmp_path / "m.onnx", _bent_output(), 64, _META)
+    model = ov.Core().read_model(str(path))
+    model.set_rt_info("f32", list(det.PRECISION_RT_KEY))
+    ov.save_model(model, str(tmp_path / "ir" / "model.xml"), compress_to_fp16=False)
+    d = det.Detector(tmp_path / "ir" / "model.xml", conf=0.2, iou=0.4)
+    assert d.engine.backend == "openvino" and d.engine.precision == "f32"  # declared, not the CPU's default
+    assert d.names == ["scratch", "bent"] and d.imgsz == (64, 64) and d.metadata["dataset_id"] == "d1"
+    assert [x.class_name for x in d.detect(np.zeros((64, 64, 3), np.uint8))] == ["bent"]
+    assert det.Detector(tmp_path / "ir" / "model.xml", precision="auto").engine.precision == (
+        det.open_engine(path, engine="openvino").precision)  # "auto" overrides the declaration
+    with pytest.raises(ValueError, match="needs engine 'openvino'"):
+        det.open_engine(tmp_path / "ir" / "model.xml", engine="onnxruntime")
+    (tmp_path / "ir" / "model.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights file model.bin"):
+        det.Detector(tmp_path / "ir" / "model.xml")

@@ -8,7 +8,6 @@ import time
 
 import httpx
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from serving import v2
@@ -17,14 +16,20 @@ from serving.modelserver import ModelRepository, create_app
 from .conftest import IMGSZ, ThreadServer
 
 SHAPE = [1, 3, IMGSZ, IMGSZ]
+# The repository API needs a token; these tests are about loading, not about auth.
+TOKEN = "test-model-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def reference(onnx_model):
-    """In-process ONNX Runtime on the same file: what the server must answer."""
-    session = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
+    """The same engine in process, at the same precision, on the same file: what the server must
+    answer (OpenVINO at the runtime's precision by default, as OVMS)."""
+    from serving.detector import open_engine
+
+    engine = open_engine(onnx_model, threads=1)
     x = np.random.default_rng(0).random(SHAPE, dtype=np.float32)
-    return x, session.run(["output0"], {"images": x})[0]
+    return x, engine.run({"images": x}, ["output0"])[0]
 
 
 def test_metadata_uses_onnx_tensor_names(model_server, onnx_model):
@@ -121,10 +126,10 @@ def test_malformed_and_oversized_bodies_are_400(model_server):
     r = httpx.post(url, json={"inputs": [{"name": "images", "shape": SHAPE, "datatype": "FP32",
                                           "data": [1.0, 2.0]}]})
     assert r.status_code == 400 and "elements" in r.json()["error"]
-    # over the 1 MiB limit this server was started with
+    # over the 1 MiB limit this server was started with: 413, the status for "too large"
     big = np.zeros([1, 3, 320, 320], np.float32)
     r = _post(model_server.url, {"images": big})
-    assert r.status_code == 400 and "exceeds the limit" in r.json()["error"]
+    assert r.status_code == 413 and "exceeds the limit" in r.json()["error"]
 
 
 def test_unknown_model_or_version_is_404(model_server):
@@ -141,19 +146,19 @@ def test_unknown_model_or_version_is_404(model_server):
 def test_503_while_loading_then_ready(onnx_model):
     repo = ModelRepository()
     repo.register("metal-nut", str(onnx_model))
-    with ThreadServer(create_app(repo, load_on_startup=False)) as server:
+    with ThreadServer(create_app(repo, load_on_startup=False, token=TOKEN)) as server:
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 503
-        assert httpx.get(f"{server.url}/v2/models/metal-nut/ready").status_code == 503
+        assert httpx.get(f"{server.url}/v2/models/metal-nut/ready", headers=AUTH).status_code == 503
         body, headers = v2.encode_request({"images": np.zeros(SHAPE, np.float32)})
-        r = httpx.post(f"{server.url}/v2/models/metal-nut/infer", content=body, headers=headers)
+        r = httpx.post(f"{server.url}/v2/models/metal-nut/infer", content=body, headers={**headers, **AUTH})
         assert r.status_code == 503 and "loading" in r.json()["error"]
         # The repository extension loads it (tritonclient sends an empty load request).
         import tritonclient.http as triton
 
-        triton.InferenceServerClient(server.url.removeprefix("http://")).load_model("metal-nut")
+        triton.InferenceServerClient(server.url.removeprefix("http://")).load_model("metal-nut", headers=AUTH)
         assert httpx.get(f"{server.url}/v2/health/ready").status_code == 200
-        index = httpx.post(f"{server.url}/v2/repository/index").json()
+        index = httpx.post(f"{server.url}/v2/repository/index", headers=AUTH).json()
         assert index == [{"name": "metal-nut", "state": "READY", "version": "1"}]
 
 
@@ -161,42 +166,43 @@ def test_declared_version_is_reported_after_background_load(onnx_model):
     """`serve --version 7` must report 7, not the ONNX folder name (regression)."""
     repo = ModelRepository()
     repo.register("metal-nut", str(onnx_model), "7")
-    with ThreadServer(create_app(repo)) as server:
+    with ThreadServer(create_app(repo, token=TOKEN)) as server:
         deadline = time.monotonic() + 30
         while httpx.get(f"{server.url}/v2/health/ready").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["7"]
-        # A reload of the same source without a version keeps the declared one.
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load",
+        assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["7"]
+        # A reload of the same source without a version keeps the declared one (and needs
+        # no model root: the operator named that source at start-up).
+        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", headers=AUTH,
                        json={"parameters": {"uri": str(onnx_model)}})
         assert r.status_code == 200
-        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["7"]
+        assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["7"]
 
 
 def test_empty_server_is_live_and_loads_on_request(onnx_model):
     """The demo starts the server empty; the first rollout loads the model."""
     repo = ModelRepository()
-    with ThreadServer(create_app(repo)) as server:
+    with ThreadServer(create_app(repo, token=TOKEN, model_roots=[str(onnx_model.parent)])) as server:
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
-        assert httpx.get(f"{server.url}/v2/models/metal-nut").status_code == 404
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load",
+        assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).status_code == 404
+        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", headers=AUTH,
                        json={"parameters": {"uri": str(onnx_model), "version": "3"}})
         assert r.status_code == 200
-        assert httpx.get(f"{server.url}/v2/models/metal-nut").json()["versions"] == ["3"]
+        assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["3"]
 
 
 def test_failed_load_is_reported(tmp_path):
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"this is not onnx")
     repo = ModelRepository()
-    with ThreadServer(create_app(repo)) as server:
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load",
+    with ThreadServer(create_app(repo, token=TOKEN, model_roots=[str(tmp_path)])) as server:
+        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers=AUTH,
                        json={"parameters": {"uri": str(bad)}})
         assert r.status_code == 400 and "not a loadable ONNX model" in r.json()["error"]
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load",
+        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers=AUTH,
                        json={"parameters": {"uri": str(tmp_path / "missing")}})
         assert r.status_code == 400 and "does not exist" in r.json()["error"]
-        assert httpx.get(f"{server.url}/v2/models/m/ready").status_code == 503
+        assert httpx.get(f"{server.url}/v2/models/m/ready", headers=AUTH).status_code == 503
 
 
 def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, monkeypatch):
@@ -213,9 +219,10 @@ def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, m
 
     repo = ModelRepository(s3_client_factory_from_env())
     repo.load("metal-nut", str(onnx_model), version="1")
-    with ThreadServer(create_app(repo)) as server:
+    with ThreadServer(create_app(repo, token=TOKEN, model_roots=[f"s3://{bucket}"])) as server:
         x = {"images": np.random.default_rng(1).random(SHAPE, dtype=np.float32)}
         body, headers = v2.encode_request(x, ["output0"])
+        headers = {**headers, **AUTH}
         stop = threading.Event()
         statuses: list[int] = []
         per_thread: list[list[str]] = [[], [], []]
@@ -233,7 +240,7 @@ def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, m
         for t in threads:
             t.start()
         time.sleep(0.5)
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", timeout=60,
+        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", timeout=60, headers=AUTH,
                        json={"parameters": {"uri": f"s3://{bucket}/metal-nut-swap/2/", "version": "2"}})
         assert r.status_code == 200, r.text
         time.sleep(0.5)
@@ -245,7 +252,7 @@ def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, m
             # each thread's requests are sequential: v1 until the swap, then v2 for good
             assert versions[0] == "1" and versions[-1] == "2"
             assert "1" not in versions[versions.index("2"):]
-        meta = httpx.get(f"{server.url}/v2/models/metal-nut").json()
+        meta = httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()
         assert meta["versions"] == ["2"]
 
 

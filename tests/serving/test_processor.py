@@ -221,8 +221,10 @@ def test_swap_to_another_input_size_is_followed(onnx_model, onnx_model_64):
 
     repo = ModelRepository()
     repo.load("metal-nut", str(onnx_model), version="1")
-    with ThreadServer(create_app(repo)) as server:
-        client = ModelClient(server.url, "metal-nut", retries=0)
+    # The repository API (the load below) needs a token and a model root holding the new file.
+    app = create_app(repo, token="swap-test-token", model_roots=[str(onnx_model_64.parent)])
+    with ThreadServer(app) as server:
+        client = ModelClient(server.url, "metal-nut", retries=0, token="swap-test-token")
         inspector = Inspector(client)
         assert inspector.inspect(image_event(_jpeg(), "c")).get_data()["model"]["version"] == "1"
         assert client.load(str(onnx_model_64), version="2")["version"] == "2"

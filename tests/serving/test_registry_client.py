@@ -133,3 +133,14 @@ def test_serve_model_champion_resolves_over_rest_without_mlflow(local_stack, reg
 
     missing = CliRunner().invoke(app, ["model", "--champion", "--name", f"{name}-absent"])
     assert missing.exit_code != 0 and "registry has no" in missing.output
+
+
+def test_champion_uri_follows_the_chosen_variant(local_stack, registered):
+    """A version registered with a precision variant is served from that variant's folder."""
+    client, name = registered
+    client.set_model_version_tag(name, "3", "vinspect.storage_uri", f"s3://models/{name}/3/int8/")
+    client.set_registered_model_alias(name, "champion", "3")
+    try:
+        assert champion_uri(local_stack.mlflow_uri, name, "models") == (f"s3://models/{name}/3/int8/", "3")
+    finally:
+        client.set_registered_model_alias(name, "champion", "2")

@@ -1,4 +1,4 @@
-"""`vinspect local up|down|status`: the embedded stack."""
+"""`vinspect local up|down|status|reset`: the embedded stack."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vinspect.local import SERVICES, StackConfig, StackError, down, status, up
+from vinspect.local import SERVICES, StackConfig, StackError, down, reset, state_size, status, up
 
 _STATE = typer.Option(None, "--state", help="State directory (default $VINSPECT_HOME or ./.vinspect).")
 _S3 = typer.Option(None, "--s3-port", help="S3 server port (default 9000, or VINSPECT_LOCAL_S3_PORT).")
@@ -19,8 +19,16 @@ def _cfg(state, s3_port, mlflow_port, kafka_port) -> StackConfig:
     return StackConfig.from_env(state=state, s3_port=s3_port, mlflow_port=mlflow_port, kafka_port=kafka_port)
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
 def print_status(cfg: StackConfig) -> bool:
-    """Print a status table; True when every service answers."""
+    """Print a status table and the state directory's size; True when every service answers."""
     from rich.console import Console
     from rich.table import Table
 
@@ -34,10 +42,14 @@ def print_status(cfg: StackConfig) -> bool:
             service,
             "[green]up[/green]" if row["ok"] else "[red]down[/red]",
             str(row["pid"] or "-"),
-            str(row["port"]),
+            str(row["port"] or "-"),
             row["detail"],
         )
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    size = state_size(cfg) if cfg.state.is_dir() else 0
+    # Plain echo: rich would wrap a long path in the middle of the size.
+    typer.echo(f"state: {cfg.state} ({_size(size)}); `vinspect local down` keeps it, `vinspect local reset` deletes it")
     return all(r["ok"] for r in result.values())
 
 
@@ -49,7 +61,7 @@ def register(app: typer.Typer) -> None:
         mlflow_port: Optional[int] = _MLFLOW,
         kafka_port: Optional[int] = _KAFKA,
     ) -> None:
-        """Start the S3 server, MLflow server and Kafka broker (idempotent); write <state>/stack.env."""
+        """Start what is not running of the S3 server, MLflow and the Kafka broker; keeps all state."""
         cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
         try:
             up(cfg, log=lambda m: typer.echo(m, err=True))
@@ -62,10 +74,32 @@ def register(app: typer.Typer) -> None:
 
     @app.command("down")
     def down_cmd(state: Optional[Path] = _STATE) -> None:
-        """Stop what `up` started (by pid, children included); S3 objects are discarded."""
+        """Stop what `up` started (by pid, children included); everything stored is kept for the next `up`."""
         cfg = _cfg(state, None, None, None)
         stopped = down(cfg, log=lambda m: typer.echo(m, err=True))
         typer.echo(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+    @app.command("reset")
+    def reset_cmd(
+        state: Optional[Path] = _STATE,
+        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    ) -> None:
+        """Stop the stack and delete its state: S3 objects, MLflow runs and registry, Kafka messages, credentials."""
+        cfg = _cfg(state, None, None, None)
+        if not cfg.state.exists():
+            typer.echo(f"nothing to reset: {cfg.state} does not exist")
+            return
+        if not yes:
+            size = _size(state_size(cfg))
+            typer.confirm(
+                f"Delete {cfg.state} ({size}): every S3 object, MLflow run, registered model and Kafka message?",
+                abort=True,
+            )
+        try:
+            reset(cfg, log=lambda m: typer.echo(m, err=True))
+        except StackError as exc:
+            typer.secho(f"error: {exc}", fg="red", err=True)
+            raise typer.Exit(1)
 
     @app.command("status")
     def status_cmd(
@@ -74,6 +108,6 @@ def register(app: typer.Typer) -> None:
         mlflow_port: Optional[int] = _MLFLOW,
         kafka_port: Optional[int] = _KAFKA,
     ) -> None:
-        """Check each service for real (list buckets, an MLflow API call, Kafka metadata); exit 1 if any is down."""
+        """Check each service for real (list buckets, an MLflow API call, Kafka metadata) and report the state's size; exit 1 if any is down."""
         cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
         raise typer.Exit(0 if print_status(cfg) else 1)

@@ -136,8 +136,15 @@ def register(app: typer.Typer) -> None:
             None, "--parity", help="Dataset folder (its val images) or image folder for the PyTorch/ONNX parity check"
         ),
         atol: float = typer.Option(1e-2, "--atol", help="Parity tolerance on raw outputs"),
+        variants: Optional[Path] = typer.Option(
+            None, "--variants", help="Also write the precision variants (OpenVINO IR fp32, auto, NNCF int8) "
+            "in the OVMS layout to this new folder; needs --calibration"),
+        calibration: Optional[Path] = typer.Option(
+            None, "--calibration", help="Dataset folder (its train images) or image folder for INT8 calibration"),
+        calibration_images: int = typer.Option(300, "--calibration-images", help="Calibration images used, at most"),
     ) -> None:
-        """Export weights to ONNX for OpenVINO Model Server, optionally checking parity with PyTorch."""
+        """Export weights to ONNX for OpenVINO Model Server, optionally checking parity with PyTorch
+        (ONNX Runtime and OpenVINO) and writing the precision variants."""
         from components.model import ParityError, export_onnx, parity_check
         from components.model.evaluate import IMAGE_SUFFIXES
 
@@ -148,6 +155,18 @@ def register(app: typer.Typer) -> None:
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         typer.echo(f"exported: {path}")
+        if variants is not None:
+            from components.model import export_variants
+
+            if calibration is None:
+                _fail(ValueError("--variants needs --calibration (the training images)"))
+            folder = calibration / "images" / "train" if (calibration / "images" / "train").is_dir() else calibration
+            cal = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+            try:
+                index = export_variants(path, variants, calibration=cal, calibration_images=calibration_images)
+            except (FileNotFoundError, ValueError) as exc:
+                _fail(exc)
+            typer.echo(f"variants: {', '.join(index)} in {variants}")
         if parity is None:
             return
         folder = parity / "images" / "val" if (parity / "images" / "val").is_dir() else parity
@@ -162,12 +181,20 @@ def register(app: typer.Typer) -> None:
             f"parity: ok on {report['images']} images, max |torch - onnx| = {report['max_abs_diff']:.3g} "
             f"(atol {atol:g}), detections {report['detections_torch']}/{report['detections_onnx']} matched "
             f"{report['matched']}"
+            + (f"; max |torch - openvino f32| = {report['max_abs_diff_openvino']:.3g}, openvino "
+               f"{report['openvino_auto_precision']} {report['max_abs_diff_openvino_auto']:.3g}"
+               if "max_abs_diff_openvino" in report else "")
         )
 
     @app.command("evaluate")
     def evaluate(
-        model: Path = typer.Argument(..., help="ONNX model"),
+        model: Path = typer.Argument(..., help="ONNX model or OpenVINO IR (.xml)"),
         data: Path = typer.Argument(..., help="Dataset folder"),
+        engine: Optional[str] = typer.Option(
+            None, "--engine", help="openvino (default where installed, as served) or onnxruntime [VINSPECT_ENGINE]"),
+        precision: Optional[str] = typer.Option(
+            None, "--precision", help="OpenVINO precision: f32, bf16, auto (default: the model's declared, "
+            "else the runtime's) [VINSPECT_PRECISION]"),
         split: str = typer.Option("val", "--split"),
         out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, PR curve and confusion matrix"),
         conf: float = typer.Option(0.001, "--conf", help="Confidence threshold for mAP"),
@@ -180,7 +207,7 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the gate rejects the model"),
         as_json: bool = typer.Option(False, "--json", help="Print metrics (and gate decision) as JSON on stdout"),
     ) -> None:
-        """Evaluate an ONNX model through the detector core, and apply the quality gate."""
+        """Evaluate a model through the detector core with its serving engine, and apply the quality gate."""
         from tqdm import tqdm
 
         from components.model import decide_gate, evaluate_onnx
@@ -195,7 +222,8 @@ def register(app: typer.Typer) -> None:
             bar.refresh()
 
         try:
-            metrics = evaluate_onnx(model, data, split=split, out_dir=out, conf=conf, iou=iou, progress=progress)
+            metrics = evaluate_onnx(model, data, split=split, out_dir=out, conf=conf, iou=iou, progress=progress,
+                                    engine=engine, precision=precision)
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         finally:

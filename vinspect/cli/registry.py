@@ -1,4 +1,4 @@
-"""``vinspect model list|promote|rollback`` and ``vinspect runs compare``: thin over
+"""``vinspect model list|register|promote|rollback`` and ``vinspect runs compare``: thin over
 :mod:`components.registry` and :mod:`components.rollout`.
 
 Heavy libraries (mlflow, kubernetes, httpx) are imported inside the commands so ``--help`` is fast.
@@ -219,6 +219,64 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             )
         console.print(table)
 
+    @model_app.command("register")
+    def register_cmd(
+        onnx: Path = typer.Option(
+            ..., "--onnx", exists=True, dir_okay=False,
+            help="An existing ONNX detector, e.g. the original demo's YOLOv5m ([1, 25200, 7] output).",
+        ),
+        model: str | None = _MODEL_OPT,
+        names: str | None = typer.Option(
+            None, "--names", help="Class names in id order, comma-separated (default: the ONNX metadata)."
+        ),
+        imgsz: int | None = typer.Option(None, "--imgsz", help="Input size, for a model with a dynamic input."),
+        data: Path | None = typer.Option(
+            None, "--data", exists=True, file_okay=False,
+            help="Dataset folder: evaluate on its validation split and record the metrics with the version.",
+        ),
+        gate: bool = typer.Option(
+            False, "--gate", help="Apply the quality gate (needs --data): refuse a model that fails it."
+        ),
+        floors: str | None = typer.Option(
+            None, "--floors", help='Gate floors as JSON, e.g. \'{"map50": 0.5}\' (implies --gate).'
+        ),
+    ) -> None:
+        """Register an existing ONNX model (checked, optionally evaluated and gated) as a new version.
+
+        Serve it with `vinspect model promote VERSION --deploy local|kserve`.
+        """
+        from components.registry import RegistryError
+        from components.registry.onnx_import import import_onnx
+        from vinspect.settings import S3Settings
+
+        client, name, experiment = _mlflow(model)
+        floors_d = None
+        if floors:
+            try:
+                floors_d = json.loads(floors)
+            except json.JSONDecodeError as exc:
+                _fail(f"--floors is not JSON: {exc}")
+            if not isinstance(floors_d, dict):
+                _fail("--floors must be a JSON object")
+        s3 = S3Settings.from_env()
+        try:
+            with console.status(f"Checking and registering {onnx.name} as {name}..."):
+                info = import_onnx(
+                    client, s3.client(), onnx_path=onnx, model_name=name, bucket=s3.bucket,
+                    names=[n for n in names.split(",")] if names else None, imgsz=imgsz, data=data,
+                    floors=floors_d, gate=gate, experiment=experiment,
+                )
+        except (RegistryError, FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        console.print(
+            f"registered [green]{info['name']} v{info['version']}[/green] ({info['layout']} layout, output "
+            f"{info['output_shape']}, {info['imgsz'][0]}x{info['imgsz'][1]}, classes {', '.join(info['names'])}) "
+            f"at {info['storage_uri']}"
+        )
+        if info["metrics"]:
+            console.print(f"  mAP50 {info['metrics'].get('map50', 0):.3f}, mAP50-95 {info['metrics'].get('map50_95', 0):.3f}")
+        console.print(f"  serve it: vinspect model promote {info['version']} --model {info['name']} --deploy local")
+
     @model_app.command("promote")
     def promote_cmd(
         version: str = typer.Argument(..., help="MLflow model version to make the champion."),
@@ -266,7 +324,7 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         timeout: float = _TIMEOUT_OPT,
     ) -> None:
         """Point the champion back at the previous champion (optionally redeploying it)."""
-        from components.registry import RegistryError, champion_state, rollback
+        from components.registry import champion_state, rollback
 
         client, name, _ = _mlflow(model)
         try:
@@ -280,10 +338,9 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             target = history[-1]
 
             def move_back(c, m, v):
-                # Pops the history (a rollback), instead of pushing onto it as promote would.
-                moved = rollback(c, m)
-                if moved["champion"] != v:
-                    raise RegistryError(f"history changed during the rollout: now {moved['champion']}, expected {v}")
+                # Pops the history (a rollback), instead of pushing onto it as promote would;
+                # refuses without moving anything if another call changed the history meanwhile.
+                return rollback(c, m, expect=v)
 
             result = _deploy(
                 client, name, target, deploy=deploy, move_alias=move_back, namespace=namespace,

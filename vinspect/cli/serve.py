@@ -64,23 +64,44 @@ def model(
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [VINSPECT_MODEL_NAME]."),
     version: Optional[str] = typer.Option(None, "--version", help="Version to report (default: the folder's)."),
-    host: str = typer.Option("0.0.0.0", help="Bind address."),
+    host: str = typer.Option(
+        "127.0.0.1", help="Bind address: loopback by default; 0.0.0.0 in a container or to serve other hosts."
+    ),
     port: int = typer.Option(8080, help="REST port."),
-    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads per run (0: one per core). Best "
+    engine: Optional[str] = typer.Option(
+        None, "--engine", help="Inference engine: openvino (OVMS's; the default where installed) or "
+        "onnxruntime [VINSPECT_ENGINE]."),
+    precision: Optional[str] = typer.Option(
+        None, "--precision", help="OpenVINO inference precision: f32, bf16 or auto (default: what an IR "
+        "variant declares, else the runtime's choice, bf16 on CPUs that have it) [VINSPECT_PRECISION]."),
+    model_root: list[str] = typer.Option(
+        [], "--model-root", envvar="VINSPECT_MODEL_ROOTS",
+        help="Folder, s3://BUCKET or s3://BUCKET/PREFIX the repository API may load from (repeatable; the S3 "
+        "models bucket AWS_S3_BUCKET is always allowed) [VINSPECT_MODEL_ROOTS, space-separated].",
+    ),
+    body_timeout_s: float = typer.Option(
+        30.0, "--body-timeout", help="Seconds without a request-body byte before answering 408."
+    ),
+    threads: int = typer.Option(0, help="Threads per inference (0: one per core). Best "
                                 "single-image latency; for throughput under concurrent requests on a few "
                                 "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
     parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
     spin: bool = typer.Option(
-        True, help="Let idle ONNX Runtime threads spin: fastest on dedicated cores; use "
-        "--no-spin when the CPU is shared (local stack, processor on the same node)."
+        True, help="Assume dedicated cores (idle ONNX Runtime threads spin, OpenVINO pins its threads): "
+        "fastest there; use --no-spin when the CPU is shared (local stack, processor on the same node)."
     ),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
-    """Serve an ONNX model over the KServe v2 protocol (what OVMS does on the cluster)."""
-    from vinspect.settings import MLflowSettings, S3Settings
+    """Serve an ONNX or OpenVINO IR model over the KServe v2 protocol (what OVMS does on the cluster).
 
-    from serving.modelserver import serve
+    With VINSPECT_MODEL_TOKEN set, every endpoint but the health probes needs
+    `Authorization: Bearer <token>`; without it inference is open and the repository API
+    (load / unload, which rollouts use) is disabled.
+    """
+    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
+
+    from serving.modelserver import default_model_roots, serve
 
     _logging(log_level)
     model_name = name or MLflowSettings.from_env().model_name
@@ -109,8 +130,15 @@ def model(
             f"serving no model yet on http://{host}:{port}; a rollout loads one with "
             f"POST /v2/repository/models/{model_name}/load"
         )
-    serve([(model_name, uri, version)] if uri else [], host, port, threads=threads, parallel=parallel, spin=spin,
-          max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower())
+    token = ModelServerSettings.from_env().token
+    models = [(model_name, uri, version)] if uri else []
+    try:
+        serve(models, host, port, threads=threads, parallel=parallel, spin=spin,
+              max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(), engine=engine,
+              precision=precision, token=token.get_secret_value() if token else None,
+              model_roots=default_model_roots(model_root), body_timeout_s=body_timeout_s)
+    except ValueError as exc:  # a malformed --model-root
+        raise typer.BadParameter(str(exc)) from None
 
 
 def processor(
@@ -223,7 +251,8 @@ def camera(
         None, metavar="[SOURCE]", help="Same as --source (kept for existing scripts)."),
     source: Optional[str] = typer.Option(
         None, "--source", help="s3://bucket/prefix/ (real frames from S3, AWS_* settings), a folder "
-        "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]` (default)."),
+        "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]`. Default: "
+        "VINSPECT_CAMERA_SOURCE, else synthetic."),
     cameras: int = typer.Option(1, help="Number of simulated cameras."),
     fps: float = typer.Option(1.0, help="Frames per second per camera (0: as fast as possible)."),
     count: Optional[int] = typer.Option(None, help="Stop after this many frames (default: one pass)."),
@@ -243,14 +272,15 @@ def camera(
 
     if source and source_arg and source != source_arg:
         raise typer.BadParameter(f"two sources given: {source_arg!r} and --source {source!r}")
-    where = source or source_arg or "synthetic"
     kafka = KafkaSettings.from_env()
     runtime = RuntimeSettings.from_env()
+    # An explicit source wins; the setting is how the cluster's Deployment chooses (ConfigMap).
+    where = source or source_arg or runtime.camera_source.strip() or "synthetic"
     s3 = S3Settings.from_env().client() if where.startswith("s3://") else None
     try:
         frames = load_frames(where, seed=seed, s3=s3)
     except ValueError as exc:
-        raise typer.BadParameter(f"--source: {exc}") from None
+        raise typer.BadParameter(f"--source / VINSPECT_CAMERA_SOURCE: {exc}") from None
     total = count if count is not None else (None if loop else len(frames))
     producer = Producer({**kafka.client_config(), "linger.ms": 5, "message.max.bytes": 8 * 1024 * 1024})
     stop = threading.Event()
@@ -260,6 +290,7 @@ def camera(
             producer, kafka.images_topic, frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
             cameras=cameras, fps=fps, count=count, legacy=legacy, quality=quality, scale=scale,
             on_sent=lambda *_: bar.update(1), stop=stop.is_set, max_pixels=runtime.max_image_pixels,
+            max_record_bytes=runtime.max_image_bytes,
         )
     typer.echo(f"sent {sent} frames from {cameras} camera(s)")
 
