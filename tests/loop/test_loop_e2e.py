@@ -50,15 +50,34 @@ def cvat():
         server.stop()
 
 
+MODEL_TOKEN = "loop-e2e-model-token"
+
+
 @pytest.fixture
-def model_server(local_stack, onnx_model):  # noqa: F811
-    """Our model server serving the tiny model as ``metal-nut``; the pipeline's rollout loads into it."""
+def model_server(local_stack, onnx_model, monkeypatch):  # noqa: F811
+    """Our model server serving the tiny model as ``metal-nut``; the pipeline's rollout loads into it
+    (its repository API needs a token, sent from ``VINSPECT_MODEL_TOKEN``)."""
     from serving.modelserver import ModelRepository, create_app
 
+    token = local_stack.env.get("VINSPECT_MODEL_TOKEN") or MODEL_TOKEN
     repo = ModelRepository(lambda: local_stack.s3, threads=1)
     repo.load("metal-nut", str(onnx_model))
-    with ThreadServer(create_app(repo, max_body_bytes=4 * 1024 * 1024)) as server:
+    app = create_app(repo, max_body_bytes=4 * 1024 * 1024, token=token,
+                     model_roots=[f"s3://{local_stack.env.get('AWS_S3_BUCKET', 'models')}"])
+    with ThreadServer(app) as server:
+        server.token = token
         yield server
+
+
+@pytest.fixture
+def webhook():
+    from tests.loop.test_notify import Receiver
+
+    receiver = Receiver()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
 
 
 def _frame(i: int) -> tuple[bytes, str, list]:
@@ -72,7 +91,7 @@ def _frame(i: int) -> tuple[bytes, str, list]:
 
 
 def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
-        local_stack, model_server, cvat, monkeypatch, tmp_path):
+        local_stack, model_server, cvat, webhook, monkeypatch, tmp_path):
     from mlflow.tracking import MlflowClient
 
     from components.registry import get_champion, version_info
@@ -85,6 +104,9 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     monkeypatch.setenv("CVAT_TOKEN", cvat.pat)
     prefix = f"review-e2e-{uuid.uuid4().hex[:8]}/"
     monkeypatch.setenv("VINSPECT_REVIEW_PREFIX", prefix)
+    monkeypatch.setenv("VINSPECT_MODEL_TOKEN", model_server.token)
+    monkeypatch.setenv("VINSPECT_NOTIFY_URL", webhook.url)  # the pipeline's notifications
+    monkeypatch.setenv("VINSPECT_NOTIFY_MODE", "structured")
     s3, bucket = local_stack.s3, local_stack.env["VINSPECT_DATA_BUCKET"]
 
     # 1. Frames through the processor with the loop on. The cameras know what each part is; the
@@ -93,7 +115,7 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     metrics = ProcessorMetrics()
     hooks = LoopHooks(metrics.loop, selector=ReviewSelector(ReviewPolicy(audit_rate=1.0)), review_store=store,
                       workers=BoundedWorkers(2, 64, "e2e"))
-    client = ModelClient(model_server.url, "metal-nut", retries=0)
+    client = ModelClient(model_server.url, "metal-nut", retries=0, token=model_server.token)
     truth = {}
     try:
         with ThreadServer(create_http_app(Inspector(client, InspectConfig(annotate=False), metrics, None, hooks),
@@ -131,13 +153,21 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     # 4. A data-aware run (skip_if_unchanged, as the schedule and the drift trigger submit it) on
     #    the project: the pull maps labels by name, the dataset id is new, the model trains.
     model = f"loop-e2e-{uuid.uuid4().hex[:6]}"
+
+    def manifest_of(dataset_id: str) -> dict:
+        return next(m for m in (json.loads(p.read_text()) for p in root.rglob("manifest.json"))
+                    if m.get("dataset_id") == dataset_id)
+
     arguments = {"cvat_project_id": task.project_id, "model_name": model, "skip_if_unchanged": True, **TINY}
     root = tmp_path / "pipeline-root"
 
-    def run():
+    def run(**overrides):
         # No data source and no source_version: the run reads the version from CVAT itself.
-        return run_local(None, arguments=dict(arguments), model_url=model_server.url, pipeline_root=root,
-                         env=dict(local_stack.env))
+        return run_local(None, arguments={**arguments, **overrides}, model_url=model_server.url,
+                         pipeline_root=root, env={**local_stack.env, "VINSPECT_MODEL_TOKEN": model_server.token})
+
+    def notices() -> list:
+        return [e for e in webhook.events() if e.get_data().get("model") == model]
 
     def trained(result) -> bool:
         return any(s["task"] == "train" and not s["cached"] for s in result.steps)
@@ -148,10 +178,20 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     mlflow = MlflowClient(tracking_uri=local_stack.mlflow_uri, registry_uri=local_stack.mlflow_uri)
     dataset_id = version_info(mlflow, model, get_champion(mlflow, model))["dataset_id"]
     assert dataset_id
-    assert httpx.get(f"{model_server.url}/v2/models/{model}").status_code == 200
+    auth = {"Authorization": f"Bearer {model_server.token}"}
+    assert httpx.get(f"{model_server.url}/v2/models/{model}", headers=auth).status_code == 200
+    # The pipeline stored the version's drift reference where the processor looks, and said it promoted.
+    from serving.drift import load_reference
+
+    reference = load_reference(s3, local_stack.env.get("AWS_S3_BUCKET", "models"), model, "1")
+    assert reference["model"] == {"name": model, "version": "1", "dataset_id": dataset_id}
+    val = [it for it in manifest_of(dataset_id)["items"] if it.get("split") == "val"]
+    assert val and reference["signals"]["brightness"]["n"] == len(val)  # one brightness per val image
+    [promoted] = notices()
+    assert promoted["type"] == "io.vinspect.model.promoted"
+    assert promoted.get_data()["version"] == "1" and promoted.get_data()["previous_version"] is None
     # The dataset the run trained on is the labeller's: every pushed frame, ids by name.
-    manifest = next(m for m in (json.loads(p.read_text()) for p in root.rglob("manifest.json"))
-                    if m.get("dataset_id") == dataset_id)
+    manifest = manifest_of(dataset_id)
     assert len(manifest["items"]) == FRAMES and manifest["classes"] == list(CLASSES)
 
     # 5. Data-aware: the same data again is the champion's dataset, so training is skipped.
@@ -165,6 +205,11 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     frame.boxes = [("bent" if lab == "scratch" else "scratch", *box) for lab, *box in frame.boxes]
     for job in task.jobs:
         job.updated_date = "2030-01-01T00:00:00.000000Z"
-    third = run()
-    assert trained(third), third.detail
+    #    This time the gate floor is out of reach: the run trains, is rejected, and says so.
+    third = run(min_map50=1.01)
+    assert trained(third) and third.outcome == "rejected", third.detail
     assert dataset_id not in third.detail
+    rejected = notices()[-1]
+    assert rejected["type"] == "io.vinspect.model.gate.rejected"
+    assert rejected.get_data()["dataset_id"] not in ("", dataset_id)
+    assert any("floor" in r for r in rejected.get_data()["reasons"])
