@@ -13,6 +13,7 @@ the test server built from CVAT's published API (tests/data/cvat_server.py).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -125,7 +126,7 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
                 headers, body = to_binary(image_event(jpeg, f"line-{i % 2}", label=kind))
                 r = httpx.post(processor.url + "/", content=body, headers=headers, timeout=30)
                 assert r.status_code == 200, r.text
-                truth[__import__("hashlib").sha256(jpeg).hexdigest()] = boxes
+                truth[hashlib.sha256(jpeg).hexdigest()] = boxes
             scraped = httpx.get(processor.url + "/metrics").text
     finally:
         hooks.close()

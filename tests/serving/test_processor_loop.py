@@ -7,7 +7,6 @@ notification.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 import uuid
