@@ -128,9 +128,8 @@ class Runtime:
              "--threads", "1", "--log-level", "warning"],
             "model", self.env,
         )
-        # The open readiness probe (every model loaded): with the stack's VINSPECT_MODEL_TOKEN set,
-        # the per-model routes answer 401 to a caller without it.
-        wait_http(f"http://127.0.0.1:{self.model_port}/v2/health/ready", 60, proc=self.model)
+        wait_http(f"http://127.0.0.1:{self.model_port}/v2/models/metal-nut/ready", 60,
+                  proc=self.model)
         return self.model
 
     def start_processor(self):
