@@ -186,7 +186,10 @@ def run_local(
     """Run ``training_pipeline`` locally, end to end, against the local stack.
 
     Args:
-        data_source: A CVAT export (folder, zip, ``s3://``); None: a synthetic dataset.
+        data_source: A CVAT export (folder, zip, ``s3://``); None: a synthetic dataset, unless the
+            arguments name a CVAT task or project (``cvat_task_id``, ``cvat_project_id``): then the
+            pull reads CVAT, and the run's ``source_version`` is read from CVAT (its modification
+            dates), so a run after labellers completed jobs pulls again instead of re-using the cache.
         arguments: Pipeline parameters to override (``epochs``, ``imgsz``, ``min_map50``, ...).
             ``serving_mode`` defaults to ``local``.
         env: The stack's client environment (default: ``<state>/stack.env`` of ``vinspect local
@@ -206,17 +209,24 @@ def run_local(
     """
     from kfp import local
 
-    from pipelines.source import source_fingerprint
+    from pipelines.source import cvat_ids, source_fingerprint
     from pipelines.training import build_training_pipeline
     from vinspect.settings import state_dir
+
+    try:
+        from_cvat = any(cvat_ids(arguments or {}))
+    except ValueError as exc:
+        raise LocalRunError(f"CVAT source: {exc}") from None
 
     stack = dict(env) if env is not None else _stack_env()
     state = Path(os.environ.get("VINSPECT_HOME") or state_dir())
     root = Path(pipeline_root or state / "pipeline-root").resolve()
     root.mkdir(parents=True, exist_ok=True)
-    if data_source is None:
+    if data_source is None and from_cvat:
+        data_source = ""  # the pull reads the CVAT task or project
+    elif data_source is None:
         data_source = str(synthetic_source(state, images=synth_images, seed=synth_seed, size=synth_size))
-    elif not str(data_source).startswith("s3://"):
+    elif data_source and not str(data_source).startswith("s3://"):
         data_source = str(Path(data_source).expanduser().resolve())
 
     args: dict[str, Any] = {"serving_mode": "local", "data_source": data_source}
@@ -242,6 +252,12 @@ def run_local(
                 from vinspect.settings import ModelServerSettings
 
                 _check_model_server(ModelServerSettings.from_env().url)
+            if "source_version" not in args and from_cvat:
+                from pipelines.submit import resolve_source_version
+
+                args["source_version"], note = resolve_source_version(args)
+                if note:
+                    raise LocalRunError(f"data source: {note}")
             if "source_version" not in args:
                 s3_client = None
                 if data_source.startswith("s3://"):

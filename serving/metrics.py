@@ -15,9 +15,10 @@ metric                                      type       labels
 ``vinspect_stage_seconds``                  histogram  stage (decode, preprocess, inference, postprocess,
                                                        annotate, total)
 ``vinspect_model_info``                     gauge      model, version (1 for the model now answering)
-``vinspect_errors_total``                   counter    kind (model_unavailable, model_refused, poison,
-                                                       review, drift, ...)
-``vinspect_dead_letters_total``             counter    reason
+``vinspect_errors_total``                   counter    kind (model_unavailable, poison, internal, review,
+                                                       review_backlog, drift, notify_backlog)
+``vinspect_dead_letters_total``             counter    reason (poison, too_large, model_refused, internal,
+                                                       result_refused, result_too_large, not_a_cloudevent)
 ``vinspect_review_queue_size``              gauge      (frames waiting in ``review/queue/``)
 ``vinspect_review_selected_total``          counter    camera, reason
 ``vinspect_drift_score``                    gauge      camera, signal, method (psi / ks)

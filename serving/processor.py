@@ -86,9 +86,14 @@ class ProcessorMetrics:
     """Prometheus metrics of one processor (own registry, so tests can run several)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import Counter, Gauge, Histogram
 
-        self.registry = CollectorRegistry()
+        from serving.metrics import InspectionMetrics
+
+        # One registry for the loop's metrics (serving.metrics: per camera and class, drift,
+        # review) and the adapters' own, so one `/metrics` serves both.
+        self.loop = InspectionMetrics()
+        self.registry = self.loop.registry
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.events = Counter(
             "vinspect_processor_events", "Processed events by outcome (pass, fail, dlq)",
@@ -219,12 +224,31 @@ class AnnotatedImageStore:
         day = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
         return f"{self.prefix}/{day}/{_key_part(camera)}/{_key_part(event_id, 96)}-{digest}.jpg"
 
-    def put(self, key: str, jpeg: bytes) -> dict[str, Any]:
-        """Store one image now; returns the reference the event carries."""
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=jpeg, ContentType="image/jpeg")
-        return {"bucket": self.bucket, "key": key, "content_type": "image/jpeg", "bytes": len(jpeg)}
+    @staticmethod
+    def original_key(key: str) -> str:
+        """Key of the camera's own frame stored beside an annotated image (`<key>.orig.jpg`)."""
+        return key[: -len(".jpg")] + ".orig.jpg" if key.endswith(".jpg") else key + ".orig.jpg"
 
-    def submit(self, key: str, jpeg: bytes) -> Future | None:
+    def put(self, key: str, jpeg: bytes, original: bytes | None = None) -> dict[str, Any]:
+        """Store one image now; returns the reference the event carries.
+
+        Args:
+            key: The annotated image's key.
+            jpeg: The annotated image.
+            original: The camera's frame when `jpeg` has boxes drawn on it: stored first under
+                `original_key(key)`, so an operator's flag on the dashboard can send the clean
+                frame to review (a drawn-on copy would teach the boxes to the next model).
+        """
+        ref: dict[str, Any] = {"bucket": self.bucket, "key": key, "content_type": "image/jpeg",
+                               "bytes": len(jpeg)}
+        if original is not None:
+            self.s3.put_object(Bucket=self.bucket, Key=self.original_key(key), Body=original,
+                               ContentType="image/jpeg")
+            ref["original_key"] = self.original_key(key)
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=jpeg, ContentType="image/jpeg")
+        return ref
+
+    def submit(self, key: str, jpeg: bytes, original: bytes | None = None) -> Future | None:
         """Queue a put; None when `max_pending` puts are already waiting (the image is skipped)."""
         with self._lock:
             if self._pending >= self.max_pending:
@@ -233,7 +257,7 @@ class AnnotatedImageStore:
 
         def run() -> dict[str, Any]:
             try:
-                return self.put(key, jpeg)
+                return self.put(key, jpeg, original)
             finally:
                 with self._lock:
                     self._pending -= 1
@@ -255,6 +279,7 @@ class Inspection:
     inline_image: str | None = None  # data URL for the original demo's reply format
     store: Future | None = None
     store_status: str = "disabled"
+    original: bytes | None = None  # the camera's frame, stored beside an annotated (drawn-on) copy
     t_start: float = 0.0
 
 
@@ -284,6 +309,8 @@ class Inspector:
         config: Thresholds, class names, annotation, limits, result format.
         metrics: Optional metrics to record into.
         store: Where annotated images go (claim check); None: results carry no image.
+        hooks: The feedback loop's per-result work (`serving.feedback.LoopHooks`: metrics per
+            camera and class, review selection, drift); None: off.
     """
 
     def __init__(
@@ -292,11 +319,13 @@ class Inspector:
         config: InspectConfig | None = None,
         metrics: ProcessorMetrics | None = None,
         store: AnnotatedImageStore | None = None,
+        hooks: Any = None,
     ):
         self.client = client
         self.config = config or InspectConfig()
         self.metrics = metrics
         self.store = store
+        self.hooks = hooks
         self._meta_lock = threading.Lock()
         self._input_name: str | None = None
         self._output_name: str | None = None
@@ -352,7 +381,8 @@ class Inspector:
         if inspection.jpeg is not None and self.store is not None:
             try:
                 ref = self.store.put(self.store.key_for(inspection.parsed.camera_id,
-                                                        inspection.parsed.event_id), inspection.jpeg)
+                                                        inspection.parsed.event_id), inspection.jpeg,
+                                     inspection.original)
             except Exception as exc:  # noqa: BLE001 - S3 down must never stop a result
                 return self.finish(inspection, None, f"failed: {_short(exc)}")
             return self.finish(inspection, ref, "stored")
@@ -363,13 +393,14 @@ class Inspector:
         if inspection.jpeg is None or self.store is None:
             return
         fut = self.store.submit(
-            self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id), inspection.jpeg)
+            self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id), inspection.jpeg,
+            inspection.original)
         if fut is None:
             inspection.store_status = "skipped: image store backlog is full"
         else:
             inspection.store = fut
             inspection.store_status = "pending"
-        inspection.jpeg = None  # the worker holds it now; do not keep a second reference
+        inspection.jpeg = inspection.original = None  # the worker holds them now
 
     def finish_stored(self, inspection: Inspection) -> Any:
         """The result event once the background put (if any) is done."""
@@ -457,8 +488,12 @@ class Inspector:
         elif self.config.annotate and self.store is not None:
             # Nothing to draw on a good part: the camera's own JPEG is the annotated image,
             # which saves a full-size re-encode per passing image.
-            inspection.jpeg = (parsed.image if not detections and parsed.image[:3] == b"\xff\xd8\xff"
+            own = not detections and parsed.image[:3] == b"\xff\xd8\xff"
+            inspection.jpeg = (parsed.image if own
                                else annotate(img.rgb(), detections, self.config.jpeg_quality))
+            if not own and self.hooks is not None and parsed.image[:3] == b"\xff\xd8\xff":
+                # With the loop on, the clean frame goes beside the drawn-on copy (operator flags).
+                inspection.original = parsed.image
         elif self.config.annotate:
             inspection.store_status = "disabled: no image store configured"
         t_end = time.perf_counter()
@@ -487,6 +522,9 @@ class Inspector:
         if self.metrics:
             self.metrics.events.labels("pass" if passed else "fail").inc()
             self.metrics.latency.observe(t_end - t_start)
+        if self.hooks is not None:
+            # Metrics, review selection, drift: cheap inline parts only; S3 writes go to workers.
+            self.hooks.on_result(inspection.data, parsed.image, img.array)
         return inspection
 
     def finish(self, inspection: Inspection, image_ref: dict[str, Any] | None, status: str) -> Any:
@@ -522,6 +560,16 @@ class Inspector:
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _count(inspector: "Inspector", kind: str, dead_letter: str | None = None) -> None:
+    """Count an error (and the dead letter it becomes) in the loop's metrics, when the loop is on."""
+    hooks = inspector.hooks
+    if hooks is None:
+        return
+    hooks.on_error(kind)
+    if dead_letter is not None:
+        hooks.on_dead_letter(dead_letter)
 
 
 # --------------------------------------------------------------------------------------
@@ -571,20 +619,24 @@ def create_http_app(
         body = await read_limited(request, limit)
         if body is None:
             metrics.events.labels("dlq").inc()
+            _count(inspector, "too_large", "over the limit")
             return JSONResponse({"error": f"body is over the limit of {limit} bytes"}, status_code=413)
         try:
             event = from_http(dict(request.headers), body)
         except (GenericException, ValueError) as exc:
             metrics.events.labels("dlq").inc()
+            _count(inspector, "poison", "not a CloudEvent")
             return JSONResponse({"error": f"not a CloudEvent: {exc}"}, status_code=400)
         metrics.in_flight.inc()
         try:
             result = await run_in_threadpool(inspector.inspect, event)
         except PoisonEvent as exc:
             metrics.events.labels("dlq").inc()
+            _count(inspector, "poison", str(exc))  # Knative sends it to the dead-letter sink
             log.warning("rejected event %s: %s", str(event.get("id"))[:200], exc)
             return JSONResponse({"error": str(exc)}, status_code=400)
         except ModelClientError as exc:
+            _count(inspector, "model_unavailable")
             log.warning("model unavailable for event %s: %s", str(event.get("id"))[:200], exc)
             return JSONResponse({"error": f"model unavailable: {exc}"}, status_code=503)
         finally:
@@ -749,10 +801,12 @@ class KafkaLoop:
                 self.inspector.start_store(inspection)  # the S3 put runs on its own workers
                 return _Outcome(message, inspection=inspection)
             except PoisonEvent as exc:
+                _count(self.inspector, "poison")
                 return _Outcome(message, error=str(exc))
             except ModelClientError as exc:  # unavailable, or answering nonsense: retry
                 self.model_ok = False
                 self.metrics.retries.inc()
+                _count(self.inspector, "model_unavailable")
                 delay = min(self.max_backoff, self.backoff * 2 ** min(attempt, 16))
                 if attempt % 10 == 0:
                     log.warning(
@@ -763,6 +817,7 @@ class KafkaLoop:
                 if self._abort.wait(delay):
                     raise _Stopped() from None
             except Exception as exc:  # a bug on this record must not stop the stream
+                _count(self.inspector, "internal")
                 log.exception("unexpected error on %s[%d]@%d", message.topic(),
                               message.partition(), message.offset())
                 return _Outcome(message, error=f"internal error: {exc!r}")
@@ -801,6 +856,8 @@ class KafkaLoop:
         """Dead-letter a record: a full copy when small enough, else (or when refused) a reference."""
         m = pending.message
         self.metrics.events.labels("dlq").inc()
+        if self.inspector.hooks is not None:
+            self.inspector.hooks.on_dead_letter(reason)
         log.warning("dead-lettering %s: %s", self._where(m), reason[:500])
         size = record_size(m.key(), m.value(), m.headers())
         key = m.key() if m.key() is None or len(m.key()) <= 256 else None

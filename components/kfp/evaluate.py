@@ -154,6 +154,25 @@ def evaluate(
     gate = "passed" if decision["passed"] else "rejected"
     reasons = "; ".join(decision["reasons"])
     print(f"quality gate {gate.upper()} for variant {chosen} ({metrics.get('engine')}): {reasons}")
+    dataset_id = str(json.loads((Path(dataset.path) / "manifest.json").read_text()).get("dataset_id") or "")
+    if gate == "passed":
+        # The drift reference the processor compares live frames with (serving.drift): the FP32
+        # model on this validation split, at the processor's thresholds (conf 0.2, IoU 0.4), not
+        # the evaluation's. The register step stores it next to the version.
+        from serving.drift import REFERENCE_FILE, DriftError, compute_reference_for_dataset, write_reference
+
+        try:
+            ref = compute_reference_for_dataset(Path(onnx_model.path), Path(dataset.path),
+                                                model={"name": model_name, "dataset_id": dataset_id})
+            write_reference(ref, report / REFERENCE_FILE)
+            print(f"drift reference: {ref['n_images']} images, {len(ref['signals'])} signals")
+        except (DriftError, OSError, ValueError) as exc:  # drift off for this version, said here
+            print(f"[vinspect] warning: no drift reference for this model ({exc}); the processor "
+                  "will run without drift scores for it")
+    else:
+        from serving.notify import notify
+
+        notify("gate_rejected", model_name, reasons=decision["reasons"], dataset_id=dataset_id, metrics=flat)
     return namedtuple("GateOutputs", ["gate", "reasons", "map50", "map50_95", "variant"])(
         gate, reasons, flat.get("map50", 0.0), flat.get("map50_95", 0.0), chosen
     )

@@ -48,6 +48,7 @@ def register(
     from components.data import upload_dataset
     from components.data.manifest import read_manifest
     from components.registry import register_model
+    from serving.drift import REFERENCE_FILE, save_reference
     from vinspect.settings import MLflowSettings, S3Settings
 
     train_dir, eval_dir = Path(train_report.path), Path(eval_report.path)
@@ -89,6 +90,15 @@ def register(
         variants_dir=variants_dir,
         variant=variant,
     )
+    ref_file = eval_dir / REFERENCE_FILE
+    if ref_file.is_file():
+        # Next to the version (s3://<bucket>/<model>/<version>/drift-reference.json), where the
+        # processor looks when this version starts answering.
+        ref = json.loads(ref_file.read_text())
+        ref["model"] = {**(ref.get("model") or {}), "name": model_name, "version": str(info["version"])}
+        print(f"drift reference at {save_reference(s3_client, s3.bucket, model_name, info['version'], ref)}")
+    else:
+        print("[vinspect] warning: the evaluate step wrote no drift reference; drift is off for this version")
     print(f"registered {info['name']} version {info['version']} at {info['s3_uri']}; serving variant "
           f"{info['variant']} ({info['variant_precision'] or 'runtime precision'}) from {info['storage_uri']}")
     return namedtuple("RegisterOutputs", ["version", "storage_uri", "s3_uri", "run_id"])(

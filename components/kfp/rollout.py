@@ -118,11 +118,18 @@ def rollout(
     else:
         raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
 
+    from serving.notify import notify
+
+    target = f"{serving_mode}:{result.get('url') or result.get('service') or ''}"
     if result["status"] != "deployed":
+        # Serving is back on the version that served before (or on nothing, for a first model).
+        notify("rolled_back", model_name, result.get("previous_version") or "", from_version=version,
+               reason=str(result.get("reason") or ""), target=target)
         record_outcome("rolled_back", f"rollout of {model_name} v{version} failed and was rolled back: "
                        f"{result.get('reason')}", model_name=model_name, version=version)
         raise RuntimeError(f"rollout of {model_name} v{version} rolled back: {result.get('reason')}")
     url = str(result.get("url") or "")
+    notify("promoted", model_name, version, previous_version=result.get("previous_version"), target=target)
     record_outcome("deployed", f"{model_name} v{version} is serving at {url} and is the champion",
                    model_name=model_name, version=version, url=url, storage_uri=storage_uri)
     return namedtuple("RolloutOutputs", ["status", "url"])("deployed", url)

@@ -14,6 +14,12 @@ Out: `GET /` (the page), `GET /events` (Server-Sent Events: one `snapshot`, then
 from S3: the claim check is redeemed here, since the server has S3 credentials and the
 browser does not), `/healthz`, `/metrics`.
 
+Per camera the state keeps the defect rate over time (one bucket a minute, the last
+`HISTORY_MINUTES`) and the most recent failures. With a review desk (`ReviewDesk`: the review
+queue in S3), `GET /api/review` gives the queue size and `POST /api/flag` (`{"image_id": ...}`)
+sends a recent frame to review as an operator flag (`serving.review.queue_frame(...,
+flagged=True)`), behind the dashboard token when one is set (the page asks for it once).
+
 Every value shown comes from the network, so the server keeps only known fields with
 checked types, and the page writes text with `textContent` only; a strict
 Content-Security-Policy forbids inline script as a second line of defence.
@@ -37,7 +43,10 @@ STATIC = Path(__file__).resolve().parent / "static"
 _IMAGE_URL = re.compile(r"^data:image/(jpeg|png);base64,[A-Za-z0-9+/]+={0,2}$")
 # Keys the processor writes (`AnnotatedImageStore.key_for`): key-safe parts, a .jpg at the end.
 _IMAGE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}){1,6}\.jpg$")
-MAX_EVENT_BYTES = 256 * 1024  # results are under 64 KiB by construction (serving.processor)
+MAX_EVENT_BYTES = 256 * 1024
+HISTORY_MINUTES = 60  # defect-rate buckets (one a minute) kept per camera
+RECENT_FAILURES = 8  # failed frames listed per camera
+FLAGGABLE_FRAMES = 2000  # recent frames an operator can flag (what the server remembers of them)  # results are under 64 KiB by construction (serving.processor)
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -86,6 +95,70 @@ class ImageSource:
             return self.s3.get_object(Bucket=self.bucket, Key=key)["Body"].read()
         except self.s3.exceptions.NoSuchKey:
             return None
+
+
+class ReviewDesk:
+    """The review queue as the dashboard uses it: its size, and operator flags.
+
+    Args:
+        selector: A `serving.review.ReviewSelector` (flags bypass its caps, not its de-duplication).
+        store: The `serving.review.ReviewStore` in the data bucket.
+        images: Where the flagged frame's bytes are read (the processor's claim check).
+        size_ttl_s: How long a queue size is reused (a size is an S3 listing).
+    """
+
+    def __init__(self, selector: Any, store: Any, images: ImageSource, size_ttl_s: float = 10.0):
+        self.selector, self.store, self.images = selector, store, images
+        self.size_ttl_s = size_ttl_s
+        self._size: tuple[float, int] | None = None
+        self._lock = threading.Lock()
+
+    def size(self) -> int:
+        """Frames waiting in the queue (cached for `size_ttl_s`)."""
+        with self._lock:
+            cached = self._size
+        if cached is not None and time.monotonic() - cached[0] < self.size_ttl_s:
+            return cached[1]
+        n = self.store.size()
+        with self._lock:
+            self._size = (time.monotonic(), n)
+        return n
+
+    def flag(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Queue one remembered frame as flagged; returns what happened (for the JSON answer).
+
+        Raises:
+            LookupError: The frame's clean image is not in S3 (the message says why).
+        """
+        from serving.review import queue_frame
+
+        key = frame.get("clean_key")
+        if not key:
+            raise LookupError(f"image {frame['result'].get('image_id')}: the camera's frame was not stored "
+                              "(only the copy with boxes drawn on it, or no image at all)")
+        image = self.images.get(key)
+        if image is None:
+            raise LookupError(f"image {frame['result'].get('image_id')}: s3://{self.images.bucket}/{key} is gone")
+        selection = queue_frame(self.selector, self.store, frame["result"], image, flagged=True)
+        with self._lock:
+            self._size = None
+        if selection is None:
+            return {"queued": False, "reason": "already queued or reviewed"}
+        return {"queued": True, "key": selection.key, "reasons": list(selection.reasons)}
+
+
+def _clean_key(data: dict[str, Any], images: "ImageSource | None") -> str | None:
+    """S3 key of the camera's own frame of a result: the stored clean copy of a failed frame, or the
+    stored image of a passed one (nothing was drawn on it)."""
+    ref = data.get("annotated_image")
+    if images is None or not isinstance(ref, dict):
+        return None
+    original = ref.get("original_key")
+    if images.allows(ref.get("bucket"), original):
+        return original
+    if not data.get("detections") and images.allows(ref.get("bucket"), ref.get("key")):
+        return ref.get("key")
+    return None
 
 
 def _picture(value: Any, images: "ImageSource | None") -> str | None:
@@ -163,10 +236,15 @@ class DashboardState:
         dedupe: How many recent event ids to remember (results are at-least-once).
     """
 
-    def __init__(self, max_cameras: int = 64, dedupe: int = 10000, images: ImageSource | None = None):
+    def __init__(self, max_cameras: int = 64, dedupe: int = 10000, images: ImageSource | None = None,
+                 review: ReviewDesk | None = None):
         self.images = images
+        self.review = review
         self.cameras: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.counts: dict[str, dict[str, int]] = {}
+        self.history: dict[str, deque] = {}  # camera -> [[minute start (Unix s), total, fail], ...]
+        self.failures: dict[str, deque] = {}  # camera -> recent failed views, newest first
+        self.frames: OrderedDict[str, dict[str, Any]] = OrderedDict()  # image id -> what a flag needs
         self.max_cameras = max_cameras
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque(maxlen=dedupe)
@@ -179,10 +257,16 @@ class DashboardState:
         self._loop = loop
 
     def snapshot(self) -> dict[str, Any]:
-        """All cameras' latest view and counts."""
-        return {"cameras": list(self.cameras.values()), "counts": self.counts}
+        """All cameras' latest view, counts, defect-rate history and recent failures."""
+        return {"cameras": list(self.cameras.values()), "counts": self.counts,
+                "history": {c: [list(b) for b in h] for c, h in self.history.items()},
+                "failures": {c: list(f) for c, f in self.failures.items()}}
 
-    def _apply(self, view: dict[str, Any]) -> None:
+    def frame(self, image_id: str) -> dict[str, Any] | None:
+        """What the server remembers of a recent frame (for a flag), or None."""
+        return self.frames.get(image_id)
+
+    def _apply(self, view: dict[str, Any], frame: dict[str, Any] | None = None) -> None:
         event_id = view.get("id")
         if event_id:
             if event_id in self._seen:
@@ -197,11 +281,29 @@ class DashboardState:
         while len(self.cameras) > self.max_cameras:
             dropped, _ = self.cameras.popitem(last=False)
             self.counts.pop(dropped, None)
+            self.history.pop(dropped, None)
+            self.failures.pop(dropped, None)
         c = self.counts.setdefault(camera, {"total": 0, "pass": 0, "fail": 0})
         c["total"] += 1
         c["pass" if view["passed"] else "fail"] += 1
+        # Defect rate over time: buckets by the time the result arrived (camera clocks vary).
+        minute = int(view["received_at"] // 60 * 60)
+        history = self.history.setdefault(camera, deque(maxlen=HISTORY_MINUTES))
+        if not history or history[-1][0] != minute:
+            history.append([minute, 0, 0])
+        history[-1][1] += 1
+        history[-1][2] += 0 if view["passed"] else 1
+        failures = self.failures.setdefault(camera, deque(maxlen=RECENT_FAILURES))
+        if not view["passed"]:
+            failures.appendleft(view)
+        if frame is not None and view.get("image_id"):
+            self.frames[view["image_id"]] = frame
+            self.frames.move_to_end(view["image_id"])
+            while len(self.frames) > FLAGGABLE_FRAMES:
+                self.frames.popitem(last=False)
         self.received += 1
-        message = {"view": view, "counts": c}
+        message = {"view": view, "counts": c, "history": [list(b) for b in history],
+                   "failures": list(failures)}
         for queue in list(self._subscribers):
             if queue.full():  # a slow browser skips frames rather than growing memory
                 try:
@@ -213,6 +315,15 @@ class DashboardState:
     def publish(self, data: dict[str, Any], event_id: str | None = None) -> dict[str, Any]:
         """Record a result (thread-safe); returns the sanitized view."""
         view = sanitize_result(data, event_id, self.images)
+        frame = None
+        if self.review is not None:
+            # What queue_frame needs of the result (the review record's fields), checked types only.
+            frame = {"clean_key": _clean_key(data, self.images), "result": {
+                "camera": view["camera"], "image_id": view["image_id"], "captured_at": view["captured_at"],
+                "label": view["label"], "verdict": "pass" if view["passed"] else "fail",
+                "detections": view["detections"],
+                "image": {"width": view["width"], "height": view["height"]},
+                "model": {"name": view["model_name"], "version": view["model_version"]}}}
         loop = self._loop
         if loop is not None and loop.is_running():
             try:
@@ -220,11 +331,11 @@ class DashboardState:
             except RuntimeError:
                 running = None
             if running is loop:
-                self._apply(view)
+                self._apply(view, frame)
             else:
-                loop.call_soon_threadsafe(self._apply, view)
+                loop.call_soon_threadsafe(self._apply, view, frame)
         else:
-            self._apply(view)
+            self._apply(view, frame)
         return view
 
     def subscribe(self) -> asyncio.Queue:
@@ -309,6 +420,7 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
     registry = CollectorRegistry()
     received = Counter("vinspect_dashboard_results", "Result events received", ["feed"],
                        registry=registry)
+    flagged = Counter("vinspect_dashboard_flags", "Frames operators sent to review", registry=registry)
 
     @asynccontextmanager
     async def lifespan(_app: Any):
@@ -388,6 +500,49 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
     @app.get("/api/cameras")
     async def cameras() -> dict[str, Any]:
         return state.snapshot()
+
+    @app.get("/api/review")
+    async def review() -> Response:
+        if state.review is None:
+            return JSONResponse({"enabled": False, "queue_size": None})
+        try:
+            size = await asyncio.to_thread(state.review.size)
+        except Exception as exc:  # noqa: BLE001 - S3 down: the page says so, the server goes on
+            log.warning("review queue size: %s", type(exc).__name__)
+            return JSONResponse({"enabled": True, "queue_size": None, "error": "review queue unavailable"},
+                                status_code=503)
+        return JSONResponse({"enabled": True, "queue_size": size})
+
+    @app.post("/api/flag")
+    async def flag(request: Request) -> Response:
+        from serving.httputil import bearer_ok, read_limited
+
+        if not bearer_ok(request.headers.get("authorization"), token):
+            # No WWW-Authenticate: the page asks for the token itself, not the browser's dialog.
+            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401)
+        if state.review is None:
+            return JSONResponse({"error": "no review queue configured"}, status_code=404)
+        body = await read_limited(request, 4096)
+        try:
+            image_id = json.loads(body or b"")["image_id"]
+            if not isinstance(image_id, str):
+                raise TypeError("image_id is not a string")
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f'body must be {{"image_id": "..."}}: {exc}'}, status_code=400)
+        frame = state.frame(image_id)
+        if frame is None:
+            return JSONResponse({"error": f"image {image_id[:200]!r} is not among the recent frames"},
+                                status_code=404)
+        try:
+            outcome = await asyncio.to_thread(state.review.flag, frame)
+        except LookupError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        except Exception as exc:  # noqa: BLE001 - S3 down: say so, keep serving
+            log.warning("flag %s: %s", image_id[:200], type(exc).__name__)
+            return JSONResponse({"error": "review queue unavailable"}, status_code=503)
+        if outcome["queued"]:
+            flagged.inc()
+        return JSONResponse(outcome, status_code=201 if outcome["queued"] else 200)
 
     @app.get("/events")
     async def events(request: Request) -> EventSourceResponse:

@@ -22,6 +22,7 @@ BUCKET, PREFIX = "vinspect-data", "annotated-dash"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
+TOKEN = "dash-token-for-test"
 XSS = '<img src=x onerror="window.__pwned=1">'
 
 
@@ -56,9 +57,11 @@ def _result(camera: str, image_id: str, detections=(), image: str | None = None,
     }
 
 
-def _post(url: str, data: dict, event_id: str, structured: bool = False) -> httpx.Response:
+def _post(url: str, data: dict, event_id: str, structured: bool = False, token: str | None = None) -> httpx.Response:
     event = result_event(data, event_id, data["camera"], "/test")
     headers, body = (to_structured if structured else to_binary)(event)
+    if token:
+        headers = {**headers, "Authorization": f"Bearer {token}"}
     return httpx.post(url + "/", content=body, headers=headers)
 
 
@@ -194,3 +197,103 @@ def test_page_is_live_and_escapes_everything(images):
             assert picture.get_attribute("alt") == "no image: failed: S3 down"
         finally:
             browser.close()
+
+
+@pytest.fixture
+def review_desk(local_stack):
+    """A review desk on the local stack's S3: a fresh queue prefix, and a failed frame's two copies."""
+    import uuid
+
+    from serving.dashboard.app import ReviewDesk
+    from serving.review import ReviewPolicy, ReviewSelector, ReviewStore
+
+    s3 = local_stack.s3
+    base = f"{PREFIX}/2026-12-06/cam-0/fail-{uuid.uuid4().hex[:6]}"
+    s3.put_object(Bucket=BUCKET, Key=base + ".jpg", Body=_jpeg(64, 48), ContentType="image/jpeg")  # drawn on
+    clean = _jpeg(32, 24)
+    s3.put_object(Bucket=BUCKET, Key=base + ".orig.jpg", Body=clean, ContentType="image/jpeg")
+    images = ImageSource(s3, BUCKET, PREFIX)
+    store = ReviewStore(s3, BUCKET, f"review-dash-{uuid.uuid4().hex[:8]}/")
+    desk = ReviewDesk(ReviewSelector(ReviewPolicy(audit_rate=0.0)), store, images, size_ttl_s=0.0)
+    desk.ref = {"bucket": BUCKET, "key": base + ".jpg", "original_key": base + ".orig.jpg"}
+    desk.clean = clean
+    return desk
+
+
+def test_flag_api_needs_the_token_and_the_clean_frame(review_desk):
+    state = DashboardState(images=review_desk.images, review=review_desk)
+    bent = [{"class_id": 1, "class_name": "bent", "score": 0.9, "box": [1, 2, 30, 20]}]
+    with ThreadServer(create_app(state, token="dash-token-for-test")) as server:
+        _post(server.url, _result("cam-0", "f1", detections=bent, image=review_desk.ref), "f1", token=TOKEN)
+        # A failed frame whose clean copy was not stored: only the drawn-on copy exists.
+        drawn_only = {k: v for k, v in review_desk.ref.items() if k != "original_key"}
+        _post(server.url, _result("cam-0", "f2", detections=bent, image=drawn_only), "f2", token=TOKEN)
+        auth = {"Authorization": "Bearer dash-token-for-test"}
+        assert httpx.post(server.url + "/api/flag", json={"image_id": "f1"}).status_code == 401
+        assert httpx.post(server.url + "/api/flag", json={"image_id": "nope"}, headers=auth).status_code == 404
+        assert httpx.post(server.url + "/api/flag", content=b"[1]", headers=auth).status_code == 400
+        r = httpx.post(server.url + "/api/flag", json={"image_id": "f2"}, headers=auth)
+        assert r.status_code == 409 and "was not stored" in r.json()["error"]
+        r = httpx.post(server.url + "/api/flag", json={"image_id": "f1"}, headers=auth)
+        assert r.status_code == 201 and r.json()["reasons"] == ["flagged"]
+        again = httpx.post(server.url + "/api/flag", json={"image_id": "f1"}, headers=auth)
+        assert again.status_code == 200 and again.json()["queued"] is False  # de-duplicated
+        assert httpx.get(server.url + "/api/review").json() == {"enabled": True, "queue_size": 1}
+    (item,) = review_desk.store.pending()
+    assert review_desk.store.image(item) == review_desk.clean  # the camera's frame, not the drawn copy
+    assert item.record["camera"] == "cam-0" and item.record["verdict"] == "fail"
+    assert item.record["detections"][0]["class_name"] == "bent"
+    # Without a review desk the page hides the queue and flags are refused.
+    with ThreadServer(create_app(DashboardState())) as server:
+        assert httpx.get(server.url + "/api/review").json()["enabled"] is False
+        assert httpx.post(server.url + "/api/flag", json={"image_id": "f1"}).status_code == 404
+
+
+def test_page_shows_history_failures_queue_and_flags_a_frame(review_desk):
+    """In Chromium: defect rate over time and recent failures per camera, the queue size, and an
+    operator's flag (the page asks for the dashboard token once) that lands in the S3 queue."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    state = DashboardState(images=review_desk.images, review=review_desk)
+    bent = [{"class_id": 1, "class_name": "bent", "score": 0.9, "box": [1, 2, 30, 20]}]
+    with ThreadServer(create_app(state, token="dash-token-for-test")) as server, sync_playwright() as pw:
+        for i in range(3):  # 1 of 4 failed on cam-0
+            _post(server.url, _result("cam-0", f"ok{i}"), f"ok{i}", token=TOKEN)
+        _post(server.url, _result("cam-0", "bad1", detections=bent, image=review_desk.ref), "bad1", token=TOKEN)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            prompts: list[str] = []
+            page.on("dialog", lambda d: (prompts.append(d.message), d.accept("dash-token-for-test")))
+            page.goto(server.url + "/")
+            card = page.locator('section.camera[data-camera="cam-0"]')
+            card.wait_for()
+            page.wait_for_selector("#status[data-state=live]")
+            bar = card.locator("svg.history rect")
+            assert bar.count() == 1 and bar.get_attribute("data-rate") == "0.250"
+            assert card.locator(".rate").inner_text() == "25.0 % (last hour)"
+            page.wait_for_selector('#review-queue[data-size="0"]')
+            assert page.locator("#review-queue").inner_text() == "review queue: 0"
+            # A failure that arrives while the page is open joins the list, newest first.
+            _post(server.url, _result("cam-0", "bad2", detections=bent, image={}), "bad2", token=TOKEN)
+            page.wait_for_selector('section.camera[data-camera="cam-0"] li.failure[data-image-id="bad2"]')
+            assert card.locator("li.failure").evaluate_all("els => els.map(e => e.dataset.imageId)") == ["bad2", "bad1"]
+            assert card.locator("svg.history rect").get_attribute("data-rate") == "0.400"
+            # The operator flags the earlier failure: the page asks for the token, the frame is queued.
+            card.locator('li.failure[data-image-id="bad1"] button.flag-failure').click()
+            page.wait_for_selector('section.camera[data-camera="cam-0"] .flag-status[data-state="queued"]')
+            assert prompts == ["Dashboard token (to send frames to review)"]
+            page.wait_for_selector('#review-queue[data-size="1"]')
+            # The second flag, on the latest frame (no clean copy stored), is refused with the reason,
+            # and the token is not asked again.
+            card.locator("button.flag").click()
+            page.wait_for_selector('section.camera[data-camera="cam-0"] .flag-status[data-state="error"]')
+            assert "was not stored" in card.locator(".flag-status").inner_text()
+            assert len(prompts) == 1
+        finally:
+            browser.close()
+    (item,) = review_desk.store.pending()
+    assert item.record["reasons"] == ["flagged"] and item.record["image_id"] == "bad1"
+    assert review_desk.store.image(item) == review_desk.clean

@@ -107,6 +107,7 @@ class Runtime:
         self.topics = _topics(self.bootstrap, prefix)
         self.model_port = free_port()
         self.health_port = free_port()
+        self.metrics_port = free_port()
         self.env = {
             **local_stack.env,
             **self.topics,
@@ -134,7 +135,8 @@ class Runtime:
     def start_processor(self):
         self.processor = self.start_proc(
             [PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
-             "--port", str(self.health_port), "--concurrency", "4", "--log-level", "warning"],
+             "--port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+             "--concurrency", "4", "--log-level", "warning"],
             "processor", self.env,
         )
         wait_http(f"http://127.0.0.1:{self.health_port}/healthz", 60, proc=self.processor)
@@ -192,6 +194,13 @@ def test_whole_loop_n_in_n_out_and_the_page_shows_them(runtime, frames):
         assert headers["ce_type"] == b"io.vinspect.inspection.result"
         assert headers["content-type"] == b"application/json"
         assert key in {f"camera-{i}".encode() for i in range(cameras)}
+    # The feedback loop's metrics, per camera, on the separate metrics port (the PodMonitor's).
+    scraped = httpx.get(f"http://127.0.0.1:{runtime.metrics_port}/metrics").text
+    per_camera = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
+                  if line.startswith("vinspect_images_total{")}
+    assert set(per_camera) >= {f"camera-{i}" for i in range(cameras)}
+    assert sum(per_camera[f"camera-{i}"] for i in range(cameras)) >= n
+    assert "vinspect_processor_events_total" in scraped  # the adapter's metrics come along
 
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")

@@ -292,6 +292,7 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
     ) -> None:
         """Make VERSION the champion (optionally deploying and smoke-testing it first)."""
         from components.registry import promote
+        from serving.notify import notify
 
         client, name, _ = _mlflow(model)
         try:
@@ -299,6 +300,7 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
                 result = promote(client, name, version)
                 if result["changed"]:
                     console.print(f"champion: {result['previous'] or '-'} -> [green]{version}[/green]")
+                    notify("promoted", name, version, previous_version=result["previous"], target="registry")
                 else:
                     console.print(f"version {version} already is the champion")
                 return
@@ -309,6 +311,11 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             )
         except _errors() as exc:
             _fail(str(exc))
+        if result.get("status") == "deployed":
+            notify("promoted", name, version, previous_version=result.get("previous_version"), target=deploy.value)
+        else:
+            notify("rolled_back", name, result.get("previous_version") or "", from_version=version,
+                   reason=str(result.get("reason") or ""), target=deploy.value)
         _report_rollout(result)
 
     @model_app.command("rollback")
@@ -325,12 +332,15 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
     ) -> None:
         """Point the champion back at the previous champion (optionally redeploying it)."""
         from components.registry import champion_state, rollback
+        from serving.notify import notify
 
         client, name, _ = _mlflow(model)
         try:
             if deploy is Deploy.none:
                 result = rollback(client, name)
                 console.print(f"champion: {result['rolled_back_from']} -> [green]{result['champion']}[/green]")
+                notify("rolled_back", name, result["champion"], from_version=result["rolled_back_from"],
+                       reason="vinspect model rollback", target="registry")
                 return
             current, history = champion_state(client, name)
             if not history:
@@ -349,6 +359,9 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             )
         except _errors() as exc:
             _fail(str(exc))
+        if result.get("status") == "deployed":
+            notify("rolled_back", name, target, from_version=current, reason="vinspect model rollback",
+                   target=deploy.value)
         _report_rollout(result)
 
     @runs_app.command("compare")

@@ -154,6 +154,13 @@ def processor(
         None, help="`vinspect` (default) or `manuela`: the original demo's reply "
         "(manuela.image-processor.response, {text, id, status, image}) [VINSPECT_RESULT_FORMAT]."),
     group: Optional[str] = typer.Option(None, help="Kafka consumer group [VINSPECT_KAFKA_GROUP]."),
+    loop: bool = typer.Option(
+        True, "--loop/--no-loop", help="Feedback loop: per-camera metrics, review queue (s3://$VINSPECT_DATA_BUCKET/"
+        "review/) and drift against the model version's reference (s3://$AWS_S3_BUCKET/<model>/<version>/)."),
+    metrics_port: Optional[int] = typer.Option(
+        None, envvar="VINSPECT_METRICS_PORT",
+        help="Kafka mode: serve /metrics on this port too (the PodMonitor's `user-port`); /metrics is "
+        "always on --port as well. HTTP mode serves /metrics on the app."),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the image processor: images -> model (v2) -> result events."""
@@ -192,7 +199,13 @@ def processor(
                                     runtime.annotated_prefix, workers=max(2, concurrency),
                                     max_pending=4 * concurrency)
         typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
-    inspector = Inspector(client, config, metrics, store)
+    hooks = None
+    if loop:
+        from serving.feedback import from_settings as loop_hooks
+
+        hooks = loop_hooks(metrics.loop)
+        typer.echo("feedback loop on: metrics per camera, review queue, drift")
+    inspector = Inspector(client, config, metrics, store, hooks)
     typer.echo(f"processor ({mode}) -> {client!r}")
     try:
         if mode == "http":
@@ -203,23 +216,33 @@ def processor(
             return
         kafka = KafkaSettings.from_env()
         consumer, producer = kafka_clients(kafka, group)
-        loop = KafkaLoop(
+        kafka_loop = KafkaLoop(
             inspector, consumer, producer, images_topic=kafka.images_topic,
             results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
             concurrency=concurrency, metrics=metrics, dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
         )
-        health = serve_health(host, port, loop.live, loop.ready, metrics)
+        health = serve_health(host, port, kafka_loop.live, kafka_loop.ready, metrics)
+        extra = None
+        if metrics_port is not None and metrics_port != port:
+            from serving.metrics import serve_metrics
+
+            extra = serve_metrics(metrics.loop, metrics_port, host)
+            typer.echo(f"metrics on http://{host}:{metrics_port}/metrics")
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: loop.stop())
+            signal.signal(sig, lambda *_: kafka_loop.stop())
         typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
                    f"health on http://{host}:{port}/healthz")
         try:
-            loop.run()
+            kafka_loop.run()
         finally:
             health.shutdown()
+            if extra is not None:
+                extra[0].shutdown()
     finally:
         if store is not None:
             store.close()
+        if hooks is not None:
+            hooks.close()
         client.close()
 
 
@@ -290,7 +313,12 @@ def dashboard(
     s3 = S3Settings.from_env()
     # The browser has no S3 credentials: annotated images are fetched through this server.
     images = ImageSource(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket, runtime.annotated_prefix)
-    state = DashboardState(images=images)
+    from serving.dashboard.app import ReviewDesk
+    from serving.review import ReviewSelector, ReviewStore
+
+    # Operator flags and the queue size: the review queue in the data bucket (serving.review).
+    review = ReviewDesk(ReviewSelector(), ReviewStore(images.s3, s3.data_bucket), images)
+    state = DashboardState(images=images, review=review)
     feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"dashboard on http://{shown}:{port}/")

@@ -24,6 +24,10 @@ function cardFor(camera) {
   const main = document.getElementById("cameras");
   const empty = document.getElementById("empty");
   if (empty) empty.remove();
+  // The latest frame of this camera, whichever it is when the operator clicks.
+  card.querySelector(".flag").addEventListener("click", () => {
+    if (card.dataset.imageId) flag(card.dataset.imageId, card.querySelector(".flag-status"));
+  });
   // Keep cameras sorted by id so the layout does not jump around.
   const after = [...cards.keys()].sort().find((id) => id > camera);
   main.insertBefore(card, after ? cards.get(after) : null);
@@ -53,9 +57,98 @@ function drawBoxes(svg, view) {
   }
 }
 
-function render(view, camCounts) {
+// The dashboard token (when the server wants one for flags), asked once per browser session.
+let flagToken = sessionStorage.getItem("vinspect-dashboard-token");
+
+async function flag(imageId, statusEl) {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const headers = { "Content-Type": "application/json" };
+    if (flagToken) headers.Authorization = `Bearer ${flagToken}`;
+    const r = await fetch("/api/flag", { method: "POST", headers, body: JSON.stringify({ image_id: imageId }) });
+    if (r.status === 401 && attempt === 0) {
+      flagToken = window.prompt("Dashboard token (to send frames to review)") || "";
+      sessionStorage.setItem("vinspect-dashboard-token", flagToken);
+      continue;
+    }
+    const body = await r.json().catch(() => ({}));
+    statusEl.dataset.state = r.ok ? (body.queued ? "queued" : "known") : "error";
+    text(statusEl, r.ok ? (body.queued ? "queued for review" : body.reason) : (body.error || `HTTP ${r.status}`));
+    if (r.ok) refreshReview();
+    return;
+  }
+}
+
+function drawHistory(card, history) {
+  const svg = card.querySelector(".history");
+  while (svg.firstChild) svg.removeChild(svg.firstChild);
+  if (!Array.isArray(history) || !history.length) return;
+  // One bar per minute, newest on the right; height = share of failed parts that minute.
+  const last = Number(history[history.length - 1][0]);
+  let total = 0, fail = 0;
+  for (const [minute, n, f] of history) {
+    const x = 59 - Math.round((last - Number(minute)) / 60);
+    if (x < 0 || !(Number(n) > 0)) continue;
+    total += Number(n); fail += Number(f);
+    const rate = Number(f) / Number(n);
+    const rect = document.createElementNS(SVG_NS, "rect");
+    rect.setAttribute("x", x);
+    rect.setAttribute("y", 20 - 20 * rate);
+    rect.setAttribute("width", 0.9);
+    rect.setAttribute("height", 20 * rate);
+    rect.dataset.minute = minute;
+    rect.dataset.rate = rate.toFixed(3);
+    const title = document.createElementNS(SVG_NS, "title");
+    title.textContent = `${new Date(Number(minute) * 1000).toLocaleTimeString()}: ${f}/${n} failed`;
+    rect.appendChild(title);
+    svg.appendChild(rect);
+  }
+  text(card.querySelector(".rate"), total ? `${((100 * fail) / total).toFixed(1)} % (last hour)` : null);
+}
+
+function drawFailures(card, failures) {
+  const list = card.querySelector(".failures");
+  while (list.firstChild) list.removeChild(list.firstChild);
+  for (const f of failures || []) {
+    const li = document.createElement("li");
+    li.className = "failure";
+    li.dataset.imageId = f.image_id || "";
+    const classes = (f.detections || []).map((d) => `${d.class_name} ${(Number(d.score) * 100).toFixed(0)}%`);
+    const span = document.createElement("span");
+    span.textContent = `${f.captured_at || ""} ${classes.join(", ")}`;
+    li.appendChild(span);
+    if (f.image_id) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "flag-failure";
+      button.textContent = "flag";
+      button.addEventListener("click", () => flag(f.image_id, card.querySelector(".flag-status")));
+      li.appendChild(button);
+    }
+    list.appendChild(li);
+  }
+}
+
+async function refreshReview() {
+  const el = document.getElementById("review-queue");
+  try {
+    const r = await fetch("/api/review");
+    const body = await r.json();
+    if (!body.enabled) { el.hidden = true; return; }
+    el.hidden = false;
+    el.dataset.size = body.queue_size ?? "";
+    text(el, body.queue_size === null || body.queue_size === undefined
+      ? "review queue unavailable" : `review queue: ${body.queue_size}`);
+  } catch (e) {
+    el.hidden = false;
+    text(el, "review queue unavailable");
+  }
+}
+
+function render(view, camCounts, history, failures) {
   const card = cardFor(view.camera);
   card.dataset.imageId = view.image_id || "";
+  if (history !== undefined) drawHistory(card, history);
+  if (failures !== undefined) drawFailures(card, failures);
   const verdict = card.querySelector(".verdict");
   verdict.className = `verdict ${view.passed ? "pass" : "fail"}`;
   text(verdict, view.passed ? "PASS" : "FAIL");
@@ -108,12 +201,18 @@ function connect() {
   source.addEventListener("error", () => { status.dataset.state = "lost"; text(status, "reconnecting…"); });
   source.addEventListener("snapshot", (e) => {
     const snap = JSON.parse(e.data);
-    for (const view of snap.cameras) render(view, snap.counts[view.camera]);
+    for (const view of snap.cameras) {
+      render(view, snap.counts[view.camera], (snap.history || {})[view.camera], (snap.failures || {})[view.camera]);
+    }
   });
   source.addEventListener("result", (e) => {
     const msg = JSON.parse(e.data);
-    render(msg.view, msg.counts);
+    render(msg.view, msg.counts, msg.history, msg.failures);
   });
 }
 
-document.addEventListener("DOMContentLoaded", connect);
+document.addEventListener("DOMContentLoaded", () => {
+  connect();
+  refreshReview();
+  setInterval(refreshReview, 10000);
+});
