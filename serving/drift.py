@@ -251,7 +251,17 @@ def compute_reference_for_dataset(onnx_model: str | Path, dataset_dir: str | Pat
     dataset_dir = Path(dataset_dir)
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
     classes = list(manifest.get("classes") or DEFAULT_CLASSES)
-    items = [it for it in manifest["items"] if it.get("split") == split] or list(manifest["items"])
+    if manifest.get("items"):
+        items = [it for it in manifest["items"] if it.get("split") == split] or list(manifest["items"])
+    else:
+        # The minimal dataset layout (docs/CONTRACTS.md) has no per-item list: the split's folder is it.
+        folder = dataset_dir / "images" / split
+        found = sorted(folder.rglob("*")) if folder.is_dir() else sorted((dataset_dir / "images").rglob("*"))
+        items = [{"image": f.relative_to(dataset_dir).as_posix()} for f in found
+                 if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}]
+        if not items:
+            raise DriftError(f"{dataset_dir}: no images for the drift reference (no manifest items, "
+                             f"nothing under images/{split}/)")
     detector = (detector_factory or det.Detector)(str(onnx_model), conf=conf, iou=iou, names=classes)
 
     def samples():

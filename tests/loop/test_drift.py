@@ -157,3 +157,32 @@ def test_reference_for_a_dataset_split(tmp_path, reference):
     assert ref["signals"]["confidence/scratch"]["sample"] == [0.7] * 3
     path = write_reference(ref, tmp_path / "drift-reference.json")
     assert json.loads(path.read_text())["model"] == {"name": "m"}
+
+
+def test_reference_from_a_dataset_without_item_list_reads_the_split_folder(tmp_path):
+    """A dataset in the minimal CONTRACTS.md layout (files, no items) still gets a reference."""
+    import json
+
+    from PIL import Image
+
+    from serving.drift import DriftError, compute_reference_for_dataset
+
+    class _NoDetections:
+        def __init__(self, *_a, **_k):
+            pass
+
+        def detect(self, _rgb):
+            return []
+
+    for i in range(3):
+        path = tmp_path / "images" / "val" / f"nut{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (32, 32), (80 + 20 * i, 90, 90)).save(path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"classes": ["scratch", "bent"], "files": {}}))
+    ref = compute_reference_for_dataset("unused.onnx", tmp_path, detector_factory=_NoDetections)
+    assert ref["n_images"] == 3
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "manifest.json").write_text(json.dumps({"classes": ["scratch", "bent"], "files": {}}))
+    with pytest.raises(DriftError, match="no images for the drift reference"):
+        compute_reference_for_dataset("unused.onnx", empty, detector_factory=_NoDetections)
