@@ -40,6 +40,8 @@ S3_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS
 # and the CA of the proxy's certificate. Static credentials, for another server, may come from a
 # Secret, which may be absent.
 MLFLOW_CONFIG_KEYS = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_AUTH", "MLFLOW_TRACKING_SERVER_CERT_PATH")
+# The evaluate and rollout steps announce gate rejections, promotions and rollbacks there.
+NOTIFY_CONFIG_KEYS = ("VINSPECT_NOTIFY_URL",)
 MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 # Token or user/password: whichever keys the CVAT Secret has; CVAT_HOST is the name CVAT's proxy
 # routes (the Route host), sent as the Host header to the in-cluster Service URL.
@@ -137,6 +139,11 @@ def build_training_pipeline(
     def mlflow_env(task):
         kubernetes.use_config_map_as_env(task, secrets.config, {k: k for k in MLFLOW_CONFIG_KEYS})
         return kubernetes.use_secret_as_env(task, secrets.mlflow, {k: k for k in MLFLOW_SECRET_KEYS}, optional=True)
+
+    def notify_env(task):
+        # Where the step's io.vinspect.model.* CloudEvents go (serving/notify.py): the project's
+        # Broker ingress from the runtime ConfigMap; without it the events are dropped.
+        return kubernetes.use_config_map_as_env(task, secrets.config, {k: k for k in NOTIFY_CONFIG_KEYS})
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -268,6 +275,7 @@ def build_training_pipeline(
             # On new data the champion's ONNX is read from S3 and re-evaluated on this split.
             s3_env(evaluate)
             mlflow_env(evaluate)
+            notify_env(evaluate)  # a rejected gate is announced from here
 
             with dsl.If(evaluate.outputs["gate"] == "passed", name="gate-passed"):
                 # A re-run that reproduced the serving model byte for byte has nothing to add.
@@ -305,6 +313,7 @@ def build_training_pipeline(
                     deploy.set_caching_options(False)
                     s3_env(deploy)
                     mlflow_env(deploy)
+                    notify_env(deploy)  # promoted / rolled back
                     kubernetes.use_secret_as_env(
                         deploy, secrets.model_token, {"token": "VINSPECT_MODEL_TOKEN"},
                         optional=True,

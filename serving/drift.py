@@ -20,7 +20,10 @@ Stored next to the model version (S3, the models bucket)::
     s3://<bucket>/<model>/<version>/drift-reference.json
 
 beside ``<version>/1/model.onnx``: OpenVINO Model Server loads only numeric version folders, so a
-file at that level is not served, and it is deleted with the version.
+file at that level is not served, and it is deleted with the version. The rollout copies the
+served version's reference to ``s3://<bucket>/<model>/serving/drift-reference.json``
+(:func:`publish_served_reference`): on KServe/OVMS every version answers as ``1``, so a processor
+there reads that key (``VINSPECT_DRIFT_REFERENCE=serving``) rather than the version's own.
 
 The **comparator** (:class:`DriftMonitor`) keeps, per camera, the last ``window`` values of every
 signal and scores each against the reference with the population stability index
@@ -44,6 +47,7 @@ import numpy as np
 
 SCHEMA = "vinspect.drift-reference/v1"
 REFERENCE_FILE = "drift-reference.json"
+SERVED_FOLDER = "serving"
 DEFAULT_CLASSES = ("scratch", "bent")
 STATS_SIDE = 256
 PSI_ALERT = 0.2
@@ -200,24 +204,102 @@ def save_reference(s3, bucket: str, model_name: str, version: str | int, ref: Ma
     return f"s3://{bucket}/{key}"
 
 
+def _read_key(s3, bucket: str, key: str, missing: str) -> tuple[dict[str, Any], str]:
+    """A reference document at ``key`` and its ETag.
+
+    Raises:
+        DriftError: Missing (``missing`` says what is missing) or malformed (the key is named).
+    """
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+        body = response["Body"].read()
+    except Exception as exc:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchKey", "NotFound"):
+            raise DriftError(f"s3://{bucket}/{key}: {missing}") from None
+        raise
+    try:
+        return check_reference(json.loads(body), f"s3://{bucket}/{key}"), str(response.get("ETag") or "")
+    except json.JSONDecodeError as exc:
+        raise DriftError(f"s3://{bucket}/{key}: not JSON ({exc})") from None
+
+
 def load_reference(s3, bucket: str, model_name: str, version: str | int) -> dict[str, Any]:
     """Read a model version's reference from S3.
 
     Raises:
         DriftError: Missing or malformed (the key is named).
     """
-    key = reference_key(model_name, version)
+    return _read_key(s3, bucket, reference_key(model_name, version),
+                     f"no drift reference for {model_name} version {version}")[0]
+
+
+# --------------------------------------------------------------------------- the served version's reference
+#
+# KServe/OVMS report version "1" for every rollout (the numeric folder inside the storage path),
+# so the version in a response does not name the registry version there. The rollout, when it
+# moves the champion, copies the served version's reference to one stable key per model, with the
+# registry version in its ``model`` field; a processor on the cluster reads that key instead.
+
+
+def served_reference_key(model_name: str) -> str:
+    """S3 key of the served version's reference: ``<model>/serving/drift-reference.json``.
+
+    ``serving`` is never a version (registry versions are numbers), and OVMS loads only numeric
+    folders, so the key is neither served nor mistaken for a version.
+    """
+    return f"{model_name}/{SERVED_FOLDER}/{REFERENCE_FILE}"
+
+
+def publish_served_reference(s3, bucket: str, model_name: str, version: str | int) -> str | None:
+    """Make ``version``'s reference the served one (call when ``version`` starts serving).
+
+    The document is copied with ``model.name`` and ``model.version`` set to the registry's, in
+    one PUT (a reader sees the old or the new document, never a mix). A version without a
+    reference removes the served key, so the processor stops comparing the new model with the
+    previous one's distributions (drift is then off for it, as for that version locally).
+
+    Returns:
+        The ``s3://`` URI written, or None when ``version`` has no reference.
+
+    Raises:
+        DriftError: The version's reference is malformed (the key is named; the served key is
+            then removed too).
+        Exception: S3 errors, as boto3 raises them.
+    """
+    key = served_reference_key(model_name)
     try:
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        ref = load_reference(s3, bucket, model_name, version)
+    except DriftError as exc:
+        s3.delete_object(Bucket=bucket, Key=key)
+        if "no drift reference" in str(exc):
+            return None
+        raise
+    ref["model"] = {**(ref.get("model") or {}), "name": model_name, "version": str(version)}
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(ref, sort_keys=True).encode(),
+                  ContentType="application/json")
+    return f"s3://{bucket}/{key}"
+
+
+def load_served_reference(s3, bucket: str, model_name: str) -> tuple[dict[str, Any], str]:
+    """The served version's reference and its ETag.
+
+    Raises:
+        DriftError: Missing or malformed (the key is named).
+    """
+    return _read_key(s3, bucket, served_reference_key(model_name),
+                     f"no served drift reference for {model_name} (the rollout writes it)")
+
+
+def served_reference_etag(s3, bucket: str, model_name: str) -> str | None:
+    """ETag of the served reference (None: there is none), from a HEAD request."""
+    try:
+        return str(s3.head_object(Bucket=bucket, Key=served_reference_key(model_name)).get("ETag") or "")
     except Exception as exc:
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
-            raise DriftError(f"s3://{bucket}/{key}: no drift reference for {model_name} version {version}") from None
+            return None
         raise
-    try:
-        return check_reference(json.loads(body), f"s3://{bucket}/{key}")
-    except json.JSONDecodeError as exc:
-        raise DriftError(f"s3://{bucket}/{key}: not JSON ({exc})") from None
 
 
 def write_reference(ref: Mapping[str, Any], path: Path) -> Path:

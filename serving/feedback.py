@@ -13,8 +13,10 @@ inspection path, so it is kept cheap and never raises into it:
   to the camera's live window; the scores (PSI and KS, a few sorts of at most a few thousand
   values) are recomputed at most every ``score_every_s`` per camera. The reference of the model
   version now answering is loaded in the background when the version first appears or changes
-  (``s3://<models bucket>/<model>/<version>/drift-reference.json``); no reference means no drift
-  scores for that version, said once in the log. A drifting camera emits
+  (``s3://<models bucket>/<model>/<version>/drift-reference.json``; on KServe/OVMS, where every
+  version answers as ``1``, the served version's copy the rollout writes, re-read when its ETag
+  changes: :class:`DriftWatch`); no reference means no drift scores for that version, said once
+  in the log. A drifting camera emits
   ``io.vinspect.model.drift.detected`` at most once per ``notify_cooldown_s``.
 """
 
@@ -111,8 +113,20 @@ def frame_stats(bgr: np.ndarray) -> dict[str, float]:
     return drift_mod.image_stats(np.ascontiguousarray(small))
 
 
+DRIFT_SOURCES = ("version", "serving")
+
+
 class DriftWatch:
     """The live drift comparison of one processor, against the reference of the version answering.
+
+    Where the reference is read (``source``):
+
+    * ``version``: ``<model>/<version>/drift-reference.json`` of the version the responses carry;
+      right where the server reports the registry version (the local model server).
+    * ``serving``: ``<model>/serving/drift-reference.json``, which the rollout writes when it
+      moves the champion, with the registry version inside; for KServe/OVMS, where every version
+      answers as ``1``. Re-read (in the background) when the served model changes and when the
+      file's ETag changes, checked with a HEAD at most every ``refresh_s``.
 
     Args:
         s3: A boto3 S3 client for the models bucket (short timeouts).
@@ -123,53 +137,102 @@ class DriftWatch:
         window / min_samples: Of :class:`serving.drift.DriftMonitor`.
         score_every_s: Least seconds between two score computations of one camera.
         notify_cooldown_s: Least seconds between two drift notifications of one camera.
+        source: ``version`` or ``serving`` (above).
+        refresh_s: Least seconds between two ETag checks of the served reference.
         clock: Monotonic seconds (tests).
+
+    Raises:
+        ValueError: An unknown ``source``.
     """
 
     def __init__(self, s3: Any, bucket: str, workers: BoundedWorkers, *, notifier: Any = None,
                  threshold: float = drift_mod.PSI_ALERT, window: int = 500, min_samples: int = 50,
-                 score_every_s: float = 5.0, notify_cooldown_s: float = 3600.0,
-                 clock: Callable[[], float] = time.monotonic):
+                 score_every_s: float = 5.0, notify_cooldown_s: float = 3600.0, source: str = "version",
+                 refresh_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+        if source not in DRIFT_SOURCES:
+            raise ValueError(f"VINSPECT_DRIFT_REFERENCE: {source!r} is not one of {', '.join(DRIFT_SOURCES)}")
         self.s3, self.bucket, self.workers, self.notifier = s3, bucket, workers, notifier
         self.threshold, self.window, self.min_samples = threshold, window, min_samples
         self.score_every_s, self.notify_cooldown_s, self._clock = score_every_s, notify_cooldown_s, clock
+        self.source, self.refresh_s = source, refresh_s
         self.monitor: drift_mod.DriftMonitor | None = None
         self.model: tuple[str, str] | None = None  # (name, version) whose reference is wanted
+        self.reference_version: str | None = None  # the registry version of the loaded reference
+        self._etag: str | None = None  # of the served reference loaded (source "serving")
+        self._next_check = 0.0
         self._loading: tuple[str, str] | None = None
         self._last_score: dict[str, float] = {}
         self._last_notice: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def _load(self, name: str, version: str) -> None:
+    def _read(self, name: str, version: str) -> tuple[dict[str, Any], str | None]:
+        if self.source == "serving":
+            return drift_mod.load_served_reference(self.s3, self.bucket, name)
+        return drift_mod.load_reference(self.s3, self.bucket, name, version), None
+
+    def _load(self, name: str, version: str, known_etag: str | None = None) -> None:
+        what = f"{name} (served reference)" if self.source == "serving" else f"{name} version {version}"
         try:
-            ref = drift_mod.load_reference(self.s3, self.bucket, name, version)
+            if known_etag is not None and drift_mod.served_reference_etag(self.s3, self.bucket, name) == known_etag:
+                with self._lock:
+                    self._loading = None
+                return  # unchanged: keep the monitor and its window
+            ref, etag = self._read(name, version)
             monitor = drift_mod.DriftMonitor(ref, window=self.window, min_samples=self.min_samples)
-            log.info("drift: reference of %s version %s loaded (%d signals)", name, version, len(ref["signals"]))
+            ref_version = str((ref.get("model") or {}).get("version") or version)
+            log.info("drift: reference of %s loaded (registry version %s, %d signals)", what, ref_version,
+                     len(ref["signals"]))
         except drift_mod.DriftError as exc:
-            log.warning("drift is off for %s version %s: %s", name, version, exc)
-            monitor = None
-        except Exception as exc:  # noqa: BLE001 - S3 down: drift off until the next version change
-            log.warning("drift is off for %s version %s: cannot read its reference: %s: %s", name, version,
-                        type(exc).__name__, exc)
-            monitor = None
+            log.warning("drift is off for %s: %s", what, exc)
+            monitor, etag, ref_version = None, None, None
+        except Exception as exc:  # noqa: BLE001 - S3 down
+            if known_etag is not None:  # a periodic check: keep what is loaded, check again later
+                log.warning("drift: cannot check the served reference of %s: %s: %s", name, type(exc).__name__, exc)
+                with self._lock:
+                    self._loading = None
+                return
+            log.warning("drift is off for %s: cannot read its reference: %s: %s", what, type(exc).__name__, exc)
+            monitor, etag, ref_version = None, None, None
         with self._lock:
             if self.model == (name, version):
-                self.monitor = monitor
+                self.monitor, self._etag, self.reference_version = monitor, etag, ref_version
+                if monitor is not None or known_etag is None:
+                    self._last_score.clear()
             self._loading = None
 
     def use(self, name: str | None, version: str | None) -> None:
-        """The version answering now: load its reference when it is new (in the background)."""
+        """The version answering now: load its reference when it is new (in the background).
+
+        With ``source="serving"`` the served reference is also re-read when its ETag changed
+        (a rollout moved the champion while the server kept answering as version ``1``).
+        """
         if not name:
             return
         key = (str(name), str(version or ""))
+        now = self._clock()
         with self._lock:
             if self.model == key:
-                return
-            self.model, self.monitor, self._loading = key, None, key
-            self._last_score.clear()
-        if self.workers.submit(self._load, *key) is None:  # backlog: try again with the next image
+                if self.source != "serving" or self._loading is not None or now < self._next_check:
+                    return
+                self._next_check, self._loading = now + self.refresh_s, key
+                args: tuple = (*key, self._etag or "")  # "" never equals a real ETag: re-read
+            else:
+                self.model, self.monitor, self._loading = key, None, key
+                self._etag = self.reference_version = None
+                self._next_check = now + self.refresh_s
+                self._last_score.clear()
+                args = key
+        if self.workers.submit(self._load, *args) is None:  # backlog: try again with the next image
             with self._lock:
-                self.model = self._loading = None
+                if len(args) == 2:
+                    self.model = None
+                self._loading = None
+                self._next_check = 0.0
+
+    @property
+    def version(self) -> str:
+        """The registry version drift is measured against (for notifications)."""
+        return self.reference_version or (self.model[1] if self.model else "")
 
     def observe(self, camera: str, detections: Any, stats: Mapping[str, float]) -> dict[str, dict[str, float]] | None:
         """Add one image; returns the camera's scores when they were due (else None)."""
@@ -269,7 +332,7 @@ class LoopHooks:
             drifting = {k: {"psi": round(v["psi"], 4), "ks": round(v["ks"], 4)}
                         for k, v in scores.items() if v["psi"] > self.drift.threshold}
             if drifting and self.drift.notifier is not None and self.drift.should_notify(camera):
-                name, version = self.drift.model or ("", "")
+                name, version = (self.drift.model or ("", ""))[0], self.drift.version
                 # The notifier does an HTTP POST: off the inspection path.
                 send = functools.partial(self.drift.notifier.drift_detected, name, version, camera, drifting,
                                          threshold=self.drift.threshold)
@@ -310,7 +373,7 @@ def from_settings(metrics: InspectionMetrics, *, review: bool = True, drift: boo
     Without S3 settings (no endpoint and no access key) review and drift are off: the processor
     never guesses at AWS.
     """
-    from vinspect.settings import S3Settings
+    from vinspect.settings import RuntimeSettings, S3Settings
 
     from serving.notify import Notifier
 
@@ -322,5 +385,6 @@ def from_settings(metrics: InspectionMetrics, *, review: bool = True, drift: boo
     s3 = s3s.client(timeouts=(2.0, 10.0), attempts=2)
     selector = ReviewSelector() if review else None
     store = ReviewStore(s3, s3s.data_bucket) if review else None
-    watch = DriftWatch(s3, s3s.bucket, pool, notifier=Notifier.from_settings()) if drift else None
+    source = RuntimeSettings.from_env().drift_reference
+    watch = DriftWatch(s3, s3s.bucket, pool, notifier=Notifier.from_settings(), source=source) if drift else None
     return LoopHooks(metrics, selector=selector, review_store=store, drift=watch, workers=pool)

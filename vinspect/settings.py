@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -205,6 +205,10 @@ class RuntimeSettings(_Base):
     camera_source: str = Field("", validation_alias="VINSPECT_CAMERA_SOURCE")
     processor_token: SecretStr | None = Field(None, validation_alias="VINSPECT_PROCESSOR_TOKEN")
     dashboard_token: SecretStr | None = Field(None, validation_alias="VINSPECT_DASHBOARD_TOKEN")
+    # Which drift reference the processor compares with: `version` (<model>/<version>/, the version
+    # the server reports: the local model server) or `serving` (<model>/serving/, written by the
+    # rollout: KServe/OVMS report version 1 for every rollout; the cluster's ConfigMap).
+    drift_reference: Literal["version", "serving"] = Field("version", validation_alias="VINSPECT_DRIFT_REFERENCE")
 
     def token(self, service: str) -> str | None:
         """The bearer token of ``processor`` or ``dashboard`` (None: no token required)."""

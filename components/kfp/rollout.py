@@ -65,8 +65,9 @@ def rollout(
     from components.kfp.outcome import record_outcome
     from components.model.evaluate import split_images
     from components.rollout import GoldenImage, make_v2_smoke, rollout_kserve, rollout_local
+    from components.rollout.kserve import s3_reference_publisher
     from components.rollout.smoke import cluster_tls_verify, golden_from_split, processor_endpoint, smoke_as
-    from vinspect.settings import MLflowSettings, ModelServerSettings
+    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
 
     data_dir = Path(dataset.path)
     classes = list(read_manifest(data_dir)["classes"])
@@ -82,13 +83,18 @@ def rollout(
           + ", ".join(f"{g.path.name} {sorted(g.expected)}" for g in golden))
     smoke_rule = {"names": classes, "conf": smoke_conf, "min_classes": smoke_min_classes}
     mlflow_client = MLflowSettings.from_env().client()
+    # The served version's drift reference goes to the stable key the processor reads on
+    # KServe/OVMS (which reports version 1 for every rollout): serving.drift.publish_served_reference.
+    s3s = S3Settings.from_env()
+    publish = s3_reference_publisher(s3s.client(), s3s.bucket) if (s3s.endpoint_url or s3s.access_key_id) else None
     server = ModelServerSettings.from_env()
     token = server.token.get_secret_value() if server.token else None
     if serving_mode == "local":
         smoke = make_v2_smoke(golden, token=token, expect_version=version,
                               verify=server.ca_bundle or True, **smoke_rule)
         result = rollout_local(server.url, mlflow_client, model_name=model_name, version=version,
-                               storage_uri=storage_uri, smoke=smoke, timeout_s=timeout_s, token=token)
+                               storage_uri=storage_uri, smoke=smoke, timeout_s=timeout_s, token=token,
+                               drift_reference=publish)
     elif serving_mode in ("raw", "modelmesh"):
         from kubernetes import client, config
 
@@ -114,7 +120,7 @@ def rollout(
                                 model_name=model_name, version=version, storage_uri=storage_uri,
                                 data_connection=data_connection, mode=serving_mode, smoke=smoke,
                                 timeout_s=timeout_s, service=inference_service or None,
-                                smoke_url=processor_url)
+                                smoke_url=processor_url, drift_reference=publish)
     else:
         raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
 
@@ -129,6 +135,7 @@ def rollout(
                        f"{result.get('reason')}", model_name=model_name, version=version)
         raise RuntimeError(f"rollout of {model_name} v{version} rolled back: {result.get('reason')}")
     url = str(result.get("url") or "")
+    print(f"[vinspect] drift reference: {result.get('drift_reference')}")
     notify("promoted", model_name, version, previous_version=result.get("previous_version"), target=target)
     record_outcome("deployed", f"{model_name} v{version} is serving at {url} and is the champion",
                    model_name=model_name, version=version, url=url, storage_uri=storage_uri)

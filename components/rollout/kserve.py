@@ -32,6 +32,34 @@ _RUNTIME = {"group": render.GROUP, "version": render.RUNTIME_VERSION, "plural": 
 TAG_DEPLOYED = "vinspect.deployed_to"
 
 
+def s3_reference_publisher(s3, bucket: str) -> Callable[[str, str], Any]:
+    """``publish(model_name, version)``: copy the version's drift reference to the served key.
+
+    See :func:`serving.drift.publish_served_reference` (the processor on KServe/OVMS, where every
+    version answers as ``1``, reads that key).
+    """
+    from serving.drift import publish_served_reference
+
+    return lambda model_name, version: publish_served_reference(s3, bucket, model_name, version)
+
+
+def publish_reference(publish: Callable[[str, str], Any] | None, model_name: str, version: str,
+                      result: dict) -> None:
+    """Publish the now-serving version's drift reference; a failure only warns.
+
+    Drift is an observation of the served model, not a condition of serving it: the rollout
+    stands, and ``result["drift_reference"]`` says what happened.
+    """
+    if publish is None:
+        return
+    try:
+        uri = publish(model_name, version)
+        result["drift_reference"] = uri or f"none: version {version} has no drift reference (drift off)"
+    except Exception as exc:  # noqa: BLE001 - see above
+        result["drift_reference"] = f"not published: {type(exc).__name__}: {exc}"
+        log.warning("drift reference of %s v%s not published: %s", model_name, version, exc)
+
+
 def endpoint_url(isvc: dict, mode: str) -> str | None:
     """The v2 REST base URL of a ready InferenceService.
 
@@ -99,6 +127,7 @@ def rollout_kserve(
     move_alias: Callable[[Any, str, str], Any] = promote,
     variant: str | None = None,
     precision: str | None = None,
+    drift_reference: Callable[[str, str], Any] | None = None,
 ) -> dict:
     """Deploy ``version`` on KServe, check it, and make it the champion; roll back on failure.
 
@@ -134,11 +163,15 @@ def rollout_kserve(
             OpenVINO IR folder). None: the version's ``vinspect.variant`` tag.
         precision: The variant's declared inference precision, passed to OVMS as its
             ``plugin_config``. None: the version's ``vinspect.variant_precision`` tag.
+        drift_reference: ``publish(model_name, version)`` called once the version serves and is
+            the champion (:func:`s3_reference_publisher`): OVMS answers as version ``1`` for
+            every rollout, so the processor finds the served version's drift reference under a
+            stable key only. A failure there only warns. None: nothing is published.
 
     Returns:
         ``{"status": "deployed" | "rolled_back", "reason", "service", "namespace", "version",
-        "previous_version", "url", "action", "smoke", "restore"}``; ``reason`` is None when
-        deployed.
+        "previous_version", "url", "action", "smoke", "restore"}`` (plus ``drift_reference``
+        when one was to be published); ``reason`` is None when deployed.
 
     Raises:
         RolloutError: Only when the rollback itself fails (the cluster state then needs a
@@ -242,6 +275,7 @@ def rollout_kserve(
         result["elapsed_s"] = round(time.monotonic() - started, 3)
         return result
     result["status"] = "deployed"
+    publish_reference(drift_reference, model_name, version, result)
     result["elapsed_s"] = round(time.monotonic() - started, 3)
     log.info("%s v%s deployed as %s/%s (%s)", model_name, version, namespace, name, result["action"])
     return result

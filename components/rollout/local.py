@@ -15,6 +15,7 @@ from typing import Any
 
 from components.registry import champion_state, promote, undo_move
 from components.registry.core import TAG_STORAGE_URI
+from components.rollout.kserve import publish_reference
 from components.rollout.kube import RolloutError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,7 @@ def rollout_local(
     timeout_s: float = 120.0,
     token: str | None = None,
     move_alias: Callable[[Any, str, str], Any] = promote,
+    drift_reference: Callable[[str, str], Any] | None = None,
 ) -> dict:
     """Deploy ``version`` on the local model server, check it, make it the champion.
 
@@ -80,10 +82,15 @@ def rollout_local(
         move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
             after every check passed (default :func:`~components.registry.promote`; a
             deployed rollback passes one that pops the history instead).
+        drift_reference: ``publish(model_name, version)`` once the version serves and is the
+            champion (see :func:`components.rollout.kserve.rollout_kserve`; the local server
+            reports the registry version, so a processor here needs it only when it is set to
+            read the served reference). None: nothing is published.
 
     Returns:
         ``{"status": "deployed" | "rolled_back", "reason", "served_name", "version",
-        "previous_version", "url", "smoke", "restore"}``.
+        "previous_version", "url", "smoke", "restore"}`` (plus ``drift_reference`` when one was
+        to be published).
 
     Raises:
         RolloutError: When the rollback itself fails.
@@ -148,6 +155,7 @@ def rollout_local(
         if own:
             http.close()
     result["status"] = "deployed"
+    publish_reference(drift_reference, model_name, str(version), result)
     result["elapsed_s"] = round(time.monotonic() - started, 3)
     return result
 

@@ -139,3 +139,25 @@ def test_addresses_of_the_loop_workloads_are_checked(rendered, generated_secrets
     container["env"].append({"name": "CVAT_URL", "value": "http://cvat.vinspect.svc.cluster.local:80"})
     problems = [str(p) for p in check_overlay(objects, generated_secrets)]
     assert problems and all("CronJob vinspect/review-push container review-push env.CVAT_URL" in p for p in problems)
+
+
+def test_notifications_go_to_the_projects_kafka_broker(rendered, generated_secrets):
+    # The processor (envFrom) and the pipeline steps (use_config_map_as_env) read the URL from the
+    # runtime ConfigMap; it must be the Kafka Broker ingress path of the Broker this project renders
+    # (eventing-kafka-broker control-plane/pkg/reconciler/broker/broker.go: /<namespace>/<broker>).
+    objects = rendered["default"]
+    broker = next(o for o in objects if o["kind"] == "Broker")
+    config = find(objects, "ConfigMap", "vinspect-runtime")
+    ns = broker["metadata"]["namespace"]
+    assert config["data"]["VINSPECT_NOTIFY_URL"] == \
+        f"http://kafka-broker-ingress.knative-eventing.svc.cluster.local/{ns}/{broker['metadata']['name']}"
+    processor = find(objects, "Service", "image-processor")["spec"]["template"]["spec"]["containers"][0]
+    assert {"configMapRef": {"name": "vinspect-runtime"}} in processor["envFrom"]
+    # The address check resolves it against the operator-created ingress Service: a wrong port is named.
+    values = {a.where.split(" ", 2)[-1]: a.value for a in find_addresses(objects, generated_secrets)}
+    assert values["data.VINSPECT_NOTIFY_URL"] == config["data"]["VINSPECT_NOTIFY_URL"]
+    wrong = copy.deepcopy(objects)
+    find(wrong, "ConfigMap", "vinspect-runtime")["data"]["VINSPECT_NOTIFY_URL"] = \
+        f"http://kafka-broker-ingress.knative-eventing.svc.cluster.local:8080/{ns}/default"
+    problems = [str(p) for p in check_overlay(wrong, generated_secrets)]
+    assert problems and all("VINSPECT_NOTIFY_URL" in p for p in problems)

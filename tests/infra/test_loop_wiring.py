@@ -229,6 +229,37 @@ def test_processor_and_review_keys_allow_exactly_the_review_queue_calls(cluster,
         assert not _allows(policy, "s3:PutObject", "arn:aws:s3:::models/metal-nut/1/model.onnx")
 
 
+def test_the_processor_reads_the_served_drift_reference_with_its_own_key(rendered, cluster, bucket_job_run):
+    # On KServe/OVMS every version answers as 1: the processor's ConfigMap sets it to read the
+    # served version's reference the rollout publishes, and its Minio key may read that (GET and
+    # HEAD), and no model file nor any version's own folder.
+    from serving import drift
+    from serving.feedback import BoundedWorkers, DriftWatch
+    from vinspect.settings import RuntimeSettings
+
+    config = find(rendered["default"], "ConfigMap", "vinspect-runtime")["data"]
+    assert RuntimeSettings(**{"VINSPECT_DRIFT_REFERENCE": config["VINSPECT_DRIFT_REFERENCE"]}).drift_reference == "serving"
+    bucket, model = config["AWS_S3_BUCKET"], config["VINSPECT_MODEL_NAME"]
+    s3 = RecordingS3()
+    ref = drift.compute_reference([({"brightness": 0.1 * i, "contrast": 0.2, "sharpness": 1.0}, []) for i in range(5)])
+    s3.objects[(bucket, drift.reference_key(model, "4"))] = json.dumps(ref).encode()
+    drift.publish_served_reference(s3, bucket, model, "4")  # the rollout step (root key)
+    s3.calls = []
+    workers = BoundedWorkers(1, 4, "t")
+    watch = DriftWatch(s3, bucket, workers, source=config["VINSPECT_DRIFT_REFERENCE"], refresh_s=0.0)
+    watch.use(model, "1")
+    workers.close()
+    assert watch.version == "4"
+    workers = watch.workers = BoundedWorkers(1, 4, "t")
+    watch.use(model, "1")  # the ETag check
+    workers.close()
+    assert {c[0] for c in s3.calls} == {"s3:GetObject"} and len(s3.calls) >= 2
+    processor = bucket_job_run[1]["vinspect-annotated"]
+    assert _denied(processor, s3.calls) == []
+    for key in (f"{model}/4/drift-reference.json", f"{model}/4/1/model.onnx", f"{model}/serving/other.json"):
+        assert not _allows(processor, "s3:GetObject", f"arn:aws:s3:::{bucket}/{key}"), key
+
+
 # --- monitoring -------------------------------------------------------------------------------
 
 

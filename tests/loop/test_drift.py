@@ -18,9 +18,13 @@ from serving.drift import (
     image_stats,
     ks_statistic,
     load_reference,
+    load_served_reference,
     psi,
+    publish_served_reference,
     reference_key,
     save_reference,
+    served_reference_etag,
+    served_reference_key,
     write_reference,
 )
 
@@ -133,6 +137,36 @@ def test_reference_is_stored_next_to_the_model_version(reference, local_stack):
     s3.put_object(Bucket=bucket, Key=reference_key(name, 9), Body=b'{"schema": "other"}')
     with pytest.raises(DriftError, match="not a drift reference"):
         load_reference(s3, bucket, name, 9)
+
+
+def test_the_served_versions_reference_is_published_under_one_key(reference, local_stack):
+    # KServe/OVMS answer as version 1 for every rollout: the rollout copies the served version's
+    # reference to <model>/serving/, with the registry version inside, and the processor reads that.
+    s3, bucket = local_stack.s3, local_stack.env["AWS_S3_BUCKET"]
+    name = f"served-{uuid.uuid4().hex[:6]}"
+    assert served_reference_etag(s3, bucket, name) is None
+    with pytest.raises(DriftError, match=f"no served drift reference for {name}"):
+        load_served_reference(s3, bucket, name)
+    save_reference(s3, bucket, name, 7, dict(reference, model={"name": name, "version": "7"}))
+    save_reference(s3, bucket, name, 8, dict(reference, model={"name": name}, n_images=99))
+    assert publish_served_reference(s3, bucket, name, 7) == f"s3://{bucket}/{name}/serving/drift-reference.json"
+    assert served_reference_key(name) == f"{name}/serving/drift-reference.json"
+    ref7, etag7 = load_served_reference(s3, bucket, name)
+    assert ref7["model"]["version"] == "7" and etag7 and served_reference_etag(s3, bucket, name) == etag7
+    assert ref7["signals"] == load_reference(s3, bucket, name, 7)["signals"]
+    # The next version: its own reference, its registry version written in, a new ETag.
+    publish_served_reference(s3, bucket, name, 8)
+    ref8, etag8 = load_served_reference(s3, bucket, name)
+    assert ref8["model"] == {"name": name, "version": "8"} and ref8["n_images"] == 99 and etag8 != etag7
+    # A version without a reference takes the old one away (no comparison with the wrong model).
+    assert publish_served_reference(s3, bucket, name, 9) is None
+    assert served_reference_etag(s3, bucket, name) is None
+    # A malformed one is named, and leaves no served reference either.
+    publish_served_reference(s3, bucket, name, 7)
+    s3.put_object(Bucket=bucket, Key=reference_key(name, 10), Body=b"{not json")
+    with pytest.raises(DriftError, match=f"{name}/10/drift-reference.json: not JSON"):
+        publish_served_reference(s3, bucket, name, 10)
+    assert served_reference_etag(s3, bucket, name) is None
 
 
 def test_reference_for_a_dataset_split(tmp_path, reference):

@@ -186,6 +186,12 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
 
     reference = load_reference(s3, local_stack.env.get("AWS_S3_BUCKET", "models"), model, "1")
     assert reference["model"] == {"name": model, "version": "1", "dataset_id": dataset_id}
+    # ... and the rollout step published it as the served one (what a processor on OVMS, where
+    # every version answers as 1, reads), with the registry version inside.
+    from serving.drift import load_served_reference
+
+    served, _ = load_served_reference(s3, local_stack.env.get("AWS_S3_BUCKET", "models"), model)
+    assert served["model"] == reference["model"] and served["signals"] == reference["signals"]
     val = [it for it in manifest_of(dataset_id)["items"] if it.get("split") == "val"]
     assert val and reference["signals"]["brightness"]["n"] == len(val)  # one brightness per val image
     [promoted] = notices()

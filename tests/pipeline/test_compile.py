@@ -144,6 +144,8 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
     mlflow = {"configmap/vinspect-runtime": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_AUTH",
                                              "MLFLOW_TRACKING_SERVER_CERT_PATH"},
               "vinspect-mlflow": {"MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
+    # Gate rejections (evaluate), promotions and rollbacks (rollout) go to the Broker's ingress.
+    notify = {"VINSPECT_NOTIFY_URL"}
     expected = {
         "pull-annotations": {"aws-connection-models": s3,
                              "cvat-admin": {"CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD"}},
@@ -152,12 +154,13 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
         "register": {"aws-connection-models": s3 | {"MLFLOW_S3_ENDPOINT_URL"}, **mlflow},
         # The smoke test calls the model where the processor will: its ConfigMap's URL and name.
         "rollout": {"aws-connection-models": s3, **mlflow, "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"},
-                    "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"]
+                    "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"] | notify
                     | {"VINSPECT_PROCESSOR_MODEL_URL", "VINSPECT_PROCESSOR_MODEL_NAME"}},
         "validate-and-split": {},
         "export-onnx": {},
         # The champion's ONNX is read from S3 and its version from MLflow to re-evaluate it.
-        "evaluate": {"aws-connection-models": s3, **mlflow},
+        "evaluate": {"aws-connection-models": s3, **mlflow,
+                     "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"] | notify},
     }
     for name, want in expected.items():
         got = _env_refs(k8s.get(ir.executor_of(spec, tasks[name]), {}))

@@ -221,3 +221,46 @@ def test_a_failed_rollback_is_loud(kube_ok, mlflow_client, model_name, registere
     with pytest.raises(RolloutError, match=r"smoke-testing failed.*rollback incomplete: restoring the InferenceService failed"):
         _deploy(kube_ok, mlflow_client, model_name, registered, "2", smoke=smoke_then_break_the_api)
     assert get_champion(mlflow_client, model_name) == "1"  # the alias was still put back
+
+
+def test_rollout_publishes_the_served_versions_drift_reference(kube_ok, mlflow_client, model_name, registered,
+                                                               local_stack):
+    # OVMS answers as version 1 for every rollout, so the processor reads the reference the
+    # rollout publishes under <model>/serving/ once the version serves and is the champion.
+    from components.rollout.kserve import s3_reference_publisher
+    from serving import drift
+
+    s3, bucket = local_stack.s3, local_stack.env["AWS_S3_BUCKET"]
+    ref = drift.compute_reference([({"brightness": 0.1 * i, "contrast": 0.2, "sharpness": 1.0}, [])
+                                   for i in range(10)])
+    for version in ("1", "2"):
+        drift.save_reference(s3, bucket, model_name, version, dict(ref, model={"name": model_name, "version": version}))
+    publish = s3_reference_publisher(s3, bucket)
+
+    def served():
+        return drift.load_served_reference(s3, bucket, model_name)[0]["model"]["version"]
+
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1", drift_reference=publish)
+    assert result["status"] == "deployed" and served() == "1"
+    assert result["drift_reference"] == f"s3://{bucket}/{model_name}/serving/drift-reference.json"
+
+    # A rolled-back version publishes nothing: the served reference stays the previous one's.
+    def failing_smoke(url, name):
+        raise SmokeTestError("golden image bent_000.png: found nothing")
+
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "2", smoke=failing_smoke, drift_reference=publish)
+    assert result["status"] == "rolled_back" and "drift_reference" not in result and served() == "1"
+    assert _deploy(kube_ok, mlflow_client, model_name, registered, "2", drift_reference=publish)["status"] == "deployed"
+    assert served() == "2"
+    # A version without a reference: drift off for it, not measured against version 2's.
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "3", drift_reference=publish)
+    assert result["status"] == "deployed" and result["drift_reference"].startswith("none: version 3")
+    assert drift.served_reference_etag(s3, bucket, model_name) is None
+
+    # S3 failing there never undoes a good rollout; the result says what happened.
+    def broken(model, version):
+        raise ConnectionError("minio unreachable")
+
+    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1", drift_reference=broken)
+    assert result["status"] == "deployed" and get_champion(mlflow_client, model_name) == "1"
+    assert result["drift_reference"] == "not published: ConnectionError: minio unreachable"

@@ -200,6 +200,70 @@ def test_no_reference_turns_drift_off_and_says_so_once(local_stack, caplog):
     assert watch.monitor is None
 
 
+def test_on_ovms_drift_follows_the_served_reference_the_rollout_publishes(local_stack, caplog):
+    # OVMS answers as version 1 whatever it serves. Read by version, the processor looks for
+    # <model>/1/ (nothing there, or another model's); set to `serving` it reads the reference the
+    # rollout published, and re-reads it when the rollout publishes the next version's (ETag).
+    s3 = local_stack.s3
+    model = f"ovms-{uuid.uuid4().hex[:6]}"
+    bright, dark = _reference([200 + (i % 20) for i in range(60)]), _reference([40 + (i % 10) for i in range(60)])
+    drift_mod.save_reference(s3, MODELS_BUCKET, model, "7", bright)
+    drift_mod.save_reference(s3, MODELS_BUCKET, model, "8", dark)
+    drift_mod.publish_served_reference(s3, MODELS_BUCKET, model, "7")
+    now = [0.0]
+    receiver = Receiver()
+    workers = BoundedWorkers(1, 16, "t")
+    metrics = InspectionMetrics()
+    by_version = DriftWatch(s3, MODELS_BUCKET, workers, min_samples=10, score_every_s=0.0)
+    watch = DriftWatch(s3, MODELS_BUCKET, workers, notifier=Notifier(receiver.url, mode="structured"),
+                       min_samples=10, score_every_s=0.0, source="serving", refresh_s=30.0, clock=lambda: now[0])
+    hooks = LoopHooks(metrics, drift=watch, workers=workers)
+    frames = [np.asarray(Image.open(io.BytesIO(_jpeg(i + 1, 40 + (i % 10)))))[..., ::-1] for i in range(25)]
+    result = {"camera": "cam-o", "verdict": "pass", "detections": [], "model": {"name": model, "version": "1"}}
+
+    def wait(cond):
+        deadline = time.monotonic() + 10
+        while not cond() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return cond()
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="serving.feedback"):
+            by_version.use(model, "1")
+            assert wait(lambda: by_version._loading is None) and by_version.monitor is None
+        assert f"{model} version 1" in caplog.text
+        hooks.on_result(result, b"x", frames[0])
+        assert wait(lambda: watch.monitor is not None) and watch.version == "7"
+        for bgr in frames:  # dark frames against the bright reference of version 7
+            hooks.on_result(result, b"x", bgr)
+        assert wait(lambda: receiver.requests)
+        data = receiver.events()[0].get_data()
+        assert data["model"] == model and data["version"] == "7", "the registry version, not OVMS's 1"
+        monitor7 = watch.monitor
+        # Within refresh_s nothing is asked of S3; after it, an unchanged ETag keeps the monitor.
+        now[0] = 31.0
+        hooks.on_result(result, b"x", frames[0])
+        assert wait(lambda: watch._loading is None) and watch.monitor is monitor7
+        # The rollout serves version 8 (still "1" to OVMS): the next check loads its reference.
+        drift_mod.publish_served_reference(s3, MODELS_BUCKET, model, "8")
+        hooks.on_result(result, b"x", frames[0])
+        assert watch.monitor is monitor7, "checked at most every refresh_s"
+        now[0] = 62.0
+        hooks.on_result(result, b"x", frames[0])
+        assert wait(lambda: watch.version == "8") and watch.monitor is not monitor7
+        for bgr in frames:  # dark frames against version 8's dark reference: no drift
+            hooks.on_result(result, b"x", bgr)
+        assert watch.monitor.scores("cam-o")["brightness"]["psi"] < drift_mod.PSI_ALERT
+    finally:
+        workers.close()
+        receiver.stop()
+
+
+def test_an_unknown_drift_reference_source_is_named(local_stack):
+    with pytest.raises(ValueError, match="VINSPECT_DRIFT_REFERENCE: 'ovms'"):
+        DriftWatch(local_stack.s3, MODELS_BUCKET, BoundedWorkers(1, 1, "t"), source="ovms")
+
+
 def test_frame_stats_equal_the_drift_modules_image_stats():
     """The reduced-first statistics of the hot path are the reference's numbers, not an approximation."""
     rgb = np.random.default_rng(3).integers(0, 255, (600, 800, 3), dtype=np.uint8)

@@ -79,10 +79,15 @@ def _deploy(
     """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``."""
     from components.registry import version_info
     from components.rollout import load_golden, make_v2_smoke, rollout_kserve, rollout_local
-    from vinspect.settings import ModelServerSettings
+    from components.rollout.kserve import s3_reference_publisher
+    from vinspect.settings import ModelServerSettings, S3Settings
 
     if deploy is Deploy.kserve and (not namespace or not data_connection):
         _fail("--deploy kserve needs --namespace and --data-connection")
+    # The served version's drift reference follows the deployment (the processor on KServe/OVMS
+    # reads it under a stable key); without S3 settings there is nowhere to write it.
+    s3s = S3Settings.from_env()
+    publish = s3_reference_publisher(s3s.client(), s3s.bucket) if (s3s.endpoint_url or s3s.access_key_id) else None
     info = version_info(mlflow_client, model_name, version)
     if not info["storage_uri"]:
         _fail(f"model {model_name} version {version} has no storage URI tag; was it registered by vinspect?")
@@ -110,6 +115,7 @@ def _deploy(
                 timeout_s=timeout_s,
                 token=token,
                 move_alias=move_alias,
+                drift_reference=publish,
             )
         from kubernetes import client as kclient
         from kubernetes import config as kconfig
@@ -132,6 +138,7 @@ def _deploy(
             service=service,
             smoke_url=model_url,
             move_alias=move_alias,
+            drift_reference=publish,
         )
 
 
