@@ -117,7 +117,7 @@ def _upload_figures(dataset: Path, tmp: Path, repeat: int) -> dict:
     try:
         # moto takes any key pair: these are made up for the run.
         client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench-" + os.urandom(8).hex())
+                              aws_access_key_id=os.urandom(6).hex(), aws_secret_access_key=os.urandom(12).hex())
         moto_uploads = []
         for i in range(repeat):
             client.create_bucket(Bucket=f"bench{i}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import uuid
 
 import numpy as np
@@ -57,7 +58,7 @@ def nuts(tmp_path_factory):
 def test_setup_creates_project_task_preannotations_and_annotator(cvat, client, nuts):
     root, truth = nuts
     report = setup(client, images=root / "images", task_name="line-1", annotations=root / "labels",
-                   annotator="labeller", annotator_password="s3cret-for-test", segment_size=4, poll=0.01)
+                   annotator="labeller", annotator_password=secrets.token_urlsafe(12), segment_size=4, poll=0.01)
     assert report.project_created and report.task_created and report.annotator_created
     [project] = cvat.projects.values()
     assert project.name == "metal-nuts" and project.labels == ["scratch", "bent"]
