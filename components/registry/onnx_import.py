@@ -120,12 +120,9 @@ def _with_metadata(src: Path, dest: Path, names: list[str], imgsz: tuple[int, in
         "imgsz": json.dumps(list(imgsz)),
         **extra,
     }
-    kept = [p for p in model.metadata_props if p.key not in values]
-    del model.metadata_props[:]
-    for prop in kept:
-        model.metadata_props.add(key=prop.key, value=prop.value)
-    for key, value in values.items():
-        model.metadata_props.add(key=key, value=value)
+    from components.model.export import set_metadata
+
+    set_metadata(model, values)
     onnx.save(model, str(dest))
     return dest
 
