@@ -8,7 +8,7 @@ STAMP  := $(VENV)/.installed
 NCA_VERSION     := 2.1.0
 CHECKOV_VERSION := 3.3.30
 
-.PHONY: setup browser demo test test-all bench down clean help scanners .venv-nca .venv-checkov
+.PHONY: setup browser demo lint format test test-all bench down clean help scanners .venv-nca .venv-checkov
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -44,8 +44,18 @@ browser:  ## install Debian's chromium for the browser tests (needs root)
 demo: setup  ## local stack up, dataset, training pipeline (kfp.local), serving; DATA=<cvat export> optional
 	$(BIN)/vinspect demo $(if $(DATA),--data $(DATA),)
 
-# Under make test a missing scanner fails its checks instead of skipping them.
-test: setup browser scanners  ## the default test suite (no cluster, GPU or internet; real local services)
+lint: setup  ## ruff: format check, pyflakes, import order, line length (settings in pyproject.toml)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: setup  ## rewrite the code in ruff's format and fix what ruff can fix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+# Under make test a missing scanner fails its checks instead of skipping them. pytest-randomly runs
+# the tests in a new random order each time (the seed is printed first; rerun that order
+# with pytest --randomly-seed=N, or keep file order with -p no:randomly), so an order dependency shows in CI.
+test: setup browser scanners lint  ## lint, then the default test suite (no cluster, GPU or internet; real local services)
 	VINSPECT_REQUIRE_SCANNERS=1 $(BIN)/pytest -q
 
 test-all: setup browser scanners  ## everything, slow tests included

@@ -36,8 +36,13 @@ def yolo_onnx(workdir: Path, imgsz: int) -> Path:
     if (out / "model.onnx").is_file():
         return out / "model.onnx"
     out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PYTHON, "-c", _EXPORT, str(out), str(imgsz)], cwd=out, check=True,
-                   capture_output=True, env={**os.environ, "YOLO_OFFLINE": "1"})
+    subprocess.run(
+        [PYTHON, "-c", _EXPORT, str(out), str(imgsz)],
+        cwd=out,
+        check=True,
+        capture_output=True,
+        env={**os.environ, "YOLO_OFFLINE": "1"},
+    )
     return out / "model.onnx"
 
 
@@ -50,8 +55,9 @@ def free_port() -> int:
 
 def start(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start a child process logging to `log`."""
-    return subprocess.Popen(args, cwd=REPO, env={**os.environ, **(env or {})},
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        args, cwd=REPO, env={**os.environ, **(env or {})}, stdout=open(log, "ab"), stderr=subprocess.STDOUT
+    )
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -62,8 +62,14 @@ def _peak_rss_mb(export: Path, out: Path) -> float:
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     root = Path(__file__).resolve().parents[1]
-    res = subprocess.run([sys.executable, "-c", code, str(export), str(out)], capture_output=True, text=True,
-                         check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)})
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(export), str(out)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
     return int(res.stdout.strip().splitlines()[-1]) / 1024  # ru_maxrss is KiB on Linux
 
 
@@ -116,8 +122,13 @@ def _upload_figures(dataset: Path, tmp: Path, repeat: int) -> dict:
     moto.start()
     try:
         # moto takes any key pair: these are made up for the run.
-        client = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                              aws_access_key_id=os.urandom(6).hex(), aws_secret_access_key=os.urandom(12).hex())
+        client = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="us-east-1",
+            aws_access_key_id=os.urandom(6).hex(),
+            aws_secret_access_key=os.urandom(12).hex(),
+        )
         moto_uploads = []
         for i in range(repeat):
             client.create_bucket(Bucket=f"bench{i}")

@@ -152,7 +152,10 @@ def _map(predict, images: list[Path], num_classes: int) -> dict[str, float]:
         gts.append(gt_cls)
     result = compute_metrics(
         np.concatenate(tps) if tps else np.zeros((0, len(IOU_THRESHOLDS)), bool),
-        np.concatenate(scores), np.concatenate(classes), np.concatenate(gts), num_classes,
+        np.concatenate(scores),
+        np.concatenate(classes),
+        np.concatenate(gts),
+        num_classes,
     )
     return {"map50": round(result["map50"], 4), "map50_95": round(result["map50_95"], 4)}
 
@@ -193,8 +196,14 @@ def _one_size(args, work: Path, imgsz: int, images: list[Path], val: list[Path],
         model = model or getattr(local, "model", None)
         if model is None:
             model = local.model = ultra_model()
-        return model.predict(str(p), imgsz=imgsz, conf=kw.get("conf", args.conf), iou=kw.get("iou", args.iou),
-                             device="cpu", verbose=False)
+        return model.predict(
+            str(p),
+            imgsz=imgsz,
+            conf=kw.get("conf", args.conf),
+            iou=kw.get("iou", args.iou),
+            device="cpu",
+            verbose=False,
+        )
 
     blocks = {
         "ours_latency": lambda: _per_image_ms(lat.detect, images, 1),
@@ -226,17 +235,29 @@ def _one_size(args, work: Path, imgsz: int, images: list[Path], val: list[Path],
 
         def ours(p):
             dets = ours_map.detect(p)
-            return (np.array([d.box for d in dets], np.float64).reshape(-1, 4),
-                    np.array([d.class_id for d in dets], np.int64), np.array([d.score for d in dets], np.float64))
+            return (
+                np.array([d.box for d in dets], np.float64).reshape(-1, 4),
+                np.array([d.class_id for d in dets], np.int64),
+                np.array([d.score for d in dets], np.float64),
+            )
 
         def theirs(p):
             boxes = run_ultra(p, ultra, conf=0.001, iou=0.6)[0].boxes
-            return (boxes.xyxy.numpy().astype(np.float64), boxes.cls.numpy().astype(np.int64),
-                    boxes.conf.numpy().astype(np.float64))
+            return (
+                boxes.xyxy.numpy().astype(np.float64),
+                boxes.cls.numpy().astype(np.int64),
+                boxes.conf.numpy().astype(np.float64),
+            )
 
-        accuracy = {"images": len(val), "ours": _map(ours, val, nc), "ultralytics_onnx": _map(theirs, val, nc),
-                    "trained": args.weights is not None}
-        accuracy["map50_95_diff"] = round(abs(accuracy["ours"]["map50_95"] - accuracy["ultralytics_onnx"]["map50_95"]), 4)
+        accuracy = {
+            "images": len(val),
+            "ours": _map(ours, val, nc),
+            "ultralytics_onnx": _map(theirs, val, nc),
+            "trained": args.weights is not None,
+        }
+        accuracy["map50_95_diff"] = round(
+            abs(accuracy["ours"]["map50_95"] - accuracy["ultralytics_onnx"]["map50_95"]), 4
+        )
 
     ultra_best = min(ms["ultra_latency"], ms["ultra_stream"])
     ours_best = min(ms["ours_latency"], ms["ours_stream"])
@@ -251,7 +272,9 @@ def _one_size(args, work: Path, imgsz: int, images: list[Path], val: list[Path],
         "ms_ours_latency_stages": {k: round(statistics.median(v), 3) for k, v in stages.items()},
         "ratio_vs_engine_latency": round(ms["ours_latency"] / ms["bare_latency"], 3),
         "ratio_vs_engine_stream": round(ms["ours_stream"] / ms["bare_stream"], 3),
-        "ratio_vs_engine": round(max(ms["ours_latency"] / ms["bare_latency"], ms["ours_stream"] / ms["bare_stream"]), 3),
+        "ratio_vs_engine": round(
+            max(ms["ours_latency"] / ms["bare_latency"], ms["ours_stream"] / ms["bare_stream"]), 3
+        ),
         "speedup_vs_ultralytics_latency": round(ms["ultra_latency"] / ms["ours_latency"], 3),
         "speedup_vs_ultralytics_stream": round(ms["ultra_stream"] / ms["ours_stream"], 3),
         "speedup_vs_ultralytics": round(ultra_best / ours_best, 3),
@@ -263,8 +286,12 @@ def _one_size(args, work: Path, imgsz: int, images: list[Path], val: list[Path],
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", type=Path, default=None, help="trained .pt (default: an untrained YOLO11n)")
-    ap.add_argument("--data", type=Path, default=None,
-                    help="dataset dir with a labelled val split (default: the real metal nuts, split here)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset dir with a labelled val split (default: the real metal nuts, split here)",
+    )
     ap.add_argument("--imgsz", type=int, nargs="+", default=[640, 320])
     ap.add_argument("--images", type=int, default=24, help="timed images per block")
     ap.add_argument("--rounds", type=int, default=5)
@@ -294,23 +321,30 @@ def main() -> None:
 
     head = sizes.get("640") or next(iter(sizes.values()))
     acc = head["accuracy"] or {}
-    print(json.dumps({
-        "bench": "detector",
-        "headline_imgsz": head["imgsz"],
-        "engine": head["engine"],
-        "ratio_vs_engine": head["ratio_vs_engine"],
-        "speedup_vs_ultralytics": head["speedup_vs_ultralytics"],
-        "map50_95_diff_vs_ultralytics": acc.get("map50_95_diff"),
-        "model_trained": args.weights is not None,
-        "images": len(images),
-        "rounds": args.rounds,
-        "image_source": "metal_nut" if METAL_NUT.is_dir() else "synthetic",
-        "stream_workers": workers,
-        "load_avg_1m": round(os.getloadavg()[0], 2),
-        "sizes": sizes,
-        "targets": {"ratio_vs_engine": "<= 1.10", "speedup_vs_ultralytics": ">= 2.0",
-                    "map50_95_diff_vs_ultralytics": "<= 0.01"},
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "detector",
+                "headline_imgsz": head["imgsz"],
+                "engine": head["engine"],
+                "ratio_vs_engine": head["ratio_vs_engine"],
+                "speedup_vs_ultralytics": head["speedup_vs_ultralytics"],
+                "map50_95_diff_vs_ultralytics": acc.get("map50_95_diff"),
+                "model_trained": args.weights is not None,
+                "images": len(images),
+                "rounds": args.rounds,
+                "image_source": "metal_nut" if METAL_NUT.is_dir() else "synthetic",
+                "stream_workers": workers,
+                "load_avg_1m": round(os.getloadavg()[0], 2),
+                "sizes": sizes,
+                "targets": {
+                    "ratio_vs_engine": "<= 1.10",
+                    "speedup_vs_ultralytics": ">= 2.0",
+                    "map50_95_diff_vs_ultralytics": "<= 0.01",
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

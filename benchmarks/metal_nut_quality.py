@@ -55,16 +55,29 @@ def _ultralytics_val(onnx_path: Path, data_yaml: Path, imgsz: int, work: Path) -
     from ultralytics import YOLO
 
     m = YOLO(str(onnx_path), task="detect").val(
-        data=str(data_yaml), imgsz=imgsz, batch=1, conf=0.001, iou=0.7, device="cpu",
-        plots=False, verbose=False, project=str(work), name="uval",
+        data=str(data_yaml),
+        imgsz=imgsz,
+        batch=1,
+        conf=0.001,
+        iou=0.7,
+        device="cpu",
+        plots=False,
+        verbose=False,
+        project=str(work),
+        name="uval",
     )
     box = m.box
     names = m.names
     per_class = {}
     for i, c in enumerate(box.ap_class_index):
         per_class[names[int(c)]] = {"map50": float(box.ap50[i]), "map50_95": float(box.ap[i])}
-    return {"map50": float(box.map50), "map50_95": float(box.map), "precision": float(box.mp),
-            "recall": float(box.mr), "per_class": per_class}
+    return {
+        "map50": float(box.map50),
+        "map50_95": float(box.map),
+        "precision": float(box.mp),
+        "recall": float(box.mr),
+        "per_class": per_class,
+    }
 
 
 def main() -> None:
@@ -105,14 +118,23 @@ def main() -> None:
         manifest = import_dataset(DATA, work / "dataset", val=args.val, seed=args.seed, overwrite=True)
         t0 = time.perf_counter()
         result = train_model(
-            work / "dataset" / "data.yaml", work / "runs", model="yolo11n.yaml", epochs=args.epochs,
-            imgsz=args.imgsz, batch=args.batch, patience=1000, seed=args.seed, device=args.device,
-            optimizer=args.optimizer, lr0=args.lr0,
+            work / "dataset" / "data.yaml",
+            work / "runs",
+            model="yolo11n.yaml",
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=args.batch,
+            patience=1000,
+            seed=args.seed,
+            device=args.device,
+            optimizer=args.optimizer,
+            lr0=args.lr0,
             time_hours=args.train_minutes / 60.0,
         )
         train_s = time.perf_counter() - t0
-        onnx_path = export_onnx(result.best_weights, work / "model.onnx", imgsz=args.imgsz,
-                                dataset_id=manifest["dataset_id"])
+        onnx_path = export_onnx(
+            result.best_weights, work / "model.onnx", imgsz=args.imgsz, dataset_id=manifest["dataset_id"]
+        )
         val_images = sorted((work / "dataset" / "images" / "val").iterdir())
         parity = parity_check(result.best_weights, onnx_path, val_images, imgsz=args.imgsz)
         t1 = time.perf_counter()
@@ -122,8 +144,12 @@ def main() -> None:
         t2 = time.perf_counter()
         theirs = _ultralytics_val(onnx_path, work / "dataset" / "data.yaml", args.imgsz, work)
         theirs_s = time.perf_counter() - t2
-        export_variants(onnx_path, work / "variants", calibration=split_images(work / "dataset", "train"),
-                        calibration_images=args.calibration_images)
+        export_variants(
+            onnx_path,
+            work / "variants",
+            calibration=split_images(work / "dataset", "train"),
+            calibration_images=args.calibration_images,
+        )
         variants = evaluate_variants(work / "variants", work / "dataset", iou=0.7)
         choice = choose_variant(variants, tolerance=args.variant_tolerance)
     finally:
@@ -134,9 +160,13 @@ def main() -> None:
         return {
             "map50": round(m["map50"], 4),
             "map50_95": round(m["map50_95"], 4),
-            "per_class": {k: {"map50": None if v.get("map50") is None else round(v["map50"], 4),
-                              "map50_95": None if v.get("map50_95") is None else round(v["map50_95"], 4)}
-                          for k, v in m["per_class"].items()},
+            "per_class": {
+                k: {
+                    "map50": None if v.get("map50") is None else round(v["map50"], 4),
+                    "map50_95": None if v.get("map50_95") is None else round(v["map50_95"], 4),
+                }
+                for k, v in m["per_class"].items()
+            },
         }
 
     out = {
@@ -162,13 +192,26 @@ def main() -> None:
         "demo_reference": DEMO,
         "ratio_map50_vs_demo": round(ours["map50"] / DEMO["map50"], 3),
         "ratio_map50_95_vs_demo": round(ours["map50_95"] / DEMO["map50_95"], 3),
-        "fp32": {"engine": variants["fp32"]["engine"], **brief(variants["fp32"]),
-                 "latency_ms": round(variants["fp32"]["latency_ms"], 2)},
+        "fp32": {
+            "engine": variants["fp32"]["engine"],
+            **brief(variants["fp32"]),
+            "latency_ms": round(variants["fp32"]["latency_ms"], 2),
+        },
         "chosen_variant": choice.variant,
-        "chosen": {"engine": variants[choice.variant]["engine"], **brief(variants[choice.variant]),
-                   "latency_ms": round(variants[choice.variant]["latency_ms"], 2)},
-        "variants": {name: {"engine": v["engine"], "map50": round(v["map50"], 4), "map50_95": round(v["map50_95"], 4),
-                            "latency_ms": round(v["latency_ms"], 2)} for name, v in variants.items()},
+        "chosen": {
+            "engine": variants[choice.variant]["engine"],
+            **brief(variants[choice.variant]),
+            "latency_ms": round(variants[choice.variant]["latency_ms"], 2),
+        },
+        "variants": {
+            name: {
+                "engine": v["engine"],
+                "map50": round(v["map50"], 4),
+                "map50_95": round(v["map50_95"], 4),
+                "latency_ms": round(v["latency_ms"], 2),
+            }
+            for name, v in variants.items()
+        },
         "variant_choice": choice.reasons,
     }
     print(json.dumps(out))

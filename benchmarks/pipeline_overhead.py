@@ -47,14 +47,16 @@ def _model_server():
     import uvicorn
 
     from serving.modelserver import (
-        ModelRepository, create_app, default_model_roots, s3_client_factory_from_env,
+        ModelRepository,
+        create_app,
+        default_model_roots,
+        s3_client_factory_from_env,
     )
 
     # The repository API (the rollout's load) needs a token; the rollout step reads it from here.
     token = os.environ.setdefault("VINSPECT_MODEL_TOKEN", secrets.token_urlsafe(24))
     port = _free_port()
-    app = create_app(ModelRepository(s3_client_factory_from_env()), token=token,
-                     model_roots=default_model_roots())
+    app = create_app(ModelRepository(s3_client_factory_from_env()), token=token, model_roots=default_model_roots())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -66,7 +68,9 @@ def _model_server():
 def _train_seconds(result) -> float:
     """The train step's own training time (recorded by the step in train_report/train.json)."""
     root = Path(result.pipeline_root)
-    runs = sorted(p for p in root.glob("vinspect-training-*") if (p / "train" / "train_report" / "train.json").is_file())
+    runs = sorted(
+        p for p in root.glob("vinspect-training-*") if (p / "train" / "train_report" / "train.json").is_file()
+    )
     return float(json.loads((runs[-1] / "train" / "train_report" / "train.json").read_text())["wall_s"])
 
 
@@ -88,8 +92,17 @@ def main() -> int:
         os.environ["VINSPECT_HOME"] = str(state)
         os.environ.update(env)  # the model server reads S3 with the stack's settings
         server, thread, url = _model_server()
-        args = {"epochs": opts.epochs, "imgsz": opts.imgsz, "batch": 8, "workers": 0, "parity_images": 2,
-                "smoke_images": 1, "smoke_min_classes": 0, "min_map50": 0.0, "min_class_map50": 0.0}
+        args = {
+            "epochs": opts.epochs,
+            "imgsz": opts.imgsz,
+            "batch": 8,
+            "workers": 0,
+            "parity_images": 2,
+            "smoke_images": 1,
+            "smoke_min_classes": 0,
+            "min_map50": 0.0,
+            "min_class_map50": 0.0,
+        }
         common = dict(env=env, model_url=url, pipeline_root=state / "root", synth_images=opts.images, synth_size=96)
         try:
             fresh = run_local(None, arguments=args, **common)

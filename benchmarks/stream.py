@@ -39,20 +39,35 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._runtime import (  # noqa: E402
-    PYTHON, cpu_seconds, free_port, peak_rss_mb, start, stop, wait_http, yolo_onnx,
+    PYTHON,
+    cpu_seconds,
+    free_port,
+    peak_rss_mb,
+    start,
+    stop,
+    wait_http,
+    yolo_onnx,
 )
 from serving.detector import _usable_cpus  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "metal_nut" / "yolo_1.1" / "obj_train_data"
 
 
-def _engine_throughput(model: Path, seconds: float, threads: int, spin: bool = True, parallel: int = 1,
-                       engine: str | None = None, precision: str | None = None) -> float:
+def _engine_throughput(
+    model: Path,
+    seconds: float,
+    threads: int,
+    spin: bool = True,
+    parallel: int = 1,
+    engine: str | None = None,
+    precision: str | None = None,
+) -> float:
     """Images/s of bare engine calls, ``parallel`` of them at once from as many threads."""
     from serving.detector import open_engine
 
-    eng = open_engine(model, engine=engine, precision=precision, threads=threads or None,
-                      streams=parallel, spinning=spin)
+    eng = open_engine(
+        model, engine=engine, precision=precision, threads=threads or None, streams=parallel, spinning=spin
+    )
     _ENGINE_LABEL.append(eng.label)
     x = np.random.default_rng(0).random(eng.inputs[0].shape, dtype=np.float32)
     eng(x)
@@ -86,8 +101,9 @@ def _engine_best(model: Path, seconds: float, engine: str | None, precision: str
     cores = _usable_cpus()
     layouts = {
         "default": lambda: _engine_throughput(model, seconds, 0, engine=engine, precision=precision),
-        f"{cores}x1-thread": lambda: _engine_throughput(model, seconds, 1, parallel=cores, engine=engine,
-                                                        precision=precision),
+        f"{cores}x1-thread": lambda: _engine_throughput(
+            model, seconds, 1, parallel=cores, engine=engine, precision=precision
+        ),
     }
     if resolve_engine(engine) == "onnxruntime":
         layouts["no-spin"] = lambda: _engine_throughput(model, seconds, 0, spin=False, engine=engine)
@@ -108,11 +124,16 @@ class _Results:
 
         self.arrivals: dict[str, float] = {}
         self.sent_at: dict[str, float] = {}
-        self._consumer = Consumer({
-            "bootstrap.servers": bootstrap, "group.id": f"bench-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "session.timeout.ms": 6000, "fetch.wait.max.ms": 20,
-        })
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"bench-{uuid.uuid4().hex[:6]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 6000,
+                "fetch.wait.max.ms": 20,
+            }
+        )
         self._consumer.subscribe([topic])
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -172,25 +193,42 @@ def _send(bootstrap: str, topic: str, jpegs: list[bytes], count: int, fps: float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--imgsz", type=int, nargs="+", default=[640, 320],
-                        help="model input sizes, each run in turn (default: the pipeline's 640, and 320)")
-    parser.add_argument("--engine", default=None,
-                        help="model server and reference engine: openvino (default where installed) or onnxruntime")
+    parser.add_argument(
+        "--imgsz",
+        type=int,
+        nargs="+",
+        default=[640, 320],
+        help="model input sizes, each run in turn (default: the pipeline's 640, and 320)",
+    )
+    parser.add_argument(
+        "--engine",
+        default=None,
+        help="model server and reference engine: openvino (default where installed) or onnxruntime",
+    )
     parser.add_argument("--precision", default=None, help="OpenVINO precision (default: the runtime's choice)")
     parser.add_argument("--images", type=int, default=120)
-    parser.add_argument("--broker", choices=("stack", "memory"), default="stack",
-                        help="stack: the local stack's durable broker (tansu on rclone S3, Kafka front); "
-                             "memory: tansu with its in-memory engine")
+    parser.add_argument(
+        "--broker",
+        choices=("stack", "memory"),
+        default="stack",
+        help="stack: the local stack's durable broker (tansu on rclone S3, Kafka front); "
+        "memory: tansu with its in-memory engine",
+    )
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="model server threads per inference (0: one per core)")
+    parser.add_argument("--threads", type=int, default=1, help="model server threads per inference (0: one per core)")
     parser.add_argument("--server-threads", type=int, default=None, help="alias of --threads")
-    parser.add_argument("--server-parallel", type=int, default=None,
-                        help="model server runs at once (default: one per CPU, as the fastest bare "
-                             "engine layout on a small CPU)")
-    parser.add_argument("--server-spin", action="store_true",
-                        help="let the server's ORT threads spin (off: all processes share the CPU)")
+    parser.add_argument(
+        "--server-parallel",
+        type=int,
+        default=None,
+        help="model server runs at once (default: one per CPU, as the fastest bare engine layout on a small CPU)",
+    )
+    parser.add_argument(
+        "--server-spin",
+        action="store_true",
+        help="let the server's ORT threads spin (off: all processes share the CPU)",
+    )
     args = parser.parse_args()
     if args.server_parallel is None:
         args.server_parallel = _usable_cpus()
@@ -199,18 +237,22 @@ def main() -> None:
         sizes[str(imgsz)] = _run(args, imgsz)
         print(json.dumps(sizes[str(imgsz)]), file=sys.stderr)
     head = sizes.get("640") or next(iter(sizes.values()))
-    print(json.dumps({
-        "bench": "stream",
-        "headline_imgsz": head["imgsz"],
-        "engine": head["engine"],
-        "ratio_vs_engine_throughput": head["ratio_vs_engine_throughput"],
-        "model_server_peak_rss_mb": head["model_server_peak_rss_mb"],
-        "processor_peak_rss_mb": head["processor_peak_rss_mb"],
-        "target_ratio_min": 0.8,
-        "rss_target_mb": 500,
-        "sizes": sizes,
-        "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "stream",
+                "headline_imgsz": head["imgsz"],
+                "engine": head["engine"],
+                "ratio_vs_engine_throughput": head["ratio_vs_engine_throughput"],
+                "model_server_peak_rss_mb": head["model_server_peak_rss_mb"],
+                "processor_peak_rss_mb": head["processor_peak_rss_mb"],
+                "target_ratio_min": 0.8,
+                "rss_target_mb": 500,
+                "sizes": sizes,
+                "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    )
 
 
 def _run(args, imgsz: int) -> dict:
@@ -237,17 +279,30 @@ def _run(args, imgsz: int) -> dict:
         if args.broker == "stack":
             from vinspect.local import StackConfig, stack_pids, up
 
-            stack = StackConfig(state=work / "stack", s3_port=free_port(), mlflow_port=free_port(),
-                                kafka_port=kafka_port)
+            stack = StackConfig(
+                state=work / "stack", s3_port=free_port(), mlflow_port=free_port(), kafka_port=kafka_port
+            )
             up(stack, log=lambda _m: None)
             pids = stack_pids(stack)
             # What the durable broker costs: tansu, the Kafka front and the S3 server under its log.
             broker_pids = [pids[name] for name in ("tansu", "kafka", "s3") if name in pids]
             procs = []
         else:
-            procs = [start([str(tansu_binary()), "broker", "--listener-url", url,
-                            "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                           work / "tansu.log")]
+            procs = [
+                start(
+                    [
+                        str(tansu_binary()),
+                        "broker",
+                        "--listener-url",
+                        url,
+                        "--advertised-listener-url",
+                        url,
+                        "--storage-engine",
+                        "memory://tansu/",
+                    ],
+                    work / "tansu.log",
+                )
+            ]
             broker_pids = [procs[0].pid]
         results = None
         try:
@@ -261,27 +316,69 @@ def _run(args, imgsz: int) -> dict:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.2)
-            topics = {"VINSPECT_IMAGES_TOPIC": "b-images", "VINSPECT_RESULTS_TOPIC": "b-results",
-                      "VINSPECT_DLQ_TOPIC": "b-dlq"}
+            topics = {
+                "VINSPECT_IMAGES_TOPIC": "b-images",
+                "VINSPECT_RESULTS_TOPIC": "b-results",
+                "VINSPECT_DLQ_TOPIC": "b-dlq",
+            }
             for fut in admin.create_topics([NewTopic(t, 1, 1) for t in topics.values()]).values():
                 fut.result(15)
-            env = {**topics, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                   **({"VINSPECT_ENGINE": args.engine} if args.engine else {}),
-                   **({"VINSPECT_PRECISION": args.precision} if args.precision else {}),
-                   "VINSPECT_MODEL_URL": f"http://127.0.0.1:{model_port}",
-                   "VINSPECT_MODEL_NAME": "metal-nut", "VINSPECT_KAFKA_GROUP": "bench"}
-            server = start([PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(model),
-                            "--name", "metal-nut", "--host", "127.0.0.1", "--port", str(model_port),
-                            "--threads", str(args.threads if args.server_threads is None
-                                             else args.server_threads),
-                            "--parallel", str(args.server_parallel),
-                            "--spin" if args.server_spin else "--no-spin", "--log-level", "warning"],
-                           work / "model.log", env)
+            env = {
+                **topics,
+                "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+                **({"VINSPECT_ENGINE": args.engine} if args.engine else {}),
+                **({"VINSPECT_PRECISION": args.precision} if args.precision else {}),
+                "VINSPECT_MODEL_URL": f"http://127.0.0.1:{model_port}",
+                "VINSPECT_MODEL_NAME": "metal-nut",
+                "VINSPECT_KAFKA_GROUP": "bench",
+            }
+            server = start(
+                [
+                    PYTHON,
+                    "-m",
+                    "vinspect",
+                    "serve",
+                    "model",
+                    "--uri",
+                    str(model),
+                    "--name",
+                    "metal-nut",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(model_port),
+                    "--threads",
+                    str(args.threads if args.server_threads is None else args.server_threads),
+                    "--parallel",
+                    str(args.server_parallel),
+                    "--spin" if args.server_spin else "--no-spin",
+                    "--log-level",
+                    "warning",
+                ],
+                work / "model.log",
+                env,
+            )
             procs.append(server)
             wait_http(f"http://127.0.0.1:{model_port}/v2/health/ready")  # open even with a token set
-            processor = start([PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
-                               "--port", str(health_port), "--concurrency", str(args.concurrency),
-                               "--log-level", "warning"], work / "processor.log", env)
+            processor = start(
+                [
+                    PYTHON,
+                    "-m",
+                    "vinspect",
+                    "serve",
+                    "processor",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(health_port),
+                    "--concurrency",
+                    str(args.concurrency),
+                    "--log-level",
+                    "warning",
+                ],
+                work / "processor.log",
+                env,
+            )
             procs.append(processor)
             wait_http(f"http://127.0.0.1:{health_port}/healthz")
             results = _Results(bootstrap, topics["VINSPECT_RESULTS_TOPIC"])
@@ -298,8 +395,7 @@ def _run(args, imgsz: int) -> dict:
             broker0 = {pid: cpu_seconds(pid) for pid in broker_pids}
             own0 = time.process_time()
             t0 = time.time()
-            burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0,
-                          results.sent_at)
+            burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0, results.sent_at)
             camera_ms = (time.process_time() - own0) * 1e3 / args.images
             results.wait(set(burst), 600)
             stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
@@ -313,8 +409,14 @@ def _run(args, imgsz: int) -> dict:
             ort_ips = (ort_before + ort_after) / 2
 
             # Phase 2: steady rate at half the measured throughput -> latency.
-            paced = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.latency_images,
-                          max(1.0, stream_ips / 2), results.sent_at)
+            paced = _send(
+                bootstrap,
+                topics["VINSPECT_IMAGES_TOPIC"],
+                jpegs,
+                args.latency_images,
+                max(1.0, stream_ips / 2),
+                results.sent_at,
+            )
             results.wait(set(paced), 300)
             lat = sorted((results.arrivals[i] - results.sent_at[i]) * 1e3 for i in paced)
             rss_processor = peak_rss_mb(processor.pid)

@@ -43,9 +43,28 @@ def main() -> None:
         work = Path(tmp)
         model = args.model or yolo_onnx(work, args.imgsz)
         port = free_port()
-        server = start([PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(model), "--name",
-                        "m", "--host", "127.0.0.1", "--port", str(port), "--threads",
-                        str(args.threads), "--log-level", "warning"], work / "server.log")
+        server = start(
+            [
+                PYTHON,
+                "-m",
+                "vinspect",
+                "serve",
+                "model",
+                "--uri",
+                str(model),
+                "--name",
+                "m",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--threads",
+                str(args.threads),
+                "--log-level",
+                "warning",
+            ],
+            work / "server.log",
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/v2/health/ready")  # open even with a token set
             options = ort.SessionOptions()
@@ -83,19 +102,23 @@ def main() -> None:
     ort_ms = statistics.median(t_ort) * 1e3
     bin_ms = statistics.median(t_bin) * 1e3
     json_ms = statistics.median(t_json) * 1e3
-    print(json.dumps({
-        "bench": "v2_roundtrip",
-        "imgsz": args.imgsz,
-        "input_mb": round(x.nbytes / 2**20, 2),
-        "iters": args.iters,
-        "inprocess_ms_p50": round(ort_ms, 2),
-        "v2_binary_ms_p50": round(bin_ms, 2),
-        "v2_json_ms_p50": round(json_ms, 2),
-        "ratio_vs_inprocess": round(bin_ms / ort_ms, 3),
-        "json_vs_binary": round(json_ms / bin_ms, 3),
-        "target_ratio_vs_inprocess_max": 1.3,
-        "model_server_peak_rss_mb": rss,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "v2_roundtrip",
+                "imgsz": args.imgsz,
+                "input_mb": round(x.nbytes / 2**20, 2),
+                "iters": args.iters,
+                "inprocess_ms_p50": round(ort_ms, 2),
+                "v2_binary_ms_p50": round(bin_ms, 2),
+                "v2_json_ms_p50": round(json_ms, 2),
+                "ratio_vs_inprocess": round(bin_ms / ort_ms, 3),
+                "json_vs_binary": round(json_ms / bin_ms, 3),
+                "target_ratio_vs_inprocess_max": 1.3,
+                "model_server_peak_rss_mb": rss,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -133,13 +133,19 @@ def find_addresses(objects: list[dict[str, Any]], secrets: Iterable[dict[str, An
             for server in _dig(obj, ["spec", "bootstrapServers"]) or []:
                 add(obj, "spec.bootstrapServers", server)
         elif kind == "KnativeKafka":
-            add(obj, "spec.broker.defaultConfig.bootstrapServers", _dig(obj, ["spec", "broker", "defaultConfig", "bootstrapServers"]))
+            add(
+                obj,
+                "spec.broker.defaultConfig.bootstrapServers",
+                _dig(obj, ["spec", "broker", "defaultConfig", "bootstrapServers"]),
+            )
             add(obj, "spec.channel.bootstrapServers", _dig(obj, ["spec", "channel", "bootstrapServers"]))
         elif kind == "DataSciencePipelinesApplication":
             store = _dig(obj, ["spec", "objectStorage", "externalStorage"]) or {}
             if store.get("host"):
                 port = f":{store['port']}" if store.get("port") else ""
-                add(obj, "spec.objectStorage.externalStorage", f"{store.get('scheme', 'https')}://{store['host']}{port}")
+                add(
+                    obj, "spec.objectStorage.externalStorage", f"{store.get('scheme', 'https')}://{store['host']}{port}"
+                )
     return found
 
 
@@ -155,8 +161,10 @@ def predictor_service(runtime: dict[str, Any], isvc: str, namespace: str, mode: 
     the pod listens on, the target ports.
     """
     containers = _dig(runtime, ["spec", "containers"]) or []
-    ports = [(80 if i == 0 else p["containerPort"], p["containerPort"])
-             for i, p in enumerate((containers[0].get("ports") or []) if containers else [])]
+    ports = [
+        (80 if i == 0 else p["containerPort"], p["containerPort"])
+        for i, p in enumerate((containers[0].get("ports") or []) if containers else [])
+    ]
     if not ports:
         ports = [(80, 8080)]  # InferenceServiceDefaultHttpPort
     # The pod listens on its container ports, and on the auth proxy's when auth is on.
@@ -164,8 +172,12 @@ def predictor_service(runtime: dict[str, Any], isvc: str, namespace: str, mode: 
     if auth:
         ports = [(443, 8443) if port == 80 else (port, target) for port, target in ports]
     answering = listening if mode == "Headless" else {port for port, _ in ports}
-    return ServiceModel(f"{isvc}-predictor", namespace, frozenset(answering),
-                        f"{_KSERVE}/service_reconciler.go createDefaultSvc ({mode}, auth {'on' if auth else 'off'})")
+    return ServiceModel(
+        f"{isvc}-predictor",
+        namespace,
+        frozenset(answering),
+        f"{_KSERVE}/service_reconciler.go createDefaultSvc ({mode}, auth {'on' if auth else 'off'})",
+    )
 
 
 def generated_services(objects: list[dict[str, Any]]) -> list[ServiceModel]:
@@ -176,21 +188,41 @@ def generated_services(objects: list[dict[str, Any]]) -> list[ServiceModel]:
         ns = meta.get("namespace")
         if kind == "Service" and obj["apiVersion"].startswith("serving.knative.dev/"):
             # knative/serving pkg/reconciler/route/resources/service.go MakeK8sService: port 80 (http).
-            services.append(ServiceModel(meta["name"], ns, frozenset({80}), "knative/serving route/resources/service.go"))
+            services.append(
+                ServiceModel(meta["name"], ns, frozenset({80}), "knative/serving route/resources/service.go")
+            )
         elif kind == "Kafka" and obj["apiVersion"].startswith("kafka.strimzi.io/"):
             # Strimzi KafkaCluster.generateService: replication 9091 plus every internal listener.
             listeners = _dig(obj, ["spec", "kafka", "listeners"]) or []
             ports = {9091} | {lst["port"] for lst in listeners if lst.get("type") == "internal"}
-            services.append(ServiceModel(f"{meta['name']}-kafka-bootstrap", ns, frozenset(ports),
-                                         "strimzi cluster-operator model/KafkaCluster.java generateService"))
+            services.append(
+                ServiceModel(
+                    f"{meta['name']}-kafka-bootstrap",
+                    ns,
+                    frozenset(ports),
+                    "strimzi cluster-operator model/KafkaCluster.java generateService",
+                )
+            )
         elif kind == "DataSciencePipelinesApplication":
             # data-science-pipelines-operator config/internal/apiserver/default/service.yaml.tmpl
-            services.append(ServiceModel(f"ds-pipeline-{meta['name']}", ns, frozenset({8443, 8888, 8887}),
-                                         "dspo apiserver/default/service.yaml.tmpl"))
+            services.append(
+                ServiceModel(
+                    f"ds-pipeline-{meta['name']}",
+                    ns,
+                    frozenset({8443, 8888, 8887}),
+                    "dspo apiserver/default/service.yaml.tmpl",
+                )
+            )
         elif kind == "KnativeKafka" and _dig(obj, ["spec", "broker", "enabled"]):
             # eventing-kafka-broker data-plane/config/broker/500-receiver.yaml: Service kafka-broker-ingress :80.
-            services.append(ServiceModel("kafka-broker-ingress", "knative-eventing", frozenset({80}),
-                                         "eventing-kafka-broker data-plane/config/broker/500-receiver.yaml"))
+            services.append(
+                ServiceModel(
+                    "kafka-broker-ingress",
+                    "knative-eventing",
+                    frozenset({80}),
+                    "eventing-kafka-broker data-plane/config/broker/500-receiver.yaml",
+                )
+            )
     return services
 
 
@@ -209,8 +241,11 @@ def declared_services(objects: list[dict[str, Any]]) -> list[ServiceModel]:
             ports.add(number)
             if "https" in (port.get("name"), port.get("appProtocol")):
                 tls.add(number)
-        services.append(ServiceModel(obj["metadata"]["name"], obj["metadata"].get("namespace"), frozenset(ports),
-                                     "manifest", frozenset(tls)))
+        services.append(
+            ServiceModel(
+                obj["metadata"]["name"], obj["metadata"].get("namespace"), frozenset(ports), "manifest", frozenset(tls)
+            )
+        )
     return services
 
 
@@ -218,8 +253,11 @@ def model_predictors(objects: list[dict[str, Any]], mode: str, auth: bool) -> li
     """The predictor Service of the model the runtime ConfigMap names, on every ServingRuntime."""
     names = {(o.get("data") or {}).get("VINSPECT_MODEL_NAME") for o in objects if o["kind"] == "ConfigMap"}
     runtimes = [o for o in objects if o["kind"] == "ServingRuntime"]
-    return [predictor_service(rt, name, rt["metadata"].get("namespace"), mode, auth)
-            for rt in runtimes for name in sorted(n for n in names if n)]
+    return [
+        predictor_service(rt, name, rt["metadata"].get("namespace"), mode, auth)
+        for rt in runtimes
+        for name in sorted(n for n in names if n)
+    ]
 
 
 def _split(address: Address) -> tuple[str, int]:
@@ -253,13 +291,25 @@ def check(addresses: list[Address], services: list[ServiceModel], variant: str =
             continue
         service = by_key.get(key)
         if service is None:
-            problems.append(Problem(address, variant, f"no Service {key[1]}/{key[0]} in the manifests or created by an operator"))
+            problems.append(
+                Problem(address, variant, f"no Service {key[1]}/{key[0]} in the manifests or created by an operator")
+            )
         elif port not in service.ports:
-            problems.append(Problem(address, variant, f"Service {key[1]}/{key[0]} answers on {sorted(service.ports)}, "
-                                                      f"not {port} ({service.source})"))
+            problems.append(
+                Problem(
+                    address,
+                    variant,
+                    f"Service {key[1]}/{key[0]} answers on {sorted(service.ports)}, not {port} ({service.source})",
+                )
+            )
         elif port in service.tls_ports and address.value.startswith("http://"):
-            problems.append(Problem(address, variant, f"Service {key[1]}/{key[0]} port {port} speaks TLS: "
-                                                      f"use https:// ({service.source})"))
+            problems.append(
+                Problem(
+                    address,
+                    variant,
+                    f"Service {key[1]}/{key[0]} port {port} speaks TLS: use https:// ({service.source})",
+                )
+            )
     return problems
 
 
@@ -303,8 +353,13 @@ def check_service_backends(objects: list[dict[str, Any]]) -> list[str]:
         if not selector:
             continue  # endpoints managed by hand or by an operator
         ns = svc["metadata"].get("namespace")
-        backends = [o for o in objects if o["kind"] in _TEMPLATE_KINDS and o["metadata"].get("namespace") == ns
-                    and selector.items() <= (_dig(o, ["spec", "template", "metadata", "labels"]) or {}).items()]
+        backends = [
+            o
+            for o in objects
+            if o["kind"] in _TEMPLATE_KINDS
+            and o["metadata"].get("namespace") == ns
+            and selector.items() <= (_dig(o, ["spec", "template", "metadata", "labels"]) or {}).items()
+        ]
         if not backends:
             problems.append(f"{_ref(svc)}: selector {selector} matches no pod template in {ns}")
             continue
@@ -312,8 +367,10 @@ def check_service_backends(objects: list[dict[str, Any]]) -> list[str]:
         for port in _dig(svc, ["spec", "ports"]) or []:
             target = port.get("targetPort", port["port"])
             if target not in listening:
-                problems.append(f"{_ref(svc)} port {port['port']}: target {target!r} is not a port of "
-                                f"{', '.join(_ref(o) for o in backends)} (they declare {sorted(map(str, listening))})")
+                problems.append(
+                    f"{_ref(svc)} port {port['port']}: target {target!r} is not a port of "
+                    f"{', '.join(_ref(o) for o in backends)} (they declare {sorted(map(str, listening))})"
+                )
     return problems
 
 

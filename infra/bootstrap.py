@@ -5,8 +5,8 @@ The order is fixed by what each object needs from the cluster, not by file order
 1. ``namespaces``; 2. ``operators`` (OperatorGroups, Subscriptions, then each Subscription's
 ClusterServiceVersion must reach ``Succeeded``); 3. ``secrets`` generated here (Minio root
 credentials with :func:`secrets.token_urlsafe`, the S3 data connection built from them, the
-runtime's own Minio users, the CVAT admin) and plain configuration; 4. ``platform`` instances (OpenShift AI, Knative, Kafka, image
-registry, NFD, virtualization); 5. ``builds`` of this repository's images; 6. ``services``
+runtime's own Minio users, the CVAT admin) and plain configuration; 4. ``platform`` instances (OpenShift AI,
+Knative, Kafka, image registry, NFD, virtualization); 5. ``builds`` of this repository's images; 6. ``services``
 (Deployments, GPU ClusterPolicy, KnativeKafka, topics, the ServingRuntime, the CVAT VM);
 7. ``storage-init`` (bucket Job); 8. ``pipelines`` (DataSciencePipelinesApplication);
 9. ``eventing`` (sinks, Broker, KafkaSource, the processor); 10. ``triggers``.
@@ -17,7 +17,8 @@ so a missing CRD is waited for, not an error. Every wait polls until a deadline 
 names the object and its last observed status.
 
 Idempotent: create, and on 409 Conflict merge-patch the existing object unless it already holds
-everything the manifest says (a Job, immutable, is left as it is). Generated credentials are read back when their Secret exists, never rotated.
+everything the manifest says (a Job, immutable, is left as it is). Generated credentials are read back when their
+Secret exists, never rotated.
 
 The cluster is reached through a client passed in, shaped like ``kubernetes.dynamic.DynamicClient``
 (``client.resources.get(api_version=, kind=)`` returning a resource with ``get``/``create``/
@@ -38,8 +39,10 @@ from infra.render import object_ref
 APP_ROLE_LABEL = "vinspect.io/role"
 OPTIONAL_ANNOTATION = "vinspect.io/optional"
 # Annotations that mark the default StorageClass (the beta one is still honoured by Kubernetes).
-DEFAULT_CLASS_ANNOTATIONS = ("storageclass.kubernetes.io/is-default-class",
-                             "storageclass.beta.kubernetes.io/is-default-class")
+DEFAULT_CLASS_ANNOTATIONS = (
+    "storageclass.kubernetes.io/is-default-class",
+    "storageclass.beta.kubernetes.io/is-default-class",
+)
 APPLICATIONS_NAMESPACE = "redhat-ods-applications"
 MINIO_SECRET = "minio-root"
 DATA_CONNECTION_SECRET = "aws-connection-models"
@@ -89,19 +92,46 @@ PHASES: list[tuple[str, set[str]]] = [
     ("operators", {"OperatorGroup", "Subscription"}),
     (
         "config",
-        {"Secret", "ConfigMap", "ServiceAccount", "PersistentVolumeClaim", "Service/v1", "NetworkPolicy",
-         "Route", "ImageStream", "BuildConfig", "Role", "RoleBinding"},
+        {
+            "Secret",
+            "ConfigMap",
+            "ServiceAccount",
+            "PersistentVolumeClaim",
+            "Service/v1",
+            "NetworkPolicy",
+            "Route",
+            "ImageStream",
+            "BuildConfig",
+            "Role",
+            "RoleBinding",
+        },
     ),
     (
         "platform",
-        {"Config", "NodeFeatureDiscovery", "DSCInitialization", "DataScienceCluster", "KnativeServing", "KnativeEventing",
-         "HyperConverged", "KafkaNodePool", "Kafka"},
+        {
+            "Config",
+            "NodeFeatureDiscovery",
+            "DSCInitialization",
+            "DataScienceCluster",
+            "KnativeServing",
+            "KnativeEventing",
+            "HyperConverged",
+            "KafkaNodePool",
+            "Kafka",
+        },
     ),
     ("builds", set()),
     (
         "services",
-        {"Deployment", "StatefulSet", "ClusterPolicy", "KnativeKafka", "KafkaTopic", "ServingRuntime",
-         "VirtualMachine"},
+        {
+            "Deployment",
+            "StatefulSet",
+            "ClusterPolicy",
+            "KnativeKafka",
+            "KafkaTopic",
+            "ServingRuntime",
+            "VirtualMachine",
+        },
     ),
     ("storage-init", {"Job"}),
     ("pipelines", {"DataSciencePipelinesApplication"}),
@@ -357,8 +387,11 @@ def _contains(actual: Any, desired: Any) -> bool:
     if isinstance(desired, dict):
         return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
     if isinstance(desired, list):
-        return (isinstance(actual, list) and len(actual) == len(desired)
-                and all(_contains(a, d) for a, d in zip(actual, desired)))
+        return (
+            isinstance(actual, list)
+            and len(actual) == len(desired)
+            and all(_contains(a, d) for a, d in zip(actual, desired))
+        )
     return actual == desired
 
 
@@ -437,7 +470,11 @@ def _secret(name: str, namespace: str, data: dict[str, str], *, labels=None, ann
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/part-of": "vinspect", "app.kubernetes.io/managed-by": "vinspect", **(labels or {})},
+            "labels": {
+                "app.kubernetes.io/part-of": "vinspect",
+                "app.kubernetes.io/managed-by": "vinspect",
+                **(labels or {}),
+            },
             "annotations": dict(annotations or {}),
         },
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
@@ -509,22 +546,48 @@ def _generated_steps(objects: list[dict[str, Any]], ns: Namespaces) -> list[Step
     steps = []
     if ("Deployment", ns.app, "minio") in names:
         keys = ["MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD"]
-        steps.append(Step("generate", _secret(MINIO_SECRET, ns.app, dict.fromkeys(keys, "")),
-                          note="Minio root credentials (secrets.token_urlsafe), kept if present"))
+        steps.append(
+            Step(
+                "generate",
+                _secret(MINIO_SECRET, ns.app, dict.fromkeys(keys, "")),
+                note="Minio root credentials (secrets.token_urlsafe), kept if present",
+            )
+        )
         for namespace in [ns.app] + ([ns.models] if ns.models else []):
-            steps.append(Step("generate", data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
-                              note=f"S3 data connection from {MINIO_SECRET}", params={"app_namespace": ns.app}))
+            steps.append(
+                Step(
+                    "generate",
+                    data_connection(namespace, ns.app, dict.fromkeys(keys, "")),
+                    note=f"S3 data connection from {MINIO_SECRET}",
+                    params={"app_namespace": ns.app},
+                )
+            )
         for name, scope in SCOPED_S3_SECRETS.items():
             empty = dict.fromkeys(["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"], "")
-            steps.append(Step("generate", scoped_s3_connection(name, ns.app, empty),
-                              note=f"Minio user for the runtime ({scope}), kept if present"))
+            steps.append(
+                Step(
+                    "generate",
+                    scoped_s3_connection(name, ns.app, empty),
+                    note=f"Minio user for the runtime ({scope}), kept if present",
+                )
+            )
     if ("Deployment", ns.app, "mlflow") in names:
-        steps.append(Step("generate", _secret(MLFLOW_PROXY_SECRET, ns.app, {"session_secret": ""}),
-                          note="cookie secret of MLflow's OAuth proxy, kept if present"))
+        steps.append(
+            Step(
+                "generate",
+                _secret(MLFLOW_PROXY_SECRET, ns.app, {"session_secret": ""}),
+                note="cookie secret of MLflow's OAuth proxy, kept if present",
+            )
+        )
     if ("VirtualMachine", ns.app, "cvat") in names:
         keys = ["CVAT_USERNAME", "CVAT_PASSWORD", "CVAT_URL", "CVAT_HOST"]
-        steps.append(Step("generate", _secret(CVAT_SECRET, ns.app, dict.fromkeys(keys, "")),
-                          note="CVAT admin credentials, kept if present"))
+        steps.append(
+            Step(
+                "generate",
+                _secret(CVAT_SECRET, ns.app, dict.fromkeys(keys, "")),
+                note="CVAT admin credentials, kept if present",
+            )
+        )
     return steps
 
 
@@ -682,7 +745,11 @@ class Bootstrapper:
             return "unchanged"
         existing = self._get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
         body = _replacing_patch(obj, existing)
-        if existing is not None and body == obj and _contains(existing, {k: v for k, v in obj.items() if k != "status"}):
+        if (
+            existing is not None
+            and body == obj
+            and _contains(existing, {k: v for k, v in obj.items() if k != "status"})
+        ):
             return "unchanged"
         try:
             resource.patch(
@@ -740,8 +807,12 @@ class Bootstrapper:
         if name is None:
             return None
         return Wait(
-            "apiextensions.k8s.io/v1", "CustomResourceDefinition", name, None,
-            f"Established (serving {kind})", condition_check("Established"),
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            name,
+            None,
+            f"Established (serving {kind})",
+            condition_check("Established"),
         )
 
     def _wait_kind_served(self, api_version: str, kind: str) -> None:
@@ -798,8 +869,11 @@ class Bootstrapper:
                 raise BootstrapError(f"{step.ref}: built from Secret {MINIO_SECRET}, which was not generated first")
             desired = data_connection(namespace, step.params["app_namespace"], self._minio)
             # Metadata too: a connection made by an older bootstrap gains the newer annotations.
-            if existing and _decode(existing) == _decode(desired) and _contains(existing["metadata"], {
-                    k: desired["metadata"][k] for k in ("labels", "annotations")}):
+            if (
+                existing
+                and _decode(existing) == _decode(desired)
+                and _contains(existing["metadata"], {k: desired["metadata"][k] for k in ("labels", "annotations")})
+            ):
                 return "unchanged"
             return self._apply(desired)
         if name in SCOPED_S3_SECRETS:
@@ -875,8 +949,10 @@ class Bootstrapper:
         for container in out["spec"].get("containers") or []:
             image = images.get(container.get("name"))
             if image and "$(" not in image and image != container.get("image"):
-                self.log(f"  image    {object_ref(obj)} container {container['name']}: {image} "
-                         f"(from Template {self.applications_namespace}/{template_name})")
+                self.log(
+                    f"  image    {object_ref(obj)} container {container['name']}: {image} "
+                    f"(from Template {self.applications_namespace}/{template_name})"
+                )
                 container["image"] = image
         return out
 
@@ -893,9 +969,14 @@ class Bootstrapper:
         Raises:
             BootstrapError: No default StorageClass; the message names the claims and the fix.
         """
-        claims = [step.ref for phase in phases for step in phase.steps
-                  if step.action == "apply" and step.obj["kind"] == "PersistentVolumeClaim"
-                  and not (step.obj.get("spec") or {}).get("storageClassName")]
+        claims = [
+            step.ref
+            for phase in phases
+            for step in phase.steps
+            if step.action == "apply"
+            and step.obj["kind"] == "PersistentVolumeClaim"
+            and not (step.obj.get("spec") or {}).get("storageClassName")
+        ]
         if not claims:
             return
         try:
@@ -903,9 +984,14 @@ class Bootstrapper:
         except Exception as exc:  # noqa: BLE001
             raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {_api_message(exc)}") from exc
         items = listed.get("items") or []
-        defaults = [sc["metadata"]["name"] for sc in items if any(
-            ((sc["metadata"].get("annotations") or {}).get(key) or "").lower() == "true"
-            for key in DEFAULT_CLASS_ANNOTATIONS)]
+        defaults = [
+            sc["metadata"]["name"]
+            for sc in items
+            if any(
+                ((sc["metadata"].get("annotations") or {}).get(key) or "").lower() == "true"
+                for key in DEFAULT_CLASS_ANNOTATIONS
+            )
+        ]
         if defaults:
             self.log(f"default StorageClass: {', '.join(defaults)}")
             return
@@ -914,8 +1000,8 @@ class Bootstrapper:
             f"no default StorageClass (classes: {names}); these claims would stay Pending: {', '.join(claims)}. "
             "On single-node OpenShift install the LVM Storage operator (lvms-operator) and create an LVMCluster "
             "(its class lvms-<device class> is made the default); otherwise mark a class default: "
-            "oc patch storageclass NAME -p '{\"metadata\":{\"annotations\":"
-            "{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'"
+            'oc patch storageclass NAME -p \'{"metadata":{"annotations":'
+            '{"storageclass.kubernetes.io/is-default-class":"true"}}}\''
         )
 
     # -- run ---------------------------------------------------------------------------------
@@ -949,10 +1035,14 @@ class Bootstrapper:
         for phase in phases:
             for step in phase.steps:
                 if step.obj["kind"] == "DSCInitialization":
-                    self.applications_namespace = step.obj["spec"].get("applicationsNamespace") or self.applications_namespace
+                    self.applications_namespace = (
+                        step.obj["spec"].get("applicationsNamespace") or self.applications_namespace
+                    )
         for index, phase in enumerate(phases, 1):
             if phase.optional in report.skipped:
-                self.log(f"phase {index}/{len(phases)}: {phase.name} skipped (an earlier {phase.optional} phase failed)")
+                self.log(
+                    f"phase {index}/{len(phases)}: {phase.name} skipped (an earlier {phase.optional} phase failed)"
+                )
                 report.results.extend((phase.name, step.ref, "skipped") for step in phase.steps)
                 continue
             self.log(f"phase {index}/{len(phases)}: {phase.name}")

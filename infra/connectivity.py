@@ -104,7 +104,9 @@ class FlowResult:
 
     def __str__(self) -> str:
         if self.allowed is None and self.required:
-            return f"[{self.overlay}] {self.flow.describe()}: an endpoint the flows file places in this overlay is absent"
+            return (
+                f"[{self.overlay}] {self.flow.describe()}: an endpoint the flows file places in this overlay is absent"
+            )
         if self.allowed is None:
             return f"[{self.overlay}] {self.flow.describe()}: not applicable (endpoint absent)"
         state = "allowed" if self.allowed else "denied"
@@ -169,8 +171,10 @@ def strimzi_network_policy(kafka: dict[str, Any]) -> dict[str, Any]:
 
     rules = [
         {"ports": [{"port": 9090, "protocol": "TCP"}], "from": [cluster, operator]},
-        {"ports": [{"port": 9091, "protocol": "TCP"}],
-         "from": [operator, cluster, tool("entity-operator"), tool("kafka-exporter"), tool("cruise-control")]},
+        {
+            "ports": [{"port": 9091, "protocol": "TCP"}],
+            "from": [operator, cluster, tool("entity-operator"), tool("kafka-exporter"), tool("cruise-control")],
+        },
         {"ports": [{"port": 8443, "protocol": "TCP"}], "from": [operator]},
     ]
     for listener in ((kafka.get("spec") or {}).get("kafka") or {}).get("listeners") or []:
@@ -221,8 +225,10 @@ def endpoint_pods(objects: list[dict[str, Any]], spec: Spec) -> dict[str, dict[s
             labels.update(_template_labels(obj))
             namespace = obj["metadata"].get("namespace")
         labels.update({k: str(v) for k, v in (endpoint.get("labels") or {}).items()})
-        ports = [{"name": port_name, "containerPort": number, "protocol": "TCP"}
-                 for port_name, number in (endpoint.get("ports") or {}).items()]
+        ports = [
+            {"name": port_name, "containerPort": number, "protocol": "TCP"}
+            for port_name, number in (endpoint.get("ports") or {}).items()
+        ]
         pods[name] = {
             "apiVersion": "v1",
             "kind": "Pod",
@@ -239,19 +245,31 @@ def cluster_model(objects: list[dict[str, Any]], spec: Spec) -> tuple[list[dict[
         if obj["kind"] == "Namespace" and obj["apiVersion"] == "v1":
             namespaces[obj["metadata"]["name"]] = copy.deepcopy(obj)
     for extra in spec.namespaces:
-        namespaces.setdefault(extra["name"], {"apiVersion": "v1", "kind": "Namespace",
-                                              "metadata": {"name": extra["name"], "labels": dict(extra.get("labels") or {})}})
+        namespaces.setdefault(
+            extra["name"],
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": extra["name"], "labels": dict(extra.get("labels") or {})},
+            },
+        )
     pods = endpoint_pods(objects, spec)
     for pod in pods.values():
         ns = pod["metadata"]["namespace"]
         if ns not in namespaces:
-            raise ConnectivityError(f"endpoint {pod['metadata']['name']!r} is in namespace {ns!r}, which neither the "
-                                    f"overlay nor {FLOWS_FILE.name} `namespaces` declares")
+            raise ConnectivityError(
+                f"endpoint {pod['metadata']['name']!r} is in namespace {ns!r}, which neither the "
+                f"overlay nor {FLOWS_FILE.name} `namespaces` declares"
+            )
     for name, ns in namespaces.items():
         meta = ns["metadata"]
         meta["labels"] = {**(meta.get("labels") or {}), NAMESPACE_NAME_LABEL: name}
     policies = [copy.deepcopy(o) for o in objects if o["kind"] == "NetworkPolicy"]
-    policies += [strimzi_network_policy(o) for o in objects if o["kind"] == "Kafka" and o["apiVersion"].startswith("kafka.strimzi.io/")]
+    policies += [
+        strimzi_network_policy(o)
+        for o in objects
+        if o["kind"] == "Kafka" and o["apiVersion"].startswith("kafka.strimzi.io/")
+    ]
     return [*namespaces.values(), *policies, *pods.values()], pods
 
 
@@ -317,8 +335,13 @@ def run_analyzer(model: list[dict[str, Any]]) -> list[Connection]:
     with tempfile.TemporaryDirectory(prefix="vinspect-nca-") as tmp:
         path = Path(tmp) / "cluster.yaml"
         path.write_text(yaml.safe_dump_all(model, sort_keys=False))
-        proc = subprocess.run([nca, "--connectivity", "-r", str(path), "-o", "txt_no_fw_rules", "--return_0"],
-                              capture_output=True, text=True, timeout=300, check=False)
+        proc = subprocess.run(
+            [nca, "--connectivity", "-r", str(path), "-o", "txt_no_fw_rules", "--return_0"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     output = proc.stdout + proc.stderr
     if proc.returncode != 0 or re.search(r"^Error", output, re.MULTILINE):
         raise ConnectivityError(f"network-config-analyzer failed (exit {proc.returncode}):\n{output[-4000:]}")
@@ -336,7 +359,9 @@ def _ip_ranges(token: str) -> list[tuple[ipaddress.IPv4Address, ipaddress.IPv4Ad
     return ranges
 
 
-def evaluate(spec: Spec, overlay: str, pods: dict[str, dict[str, Any]], connections: list[Connection]) -> list[FlowResult]:
+def evaluate(
+    spec: Spec, overlay: str, pods: dict[str, dict[str, Any]], connections: list[Connection]
+) -> list[FlowResult]:
     """Decide each flow from the connectivity map."""
 
     def key(name: str) -> str:
@@ -346,7 +371,9 @@ def evaluate(spec: Spec, overlay: str, pods: dict[str, dict[str, Any]], connecti
     results = []
     for flow in spec.flows:
         target = spec.endpoints[flow.target]
-        absent = [name for name in (flow.source, flow.target) if name not in pods and not spec.endpoints[name].get("ip")]
+        absent = [
+            name for name in (flow.source, flow.target) if name not in pods and not spec.endpoints[name].get("ip")
+        ]
         if absent:
             required = any(overlay in (spec.endpoints[name].get("overlays") or []) for name in absent)
             results.append(FlowResult(flow, overlay, None, required))
@@ -354,8 +381,11 @@ def evaluate(spec: Spec, overlay: str, pods: dict[str, dict[str, Any]], connecti
         source_key = key(flow.source)
         if target.get("ip"):
             address = ipaddress.ip_network(target["ip"]).network_address
-            matching = [c for c in connections if c.source == source_key
-                        and any(lo <= address <= hi for lo, hi in (_ip_ranges(c.target) or []))]
+            matching = [
+                c
+                for c in connections
+                if c.source == source_key and any(lo <= address <= hi for lo, hi in (_ip_ranges(c.target) or []))
+            ]
         else:
             target_key = key(flow.target)
             matching = [c for c in connections if c.source == source_key and c.target == target_key]
@@ -387,10 +417,17 @@ def markdown(spec: Spec | None = None) -> str:
     spec = spec or load_spec()
     lines = ["| # | from | to | port (TCP) | must be | why |", "|---|---|---|---|---|---|"]
     for flow in spec.flows:
-        lines.append(f"| {flow.index} | {flow.source} | {flow.target} | {flow.port} | "
-                     f"{'**open**' if flow.expect == 'allowed' else '**closed**'} | {flow.why} |")
-    lines += ["", "Endpoints (one pod each in the model; labels are what the owning controller sets):", "",
-              "| endpoint | where | labels added / set | source |", "|---|---|---|---|"]
+        lines.append(
+            f"| {flow.index} | {flow.source} | {flow.target} | {flow.port} | "
+            f"{'**open**' if flow.expect == 'allowed' else '**closed**'} | {flow.why} |"
+        )
+    lines += [
+        "",
+        "Endpoints (one pod each in the model; labels are what the owning controller sets):",
+        "",
+        "| endpoint | where | labels added / set | source |",
+        "|---|---|---|---|",
+    ]
     for name, endpoint in spec.endpoints.items():
         labels = ", ".join(f"`{k}={v}`" for k, v in (endpoint.get("labels") or {}).items()) or "template labels only"
         source = " ".join(str(endpoint.get("source") or "rendered manifest").split())

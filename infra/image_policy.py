@@ -158,11 +158,15 @@ def check_images(
             continue
         if ref.image in listed:
             if not is_pinned(ref.image):
-                problems.append(f"{where} is listed in {IMAGES_FILE.name} but not pinned (use a digest or a release tag)")
+                problems.append(
+                    f"{where} is listed in {IMAGES_FILE.name} but not pinned (use a digest or a release tag)"
+                )
             continue
         if ref.image.startswith(INTERNAL_REGISTRY + "/"):
-            problems.append(f"{where} is in the internal registry, but no BuildConfig of this overlay builds it "
-                            f"(and it is not a platform image listed in {IMAGES_FILE.name})")
+            problems.append(
+                f"{where} is in the internal registry, but no BuildConfig of this overlay builds it "
+                f"(and it is not a platform image listed in {IMAGES_FILE.name})"
+            )
         else:
             problems.append(f"{where} is neither built in the cluster nor listed in {IMAGES_FILE.name}")
     if require_all_used:

@@ -52,7 +52,9 @@ def overlay_path(name: str, overlays_dir: Path = OVERLAYS_DIR) -> Path:
 def _kubectl() -> str:
     found = shutil.which("kubectl") or shutil.which("oc")
     if not found:
-        raise RenderError("neither kubectl nor oc is on PATH; install kubectl (it carries kustomize) to render manifests")
+        raise RenderError(
+            "neither kubectl nor oc is on PATH; install kubectl (it carries kustomize) to render manifests"
+        )
     return found
 
 

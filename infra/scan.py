@@ -72,9 +72,22 @@ def run_checkov(overlays: dict[str, list[dict[str, Any]]]) -> list[Finding]:
         for name, objects in overlays.items():
             (Path(tmp) / f"{name}.yaml").write_text(dump_objects(objects))
         proc = subprocess.run(
-            [checkov, "--directory", tmp, "--framework", "kubernetes", "--skip-download", "--quiet",
-             "--compact", "--output", "json"],
-            capture_output=True, text=True, timeout=600, check=False,
+            [
+                checkov,
+                "--directory",
+                tmp,
+                "--framework",
+                "kubernetes",
+                "--skip-download",
+                "--quiet",
+                "--compact",
+                "--output",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
     # Exit 1 means "checks failed", which is what this function reports; anything else is an error.
     if proc.returncode not in (0, 1):

@@ -4,6 +4,7 @@ import difflib
 import json
 from typing import Any
 
+
 def _bool(text: str) -> bool:
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
     if value is None:
@@ -33,8 +34,7 @@ def pipeline_parameters() -> dict[str, dict[str, Any]]:
 
     func = build_training_pipeline(revision="").pipeline_func
     return {
-        name: {"type": p.annotation, "default": p.default}
-        for name, p in inspect.signature(func).parameters.items()
+        name: {"type": p.annotation, "default": p.default} for name, p in inspect.signature(func).parameters.items()
     }
 
 
@@ -62,7 +62,8 @@ def parse_params(pairs: list[str], known: dict[str, dict[str, Any]] | None = Non
         if key not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
             raise ValueError(
-                f"unknown pipeline parameter {key!r}" + (f"; did you mean {hint[0]!r}?" if hint else "")
+                f"unknown pipeline parameter {key!r}"
+                + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + " (see `vinspect pipeline params`)"
             )
         kind = known[key]["type"]

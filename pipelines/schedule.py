@@ -16,8 +16,14 @@ from pipelines.submit import DEFAULT_EXPERIMENT, Submission, SubmitError, _compi
 from pipelines.training import PIPELINE_NAME, SecretNames
 
 # (name, lowest, highest) of each KFP cron field (robfig/cron with seconds).
-_FIELDS = (("second", 0, 59), ("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31),
-           ("month", 1, 12), ("day of week", 0, 6))
+_FIELDS = (
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day of month", 1, 31),
+    ("month", 1, 12),
+    ("day of week", 0, 6),
+)
 _NAMES = {
     "month": ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"],
     "day of week": ["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"],
@@ -60,13 +66,12 @@ def validate_cron(expr: str) -> str:
     fields = expr.split(" ") if expr else []
     if len(fields) == 5:
         raise CronError(
-            f"cron {expr!r} has 5 fields, but KFP cron has 6 with seconds first; "
-            f"for the same schedule use \"0 {expr}\""
+            f'cron {expr!r} has 5 fields, but KFP cron has 6 with seconds first; for the same schedule use "0 {expr}"'
         )
     if len(fields) != 6:
         raise CronError(
             f"cron {expr!r} has {len(fields)} fields; KFP cron has 6: second minute hour "
-            f"day-of-month month day-of-week, e.g. \"0 0 3 * * *\" (daily at 03:00)"
+            f'day-of-month month day-of-week, e.g. "0 0 3 * * *" (daily at 03:00)'
         )
     for text, (name, lo, hi) in zip(fields, _FIELDS):
         for part in text.split(","):
@@ -155,5 +160,6 @@ def schedule(
             )
         except Exception as exc:
             raise SubmitError(_describe(exc, client)) from exc
-    return Submission(pipeline_id, version_id, exp.experiment_id,
-                      recurring_run_id=job.recurring_run_id, arguments=arguments)
+    return Submission(
+        pipeline_id, version_id, exp.experiment_id, recurring_run_id=job.recurring_run_id, arguments=arguments
+    )

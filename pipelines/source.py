@@ -37,7 +37,7 @@ def source_fingerprint(source: str, *, s3_client=None) -> str:
     if source.startswith("s3://"):
         if s3_client is None:
             raise ValueError(f"{source} is on S3: an S3 client is needed to fingerprint it")
-        bucket, _, prefix = source[len("s3://"):].partition("/")
+        bucket, _, prefix = source[len("s3://") :].partition("/")
         found = False
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -86,8 +86,10 @@ def cvat_fingerprint(client, *, task_id: int | None = None, project_id: int | No
         obj, _ = api.retrieve(id=obj_id)
     except Exception as e:  # the SDK raises ApiException, urllib3 errors, ...
         status = getattr(e, "status", None)
-        raise CVATError(f"reading {kind} {obj_id} failed: " + (f"HTTP {status} {getattr(e, 'reason', '')}".strip()
-                        if status else f"{type(e).__name__}: {e}")) from e
+        raise CVATError(
+            f"reading {kind} {obj_id} failed: "
+            + (f"HTTP {status} {getattr(e, 'reason', '')}".strip() if status else f"{type(e).__name__}: {e}")
+        ) from e
     h = hashlib.sha256(f"{kind}\t{obj_id}\t{_field(obj, 'updated_date')}\n".encode())
     jobs = list_jobs(client, task_id=task_id) if task_id else list_jobs(client, project_id=project_id)
     for job in sorted(jobs, key=lambda j: j.id):

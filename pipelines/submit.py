@@ -131,14 +131,18 @@ def _preflight(host: str, token: str | None, ca_bundle: str | None) -> None:
     try:
         resp = requests.get(url, headers=headers, verify=ca_bundle or True, timeout=15)
     except requests.exceptions.SSLError as exc:
-        raise SubmitError(f"TLS verification of {host} failed ({exc}); pass --ca-bundle / KFP_CA_BUNDLE "
-                          "with the CA that signed its certificate") from None
+        raise SubmitError(
+            f"TLS verification of {host} failed ({exc}); pass --ca-bundle / KFP_CA_BUNDLE "
+            "with the CA that signed its certificate"
+        ) from None
     except requests.exceptions.RequestException as exc:
         raise SubmitError(f"cannot reach {url}: {exc}") from None
     if resp.status_code in (401, 403):
         where = "a token" if not token else "the token"
-        raise SubmitError(f"{host} refused {where} (HTTP {resp.status_code}): set KFP_TOKEN "
-                          "(`oc whoami -t`) or log in with `oc login`")
+        raise SubmitError(
+            f"{host} refused {where} (HTTP {resp.status_code}): set KFP_TOKEN "
+            "(`oc whoami -t`) or log in with `oc login`"
+        )
     if resp.status_code == 404:
         raise SubmitError(f"{url} not found (HTTP 404): is {host} the pipelines API (the DSPA route)?")
     if resp.status_code >= 400:
@@ -221,8 +225,12 @@ def _s3_client():
         aws_secret_access_key=secret,
         region_name=settings.region,
         verify=settings.ca_bundle or True,
-        config=Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=20,
-                      retries={"max_attempts": 2, "mode": "standard"}),
+        config=Config(
+            s3={"addressing_style": "path"},
+            connect_timeout=5,
+            read_timeout=20,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
     )
 
 
@@ -353,8 +361,15 @@ def submit(
             )
         except Exception as exc:
             raise SubmitError(_describe(exc, client)) from exc
-    return Submission(pipeline_id, version_id, exp.experiment_id, run_id=run.run_id, arguments=arguments,
-                      caching=enable_caching, notes=notes)
+    return Submission(
+        pipeline_id,
+        version_id,
+        exp.experiment_id,
+        run_id=run.run_id,
+        arguments=arguments,
+        caching=enable_caching,
+        notes=notes,
+    )
 
 
 def _describe(exc: Exception, client) -> str:

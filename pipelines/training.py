@@ -25,8 +25,10 @@ from pathlib import Path
 
 PIPELINE_NAME = "vinspect-training"
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
-UNCHANGED_DETAIL = ("the model passed the gate but is byte-identical to the serving champion "
-                    "(same data, same parameters): nothing new to register or roll out")
+UNCHANGED_DETAIL = (
+    "the model passed the gate but is byte-identical to the serving champion "
+    "(same data, same parameters): nothing new to register or roll out"
+)
 
 # The toleration the NVIDIA GPU operator's taint needs; a runtime parameter so a cluster with
 # other taints needs no recompile.
@@ -315,15 +317,20 @@ def build_training_pipeline(
                     mlflow_env(deploy)
                     notify_env(deploy)  # promoted / rolled back
                     kubernetes.use_secret_as_env(
-                        deploy, secrets.model_token, {"token": "VINSPECT_MODEL_TOKEN"},
+                        deploy,
+                        secrets.model_token,
+                        {"token": "VINSPECT_MODEL_TOKEN"},
                         optional=True,
                     )
                     # The smoke test calls the model where the image processor will: the URL and
                     # model name of the processor's own ConfigMap (issue 13, defect 2).
                     kubernetes.use_config_map_as_env(
-                        deploy, secrets.config,
-                        {"VINSPECT_MODEL_URL": "VINSPECT_PROCESSOR_MODEL_URL",
-                         "VINSPECT_MODEL_NAME": "VINSPECT_PROCESSOR_MODEL_NAME"},
+                        deploy,
+                        secrets.config,
+                        {
+                            "VINSPECT_MODEL_URL": "VINSPECT_PROCESSOR_MODEL_URL",
+                            "VINSPECT_MODEL_NAME": "VINSPECT_PROCESSOR_MODEL_NAME",
+                        },
                     )
 
                 with dsl.Else(name="model-unchanged"):

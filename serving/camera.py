@@ -44,8 +44,7 @@ class Frame:
 
     __slots__ = ("name", "label", "_data", "_load")
 
-    def __init__(self, name: str, label: str, data: bytes | None = None,
-                 load: Callable[[], bytes] | None = None):
+    def __init__(self, name: str, label: str, data: bytes | None = None, load: Callable[[], bytes] | None = None):
         if data is None and load is None:
             raise ValueError(f"frame {name}: give data or a loader")
         self.name, self.label, self._data, self._load = name, label, data, load
@@ -72,8 +71,7 @@ def _label_for(name: str) -> str:
 def _folder_frames(root: Path) -> list[Frame]:
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     # Read at send time: a mounted folder of thousands of frames costs no memory up front.
-    return [Frame(str(p.relative_to(root)), _label_for(str(p.relative_to(root))), load=p.read_bytes)
-            for p in files]
+    return [Frame(str(p.relative_to(root)), _label_for(str(p.relative_to(root))), load=p.read_bytes) for p in files]
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -82,7 +80,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     Raises:
         ValueError: When the URI has no bucket.
     """
-    rest = uri[len("s3://"):]
+    rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
         raise ValueError(f"camera source {uri}: expected s3://bucket/prefix/")
@@ -105,7 +103,7 @@ def s3_frames(s3: Any, uri: str) -> list[Frame]:
         for obj in page.get("Contents", []):
             key = obj["Key"]
             if Path(key).suffix.lower() in IMAGE_SUFFIXES and not key.endswith("/"):
-                name = key[len(prefix):].lstrip("/") or Path(key).name
+                name = key[len(prefix) :].lstrip("/") or Path(key).name
                 frames.append(Frame(name, _label_for(name), load=_s3_loader(s3, bucket, key)))
     if not frames:
         raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {uri}")
@@ -146,8 +144,7 @@ def synthetic_frame(rng: np.random.Generator, size: int = 320) -> tuple[np.ndarr
     return np.asarray(img, dtype=np.uint8), label
 
 
-def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0,
-                s3: Any = None) -> list[Frame]:
+def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0, s3: Any = None) -> list[Frame]:
     """List the frames of a source.
 
     Args:
@@ -185,8 +182,9 @@ def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0,
     return frames
 
 
-def encode_jpeg(img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0,
-                max_pixels: int | None = None, what: str = "image") -> bytes:
+def encode_jpeg(
+    img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0, max_pixels: int | None = None, what: str = "image"
+) -> bytes:
     """Encode to RGB JPEG (decoding first when given encoded bytes; alpha is dropped).
 
     Raises:
@@ -198,8 +196,9 @@ def encode_jpeg(img: np.ndarray | bytes, quality: int = 90, scale: float = 1.0,
     pil = Image.open(io.BytesIO(img)) if isinstance(img, (bytes, bytearray)) else Image.fromarray(img)
     pil = pil.convert("RGB")  # explicit RGB: the JPEG carries RGB, never BGR
     if scale != 1.0:
-        pil = pil.resize((max(1, round(pil.width * scale)), max(1, round(pil.height * scale))),
-                         Image.Resampling.BILINEAR)
+        pil = pil.resize(
+            (max(1, round(pil.width * scale)), max(1, round(pil.height * scale))), Image.Resampling.BILINEAR
+        )
     buf = io.BytesIO()
     pil.save(buf, format="JPEG", quality=quality)
     return buf.getvalue()
@@ -294,8 +293,12 @@ def produce_frames(
         size = len(key or b"") + len(value) + sum(len(k) + len(v or b"") for k, v in headers)
         if max_record_bytes is not None and size > max_record_bytes:
             skipped += 1
-            log.warning("skipping frame %s: record of %d bytes is over the limit of %d (VINSPECT_MAX_IMAGE_BYTES)",
-                        frame.name, size, max_record_bytes)
+            log.warning(
+                "skipping frame %s: record of %d bytes is over the limit of %d (VINSPECT_MAX_IMAGE_BYTES)",
+                frame.name,
+                size,
+                max_record_bytes,
+            )
             if skipped > 1000 and sent == 0:
                 raise ValueError(f"no usable frame in the first {skipped} (records over {max_record_bytes} bytes)")
             continue

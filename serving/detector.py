@@ -657,8 +657,10 @@ def resolve_engine(engine: str | None = None) -> str:
     if name not in ENGINES:
         raise _suggest(name, ENGINES, "engine", f"{ENGINE_ENV} or --engine")
     if name == "openvino" and not openvino_available():
-        raise ValueError("engine 'openvino' asked for, but the openvino package is not installed "
-                         "(pip install 'vinspect[serving]', or set VINSPECT_ENGINE=onnxruntime)")
+        raise ValueError(
+            "engine 'openvino' asked for, but the openvino package is not installed "
+            "(pip install 'vinspect[serving]', or set VINSPECT_ENGINE=onnxruntime)"
+        )
     return name
 
 
@@ -681,9 +683,20 @@ def resolve_precision(precision: str | None = None) -> str | None:
 
 
 _NUMPY_TO_V2 = {
-    "float32": "FP32", "float16": "FP16", "float64": "FP64", "uint8": "UINT8", "uint16": "UINT16",
-    "uint32": "UINT32", "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32",
-    "int64": "INT64", "bool": "BOOL", "object": "BYTES", "bfloat16": "BF16",
+    "float32": "FP32",
+    "float16": "FP16",
+    "float64": "FP64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "bool": "BOOL",
+    "object": "BYTES",
+    "bfloat16": "BF16",
 }
 
 
@@ -746,11 +759,21 @@ class OnnxRuntimeEngine(Engine):
     def __init__(self, session: Any) -> None:
         super().__init__()
         self.raw = session
-        types = {"tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
-                 "tensor(uint8)": "UINT8", "tensor(int8)": "INT8", "tensor(int32)": "INT32",
-                 "tensor(int64)": "INT64", "tensor(bool)": "BOOL", "tensor(string)": "BYTES",
-                 "tensor(uint16)": "UINT16", "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64",
-                 "tensor(int16)": "INT16"}
+        types = {
+            "tensor(float)": "FP32",
+            "tensor(float16)": "FP16",
+            "tensor(double)": "FP64",
+            "tensor(uint8)": "UINT8",
+            "tensor(int8)": "INT8",
+            "tensor(int32)": "INT32",
+            "tensor(int64)": "INT64",
+            "tensor(bool)": "BOOL",
+            "tensor(string)": "BYTES",
+            "tensor(uint16)": "UINT16",
+            "tensor(uint32)": "UINT32",
+            "tensor(uint64)": "UINT64",
+            "tensor(int16)": "INT16",
+        }
 
         def info(node: Any) -> TensorInfo:
             shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
@@ -767,7 +790,9 @@ class OnnxRuntimeEngine(Engine):
         return self.raw.run(names, dict(feeds))
 
 
-def _ort_session(model: str | Path | bytes, threads: int | None, spinning: bool, providers: Sequence[str] | None) -> Any:
+def _ort_session(
+    model: str | Path | bytes, threads: int | None, spinning: bool, providers: Sequence[str] | None
+) -> Any:
     import onnxruntime as ort  # lazy: the module itself stays numpy + Pillow
 
     opts = ort.SessionOptions()
@@ -804,8 +829,15 @@ class OpenVinoEngine(Engine):
 
     backend = "openvino"
 
-    def __init__(self, model: Any, *, precision: str | None = None, threads: int | None = None,
-                 streams: int | None = None, pinning: bool | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        precision: str | None = None,
+        threads: int | None = None,
+        streams: int | None = None,
+        pinning: bool | None = None,
+    ) -> None:
         import queue
 
         import openvino as ov
@@ -940,7 +972,10 @@ def open_engine(
     precision = resolve_precision(precision)
     if is_ir and name != "openvino":
         if engine:
-            raise ValueError(f"{model if not isinstance(model, bytes) else 'IR'}: an OpenVINO IR needs engine 'openvino', not {name!r}")
+            raise ValueError(
+                f"{model if not isinstance(model, bytes) else 'IR'}: "
+                f"an OpenVINO IR needs engine 'openvino', not {name!r}"
+            )
         name = resolve_engine("openvino")
     if isinstance(model, (str, Path)) and not Path(model).is_file():
         raise FileNotFoundError(f"model not found: {model}")
@@ -953,8 +988,13 @@ def open_engine(
             if type(exc).__module__.startswith("onnxruntime"):
                 raise ValueError(f"ONNX Runtime cannot load the model: {exc}") from None
             raise
-    return OpenVinoEngine(read_openvino_model(model, weights), precision=precision, threads=threads, streams=streams,
-                          pinning=bool(spinning))
+    return OpenVinoEngine(
+        read_openvino_model(model, weights),
+        precision=precision,
+        threads=threads,
+        streams=streams,
+        pinning=bool(spinning),
+    )
 
 
 def _as_engine(obj: Any) -> Engine:
@@ -1032,8 +1072,15 @@ class Detector:
             if not self.path.is_file():
                 raise FileNotFoundError(f"model not found: {self.path}")
             streams = _usable_cpus() if threads == 1 else None
-            self.engine = open_engine(self.path, engine=engine, precision=precision, threads=threads,
-                                      streams=streams, spinning=spinning, providers=providers)
+            self.engine = open_engine(
+                self.path,
+                engine=engine,
+                precision=precision,
+                threads=threads,
+                streams=streams,
+                spinning=spinning,
+                providers=providers,
+            )
         elif path_or_session is not None:
             self.engine = _as_engine(path_or_session)
         if self.engine is not None:
@@ -1043,8 +1090,8 @@ class Detector:
             if len(inp.shape) == 4 and all(d > 0 for d in inp.shape[2:]):
                 shape_hw = (int(inp.shape[2]), int(inp.shape[3]))
             self.metadata = parse_metadata(self.engine.metadata)
-        self.names: list[str] = _names_list(names) if names is not None else (
-            self.metadata["names"] or list(CLASS_NAMES)
+        self.names: list[str] = (
+            _names_list(names) if names is not None else (self.metadata["names"] or list(CLASS_NAMES))
         )
         if imgsz is not None:
             self.imgsz = _pair(imgsz)
@@ -1080,8 +1127,9 @@ class Detector:
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Run the local engine on a prepared input tensor."""
         if self.engine is None:
-            raise RuntimeError("this Detector has no local model (no ONNX session or OpenVINO engine); "
-                               "use detect_with(img, infer)")
+            raise RuntimeError(
+                "this Detector has no local model (no ONNX session or OpenVINO engine); use detect_with(img, infer)"
+            )
         return self.engine(tensor)
 
     def detect(self, img: Any) -> list[Detection]:
@@ -1137,9 +1185,7 @@ class Detector:
             while pending:
                 yield pending.popleft().result()[0]
 
-    def _run(
-        self, img: Any, infer: Callable[[np.ndarray], np.ndarray]
-    ) -> tuple[list[Detection], dict[str, float]]:
+    def _run(self, img: Any, infer: Callable[[np.ndarray], np.ndarray]) -> tuple[list[Detection], dict[str, float]]:
         t0 = time.perf_counter()
         tensor, info = self.prepare(img)
         t1 = time.perf_counter()

@@ -90,13 +90,17 @@ def image_stats(img: np.ndarray | bytes) -> dict[str, float]:
         with Image.open(io.BytesIO(bytes(img))) as im:
             img = np.asarray(im.convert("RGB"))
     g = _grey(img)
-    lap = (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]) if min(g.shape) > 2 \
+    lap = (
+        (g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1])
+        if min(g.shape) > 2
         else np.zeros(1, dtype=np.float32)
+    )
     return {"brightness": float(g.mean()), "contrast": float(g.std()), "sharpness": float(lap.var())}
 
 
-def signal_values(detections: Sequence[Mapping[str, Any]], stats: Mapping[str, float] | None,
-                  classes: Sequence[str] = DEFAULT_CLASSES) -> dict[str, list[float]]:
+def signal_values(
+    detections: Sequence[Mapping[str, Any]], stats: Mapping[str, float] | None, classes: Sequence[str] = DEFAULT_CLASSES
+) -> dict[str, list[float]]:
     """The values one image contributes to each signal."""
     out: dict[str, list[float]] = {f"confidence/{c}": [] for c in classes}
     for d in detections:
@@ -129,9 +133,15 @@ def _proportions(values: np.ndarray, edges: Sequence[float]) -> np.ndarray:
     return counts / max(counts.sum(), 1.0)
 
 
-def compute_reference(samples: Iterable[tuple[Any, Sequence[Mapping[str, Any]]]], *,
-                      classes: Sequence[str] = DEFAULT_CLASSES, model: Mapping[str, Any] | None = None,
-                      bins: int = 10, sample_size: int = 2000, seed: int = 0) -> dict[str, Any]:
+def compute_reference(
+    samples: Iterable[tuple[Any, Sequence[Mapping[str, Any]]]],
+    *,
+    classes: Sequence[str] = DEFAULT_CLASSES,
+    model: Mapping[str, Any] | None = None,
+    bins: int = 10,
+    sample_size: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Reference distributions from images and the model's detections on them.
 
     Args:
@@ -165,12 +175,21 @@ def compute_reference(samples: Iterable[tuple[Any, Sequence[Mapping[str, Any]]]]
         arr = np.asarray(vals, dtype=np.float64)
         edges = _edges(arr, bins)
         sample = np.sort(rng.choice(arr, sample_size, replace=False) if arr.size > sample_size else arr)
-        signals[name] = {"n": int(arr.size), "edges": edges,
-                         "proportions": [round(float(p), 6) for p in _proportions(arr, edges)] if arr.size else [],
-                         "sample": [float(v) for v in sample]}
-    return {"schema": SCHEMA, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "model": dict(model or {}), "classes": list(classes), "n_images": n_images, "stats_side": STATS_SIDE,
-            "signals": signals}
+        signals[name] = {
+            "n": int(arr.size),
+            "edges": edges,
+            "proportions": [round(float(p), 6) for p in _proportions(arr, edges)] if arr.size else [],
+            "sample": [float(v) for v in sample],
+        }
+    return {
+        "schema": SCHEMA,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "model": dict(model or {}),
+        "classes": list(classes),
+        "n_images": n_images,
+        "stats_side": STATS_SIDE,
+        "signals": signals,
+    }
 
 
 def check_reference(ref: Mapping[str, Any], where: str = "reference") -> dict[str, Any]:
@@ -185,8 +204,10 @@ def check_reference(ref: Mapping[str, Any], where: str = "reference") -> dict[st
         if not isinstance(sig, Mapping) or not {"edges", "proportions", "sample"} <= set(sig):
             raise DriftError(f"{where}: signal {name!r} lacks edges, proportions or sample")
         if sig["n"] and len(sig["proportions"]) != len(sig["edges"]) + 1:
-            raise DriftError(f"{where}: signal {name!r} has {len(sig['proportions'])} proportions for "
-                             f"{len(sig['edges'])} edges (expected edges + 1)")
+            raise DriftError(
+                f"{where}: signal {name!r} has {len(sig['proportions'])} proportions for "
+                f"{len(sig['edges'])} edges (expected edges + 1)"
+            )
     return dict(ref)
 
 
@@ -199,8 +220,7 @@ def save_reference(s3, bucket: str, model_name: str, version: str | int, ref: Ma
     """Store a reference next to the model version; returns its ``s3://`` URI."""
     check_reference(ref)
     key = reference_key(model_name, version)
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(ref, sort_keys=True).encode(),
-                  ContentType="application/json")
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(ref, sort_keys=True).encode(), ContentType="application/json")
     return f"s3://{bucket}/{key}"
 
 
@@ -230,8 +250,9 @@ def load_reference(s3, bucket: str, model_name: str, version: str | int) -> dict
     Raises:
         DriftError: Missing or malformed (the key is named).
     """
-    return _read_key(s3, bucket, reference_key(model_name, version),
-                     f"no drift reference for {model_name} version {version}")[0]
+    return _read_key(
+        s3, bucket, reference_key(model_name, version), f"no drift reference for {model_name} version {version}"
+    )[0]
 
 
 # --------------------------------------------------------------------------- the served version's reference
@@ -276,8 +297,7 @@ def publish_served_reference(s3, bucket: str, model_name: str, version: str | in
             return None
         raise
     ref["model"] = {**(ref.get("model") or {}), "name": model_name, "version": str(version)}
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(ref, sort_keys=True).encode(),
-                  ContentType="application/json")
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(ref, sort_keys=True).encode(), ContentType="application/json")
     return f"s3://{bucket}/{key}"
 
 
@@ -287,8 +307,12 @@ def load_served_reference(s3, bucket: str, model_name: str) -> tuple[dict[str, A
     Raises:
         DriftError: Missing or malformed (the key is named).
     """
-    return _read_key(s3, bucket, served_reference_key(model_name),
-                     f"no served drift reference for {model_name} (the rollout writes it)")
+    return _read_key(
+        s3,
+        bucket,
+        served_reference_key(model_name),
+        f"no served drift reference for {model_name} (the rollout writes it)",
+    )
 
 
 def served_reference_etag(s3, bucket: str, model_name: str) -> str | None:
@@ -311,9 +335,16 @@ def write_reference(ref: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def compute_reference_for_dataset(onnx_model: str | Path, dataset_dir: str | Path, *, split: str = "val",
-                                  conf: float = 0.2, iou: float = 0.4, model: Mapping[str, Any] | None = None,
-                                  detector_factory: Callable[..., Any] | None = None) -> dict[str, Any]:
+def compute_reference_for_dataset(
+    onnx_model: str | Path,
+    dataset_dir: str | Path,
+    *,
+    split: str = "val",
+    conf: float = 0.2,
+    iou: float = 0.4,
+    model: Mapping[str, Any] | None = None,
+    detector_factory: Callable[..., Any] | None = None,
+) -> dict[str, Any]:
     """What the evaluate step calls: the ONNX model over a dataset split, through the detector core.
 
     Args:
@@ -339,11 +370,15 @@ def compute_reference_for_dataset(onnx_model: str | Path, dataset_dir: str | Pat
         # The minimal dataset layout (docs/CONTRACTS.md) has no per-item list: the split's folder is it.
         folder = dataset_dir / "images" / split
         found = sorted(folder.rglob("*")) if folder.is_dir() else sorted((dataset_dir / "images").rglob("*"))
-        items = [{"image": f.relative_to(dataset_dir).as_posix()} for f in found
-                 if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}]
+        items = [
+            {"image": f.relative_to(dataset_dir).as_posix()}
+            for f in found
+            if f.suffix.lower() in {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+        ]
         if not items:
-            raise DriftError(f"{dataset_dir}: no images for the drift reference (no manifest items, "
-                             f"nothing under images/{split}/)")
+            raise DriftError(
+                f"{dataset_dir}: no images for the drift reference (no manifest items, nothing under images/{split}/)"
+            )
     detector = (detector_factory or det.Detector)(str(onnx_model), conf=conf, iou=iou, names=classes)
 
     def samples():
@@ -394,8 +429,12 @@ class DriftMonitor:
         self._live: dict[str, dict[str, deque]] = {}
         self._lock = threading.Lock()
 
-    def observe(self, camera: str, detections: Sequence[Mapping[str, Any]],
-                image: np.ndarray | bytes | Mapping[str, float] | None = None) -> None:
+    def observe(
+        self,
+        camera: str,
+        detections: Sequence[Mapping[str, Any]],
+        image: np.ndarray | bytes | Mapping[str, float] | None = None,
+    ) -> None:
         """Add one inspected image (its detections, and the image or its :func:`image_stats`)."""
         stats = image if isinstance(image, Mapping) or image is None else image_stats(image)
         values = signal_values(detections, stats, self.classes)
@@ -413,8 +452,11 @@ class DriftMonitor:
             sig = self.reference["signals"].get(name)
             if sig is None or not sig["n"] or len(vals) < self.min_samples:
                 continue
-            out[name] = {"psi": psi(sig["proportions"], vals, sig["edges"]),
-                         "ks": ks_statistic(sig["sample"], vals), "n": float(len(vals))}
+            out[name] = {
+                "psi": psi(sig["proportions"], vals, sig["edges"]),
+                "ks": ks_statistic(sig["sample"], vals),
+                "n": float(len(vals)),
+            }
         return out
 
     def cameras(self) -> list[str]:

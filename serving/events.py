@@ -224,8 +224,13 @@ def parse_image_event(event: CloudEvent) -> ImageInput:
 
 def _bounded(parsed: "ImageInput", where: str) -> "ImageInput":
     """Refuse attribute values longer than `ATTRIBUTE_LIMITS` (they are copied into results)."""
-    for field, value in (("id", parsed.event_id), ("camera", parsed.camera_id), ("label", parsed.label),
-                         ("source", parsed.source), ("time", parsed.time)):
+    for field, value in (
+        ("id", parsed.event_id),
+        ("camera", parsed.camera_id),
+        ("label", parsed.label),
+        ("source", parsed.source),
+        ("time", parsed.time),
+    ):
         if value is not None and len(value) > ATTRIBUTE_LIMITS[field]:
             raise PoisonEvent(
                 f"{where}: {field} is {len(value)} characters, over the limit of {ATTRIBUTE_LIMITS[field]}"
@@ -336,11 +341,18 @@ def dlq_reference(
     for name, raw in headers or []:
         if name.lower().startswith(_CE_PREFIX) and len(attributes) < 32:
             text = raw.decode("utf-8", "replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-            attributes[name[len(_CE_PREFIX):][:64]] = text[:256]
-    value = json.dumps({
-        "topic": topic, "partition": partition, "offset": offset, "size": size,
-        "reason": reason[:1000], "event": attributes,
-    }, separators=(",", ":")).encode("utf-8")
+            attributes[name[len(_CE_PREFIX) :][:64]] = text[:256]
+    value = json.dumps(
+        {
+            "topic": topic,
+            "partition": partition,
+            "offset": offset,
+            "size": size,
+            "reason": reason[:1000],
+            "event": attributes,
+        },
+        separators=(",", ":"),
+    ).encode("utf-8")
     out = [
         ("dlq_reason", reason[:1000].encode("utf-8")),
         ("dlq_source_topic", topic.encode()),

@@ -145,10 +145,22 @@ class DriftWatch:
         ValueError: An unknown ``source``.
     """
 
-    def __init__(self, s3: Any, bucket: str, workers: BoundedWorkers, *, notifier: Any = None,
-                 threshold: float = drift_mod.PSI_ALERT, window: int = 500, min_samples: int = 50,
-                 score_every_s: float = 5.0, notify_cooldown_s: float = 3600.0, source: str = "version",
-                 refresh_s: float = 60.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        s3: Any,
+        bucket: str,
+        workers: BoundedWorkers,
+        *,
+        notifier: Any = None,
+        threshold: float = drift_mod.PSI_ALERT,
+        window: int = 500,
+        min_samples: int = 50,
+        score_every_s: float = 5.0,
+        notify_cooldown_s: float = 3600.0,
+        source: str = "version",
+        refresh_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         if source not in DRIFT_SOURCES:
             raise ValueError(f"VINSPECT_DRIFT_REFERENCE: {source!r} is not one of {', '.join(DRIFT_SOURCES)}")
         self.s3, self.bucket, self.workers, self.notifier = s3, bucket, workers, notifier
@@ -180,8 +192,12 @@ class DriftWatch:
             ref, etag = self._read(name, version)
             monitor = drift_mod.DriftMonitor(ref, window=self.window, min_samples=self.min_samples)
             ref_version = str((ref.get("model") or {}).get("version") or version)
-            log.info("drift: reference of %s loaded (registry version %s, %d signals)", what, ref_version,
-                     len(ref["signals"]))
+            log.info(
+                "drift: reference of %s loaded (registry version %s, %d signals)",
+                what,
+                ref_version,
+                len(ref["signals"]),
+            )
         except drift_mod.DriftError as exc:
             log.warning("drift is off for %s: %s", what, exc)
             monitor, etag, ref_version = None, None, None
@@ -266,9 +282,15 @@ class LoopHooks:
         workers: Background workers for the review queue's S3 writes.
     """
 
-    def __init__(self, metrics: InspectionMetrics, *, selector: ReviewSelector | None = None,
-                 review_store: ReviewStore | None = None, drift: DriftWatch | None = None,
-                 workers: BoundedWorkers | None = None):
+    def __init__(
+        self,
+        metrics: InspectionMetrics,
+        *,
+        selector: ReviewSelector | None = None,
+        review_store: ReviewStore | None = None,
+        drift: DriftWatch | None = None,
+        workers: BoundedWorkers | None = None,
+    ):
         self.metrics = metrics
         self.selector, self.review_store, self.drift = selector, review_store, drift
         self.workers = workers or BoundedWorkers(1, 16, "review")
@@ -307,8 +329,9 @@ class LoopHooks:
         except Exception as exc:  # noqa: BLE001 - S3 down: release, count, go on
             self.selector.release(selection)
             self.metrics.record_error("review")
-            log.warning("review: could not queue image %s of camera %s: %s", selection.sha256[:12],
-                        selection.camera, exc)
+            log.warning(
+                "review: could not queue image %s of camera %s: %s", selection.sha256[:12], selection.camera, exc
+            )
             return
         if key is None:
             return
@@ -329,13 +352,17 @@ class LoopHooks:
             if scores is None:
                 return
             self.metrics.record_drift(camera, scores)
-            drifting = {k: {"psi": round(v["psi"], 4), "ks": round(v["ks"], 4)}
-                        for k, v in scores.items() if v["psi"] > self.drift.threshold}
+            drifting = {
+                k: {"psi": round(v["psi"], 4), "ks": round(v["ks"], 4)}
+                for k, v in scores.items()
+                if v["psi"] > self.drift.threshold
+            }
             if drifting and self.drift.notifier is not None and self.drift.should_notify(camera):
                 name, version = (self.drift.model or ("", ""))[0], self.drift.version
                 # The notifier does an HTTP POST: off the inspection path.
-                send = functools.partial(self.drift.notifier.drift_detected, name, version, camera, drifting,
-                                         threshold=self.drift.threshold)
+                send = functools.partial(
+                    self.drift.notifier.drift_detected, name, version, camera, drifting, threshold=self.drift.threshold
+                )
                 if self.workers.submit(send) is None:
                     self.metrics.record_error("notify_backlog")
         except Exception as exc:  # noqa: BLE001 - drift must never cost a result
@@ -366,16 +393,16 @@ class LoopHooks:
         self.workers.close()
 
 
-def from_settings(metrics: InspectionMetrics, *, review: bool = True, drift: bool = True,
-                  workers: int = 2, max_pending: int = 32) -> LoopHooks:
+def from_settings(
+    metrics: InspectionMetrics, *, review: bool = True, drift: bool = True, workers: int = 2, max_pending: int = 32
+) -> LoopHooks:
     """The hooks from the environment: S3 (data and models buckets) and notification settings.
 
     Without S3 settings (no endpoint and no access key) review and drift are off: the processor
     never guesses at AWS.
     """
-    from vinspect.settings import RuntimeSettings, S3Settings
-
     from serving.notify import Notifier
+    from vinspect.settings import RuntimeSettings, S3Settings
 
     s3s = S3Settings.from_env()
     pool = BoundedWorkers(workers, max_pending, "loop")

@@ -45,26 +45,42 @@ class InspectionMetrics:
 
         self.registry = r = CollectorRegistry()
         self.images = Counter("vinspect_images", "Images inspected", ["camera"], registry=r)
-        self.verdicts = Counter("vinspect_verdicts", "Verdicts per camera (pass, fail)", ["camera", "verdict"],
-                                registry=r)
-        self.detections = Counter("vinspect_detections", "Detections per camera and class",
-                                  ["camera", "class_name"], registry=r)
-        self.confidence = Histogram("vinspect_detection_confidence", "Scores of the detections",
-                                    ["camera", "class_name"], buckets=CONFIDENCE_BUCKETS, registry=r)
-        self.stage_seconds = Histogram("vinspect_stage_seconds", "Time per processing stage", ["stage"],
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.model_info = Gauge("vinspect_model_info", "The model answering now (value 1)", ["model", "version"],
-                                registry=r)
+        self.verdicts = Counter(
+            "vinspect_verdicts", "Verdicts per camera (pass, fail)", ["camera", "verdict"], registry=r
+        )
+        self.detections = Counter(
+            "vinspect_detections", "Detections per camera and class", ["camera", "class_name"], registry=r
+        )
+        self.confidence = Histogram(
+            "vinspect_detection_confidence",
+            "Scores of the detections",
+            ["camera", "class_name"],
+            buckets=CONFIDENCE_BUCKETS,
+            registry=r,
+        )
+        self.stage_seconds = Histogram(
+            "vinspect_stage_seconds", "Time per processing stage", ["stage"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.model_info = Gauge(
+            "vinspect_model_info", "The model answering now (value 1)", ["model", "version"], registry=r
+        )
         self.errors = Counter("vinspect_errors", "Errors by kind", ["kind"], registry=r)
-        self.dead_letters = Counter("vinspect_dead_letters", "Records sent to the dead-letter topic", ["reason"],
-                                    registry=r)
+        self.dead_letters = Counter(
+            "vinspect_dead_letters", "Records sent to the dead-letter topic", ["reason"], registry=r
+        )
         self.review_queue_size = Gauge("vinspect_review_queue_size", "Frames waiting for review", registry=r)
-        self.review_selected = Counter("vinspect_review_selected", "Frames selected for review",
-                                       ["camera", "reason"], registry=r)
-        self.drift_score = Gauge("vinspect_drift_score", "Drift of the live window against the model's reference",
-                                 ["camera", "signal", "method"], registry=r)
-        self.last_image = Gauge("vinspect_last_image_timestamp_seconds", "Unix time of the last image per camera",
-                                ["camera"], registry=r)
+        self.review_selected = Counter(
+            "vinspect_review_selected", "Frames selected for review", ["camera", "reason"], registry=r
+        )
+        self.drift_score = Gauge(
+            "vinspect_drift_score",
+            "Drift of the live window against the model's reference",
+            ["camera", "signal", "method"],
+            registry=r,
+        )
+        self.last_image = Gauge(
+            "vinspect_last_image_timestamp_seconds", "Unix time of the last image per camera", ["camera"], registry=r
+        )
         self._model: tuple[str, str] | None = None
 
     # ------------------------------------------------------------------ recording

@@ -92,7 +92,10 @@ class ModelClient:
         self._has_token = bool(secret)
         verify: Any = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
         self._http = httpx.Client(
-            base_url=self.base_url, headers=headers, timeout=timeout, verify=verify,
+            base_url=self.base_url,
+            headers=headers,
+            timeout=timeout,
+            verify=verify,
             transport=transport,
         )
 
@@ -101,8 +104,11 @@ class ModelClient:
         """Build from `vinspect.settings.ModelServerSettings` (url, model, token, CA, timeout)."""
         kwargs.setdefault("timeout", settings.timeout_s)
         return cls(
-            settings.url, settings.model_name, token=settings.token,
-            ca_bundle=settings.ca_bundle, **kwargs,
+            settings.url,
+            settings.model_name,
+            token=settings.token,
+            ca_bundle=settings.ca_bundle,
+            **kwargs,
         )
 
     def __repr__(self) -> str:
@@ -137,9 +143,7 @@ class ModelClient:
                     return response
                 message = _error_message(response)
                 if response.status_code in (408, 429) or response.status_code >= 500:
-                    error = ModelUnavailable(
-                        f"{method} {self.base_url}{path}: HTTP {response.status_code}: {message}"
-                    )
+                    error = ModelUnavailable(f"{method} {self.base_url}{path}: HTTP {response.status_code}: {message}")
                 else:
                     raise ModelRequestRejected(
                         f"{method} {self.base_url}{path}: HTTP {response.status_code}: {message}",
@@ -201,17 +205,16 @@ class ModelClient:
         """
         # Parts, not one joined body: the image tensor goes out without an extra copy.
         body, headers = v2.encode_request_parts(
-            inputs, outputs, binary_inputs=self.binary, binary_outputs=self.binary,
+            inputs,
+            outputs,
+            binary_inputs=self.binary,
+            binary_outputs=self.binary,
             request_id=request_id,
         )
-        response = self._request(
-            "POST", f"{self._model_path(version)}/infer", content=body, headers=headers
-        )
+        response = self._request("POST", f"{self._model_path(version)}/infer", content=body, headers=headers)
         header_length = response.headers.get(v2.HEADER_LENGTH)
         try:
-            return v2.decode_response(
-                response.content, int(header_length) if header_length is not None else None
-            )
+            return v2.decode_response(response.content, int(header_length) if header_length is not None else None)
         except (v2.V2ProtocolError, ValueError) as exc:
             raise ModelClientError(f"malformed response from {self.base_url}: {exc}") from None
 

@@ -25,7 +25,6 @@ paths outside them. Health endpoints stay open for probes. Bodies are bounded in
 in time (408 when the client stops sending), and every malformed body is a 400 naming the field.
 """
 
-
 import asyncio
 import gzip
 import hmac
@@ -55,6 +54,7 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 # A client that stops sending mid-body (Content-Length larger than what it sends) gets a 408
 # after this many seconds without a byte, instead of holding a worker forever.
 DEFAULT_BODY_TIMEOUT_S = 30.0
+
 
 class ModelServerError(Exception):
     """Base of the errors that map to an HTTP status; the message is shown to the client."""
@@ -170,9 +170,7 @@ def _pick_version(candidates: dict[str, str], where: str) -> tuple[str, str]:
     """Pick the highest numeric version folder, as OVMS serves the latest version."""
     numeric = {k: v for k, v in candidates.items() if k.isdigit() and int(k) > 0}
     if not numeric:
-        raise ModelLoadError(
-            f"no model.onnx or model.xml and no numeric version folder holding one under {where}"
-        )
+        raise ModelLoadError(f"no model.onnx or model.xml and no numeric version folder holding one under {where}")
     best = max(numeric, key=int)
     return best, numeric[best]
 
@@ -215,9 +213,7 @@ def _read_s3(uri: str, s3_client: Any) -> ModelSource:
         prefix = key.rstrip("/") + "/" if key else ""
         paginator = s3_client.get_paginator("list_objects_v2")
         keys = [
-            obj["Key"]
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
-            for obj in page.get("Contents", [])
+            obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix) for obj in page.get("Contents", [])
         ]
         rel = {k[len(prefix) :]: k for k in keys}
         direct = _model_file([r for r in rel if "/" not in r])
@@ -407,8 +403,12 @@ class OnnxModel:
         kind = "OpenVINO IR" if self.source.is_ir else "ONNX"
         try:
             self.engine = open_engine(
-                self.source.content, weights=self.source.weights, engine=self.engine_name,
-                precision=self.precision, threads=self.threads or None, streams=self.parallel,
+                self.source.content,
+                weights=self.source.weights,
+                engine=self.engine_name,
+                precision=self.precision,
+                threads=self.threads or None,
+                streams=self.parallel,
                 spinning=self.spin,
             )
         except ValueError as exc:
@@ -445,23 +445,18 @@ class OnnxModel:
             spec = expected.get(tensor.name)
             if spec is None:
                 raise InvalidInput(
-                    f"unexpected input {tensor.name!r} for model {self.name!r}; "
-                    f"inputs are {sorted(expected)}"
+                    f"unexpected input {tensor.name!r} for model {self.name!r}; inputs are {sorted(expected)}"
                 )
             if tensor.name in feeds:
                 raise InvalidInput(f"input {tensor.name!r} given twice")
             if tensor.datatype != spec.datatype:
                 raise InvalidInput(
-                    f"input {tensor.name!r} has datatype {tensor.datatype}, "
-                    f"model {self.name!r} expects {spec.datatype}"
+                    f"input {tensor.name!r} has datatype {tensor.datatype}, model {self.name!r} expects {spec.datatype}"
                 )
             shape = list(tensor.shape)
-            if len(shape) != len(spec.shape) or any(
-                want not in (-1, got) for want, got in zip(spec.shape, shape)
-            ):
+            if len(shape) != len(spec.shape) or any(want not in (-1, got) for want, got in zip(spec.shape, shape)):
                 raise InvalidInput(
-                    f"input {tensor.name!r} has shape {shape}, "
-                    f"model {self.name!r} expects {list(spec.shape)}"
+                    f"input {tensor.name!r} has shape {shape}, model {self.name!r} expects {list(spec.shape)}"
                 )
             feeds[tensor.name] = tensor.array
         missing = sorted(set(expected) - set(feeds))
@@ -472,8 +467,7 @@ class OnnxModel:
             for out in request.outputs:
                 if out.name not in known:
                     raise InvalidInput(
-                        f"unknown output {out.name!r} for model {self.name!r}; "
-                        f"outputs are {sorted(known)}"
+                        f"unknown output {out.name!r} for model {self.name!r}; outputs are {sorted(known)}"
                     )
         return feeds
 
@@ -593,8 +587,16 @@ class ModelRepository:
                 source = read_model_source(uri, self._s3)
                 if roots is not None and uri != entry.uri:
                     roots.check_file(uri, source.location)
-                model = OnnxModel(name, version or source.version_folder or "1", source,
-                                  self._threads, self._parallel, self._spin, self.engine, self.precision)
+                model = OnnxModel(
+                    name,
+                    version or source.version_folder or "1",
+                    source,
+                    self._threads,
+                    self._parallel,
+                    self._spin,
+                    self.engine,
+                    self.precision,
+                )
                 model.load()
             except ModelServerError as exc:
                 if entry.model is None:
@@ -607,7 +609,10 @@ class ModelRepository:
             entry.required = True
             log.info(
                 "model %s version %s loaded from %s in %.2fs",
-                name, model.version, source.location, time.monotonic() - started,
+                name,
+                model.version,
+                source.location,
+                time.monotonic() - started,
             )
             return model
 
@@ -631,9 +636,7 @@ class ModelRepository:
             detail = f": {entry.reason}" if entry.reason else ""
             raise ModelNotReady(f"model {name!r} is {entry.state.lower()}{detail}")
         if version is not None and version != model.version:
-            raise ModelNotFound(
-                f"model {name!r} has no version {version!r}; serving version {model.version!r}"
-            )
+            raise ModelNotFound(f"model {name!r} has no version {version!r}; serving version {model.version!r}")
         return model
 
     def ready(self) -> bool:
@@ -691,15 +694,24 @@ async def _read_body(request: Any, max_bytes: int, timeout_s: float = DEFAULT_BO
             # One line, no traceback: a stalled client is the client's problem, not ours.
             log.warning(
                 "%s %s: body stalled (%d of %s bytes after %.0fs without data); answered 408",
-                request.method, request.url.path, size, declared or "?", timeout_s,
+                request.method,
+                request.url.path,
+                size,
+                declared or "?",
+                timeout_s,
             )
             raise RequestTimeout(
                 f"request body incomplete: received {size} of {declared or 'the announced'} bytes, "
                 f"then nothing for {timeout_s:.0f}s"
             ) from None
         except ClientDisconnect:
-            log.warning("%s %s: client closed the connection after %d of %s body bytes",
-                        request.method, request.url.path, size, declared or "?")
+            log.warning(
+                "%s %s: client closed the connection after %d of %s body bytes",
+                request.method,
+                request.url.path,
+                size,
+                declared or "?",
+            )
             raise _ClientGone("client disconnected") from None
         size += len(chunk)
         if size > max_bytes:
@@ -736,7 +748,7 @@ def _parse_load_body(body: bytes) -> tuple[str | None, str | None]:
         raise InvalidInput("load request is nested too deeply to be a load request") from None
     if not isinstance(parsed, dict):
         raise InvalidInput(
-            f"load request body must be a JSON object like {{\"parameters\": {{\"uri\": ...}}}}, "
+            f'load request body must be a JSON object like {{"parameters": {{"uri": ...}}}}, '
             f"not {type(parsed).__name__}"
         )
     params = parsed.get("parameters")
@@ -784,23 +796,28 @@ def create_app(
 
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-    from prometheus_client import generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
     from starlette.concurrency import run_in_threadpool
 
     registry = CollectorRegistry()
     requests_total = Counter(
-        "vinspect_modelserver_requests", "Inference requests by model and HTTP status",
-        ["model", "code"], registry=registry,
+        "vinspect_modelserver_requests",
+        "Inference requests by model and HTTP status",
+        ["model", "code"],
+        registry=registry,
     )
     infer_seconds = Histogram(
-        "vinspect_modelserver_infer_seconds", "Time spent in the inference engine",
-        ["model"], registry=registry,
+        "vinspect_modelserver_infer_seconds",
+        "Time spent in the inference engine",
+        ["model"],
+        registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
     request_seconds = Histogram(
-        "vinspect_modelserver_request_seconds", "Whole inference request time",
-        ["model"], registry=registry,
+        "vinspect_modelserver_request_seconds",
+        "Whole inference request time",
+        ["model"],
+        registry=registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
     )
 
@@ -907,7 +924,9 @@ def create_app(
                 raise InvalidInput(f"model {name!r} rejected the input: {exc}") from None
             infer_seconds.labels(name).observe(time.perf_counter() - t0)
             payload, headers = v2.encode_response(
-                model.name, model.version, decoded.id,
+                model.name,
+                model.version,
+                decoded.id,
                 [(n, a, b) for (n, b), a in zip(wanted, arrays)],
             )
             return Response(payload, headers=headers)
@@ -1015,13 +1034,18 @@ def serve(
     roots = ModelRoots.parse(model_roots)  # a bad root fails before anything starts
     keep_large_buffers()  # request bodies and tensors are megabytes: no fresh pages per request
     repository = ModelRepository(
-        s3_client_factory_from_env(), threads=threads, parallel=parallel, spin=spin,
-        engine=engine, precision=precision,
+        s3_client_factory_from_env(),
+        threads=threads,
+        parallel=parallel,
+        spin=spin,
+        engine=engine,
+        precision=precision,
     )
     for name, uri, version in models:
         repository.register(name, uri, version)
     if token is None:
         log.warning("no VINSPECT_MODEL_TOKEN: inference is open and the repository API is disabled")
-    app = create_app(repository, max_body_bytes=max_body_bytes, token=token, model_roots=roots,
-                     body_timeout_s=body_timeout_s)
+    app = create_app(
+        repository, max_body_bytes=max_body_bytes, token=token, model_roots=roots, body_timeout_s=body_timeout_s
+    )
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

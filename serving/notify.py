@@ -53,8 +53,17 @@ class Notifier:
         client: An ``httpx.Client`` to use (tests); one is made per send otherwise.
     """
 
-    def __init__(self, url: str | None, *, mode: str = "binary", token: str | None = None, timeout_s: float = 5.0,
-                 source: str = "/vinspect", verify: bool | str = True, client: Any = None):
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        mode: str = "binary",
+        token: str | None = None,
+        timeout_s: float = 5.0,
+        source: str = "/vinspect",
+        verify: bool | str = True,
+        client: Any = None,
+    ):
         if mode not in MODES:
             raise ValueError(f"VINSPECT_NOTIFY_MODE {mode!r} is not one of {MODES}")
         self.url, self.mode, self._token = url or None, mode, token
@@ -67,9 +76,14 @@ class Notifier:
             from vinspect.settings import NotifySettings
 
             settings = NotifySettings.from_env()
-        return cls(settings.url, mode=settings.mode,
-                   token=settings.token.get_secret_value() if settings.token else None,
-                   timeout_s=settings.timeout_s, source=settings.source, verify=settings.ca_bundle or True)
+        return cls(
+            settings.url,
+            mode=settings.mode,
+            token=settings.token.get_secret_value() if settings.token else None,
+            timeout_s=settings.timeout_s,
+            source=settings.source,
+            verify=settings.ca_bundle or True,
+        )
 
     def __repr__(self) -> str:
         return f"Notifier(url={self.url!r}, mode={self.mode!r})"
@@ -80,8 +94,13 @@ class Notifier:
 
         from serving.events import now_iso
 
-        attrs = {"type": event_type, "source": self.source, "id": str(uuid.uuid4()), "time": now_iso(),
-                 "datacontenttype": "application/json"}
+        attrs = {
+            "type": event_type,
+            "source": self.source,
+            "id": str(uuid.uuid4()),
+            "time": now_iso(),
+            "datacontenttype": "application/json",
+        }
         if subject:
             attrs["subject"] = subject
         return CloudEvent(attrs, dict(data))
@@ -107,8 +126,12 @@ class Notifier:
                 with httpx.Client(verify=self.verify) as client:
                     response = client.post(self.url, headers=headers, content=body, timeout=self.timeout_s)
         except Exception as exc:  # never fail the caller: the model action already happened
-            log.warning("notification %s to %s not delivered: %s", event_type, self.url, type(exc).__name__
-                        + (f": {exc}" if self._token is None or self._token not in str(exc) else ""))
+            log.warning(
+                "notification %s to %s not delivered: %s",
+                event_type,
+                self.url,
+                type(exc).__name__ + (f": {exc}" if self._token is None or self._token not in str(exc) else ""),
+            )
             return False
         if not 200 <= response.status_code < 300:
             log.warning("notification %s to %s refused: HTTP %s", event_type, self.url, response.status_code)
@@ -117,33 +140,94 @@ class Notifier:
 
     # ------------------------------------------------------------------ the four events
 
-    def gate_rejected(self, model: str, *, reasons: Sequence[str] | str, dataset_id: str = "",
-                      metrics: Mapping[str, float] | None = None, run_id: str = "") -> bool:
+    def gate_rejected(
+        self,
+        model: str,
+        *,
+        reasons: Sequence[str] | str,
+        dataset_id: str = "",
+        metrics: Mapping[str, float] | None = None,
+        run_id: str = "",
+    ) -> bool:
         """A trained model failed the quality gate."""
         reasons = [reasons] if isinstance(reasons, str) else list(reasons)
-        return self.send(GATE_REJECTED, {"model": model, "dataset_id": dataset_id, "reasons": reasons,
-                                         "metrics": dict(metrics or {}), "run_id": run_id}, model)
+        return self.send(
+            GATE_REJECTED,
+            {
+                "model": model,
+                "dataset_id": dataset_id,
+                "reasons": reasons,
+                "metrics": dict(metrics or {}),
+                "run_id": run_id,
+            },
+            model,
+        )
 
-    def promoted(self, model: str, version: str | int, *, previous_version: str | int | None = None,
-                 alias: str = "champion", target: str = "") -> bool:
+    def promoted(
+        self,
+        model: str,
+        version: str | int,
+        *,
+        previous_version: str | int | None = None,
+        alias: str = "champion",
+        target: str = "",
+    ) -> bool:
         """A model version became the champion (and was deployed to ``target``)."""
-        return self.send(PROMOTED, {"model": model, "version": str(version),
-                                    "previous_version": None if previous_version is None else str(previous_version),
-                                    "alias": alias, "target": target}, model)
+        return self.send(
+            PROMOTED,
+            {
+                "model": model,
+                "version": str(version),
+                "previous_version": None if previous_version is None else str(previous_version),
+                "alias": alias,
+                "target": target,
+            },
+            model,
+        )
 
-    def rolled_back(self, model: str, version: str | int, *, from_version: str | int | None = None,
-                    reason: str = "", target: str = "") -> bool:
+    def rolled_back(
+        self,
+        model: str,
+        version: str | int,
+        *,
+        from_version: str | int | None = None,
+        reason: str = "",
+        target: str = "",
+    ) -> bool:
         """Serving went back to ``version`` from ``from_version``."""
-        return self.send(ROLLED_BACK, {"model": model, "version": str(version),
-                                       "from_version": None if from_version is None else str(from_version),
-                                       "reason": reason, "target": target}, model)
+        return self.send(
+            ROLLED_BACK,
+            {
+                "model": model,
+                "version": str(version),
+                "from_version": None if from_version is None else str(from_version),
+                "reason": reason,
+                "target": target,
+            },
+            model,
+        )
 
-    def drift_detected(self, model: str, version: str | int, camera: str,
-                       signals: Mapping[str, Mapping[str, float]], *, threshold: float) -> bool:
+    def drift_detected(
+        self,
+        model: str,
+        version: str | int,
+        camera: str,
+        signals: Mapping[str, Mapping[str, float]],
+        *,
+        threshold: float,
+    ) -> bool:
         """The live window of a camera drifted past ``threshold`` on ``signals``."""
-        return self.send(DRIFT_DETECTED, {"model": model, "version": str(version), "camera": camera,
-                                          "signals": {k: dict(v) for k, v in signals.items()},
-                                          "threshold": threshold}, camera)
+        return self.send(
+            DRIFT_DETECTED,
+            {
+                "model": model,
+                "version": str(version),
+                "camera": camera,
+                "signals": {k: dict(v) for k, v in signals.items()},
+                "threshold": threshold,
+            },
+            camera,
+        )
 
 
 def notify(kind: str, *args: Any, **kwargs: Any) -> bool:

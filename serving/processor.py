@@ -24,7 +24,6 @@ Both expose Prometheus metrics and health endpoints. No torch, no Ultralytics: d
 letterbox and NMS come from `serving.detector`, inference is a v2 call.
 """
 
-
 import base64
 import datetime as dt
 import hashlib
@@ -58,7 +57,10 @@ from serving.events import (
 from serving.httputil import bearer_ok, read_limited
 from serving.imagelimits import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image_header
 from serving.model_client import (
-    ModelClient, ModelClientError, ModelRequestRejected, ModelUnavailable,
+    ModelClient,
+    ModelClientError,
+    ModelRequestRejected,
+    ModelUnavailable,
 )
 
 log = logging.getLogger(__name__)
@@ -96,34 +98,49 @@ class ProcessorMetrics:
         self.registry = self.loop.registry
         buckets = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
         self.events = Counter(
-            "vinspect_processor_events", "Processed events by outcome (pass, fail, dlq)",
-            ["outcome"], registry=self.registry,
+            "vinspect_processor_events",
+            "Processed events by outcome (pass, fail, dlq)",
+            ["outcome"],
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "vinspect_processor_inspect_seconds", "Time to inspect one image, retries included",
-            registry=self.registry, buckets=buckets,
+            "vinspect_processor_inspect_seconds",
+            "Time to inspect one image, retries included",
+            registry=self.registry,
+            buckets=buckets,
         )
         self.inference = Histogram(
-            "vinspect_processor_inference_seconds", "Model server round trip per image",
-            registry=self.registry, buckets=buckets,
+            "vinspect_processor_inference_seconds",
+            "Model server round trip per image",
+            registry=self.registry,
+            buckets=buckets,
         )
         self.retries = Counter(
-            "vinspect_processor_model_retries", "Inference attempts retried because the model "
-            "server was unavailable", registry=self.registry,
+            "vinspect_processor_model_retries",
+            "Inference attempts retried because the model server was unavailable",
+            registry=self.registry,
         )
         self.in_flight = Gauge(
-            "vinspect_processor_in_flight", "Events being inspected now", registry=self.registry,
+            "vinspect_processor_in_flight",
+            "Events being inspected now",
+            registry=self.registry,
         )
         self.commits = Counter(
-            "vinspect_processor_commits", "Kafka offset commits", registry=self.registry,
+            "vinspect_processor_commits",
+            "Kafka offset commits",
+            registry=self.registry,
         )
         self.images = Counter(
-            "vinspect_processor_annotated_images", "Annotated images by claim-check outcome "
-            "(stored, failed, skipped)", ["outcome"], registry=self.registry,
+            "vinspect_processor_annotated_images",
+            "Annotated images by claim-check outcome (stored, failed, skipped)",
+            ["outcome"],
+            registry=self.registry,
         )
         self.produce_failures = Counter(
-            "vinspect_processor_produce_failures", "Records the broker refused for good, by what "
-            "was written instead (reference, dropped)", ["fallback"], registry=self.registry,
+            "vinspect_processor_produce_failures",
+            "Records the broker refused for good, by what was written instead (reference, dropped)",
+            ["fallback"],
+            registry=self.registry,
         )
 
     def render(self) -> tuple[bytes, str]:
@@ -208,8 +225,7 @@ class AnnotatedImageStore:
         max_pending: Puts queued or running before images are skipped.
     """
 
-    def __init__(self, s3: Any, bucket: str, prefix: str = "annotated", *, workers: int = 2,
-                 max_pending: int = 16):
+    def __init__(self, s3: Any, bucket: str, prefix: str = "annotated", *, workers: int = 2, max_pending: int = 16):
         self.s3 = s3
         self.bucket = bucket
         self.prefix = prefix.strip("/")
@@ -239,11 +255,9 @@ class AnnotatedImageStore:
                 `original_key(key)`, so an operator's flag on the dashboard can send the clean
                 frame to review (a drawn-on copy would teach the boxes to the next model).
         """
-        ref: dict[str, Any] = {"bucket": self.bucket, "key": key, "content_type": "image/jpeg",
-                               "bytes": len(jpeg)}
+        ref: dict[str, Any] = {"bucket": self.bucket, "key": key, "content_type": "image/jpeg", "bytes": len(jpeg)}
         if original is not None:
-            self.s3.put_object(Bucket=self.bucket, Key=self.original_key(key), Body=original,
-                               ContentType="image/jpeg")
+            self.s3.put_object(Bucket=self.bucket, Key=self.original_key(key), Body=original, ContentType="image/jpeg")
             ref["original_key"] = self.original_key(key)
         self.s3.put_object(Bucket=self.bucket, Key=key, Body=jpeg, ContentType="image/jpeg")
         return ref
@@ -380,9 +394,11 @@ class Inspector:
         inspection = self.analyse(event)
         if inspection.jpeg is not None and self.store is not None:
             try:
-                ref = self.store.put(self.store.key_for(inspection.parsed.camera_id,
-                                                        inspection.parsed.event_id), inspection.jpeg,
-                                     inspection.original)
+                ref = self.store.put(
+                    self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id),
+                    inspection.jpeg,
+                    inspection.original,
+                )
             except Exception as exc:  # noqa: BLE001 - S3 down must never stop a result
                 return self.finish(inspection, None, f"failed: {_short(exc)}")
             return self.finish(inspection, ref, "stored")
@@ -393,8 +409,10 @@ class Inspector:
         if inspection.jpeg is None or self.store is None:
             return
         fut = self.store.submit(
-            self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id), inspection.jpeg,
-            inspection.original)
+            self.store.key_for(inspection.parsed.camera_id, inspection.parsed.event_id),
+            inspection.jpeg,
+            inspection.original,
+        )
         if fut is None:
             inspection.store_status = "skipped: image store backlog is full"
         else:
@@ -422,8 +440,9 @@ class Inspector:
         parsed = parse_image_event(event)
         where = f"event {parsed.event_id}"
         if len(parsed.image) > self.config.max_image_bytes:
-            raise PoisonEvent(f"{where}: image is {len(parsed.image):,} bytes, over the limit of "
-                              f"{self.config.max_image_bytes:,}")
+            raise PoisonEvent(
+                f"{where}: image is {len(parsed.image):,} bytes, over the limit of {self.config.max_image_bytes:,}"
+            )
         try:
             # The header only (~30 us): a decompression bomb never reaches the decoder.
             check_image_header(parsed.image, self.config.max_pixels, where)
@@ -464,8 +483,11 @@ class Inspector:
                     raise ModelUnavailable(f"response has no output {output_name!r}") from None
 
             detector = det.Detector(
-                None, conf=self.config.conf, iou=self.config.iou,
-                names=list(self.config.names), imgsz=imgsz,
+                None,
+                conf=self.config.conf,
+                iou=self.config.iou,
+                names=list(self.config.names),
+                imgsz=imgsz,
             )
             return detector.detect_with(img, remote), detector
 
@@ -483,14 +505,12 @@ class Inspector:
         inspection = Inspection(parsed=parsed, data={}, t_start=t_start)
         if self.config.result_format == "manuela":
             # The original dashboard shows the image from the event itself: a bounded thumbnail.
-            inspection.inline_image = _thumbnail_data_url(
-                draw(img.rgb(), detections), RESULT_MAX_BYTES - 8 * 1024)
+            inspection.inline_image = _thumbnail_data_url(draw(img.rgb(), detections), RESULT_MAX_BYTES - 8 * 1024)
         elif self.config.annotate and self.store is not None:
             # Nothing to draw on a good part: the camera's own JPEG is the annotated image,
             # which saves a full-size re-encode per passing image.
             own = not detections and parsed.image[:3] == b"\xff\xd8\xff"
-            inspection.jpeg = (parsed.image if own
-                               else annotate(img.rgb(), detections, self.config.jpeg_quality))
+            inspection.jpeg = parsed.image if own else annotate(img.rgb(), detections, self.config.jpeg_quality)
             if not own and self.hooks is not None and parsed.image[:3] == b"\xff\xd8\xff":
                 # With the loop on, the clean frame goes beside the drawn-on copy (operator flags).
                 inspection.original = parsed.image
@@ -538,23 +558,28 @@ class Inspector:
             log.warning("result %s goes out without its annotated image: %s", parsed.event_id, status)
         if self.config.result_format == "manuela":
             # The original demo's reply (`text`, `id`, `status`, `image`) for its dashboard.
-            return CloudEvent({
-                "type": LEGACY_RESULT_EVENT_TYPE,
-                "source": LEGACY_RESULT_SOURCE,
-                "id": f"result-{parsed.event_id}",
-                "time": now_iso(),
-                "subject": parsed.camera_id,
-                "datacontenttype": "application/json",
-                "partitionkey": parsed.camera_id,
-            }, {
-                "text": parsed.time or now_iso(),
-                "id": parsed.camera_id,
-                "status": 0 if data["passed"] else 1,
-                "image": inspection.inline_image,
-            })
+            return CloudEvent(
+                {
+                    "type": LEGACY_RESULT_EVENT_TYPE,
+                    "source": LEGACY_RESULT_SOURCE,
+                    "id": f"result-{parsed.event_id}",
+                    "time": now_iso(),
+                    "subject": parsed.camera_id,
+                    "datacontenttype": "application/json",
+                    "partitionkey": parsed.camera_id,
+                },
+                {
+                    "text": parsed.time or now_iso(),
+                    "id": parsed.camera_id,
+                    "status": 0 if data["passed"] else 1,
+                    "image": inspection.inline_image,
+                },
+            )
         return result_event(
             {**data, "annotated_image": image_ref, "annotated_image_status": status},
-            parsed.event_id, parsed.camera_id, self.config.source,
+            parsed.event_id,
+            parsed.camera_id,
+            self.config.source,
         )
 
 
@@ -614,8 +639,9 @@ def create_http_app(
         from cloudevents.v1.http import from_http
 
         if not bearer_ok(request.headers.get("authorization"), token):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         body = await read_limited(request, limit)
         if body is None:
             metrics.events.labels("dlq").inc()
@@ -694,9 +720,17 @@ class _Pending:
 
 
 _PERMANENT_ERRORS = (
-    "MSG_SIZE_TOO_LARGE", "RECORD_LIST_TOO_LARGE", "INVALID_RECORD", "INVALID_MSG",
-    "TOPIC_AUTHORIZATION_FAILED", "CLUSTER_AUTHORIZATION_FAILED", "POLICY_VIOLATION",
-    "INVALID_REQUEST", "_INVALID_ARG", "TOPIC_EXCEPTION", "UNSUPPORTED_FOR_MESSAGE_FORMAT",
+    "MSG_SIZE_TOO_LARGE",
+    "RECORD_LIST_TOO_LARGE",
+    "INVALID_RECORD",
+    "INVALID_MSG",
+    "TOPIC_AUTHORIZATION_FAILED",
+    "CLUSTER_AUTHORIZATION_FAILED",
+    "POLICY_VIOLATION",
+    "INVALID_REQUEST",
+    "_INVALID_ARG",
+    "TOPIC_EXCEPTION",
+    "UNSUPPORTED_FOR_MESSAGE_FORMAT",
 )
 
 
@@ -784,12 +818,17 @@ class KafkaLoop:
     def _inspect_with_retry(self, message: Any) -> _Outcome:
         size = record_size(message.key(), message.value(), message.headers())
         if size > self.max_record_bytes:
-            return _Outcome(message, error=f"record is {size:,} bytes, over the limit of "
-                                           f"{self.max_record_bytes:,}; not parsed")
+            return _Outcome(
+                message, error=f"record is {size:,} bytes, over the limit of {self.max_record_bytes:,}; not parsed"
+            )
         try:
             event = from_kafka(
-                message.value(), message.headers(), message.key(),
-                topic=message.topic(), partition=message.partition(), offset=message.offset(),
+                message.value(),
+                message.headers(),
+                message.key(),
+                topic=message.topic(),
+                partition=message.partition(),
+                offset=message.offset(),
             )
         except PoisonEvent as exc:
             return _Outcome(message, error=str(exc))
@@ -811,15 +850,18 @@ class KafkaLoop:
                 if attempt % 10 == 0:
                     log.warning(
                         "model unavailable (%s); retrying %s[%d]@%d in %.2fs",
-                        exc, message.topic(), message.partition(), message.offset(), delay,
+                        exc,
+                        message.topic(),
+                        message.partition(),
+                        message.offset(),
+                        delay,
                     )
                 attempt += 1
                 if self._abort.wait(delay):
                     raise _Stopped() from None
             except Exception as exc:  # a bug on this record must not stop the stream
                 _count(self.inspector, "internal")
-                log.exception("unexpected error on %s[%d]@%d", message.topic(),
-                              message.partition(), message.offset())
+                log.exception("unexpected error on %s[%d]@%d", message.topic(), message.partition(), message.offset())
                 return _Outcome(message, error=f"internal error: {exc!r}")
 
     def _submit(self, message: Any) -> None:
@@ -845,12 +887,18 @@ class KafkaLoop:
             return
         size = record_size(key, value, headers)
         if size > RESULT_MAX_BYTES:  # cannot happen by construction; never let it stop the line
-            self._dead_letter(pending, f"result event is {size:,} bytes, over {RESULT_MAX_BYTES:,}",
-                              copy=False)
+            self._dead_letter(pending, f"result event is {size:,} bytes, over {RESULT_MAX_BYTES:,}", copy=False)
             return
-        self._write(pending, self.results_topic, key, value, headers, lambda err: self._dead_letter(
-            pending, f"result could not be written to {self.results_topic}: {err}", copy=False,
-            refused=True))
+        self._write(
+            pending,
+            self.results_topic,
+            key,
+            value,
+            headers,
+            lambda err: self._dead_letter(
+                pending, f"result could not be written to {self.results_topic}: {err}", copy=False, refused=True
+            ),
+        )
 
     def _dead_letter(self, pending: _Pending, reason: str, copy: bool = True, refused: bool = False) -> None:
         """Dead-letter a record: a full copy when small enough, else (or when refused) a reference."""
@@ -868,8 +916,16 @@ class KafkaLoop:
                 ("dlq_source_partition", str(m.partition()).encode()),
                 ("dlq_source_offset", str(m.offset()).encode()),
             ]
-            self._write(pending, self.dlq_topic, key, m.value(), headers, lambda err: self._reference(
-                pending, f"{reason}; the full copy was refused: {err}", size, key, refused=True))
+            self._write(
+                pending,
+                self.dlq_topic,
+                key,
+                m.value(),
+                headers,
+                lambda err: self._reference(
+                    pending, f"{reason}; the full copy was refused: {err}", size, key, refused=True
+                ),
+            )
             return
         self._reference(pending, reason, size, key, refused)
 
@@ -884,8 +940,12 @@ class KafkaLoop:
         # Even a small reference was refused for good (no right to write the DLQ, say): log it
         # where operators look and move on, rather than stopping every camera behind it.
         self.metrics.produce_failures.labels("dropped").inc()
-        log.error("DROPPED %s: %s; the dead-letter reference was refused too: %s",
-                  self._where(pending.message), reason[:500], err)
+        log.error(
+            "DROPPED %s: %s; the dead-letter reference was refused too: %s",
+            self._where(pending.message),
+            reason[:500],
+            err,
+        )
         pending.state = "done"
         self.processed += 1
 
@@ -893,8 +953,9 @@ class KafkaLoop:
     def _where(m: Any) -> str:
         return f"{m.topic()}[{m.partition()}]@{m.offset()}"
 
-    def _write(self, pending: _Pending, topic: str, key: Any, value: Any, headers: Any,
-               on_permanent: Callable[[Any], None]) -> None:
+    def _write(
+        self, pending: _Pending, topic: str, key: Any, value: Any, headers: Any, on_permanent: Callable[[Any], None]
+    ) -> None:
         """Produce; a transient failure writes again, a permanent one calls `on_permanent`."""
 
         def delivered(err: Any, _msg: Any) -> None:
@@ -922,8 +983,7 @@ class KafkaLoop:
 
         while True:
             try:
-                self.producer.produce(topic, value=value, key=key, headers=headers,
-                                      on_delivery=callback)
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=callback)
                 return None
             except BufferError:  # local queue full: serve delivery reports first
                 self.producer.poll(0.1)
@@ -942,9 +1002,10 @@ class KafkaLoop:
     def _reap(self, block: bool) -> None:
         """Publish the outcome of every finished inspection whose image is stored."""
         if block and self._inflight:
-            futures = [p.future if p.outcome is None
-                       else (p.outcome.inspection.store if p.outcome.inspection else None)
-                       for p in self._inflight]
+            futures = [
+                p.future if p.outcome is None else (p.outcome.inspection.store if p.outcome.inspection else None)
+                for p in self._inflight
+            ]
             if not any(f is None or f.done() for f in futures):
                 wait([f for f in futures if f is not None], timeout=0.1, return_when=FIRST_COMPLETED)
         still = []
@@ -1061,7 +1122,10 @@ class KafkaLoop:
 
 
 def serve_health(
-    host: str, port: int, live: Callable[[], bool], ready: Callable[[], bool],
+    host: str,
+    port: int,
+    live: Callable[[], bool],
+    ready: Callable[[], bool],
     metrics: ProcessorMetrics,
 ) -> Any:
     """Start `/healthz`, `/readyz` and `/metrics` on a background thread; returns the server."""
@@ -1073,8 +1137,7 @@ def serve_health(
                 body, ctype, code = (*metrics.render(), 200)
             elif self.path in ("/healthz", "/readyz"):
                 ok = (live if self.path == "/healthz" else ready)()
-                body, ctype, code = (b'{"ok":true}' if ok else b'{"ok":false}',
-                                     "application/json", 200 if ok else 503)
+                body, ctype, code = (b'{"ok":true}' if ok else b'{"ok":false}', "application/json", 200 if ok else 503)
             else:
                 body, ctype, code = b'{"error":"not found"}', "application/json", 404
             self.send_response(code)
@@ -1096,18 +1159,19 @@ def kafka_clients(kafka_settings: Any, group_id: str | None = None) -> tuple[Any
     from confluent_kafka import Consumer, Producer
 
     base = kafka_settings.client_config()
-    consumer = Consumer({
-        **base,
-        "group.id": group_id or kafka_settings.group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "session.timeout.ms": 6000,
-        "heartbeat.interval.ms": 1000,
-        # An image record is large; one fetch need not hold more than a few.
-        "max.partition.fetch.bytes": 8 * 1024 * 1024,
-        # Images are a live stream: do not let the broker hold a fetch for the default 500 ms.
-        "fetch.wait.max.ms": 50,
-    })
-    producer = Producer({**base, "linger.ms": 5, "acks": "all",
-                         "message.max.bytes": 8 * 1024 * 1024})
+    consumer = Consumer(
+        {
+            **base,
+            "group.id": group_id or kafka_settings.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 1000,
+            # An image record is large; one fetch need not hold more than a few.
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            # Images are a live stream: do not let the broker hold a fetch for the default 500 ms.
+            "fetch.wait.max.ms": 50,
+        }
+    )
+    producer = Producer({**base, "linger.ms": 5, "acks": "all", "message.max.bytes": 8 * 1024 * 1024})
     return consumer, producer

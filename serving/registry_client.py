@@ -74,8 +74,10 @@ class RegistryAuth:
             try:
                 token = token_file.read_text().strip() or None
             except OSError as exc:
-                raise RegistryError(f"MLFLOW_TRACKING_AUTH=kubernetes but the service-account token {token_file} "
-                                    f"cannot be read ({exc.strerror}); run in a pod, or set MLFLOW_TRACKING_TOKEN")
+                raise RegistryError(
+                    f"MLFLOW_TRACKING_AUTH=kubernetes but the service-account token {token_file} "
+                    f"cannot be read ({exc.strerror}); run in a pod, or set MLFLOW_TRACKING_TOKEN"
+                )
         return cls(token=token or None, username=settings.username or None, password=password)
 
 
@@ -138,13 +140,15 @@ def alias_model_version(
             http.close()
     # MLflow answers a missing model with 404 RESOURCE_DOES_NOT_EXIST, a missing alias with
     # 400 INVALID_PARAMETER_VALUE "Registered model alias ... not found".
-    if resp.status_code == 404 or (resp.status_code == 400 and (
-        "RESOURCE_DOES_NOT_EXIST" in resp.text or "not found" in resp.text.lower()
-    )):
+    if resp.status_code == 404 or (
+        resp.status_code == 400 and ("RESOURCE_DOES_NOT_EXIST" in resp.text or "not found" in resp.text.lower())
+    ):
         raise AliasNotFound(f"registry has no {where}: {_error_message(resp)}")
     if resp.status_code in (401, 403):
-        raise RegistryError(f"registry refused the lookup of {where}: HTTP {resp.status_code} "
-                            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)")
+        raise RegistryError(
+            f"registry refused the lookup of {where}: HTTP {resp.status_code} "
+            "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
+        )
     if resp.status_code != 200:
         raise RegistryError(f"registry lookup of {where}: HTTP {resp.status_code}: {_error_message(resp)}")
     try:

@@ -80,8 +80,10 @@ class ReviewPolicy:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.uncertain_low <= self.uncertain_high <= 1.0:
-            raise ReviewError(f"uncertain band [{self.uncertain_low}, {self.uncertain_high}) must satisfy "
-                              "0 <= uncertain_low <= uncertain_high <= 1")
+            raise ReviewError(
+                f"uncertain band [{self.uncertain_low}, {self.uncertain_high}) must satisfy "
+                "0 <= uncertain_low <= uncertain_high <= 1"
+            )
         if not 0.0 <= self.audit_rate <= 1.0:
             raise ReviewError(f"audit_rate {self.audit_rate} must be within [0, 1]")
         for name in ("max_per_camera_per_day", "max_per_day"):
@@ -108,8 +110,7 @@ def is_uncertain(detections: Sequence[Mapping[str, Any]], policy: ReviewPolicy) 
     return any(policy.uncertain_low <= float(d.get("score", 0.0)) < policy.uncertain_high for d in detections)
 
 
-def disagrees(label: str | None, verdict: str, detections: Sequence[Mapping[str, Any]],
-              policy: ReviewPolicy) -> bool:
+def disagrees(label: str | None, verdict: str, detections: Sequence[Mapping[str, Any]], policy: ReviewPolicy) -> bool:
     """Whether the camera's known label contradicts the model.
 
     A good part with a ``fail`` verdict, a defect label with a ``pass`` verdict, or a defect label
@@ -191,8 +192,14 @@ class ReviewSelector:
         counts: Already selected today, per camera (to resume after a restart).
     """
 
-    def __init__(self, policy: ReviewPolicy | None = None, *, clock: Callable[[], float] = time.time,
-                 remember: int = 100_000, counts: Mapping[str, int] | None = None):
+    def __init__(
+        self,
+        policy: ReviewPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        remember: int = 100_000,
+        counts: Mapping[str, int] | None = None,
+    ):
         self.policy = policy or ReviewPolicy()
         self._clock = clock
         self._remember = remember
@@ -317,8 +324,9 @@ class ReviewStore:
             raise
         return True
 
-    def put(self, selection: Selection, result: Mapping[str, Any], image: bytes,
-            content_type: str = "image/jpeg") -> str | None:
+    def put(
+        self, selection: Selection, result: Mapping[str, Any], image: bytes, content_type: str = "image/jpeg"
+    ) -> str | None:
         """Queue a selected frame: the image, then its record.
 
         Args:
@@ -351,8 +359,12 @@ class ReviewStore:
         }
         self.s3.put_object(Bucket=self.bucket, Key=image_key, Body=image, ContentType=content_type)
         key = self.queue_key(selection.sha256)
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(record, sort_keys=True).encode(),
-                           ContentType="application/json")
+        self.s3.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=json.dumps(record, sort_keys=True).encode(),
+            ContentType="application/json",
+        )
         return key
 
     def _keys(self, prefix: str) -> Iterable[str]:
@@ -377,8 +389,9 @@ class ReviewStore:
             if not key.endswith(".json"):
                 continue
             record = self._read(key)
-            items.append(ReviewItem(record["sha256"], record, key, record.get("image_key")
-                                    or self.image_key(record["sha256"])))
+            items.append(
+                ReviewItem(record["sha256"], record, key, record.get("image_key") or self.image_key(record["sha256"]))
+            )
         items.sort(key=lambda it: (str(it.record.get("selected_at", "")), it.sha256))
         return items[:limit] if limit is not None else items
 
@@ -396,8 +409,9 @@ class ReviewStore:
             return self.s3.get_object(Bucket=self.bucket, Key=item.image_key)["Body"].read()
         except Exception as exc:
             if _is_missing(exc):
-                raise ReviewError(f"review item {item.key}: its image s3://{self.bucket}/{item.image_key} "
-                                  "is missing") from None
+                raise ReviewError(
+                    f"review item {item.key}: its image s3://{self.bucket}/{item.image_key} is missing"
+                ) from None
             raise
 
     def mark_pushed(self, items: Iterable[ReviewItem], task_id: int, task_url: str = "") -> list[str]:
@@ -408,14 +422,20 @@ class ReviewStore:
         """
         keys = []
         for item in items:
-            record = dict(item.record, pushed={"task_id": int(task_id), "task_url": task_url,
-                                               "at": _iso(time.time())})
+            record = dict(item.record, pushed={"task_id": int(task_id), "task_url": task_url, "at": _iso(time.time())})
             key = self.pushed_key(task_id, item.sha256)
-            self.s3.put_object(Bucket=self.bucket, Key=key, Body=json.dumps(record, sort_keys=True).encode(),
-                               ContentType="application/json")
-            self.s3.put_object(Bucket=self.bucket, Key=self.marker_key(item.sha256),
-                               Body=json.dumps({"task_id": int(task_id), "key": key}).encode(),
-                               ContentType="application/json")
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=json.dumps(record, sort_keys=True).encode(),
+                ContentType="application/json",
+            )
+            self.s3.put_object(
+                Bucket=self.bucket,
+                Key=self.marker_key(item.sha256),
+                Body=json.dumps({"task_id": int(task_id), "key": key}).encode(),
+                ContentType="application/json",
+            )
             self.s3.delete_object(Bucket=self.bucket, Key=item.key)
             keys.append(key)
         return keys
@@ -429,8 +449,9 @@ class ReviewStore:
         return out
 
 
-def queue_frame(selector: ReviewSelector, store: ReviewStore, result: Mapping[str, Any], image: bytes,
-                *, flagged: bool = False) -> Selection | None:
+def queue_frame(
+    selector: ReviewSelector, store: ReviewStore, result: Mapping[str, Any], image: bytes, *, flagged: bool = False
+) -> Selection | None:
     """What the processor calls per result: select by policy, then queue in S3.
 
     Never raises for S3 trouble: a review queue that is down must not stop inspection, so the
@@ -449,7 +470,6 @@ def queue_frame(selector: ReviewSelector, store: ReviewStore, result: Mapping[st
     except ReviewError:
         raise
     except Exception as exc:  # S3 down or refusing: logged, inspection goes on
-        log.warning("review: could not queue image %s of camera %s: %s", selection.sha256[:12],
-                    selection.camera, exc)
+        log.warning("review: could not queue image %s of camera %s: %s", selection.sha256[:12], selection.camera, exc)
         selector.release(selection)
         return None

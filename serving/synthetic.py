@@ -24,12 +24,14 @@ KINDS = ("good", "scratch", "bent", "both")
 
 def _nut_outline(cx: float, cy: float, r: float, hexagonal: bool, rot: float) -> list[tuple[float, float]]:
     n = 6 if hexagonal else 72
-    return [(cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n))
-            for k in range(n)]
+    return [
+        (cx + r * math.cos(rot + 2 * math.pi * k / n), cy + r * math.sin(rot + 2 * math.pi * k / n)) for k in range(n)
+    ]
 
 
-def render_nut(rng: np.random.Generator, size: int, kind: str,
-               defect_scale: float = 1.0) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
+def render_nut(
+    rng: np.random.Generator, size: int, kind: str, defect_scale: float = 1.0
+) -> tuple[Image.Image, list[tuple[int, tuple[int, int, int, int]]]]:
     """Render one nut image; return it and its boxes as ``(class_id, (x0, y0, x1, y1))`` pixels.
 
     ``defect_scale`` (> 1: easier) widens scratches and the bent notch's crease and deepens the
@@ -62,9 +64,11 @@ def render_nut(rng: np.random.Generator, size: int, kind: str,
         depth = r * min(0.6, rng.uniform(0.18, 0.32) * defect_scale)
         half = rng.uniform(0.25, 0.45)
         # A notch: a wedge of the rim pushed towards the centre.
-        pts = [(cx + (r + 2) * math.cos(theta - half), cy + (r + 2) * math.sin(theta - half)),
-               (cx + (r - depth) * math.cos(theta), cy + (r - depth) * math.sin(theta)),
-               (cx + (r + 2) * math.cos(theta + half), cy + (r + 2) * math.sin(theta + half))]
+        pts = [
+            (cx + (r + 2) * math.cos(theta - half), cy + (r + 2) * math.sin(theta - half)),
+            (cx + (r - depth) * math.cos(theta), cy + (r - depth) * math.sin(theta)),
+            (cx + (r + 2) * math.cos(theta + half), cy + (r + 2) * math.sin(theta + half)),
+        ]
         md.polygon(pts, fill=255)
         d.polygon(pts, fill=bg)
         crease = max(1, int(round(size // 128 * defect_scale)))

@@ -105,9 +105,7 @@ def numpy_dtype(datatype: str) -> np.dtype:
     try:
         return _DTYPES[datatype]
     except KeyError:
-        raise V2ProtocolError(
-            f"unsupported datatype {datatype!r}; expected one of {sorted(DATATYPES)}"
-        ) from None
+        raise V2ProtocolError(f"unsupported datatype {datatype!r}; expected one of {sorted(DATATYPES)}") from None
 
 
 def datatype_of(array: np.ndarray) -> str:
@@ -128,9 +126,7 @@ def _element_count(shape: list[int]) -> int:
 
 
 def _check_shape(name: str, shape: Any) -> list[int]:
-    if not isinstance(shape, list) or not all(
-        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-    ):
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise V2ProtocolError(f"tensor {name!r}: 'shape' must be a list of non-negative integers")
     return shape
 
@@ -175,9 +171,7 @@ def _tensor_from_raw(name: str, datatype: str, shape: list[int], raw: memoryview
     if datatype == "BYTES":
         items = _deserialize_bytes(raw, name)
         if len(items) != _element_count(shape):
-            raise V2ProtocolError(
-                f"tensor {name!r}: {len(items)} BYTES elements for shape {shape}"
-            )
+            raise V2ProtocolError(f"tensor {name!r}: {len(items)} BYTES elements for shape {shape}")
         out = np.empty(len(items), dtype=object)
         out[:] = items
         return out.reshape(shape)
@@ -185,8 +179,7 @@ def _tensor_from_raw(name: str, datatype: str, shape: list[int], raw: memoryview
     expected = _element_count(shape) * dtype.itemsize
     if len(raw) != expected:
         raise V2ProtocolError(
-            f"tensor {name!r}: binary data is {len(raw)} bytes, shape {shape} of {datatype} "
-            f"needs {expected}"
+            f"tensor {name!r}: binary data is {len(raw)} bytes, shape {shape} of {datatype} needs {expected}"
         )
     # frombuffer keeps a view on the body: no copy of large image tensors.
     return np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -207,8 +200,7 @@ def _tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> 
             raise V2ProtocolError(f"tensor {name!r}: 'data' is not {datatype}: {exc}") from None
     if out.size != _element_count(shape):
         raise V2ProtocolError(
-            f"tensor {name!r}: 'data' has {out.size} elements, shape {shape} needs "
-            f"{_element_count(shape)}"
+            f"tensor {name!r}: 'data' has {out.size} elements, shape {shape} needs {_element_count(shape)}"
         )
     return out.reshape(shape)
 
@@ -218,9 +210,7 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
         header_bytes, rest = body, memoryview(b"")
     else:
         if header_length < 0 or header_length > len(body):
-            raise V2ProtocolError(
-                f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes"
-            )
+            raise V2ProtocolError(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
         view = memoryview(body)
         header_bytes, rest = bytes(view[:header_length]), view[header_length:]
     try:
@@ -235,9 +225,7 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
     return header, rest
 
 
-def _read_tensors(
-    entries: Any, rest: memoryview, offset: int, what: str
-) -> tuple[list[Tensor], int]:
+def _read_tensors(entries: Any, rest: memoryview, offset: int, what: str) -> tuple[list[Tensor], int]:
     if not isinstance(entries, list):
         raise V2ProtocolError(f"'{what}' must be a list")
     tensors = []
@@ -247,9 +235,7 @@ def _read_tensors(
         name = entry["name"]
         datatype = entry.get("datatype")
         if not isinstance(datatype, str) or datatype not in DATATYPES:
-            raise V2ProtocolError(
-                f"tensor {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}"
-            )
+            raise V2ProtocolError(f"tensor {name!r}: datatype {datatype!r} is not one of {sorted(DATATYPES)}")
         shape = _check_shape(name, entry.get("shape"))
         params = entry.get("parameters")
         params = {} if params is None else params
@@ -290,9 +276,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         raise V2ProtocolError("request has no 'inputs'")
     inputs, offset = _read_tensors(header["inputs"], rest, 0, "inputs")
     if offset != len(rest):
-        raise V2ProtocolError(
-            f"{len(rest) - offset} bytes of binary data are not claimed by any input"
-        )
+        raise V2ProtocolError(f"{len(rest) - offset} bytes of binary data are not claimed by any input")
     params = header.get("parameters")
     params = {} if params is None else params
     if not isinstance(params, dict):
@@ -347,10 +331,7 @@ def _tensor_entry(
         entry["parameters"] = {"binary_data_size": memoryview(raw).nbytes}
         chunks.append(raw)
     elif datatype == "BYTES":
-        entry["data"] = [
-            x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x)
-            for x in array.reshape(-1)
-        ]
+        entry["data"] = [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
     else:
         entry["data"] = array.reshape(-1).tolist()
     return entry
@@ -370,7 +351,10 @@ def encode_request(
         (body, headers) ready to POST to `.../infer`.
     """
     parts, headers = encode_request_parts(
-        inputs, outputs, binary_inputs=binary_inputs, binary_outputs=binary_outputs,
+        inputs,
+        outputs,
+        binary_inputs=binary_inputs,
+        binary_outputs=binary_outputs,
         request_id=request_id,
     )
     headers.pop("Content-Length")  # HTTP clients set it for a bytes body
@@ -401,15 +385,11 @@ def encode_request_parts(
         (parts, headers) ready to POST to `.../infer`.
     """
     chunks: list[Any] = []
-    header: dict[str, Any] = {
-        "inputs": [_tensor_entry(n, a, binary_inputs, chunks) for n, a in inputs.items()]
-    }
+    header: dict[str, Any] = {"inputs": [_tensor_entry(n, a, binary_inputs, chunks) for n, a in inputs.items()]}
     if request_id is not None:
         header["id"] = request_id
     if outputs is not None:
-        header["outputs"] = [
-            {"name": n, "parameters": {"binary_data": binary_outputs}} for n in outputs
-        ]
+        header["outputs"] = [{"name": n, "parameters": {"binary_data": binary_outputs}} for n in outputs]
     elif binary_outputs:
         header["parameters"] = {"binary_data_output": True}
     return _assemble_parts(header, chunks)

@@ -43,8 +43,26 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
     env.update({f"VINSPECT_LOCAL_{k}_PORT": str(v) for k, v in ports.items()})
     for var in ("MLFLOW_TRACKING_URI", "AWS_S3_ENDPOINT", "KAFKA_BOOTSTRAP_SERVERS", "VINSPECT_MODEL_URL"):
         env.pop(var, None)
-    cmd = [sys.executable, "-m", "vinspect", "demo", "--state", str(state), "-n", "24", "--epochs", "1",
-           "--imgsz", "64", "--min-map50", "0", "--min-class-map50", "0", "--smoke-min-classes", "0"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vinspect",
+        "demo",
+        "--state",
+        str(state),
+        "-n",
+        "24",
+        "--epochs",
+        "1",
+        "--imgsz",
+        "64",
+        "--min-map50",
+        "0",
+        "--min-class-map50",
+        "0",
+        "--smoke-min-classes",
+        "0",
+    ]
     try:
         proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -54,8 +72,11 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
 
         # The model server serves the champion the pipeline rolled out.
         token = _stack_env(state).get("VINSPECT_MODEL_TOKEN") or env["VINSPECT_MODEL_TOKEN"]
-        meta = requests.get(f"http://127.0.0.1:{ports['MODEL_SERVER']}/v2/models/metal-nut", timeout=5,
-                            headers={"Authorization": f"Bearer {token}"}).json()
+        meta = requests.get(
+            f"http://127.0.0.1:{ports['MODEL_SERVER']}/v2/models/metal-nut",
+            timeout=5,
+            headers={"Authorization": f"Bearer {token}"},
+        ).json()
         assert meta["versions"] == ["1"]
 
         # The camera streams, the processor inspects, the dashboard shows results per camera.
@@ -67,13 +88,23 @@ def test_demo_runs_the_whole_loop_and_down_stops_it(tmp_path):
                 break
             time.sleep(1)
         assert len(cameras) >= 2, cameras
-        status = subprocess.run([sys.executable, "-m", "vinspect", "local", "status", "--state", str(state)],
-                                env=env, capture_output=True, text=True, timeout=120)
+        status = subprocess.run(
+            [sys.executable, "-m", "vinspect", "local", "status", "--state", str(state)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert status.returncode == 0, status.stdout
     finally:
         pids = _pids(state) if (state / "pids").is_dir() else []
-        subprocess.run([sys.executable, "-m", "vinspect", "local", "down", "--state", str(state)],
-                       env=env, capture_output=True, text=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "vinspect", "local", "down", "--state", str(state)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.3)

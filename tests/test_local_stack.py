@@ -128,7 +128,9 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
 
         port = free_port()
         web = start_service(
-            cfg, "web", [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+            cfg,
+            "web",
+            [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
             ready=lambda: requests.get(f"http://127.0.0.1:{port}/", timeout=1).raise_for_status(),
         )
         assert start_service(cfg, "web", ["false"], ready=lambda: None) == web  # already running
@@ -140,11 +142,19 @@ def test_stack_round_trip_and_clean_shutdown(cfg):
         _stop(cfg, "kafka")
         rows = status(cfg)
         assert not rows["kafka"]["ok"] and rows["s3"]["ok"] and rows["mlflow"]["ok"]
-        env_cli = {**os.environ, "VINSPECT_LOCAL_S3_PORT": str(cfg.s3_port),
-                   "VINSPECT_LOCAL_MLFLOW_PORT": str(cfg.mlflow_port),
-                   "VINSPECT_LOCAL_KAFKA_PORT": str(cfg.kafka_port)}
-        proc = subprocess.run([sys.executable, "-m", "vinspect", "local", "status", "--state", str(cfg.state)],
-                              capture_output=True, text=True, env=env_cli, timeout=120)
+        env_cli = {
+            **os.environ,
+            "VINSPECT_LOCAL_S3_PORT": str(cfg.s3_port),
+            "VINSPECT_LOCAL_MLFLOW_PORT": str(cfg.mlflow_port),
+            "VINSPECT_LOCAL_KAFKA_PORT": str(cfg.kafka_port),
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "vinspect", "local", "status", "--state", str(cfg.state)],
+            capture_output=True,
+            text=True,
+            env=env_cli,
+            timeout=120,
+        )
         assert proc.returncode == 1 and "kafka" in proc.stdout
         # `up` again brings back only what is missing.
         up(cfg, log=lambda _m: None)
@@ -186,7 +196,10 @@ def test_status_cli_exits_non_zero_when_down(cfg):
     env = {**os.environ, "VINSPECT_HOME": str(cfg.state)}
     proc = subprocess.run(
         [sys.executable, "-m", "vinspect.cli", "local", "status", "--state", str(cfg.state)],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 1
     assert "down" in proc.stdout
@@ -198,7 +211,10 @@ def test_status_reports_the_state_size(cfg):
     (cfg.state / "stack.env").write_text("AWS_ACCESS_KEY_ID=x\n")
     proc = subprocess.run(
         [sys.executable, "-m", "vinspect.cli", "local", "status", "--state", str(cfg.state)],
-        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=120,
     )
     assert proc.returncode == 1  # nothing runs
     assert "3.0 MiB" in proc.stdout and "reset" in proc.stdout
@@ -211,8 +227,14 @@ def test_cli_lists_every_verb():
         assert verb in proc.stdout, verb
     # --help must not drag in the heavy stack.
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, vinspect.cli; print(any(m in sys.modules for m in ('torch','ultralytics','mlflow','kfp')))"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            "import sys, vinspect.cli; print(any(m in sys.modules for m in ('torch','ultralytics','mlflow','kfp')))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert probe.stdout.strip() == "False", probe.stderr
 
@@ -226,7 +248,9 @@ def test_settings_read_env_files_and_never_print_secrets(tmp_path, monkeypatch):
     for var in ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"):
         monkeypatch.delenv(var, raising=False)
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "stack.env").write_text("AWS_S3_ENDPOINT=http://127.0.0.1:1\nAWS_SECRET_ACCESS_KEY=from-stack\n")
+    (tmp_path / "state" / "stack.env").write_text(
+        "AWS_S3_ENDPOINT=http://127.0.0.1:1\nAWS_SECRET_ACCESS_KEY=from-stack\n"
+    )
     (tmp_path / ".env").write_text("AWS_SECRET_ACCESS_KEY=from-dotenv\nAWS_ACCESS_KEY_ID=kid\n")
     s = S3Settings.from_env()
     assert s.endpoint_url == "http://127.0.0.1:1"
@@ -283,8 +307,15 @@ def test_watermarks_and_committed_offsets_match_the_log(local_stack):
         assert producer.flush(15) == 0
 
     def consumer(group: str, **extra) -> Consumer:
-        return Consumer({"bootstrap.servers": local_stack.kafka_bootstrap, "group.id": group,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **extra})
+        return Consumer(
+            {
+                "bootstrap.servers": local_stack.kafka_bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **extra,
+            }
+        )
 
     tp = TopicPartition(topic, 0)
     probe = consumer(f"probe-{uuid.uuid4().hex[:6]}")
@@ -362,8 +393,9 @@ def test_up_says_what_to_do_over_a_running_stack_of_the_previous_layout(cfg):
     try:
         cfg.pid_dir.mkdir(parents=True)
         start = Path(f"/proc/{old.pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-        (cfg.pid_dir / "s3.json").write_text(json.dumps(
-            {"pid": old.pid, "start_time": start, "argv": ["/venv/bin/moto_server", "-p", str(cfg.s3_port)]}))
+        (cfg.pid_dir / "s3.json").write_text(
+            json.dumps({"pid": old.pid, "start_time": start, "argv": ["/venv/bin/moto_server", "-p", str(cfg.s3_port)]})
+        )
         with pytest.raises(StackError, match=r"previous local stack.*vinspect local down"):
             up(cfg, log=lambda _m: None)
         assert old.poll() is None  # nothing of it was touched
@@ -413,14 +445,29 @@ class _Acknowledged:
         for run in ("run-a", "run-b"):
             onnx = build_tiny_onnx(self.tmp / f"{run}.onnx", BENT_IN_THE_MIDDLE, tag=run)
             info = register_model(
-                self.client, self.s3(), onnx_path=onnx, model_name=self.model, bucket="models",
-                params={"model": "tiny"}, metrics={"mAP50": 0.5}, epoch_metrics_csv=None, plots=[],
-                dataset_id="d" * 64, dataset_uri=None, git_revision=None, pipeline_run_id=run,
+                self.client,
+                self.s3(),
+                onnx_path=onnx,
+                model_name=self.model,
+                bucket="models",
+                params={"model": "tiny"},
+                metrics={"mAP50": 0.5},
+                epoch_metrics_csv=None,
+                plots=[],
+                dataset_id="d" * 64,
+                dataset_uri=None,
+                git_revision=None,
+                pipeline_run_id=run,
                 experiment=f"keep-{self.model}",
             )
-            self.versions[info["version"]] = {"run_id": info["run_id"], "sha": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+            self.versions[info["version"]] = {
+                "run_id": info["run_id"],
+                "sha": hashlib.sha256(onnx.read_bytes()).hexdigest(),
+            }
             self.client.log_text(info["run_id"], f"kept {run}", "notes/keep.txt")  # a run artifact, in S3
-            self.objects[("models", f"{self.model}/{info['version']}/1/model.onnx")] = self.versions[info["version"]]["sha"]
+            self.objects[("models", f"{self.model}/{info['version']}/1/model.onnx")] = self.versions[info["version"]][
+                "sha"
+            ]
         promote(self.client, self.model, "1")  # champion 1, challenger 2 (set by the second register)
 
     def put_object(self, key: str) -> None:
@@ -445,8 +492,15 @@ class _Acknowledged:
     def _consumer(self):
         from confluent_kafka import Consumer
 
-        return Consumer({"bootstrap.servers": self.env["KAFKA_BOOTSTRAP_SERVERS"], "group.id": self.group,
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+        return Consumer(
+            {
+                "bootstrap.servers": self.env["KAFKA_BOOTSTRAP_SERVERS"],
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 6000,
+            }
+        )
 
     def consume_and_commit(self, n: int) -> None:
         from confluent_kafka import TopicPartition
@@ -457,7 +511,7 @@ class _Acknowledged:
         try:
             consumer.assign([TopicPartition(IMAGES_TOPIC, 0, self.committed)])
             got = self._read(consumer, n)
-            assert got == self.messages[self.committed:self.committed + n]
+            assert got == self.messages[self.committed : self.committed + n]
             consumer.commit(offsets=[TopicPartition(IMAGES_TOPIC, 0, self.committed + n)], asynchronous=False)
             self.committed += n
         finally:
@@ -471,8 +525,9 @@ class _Acknowledged:
         os.environ["MLFLOW_TRACKING_URI"] = self.env["MLFLOW_TRACKING_URI"]
         try:
             dst = self.tmp / f"model-{version}-{uuid.uuid4().hex[:6]}"
-            return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model}/{version}",
-                                                            dst_path=str(dst)))
+            return Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.model}/{version}", dst_path=str(dst))
+            )
         finally:
             if old is None:
                 os.environ.pop("MLFLOW_TRACKING_URI")
@@ -511,7 +566,9 @@ class _Acknowledged:
             assert self.client.get_model_version(self.model, version).tags, when
             model_dir = self._download_model(version)
             onnx = [p for p in model_dir.rglob("*.onnx")]
-            assert onnx and hashlib.sha256(onnx[0].read_bytes()).hexdigest() == data["sha"], f"{when}: MLflow model {version}"
+            assert onnx and hashlib.sha256(onnx[0].read_bytes()).hexdigest() == data["sha"], (
+                f"{when}: MLflow model {version}"
+            )
         s3 = self.s3()
         for (bucket, key), sha in self.objects.items():
             body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -522,7 +579,7 @@ class _Acknowledged:
             assert consumer.committed([tp], timeout=15)[0].offset == self.committed, when
             assert consumer.get_watermark_offsets(tp, timeout=15) == (0, len(self.messages)), when
             consumer.assign([TopicPartition(IMAGES_TOPIC, 0, self.committed)])
-            remaining = self.messages[self.committed:]
+            remaining = self.messages[self.committed :]
             assert self._read(consumer, len(remaining)) == remaining, f"{when}: unconsumed images"
         finally:
             consumer.close()
@@ -549,7 +606,8 @@ def test_everything_survives_down_up_and_a_crash_of_each_service(cfg, tmp_path):
     (cfg.state / "mlflow").mkdir(parents=True)
     (cfg.state / "mlflow" / "mlflow.db").touch()
     (cfg.state / "stack.env").write_text(
-        f"AWS_ACCESS_KEY_ID=vi{uuid.uuid4().hex[:18]}\nAWS_SECRET_ACCESS_KEY={uuid.uuid4().hex}{uuid.uuid4().hex}\n")
+        f"AWS_ACCESS_KEY_ID=vi{uuid.uuid4().hex[:18]}\nAWS_SECRET_ACCESS_KEY={uuid.uuid4().hex}{uuid.uuid4().hex}\n"
+    )
     before = _read_env(cfg.state / "stack.env")
     notes: list[str] = []
     env = up(cfg, log=notes.append)
@@ -574,20 +632,44 @@ def test_everything_survives_down_up_and_a_crash_of_each_service(cfg, tmp_path):
 
         # The champion is served again, from the files the stack kept.
         port = free_port()
-        serve_env = {**os.environ, **env, "VINSPECT_HOME": str(cfg.state), "PYTHONPATH": str(REPO),
-                     "VINSPECT_MODEL_NAME": acked.model}
+        serve_env = {
+            **os.environ,
+            **env,
+            "VINSPECT_HOME": str(cfg.state),
+            "PYTHONPATH": str(REPO),
+            "VINSPECT_MODEL_NAME": acked.model,
+        }
         server = subprocess.Popen(
-            [sys.executable, "-m", "vinspect", "serve", "model", "--champion", "--host", "127.0.0.1",
-             "--port", str(port), "--log-level", "warning"],
-            env=serve_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "vinspect",
+                "serve",
+                "model",
+                "--champion",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ],
+            env=serve_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
         )
         meta = None
         deadline = time.monotonic() + 120
         while meta is None and time.monotonic() < deadline and server.poll() is None:
             try:
                 # The stack's model token (stack.env) guards every model endpoint of the server.
-                resp = requests.get(f"http://127.0.0.1:{port}/v2/models/{acked.model}", timeout=2,
-                                    headers={"Authorization": f"Bearer {env['VINSPECT_MODEL_TOKEN']}"})
+                resp = requests.get(
+                    f"http://127.0.0.1:{port}/v2/models/{acked.model}",
+                    timeout=2,
+                    headers={"Authorization": f"Bearer {env['VINSPECT_MODEL_TOKEN']}"},
+                )
                 if resp.status_code == 200:
                     meta = resp.json()
                 else:
@@ -634,7 +716,11 @@ def _list_offsets_frames(version: int, partitions: list[tuple[int, int, int, int
 
     flexible = version >= 6
     arr = (lambda n: _uvarint(n + 1)) if flexible else (lambda n: struct.pack(">i", n))
-    text = (lambda s: _uvarint(len(s) + 1) + s.encode()) if flexible else (lambda s: struct.pack(">h", len(s)) + s.encode())
+    text = (
+        (lambda s: _uvarint(len(s) + 1) + s.encode())
+        if flexible
+        else (lambda s: struct.pack(">h", len(s)) + s.encode())
+    )
     tags = b"\x00" if flexible else b""
     req = struct.pack(">hhi", 2, version, 42) + struct.pack(">h", 1) + b"c" + tags + struct.pack(">i", -1)
     if version >= 2:
@@ -675,8 +761,9 @@ def test_front_rewrites_latest_and_earliest_only(version):
 
     async def truth(partitions, isolation_level):
         asked_for.append(set(partitions))
-        return {tp: kf.PartitionOffsets(high_watermark=305, last_stable_offset=300, log_start_offset=0)
-                for tp in partitions}
+        return {
+            tp: kf.PartitionOffsets(high_watermark=305, last_stable_offset=300, log_start_offset=0) for tp in partitions
+        }
 
     front.true_offsets = truth
     fixed = asyncio.run(front.fix_list_offsets(resp, query))

@@ -94,9 +94,20 @@ def run_demo(
     try:
         _say(f"model server on {model_url}")
         start_service(
-            cfg, "model-server",
-            _vinspect("serve", "model", "--host", "127.0.0.1", "--port", str(ports["model-server"]),
-                      "--name", model_name, "--champion-if-any", "--no-spin"),
+            cfg,
+            "model-server",
+            _vinspect(
+                "serve",
+                "model",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(ports["model-server"]),
+                "--name",
+                model_name,
+                "--champion-if-any",
+                "--no-spin",
+            ),
             ready=lambda: _get(f"{model_url}/v2/health/live"),
             port=ports["model-server"],
         )
@@ -132,25 +143,38 @@ def run_demo(
         try:
             _say("image processor (Kafka loop)")
             start_service(
-                cfg, "processor",
-                _vinspect("serve", "processor", "--mode", "kafka", "--host", "127.0.0.1",
-                          "--port", str(ports["processor"])),
+                cfg,
+                "processor",
+                _vinspect(
+                    "serve", "processor", "--mode", "kafka", "--host", "127.0.0.1", "--port", str(ports["processor"])
+                ),
                 ready=lambda: _get(f"{processor_health}/healthz"),
                 env={"VINSPECT_MODEL_URL": model_url, "VINSPECT_MODEL_NAME": model_name},
                 port=ports["processor"],
             )
             _say("dashboard")
             start_service(
-                cfg, "dashboard",
+                cfg,
+                "dashboard",
                 _vinspect("serve", "dashboard", "--host", "127.0.0.1", "--port", str(ports["dashboard"])),
                 ready=lambda: _get(f"{dashboard}/"),
                 port=ports["dashboard"],
             )
             _say("camera (streams the dataset's images, two cameras, 1 frame/s each)")
             start_service(
-                cfg, "camera",
-                _vinspect("serve", "camera", data if Path(data).exists() else "synthetic",
-                          "--cameras", "2", "--fps", "1", "--loop", "--shuffle"),
+                cfg,
+                "camera",
+                _vinspect(
+                    "serve",
+                    "camera",
+                    data if Path(data).exists() else "synthetic",
+                    "--cameras",
+                    "2",
+                    "--fps",
+                    "1",
+                    "--loop",
+                    "--shuffle",
+                ),
                 ready=lambda: None,
             )
         except StackError as exc:

@@ -98,7 +98,7 @@ class _Reader:
             return None
         start = self.pos
         self.skip(n)
-        return bytes(self.buf[start:self.pos]).decode("utf-8")
+        return bytes(self.buf[start : self.pos]).decode("utf-8")
 
     def array_len(self, compact: bool) -> int:
         n = self.uvarint() - 1 if compact else self.take(">i")
@@ -400,8 +400,7 @@ class Front:
                         try:
                             frame = await self.fix_list_offsets(frame, query)
                         except (OSError, ConnectionError, ProtocolError, asyncio.TimeoutError) as exc:
-                            log.error("could not correct a ListOffsets answer (relayed as the broker gave "
-                                      "it): %s", exc)
+                            log.error("could not correct a ListOffsets answer (relayed as the broker gave it): %s", exc)
                 client_w.write(struct.pack(">i", len(frame)) + frame)
                 await client_w.drain()
 

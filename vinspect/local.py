@@ -328,9 +328,9 @@ def check_mlflow(env: dict[str, str]) -> str:
 
 
 def _admin(env: dict[str, str]):
-    from confluent_kafka.admin import AdminClient
-
     import logging
+
+    from confluent_kafka.admin import AdminClient
 
     quiet = logging.getLogger("vinspect.local.kafka")
     quiet.setLevel(logging.CRITICAL)  # librdkafka retries loudly while a broker is down
@@ -468,32 +468,59 @@ def _argv(cfg: StackConfig, service: str, *, tansu_port: int | None = None) -> l
     """The command line of a service. No credential ever appears here (it is in the pid file)."""
     if service == "s3":
         return [
-            _bin("rclone"), "serve", "s3", str(cfg.s3_root),
-            "--addr", f"{HOST}:{cfg.s3_port}",
-            "--config", os.devnull,  # no rclone.conf: everything is on this command line or in env
-            "--dir-perms", "0700", "--file-perms", "0600",
+            _bin("rclone"),
+            "serve",
+            "s3",
+            str(cfg.s3_root),
+            "--addr",
+            f"{HOST}:{cfg.s3_port}",
+            "--config",
+            os.devnull,  # no rclone.conf: everything is on this command line or in env
+            "--dir-perms",
+            "0700",
+            "--file-perms",
+            "0600",
         ]
     if service == "mlflow":
         return [
-            _bin("mlflow"), "server",
-            "--host", HOST, "--port", str(cfg.mlflow_port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{cfg.state / 'mlflow' / 'mlflow.db'}",
-            "--artifacts-destination", "s3://mlflow/artifacts",
-            "--allowed-hosts", f"{HOST}:{cfg.mlflow_port},localhost:{cfg.mlflow_port},{HOST},localhost",
+            _bin("mlflow"),
+            "server",
+            "--host",
+            HOST,
+            "--port",
+            str(cfg.mlflow_port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{cfg.state / 'mlflow' / 'mlflow.db'}",
+            "--artifacts-destination",
+            "s3://mlflow/artifacts",
+            "--allowed-hosts",
+            f"{HOST}:{cfg.mlflow_port},localhost:{cfg.mlflow_port},{HOST},localhost",
         ]
     if service == "tansu":
         return [
-            str(tansu_binary()), "broker",
-            "--cluster-id", BROKER_CLUSTER,
-            "--listener-url", f"tcp://{HOST}:{tansu_port}",
+            str(tansu_binary()),
+            "broker",
+            "--cluster-id",
+            BROKER_CLUSTER,
+            "--listener-url",
+            f"tcp://{HOST}:{tansu_port}",
             # Clients are sent back to the front, never straight to tansu.
-            "--advertised-listener-url", f"tcp://{HOST}:{cfg.kafka_port}",
-            "--storage-engine", f"s3://{BROKER_BUCKET}/",
+            "--advertised-listener-url",
+            f"tcp://{HOST}:{cfg.kafka_port}",
+            "--storage-engine",
+            f"s3://{BROKER_BUCKET}/",
         ]
     if service == "kafka":
         return [
-            sys.executable, "-m", "vinspect.kafka_front",
-            "--listen", f"{HOST}:{cfg.kafka_port}", "--upstream", f"{HOST}:{tansu_port}",
+            sys.executable,
+            "-m",
+            "vinspect.kafka_front",
+            "--listen",
+            f"{HOST}:{cfg.kafka_port}",
+            "--upstream",
+            f"{HOST}:{tansu_port}",
         ]
     raise KeyError(service)
 
@@ -607,16 +634,18 @@ def up(cfg: StackConfig, *, log: Callable[[str], None] = print) -> dict[str, str
             running.pop("kafka", None)
         tansu_port = _free_port()
         log(f"starting Kafka-protocol broker (tansu, log in s3://{BROKER_BUCKET}/) on private port {tansu_port}")
-        pid = _spawn(cfg, "tansu", _argv(cfg, "tansu", tansu_port=tansu_port), _service_env("tansu", env),
-                     port=tansu_port)
+        pid = _spawn(
+            cfg, "tansu", _argv(cfg, "tansu", tansu_port=tansu_port), _service_env("tansu", env), port=tansu_port
+        )
         _wait("Kafka broker (tansu)", lambda: _api_versions(tansu_port), cfg.start_timeout_s, pid, cfg, "tansu")
     if "kafka" in running and _pid_record(cfg, "kafka").get("upstream") != tansu_port:
         _stop(cfg, "kafka")
         running.pop("kafka")
     if "kafka" not in running:
         log(f"starting Kafka front on {HOST}:{cfg.kafka_port}")
-        pid = _spawn(cfg, "kafka", _argv(cfg, "kafka", tansu_port=tansu_port), _service_env("kafka", env),
-                     upstream=tansu_port)
+        pid = _spawn(
+            cfg, "kafka", _argv(cfg, "kafka", tansu_port=tansu_port), _service_env("kafka", env), upstream=tansu_port
+        )
         _wait("Kafka front", lambda: check_kafka(env), cfg.start_timeout_s, pid, cfg, "kafka")
     _ensure_topics(env)
     return env
@@ -631,7 +660,10 @@ def _ensure_topics(env: dict[str, str]) -> None:
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=3, replication_factor=1, config={"max.message.bytes": "10485760"}) for t in missing],
+        [
+            NewTopic(t, num_partitions=3, replication_factor=1, config={"max.message.bytes": "10485760"})
+            for t in missing
+        ],
         operation_timeout=10,
     )
     for topic, fut in futures.items():

@@ -53,8 +53,7 @@ class RetrainOnDrift:
         if event_type != DRIFT_EVENT:
             return 202, f"ignored event type {event_type!r}"
         signals = (data or {}).get("signals") if isinstance(data, Mapping) else None
-        worst = max((float(s.get("psi", 0.0)) for s in (signals or {}).values() if isinstance(s, Mapping)),
-                    default=0.0)
+        worst = max((float(s.get("psi", 0.0)) for s in (signals or {}).values() if isinstance(s, Mapping)), default=0.0)
         if worst < self.min_psi:
             return 202, f"drift {worst:.3f} under {self.min_psi}: no run"
         with self._lock:

@@ -56,8 +56,10 @@ class _Base(BaseSettings):
         """A dict safe to print or log: secrets are masked."""
         out = {}
         for name, value in self.model_dump().items():
-            out[name] = "****" if isinstance(value, SecretStr) and value.get_secret_value() else (
-                None if isinstance(value, SecretStr) else value
+            out[name] = (
+                "****"
+                if isinstance(value, SecretStr) and value.get_secret_value()
+                else (None if isinstance(value, SecretStr) else value)
             )
         return out
 
@@ -69,9 +71,7 @@ def _secret(value: SecretStr | None) -> str | None:
 class S3Settings(_Base):
     """S3 / Minio, named as in an OpenShift AI S3 data connection."""
 
-    endpoint_url: str | None = Field(
-        None, validation_alias=AliasChoices("AWS_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL")
-    )
+    endpoint_url: str | None = Field(None, validation_alias=AliasChoices("AWS_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL"))
     access_key_id: SecretStr | None = Field(None, validation_alias="AWS_ACCESS_KEY_ID")
     secret_access_key: SecretStr | None = Field(None, validation_alias="AWS_SECRET_ACCESS_KEY")
     region: str = Field("us-east-1", validation_alias="AWS_DEFAULT_REGION")
@@ -98,8 +98,9 @@ class S3Settings(_Base):
             aws_secret_access_key=_secret(self.secret_access_key),
             region_name=self.region,
             verify=self.ca_bundle or True,
-            config=Config(s3={"addressing_style": "path"},
-                          retries={"max_attempts": attempts, "mode": "standard"}, **extra),
+            config=Config(
+                s3={"addressing_style": "path"}, retries={"max_attempts": attempts, "mode": "standard"}, **extra
+            ),
         )
 
 
@@ -123,9 +124,7 @@ class MLflowSettings(_Base):
         from mlflow.tracking import MlflowClient
 
         if not self.tracking_uri:
-            raise RuntimeError(
-                "MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)"
-            )
+            raise RuntimeError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 

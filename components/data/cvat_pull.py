@@ -41,9 +41,16 @@ DONE_STATE = "completed"
 ANNOTATION_JOB_TYPE = "annotation"
 
 
-def make_client(url: str, *, token: str | None = None, username: str | None = None,
-                password: str | None = None, ca_bundle: str | None = None, verify_ssl: bool | None = None,
-                host: str | None = None):
+def make_client(
+    url: str,
+    *,
+    token: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    ca_bundle: str | None = None,
+    verify_ssl: bool | None = None,
+    host: str | None = None,
+):
     """Build a logged-in ``cvat_sdk.Client`` from a URL and a token or user/password.
 
     Args:
@@ -68,8 +75,9 @@ def make_client(url: str, *, token: str | None = None, username: str | None = No
         raise CVATError("no CVAT credentials: set CVAT_TOKEN, or CVAT_USERNAME and CVAT_PASSWORD")
     try:
         # The version check would run before a private CA could be set, so it is done after.
-        client = Client(url, config=Config(allow_unsupported_server=True, verify_ssl=verify_ssl),
-                        check_server_version=False)
+        client = Client(
+            url, config=Config(allow_unsupported_server=True, verify_ssl=verify_ssl), check_server_version=False
+        )
         if ca_bundle:
             client.api_client.configuration.ssl_ca_cert = ca_bundle
             client.api_client.rest_client = rest.RESTClientObject(client.api_client.configuration)
@@ -141,18 +149,26 @@ def list_jobs(client, *, task_id: int | None = None, project_id: int | None = No
     from cvat_sdk.core.helpers import get_paginated_collection
 
     kwargs = {"task_id": task_id} if task_id is not None else {"project_id": project_id}
-    return _api_call(f"listing jobs of {'task ' + str(task_id) if task_id is not None else 'project ' + str(project_id)}",
-                     get_paginated_collection, client.api_client.jobs_api.list_endpoint, **kwargs)
+    return _api_call(
+        f"listing jobs of {'task ' + str(task_id) if task_id is not None else 'project ' + str(project_id)}",
+        get_paginated_collection,
+        client.api_client.jobs_api.list_endpoint,
+        **kwargs,
+    )
 
 
 def _export_one(client, kind: str, obj_id: int, fmt: str, dest: Path, timeout: float, poll: float) -> Path:
     """Run one export request to completion and download its archive to ``dest``."""
     from cvat_sdk.core.downloading import Downloader
 
-    api = {"task": client.api_client.tasks_api, "project": client.api_client.projects_api,
-           "job": client.api_client.jobs_api}[kind]
-    rq, response = _api_call(f"starting the export of {kind} {obj_id}", api.create_dataset_export,
-                             format=fmt, id=obj_id, save_images=True)
+    api = {
+        "task": client.api_client.tasks_api,
+        "project": client.api_client.projects_api,
+        "job": client.api_client.jobs_api,
+    }[kind]
+    rq, response = _api_call(
+        f"starting the export of {kind} {obj_id}", api.create_dataset_export, format=fmt, id=obj_id, save_images=True
+    )
     if response.status not in (200, 201, 202):
         raise CVATError(f"starting the export of {kind} {obj_id}: unexpected HTTP {response.status}")
     rq_id = rq.rq_id
@@ -165,20 +181,33 @@ def _export_one(client, kind: str, obj_id: int, fmt: str, dest: Path, timeout: f
         if status == "failed":
             raise CVATError(f"CVAT failed to export {kind} {obj_id} as {fmt!r}: {request.message or 'no message'}")
         if time.monotonic() + poll > deadline:
-            raise CVATError(f"export of {kind} {obj_id} not ready after {timeout:.0f}s (request {rq_id} is "
-                            f"{status!r}); CVAT may be busy: retry later or raise the timeout")
+            raise CVATError(
+                f"export of {kind} {obj_id} not ready after {timeout:.0f}s (request {rq_id} is "
+                f"{status!r}); CVAT may be busy: retry later or raise the timeout"
+            )
         time.sleep(poll)
     url = getattr(request, "result_url", None)
     if not url:
-        raise CVATError(f"export of {kind} {obj_id} finished without a result_url (it went to cloud storage?); "
-                        "export to local storage")
-    return _api_call(f"downloading {url}", Downloader(client).download_file, url, output_path=dest,
-                     timeout=int(max(timeout, 60)))
+        raise CVATError(
+            f"export of {kind} {obj_id} finished without a result_url (it went to cloud storage?); "
+            "export to local storage"
+        )
+    return _api_call(
+        f"downloading {url}", Downloader(client).download_file, url, output_path=dest, timeout=int(max(timeout, 60))
+    )
 
 
-def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_id: int | None = None,
-                     fmt: str = ULTRALYTICS_FORMAT, include_all_jobs: bool = False,
-                     timeout: float = 600.0, poll: float = 2.0) -> tuple[list[tuple[Path, str]], dict]:
+def export_from_cvat(
+    client,
+    work: Path,
+    *,
+    task_id: int | None = None,
+    project_id: int | None = None,
+    fmt: str = ULTRALYTICS_FORMAT,
+    include_all_jobs: bool = False,
+    timeout: float = 600.0,
+    poll: float = 2.0,
+) -> tuple[list[tuple[Path, str]], dict]:
     """Export a task or project (or its completed annotation jobs) to archives under ``work``.
 
     Ground-truth and replica jobs are always left out (see the module docs); with
@@ -209,8 +238,13 @@ def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_
     kind, obj_id = ("task", task_id) if task_id is not None else ("project", project_id)
     api = client.api_client.tasks_api if kind == "task" else client.api_client.projects_api
     _api_call(f"reading {kind} {obj_id}", api.retrieve, id=obj_id)
-    source = {"type": "cvat", "host": _public_host(client.api_map.host), kind + "_id": obj_id, "format": fmt,
-              "include_all_jobs": include_all_jobs}
+    source = {
+        "type": "cvat",
+        "host": _public_host(client.api_map.host),
+        kind + "_id": obj_id,
+        "format": fmt,
+        "include_all_jobs": include_all_jobs,
+    }
     work.mkdir(parents=True, exist_ok=True)
     if include_all_jobs:
         source["jobs"] = "all"
@@ -224,16 +258,19 @@ def export_from_cvat(client, work: Path, *, task_id: int | None = None, project_
     done = [j for j in jobs if is_done(j)]
     source["jobs"] = sorted(j.id for j in done)
     if not done:
-        states = sorted(f"job {j.id}: {_job_field(j, 'stage') or '?'}/{_job_field(j, 'state') or '?'}"
-                        for j in jobs)
-        raise DatasetError(f"{kind} {obj_id} has no completed annotation jobs "
-                           f"({'; '.join(states) or 'no annotation jobs'}); "
-                           "finish the jobs in CVAT or pass --include-all-jobs")
+        states = sorted(f"job {j.id}: {_job_field(j, 'stage') or '?'}/{_job_field(j, 'state') or '?'}" for j in jobs)
+        raise DatasetError(
+            f"{kind} {obj_id} has no completed annotation jobs "
+            f"({'; '.join(states) or 'no annotation jobs'}); "
+            "finish the jobs in CVAT or pass --include-all-jobs"
+        )
     if len(done) == len(jobs):
         return [(_export_one(client, kind, obj_id, fmt, work / f"{kind}_{obj_id}.zip", timeout, poll), kind)], source
     done_ids = {j.id for j in done}
     skipped = sorted(j.id for j in jobs if j.id not in done_ids)
     log.info("exporting %d completed job(s) of %s %s; skipping unfinished job(s) %s", len(done), kind, obj_id, skipped)
     source["skipped_jobs"] = skipped
-    return [(_export_one(client, "job", j.id, fmt, work / f"job_{j.id}.zip", timeout, poll), f"job{j.id}")
-            for j in sorted(done, key=lambda j: j.id)], source
+    return [
+        (_export_one(client, "job", j.id, fmt, work / f"job_{j.id}.zip", timeout, poll), f"job{j.id}")
+        for j in sorted(done, key=lambda j: j.id)
+    ], source

@@ -94,8 +94,10 @@ def wait_request(client, rq_id: str, what: str, *, timeout: float = 600.0, poll:
         if status == "failed":
             raise CVATError(f"CVAT failed {what}: {request.message or 'no message'}")
         if time.monotonic() + poll > deadline:
-            raise CVATError(f"{what} not finished after {timeout:.0f}s (request {rq_id} is {status!r}); "
-                            "CVAT may be busy: retry later or raise --timeout")
+            raise CVATError(
+                f"{what} not finished after {timeout:.0f}s (request {rq_id} is {status!r}); "
+                "CVAT may be busy: retry later or raise --timeout"
+            )
         time.sleep(poll)
 
 
@@ -104,13 +106,18 @@ def wait_request(client, rq_id: str, what: str, *, timeout: float = 600.0, poll:
 
 def label_ids(client, project_id: int) -> dict[str, int]:
     """``{label name: label id}`` of a project."""
-    labels = _api_call(f"listing labels of project {project_id}", _list_all,
-                       client.api_client.labels_api.list_endpoint, project_id=project_id)
+    labels = _api_call(
+        f"listing labels of project {project_id}",
+        _list_all,
+        client.api_client.labels_api.list_endpoint,
+        project_id=project_id,
+    )
     return {lab.name: lab.id for lab in labels}
 
 
-def ensure_project(client, name: str = DEFAULT_PROJECT,
-                   labels: Sequence[str] = DEFAULT_LABELS) -> tuple[int, bool, list[str]]:
+def ensure_project(
+    client, name: str = DEFAULT_PROJECT, labels: Sequence[str] = DEFAULT_LABELS
+) -> tuple[int, bool, list[str]]:
     """Find the project by exact name, or create it with ``labels``; add the labels it lacks.
 
     Returns:
@@ -121,14 +128,22 @@ def ensure_project(client, name: str = DEFAULT_PROJECT,
     """
     from cvat_sdk.api_client import models
 
-    found = [p for p in _api_call(f"listing projects named {name!r}", _list_all,
-                                  client.api_client.projects_api.list_endpoint, name=name) if p.name == name]
+    found = [
+        p
+        for p in _api_call(
+            f"listing projects named {name!r}", _list_all, client.api_client.projects_api.list_endpoint, name=name
+        )
+        if p.name == name
+    ]
     if len(found) > 1:
-        raise CVATError(f"{len(found)} CVAT projects are named {name!r} (ids {sorted(p.id for p in found)}); "
-                        "rename one or pass --project-id")
+        raise CVATError(
+            f"{len(found)} CVAT projects are named {name!r} (ids {sorted(p.id for p in found)}); "
+            "rename one or pass --project-id"
+        )
     if not found:
         request = models.ProjectWriteRequest(
-            name=name, labels=[models.PatchedLabelRequest(name=n, type="rectangle") for n in labels])
+            name=name, labels=[models.PatchedLabelRequest(name=n, type="rectangle") for n in labels]
+        )
         project, _ = _api_call(f"creating project {name!r}", client.api_client.projects_api.create, request)
         log.info("created CVAT project %s (%s) with labels %s", project.id, name, list(labels))
         return project.id, True, []
@@ -137,9 +152,14 @@ def ensure_project(client, name: str = DEFAULT_PROJECT,
     missing = [n for n in labels if n not in have]
     if missing:
         patch = models.PatchedProjectWriteRequest(
-            labels=[models.PatchedLabelRequest(name=n, type="rectangle") for n in missing])
-        _api_call(f"adding labels {missing} to project {project_id}", client.api_client.projects_api.partial_update,
-                  project_id, patched_project_write_request=patch)
+            labels=[models.PatchedLabelRequest(name=n, type="rectangle") for n in missing]
+        )
+        _api_call(
+            f"adding labels {missing} to project {project_id}",
+            client.api_client.projects_api.partial_update,
+            project_id,
+            patched_project_write_request=patch,
+        )
         log.info("added labels %s to CVAT project %s", missing, project_id)
     return project_id, False, missing
 
@@ -161,7 +181,7 @@ def collect_images(source: str | Path, work: Path, *, s3_client=None) -> list[Pa
     if text.startswith("s3://"):
         if s3_client is None:
             raise DatasetError(f"{text} is on S3: S3 settings are needed (AWS_S3_ENDPOINT, credentials)")
-        bucket, _, prefix = text[len("s3://"):].partition("/")
+        bucket, _, prefix = text[len("s3://") :].partition("/")
         work.mkdir(parents=True, exist_ok=True)
         for page in s3_client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
@@ -192,8 +212,9 @@ def collect_images(source: str | Path, work: Path, *, s3_client=None) -> list[Pa
     names: dict[str, Path] = {}
     for f in files:
         if f.name in names and names[f.name] != f:
-            raise DatasetError(f"two images are named {f.name!r} ({names[f.name]} and {f}); CVAT frames need "
-                               "distinct names", file=f)
+            raise DatasetError(
+                f"two images are named {f.name!r} ({names[f.name]} and {f}); CVAT frames need distinct names", file=f
+            )
         names[f.name] = f
     return sorted(files, key=lambda p: p.name)
 
@@ -208,8 +229,9 @@ def _image_size(path: Path) -> tuple[int, int]:
         raise DatasetError(f"cannot read image ({e})", file=path) from e
 
 
-def read_yolo_annotations(ann_dir: Path, images: Iterable[Path],
-                          classes: Sequence[str] | None = None) -> dict[str, list[Box]]:
+def read_yolo_annotations(
+    ann_dir: Path, images: Iterable[Path], classes: Sequence[str] | None = None
+) -> dict[str, list[Box]]:
     """Boxes in pixels per image name from YOLO label files (``<stem>.txt``: ``class cx cy w h``).
 
     Class names come from ``classes``, else the dataset's ``manifest.json`` / ``data.yaml`` /
@@ -255,8 +277,9 @@ def read_yolo_annotations(ann_dir: Path, images: Iterable[Path],
                 raise DatasetError("expected 'class cx cy w h'", file=label, line=n) from None
             if not 0 <= cid < len(classes):
                 raise DatasetError(f"class id {cid} is not one of {list(classes)}", file=label, line=n)
-            boxes.append((classes[cid], (cx - w / 2) * width, (cy - h / 2) * height,
-                          (cx + w / 2) * width, (cy + h / 2) * height))
+            boxes.append(
+                (classes[cid], (cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height)
+            )
         out[img.name] = boxes
     return out
 
@@ -265,13 +288,17 @@ def predict_boxes(predict: Predictor, images: Iterable[Path], *, min_score: floa
     """Boxes per image name from a model (:data:`Predictor`), keeping scores >= ``min_score``."""
     out = {}
     for img in images:
-        out[img.name] = [(str(d["class_name"]), *(float(v) for v in d["box"][:4]))
-                         for d in predict(img.read_bytes()) if float(d.get("score", 1.0)) >= min_score]
+        out[img.name] = [
+            (str(d["class_name"]), *(float(v) for v in d["box"][:4]))
+            for d in predict(img.read_bytes())
+            if float(d.get("score", 1.0)) >= min_score
+        ]
     return out
 
 
-def champion_predictor(model_client, *, conf: float = 0.2, iou: float = 0.4,
-                       names: Sequence[str] = DEFAULT_LABELS) -> Predictor:
+def champion_predictor(
+    model_client, *, conf: float = 0.2, iou: float = 0.4, names: Sequence[str] = DEFAULT_LABELS
+) -> Predictor:
     """A :data:`Predictor` over the serving model (v2 protocol), exactly as the image processor calls it.
 
     Args:
@@ -296,17 +323,36 @@ def champion_predictor(model_client, *, conf: float = 0.2, iou: float = 0.4,
 
 def find_task(client, project_id: int, name: str) -> int | None:
     """The id of the project's task with exactly this name, or None."""
-    tasks = [t for t in _api_call(f"listing tasks of project {project_id}", _list_all,
-                                  client.api_client.tasks_api.list_endpoint, project_id=project_id, name=name)
-             if t.name == name and t.project_id == project_id]
+    tasks = [
+        t
+        for t in _api_call(
+            f"listing tasks of project {project_id}",
+            _list_all,
+            client.api_client.tasks_api.list_endpoint,
+            project_id=project_id,
+            name=name,
+        )
+        if t.name == name and t.project_id == project_id
+    ]
     if len(tasks) > 1:
-        raise CVATError(f"{len(tasks)} tasks of project {project_id} are named {name!r} "
-                        f"(ids {sorted(t.id for t in tasks)}); pass another --task-name")
+        raise CVATError(
+            f"{len(tasks)} tasks of project {project_id} are named {name!r} "
+            f"(ids {sorted(t.id for t in tasks)}); pass another --task-name"
+        )
     return tasks[0].id if tasks else None
 
 
-def create_task(client, project_id: int, name: str, images: Sequence[Path], *, segment_size: int = 0,
-                image_quality: int = 95, timeout: float = 600.0, poll: float = 1.0) -> int:
+def create_task(
+    client,
+    project_id: int,
+    name: str,
+    images: Sequence[Path],
+    *,
+    segment_size: int = 0,
+    image_quality: int = 95,
+    timeout: float = 600.0,
+    poll: float = 1.0,
+) -> int:
     """Create a task in the project and upload the images; wait until CVAT has built it.
 
     Returns:
@@ -315,13 +361,19 @@ def create_task(client, project_id: int, name: str, images: Sequence[Path], *, s
     from cvat_sdk.api_client import models
     from cvat_sdk.core.uploading import DataUploader
 
-    spec = models.TaskWriteRequest(name=name, project_id=project_id, **({"segment_size": segment_size}
-                                                                         if segment_size else {}))
+    spec = models.TaskWriteRequest(
+        name=name, project_id=project_id, **({"segment_size": segment_size} if segment_size else {})
+    )
     task, _ = _api_call(f"creating task {name!r} in project {project_id}", client.api_client.tasks_api.create, spec)
-    url = client.api_map.make_endpoint_url(client.api_client.tasks_api.create_data_endpoint.path,
-                                           kwsub={"id": task.id})
-    response = _api_call(f"uploading {len(images)} image(s) to task {task.id}", DataUploader(client).upload_files,
-                         url, list(images), image_quality=image_quality, sorting_method="lexicographical")
+    url = client.api_map.make_endpoint_url(client.api_client.tasks_api.create_data_endpoint.path, kwsub={"id": task.id})
+    response = _api_call(
+        f"uploading {len(images)} image(s) to task {task.id}",
+        DataUploader(client).upload_files,
+        url,
+        list(images),
+        image_quality=image_quality,
+        sorting_method="lexicographical",
+    )
     import json
 
     rq_id = json.loads(response.data).get("rq_id")
@@ -333,13 +385,15 @@ def create_task(client, project_id: int, name: str, images: Sequence[Path], *, s
 
 def frame_numbers(client, task_id: int) -> dict[str, int]:
     """``{frame name: frame number}`` of a task, in CVAT's frame order."""
-    meta, _ = _api_call(f"reading the frames of task {task_id}", client.api_client.tasks_api.retrieve_data_meta,
-                        task_id)
+    meta, _ = _api_call(
+        f"reading the frames of task {task_id}", client.api_client.tasks_api.retrieve_data_meta, task_id
+    )
     return {Path(f.name).name: i for i, f in enumerate(meta.frames)}
 
 
-def upload_boxes(client, task_id: int, project_id: int, boxes: Mapping[str, Sequence[Box]],
-                 *, source: str = "auto") -> int:
+def upload_boxes(
+    client, task_id: int, project_id: int, boxes: Mapping[str, Sequence[Box]], *, source: str = "auto"
+) -> int:
     """Write rectangles into a task (replacing its annotations), label ids looked up by name.
 
     Args:
@@ -365,14 +419,29 @@ def upload_boxes(client, task_id: int, project_id: int, boxes: Mapping[str, Sequ
             raise CVATError(f"pre-annotation for {name!r}, which is no frame of task {task_id}")
         for label, x1, y1, x2, y2 in image_boxes:
             if label not in ids:
-                raise CVATError(f"pre-annotation of {name!r} has label {label!r}, which project {project_id} "
-                                f"lacks (its labels: {sorted(ids)})")
-            shapes.append(models.LabeledShapeRequest(
-                type="rectangle", frame=frames[name], label_id=ids[label], points=[x1, y1, x2, y2],
-                occluded=False, z_order=0, source=source, attributes=[]))
+                raise CVATError(
+                    f"pre-annotation of {name!r} has label {label!r}, which project {project_id} "
+                    f"lacks (its labels: {sorted(ids)})"
+                )
+            shapes.append(
+                models.LabeledShapeRequest(
+                    type="rectangle",
+                    frame=frames[name],
+                    label_id=ids[label],
+                    points=[x1, y1, x2, y2],
+                    occluded=False,
+                    z_order=0,
+                    source=source,
+                    attributes=[],
+                )
+            )
     data = models.LabeledDataRequest(version=0, tags=[], shapes=shapes, tracks=[])
-    _api_call(f"writing {len(shapes)} pre-annotation(s) to task {task_id}", client.api_client.tasks_api.update_annotations,
-              task_id, labeled_data_request=data)
+    _api_call(
+        f"writing {len(shapes)} pre-annotation(s) to task {task_id}",
+        client.api_client.tasks_api.update_annotations,
+        task_id,
+        labeled_data_request=data,
+    )
     return len(shapes)
 
 
@@ -391,17 +460,22 @@ def ensure_user(client, username: str, *, email: str | None = None, password: st
     from cvat_sdk.api_client import models
 
     def lookup():
-        return [u for u in _api_call(f"looking up user {username!r}", _list_all,
-                                     client.api_client.users_api.list_endpoint, username=username)
-                if u.username == username]
+        return [
+            u
+            for u in _api_call(
+                f"looking up user {username!r}", _list_all, client.api_client.users_api.list_endpoint, username=username
+            )
+            if u.username == username
+        ]
 
     found = lookup()
     if found:
         return found[0].id, False
     if not password:
         raise CVATError(f"CVAT user {username!r} does not exist; set CVAT_ANNOTATOR_PASSWORD to register it")
-    request = models.RegisterSerializerExRequest(username=username, email=email or f"{username}@example.com",
-                                                 password1=password, password2=password)
+    request = models.RegisterSerializerExRequest(
+        username=username, email=email or f"{username}@example.com", password1=password, password2=password
+    )
     _api_call(f"registering user {username!r}", client.api_client.auth_api.create_register, request)
     found = lookup()
     if not found:
@@ -417,20 +491,37 @@ def assign_jobs(client, task_id: int, user_id: int) -> list[int]:
 
     jobs = [j for j in list_jobs(client, task_id=task_id) if is_annotation_job(j)]
     for j in jobs:
-        _api_call(f"assigning job {j.id} to user {user_id}", client.api_client.jobs_api.partial_update,
-                  j.id, patched_job_write_request=models.PatchedJobWriteRequest(assignee=user_id))
+        _api_call(
+            f"assigning job {j.id} to user {user_id}",
+            client.api_client.jobs_api.partial_update,
+            j.id,
+            patched_job_write_request=models.PatchedJobWriteRequest(assignee=user_id),
+        )
     return sorted(j.id for j in jobs)
 
 
 # --------------------------------------------------------------------------- the command
 
 
-def setup(client, *, project: str = DEFAULT_PROJECT, labels: Sequence[str] = DEFAULT_LABELS,
-          images: str | Path | None = None, task_name: str | None = None, s3_client=None,
-          annotations: Path | None = None, annotation_classes: Sequence[str] | None = None,
-          predict: Predictor | None = None, min_score: float = 0.0, segment_size: int = 0,
-          annotator: str | None = None, annotator_email: str | None = None, annotator_password: str | None = None,
-          timeout: float = 600.0, poll: float = 1.0) -> SetupReport:
+def setup(
+    client,
+    *,
+    project: str = DEFAULT_PROJECT,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    images: str | Path | None = None,
+    task_name: str | None = None,
+    s3_client=None,
+    annotations: Path | None = None,
+    annotation_classes: Sequence[str] | None = None,
+    predict: Predictor | None = None,
+    min_score: float = 0.0,
+    segment_size: int = 0,
+    annotator: str | None = None,
+    annotator_email: str | None = None,
+    annotator_password: str | None = None,
+    timeout: float = 600.0,
+    poll: float = 1.0,
+) -> SetupReport:
     """Everything ``vinspect cvat setup`` does, idempotently (see the module docs).
 
     Args:
@@ -465,10 +556,16 @@ def setup(client, *, project: str = DEFAULT_PROJECT, labels: Sequence[str] = DEF
             with tempfile.TemporaryDirectory(prefix="vinspect-cvat-") as work_s:
                 files = collect_images(images, Path(work_s), s3_client=s3_client)
                 # Pre-annotations are read before the task exists, so bad labels create nothing.
-                boxes = (read_yolo_annotations(Path(annotations), files, annotation_classes) if annotations is not None
-                         else predict_boxes(predict, files, min_score=min_score) if predict is not None else None)
-                task_id = create_task(client, project_id, name, files, segment_size=segment_size,
-                                      timeout=timeout, poll=poll)
+                boxes = (
+                    read_yolo_annotations(Path(annotations), files, annotation_classes)
+                    if annotations is not None
+                    else predict_boxes(predict, files, min_score=min_score)
+                    if predict is not None
+                    else None
+                )
+                task_id = create_task(
+                    client, project_id, name, files, segment_size=segment_size, timeout=timeout, poll=poll
+                )
                 report.task_created = True
                 if boxes:
                     report.boxes = upload_boxes(client, task_id, project_id, boxes)
@@ -477,8 +574,9 @@ def setup(client, *, project: str = DEFAULT_PROJECT, labels: Sequence[str] = DEF
         report.frames = len(frame_numbers(client, task_id))
         report.task_id, report.task_url = task_id, task_url(client, task_id)
     if annotator:
-        uid, report.annotator_created = ensure_user(client, annotator, email=annotator_email,
-                                                    password=annotator_password)
+        uid, report.annotator_created = ensure_user(
+            client, annotator, email=annotator_email, password=annotator_password
+        )
         report.annotator = annotator
         if report.task_id is not None:
             report.jobs_assigned = assign_jobs(client, report.task_id, uid)

@@ -221,7 +221,7 @@ def _rel(root: Path | str, path: Path | str) -> str:
     objects, because this runs per file and pathlib interns every name it parses."""
     prefix = os.path.join(str(root), "")
     path = str(path)
-    return path[len(prefix):].replace(os.sep, "/") if path.startswith(prefix) else path
+    return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else path
 
 
 def _stem(name: str) -> str:
@@ -242,9 +242,7 @@ def _make_names_unique(items: list[Item]) -> None:
         if counts[it.name] > 1:
             it.name = f"{it.subset or 'default'}/{it.name}"
         if it.name in seen:
-            raise DatasetError(
-                f"image {it.name!r} appears twice in the export", file=it.ann_file, line=it.ann_line
-            )
+            raise DatasetError(f"image {it.name!r} appears twice in the export", file=it.ann_file, line=it.ann_line)
         seen.add(it.name)
     stems = Counter(_stem(it.name) for it in items)
     for it in items:
@@ -319,8 +317,9 @@ def _check_real(root: str | Path, path: str | Path, named: str, file: str | Path
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(os.path.join(real_root, "")):
-        raise DatasetError(f"path {named.strip()!r} resolves outside the export (a symlink?); {_OUTSIDE}",
-                           file=file, line=line)
+        raise DatasetError(
+            f"path {named.strip()!r} resolves outside the export (a symlink?); {_OUTSIDE}", file=file, line=line
+        )
 
 
 def _first_file(root: str | Path, candidates: list, named: str, file: str | Path | None, line: int | None):
@@ -343,7 +342,7 @@ def _resolve_listed(root: str, listed: str, file: str | Path | None = None, line
     candidates = []
     # The common case first: CVAT's "data/" prefix stands for the export root.
     if p.startswith("data/"):
-        candidates.append(os.path.join(root, p[len("data/"):]))
+        candidates.append(os.path.join(root, p[len("data/") :]))
     if p.startswith("./"):
         candidates.append(os.path.join(root, p[2:]))
     candidates.append(os.path.join(root, p))
@@ -400,7 +399,7 @@ def _read_yolo11(root: Path) -> Export:
     else:
         # obj.data is optional for Datumaro: fall back to the <subset>.txt list files.
         for d in sorted(root.glob("obj_*_data")):
-            subset = d.name[len("obj_"):-len("_data")]
+            subset = d.name[len("obj_") : -len("_data")]
             subsets[subset] = root / f"{subset}.txt"
     items: list[Item] = []
     used_labels: set[str] = set()
@@ -419,7 +418,9 @@ def _read_yolo11(root: Path) -> Export:
                 continue
             image = _resolve_listed(root_s, raw, rel_list, lineno)
             if not os.path.isfile(image):
-                raise DatasetError(f"listed image {raw.strip()!r} is missing from the export", file=rel_list, line=lineno)
+                raise DatasetError(
+                    f"listed image {raw.strip()!r} is missing from the export", file=rel_list, line=lineno
+                )
             label = os.path.splitext(image)[0] + ".txt"
             _check_label(root_s, label, rel_list, lineno)
             used_labels.add(label)
@@ -437,8 +438,9 @@ def _read_ultralytics(root: Path) -> Export:
         data = yaml.safe_load(data_file.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        raise DatasetError(f"data.yaml is not valid YAML: {e}", file="data.yaml",
-                           line=mark.line + 1 if mark else None) from e
+        raise DatasetError(
+            f"data.yaml is not valid YAML: {e}", file="data.yaml", line=mark.line + 1 if mark else None
+        ) from e
     raw_names = data.get("names")
     if isinstance(raw_names, dict):
         ids = sorted(int(k) for k in raw_names)
@@ -458,8 +460,12 @@ def _read_ultralytics(root: Path) -> Export:
         target = root / _check_named(value, "data.yaml", None)
         _check_real(root, target, value, "data.yaml", None)
         if target.is_dir():
-            images = sorted(os.path.join(d, f) for d, _, fs in os.walk(target) for f in fs
-                            if os.path.splitext(f)[1].lower() in IMAGE_EXTS)
+            images = sorted(
+                os.path.join(d, f)
+                for d, _, fs in os.walk(target)
+                for f in fs
+                if os.path.splitext(f)[1].lower() in IMAGE_EXTS
+            )
             listing = [(img, "data.yaml", None) for img in images]
             img_base = str(target)
         elif target.is_file():
@@ -472,8 +478,9 @@ def _read_ultralytics(root: Path) -> Export:
             raise DatasetError(f"subset {subset!r} points at {value!r}, which is not in the export", file="data.yaml")
         for image, ann_file, lineno in listing:
             if not os.path.isfile(image):
-                raise DatasetError(f"listed image {_rel(root_s, image)!r} is missing from the export",
-                                   file=ann_file, line=lineno)
+                raise DatasetError(
+                    f"listed image {_rel(root_s, image)!r} is missing from the export", file=ann_file, line=lineno
+                )
             _check_real(root_s, image, _rel(root_s, image), ann_file, lineno)  # a symlink in a folder
             label = _label_for_image(image)
             _check_label(root_s, label, ann_file, lineno)
@@ -516,7 +523,9 @@ def _parse_xml_with_lines(path: Path, rel: str) -> tuple[ET.Element, dict[ET.Ele
         with path.open("rb") as f:
             parser.ParseFile(f)
     except xml.parsers.expat.ExpatError as e:
-        raise DatasetError(f"not well-formed XML: {xml.parsers.expat.ErrorString(e.code)}", file=rel, line=e.lineno) from e
+        raise DatasetError(
+            f"not well-formed XML: {xml.parsers.expat.ErrorString(e.code)}", file=rel, line=e.lineno
+        ) from e
     return builder.close(), lines
 
 
@@ -566,8 +575,11 @@ def _read_cvat(root: Path) -> Export:
             candidates += [root / "images" / name, root / name]
             image = _first_file(root, candidates, name, rel, line)
             if not image.is_file():
-                raise DatasetError(f"image {name!r} is missing from the export (looked for "
-                                   f"{_rel(root, candidates[0])})", file=rel, line=line)
+                raise DatasetError(
+                    f"image {name!r} is missing from the export (looked for {_rel(root, candidates[0])})",
+                    file=rel,
+                    line=line,
+                )
             item = Item(name, str(image), [], subset, (width, height), rel, line)
             for child in img:
                 if child.tag == "box":
@@ -591,8 +603,9 @@ def _read_cvat(root: Path) -> Export:
                 frame = int(_float_attr(child, "frame", rel, lines.get(child)))
                 item = by_frame.get(frame)
                 if item is None:
-                    raise DatasetError(f"track box on frame {frame}, which has no <image>",
-                                       file=rel, line=lines.get(child))
+                    raise DatasetError(
+                        f"track box on frame {frame}, which has no <image>", file=rel, line=lines.get(child)
+                    )
                 child.set("label", label)
                 box = _cvat_box(child, item.size[0], item.size[1], rel, lines.get(child), labels, other)
                 if box is not None:
@@ -610,8 +623,9 @@ def _cvat_box(el, width, height, rel, line, labels, other) -> Box | None:
     xtl, ytl, xbr, ybr = (_float_attr(el, a, rel, line) for a in ("xtl", "ytl", "xbr", "ybr"))
     if width <= 0 or height <= 0:
         raise DatasetError(f"image size {width}x{height} is not positive", file=rel, line=line)
-    return Box(label, (xtl + xbr) / 2 / width, (ytl + ybr) / 2 / height,
-               (xbr - xtl) / width, (ybr - ytl) / height, rel, line)
+    return Box(
+        label, (xtl + xbr) / 2 / width, (ytl + ybr) / 2 / height, (xbr - xtl) / width, (ybr - ytl) / height, rel, line
+    )
 
 
 # --------------------------------------------------------------------------- COCO 1.0
@@ -627,7 +641,7 @@ def _read_coco(root: Path) -> Export:
     other: Counter = Counter()
     for f in files:
         rel = _rel(root, f)
-        subset_raw = f.stem[len("instances_"):]
+        subset_raw = f.stem[len("instances_") :]
         try:
             doc = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
@@ -666,8 +680,9 @@ def _read_coco(root: Path) -> Export:
                 raise DatasetError(f"annotation id {aid} refers to unknown image id {ann.get('image_id')}", file=rel)
             if ann.get("category_id") not in cats:
                 raise DatasetError(
-                    f"annotation id {aid} has unknown category id {ann.get('category_id')} "
-                    f"(categories: {cats})", file=rel)
+                    f"annotation id {aid} has unknown category id {ann.get('category_id')} (categories: {cats})",
+                    file=rel,
+                )
             seg = ann.get("segmentation")
             if seg:
                 other["mask" if isinstance(seg, dict) else "polygon"] += 1
@@ -679,7 +694,14 @@ def _read_coco(root: Path) -> Export:
             width, height = item.size  # type: ignore[misc]
             if width <= 0 or height <= 0:
                 raise DatasetError(f"image {item.name!r} declares size {width}x{height}", file=rel)
-            box = Box(cats[ann["category_id"]], (x + w / 2) / width, (y + h / 2) / height, w / width, h / height,
-                      f"{rel} (annotation id {aid})", None)
+            box = Box(
+                cats[ann["category_id"]],
+                (x + w / 2) / width,
+                (y + h / 2) / height,
+                w / width,
+                h / height,
+                f"{rel} (annotation id {aid})",
+                None,
+            )
             item.boxes.append(box)
     return Export(COCO, root, labels, items, other)

@@ -143,8 +143,7 @@ def _check_target(out_dir: Path, overwrite: bool) -> None:
         if not out_dir.is_dir():
             raise DatasetError("output path exists and is not a folder", file=out_dir)
         if any(out_dir.iterdir()) and not overwrite:
-            raise DatasetError("output folder is not empty; choose another --out or pass --overwrite",
-                               file=out_dir)
+            raise DatasetError("output folder is not empty; choose another --out or pass --overwrite", file=out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_temp(out_dir.parent)
 
@@ -178,7 +177,9 @@ def _commit(stage: Path, out_dir: Path, overwrite: bool) -> None:
         if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
             raise DatasetError(
                 "output folder was filled by another import while this one ran; nothing was changed. "
-                "Choose another --out or pass --overwrite", file=out_dir) from None
+                "Choose another --out or pass --overwrite",
+                file=out_dir,
+            ) from None
         raise
 
 
@@ -275,7 +276,8 @@ def map_classes(export: Export, classes: Sequence[str], map_by_name: bool) -> di
                 f"required class(es) {missing} are not labels of the export (its labels are {export.labels}); "
                 f"add {'them' if len(missing) > 1 else 'it'} to the CVAT project/task (`vinspect cvat setup` "
                 f"creates {classes}) or pass --classes with the classes it has",
-                file=export.root)
+                file=export.root,
+            )
         return {name: classes.index(name) for name in export.labels if name in classes}
     for it in export.items:
         for b in it.boxes:
@@ -284,13 +286,16 @@ def map_classes(export: Export, classes: Sequence[str], map_by_name: bool) -> di
                     f"unknown label {b.label!r}: the export's labels are {export.labels}, the dataset's "
                     f"classes are {classes}. Add it to --classes, relabel it in CVAT, or pass --map-by-name "
                     "to map by name and leave other labels out",
-                    file=b.file, line=b.line)
-    if export.labels != classes[:len(export.labels)]:
+                    file=b.file,
+                    line=b.line,
+                )
+    if export.labels != classes[: len(export.labels)]:
         raise DatasetError(
             f"the export's labels {export.labels} differ from the classes {classes} in names or order. "
             f"Class ids are never renumbered silently: pass --classes {','.join(export.labels)} to keep the "
             f"export's ids, or --map-by-name to map by name onto {classes}",
-            file=export.root)
+            file=export.root,
+        )
     return {name: classes.index(name) for name in export.labels if name in classes}
 
 
@@ -328,7 +333,8 @@ def pull_annotations(
         cvat_client: A logged-in ``cvat_sdk.Client``.
         task_id: CVAT task to export.
         project_id: CVAT project to export.
-        include_all_jobs: Also take jobs that are not yet completed (by default only completed annotation jobs, any stage).
+        include_all_jobs: Also take jobs that are not yet completed (by default only completed annotation
+            jobs, any stage).
         map_by_name: Map label names onto ``classes`` when the export's order differs.
         overwrite: Replace a non-empty ``out_dir``.
         progress: Show a progress bar.
@@ -353,8 +359,15 @@ def pull_annotations(
 
             cvat_fmt = fmt or ULTRALYTICS_FORMAT
             archives, source_info = export_from_cvat(
-                cvat_client, work, task_id=task_id, project_id=project_id, fmt=cvat_fmt,
-                include_all_jobs=include_all_jobs, timeout=cvat_timeout, poll=cvat_poll)
+                cvat_client,
+                work,
+                task_id=task_id,
+                project_id=project_id,
+                fmt=cvat_fmt,
+                include_all_jobs=include_all_jobs,
+                timeout=cvat_timeout,
+                poll=cvat_poll,
+            )
             parts = []
             for i, (archive, tag) in enumerate(archives):
                 root = extract_zip(archive, work / f"export_{i}")
@@ -369,15 +382,24 @@ def pull_annotations(
         return _write_normalized(export, out_dir, classes, map_by_name, source_info, overwrite, progress)
 
 
-def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_name: bool,
-                      source_info: dict, overwrite: bool, progress: bool) -> dict:
+def _write_normalized(
+    export: Export,
+    out_dir: Path,
+    classes: list[str],
+    map_by_name: bool,
+    source_info: dict,
+    overwrite: bool,
+    progress: bool,
+) -> dict:
     if not export.items:
         raise DatasetError("the export has no images: an empty export has nothing to import", file=export.root)
     if not any(it.boxes for it in export.items):
         raise DatasetError(
             f"the export has {len(export.items)} image(s) but no rectangles"
             + (f" (only {dict(export.other_shapes)})" if export.other_shapes else "")
-            + "; draw boxes in CVAT (detection needs rectangles)", file=export.root)
+            + "; draw boxes in CVAT (detection needs rectangles)",
+            file=export.root,
+        )
     class_ids = map_classes(export, classes, map_by_name)
     subsets = sorted({it.subset for it in export.items if it.subset})
     stats = qa.QAStats(classes)
@@ -394,7 +416,7 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
         for idx in tqdm(range(len(items)), desc="import", unit="img", disable=not progress):
             it = items[idx]
             items[idx] = None  # release parsed annotations as we go: memory stays flat
-            rel_img = it.image[len(root_prefix):] if it.image.startswith(root_prefix) else it.image
+            rel_img = it.image[len(root_prefix) :] if it.image.startswith(root_prefix) else it.image
             try:
                 with open(it.image, "rb") as fh:
                     data = fh.read()
@@ -404,7 +426,9 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
             if it.size is not None and tuple(it.size) != (width, height):
                 raise DatasetError(
                     f"annotation says {it.name!r} is {it.size[0]}x{it.size[1]} but the image is {width}x{height}",
-                    file=it.ann_file, line=it.ann_line)
+                    file=it.ann_file,
+                    line=it.ann_line,
+                )
             lines, ids, sizes = [], [], []
             for b in it.boxes:
                 if b.label not in class_ids:  # an extra label, mapped by name: counted, not trained on
@@ -429,8 +453,16 @@ def _write_normalized(export: Export, out_dir: Path, classes: list[str], map_by_
                     fh.write(payload)
                 files[rel] = sha256_bytes(payload)
             del data
-            items_out.append({"name": it.name, "image": img_rel, "label": lbl_rel, "subset": it.subset,
-                              "width": width, "height": height})
+            items_out.append(
+                {
+                    "name": it.name,
+                    "image": img_rel,
+                    "label": lbl_rel,
+                    "subset": it.subset,
+                    "width": width,
+                    "height": height,
+                }
+            )
             stats.add(it.subset or "all", ids, sizes)
         manifest = {
             "schema": SCHEMA,
@@ -498,8 +530,7 @@ def _scan(in_dir: Path, manifest: dict, progress: bool, trusted: bool = False) -
                 raise DatasetError("image listed in manifest.json is missing", file=entry["image"]) from None
             sha = sha256_bytes(data)
             if files.get(entry["image"]) not in (None, sha):
-                raise DatasetError("image changed since the manifest was written (sha256 differs)",
-                                   file=entry["image"])
+                raise DatasetError("image changed since the manifest was written (sha256 differs)", file=entry["image"])
             width, height = qa.check_image(data, entry["image"])
             del data
         try:
@@ -513,13 +544,26 @@ def _scan(in_dir: Path, manifest: dict, progress: bool, trusted: bool = False) -
         boxes = []
         for cls, cx, cy, w, h, line in qa.parse_label_text(text, entry["label"], len(classes)):
             boxes.append((cls, *qa.check_box(cx, cy, w, h, width, height, entry["label"], line)))
-        out.append(_Fact(entry["name"], entry["image"], entry["label"], entry.get("subset"), entry.get("split"),
-                         sha, boxes, raw if trusted else None, width, height))
+        out.append(
+            _Fact(
+                entry["name"],
+                entry["image"],
+                entry["label"],
+                entry.get("subset"),
+                entry.get("split"),
+                sha,
+                boxes,
+                raw if trusted else None,
+                width,
+                height,
+            )
+        )
     return out
 
 
-def _assign_splits(facts: list[_Fact], classes: list[str], val: float, test: float, seed: int,
-                   warnings: list[str]) -> tuple[dict[str, str], dict]:
+def _assign_splits(
+    facts: list[_Fact], classes: list[str], val: float, test: float, seed: int, warnings: list[str]
+) -> tuple[dict[str, str], dict]:
     """Return ``name -> split`` and a description of how the split was made."""
     by_sha: dict[str, list[_Fact]] = defaultdict(list)
     for f in facts:
@@ -529,8 +573,10 @@ def _assign_splits(facts: list[_Fact], classes: list[str], val: float, test: flo
     mapped = {s: subset_to_split(s) for s in subsets}
     keep = len(subsets) >= 2 and all(v is not None for v in mapped.values())
     if len(subsets) >= 2 and not keep:
-        warnings.append(f"CVAT subsets {sorted(s or 'default' for s in subsets)} do not all map to "
-                        "train/val/test; made a seeded split instead")
+        warnings.append(
+            f"CVAT subsets {sorted(s or 'default' for s in subsets)} do not all map to "
+            "train/val/test; made a seeded split instead"
+        )
     if not keep:
         assign = stratified_split(sorted(groups.items()), val=val, test=test, seed=seed, class_names=classes)
         method = {"method": "stratified", "seed": seed, "val": val, "test": test}
@@ -540,8 +586,9 @@ def _assign_splits(facts: list[_Fact], classes: list[str], val: float, test: flo
             splits = {mapped[f.subset] for f in fs}
             if len(splits) > 1:
                 names = [f"{f.image} ({f.subset})" for f in fs]
-                raise DatasetError(f"identical images in two splits: {', '.join(names)}; delete the copy in CVAT",
-                                   file=fs[0].image)
+                raise DatasetError(
+                    f"identical images in two splits: {', '.join(names)}; delete the copy in CVAT", file=fs[0].image
+                )
             assign[sha] = splits.pop()
         have = set(assign.values())
         carve_val = "val" not in have
@@ -550,15 +597,22 @@ def _assign_splits(facts: list[_Fact], classes: list[str], val: float, test: flo
         if carve_val or carve_test:
             train = sorted((sha, groups[sha]) for sha, s in assign.items() if s == "train")
             if carve_val:
-                sub = stratified_split(train, val=val, test=test if carve_test else 0.0, seed=seed,
-                                       class_names=classes)
+                sub = stratified_split(train, val=val, test=test if carve_test else 0.0, seed=seed, class_names=classes)
             else:
                 # Only test is missing: carve it as the "val" part of a two-way split of train.
-                sub = {sha: ("test" if s == "val" else s) for sha, s in stratified_split(
-                    train, val=test, test=0.0, seed=seed, class_names=classes).items()}
+                sub = {
+                    sha: ("test" if s == "val" else s)
+                    for sha, s in stratified_split(train, val=test, test=0.0, seed=seed, class_names=classes).items()
+                }
             assign.update(sub)
-            method.update({"carved": [s for s, c in (("val", carve_val), ("test", carve_test)) if c],
-                           "seed": seed, "val": val, "test": test})
+            method.update(
+                {
+                    "carved": [s for s, c in (("val", carve_val), ("test", carve_test)) if c],
+                    "seed": seed,
+                    "val": val,
+                    "test": test,
+                }
+            )
         present = {c for g in groups.values() for c in g}
         for s in sorted(set(assign.values())):
             here = {c for sha, g in groups.items() if assign[sha] == s for c in g}
@@ -598,8 +652,9 @@ def validate_and_split(
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     manifest_in = read_manifest(in_dir)
     if manifest_in.get("kind") != "annotations":
-        raise DatasetError("this folder is already split; run `vinspect data validate` on it instead",
-                           file=in_dir / MANIFEST)
+        raise DatasetError(
+            "this folder is already split; run `vinspect data validate` on it instead", file=in_dir / MANIFEST
+        )
     classes = list(manifest_in["classes"])
     _check_target(out_dir, overwrite)
     facts = _scan(in_dir, manifest_in, progress, trusted=_move)
@@ -647,8 +702,17 @@ def validate_and_split(
                     fh.write(label)
             files[img_rel] = f.sha256
             files[lbl_rel] = sha256_bytes(label)
-            items_out.append({"name": f.name, "image": img_rel, "label": lbl_rel, "split": split,
-                              "subset": f.subset, "width": f.width, "height": f.height})
+            items_out.append(
+                {
+                    "name": f.name,
+                    "image": img_rel,
+                    "label": lbl_rel,
+                    "split": split,
+                    "subset": f.subset,
+                    "width": f.width,
+                    "height": f.height,
+                }
+            )
             stats.add(split, [b[0] for b in f.boxes], [(b[3], b[4]) for b in f.boxes])
         data_yaml: dict[str, Any] = {"path": str(out_dir)}
         for s in split_names:
@@ -660,8 +724,14 @@ def validate_and_split(
         report = {
             "dataset_id": did,
             "status": "passed",
-            "checks": ["images readable", "labels parse", "class ids in range", "boxes inside image",
-                       "boxes non-degenerate", "no identical images across splits"],
+            "checks": [
+                "images readable",
+                "labels parse",
+                "class ids in range",
+                "boxes inside image",
+                "boxes non-degenerate",
+                "no identical images across splits",
+            ],
             "counts": counts,
             "box_sizes": stats.size_summary(),
             "other_shapes": manifest_in.get("other_shapes", {}),
@@ -693,8 +763,17 @@ def validate_and_split(
     return manifest
 
 
-def import_dataset(source: str | Path | None, out_dir: Path, *, val: float = 0.2, test: float = 0.0,
-                   seed: int = 0, overwrite: bool = False, progress: bool = False, **kw) -> dict:
+def import_dataset(
+    source: str | Path | None,
+    out_dir: Path,
+    *,
+    val: float = 0.2,
+    test: float = 0.0,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = False,
+    **kw,
+) -> dict:
     """Pull and validate/split in one go (what ``vinspect data import`` does).
 
     Args:
@@ -716,8 +795,9 @@ def import_dataset(source: str | Path | None, out_dir: Path, *, val: float = 0.2
         stage1 = tmp / "annotations"
         pull_annotations(source, stage1, progress=progress, **kw)
         # The intermediate folder is ours, so its images are moved rather than copied again.
-        return validate_and_split(stage1, out_dir, val=val, test=test, seed=seed, overwrite=overwrite,
-                                  progress=progress, _move=True)
+        return validate_and_split(
+            stage1, out_dir, val=val, test=test, seed=seed, overwrite=overwrite, progress=progress, _move=True
+        )
 
 
 def validate_dataset(dataset_dir: Path, *, progress: bool = False) -> dict:
@@ -748,16 +828,24 @@ def validate_dataset(dataset_dir: Path, *, progress: bool = False) -> dict:
         split = f.split or "all"
         where[f.sha256].add(split)
         if len(where[f.sha256]) > 1:
-            raise DatasetError(f"identical images in two splits ({sorted(where[f.sha256])}): "
-                               f"{first[f.sha256]} and {f.image}", file=f.image)
+            raise DatasetError(
+                f"identical images in two splits ({sorted(where[f.sha256])}): {first[f.sha256]} and {f.image}",
+                file=f.image,
+            )
         first.setdefault(f.sha256, f.image)
         stats.add(split, [b[0] for b in f.boxes], [(b[3], b[4]) for b in f.boxes])
     if manifest["kind"] == "dataset":
         data_yaml = yaml.safe_load((dataset_dir / "data.yaml").read_text(encoding="utf-8"))
         if Path(data_yaml.get("path", "")) != dataset_dir:
-            raise DatasetError(f"data.yaml path is {data_yaml.get('path')!r}, not this folder; "
-                               "re-run the import here or fix 'path'", file=dataset_dir / "data.yaml")
+            raise DatasetError(
+                f"data.yaml path is {data_yaml.get('path')!r}, not this folder; re-run the import here or fix 'path'",
+                file=dataset_dir / "data.yaml",
+            )
         if [data_yaml["names"][i] for i in range(len(data_yaml["names"]))] != manifest["classes"]:
             raise DatasetError("data.yaml names differ from the manifest classes", file=dataset_dir / "data.yaml")
-    return {"dataset_id": manifest["dataset_id"], "kind": manifest["kind"], "status": "passed",
-            "counts": stats.counts()}
+    return {
+        "dataset_id": manifest["dataset_id"],
+        "kind": manifest["kind"],
+        "status": "passed",
+        "counts": stats.counts(),
+    }

@@ -61,9 +61,7 @@ def read_manifest(dataset_dir: Path) -> dict:
     """
     path = Path(dataset_dir) / MANIFEST
     if not path.is_file():
-        raise DatasetError(
-            "no manifest.json: this folder was not written by `vinspect data import`/pull", file=path
-        )
+        raise DatasetError("no manifest.json: this folder was not written by `vinspect data import`/pull", file=path)
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:

@@ -59,8 +59,9 @@ def check_image(data: bytes, where: str | Path) -> tuple[int, int]:
     return size
 
 
-def check_box(cx: float, cy: float, w: float, h: float, width: int, height: int,
-              file: str, line: int | None) -> tuple[float, float, float, float]:
+def check_box(
+    cx: float, cy: float, w: float, h: float, width: int, height: int, file: str, line: int | None
+) -> tuple[float, float, float, float]:
     """Validate a normalized box against an image size; return it clipped to the image.
 
     Raises:
@@ -70,16 +71,13 @@ def check_box(cx: float, cy: float, w: float, h: float, width: int, height: int,
     if not all(math.isfinite(v) for v in (cx, cy, w, h)):
         raise DatasetError(f"non-finite box ({cx}, {cy}, {w}, {h})", file=file, line=line)
     if w <= 0 or h <= 0 or w * width < 1e-3 or h * height < 1e-3:
-        raise DatasetError(
-            f"box has zero size ({w * width:.2f} x {h * height:.2f} px)", file=file, line=line
-        )
+        raise DatasetError(f"box has zero size ({w * width:.2f} x {h * height:.2f} px)", file=file, line=line)
     x1, y1 = (cx - w / 2) * width, (cy - h / 2) * height
     x2, y2 = (cx + w / 2) * width, (cy + h / 2) * height
     tol = EDGE_TOLERANCE_PX
     if x1 < -tol or y1 < -tol or x2 > width + tol or y2 > height + tol:
         raise DatasetError(
-            f"box ({x1:.1f}, {y1:.1f})-({x2:.1f}, {y2:.1f}) px lies outside the "
-            f"{width}x{height} image",
+            f"box ({x1:.1f}, {y1:.1f})-({x2:.1f}, {y2:.1f}) px lies outside the {width}x{height} image",
             file=file,
             line=line,
         )
@@ -108,8 +106,9 @@ def parse_label_text(text: str, file: str, num_classes: int) -> list[tuple[int, 
             continue
         parts = line.split()
         if len(parts) != 5:
-            raise DatasetError(f"expected 'class cx cy w h' (5 fields), got {len(parts)}: {line!r}",
-                               file=file, line=lineno)
+            raise DatasetError(
+                f"expected 'class cx cy w h' (5 fields), got {len(parts)}: {line!r}", file=file, line=lineno
+            )
         try:
             cls = int(parts[0])
             cx, cy, w, h = (float(v) for v in parts[1:])
@@ -183,8 +182,10 @@ class QAStats:
             if not ws:
                 continue
             q = lambda xs, p: round(xs[min(len(xs) - 1, int(p * len(xs)))], 4)  # noqa: E731
-            out[name] = {"w": {"min": q(ws, 0), "median": q(ws, 0.5), "max": q(ws, 1)},
-                         "h": {"min": q(hs, 0), "median": q(hs, 0.5), "max": q(hs, 1)}}
+            out[name] = {
+                "w": {"min": q(ws, 0), "median": q(ws, 0.5), "max": q(ws, 1)},
+                "h": {"min": q(hs, 0), "median": q(hs, 0.5), "max": q(hs, 1)},
+            }
         return out
 
 
@@ -222,8 +223,13 @@ def write_report_png(stats: QAStats, path: Path, title: str = "") -> None:
     x0, y0, x1, y1 = W // 2 + pad // 2, 40, W - pad, H - pad
     d.rectangle([x0, y0, x1, y1], outline="black")
     d.text((x0 + 4, y0 - 14), "box width (x) vs height (y), fraction of image", fill="black", font=font)
-    for text, pos in (("0", (x0 - 10, y1 - 10)), ("1", (x1 - 6, y1 + 4)), ("1", (x0 - 10, y0)), ("0.5", (
-            (x0 + x1) // 2 - 8, y1 + 4)), ("0.5", (x0 - 22, (y0 + y1) // 2))):
+    for text, pos in (
+        ("0", (x0 - 10, y1 - 10)),
+        ("1", (x1 - 6, y1 + 4)),
+        ("1", (x0 - 10, y0)),
+        ("0.5", ((x0 + x1) // 2 - 8, y1 + 4)),
+        ("0.5", (x0 - 22, (y0 + y1) // 2)),
+    ):
         d.text(pos, text, fill="black", font=font)
     for c, w, h in stats.sizes:
         px = x0 + min(max(w, 0.0), 1.0) * (x1 - x0)

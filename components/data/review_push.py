@@ -61,9 +61,19 @@ def review_task_name(items, now: datetime | None = None) -> str:
     return f"review-{day}-{digest}"
 
 
-def push_review(client, store, *, project: str = DEFAULT_PROJECT, labels: Sequence[str] = DEFAULT_LABELS,
-                limit: int = 500, segment_size: int = 0, annotator_id: int | None = None,
-                timeout: float = 600.0, poll: float = 1.0, now: datetime | None = None) -> PushReport:
+def push_review(
+    client,
+    store,
+    *,
+    project: str = DEFAULT_PROJECT,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    limit: int = 500,
+    segment_size: int = 0,
+    annotator_id: int | None = None,
+    timeout: float = 600.0,
+    poll: float = 1.0,
+    now: datetime | None = None,
+) -> PushReport:
     """Push up to ``limit`` queued frames into one new, pre-annotated task of the project.
 
     Args:
@@ -90,17 +100,23 @@ def push_review(client, store, *, project: str = DEFAULT_PROJECT, labels: Sequen
     task_id = find_task(client, project_id, name)
     report = PushReport(len(items), project_id=project_id, reused_task=task_id is not None)
     if task_id is None:
-        boxes = {n: [(str(d["class_name"]), *(float(v) for v in d["box"][:4]))
-                     for d in it.detections if d.get("class_name") in labels]
-                 for n, it in zip(names, items)}
+        boxes = {
+            n: [
+                (str(d["class_name"]), *(float(v) for v in d["box"][:4]))
+                for d in it.detections
+                if d.get("class_name") in labels
+            ]
+            for n, it in zip(names, items)
+        }
         with tempfile.TemporaryDirectory(prefix="vinspect-review-") as work_s:
             files = []
             for n, it in zip(names, items):
                 path = Path(work_s) / n
                 path.write_bytes(store.image(it))
                 files.append(path)
-            task_id = create_task(client, project_id, name, files, segment_size=segment_size,
-                                  timeout=timeout, poll=poll)
+            task_id = create_task(
+                client, project_id, name, files, segment_size=segment_size, timeout=timeout, poll=poll
+            )
         if any(boxes.values()):
             report.boxes = upload_boxes(client, task_id, project_id, boxes, source="auto")
         if annotator_id is not None:

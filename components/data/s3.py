@@ -88,8 +88,9 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
         existing = _existing_keys(s3_client, bucket, prefix)
     except ClientError as e:
         code = e.response.get("Error", {}).get("Code", "")
-        raise DatasetError(f"cannot list s3://{bucket}/{prefix} ({code}); create the bucket or set "
-                           "VINSPECT_DATA_BUCKET") from e
+        raise DatasetError(
+            f"cannot list s3://{bucket}/{prefix} ({code}); create the bucket or set VINSPECT_DATA_BUCKET"
+        ) from e
     todo = [rel for rel in sorted(manifest["files"]) if prefix + rel not in existing]
     for rel in tqdm(todo, desc="upload", unit="file", disable=not progress):
         path = dataset_dir / rel
@@ -101,6 +102,11 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
         path = dataset_dir / name
         if path.is_file() and prefix + name not in existing:
             s3_client.upload_file(str(path), bucket, prefix + name)
-    log.info("uploaded %d file(s), %d already present, to s3://%s/%s",
-             uploaded, len(manifest["files"]) - uploaded, bucket, prefix)
+    log.info(
+        "uploaded %d file(s), %d already present, to s3://%s/%s",
+        uploaded,
+        len(manifest["files"]) - uploaded,
+        bucket,
+        prefix,
+    )
     return f"s3://{bucket}/{prefix}"

@@ -17,9 +17,13 @@ from components.data.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 _SUBSET_NAMES = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
 }
 
 
@@ -106,20 +110,25 @@ def stratified_split(
             if not progressed:
                 break
         for k in keys:
-            for gid in strata[k][taken[k]:taken[k] + alloc[k]]:
+            for gid in strata[k][taken[k] : taken[k] + alloc[k]]:
                 assign[gid] = split
             taken[k] += alloc[k]
             remaining[k] -= alloc[k]
     for k in keys:
-        for gid in strata[k][taken[k]:]:
+        for gid in strata[k][taken[k] :]:
             assign[gid] = "train"
 
     _repair_coverage(assign, dict(groups), splits, sorted(per_class), rng)
     return assign
 
 
-def _repair_coverage(assign: dict[str, str], classes_of: dict[str, frozenset[int]],
-                     splits: list[str], present: list[int], rng: random.Random) -> None:
+def _repair_coverage(
+    assign: dict[str, str],
+    classes_of: dict[str, frozenset[int]],
+    splits: list[str],
+    present: list[int],
+    rng: random.Random,
+) -> None:
     """Swap groups between splits until every present class is in every split."""
     for _ in range(4 * len(assign) + 10):
         members = {s: [g for g in sorted(assign) if assign[g] == s] for s in splits}
@@ -137,20 +146,17 @@ def _repair_coverage(assign: dict[str, str], classes_of: dict[str, frozenset[int
         if cover[donor][c] < 2:
             break
         # Take from the donor a group with c whose classes the donor keeps elsewhere.
-        cands = [g for g in members[donor] if c in classes_of[g]
-                 and all(cover[donor][x] > 1 for x in classes_of[g])]
+        cands = [g for g in members[donor] if c in classes_of[g] and all(cover[donor][x] > 1 for x in classes_of[g])]
         if not cands:
             break
         cands.sort(key=lambda g: (len(classes_of[g]), rng.random()))
         u = cands[0]
         # Give back a group the target can spare (background first), keeping split sizes.
-        backs = [g for g in members[target]
-                 if all(cover[target][x] > 1 for x in classes_of[g])]
+        backs = [g for g in members[target] if all(cover[target][x] > 1 for x in classes_of[g])]
         backs.sort(key=lambda g: (len(classes_of[g]), rng.random()))
         assign[u] = target
         if backs:
             assign[backs[0]] = donor
     raise DatasetError(
-        "cannot place every class in every split with these images; label more images of the rare "
-        "class or lower --test"
+        "cannot place every class in every split with these images; label more images of the rare class or lower --test"
     )

@@ -32,8 +32,15 @@ CLASSES = ("scratch", "bent")
 _KINDS = (("good", 0.15), ("scratch", 0.4), ("bent", 0.35), ("both", 0.10))
 
 
-def synthesize(out_dir: Path, n: int, seed: int = 0, size: int = 256, image_format: str = "png",
-               progress: bool = False, defect_scale: float = 1.0) -> Path:
+def synthesize(
+    out_dir: Path,
+    n: int,
+    seed: int = 0,
+    size: int = 256,
+    image_format: str = "png",
+    progress: bool = False,
+    defect_scale: float = 1.0,
+) -> Path:
     """Write ``n`` synthetic nut images as a CVAT "YOLO 1.1" export into ``out_dir``.
 
     Args:
@@ -80,13 +87,16 @@ def synthesize(out_dir: Path, n: int, seed: int = 0, size: int = 256, image_form
             else:
                 img.save(buf, format="JPEG", quality=92)
             (data / name).write_bytes(buf.getvalue())
-            lines = [format_label_line(c, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size,
-                                       (y1 - y0) / size) for c, (x0, y0, x1, y1) in boxes]
+            lines = [
+                format_label_line(c, (x0 + x1) / 2 / size, (y0 + y1) / 2 / size, (x1 - x0) / size, (y1 - y0) / size)
+                for c, (x0, y0, x1, y1) in boxes
+            ]
             (data / name).with_suffix(".txt").write_text("".join(ln + "\n" for ln in lines))
             listing.append(f"data/obj_train_data/{name}")
         (stage / "obj.names").write_text("".join(c + "\n" for c in CLASSES))
         (stage / "obj.data").write_text(
-            f"classes = {len(CLASSES)}\ntrain = data/train.txt\nnames = data/obj.names\nbackup = backup/\n")
+            f"classes = {len(CLASSES)}\ntrain = data/train.txt\nnames = data/obj.names\nbackup = backup/\n"
+        )
         (stage / "train.txt").write_text("".join(p + "\n" for p in listing))
         if out_dir.exists():
             out_dir.rmdir()

@@ -9,8 +9,7 @@ def check_dataset(
     skip_if_unchanged: bool,
 ) -> NamedTuple(
     "CheckOutputs",
-    [("action", str), ("reason", str), ("champion_version", str), ("champion_metrics", dict),
-     ("champion_sha256", str)],
+    [("action", str), ("reason", str), ("champion_version", str), ("champion_metrics", dict), ("champion_sha256", str)],
 ):
     """Compare the new dataset id with the champion's and decide whether to train.
 

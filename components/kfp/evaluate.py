@@ -22,8 +22,9 @@ def evaluate(
     variants: Input[Model] = None,
     variant_tolerance: float = 0.01,
     latency_runs: int = 20,
-) -> NamedTuple("GateOutputs", [("gate", str), ("reasons", str), ("map50", float), ("map50_95", float),
-                                ("variant", str)]):
+) -> NamedTuple(
+    "GateOutputs", [("gate", str), ("reasons", str), ("map50", float), ("map50_95", float), ("variant", str)]
+):
     """Evaluate on the validation split, choose the serving variant, and decide the gate.
 
     Every variant (FP32 / runtime-precision / INT8 OpenVINO IR, and the FP32 ONNX on ONNX
@@ -72,8 +73,15 @@ def evaluate(
     report.mkdir(parents=True, exist_ok=True)
     choice = None
     if variants is not None and Path(variants.path).is_dir():
-        results = evaluate_variants(Path(variants.path), Path(dataset.path), split="val", conf=conf, iou=iou,
-                                    latency_runs=latency_runs, out_dir=report / "variants")
+        results = evaluate_variants(
+            Path(variants.path),
+            Path(dataset.path),
+            split="val",
+            conf=conf,
+            iou=iou,
+            latency_runs=latency_runs,
+            out_dir=report / "variants",
+        )
         choice = choose_variant(results, tolerance=variant_tolerance).to_dict()
         chosen = choice["variant"]
         metrics = results[chosen]
@@ -84,8 +92,9 @@ def evaluate(
             print(f"variant {line}")
     else:
         chosen, results = "onnx", None
-        metrics = evaluate_onnx(Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report,
-                                conf=conf, iou=iou)
+        metrics = evaluate_onnx(
+            Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report, conf=conf, iou=iou
+        )
     floors = {"map50": min_map50, "map50_95": min_map50_95, "per_class_map50": min_class_map50}
     champion, label, unavailable = None, "champion", None
     if champion_version:
@@ -147,9 +156,19 @@ def evaluate(
     (report / "metrics.json").write_text(json.dumps(flat, indent=2, sort_keys=True))
     (report / "evaluation.json").write_text(json.dumps(metrics, indent=2, sort_keys=True, default=str))
     (report / "gate.json").write_text(json.dumps(decision, indent=2, sort_keys=True, default=str))
-    (report / "variant.json").write_text(json.dumps(
-        {"variant": chosen, "engine": metrics.get("engine"), "declared_precision": metrics.get("declared_precision"),
-         "choice": choice}, indent=2, sort_keys=True, default=str))
+    (report / "variant.json").write_text(
+        json.dumps(
+            {
+                "variant": chosen,
+                "engine": metrics.get("engine"),
+                "declared_precision": metrics.get("declared_precision"),
+                "choice": choice,
+            },
+            indent=2,
+            sort_keys=True,
+            default=str,
+        )
+    )
 
     gate = "passed" if decision["passed"] else "rejected"
     reasons = "; ".join(decision["reasons"])
@@ -162,13 +181,16 @@ def evaluate(
         from serving.drift import REFERENCE_FILE, DriftError, compute_reference_for_dataset, write_reference
 
         try:
-            ref = compute_reference_for_dataset(Path(onnx_model.path), Path(dataset.path),
-                                                model={"name": model_name, "dataset_id": dataset_id})
+            ref = compute_reference_for_dataset(
+                Path(onnx_model.path), Path(dataset.path), model={"name": model_name, "dataset_id": dataset_id}
+            )
             write_reference(ref, report / REFERENCE_FILE)
             print(f"drift reference: {ref['n_images']} images, {len(ref['signals'])} signals")
         except (DriftError, OSError, ValueError) as exc:  # drift off for this version, said here
-            print(f"[vinspect] warning: no drift reference for this model ({exc}); the processor "
-                  "will run without drift scores for it")
+            print(
+                f"[vinspect] warning: no drift reference for this model ({exc}); the processor "
+                "will run without drift scores for it"
+            )
     else:
         from serving.notify import notify
 

@@ -66,14 +66,24 @@ def export_onnx(
         os.symlink(Path(weights.path).resolve(), pt)
         _export(pt, out, imgsz=imgsz, opset=opset, dataset_id=manifest["dataset_id"], names=list(manifest["classes"]))
         report = parity_check(pt, out, images, imgsz=imgsz, atol=parity_atol)
-    index = export_variants(out, Path(variants.path), calibration=split_images(data_dir, "train"),
-                            calibration_images=calibration_images)
+    index = export_variants(
+        out, Path(variants.path), calibration=split_images(data_dir, "train"), calibration_images=calibration_images
+    )
     variants.metadata.update({name: entry["sha256"] for name, entry in index.items()})
     figures = {
         key: float(report[key])
-        for key in ("images", "max_abs_diff", "mean_abs_diff", "detections_torch", "detections_onnx", "matched",
-                    "max_abs_diff_openvino", "detections_openvino", "matched_openvino",
-                    "max_abs_diff_openvino_auto")
+        for key in (
+            "images",
+            "max_abs_diff",
+            "mean_abs_diff",
+            "detections_torch",
+            "detections_onnx",
+            "matched",
+            "max_abs_diff_openvino",
+            "detections_openvino",
+            "matched_openvino",
+            "max_abs_diff_openvino_auto",
+        )
         if isinstance(report.get(key), (int, float))
     }
     for key, value in figures.items():
@@ -82,10 +92,12 @@ def export_onnx(
     Path(parity.path).parent.mkdir(parents=True, exist_ok=True)
     Path(parity.path).write_text(json.dumps(figures, indent=2, sort_keys=True))
     onnx_model.metadata.update({"imgsz": imgsz, "opset": opset, "dataset_id": manifest["dataset_id"]})
-    print(f"exported ONNX (opset {opset}); parity on {report.get('images')} images: "
-          f"max |torch - onnxruntime| {report.get('max_abs_diff')}, max |torch - openvino f32| "
-          f"{report.get('max_abs_diff_openvino')}, max |torch - openvino {report.get('openvino_auto_precision')}| "
-          f"{report.get('max_abs_diff_openvino_auto')}; variants: {', '.join(index)}")
+    print(
+        f"exported ONNX (opset {opset}); parity on {report.get('images')} images: "
+        f"max |torch - onnxruntime| {report.get('max_abs_diff')}, max |torch - openvino f32| "
+        f"{report.get('max_abs_diff_openvino')}, max |torch - openvino {report.get('openvino_auto_precision')}| "
+        f"{report.get('max_abs_diff_openvino_auto')}; variants: {', '.join(index)}"
+    )
     sha = hashlib.sha256(out.read_bytes()).hexdigest()
     onnx_model.metadata["sha256"] = sha
     return namedtuple("ExportOutputs", ["max_abs_diff", "onnx_sha256"])(float(report.get("max_abs_diff", 0.0)), sha)

@@ -22,7 +22,8 @@ def pull_annotations(
         data_format: CVAT format name; empty to detect it (or the default CVAT export format).
         cvat_task_id: CVAT task to export (0: none). Needs ``CVAT_URL`` and credentials in env.
         cvat_project_id: CVAT project to export (0: none).
-        include_all_jobs: Also take CVAT jobs that are not yet completed (by default only completed annotation jobs, any stage).
+        include_all_jobs: Also take CVAT jobs that are not yet completed (by default only completed annotation
+            jobs, any stage).
         source_version: Fingerprint of the source's content (only there so that a changed
             source changes this step's cache key; the step does not read it).
         raw_dataset: Output folder.

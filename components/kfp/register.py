@@ -99,8 +99,10 @@ def register(
         print(f"drift reference at {save_reference(s3_client, s3.bucket, model_name, info['version'], ref)}")
     else:
         print("[vinspect] warning: the evaluate step wrote no drift reference; drift is off for this version")
-    print(f"registered {info['name']} version {info['version']} at {info['s3_uri']}; serving variant "
-          f"{info['variant']} ({info['variant_precision'] or 'runtime precision'}) from {info['storage_uri']}")
+    print(
+        f"registered {info['name']} version {info['version']} at {info['s3_uri']}; serving variant "
+        f"{info['variant']} ({info['variant_precision'] or 'runtime precision'}) from {info['storage_uri']}"
+    )
     return namedtuple("RegisterOutputs", ["version", "storage_uri", "s3_uri", "run_id"])(
         str(info["version"]), info["storage_uri"], info["s3_uri"], info["run_id"]
     )

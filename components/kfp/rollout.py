@@ -79,8 +79,10 @@ def rollout(
                 "class to expect; label some, or set smoke_min_classes=0 to check only that the model answers"
             )
         golden = [GoldenImage(p) for p in split_images(data_dir, "val")[: max(1, smoke_images)]]
-    print(f"[vinspect] smoke test: {len(golden)} golden image(s), "
-          + ", ".join(f"{g.path.name} {sorted(g.expected)}" for g in golden))
+    print(
+        f"[vinspect] smoke test: {len(golden)} golden image(s), "
+        + ", ".join(f"{g.path.name} {sorted(g.expected)}" for g in golden)
+    )
     smoke_rule = {"names": classes, "conf": smoke_conf, "min_classes": smoke_min_classes}
     mlflow_client = MLflowSettings.from_env().client()
     # The served version's drift reference goes to the stable key the processor reads on
@@ -90,11 +92,20 @@ def rollout(
     server = ModelServerSettings.from_env()
     token = server.token.get_secret_value() if server.token else None
     if serving_mode == "local":
-        smoke = make_v2_smoke(golden, token=token, expect_version=version,
-                              verify=server.ca_bundle or True, **smoke_rule)
-        result = rollout_local(server.url, mlflow_client, model_name=model_name, version=version,
-                               storage_uri=storage_uri, smoke=smoke, timeout_s=timeout_s, token=token,
-                               drift_reference=publish)
+        smoke = make_v2_smoke(
+            golden, token=token, expect_version=version, verify=server.ca_bundle or True, **smoke_rule
+        )
+        result = rollout_local(
+            server.url,
+            mlflow_client,
+            model_name=model_name,
+            version=version,
+            storage_uri=storage_uri,
+            smoke=smoke,
+            timeout_s=timeout_s,
+            token=token,
+            drift_reference=publish,
+        )
     elif serving_mode in ("raw", "modelmesh"):
         from kubernetes import client, config
 
@@ -105,22 +116,37 @@ def rollout(
         # certificate) and may require a token: verify against the system bundle plus the
         # mounted service CA (or VINSPECT_MODEL_CA_BUNDLE when given), bearer token from
         # VINSPECT_MODEL_TOKEN when set.
-        smoke = make_v2_smoke(golden, token=token, expect_version=None,
-                              verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule)
+        smoke = make_v2_smoke(
+            golden, token=token, expect_version=None, verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule
+        )
         processor_url, processor_model = processor_endpoint()
         if processor_url:
-            print(f"[vinspect] smoke test through the processor's endpoint: {processor_url}"
-                  + (f" (model {processor_model})" if processor_model else ""))
+            print(
+                f"[vinspect] smoke test through the processor's endpoint: {processor_url}"
+                + (f" (model {processor_model})" if processor_model else "")
+            )
             if processor_model:
                 smoke = smoke_as(smoke, processor_model)
         else:
-            print("[vinspect] warning: VINSPECT_PROCESSOR_MODEL_URL is not set; the smoke test uses the "
-                  "InferenceService's status URL, which the image processor may not be configured with")
-        result = rollout_kserve(client.CustomObjectsApi(), mlflow_client, namespace=namespace,
-                                model_name=model_name, version=version, storage_uri=storage_uri,
-                                data_connection=data_connection, mode=serving_mode, smoke=smoke,
-                                timeout_s=timeout_s, service=inference_service or None,
-                                smoke_url=processor_url, drift_reference=publish)
+            print(
+                "[vinspect] warning: VINSPECT_PROCESSOR_MODEL_URL is not set; the smoke test uses the "
+                "InferenceService's status URL, which the image processor may not be configured with"
+            )
+        result = rollout_kserve(
+            client.CustomObjectsApi(),
+            mlflow_client,
+            namespace=namespace,
+            model_name=model_name,
+            version=version,
+            storage_uri=storage_uri,
+            data_connection=data_connection,
+            mode=serving_mode,
+            smoke=smoke,
+            timeout_s=timeout_s,
+            service=inference_service or None,
+            smoke_url=processor_url,
+            drift_reference=publish,
+        )
     else:
         raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
 
@@ -129,15 +155,30 @@ def rollout(
     target = f"{serving_mode}:{result.get('url') or result.get('service') or ''}"
     if result["status"] != "deployed":
         # Serving is back on the version that served before (or on nothing, for a first model).
-        notify("rolled_back", model_name, result.get("previous_version") or "", from_version=version,
-               reason=str(result.get("reason") or ""), target=target)
-        record_outcome("rolled_back", f"rollout of {model_name} v{version} failed and was rolled back: "
-                       f"{result.get('reason')}", model_name=model_name, version=version)
+        notify(
+            "rolled_back",
+            model_name,
+            result.get("previous_version") or "",
+            from_version=version,
+            reason=str(result.get("reason") or ""),
+            target=target,
+        )
+        record_outcome(
+            "rolled_back",
+            f"rollout of {model_name} v{version} failed and was rolled back: {result.get('reason')}",
+            model_name=model_name,
+            version=version,
+        )
         raise RuntimeError(f"rollout of {model_name} v{version} rolled back: {result.get('reason')}")
     url = str(result.get("url") or "")
     print(f"[vinspect] drift reference: {result.get('drift_reference')}")
     notify("promoted", model_name, version, previous_version=result.get("previous_version"), target=target)
-    record_outcome("deployed", f"{model_name} v{version} is serving at {url} and is the champion",
-                   model_name=model_name, version=version, url=url, storage_uri=storage_uri)
+    record_outcome(
+        "deployed",
+        f"{model_name} v{version} is serving at {url} and is the champion",
+        model_name=model_name,
+        version=version,
+        url=url,
+        storage_uri=storage_uri,
+    )
     return namedtuple("RolloutOutputs", ["status", "url"])("deployed", url)
-

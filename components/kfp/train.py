@@ -81,9 +81,7 @@ def train(
             workers=workers,
             s3_client=s3_client,
             # One line per epoch in the step's log (the KFP UI, or the terminal for local runs).
-            progress=lambda done, total: print(
-                f"epoch {done}/{total} ({time.monotonic() - started:.0f}s)", flush=True
-            ),
+            progress=lambda done, total: print(f"epoch {done}/{total} ({time.monotonic() - started:.0f}s)", flush=True),
         )
         wall_s = time.monotonic() - started
         copy_best(result, Path(weights.path))
@@ -95,8 +93,11 @@ def train(
             shutil.copyfile(plot, report / "plots" / plot.name)
         (report / "params.json").write_text(json.dumps(result.params, indent=2, sort_keys=True))
         # Paths inside the temporary run folder mean nothing once it is gone: keep names only.
-        summary = {k: v for k, v in result.to_dict().items()
-                   if k not in ("save_dir", "best_weights", "last_weights", "results_csv")}
+        summary = {
+            k: v
+            for k, v in result.to_dict().items()
+            if k not in ("save_dir", "best_weights", "last_weights", "results_csv")
+        }
         summary["plots"] = [p.name for p in result.plots]
         summary["wall_s"] = round(wall_s, 3)
         (report / "train.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -101,7 +101,7 @@ def _dataset_names(dataset_dir: Path) -> list[str] | None:
 def _parse_s3_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise ValueError(uri)
-    bucket, _, key = uri[len("s3://"):].partition("/")
+    bucket, _, key = uri[len("s3://") :].partition("/")
     if not bucket or not key or key.endswith("/"):
         raise ValueError(uri)
     return bucket, key
@@ -203,13 +203,22 @@ def champion_metrics_on(
     if trained_on == dataset_id and all(k in recorded for k in COMPARED):
         if _measured_alike(recorded, conf, iou):
             flat = {k: float(recorded[k]) for k in ("map50", "map50_95", "precision", "recall") if k in recorded}
-            return ChampionMetrics(version, dataset_id, RECORDED,
-                                   {**flat, "eval_dataset_id": dataset_id, "conf": conf, "iou": iou},
-                                   trained_on=trained_on)
+            return ChampionMetrics(
+                version,
+                dataset_id,
+                RECORDED,
+                {**flat, "eval_dataset_id": dataset_id, "conf": conf, "iou": iou},
+                trained_on=trained_on,
+            )
         log.info(
             "champion v%s was evaluated on this dataset with conf %s / IoU %s / detector core %s, the "
-            "candidate with %s / %s / %s: re-evaluating it", version, recorded.get("eval_conf", "unrecorded"),
-            recorded.get("eval_iou", "unrecorded"), recorded.get("eval_core", "unrecorded"), conf, iou,
+            "candidate with %s / %s / %s: re-evaluating it",
+            version,
+            recorded.get("eval_conf", "unrecorded"),
+            recorded.get("eval_iou", "unrecorded"),
+            recorded.get("eval_core", "unrecorded"),
+            conf,
+            iou,
             CORE_VERSION,
         )
 
@@ -244,8 +253,7 @@ def champion_metrics_on(
             raise
         except Exception as exc:  # a model the detector core cannot run says nothing about regression
             raise ChampionUnavailable(
-                f"champion v{version}: evaluating {uri} on dataset {dataset_id} failed: "
-                f"{type(exc).__name__}: {exc}",
+                f"champion v{version}: evaluating {uri} on dataset {dataset_id} failed: {type(exc).__name__}: {exc}",
                 version=version,
             ) from exc
     metrics.pop("plots", None)
@@ -259,9 +267,11 @@ def _measured_alike(recorded: dict[str, Any], conf: float, iou: float) -> bool:
     Unrecorded values never match (figures from older registrations are re-measured).
     """
     try:
-        return (abs(float(recorded["eval_conf"]) - conf) < 1e-9
-                and abs(float(recorded["eval_iou"]) - iou) < 1e-9
-                and int(recorded["eval_core"]) == CORE_VERSION)
+        return (
+            abs(float(recorded["eval_conf"]) - conf) < 1e-9
+            and abs(float(recorded["eval_iou"]) - iou) < 1e-9
+            and int(recorded["eval_core"]) == CORE_VERSION
+        )
     except (KeyError, TypeError, ValueError):
         return False
 

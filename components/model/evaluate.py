@@ -335,8 +335,13 @@ def plot_pr_curve(result: dict[str, Any], names: Sequence[str], path: Path) -> P
             ap50 = result["classes"][c]["ap"][0] if c in result["classes"] else 0.0
             ax.plot(x, y, linewidth=1, label=f"{names[c]} {ap50:.3f}")
         if curves:
-            ax.plot(x, np.mean(list(curves.values()), axis=0), linewidth=3, color="blue",
-                    label=f"all classes {result['map50']:.3f} mAP@0.5")
+            ax.plot(
+                x,
+                np.mean(list(curves.values()), axis=0),
+                linewidth=3,
+                color="blue",
+                label=f"all classes {result['map50']:.3f} mAP@0.5",
+            )
         ax.set_xlabel("Recall")
         ax.set_ylabel("Precision")
         ax.set_xlim(0, 1)
@@ -363,8 +368,14 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: Path) 
         vmax = matrix.max() if matrix.size else 0
         for i in range(matrix.shape[0]):
             for j in range(matrix.shape[1]):
-                ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center",
-                        color="white" if matrix[i, j] > vmax / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(int(matrix[i, j])),
+                    ha="center",
+                    va="center",
+                    color="white" if matrix[i, j] > vmax / 2 else "black",
+                )
         ax.set_title("Confusion matrix (conf 0.25, IoU 0.45)")
         return _save(fig, path)
     finally:
@@ -469,8 +480,13 @@ def evaluate_onnx(
     for c, name in enumerate(names):
         stats = result["classes"].get(c)
         if stats is None:
-            per_class[name] = {"map50": None, "map50_95": None, "precision": None, "recall": None,
-                               "support": int((gt_all == c).sum())}
+            per_class[name] = {
+                "map50": None,
+                "map50_95": None,
+                "precision": None,
+                "recall": None,
+                "support": int((gt_all == c).sum()),
+            }
         else:
             per_class[name] = {
                 "map50": float(stats["ap"][0]),
@@ -503,13 +519,27 @@ def evaluate_onnx(
             str(plot_pr_curve(result, names, out / "PR_curve.png")),
             str(plot_confusion_matrix(cm, names, out / "confusion_matrix.png")),
         ]
-    log.info("evaluated %s (%s) on %s/%s: mAP50 %.3f mAP50-95 %.3f", onnx_path, detector.engine.label,
-             dataset_dir, split, metrics["map50"], metrics["map50_95"])
+    log.info(
+        "evaluated %s (%s) on %s/%s: mAP50 %.3f mAP50-95 %.3f",
+        onnx_path,
+        detector.engine.label,
+        dataset_dir,
+        split,
+        metrics["map50"],
+        metrics["map50_95"],
+    )
     return metrics
 
 
-def engine_latency_ms(model_path: Path, images: Sequence[Path], *, engine: str | None = None,
-                      precision: str | None = None, runs: int = 20, warmup: int = 3) -> dict[str, Any]:
+def engine_latency_ms(
+    model_path: Path,
+    images: Sequence[Path],
+    *,
+    engine: str | None = None,
+    precision: str | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+) -> dict[str, Any]:
     """Median latency of the bare engine call, one image at a time, as the model will be served.
 
     The engine is opened as the model server opens it by default (all cores for one inference,
@@ -540,8 +570,12 @@ def engine_latency_ms(model_path: Path, images: Sequence[Path], *, engine: str |
         t0 = time.perf_counter()
         eng(tensors[i % len(tensors)])
         times.append((time.perf_counter() - t0) * 1e3)
-    return {"latency_ms": float(np.median(times)), "latency_ms_p90": float(np.percentile(times, 90)),
-            "runs": len(times), "engine": eng.label}
+    return {
+        "latency_ms": float(np.median(times)),
+        "latency_ms_p90": float(np.percentile(times, 90)),
+        "runs": len(times),
+        "engine": eng.label,
+    }
 
 
 def evaluate_variants(
@@ -582,12 +616,28 @@ def evaluate_variants(
     results: dict[str, dict[str, Any]] = {}
     for name, entry in index.items():
         engine = "onnxruntime" if name == ONNX_VARIANT else "openvino"
-        metrics = evaluate_onnx(entry["path"], dataset_dir, split=split, conf=conf, iou=iou, engine=engine,
-                                out_dir=(Path(out_dir) / name) if out_dir is not None else None)
+        metrics = evaluate_onnx(
+            entry["path"],
+            dataset_dir,
+            split=split,
+            conf=conf,
+            iou=iou,
+            engine=engine,
+            out_dir=(Path(out_dir) / name) if out_dir is not None else None,
+        )
         timing = engine_latency_ms(entry["path"], images, engine=engine, runs=latency_runs)
-        metrics.update(latency_ms=timing["latency_ms"], latency_ms_p90=timing["latency_ms_p90"],
-                       declared_precision=entry.get("precision"), quantized=bool(entry.get("quantized")))
+        metrics.update(
+            latency_ms=timing["latency_ms"],
+            latency_ms_p90=timing["latency_ms_p90"],
+            declared_precision=entry.get("precision"),
+            quantized=bool(entry.get("quantized")),
+        )
         results[name] = metrics
-        log.info("variant %s (%s): mAP50-95 %.4f, %.2f ms", name, metrics["engine"], metrics["map50_95"],
-                 metrics["latency_ms"])
+        log.info(
+            "variant %s (%s): mAP50-95 %.4f, %.2f ms",
+            name,
+            metrics["engine"],
+            metrics["map50_95"],
+            metrics["latency_ms"],
+        )
     return results

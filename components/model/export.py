@@ -305,13 +305,16 @@ def parity_check(
             ov_totals["max"] = max(ov_totals["max"], diff_v)
             ov_totals["do"] += len(dets_v)
             ov_totals["m"] += min(m_tv, m_vt)
-            ov_totals["max_auto"] = max(ov_totals["max_auto"],
-                                        float(np.abs(out_t - np.asarray(ov_auto(tensor), np.float32)).max()))
+            ov_totals["max_auto"] = max(
+                ov_totals["max_auto"], float(np.abs(out_t - np.asarray(ov_auto(tensor), np.float32)).max())
+            )
             if diff_v > atol:
                 failures.append(f"{path}: max |torch - openvino f32| = {diff_v:.3g} > atol {atol:g}")
             if m_tv < len(firm_t) or m_vt < len(firm_v):
-                failures.append(f"{path}: openvino f32 detections disagree (torch {len(dets_t)}, "
-                                f"openvino {len(dets_v)}, matched: {min(m_tv, m_vt)})")
+                failures.append(
+                    f"{path}: openvino f32 detections disagree (torch {len(dets_t)}, "
+                    f"openvino {len(dets_v)}, matched: {min(m_tv, m_vt)})"
+                )
     report = {
         "passed": not failures,
         "images": len(images),
@@ -324,13 +327,17 @@ def parity_check(
         "per_image": per_image,
     }
     if ov_f32 is not None:
-        report.update(max_abs_diff_openvino=ov_totals["max"], detections_openvino=ov_totals["do"],
-                      matched_openvino=ov_totals["m"], max_abs_diff_openvino_auto=ov_totals["max_auto"],
-                      openvino_auto_precision=ov_auto.precision)
+        report.update(
+            max_abs_diff_openvino=ov_totals["max"],
+            detections_openvino=ov_totals["do"],
+            matched_openvino=ov_totals["m"],
+            max_abs_diff_openvino_auto=ov_totals["max_auto"],
+            openvino_auto_precision=ov_auto.precision,
+        )
     if failures:
         raise ParityError(
-            f"ONNX model {onnx_path} (ONNX Runtime, OpenVINO f32) does not match {weights} on {len(failures)} check(s): "
-            + "; ".join(failures[:5])
+            f"ONNX model {onnx_path} (ONNX Runtime, OpenVINO f32) does not match {weights} "
+            f"on {len(failures)} check(s): " + "; ".join(failures[:5])
         )
     return report
 
@@ -375,8 +382,7 @@ def _head_scope(model: Any) -> Any:
 
     import nncf
 
-    blocks = [int(m.group(1)) for op in model.get_ops()
-              if (m := re.search(r"/model\.(\d+)/", op.get_friendly_name()))]
+    blocks = [int(m.group(1)) for op in model.get_ops() if (m := re.search(r"/model\.(\d+)/", op.get_friendly_name()))]
     patterns = []
     if blocks:
         head = max(blocks)
@@ -384,8 +390,14 @@ def _head_scope(model: Any) -> Any:
     return nncf.IgnoredScope(types=["Sigmoid"], patterns=patterns, validate=False)
 
 
-def quantize_int8(model: Any, calibration: Sequence[Path], *, imgsz: int | Sequence[int],
-                  stride: int = 32, subset_size: int = DEFAULT_CALIBRATION_IMAGES) -> Any:
+def quantize_int8(
+    model: Any,
+    calibration: Sequence[Path],
+    *,
+    imgsz: int | Sequence[int],
+    stride: int = 32,
+    subset_size: int = DEFAULT_CALIBRATION_IMAGES,
+) -> Any:
     """NNCF post-training INT8 quantization of an OpenVINO model.
 
     Calibration inputs are made by the detector core (``Detector.prepare``: the served decode and
@@ -493,11 +505,15 @@ def export_variants(
             spec = VARIANT_SPECS[name]
             model = core.read_model(str(onnx_path))
             if spec["quantized"]:
-                model = quantize_int8(model, calibration, imgsz=imgsz, stride=meta["stride"] or 32,
-                                      subset_size=calibration_images)
+                model = quantize_int8(
+                    model, calibration, imgsz=imgsz, stride=meta["stride"] or 32, subset_size=calibration_images
+                )
             _save_ir(model, staged / name / "1", spec["precision"])
-            index[name] = {"path": f"{name}/1/model.xml", "precision": spec["precision"],
-                           "quantized": spec["quantized"]}
+            index[name] = {
+                "path": f"{name}/1/model.xml",
+                "precision": spec["precision"],
+                "quantized": spec["quantized"],
+            }
         for entry in index.values():
             entry["sha256"] = sha256_file(staged / entry["path"])
         (staged / VARIANTS_FILE).write_text(json.dumps(index, indent=2, sort_keys=True))

@@ -106,7 +106,7 @@ def decide_gate(
     for key, floor in floors.items():
         floor = float(floor)
         if key.startswith("per_class_"):
-            metric = key[len("per_class_"):]
+            metric = key[len("per_class_") :]
             per_class = metrics.get("per_class") or {}
             if not per_class:
                 add(key, None, floor, False, f"{key}: the metrics have no per-class figures")
@@ -116,8 +116,13 @@ def decide_gate(
                 value = _number(stats.get(metric))
                 ok = value is not None and value >= floor
                 shown = "missing" if value is None else f"{value:.4f}"
-                add(f"{key}[{name}]", value, floor, ok,
-                    f"{name} {metric} {shown} {'>=' if ok else '<'} floor {floor:.4f}")
+                add(
+                    f"{key}[{name}]",
+                    value,
+                    floor,
+                    ok,
+                    f"{name} {metric} {shown} {'>=' if ok else '<'} floor {floor:.4f}",
+                )
         else:
             value = _number(metrics.get(key))
             ok = value is not None and value >= floor
@@ -127,9 +132,14 @@ def decide_gate(
     if champion:
         cand_ds, champ_ds = metrics.get("eval_dataset_id"), champion.get("eval_dataset_id")
         if cand_ds and champ_ds and cand_ds != champ_ds:
-            add("same_data", None, 0.0, False,
+            add(
+                "same_data",
+                None,
+                0.0,
+                False,
                 f"champion was evaluated on dataset {champ_ds}, the candidate on {cand_ds}: "
-                "re-evaluate the champion on the candidate's validation split before comparing")
+                "re-evaluate the champion on the candidate's validation split before comparing",
+            )
         else:
             for key in compare:
                 base = _number(champion.get(key))
@@ -139,16 +149,25 @@ def decide_gate(
                 threshold = base - max_regression
                 ok = value is not None and value >= threshold
                 shown = "missing" if value is None else f"{value:.4f}"
-                add(f"no_regression_{key}", value, threshold, ok,
-                    f"{key} {shown} {'>=' if ok else '<'} {champion_label} {base:.4f} - {max_regression:g}")
+                add(
+                    f"no_regression_{key}",
+                    value,
+                    threshold,
+                    ok,
+                    f"{key} {shown} {'>=' if ok else '<'} {champion_label} {base:.4f} - {max_regression:g}",
+                )
     elif champion_unavailable:
         if allow_missing_champion:
-            add("champion", None, 0.0, True,
-                f"{champion_unavailable}: floors only, as allow_missing_champion is set")
+            add("champion", None, 0.0, True, f"{champion_unavailable}: floors only, as allow_missing_champion is set")
         else:
-            add("champion", None, 0.0, False,
+            add(
+                "champion",
+                None,
+                0.0,
+                False,
                 f"{champion_unavailable}: no regression check is possible, so the model is rejected "
-                "(set allow_missing_champion to gate on the floors only)")
+                "(set allow_missing_champion to gate on the floors only)",
+            )
     else:
         add("champion", None, 0.0, True, "no champion yet: floors only")
 
@@ -235,12 +254,14 @@ def choose_variant(
             "latency_ms": latency,
             "engine": figures.get("engine"),
             "eligible": eligible,
-            "text": (f"{name} ({figures.get('engine') or '?'}): mAP50-95 {value:.4f} "
-                     f"{'>=' if eligible else '<'} {reference} {ref_map:.4f} - {tolerance:g}, {latency:.2f} ms"),
+            "text": (
+                f"{name} ({figures.get('engine') or '?'}): mAP50-95 {value:.4f} "
+                f"{'>=' if eligible else '<'} {reference} {ref_map:.4f} - {tolerance:g}, {latency:.2f} ms"
+            ),
         }
-    chosen = min((n for n in names if per[n]["eligible"]),
-                 key=lambda n: (per[n]["latency_ms"], -per[n]["map50_95"]))
+    chosen = min((n for n in names if per[n]["eligible"]), key=lambda n: (per[n]["latency_ms"], -per[n]["map50_95"]))
     reasons = [per[n]["text"] for n in names]
     reasons.append(f"chosen: {chosen}, the fastest within {tolerance:g} mAP50-95 of {reference}")
-    return VariantChoice(variant=chosen, reference=reference, tolerance=float(tolerance),
-                         per_variant=per, reasons=reasons)
+    return VariantChoice(
+        variant=chosen, reference=reference, tolerance=float(tolerance), per_variant=per, reasons=reasons
+    )

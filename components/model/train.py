@@ -220,9 +220,7 @@ def train_model(
     }
     if progress is not None:
         # Ultralytics fires this once more after the final validation (epoch + 1): clamp it.
-        yolo.add_callback(
-            "on_fit_epoch_end", lambda t: progress(min(int(t.epoch) + 1, int(t.epochs)), int(t.epochs))
-        )
+        yolo.add_callback("on_fit_epoch_end", lambda t: progress(min(int(t.epoch) + 1, int(t.epochs)), int(t.epochs)))
     log.info("training %s on %s with %s", model, data_yaml, params)
     yolo.train(
         data=str(data_yaml),

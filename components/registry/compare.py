@@ -59,9 +59,7 @@ def compare_runs(
                 "dataset_id": run.data.tags.get("vinspect.dataset_id"),
                 "git_revision": run.data.tags.get("vinspect.git_revision"),
                 "params": dict(run.data.params),
-                "metrics": (
-                    {m: data_metrics[m] for m in wanted if m in data_metrics} if wanted else data_metrics
-                ),
+                "metrics": ({m: data_metrics[m] for m in wanted if m in data_metrics} if wanted else data_metrics),
             }
         )
     if sort_by:
@@ -123,9 +121,7 @@ def plot_runs(rows: Sequence[dict], metrics: Sequence[str], out_png: Path) -> Pa
             ys = [r["metrics"].get(metric, float("nan")) for r in runs]
             ax.bar(xs, ys, width=width, label=metric)
         ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(runs))])
-        ax.set_xticklabels(
-            [r["run_name"] or r["run_id"][:8] for r in runs], rotation=30, ha="right", fontsize=8
-        )
+        ax.set_xticklabels([r["run_name"] or r["run_id"][:8] for r in runs], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("value")
         ax.set_title("metrics across runs")
         ax.legend(fontsize=8)

@@ -158,8 +158,7 @@ def alias_lock(
                 # released or renewed in the meantime (re-read right before the delete).
                 again = _lock_tags(mlflow_client, name)
                 if again is not None and again.get(TAG_LOCK_OWNER) == tags.get(TAG_LOCK_OWNER):
-                    log.warning("%s: alias lock of %s expired; taking it over", model_name,
-                                tags.get(TAG_LOCK_OWNER))
+                    log.warning("%s: alias lock of %s expired; taking it over", model_name, tags.get(TAG_LOCK_OWNER))
                     with contextlib.suppress(Exception):
                         mlflow_client.delete_registered_model(name)
                 continue
@@ -382,8 +381,7 @@ def _find_run(mlflow_client, experiment_id: str, pipeline_run_id: str, sha: str)
     runs = mlflow_client.search_runs(
         [experiment_id],
         filter_string=(
-            f"tags.`{TAG_PIPELINE_RUN}` = {_quote(pipeline_run_id)} and "
-            f"tags.`{TAG_SHA256}` = {_quote(sha)}"
+            f"tags.`{TAG_PIPELINE_RUN}` = {_quote(pipeline_run_id)} and tags.`{TAG_SHA256}` = {_quote(sha)}"
         ),
         max_results=5,
     )
@@ -392,9 +390,7 @@ def _find_run(mlflow_client, experiment_id: str, pipeline_run_id: str, sha: str)
 
 def _find_version(mlflow_client, model_name: str, run_id: str):
     try:
-        versions = mlflow_client.search_model_versions(
-            f"name = {_quote(model_name)} and run_id = {_quote(run_id)}"
-        )
+        versions = mlflow_client.search_model_versions(f"name = {_quote(model_name)} and run_id = {_quote(run_id)}")
     except Exception as exc:  # the registered model may not exist yet
         if _not_found(exc):
             return None
@@ -428,9 +424,7 @@ def _log_run_contents(
             raise RegistryError(f"metric {key!r} = {value!r} is not finite")
         metric_list.append(Metric(metric_key(str(key)), number, now, 0))
     if epoch_metrics_csv is not None:
-        metric_list.extend(
-            Metric(k, v, now, step) for k, v, step in _epoch_metrics(Path(epoch_metrics_csv))
-        )
+        metric_list.extend(Metric(k, v, now, step) for k, v, step in _epoch_metrics(Path(epoch_metrics_csv)))
     for start in range(0, len(param_list), 100):  # MLflow takes at most 100 params a batch
         mlflow_client.log_batch(run_id, params=param_list[start : start + 100])
     for start in range(0, len(metric_list), _BATCH):
@@ -615,9 +609,7 @@ def register_model(
     s3_uri = f"s3://{bucket}/{key}"
     st_uri = storage_uri(bucket, model_name, version, variant)
     if not _s3_has(s3_client, bucket, key, sha):
-        s3_client.upload_file(
-            str(onnx_path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}}
-        )
+        s3_client.upload_file(str(onnx_path), bucket, key, ExtraArgs={"Metadata": {"sha256": sha}})
         log.info("uploaded %s (sha256 %s)", s3_uri, sha[:12])
     if variants_dir is not None:
         uploaded = _upload_variants(s3_client, bucket, model_name, version, Path(variants_dir))
@@ -639,8 +631,15 @@ def register_model(
     run_status = mlflow_client.get_run(run_id).info.status
     if run_status != "FINISHED":
         mlflow_client.set_terminated(run_id, "FINISHED")
-    return {"name": model_name, "version": version, "s3_uri": s3_uri, "storage_uri": st_uri, "run_id": run_id,
-            "variant": variant, "variant_precision": variant_precision}
+    return {
+        "name": model_name,
+        "version": version,
+        "s3_uri": s3_uri,
+        "storage_uri": st_uri,
+        "run_id": run_id,
+        "variant": variant,
+        "variant_precision": variant_precision,
+    }
 
 
 def _serving_requirements() -> list[str]:
@@ -738,9 +737,7 @@ def list_versions(mlflow_client, model_name: str) -> list[dict]:
     versions = []
     token = None
     while True:
-        page = mlflow_client.search_model_versions(
-            f"name = {_quote(model_name)}", max_results=200, page_token=token
-        )
+        page = mlflow_client.search_model_versions(f"name = {_quote(model_name)}", max_results=200, page_token=token)
         versions.extend(page)
         token = getattr(page, "token", None)
         if not token:
@@ -815,8 +812,14 @@ def promote(mlflow_client, model_name: str, version: str | int) -> dict:
         current = get_champion(mlflow_client, model_name)
         history = _history(mlflow_client, model_name)
         if current == version:
-            return {"name": model_name, "champion": version, "previous": None, "changed": False,
-                    "history": history, "undo": None}
+            return {
+                "name": model_name,
+                "champion": version,
+                "previous": None,
+                "changed": False,
+                "history": history,
+                "undo": None,
+            }
         new_history = history
         if current is not None and (not history or history[-1] != current):
             new_history = (history + [current])[-_HISTORY_DEPTH:]
@@ -834,8 +837,14 @@ def promote(mlflow_client, model_name: str, version: str | int) -> dict:
             model_name, version, TAG_PROMOTED_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         )
     log.info("%s: champion %s -> %s", model_name, current, version)
-    return {"name": model_name, "champion": version, "previous": current, "changed": True,
-            "history": new_history, "undo": (current, history)}
+    return {
+        "name": model_name,
+        "champion": version,
+        "previous": current,
+        "changed": True,
+        "history": new_history,
+        "undo": (current, history),
+    }
 
 
 def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
@@ -879,8 +888,13 @@ def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
                 mlflow_client.set_registered_model_alias(model_name, CHAMPION, current)
             raise
     log.info("%s: champion rolled back %s -> %s", model_name, current, previous)
-    return {"name": model_name, "champion": previous, "rolled_back_from": current, "history": history,
-            "undo": (current, before)}
+    return {
+        "name": model_name,
+        "champion": previous,
+        "rolled_back_from": current,
+        "history": history,
+        "undo": (current, before),
+    }
 
 
 def undo_move(
@@ -909,8 +923,9 @@ def undo_move(
     """
     if isinstance(moved, Mapping) and moved.get("undo"):
         before_champion, before_history = moved["undo"]
-        if restore_champion(mlflow_client, model_name, before_champion, before_history,
-                            expect=(moved["champion"], moved["history"])):
+        if restore_champion(
+            mlflow_client, model_name, before_champion, before_history, expect=(moved["champion"], moved["history"])
+        ):
             return f"champion put back to {before_champion}"
         return "champion left alone: another call moved it since"
     if moved is None and before is not None and target is not None:
@@ -957,8 +972,9 @@ def restore_champion(
         if expect is not None:
             now = champion_state(mlflow_client, model_name)
             if (now[0], list(now[1])) != (expect[0], list(expect[1])):
-                log.warning("%s: not restoring champion %s: another call moved it since (now %s)",
-                            model_name, version, now[0])
+                log.warning(
+                    "%s: not restoring champion %s: another call moved it since (now %s)", model_name, version, now[0]
+                )
                 return False
         _restore_unlocked(mlflow_client, model_name, version, history)
     return True

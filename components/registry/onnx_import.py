@@ -175,7 +175,10 @@ def import_onnx(
     original_sha = sha256_file(onnx_path)
     with tempfile.TemporaryDirectory(prefix="vinspect-onnx-import-") as tmp:
         prepared = _with_metadata(
-            onnx_path, Path(tmp) / "model.onnx", info["names"], info["imgsz"],
+            onnx_path,
+            Path(tmp) / "model.onnx",
+            info["names"],
+            info["imgsz"],
             {"vinspect.imported_from": onnx_path.name, "vinspect.source_sha256": original_sha},
         )
         metrics: dict[str, Any] = {}
@@ -201,8 +204,13 @@ def import_onnx(
             onnx_path=prepared,
             model_name=model_name,
             bucket=bucket,
-            params={"source": "onnx-import", "onnx_file": onnx_path.name, "layout": info["layout"],
-                    "imgsz": info["imgsz"][0], "names": ",".join(info["names"])},
+            params={
+                "source": "onnx-import",
+                "onnx_file": onnx_path.name,
+                "layout": info["layout"],
+                "imgsz": info["imgsz"][0],
+                "names": ",".join(info["names"]),
+            },
             metrics=metrics,
             epoch_metrics_csv=None,
             plots=[],
@@ -213,9 +221,15 @@ def import_onnx(
             pipeline_run_id=f"onnx-import-{original_sha[:16]}",
             experiment=experiment,
         )
-    return {**registered, "names": info["names"], "imgsz": list(info["imgsz"]), "layout": info["layout"],
-            "output_shape": info["output_shape"], "metrics": metrics,
-            "gate": decision.to_dict() if decision is not None else None}
+    return {
+        **registered,
+        "names": info["names"],
+        "imgsz": list(info["imgsz"]),
+        "layout": info["layout"],
+        "output_shape": info["output_shape"],
+        "metrics": metrics,
+        "gate": decision.to_dict() if decision is not None else None,
+    }
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:

@@ -43,8 +43,7 @@ def s3_reference_publisher(s3, bucket: str) -> Callable[[str, str], Any]:
     return lambda model_name, version: publish_served_reference(s3, bucket, model_name, version)
 
 
-def publish_reference(publish: Callable[[str, str], Any] | None, model_name: str, version: str,
-                      result: dict) -> None:
+def publish_reference(publish: Callable[[str, str], Any] | None, model_name: str, version: str, result: dict) -> None:
     """Publish the now-serving version's drift reference; a failure only warns.
 
     Drift is an observation of the served model, not a condition of serving it: the rollout
@@ -92,9 +91,7 @@ def _restore(custom_api, namespace: str, name: str, previous: dict | None) -> st
             "labels": meta.get("labels") or {},
             "annotations": meta.get("annotations") or {},
         }
-        custom_api.create_namespaced_custom_object(
-            _ISVC["group"], _ISVC["version"], namespace, _ISVC["plural"], body
-        )
+        custom_api.create_namespaced_custom_object(_ISVC["group"], _ISVC["version"], namespace, _ISVC["plural"], body)
         return "re-created the previous InferenceService"
     patch = object_patch(live, previous)
     if patch:

@@ -72,9 +72,7 @@ def _metadata_patch(live_meta: dict, desired_meta: dict) -> dict:
         live = live_meta.get(field) or {}
         want = desired_meta.get(field) or {}
         patch = {k: v for k, v in want.items() if live.get(k) != v}
-        patch.update(
-            {k: None for k in live if k not in want and k.startswith(_OWNED_PREFIXES)}
-        )
+        patch.update({k: None for k in live if k not in want and k.startswith(_OWNED_PREFIXES)})
         if patch:
             out[field] = patch
     return out

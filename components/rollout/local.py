@@ -103,9 +103,7 @@ def rollout_local(
         tags = mlflow_client.get_model_version(model_name, version).tags or {}
         storage_uri = tags.get(TAG_STORAGE_URI)
         if not storage_uri:
-            raise RolloutError(
-                f"model {model_name!r} v{version} has no {TAG_STORAGE_URI} tag; register it first"
-            )
+            raise RolloutError(f"model {model_name!r} v{version} has no {TAG_STORAGE_URI} tag; register it first")
     own = isinstance(http_client_or_base_url, str)
     http = (
         httpx.Client(base_url=http_client_or_base_url.rstrip("/"), timeout=timeout_s)

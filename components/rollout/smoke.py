@@ -264,7 +264,11 @@ def make_v2_smoke(
             inputs, outputs = meta.get("inputs") or [], meta.get("outputs") or []
             # As the image processor does: the first (only) input and the first output, by the
             # names the model declares (`images`/`output0` from Ultralytics, `output` from YOLOv5).
-            if len(inputs) != 1 or not outputs or not all(isinstance(t, dict) and t.get("name") for t in inputs + outputs):
+            if (
+                len(inputs) != 1
+                or not outputs
+                or not all(isinstance(t, dict) and t.get("name") for t in inputs + outputs)
+            ):
                 raise SmokeTestError(
                     f"model {model}: expected one image input and an output, metadata has inputs "
                     f"{[t.get('name') for t in inputs if isinstance(t, dict)]} outputs "
@@ -275,17 +279,16 @@ def make_v2_smoke(
             if size is None:
                 shape = inputs[0].get("shape") or []
                 if len(shape) != 4 or min(shape[2:]) <= 0:
-                    raise SmokeTestError(
-                        f"model {model}: input shape {shape} is not static; pass imgsz explicitly"
-                    )
+                    raise SmokeTestError(f"model {model}: input shape {shape} is not static; pass imgsz explicitly")
                 size = (int(shape[2]), int(shape[3]))
             report = []
             started = time.perf_counter()
             for item in golden:
                 img = detector.decode_image(Path(item.path).read_bytes())
                 tensor, info = detector.preprocess(img, size)
-                output, served_version = infer_v2(http, base_url, model, tensor, token=token,
-                                                  input_name=input_name, output_name=output_name)
+                output, served_version = infer_v2(
+                    http, base_url, model, tensor, token=token, input_name=input_name, output_name=output_name
+                )
                 if expect_version is not None and served_version is not None and served_version != expect_version:
                     raise SmokeTestError(
                         f"model {model}: server answered with version {served_version}, expected {expect_version}"
@@ -295,7 +298,9 @@ def make_v2_smoke(
                 )
                 found = {d.class_name for d in dets}
                 missing = sorted(item.expected - found)
-                report.append({"image": Path(item.path).name, "expected": sorted(item.expected), "found": sorted(found)})
+                report.append(
+                    {"image": Path(item.path).name, "expected": sorted(item.expected), "found": sorted(found)}
+                )
                 if strict and missing:
                     raise SmokeTestError(
                         f"model {model}: golden image {Path(item.path).name}: expected {sorted(item.expected)}, "
@@ -357,4 +362,3 @@ def smoke_as(smoke: Callable[[str, str], Any], model: str) -> Callable[[str, str
         return smoke(url, model)
 
     return run
-

@@ -25,7 +25,6 @@ checked types, and the page writes text with `textContent` only; a strict
 Content-Security-Policy forbids inline script as a second line of defence.
 """
 
-
 import asyncio
 import json
 import logging
@@ -46,7 +45,9 @@ _IMAGE_KEY = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}(/[A-Za-z0-9_-][A-Z
 MAX_EVENT_BYTES = 256 * 1024
 HISTORY_MINUTES = 60  # defect-rate buckets (one a minute) kept per camera
 RECENT_FAILURES = 8  # failed frames listed per camera
-FLAGGABLE_FRAMES = 2000  # recent frames an operator can flag (what the server remembers of them)  # results are under 64 KiB by construction (serving.processor)
+# Recent frames an operator can flag (what the server remembers of them); results are under 64 KiB by
+# construction (serving.processor).
+FLAGGABLE_FRAMES = 2000
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -86,8 +87,13 @@ class ImageSource:
 
     def allows(self, bucket: Any, key: Any) -> bool:
         """True for a key this source serves."""
-        return (bucket == self.bucket and isinstance(key, str) and key.startswith(self.prefix)
-                and bool(_IMAGE_KEY.match(key)) and "/../" not in f"/{key}/")
+        return (
+            bucket == self.bucket
+            and isinstance(key, str)
+            and key.startswith(self.prefix)
+            and bool(_IMAGE_KEY.match(key))
+            and "/../" not in f"/{key}/"
+        )
 
     def get(self, key: str) -> bytes | None:
         """The image bytes, or None when there is no such object."""
@@ -134,8 +140,10 @@ class ReviewDesk:
 
         key = frame.get("clean_key")
         if not key:
-            raise LookupError(f"image {frame['result'].get('image_id')}: the camera's frame was not stored "
-                              "(only the copy with boxes drawn on it, or no image at all)")
+            raise LookupError(
+                f"image {frame['result'].get('image_id')}: the camera's frame was not stored "
+                "(only the copy with boxes drawn on it, or no image at all)"
+            )
         image = self.images.get(key)
         if image is None:
             raise LookupError(f"image {frame['result'].get('image_id')}: s3://{self.images.bucket}/{key} is gone")
@@ -169,8 +177,9 @@ def _picture(value: Any, images: "ImageSource | None") -> str | None:
     return None
 
 
-def sanitize_result(data: dict[str, Any], event_id: str | None = None,
-                    images: "ImageSource | None" = None) -> dict[str, Any]:
+def sanitize_result(
+    data: dict[str, Any], event_id: str | None = None, images: "ImageSource | None" = None
+) -> dict[str, Any]:
     """Reduce a result payload to the fields the page shows, with checked types.
 
     Args:
@@ -193,12 +202,14 @@ def sanitize_result(data: dict[str, Any], event_id: str | None = None,
             continue
         box = d.get("box") or []
         box_n = [_num(v) for v in box] if isinstance(box, list) and len(box) == 4 else None
-        detections.append({
-            "class_id": int(_num(d.get("class_id")) or 0),
-            "class_name": _text(d.get("class_name"), 50) or "?",
-            "score": _num(d.get("score")) or 0.0,
-            "box": box_n if box_n and None not in box_n else None,
-        })
+        detections.append(
+            {
+                "class_id": int(_num(d.get("class_id")) or 0),
+                "class_name": _text(d.get("class_name"), 50) or "?",
+                "score": _num(d.get("score")) or 0.0,
+                "box": box_n if box_n and None not in box_n else None,
+            }
+        )
     image = data.get("image") if isinstance(data.get("image"), dict) else {}
     model = data.get("model") if isinstance(data.get("model"), dict) else {}
     timings = data.get("timings_ms") if isinstance(data.get("timings_ms"), dict) else {}
@@ -236,8 +247,13 @@ class DashboardState:
         dedupe: How many recent event ids to remember (results are at-least-once).
     """
 
-    def __init__(self, max_cameras: int = 64, dedupe: int = 10000, images: ImageSource | None = None,
-                 review: ReviewDesk | None = None):
+    def __init__(
+        self,
+        max_cameras: int = 64,
+        dedupe: int = 10000,
+        images: ImageSource | None = None,
+        review: ReviewDesk | None = None,
+    ):
         self.images = images
         self.review = review
         self.cameras: OrderedDict[str, dict[str, Any]] = OrderedDict()
@@ -258,9 +274,12 @@ class DashboardState:
 
     def snapshot(self) -> dict[str, Any]:
         """All cameras' latest view, counts, defect-rate history and recent failures."""
-        return {"cameras": list(self.cameras.values()), "counts": self.counts,
-                "history": {c: [list(b) for b in h] for c, h in self.history.items()},
-                "failures": {c: list(f) for c, f in self.failures.items()}}
+        return {
+            "cameras": list(self.cameras.values()),
+            "counts": self.counts,
+            "history": {c: [list(b) for b in h] for c, h in self.history.items()},
+            "failures": {c: list(f) for c, f in self.failures.items()},
+        }
 
     def frame(self, image_id: str) -> dict[str, Any] | None:
         """What the server remembers of a recent frame (for a flag), or None."""
@@ -302,8 +321,7 @@ class DashboardState:
             while len(self.frames) > FLAGGABLE_FRAMES:
                 self.frames.popitem(last=False)
         self.received += 1
-        message = {"view": view, "counts": c, "history": [list(b) for b in history],
-                   "failures": list(failures)}
+        message = {"view": view, "counts": c, "history": [list(b) for b in history], "failures": list(failures)}
         for queue in list(self._subscribers):
             if queue.full():  # a slow browser skips frames rather than growing memory
                 try:
@@ -318,12 +336,19 @@ class DashboardState:
         frame = None
         if self.review is not None:
             # What queue_frame needs of the result (the review record's fields), checked types only.
-            frame = {"clean_key": _clean_key(data, self.images), "result": {
-                "camera": view["camera"], "image_id": view["image_id"], "captured_at": view["captured_at"],
-                "label": view["label"], "verdict": "pass" if view["passed"] else "fail",
-                "detections": view["detections"],
-                "image": {"width": view["width"], "height": view["height"]},
-                "model": {"name": view["model_name"], "version": view["model_version"]}}}
+            frame = {
+                "clean_key": _clean_key(data, self.images),
+                "result": {
+                    "camera": view["camera"],
+                    "image_id": view["image_id"],
+                    "captured_at": view["captured_at"],
+                    "label": view["label"],
+                    "verdict": "pass" if view["passed"] else "fail",
+                    "detections": view["detections"],
+                    "image": {"width": view["width"], "height": view["height"]},
+                    "model": {"name": view["model_name"], "version": view["model_version"]},
+                },
+            }
         loop = self._loop
         if loop is not None and loop.is_running():
             try:
@@ -387,8 +412,14 @@ class ResultsFeed:
                     log.warning("results feed: %s", msg.error())
                     continue
                 try:
-                    event = from_kafka(msg.value(), msg.headers(), msg.key(), topic=msg.topic(),
-                                       partition=msg.partition(), offset=msg.offset())
+                    event = from_kafka(
+                        msg.value(),
+                        msg.headers(),
+                        msg.key(),
+                        topic=msg.topic(),
+                        partition=msg.partition(),
+                        offset=msg.offset(),
+                    )
                     if event.get("type") != RESULT_EVENT_TYPE:
                         raise ValueError(f"type {str(event.get('type'))[:100]!r} is not a result")
                     self.state.publish(result_data(event), event.get("id"))
@@ -398,8 +429,9 @@ class ResultsFeed:
             self.consumer.close()
 
 
-def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = None, *,
-               token: str | None = None) -> Any:
+def create_app(
+    state: DashboardState | None = None, feed: ResultsFeed | None = None, *, token: str | None = None
+) -> Any:
     """Build the dashboard app.
 
     Args:
@@ -418,8 +450,7 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
 
     state = state or DashboardState()
     registry = CollectorRegistry()
-    received = Counter("vinspect_dashboard_results", "Result events received", ["feed"],
-                       registry=registry)
+    received = Counter("vinspect_dashboard_results", "Result events received", ["feed"], registry=registry)
     flagged = Counter("vinspect_dashboard_flags", "Frames operators sent to review", registry=registry)
 
     @asynccontextmanager
@@ -464,8 +495,9 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
         from serving.httputil import bearer_ok, read_limited
 
         if not bearer_ok(request.headers.get("authorization"), token):
-            return JSONResponse({"error": "missing or wrong bearer token"}, status_code=401,
-                                headers={"WWW-Authenticate": "Bearer"})
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
         body = await read_limited(request, MAX_EVENT_BYTES)
         if body is None:
             return JSONResponse({"error": f"body is over {MAX_EVENT_BYTES} bytes"}, status_code=413)
@@ -494,8 +526,7 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
         if data is None:
             return JSONResponse({"error": "not found"}, status_code=404)
         # One key per event: the object never changes, so the browser may keep it.
-        return Response(data, media_type="image/jpeg",
-                        headers={"Cache-Control": "private, max-age=86400, immutable"})
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400, immutable"})
 
     @app.get("/api/cameras")
     async def cameras() -> dict[str, Any]:
@@ -509,8 +540,9 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
             size = await asyncio.to_thread(state.review.size)
         except Exception as exc:  # noqa: BLE001 - S3 down: the page says so, the server goes on
             log.warning("review queue size: %s", type(exc).__name__)
-            return JSONResponse({"enabled": True, "queue_size": None, "error": "review queue unavailable"},
-                                status_code=503)
+            return JSONResponse(
+                {"enabled": True, "queue_size": None, "error": "review queue unavailable"}, status_code=503
+            )
         return JSONResponse({"enabled": True, "queue_size": size})
 
     @app.post("/api/flag")
@@ -531,8 +563,7 @@ def create_app(state: DashboardState | None = None, feed: ResultsFeed | None = N
             return JSONResponse({"error": f'body must be {{"image_id": "..."}}: {exc}'}, status_code=400)
         frame = state.frame(image_id)
         if frame is None:
-            return JSONResponse({"error": f"image {image_id[:200]!r} is not among the recent frames"},
-                                status_code=404)
+            return JSONResponse({"error": f"image {image_id[:200]!r} is not among the recent frames"}, status_code=404)
         try:
             outcome = await asyncio.to_thread(state.review.flag, frame)
         except LookupError as exc:
@@ -581,12 +612,14 @@ def kafka_feed(kafka_settings: Any, state: DashboardState, from_beginning: bool 
 
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        **kafka_settings.client_config(),
-        "group.id": f"vinspect-dashboard-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest" if from_beginning else "latest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-        "fetch.wait.max.ms": 100,  # a live view: do not wait 500 ms per fetch
-    })
+    consumer = Consumer(
+        {
+            **kafka_settings.client_config(),
+            "group.id": f"vinspect-dashboard-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if from_beginning else "latest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "fetch.wait.max.ms": 100,  # a live view: do not wait 500 ms per fetch
+        }
+    )
     return ResultsFeed(consumer, kafka_settings.results_topic, state)

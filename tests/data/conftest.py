@@ -42,8 +42,9 @@ def _frames(n: int, seed: int, prefix: str) -> list[Frame]:
         img, boxes = render_nut(rng, 64, kinds[i % len(kinds)])
         buf = io.BytesIO()
         img.save(buf, format="PNG")
-        frames.append(Frame(f"{prefix}_{i:03d}.png", buf.getvalue(), 64, 64,
-                            [(("scratch", "bent")[c], *b) for c, b in boxes]))
+        frames.append(
+            Frame(f"{prefix}_{i:03d}.png", buf.getvalue(), 64, 64, [(("scratch", "bent")[c], *b) for c, b in boxes])
+        )
     return frames
 
 
@@ -63,10 +64,16 @@ def cvat(cvat_frames) -> FakeCVAT:
     """
     server = FakeCVAT()
     labels = ["scratch", "bent"]
-    server.tasks[1] = Task(1, "line-1", labels, list(cvat_frames[1]),
-                           [Job(11, 1, range(0, 6), "completed"), Job(12, 1, range(6, 12), "in progress", "annotation")])
-    server.tasks[2] = Task(2, "line-2", labels, list(cvat_frames[2]),
-                           [Job(21, 2, range(0, 4)), Job(22, 2, range(4, 8))])
+    server.tasks[1] = Task(
+        1,
+        "line-1",
+        labels,
+        list(cvat_frames[1]),
+        [Job(11, 1, range(0, 6), "completed"), Job(12, 1, range(6, 12), "in progress", "annotation")],
+    )
+    server.tasks[2] = Task(
+        2, "line-2", labels, list(cvat_frames[2]), [Job(21, 2, range(0, 4)), Job(22, 2, range(4, 8))]
+    )
     server.projects[5] = Project(5, "metal-nuts", labels)
     server.tasks[3] = Task(3, "batch-train", labels, list(cvat_frames[3]), [Job(31, 3, range(0, 8))], "Train", 5)
     server.tasks[4] = Task(4, "batch-val", labels, list(cvat_frames[4]), [Job(41, 4, range(0, 8))], "Validation", 5)
@@ -75,4 +82,3 @@ def cvat(cvat_frames) -> FakeCVAT:
         yield server
     finally:
         server.stop()
-

@@ -116,8 +116,16 @@ class FakeCVAT:
         calls: ``(method, path)`` of every request, for assertions.
     """
 
-    def __init__(self, *, username: str = "annotator", password: str = "correct horse", pat: str | None = None,
-                 page_size: int = 2, version: str = "2.72.0", hosts: list[str] | None = None):
+    def __init__(
+        self,
+        *,
+        username: str = "annotator",
+        password: str = "correct horse",
+        pat: str | None = None,
+        page_size: int = 2,
+        version: str = "2.72.0",
+        hosts: list[str] | None = None,
+    ):
         self.username, self.password = username, password
         # Host names traefik routes to CVAT (None: no traefik in front, anything goes).
         self.hosts = [h.lower() for h in hosts] if hosts is not None else None
@@ -134,8 +142,16 @@ class FakeCVAT:
         self.version = version
         self.calls: list[tuple[str, str]] = []
         # Set-up state (projects/tasks created over the API, users, uploads): see _setup_routes.
-        self.users: dict[str, dict] = {username: {"id": 1, "username": username, "email": f"{username}@example.com",
-                                                  "password": password, "first_name": "", "last_name": ""}}
+        self.users: dict[str, dict] = {
+            username: {
+                "id": 1,
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": password,
+                "first_name": "",
+                "last_name": "",
+            }
+        }
         self.registration_open = True
         self.uploads: dict[int, dict] = {}  # task id -> {"started": bool, "files": [(name, bytes)]}
         self.create_requests: dict[str, dict] = {}  # rq_id -> {"task_id", "polls"}
@@ -156,8 +172,7 @@ class FakeCVAT:
     def start(self) -> "FakeCVAT":
         handler = type("Handler", (_Handler,), {"cvat": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
         return self
 
@@ -172,27 +187,50 @@ class FakeCVAT:
         done = sum(j.state == "completed" for j in t.jobs if j.type == "annotation")
         n_jobs = sum(j.type == "annotation" for j in t.jobs)
         return {
-            "url": f"{self.url}/api/tasks/{t.id}", "id": t.id, "name": t.name, "project_id": t.project_id,
-            "owner": {"url": f"{self.url}/api/users/1", "id": 1, "username": self.username, "first_name": "",
-                      "last_name": ""},
-            "assignee": None, "bug_tracker": "", "created_date": NOW, "updated_date": t.updated_date, "overlap": 0,
+            "url": f"{self.url}/api/tasks/{t.id}",
+            "id": t.id,
+            "name": t.name,
+            "project_id": t.project_id,
+            "owner": {
+                "url": f"{self.url}/api/users/1",
+                "id": 1,
+                "username": self.username,
+                "first_name": "",
+                "last_name": "",
+            },
+            "assignee": None,
+            "bug_tracker": "",
+            "created_date": NOW,
+            "updated_date": t.updated_date,
+            "overlap": 0,
             "segment_size": max((len(j.frames) for j in t.jobs if j.type == "annotation"), default=0),
             "status": "completed" if done == n_jobs else "annotation",
-            "size": len(t.frames), "mode": "annotation", "dimension": "2d", "subset": t.subset,
-            "jobs": {"count": n_jobs, "completed": done, "validation": 0,
-                     "url": f"{self.url}/api/jobs?task_id={t.id}"},
+            "size": len(t.frames),
+            "mode": "annotation",
+            "dimension": "2d",
+            "subset": t.subset,
+            "jobs": {"count": n_jobs, "completed": done, "validation": 0, "url": f"{self.url}/api/jobs?task_id={t.id}"},
             "labels": {"url": f"{self.url}/api/labels?task_id={t.id}"},
-            "target_storage": None, "source_storage": None,
+            "target_storage": None,
+            "source_storage": None,
         }
 
     def project_json(self, p: Project) -> dict:
         tasks = [t for t in self.tasks.values() if t.project_id == p.id]
         return {
-            "url": f"{self.url}/api/projects/{p.id}", "id": p.id, "name": p.name,
+            "url": f"{self.url}/api/projects/{p.id}",
+            "id": p.id,
+            "name": p.name,
             "owner": {"url": f"{self.url}/api/users/1", "id": 1, "username": self.username},
-            "assignee": None, "bug_tracker": "", "task_subsets": sorted({t.subset for t in tasks if t.subset}),
-            "created_date": NOW, "updated_date": NOW, "status": "annotation", "dimension": "2d",
-            "target_storage": None, "source_storage": None,
+            "assignee": None,
+            "bug_tracker": "",
+            "task_subsets": sorted({t.subset for t in tasks if t.subset}),
+            "created_date": NOW,
+            "updated_date": NOW,
+            "status": "annotation",
+            "dimension": "2d",
+            "target_storage": None,
+            "source_storage": None,
             "tasks": {"count": len(tasks), "url": f"{self.url}/api/tasks?project_id={p.id}"},
             "labels": {"url": f"{self.url}/api/labels?project_id={p.id}"},
         }
@@ -200,13 +238,23 @@ class FakeCVAT:
     def job_json(self, j: Job) -> dict:
         t = self.tasks[j.task_id]
         return {
-            "url": f"{self.url}/api/jobs/{j.id}", "id": j.id, "task_id": j.task_id, "project_id": t.project_id,
-            "stage": j.stage, "state": j.state,
+            "url": f"{self.url}/api/jobs/{j.id}",
+            "id": j.id,
+            "task_id": j.task_id,
+            "project_id": t.project_id,
+            "stage": j.stage,
+            "state": j.state,
             # The deprecated 1.x workflow field (JobStatus: annotation/validation/completed) that
             # ``stage`` replaced; its last step was "completed" where the stage is "acceptance".
             "status": {"acceptance": "completed"}.get(j.stage, j.stage),
-            "start_frame": j.frames.start, "stop_frame": j.frames.stop - 1, "frame_count": len(j.frames),
-            "mode": "annotation", "dimension": "2d", "type": j.type, "created_date": NOW, "updated_date": j.updated_date,
+            "start_frame": j.frames.start,
+            "stop_frame": j.frames.stop - 1,
+            "frame_count": len(j.frames),
+            "mode": "annotation",
+            "dimension": "2d",
+            "type": j.type,
+            "created_date": NOW,
+            "updated_date": j.updated_date,
             "issues": {"url": f"{self.url}/api/issues?job_id={j.id}", "count": 0},
             "labels": {"url": f"{self.url}/api/labels?job_id={j.id}"},
         }
@@ -218,16 +266,27 @@ class FakeCVAT:
         if (r.target, r.obj_id) in self.fail_exports and r.polls > self.polls_before_finish:
             status = "failed"
         body = {
-            "id": r.id, "status": status, "message": "" if status != "failed" else
-            "Traceback (most recent call last): datumaro.components.errors.DatasetExportError: disk full",
-            "operation": {"type": "export:dataset", "target": r.target, f"{r.target}_id": r.obj_id,
-                          "format": r.fmt, "lightweight": True},
+            "id": r.id,
+            "status": status,
+            "message": ""
+            if status != "failed"
+            else "Traceback (most recent call last): datumaro.components.errors.DatasetExportError: disk full",
+            "operation": {
+                "type": "export:dataset",
+                "target": r.target,
+                f"{r.target}_id": r.obj_id,
+                "format": r.fmt,
+                "lightweight": True,
+            },
             "progress": None if status == "queued" else (1.0 if status == "finished" else 0.5),
-            "created_date": NOW, "started_date": None if status == "queued" else NOW,
-            "finished_date": NOW if status in ("finished", "failed") else None, "expiry_date": None,
+            "created_date": NOW,
+            "started_date": None if status == "queued" else NOW,
+            "finished_date": NOW if status in ("finished", "failed") else None,
+            "expiry_date": None,
             "owner": {"id": 1, "username": self.username},
             "result_url": f"{self.url}/api/{r.target}s/{r.obj_id}/dataset/download?rq_id={r.id}"
-            if status == "finished" else None,
+            if status == "finished"
+            else None,
             "result_id": None,
         }
         return body
@@ -242,8 +301,9 @@ class FakeCVAT:
             t = self.tasks[j.task_id]
             return t.labels, [(t, t.frames[i]) for i in j.frames]
         p = self.projects[obj_id]
-        return p.labels, [(t, f) for t in sorted(self.tasks.values(), key=lambda t: t.id)
-                          if t.project_id == obj_id for f in t.frames]
+        return p.labels, [
+            (t, f) for t in sorted(self.tasks.values(), key=lambda t: t.id) if t.project_id == obj_id for f in t.frames
+        ]
 
     def build_archive(self, r: ExportRequest) -> bytes:
         labels, frames = self.frames_for(r.target, r.obj_id)
@@ -261,8 +321,12 @@ class FakeCVAT:
                         z.writestr(f"labels/{s}/{f.name.rsplit('.', 1)[0]}.txt", _yolo_lines(f, labels))
             elif r.fmt == "YOLO 1.1":
                 z.writestr("obj.names", "".join(n + "\n" for n in labels))
-                z.writestr("obj.data", f"classes = {len(labels)}\n" + "".join(
-                    f"{s} = data/{s}.txt\n" for s in by_subset) + "names = data/obj.names\nbackup = backup/\n")
+                z.writestr(
+                    "obj.data",
+                    f"classes = {len(labels)}\n"
+                    + "".join(f"{s} = data/{s}.txt\n" for s in by_subset)
+                    + "names = data/obj.names\nbackup = backup/\n",
+                )
                 for s, fs in by_subset.items():
                     z.writestr(f"{s}.txt", "".join(f"data/obj_{s}_data/{f.name}\n" for _t, f in fs))
                     for _t, f in fs:
@@ -279,22 +343,28 @@ class FakeCVAT:
 def _yolo_lines(f: Frame, labels: list[str]) -> str:
     out = []
     for lab, x0, y0, x1, y1 in f.boxes:
-        out.append(f"{labels.index(lab)} {(x0 + x1) / 2 / f.width:.6f} {(y0 + y1) / 2 / f.height:.6f} "
-                   f"{(x1 - x0) / f.width:.6f} {(y1 - y0) / f.height:.6f}\n")
+        out.append(
+            f"{labels.index(lab)} {(x0 + x1) / 2 / f.width:.6f} {(y0 + y1) / 2 / f.height:.6f} "
+            f"{(x1 - x0) / f.width:.6f} {(y1 - y0) / f.height:.6f}\n"
+        )
     return "".join(out)
 
 
 def _cvat_xml(r: ExportRequest, labels: list[str], frames) -> str:
     meta = "project" if r.target == "project" else "task"
     lab = "".join(f"<label><name>{n}</name><type>rectangle</type><attributes></attributes></label>" for n in labels)
-    parts = [f'<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n'
-             f"<meta><{meta}><id>{r.obj_id}</id><labels>{lab}</labels></{meta}></meta>\n"]
+    parts = [
+        f'<?xml version="1.0" encoding="utf-8"?>\n<annotations>\n<version>1.1</version>\n'
+        f"<meta><{meta}><id>{r.obj_id}</id><labels>{lab}</labels></{meta}></meta>\n"
+    ]
     for i, (t, f) in enumerate(frames):
         sub = f' subset="{t.subset}" task_id="{t.id}"' if meta == "project" and t.subset else ""
         parts.append(f'<image id="{i}" name="{f.name}" width="{f.width}" height="{f.height}"{sub}>\n')
         for lab_name, x0, y0, x1, y1 in f.boxes:
-            parts.append(f'<box label="{lab_name}" occluded="0" source="manual" xtl="{x0:.2f}" ytl="{y0:.2f}" '
-                         f'xbr="{x1:.2f}" ybr="{y1:.2f}" z_order="0"></box>\n')
+            parts.append(
+                f'<box label="{lab_name}" occluded="0" source="manual" xtl="{x0:.2f}" ytl="{y0:.2f}" '
+                f'xbr="{x1:.2f}" ybr="{y1:.2f}" z_order="0"></box>\n'
+            )
         parts.append("</image>\n")
     parts.append("</annotations>\n")
     return "".join(parts)
@@ -371,8 +441,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body() if method in ("POST", "PATCH", "PUT") else b""
         self.request_body = body
         if path == "/api/server/about" and method == "GET":
-            return self._send(200, {"name": "Computer Vision Annotation Tool", "description": "test server",
-                                    "version": c.version, "logo_url": "", "subtitle": ""})
+            return self._send(
+                200,
+                {
+                    "name": "Computer Vision Annotation Tool",
+                    "description": "test server",
+                    "version": c.version,
+                    "logo_url": "",
+                    "subtitle": "",
+                },
+            )
         if path == "/api/auth/login" and method == "POST":
             creds = json.loads(body or b"{}")
             if creds.get("username") != c.username or creds.get("password") != c.password:
@@ -391,7 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
             return None
         ok = self._authenticated(unsafe=method not in ("GET", "HEAD"))
         if ok is not True:
-            return self._send(401, {"detail": ok}, headers={"WWW-Authenticate": 'Token'})
+            return self._send(401, {"detail": ok}, headers={"WWW-Authenticate": "Token"})
         seg = path.split("/")[2:]  # after /api
         try:
             return self._dispatch(method, seg, query)
@@ -403,8 +481,10 @@ class _Handler(BaseHTTPRequestHandler):
         if _setup_routes(self, method, seg, query) is not NOT_HANDLED:
             return None
         if seg[:1] == ["server"] and seg[1:] == ["annotation", "formats"]:
-            fmts = [{"name": f, "ext": "ZIP", "version": f.rsplit(" ", 1)[-1], "enabled": True, "dimension": "2d"}
-                    for f in FORMATS]
+            fmts = [
+                {"name": f, "ext": "ZIP", "version": f.rsplit(" ", 1)[-1], "enabled": True, "dimension": "2d"}
+                for f in FORMATS
+            ]
             return self._send(200, {"importers": fmts, "exporters": fmts})
         if seg[0] in ("tasks", "projects") and len(seg) == 2 and method == "GET":
             obj_id = int(seg[1])
@@ -412,14 +492,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, c.task_json(c.tasks[obj_id]))
             return self._send(200, c.project_json(c.projects[obj_id]))
         if seg == ["jobs"] and method == "GET":
-            jobs = [j for t in sorted(c.tasks.values(), key=lambda t: t.id) for j in t.jobs
-                    if ("task_id" not in query or j.task_id == int(query["task_id"]))
-                    and ("project_id" not in query or c.tasks[j.task_id].project_id == int(query["project_id"]))]
+            jobs = [
+                j
+                for t in sorted(c.tasks.values(), key=lambda t: t.id)
+                for j in t.jobs
+                if ("task_id" not in query or j.task_id == int(query["task_id"]))
+                and ("project_id" not in query or c.tasks[j.task_id].project_id == int(query["project_id"]))
+            ]
             page, size = int(query.get("page", 1)), int(query.get("page_size", c.page_size))
-            chunk = jobs[(page - 1) * size: page * size]
+            chunk = jobs[(page - 1) * size : page * size]
             nxt = f"{c.url}/api/jobs?page={page + 1}" if page * size < len(jobs) else None
-            return self._send(200, {"count": len(jobs), "next": nxt, "previous": None,
-                                    "results": [c.job_json(j) for j in chunk]})
+            return self._send(
+                200, {"count": len(jobs), "next": nxt, "previous": None, "results": [c.job_json(j) for j in chunk]}
+            )
         if len(seg) == 4 and seg[2:] == ["dataset", "export"] and method == "POST":
             target = seg[0].rstrip("s")
             obj_id = int(seg[1])
@@ -450,8 +535,12 @@ class _Handler(BaseHTTPRequestHandler):
             if rq.archive is None:
                 return self._send(400, {"detail": "the export is not ready"})
             name = f"{rq.target}_{rq.obj_id}_dataset.zip"
-            return self._send(200, rq.archive, ctype="application/zip",
-                              headers={"Content-Disposition": f'attachment; filename="{name}"'})
+            return self._send(
+                200,
+                rq.archive,
+                ctype="application/zip",
+                headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            )
         raise KeyError(seg)
 
     def do_GET(self):  # noqa: N802
@@ -514,25 +603,46 @@ def _labels_of(c: FakeCVAT, *, project_id: int | None = None, task_id: int | Non
         owner, names, key = t.id, t.labels, "task_id"
     else:
         owner, names, key = project_id, c.projects[project_id].labels, "project_id"
-    return [{"id": _label_id(owner, i), "name": n, "color": "#%06x" % (0x3D3DF5 + 4099 * i), "attributes": [],
-             "type": "rectangle", "sublabels": [], "has_parent": False, "parent_id": None,
-             "project_id": owner if key == "project_id" else None, "task_id": owner if key == "task_id" else None}
-            for i, n in enumerate(names)]
+    return [
+        {
+            "id": _label_id(owner, i),
+            "name": n,
+            "color": "#%06x" % (0x3D3DF5 + 4099 * i),
+            "attributes": [],
+            "type": "rectangle",
+            "sublabels": [],
+            "has_parent": False,
+            "parent_id": None,
+            "project_id": owner if key == "project_id" else None,
+            "task_id": owner if key == "task_id" else None,
+        }
+        for i, n in enumerate(names)
+    ]
 
 
 def _page(c: FakeCVAT, path: str, items: list, query: dict) -> dict:
     page, size = int(query.get("page", 1)), int(query.get("page_size", c.page_size))
-    chunk = items[(page - 1) * size: page * size]
+    chunk = items[(page - 1) * size : page * size]
     nxt = f"{c.url}/api/{path}?page={page + 1}" if page * size < len(items) else None
     return {"count": len(items), "next": nxt, "previous": None, "results": chunk}
 
 
 def _user_json(c: FakeCVAT, u: dict) -> dict:
-    return {"url": f"{c.url}/api/users/{u['id']}", "id": u["id"], "username": u["username"],
-            "first_name": u.get("first_name", ""), "last_name": u.get("last_name", ""), "email": u["email"],
-            "groups": ["admin"] if u["id"] == 1 else ["user"], "is_staff": u["id"] == 1,
-            "is_superuser": u["id"] == 1, "is_active": True, "last_login": None, "date_joined": NOW,
-            "has_analytics_access": False}
+    return {
+        "url": f"{c.url}/api/users/{u['id']}",
+        "id": u["id"],
+        "username": u["username"],
+        "first_name": u.get("first_name", ""),
+        "last_name": u.get("last_name", ""),
+        "email": u["email"],
+        "groups": ["admin"] if u["id"] == 1 else ["user"],
+        "is_staff": u["id"] == 1,
+        "is_superuser": u["id"] == 1,
+        "is_active": True,
+        "last_login": None,
+        "date_joined": NOW,
+        "has_analytics_access": False,
+    }
 
 
 def _multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, bytes]]:
@@ -543,8 +653,13 @@ def _multipart(content_type: str, body: bytes) -> list[tuple[str, str | None, by
     msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
     out = []
     for part in msg.iter_parts():
-        out.append((part.get_param("name", header="content-disposition"), part.get_filename(),
-                    part.get_payload(decode=True) or b""))
+        out.append(
+            (
+                part.get_param("name", header="content-disposition"),
+                part.get_filename(),
+                part.get_payload(decode=True) or b"",
+            )
+        )
     return out
 
 
@@ -587,8 +702,11 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
 
     # ---- projects
     if seg == ["projects"] and method == "GET":
-        items = [c.project_json(p) for p in sorted(c.projects.values(), key=lambda p: p.id)
-                 if "name" not in query or p.name == query["name"]]
+        items = [
+            c.project_json(p)
+            for p in sorted(c.projects.values(), key=lambda p: p.id)
+            if "name" not in query or p.name == query["name"]
+        ]
         return h._send(200, _page(c, "projects", items, query))
     if seg == ["projects"] and method == "POST":
         data = payload()
@@ -623,9 +741,12 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         return h._send(200, _page(c, "labels", items, query))
     # ---- tasks
     if seg == ["tasks"] and method == "GET":
-        items = [c.task_json(t) for t in sorted(c.tasks.values(), key=lambda t: t.id)
-                 if ("name" not in query or t.name == query["name"])
-                 and ("project_id" not in query or t.project_id == int(query["project_id"]))]
+        items = [
+            c.task_json(t)
+            for t in sorted(c.tasks.values(), key=lambda t: t.id)
+            if ("name" not in query or t.name == query["name"])
+            and ("project_id" not in query or t.project_id == int(query["project_id"]))
+        ]
         return h._send(200, _page(c, "tasks", items, query))
     if seg == ["tasks"] and method == "POST":
         data = payload()
@@ -633,7 +754,7 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
             return h._send(400, {"name": ["This field is required."]})
         pid = data.get("project_id")
         if pid is not None and pid not in c.projects:
-            return h._send(400, {"project_id": [f"Invalid pk \"{pid}\" - object does not exist."]})
+            return h._send(400, {"project_id": [f'Invalid pk "{pid}" - object does not exist.']})
         if pid is not None and data.get("labels"):
             return h._send(400, {"labels": ["Tasks inside a project use the project's labels"]})
         labels = c.projects[pid].labels if pid is not None else [lab["name"] for lab in data.get("labels", [])]
@@ -669,23 +790,54 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         if done and rq["task_id"] in c.uploads:
             _finish_task_data(c, rq["task_id"])
         status = "finished" if done else ("queued" if rq["polls"] <= 1 else "started")
-        return h._send(200, {
-            "id": seg[1], "status": status, "message": "",
-            "operation": {"type": "create:task", "target": "task", "task_id": rq["task_id"], "project_id": None,
-                          "job_id": None, "format": None, "function_id": None},
-            "progress": 1.0 if done else 0.0, "created_date": NOW, "started_date": NOW,
-            "finished_date": NOW if done else None, "expiry_date": None,
-            "owner": {"id": 1, "username": c.username}, "result_url": None, "result_id": rq["task_id"] if done else None,
-        })
+        return h._send(
+            200,
+            {
+                "id": seg[1],
+                "status": status,
+                "message": "",
+                "operation": {
+                    "type": "create:task",
+                    "target": "task",
+                    "task_id": rq["task_id"],
+                    "project_id": None,
+                    "job_id": None,
+                    "format": None,
+                    "function_id": None,
+                },
+                "progress": 1.0 if done else 0.0,
+                "created_date": NOW,
+                "started_date": NOW,
+                "finished_date": NOW if done else None,
+                "expiry_date": None,
+                "owner": {"id": 1, "username": c.username},
+                "result_url": None,
+                "result_id": rq["task_id"] if done else None,
+            },
+        )
     if seg[:1] == ["tasks"] and seg[2:] == ["data", "meta"] and method == "GET":
         t = c.tasks[int(seg[1])]
-        return h._send(200, {
-            "chunk_size": 72, "size": len(t.frames), "image_quality": 95, "start_frame": 0,
-            "stop_frame": max(len(t.frames) - 1, 0), "frame_filter": "", "chunks_updated_date": NOW,
-            "frames": [{"width": f.width, "height": f.height, "name": f.name, "related_files": 0} for f in t.frames],
-            "deleted_frames": [], "included_frames": None, "cloud_storage_id": None, "storage": "local",
-            "storage_method": "cache", "sorting_method": "lexicographical",
-        })
+        return h._send(
+            200,
+            {
+                "chunk_size": 72,
+                "size": len(t.frames),
+                "image_quality": 95,
+                "start_frame": 0,
+                "stop_frame": max(len(t.frames) - 1, 0),
+                "frame_filter": "",
+                "chunks_updated_date": NOW,
+                "frames": [
+                    {"width": f.width, "height": f.height, "name": f.name, "related_files": 0} for f in t.frames
+                ],
+                "deleted_frames": [],
+                "included_frames": None,
+                "cloud_storage_id": None,
+                "storage": "local",
+                "storage_method": "cache",
+                "sorting_method": "lexicographical",
+            },
+        )
     if seg[:1] == ["tasks"] and seg[2:] == ["annotations"] and method in ("GET", "PUT", "PATCH"):
         t = c.tasks[int(seg[1])]
         if method == "GET":
@@ -710,8 +862,11 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         return h._send(200, {"version": 1, "tags": [], "shapes": stored, "tracks": []})
     # ---- users
     if seg == ["users"] and method == "GET":
-        items = [_user_json(c, u) for u in sorted(c.users.values(), key=lambda u: u["id"])
-                 if "username" not in query or u["username"] == query["username"]]
+        items = [
+            _user_json(c, u)
+            for u in sorted(c.users.values(), key=lambda u: u["id"])
+            if "username" not in query or u["username"] == query["username"]
+        ]
         return h._send(200, _page(c, "users", items, query))
     if seg == ["users", "self"] and method == "GET":
         return h._send(200, _user_json(c, c.users[c.username]))
@@ -719,8 +874,9 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         data = payload()
         if not c.registration_open:
             return h._send(403, {"detail": "You do not have permission to perform this action."})
-        errors = {k: ["This field is required."] for k in ("username", "email", "password1", "password2")
-                  if not data.get(k)}
+        errors = {
+            k: ["This field is required."] for k in ("username", "email", "password1", "password2") if not data.get(k)
+        }
         if errors:
             return h._send(400, errors)
         if data["username"] in c.users:
@@ -728,12 +884,25 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         if data["password1"] != data["password2"]:
             return h._send(400, {"non_field_errors": ["The two password fields didn't match."]})
         uid = max(u["id"] for u in c.users.values()) + 1
-        c.users[data["username"]] = {"id": uid, "username": data["username"], "email": data["email"],
-                                     "password": data["password1"], "first_name": data.get("first_name", ""),
-                                     "last_name": data.get("last_name", "")}
-        return h._send(201, {"username": data["username"], "email": data["email"],
-                             "first_name": data.get("first_name", ""), "last_name": data.get("last_name", ""),
-                             "email_verification_required": False, "key": None})
+        c.users[data["username"]] = {
+            "id": uid,
+            "username": data["username"],
+            "email": data["email"],
+            "password": data["password1"],
+            "first_name": data.get("first_name", ""),
+            "last_name": data.get("last_name", ""),
+        }
+        return h._send(
+            201,
+            {
+                "username": data["username"],
+                "email": data["email"],
+                "first_name": data.get("first_name", ""),
+                "last_name": data.get("last_name", ""),
+                "email_verification_required": False,
+                "key": None,
+            },
+        )
     # ---- jobs
     if seg[:1] == ["jobs"] and len(seg) == 2 and method in ("GET", "PATCH"):
         j = next((j for t in c.tasks.values() for j in t.jobs if j.id == int(seg[1])), None)
@@ -743,7 +912,7 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
             data = payload()
             if "assignee" in data:
                 if data["assignee"] is not None and data["assignee"] not in {u["id"] for u in c.users.values()}:
-                    return h._send(400, {"assignee": [f"Invalid pk \"{data['assignee']}\" - object does not exist."]})
+                    return h._send(400, {"assignee": [f'Invalid pk "{data["assignee"]}" - object does not exist.']})
                 c.assignees[j.id] = data["assignee"]
             for name in ("state", "stage"):
                 if name in data:
@@ -752,8 +921,16 @@ def _setup_routes(h: "_Handler", method: str, seg: list[str], query: dict):  # n
         body_out = c.job_json(j)
         uid = c.assignees.get(j.id)
         user = next((u for u in c.users.values() if u["id"] == uid), None)
-        body_out["assignee"] = None if user is None else {"url": f"{c.url}/api/users/{uid}", "id": uid,
-                                                          "username": user["username"], "first_name": "",
-                                                          "last_name": ""}
+        body_out["assignee"] = (
+            None
+            if user is None
+            else {
+                "url": f"{c.url}/api/users/{uid}",
+                "id": uid,
+                "username": user["username"],
+                "first_name": "",
+                "last_name": "",
+            }
+        )
         return h._send(200, body_out)
     return NOT_HANDLED

@@ -12,18 +12,33 @@ runner = CliRunner()
 
 
 def test_synth_import_validate(tmp_path):
-    r = runner.invoke(app, ["data", "synth", "--out", str(tmp_path / "export"), "-n", "20", "--seed", "4",
-                            "--size", "64"])
+    r = runner.invoke(
+        app, ["data", "synth", "--out", str(tmp_path / "export"), "-n", "20", "--seed", "4", "--size", "64"]
+    )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["data", "import", str(tmp_path / "export"), "--out", str(tmp_path / "ds"),
-                            "--classes", "scratch,bent", "--val", "0.25", "--seed", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "import",
+            str(tmp_path / "export"),
+            "--out",
+            str(tmp_path / "ds"),
+            "--classes",
+            "scratch,bent",
+            "--val",
+            "0.25",
+            "--seed",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert f"dataset_id: {manifest['dataset_id']}" in r.output
     assert manifest["counts"]["images"] == {"train": 15, "val": 5, "total": 20}
     r = runner.invoke(app, ["data", "validate", str(tmp_path / "ds")])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.stdout[r.stdout.index("{"):])["dataset_id"] == manifest["dataset_id"]
+    assert json.loads(r.stdout[r.stdout.index("{") :])["dataset_id"] == manifest["dataset_id"]
 
 
 def test_import_error_is_reported_with_file_and_line(export_copy, tmp_path):
@@ -40,8 +55,10 @@ def test_pull_from_cvat_with_token_from_env(cvat, tmp_path, monkeypatch):
     monkeypatch.delenv("CVAT_USERNAME", raising=False)
     monkeypatch.delenv("CVAT_PASSWORD", raising=False)
     cvat.polls_before_finish = 0
-    r = runner.invoke(app, ["data", "pull", "--cvat-url", cvat.url, "--task", "1", "--out", str(tmp_path / "ds"),
-                            "--include-all-jobs"])
+    r = runner.invoke(
+        app,
+        ["data", "pull", "--cvat-url", cvat.url, "--task", "1", "--out", str(tmp_path / "ds"), "--include-all-jobs"],
+    )
     assert r.exit_code == 0, r.output
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert manifest["counts"]["images"]["total"] == 12

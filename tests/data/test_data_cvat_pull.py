@@ -34,8 +34,14 @@ def test_task_with_all_jobs_completed_is_one_export(cvat, client, tmp_path):
     assert len(polls) == cvat.polls_before_finish + 1, "polled until finished"
     assert any(p == "/api/tasks/2/dataset/download" for _, p in cvat.calls), "downloaded result_url"
     assert m["counts"]["images"]["total"] == 8
-    assert m["source"] == {"type": "cvat", "host": cvat.url, "task_id": 2, "format": "Ultralytics YOLO Detection 1.0",
-                           "include_all_jobs": False, "jobs": [21, 22]}
+    assert m["source"] == {
+        "type": "cvat",
+        "host": cvat.url,
+        "task_id": 2,
+        "format": "Ultralytics YOLO Detection 1.0",
+        "include_all_jobs": False,
+        "jobs": [21, 22],
+    }
     assert m["counts"]["boxes"]["total"] == {"scratch": 4, "bent": 4}
 
 
@@ -122,8 +128,11 @@ def test_export_timeout(cvat, client, tmp_path):
 def test_no_completed_jobs(cvat, client, tmp_path):
     for j in cvat.tasks[1].jobs:
         j.state = "in progress"
-    with pytest.raises(DatasetError, match=r"task 1 has no completed annotation jobs \(job 11: acceptance/in progress; "
-                                           r"job 12: annotation/in progress\).*--include-all-jobs"):
+    with pytest.raises(
+        DatasetError,
+        match=r"task 1 has no completed annotation jobs \(job 11: acceptance/in progress; "
+        r"job 12: annotation/in progress\).*--include-all-jobs",
+    ):
         pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == []
 
@@ -189,8 +198,11 @@ def test_only_ground_truth_jobs_completed(cvat, client, tmp_path):
     for j in cvat.tasks[1].jobs:
         j.state = "new"
     cvat.tasks[1].jobs.append(Job(13, 1, range(0, 12, 3), "completed", "acceptance", "ground_truth"))
-    with pytest.raises(DatasetError, match=r"task 1 has no completed annotation jobs \(job 11: acceptance/new; "
-                                           r"job 12: annotation/new\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"task 1 has no completed annotation jobs \(job 11: acceptance/new; "
+        r"job 12: annotation/new\)",
+    ):
         pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == []
 
@@ -202,8 +214,11 @@ def test_sdk_calls_stay_within_the_cvat_api(cvat, client, tmp_path, shared_dir):
     import yaml
 
     spec = yaml.safe_load((shared_dir / "specs" / "cvat_api_excerpt.yaml").read_text())
-    templates = [(m.lower(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"))
-                 for p, ops in spec["paths"].items() for m in ops]
+    templates = [
+        (m.lower(), re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$"))
+        for p, ops in spec["paths"].items()
+        for m in ops
+    ]
     pull_annotations(None, tmp_path / "a", cvat_client=client, task_id=1, **FAST)
     pull_annotations(None, tmp_path / "b", cvat_client=client, project_id=5, **FAST)
     with make_client(cvat.url, username=cvat.username, password=cvat.password):

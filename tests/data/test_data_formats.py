@@ -16,23 +16,48 @@ _YOLO_BOXES = {"1.jpg": [("label_2", 0, 2, 4, 4), ("label_4", 3, 3, 5, 6)]}
 SAMPLES = {
     "cvat-ai-datumaro_yolo-1.1": (YOLO11, [f"label_{i}" for i in range(10)], _YOLO_BOXES, {}, ["train"]),
     "cvat-ai-datumaro_ultralytics-yolo-detection-1.0_images-dir": (
-        ULTRALYTICS, [f"label_{i}" for i in range(10)], _YOLO_BOXES, {}, ["train"]),
+        ULTRALYTICS,
+        [f"label_{i}" for i in range(10)],
+        _YOLO_BOXES,
+        {},
+        ["train"],
+    ),
     "cvat-ai-datumaro_ultralytics-yolo-detection-1.0_subset-txt": (
-        ULTRALYTICS, [f"label_{i}" for i in range(10)], _YOLO_BOXES, {}, ["train"]),
+        ULTRALYTICS,
+        [f"label_{i}" for i in range(10)],
+        _YOLO_BOXES,
+        {},
+        ["train"],
+    ),
     "cvat-ai-datumaro_cvat-for-images-1.1": (
-        CVAT_IMAGES, ["label1", "label2"], {"img0.jpg": [("label1", 0, 2, 4, 4)], "img1.jpg": []},
-        {"points": 1, "polygon": 1, "polyline": 1, "skeleton": 2}, ["train"]),
+        CVAT_IMAGES,
+        ["label1", "label2"],
+        {"img0.jpg": [("label1", 0, 2, 4, 4)], "img1.jpg": []},
+        {"points": 1, "polygon": 1, "polyline": 1, "skeleton": 2},
+        ["train"],
+    ),
     "openvinotoolkit-datumaro_cvat-for-images-1.1_task-export": (
-        CVAT_IMAGES, ["label1", "label2"], {"img0.jpg": [("label1", 0, 2, 4, 4)], "img1.jpg": []},
-        {"points": 1, "polygon": 1, "polyline": 1}, ["train"]),
+        CVAT_IMAGES,
+        ["label1", "label2"],
+        {"img0.jpg": [("label1", 0, 2, 4, 4)], "img1.jpg": []},
+        {"points": 1, "polygon": 1, "polyline": 1},
+        ["train"],
+    ),
     "openvinotoolkit-datumaro_cvat-for-images-1.1_project-export": (
-        CVAT_IMAGES, ["label1", "label2"],
+        CVAT_IMAGES,
+        ["label1", "label2"],
         {f"{s}/img0.jpg": [("label1", 0, 2, 4, 4)] for s in ("Test", "Train", "Validation")}
         | {f"{s}/img1.jpg": [] for s in ("Test", "Train", "Validation")},
-        {"points": 3, "polygon": 3, "polyline": 3}, ["Test", "Train", "Validation"]),
+        {"points": 3, "polygon": 3, "polyline": 3},
+        ["Test", "Train", "Validation"],
+    ),
     "cvat-ai-datumaro_coco-1.0-instances": (
-        COCO, ["a", "b", "c"], {"a.jpg": [("b", 2, 2, 5, 3)], "b.jpg": []}, {"mask": 1, "polygon": 1},
-        ["train", "val"]),
+        COCO,
+        ["a", "b", "c"],
+        {"a.jpg": [("b", 2, 2, 5, 3)], "b.jpg": []},
+        {"mask": 1, "polygon": 1},
+        ["train", "val"],
+    ),
 }
 
 
@@ -68,8 +93,15 @@ def test_sample_imports_with_exact_boxes(samples_dir, tmp_path, name):
         for line in (out / item["label"]).read_text().splitlines():
             c, cx, cy, bw, bh = line.split()
             cx, cy, bw, bh = float(cx) * w, float(cy) * h, float(bw) * w, float(bh) * h
-            rows.append((labels[int(c)], round(cx - bw / 2, 3), round(cy - bh / 2, 3),
-                         round(cx + bw / 2, 3), round(cy + bh / 2, 3)))
+            rows.append(
+                (
+                    labels[int(c)],
+                    round(cx - bw / 2, 3),
+                    round(cy - bh / 2, 3),
+                    round(cx + bw / 2, 3),
+                    round(cy + bh / 2, 3),
+                )
+            )
         got[item["name"]] = rows
     assert got == {k: [(lab, *map(float, b)) for lab, *b in v] for k, v in boxes.items()}
     # Every file listed with its digest, and the same id when read again.
@@ -79,7 +111,9 @@ def test_sample_imports_with_exact_boxes(samples_dir, tmp_path, name):
 
 
 def test_coco_sample_keeps_its_subsets(samples_dir, tmp_path):
-    manifest = import_dataset(samples_dir / "cvat-ai-datumaro_coco-1.0-instances", tmp_path / "ds", classes=["a", "b", "c"])
+    manifest = import_dataset(
+        samples_dir / "cvat-ai-datumaro_coco-1.0-instances", tmp_path / "ds", classes=["a", "b", "c"]
+    )
     assert manifest["split"]["method"] == "cvat_subsets"
     assert manifest["counts"]["images"] == {"train": 1, "val": 1, "total": 2}
     report = json.loads((tmp_path / "ds" / "qa_report.json").read_text())
@@ -88,8 +122,11 @@ def test_coco_sample_keeps_its_subsets(samples_dir, tmp_path):
 
 def test_project_sample_with_the_same_image_in_three_subsets_is_refused(samples_dir, tmp_path):
     with pytest.raises(DatasetError, match="identical images in two splits"):
-        import_dataset(samples_dir / "openvinotoolkit-datumaro_cvat-for-images-1.1_project-export",
-                       tmp_path / "ds", classes=["label1", "label2"])
+        import_dataset(
+            samples_dir / "openvinotoolkit-datumaro_cvat-for-images-1.1_project-export",
+            tmp_path / "ds",
+            classes=["label1", "label2"],
+        )
     assert not (tmp_path / "ds").exists()
 
 
@@ -113,8 +150,12 @@ def test_metal_nut_imports_to_known_counts_and_stable_id(metal_nut, tmp_path):
     for split in ("train", "val"):
         assert all(a["counts"]["boxes"][split][c] > 0 for c in ("scratch", "bent")), split
     data = yaml.safe_load((tmp_path / "a" / "data.yaml").read_text())
-    assert data == {"path": str((tmp_path / "a").resolve()), "train": "images/train", "val": "images/val",
-                    "names": {0: "scratch", 1: "bent"}}
+    assert data == {
+        "path": str((tmp_path / "a").resolve()),
+        "train": "images/train",
+        "val": "images/val",
+        "names": {0: "scratch", 1: "bent"},
+    }
     on_disk = json.loads((tmp_path / "a" / "manifest.json").read_text())
     assert on_disk == a
     assert (tmp_path / "a" / "qa_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -183,8 +224,10 @@ def test_cvat_xml_tracks_rotated_boxes_and_other_shapes(tmp_path):
     assert m["source_labels"] == ["scratch", "bent"], "polygon-only labels are not classes"
     assert m["other_shapes"] == {"polygon": 1, "rotated box": 1}
     labels = {i["name"]: (tmp_path / "ds" / i["label"]).read_text().splitlines() for i in m["items"]}
-    assert labels == {"a.png": ["0 0.150000 0.350000 0.250000 0.500000", "1 0.750000 0.500000 0.500000 1.000000"],
-                      "b.png": ["1 0.125000 0.250000 0.250000 0.500000"]}
+    assert labels == {
+        "a.png": ["0 0.150000 0.350000 0.250000 0.500000", "1 0.750000 0.500000 0.500000 1.000000"],
+        "b.png": ["1 0.125000 0.250000 0.250000 0.500000"],
+    }
 
 
 def test_cvat_xml_errors_name_the_line(tmp_path):

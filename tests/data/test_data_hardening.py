@@ -191,8 +191,13 @@ importer.import_dataset(sys.argv[1], Path(sys.argv[2]))
 
 def test_a_killed_imports_temp_folders_are_cleaned_by_the_next_import(small_export, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_IMPORT, str(small_export), str(out)],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_IMPORT, str(small_export), str(out)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout.readline().strip() == "staging"
         left = _hidden(tmp_path)

@@ -47,8 +47,9 @@ def test_upload_then_skip_existing(local_stack, bucket, small_export, tmp_path):
     prefix = f"datasets/{m['dataset_id']}/"
     assert uri == f"s3://{bucket}/{prefix}"
     first = _keys(s3, bucket, prefix)
-    assert set(first) == {prefix + k for k in m["files"]} | {prefix + n for n in
-                                                              ("manifest.json", "qa_report.json", "qa_report.png")}
+    assert set(first) == {prefix + k for k in m["files"]} | {
+        prefix + n for n in ("manifest.json", "qa_report.json", "qa_report.png")
+    }
     one = sorted(m["files"])[0]
     body = s3.get_object(Bucket=bucket, Key=prefix + one)["Body"].read()
     assert body == (tmp_path / "ds" / one).read_bytes()

@@ -55,7 +55,13 @@ def test_too_few_images_of_a_class():
 
 def test_subset_names():
     assert [subset_to_split(s) for s in ("Train", "Validation", "valid", "Test", "batch7", None)] == [
-        "train", "val", "val", "test", None, None]
+        "train",
+        "val",
+        "val",
+        "test",
+        None,
+        None,
+    ]
 
 
 def test_duplicates_stay_in_one_split(export_copy, tmp_path):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from cvat_server import Job, Project, Task
 from typer.testing import CliRunner
 
 from components.data import DatasetError, pull_annotations
-from cvat_server import Project, Task, Job
 from vinspect.cli import app
 
 runner = CliRunner()

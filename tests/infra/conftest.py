@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import shutil
+import stat
+import subprocess
 
 import pytest
 
+from infra.bootstrap import bootstrap
 from infra.render import list_overlays, render
 from infra.validate import SchemasMissingError, default_store
+from tests.infra.fake_cluster import FakeCluster
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +25,10 @@ def kubectl() -> str:
     """
     found = shutil.which("kubectl") or shutil.which("oc")
     if not found:
-        pytest.fail("kubectl (with kustomize) is not installed: the infra tests need it to render "
-                    "the overlays (see docs/infra.md)")
+        pytest.fail(
+            "kubectl (with kustomize) is not installed: the infra tests need it to render "
+            "the overlays (see docs/infra.md)"
+        )
     return found
 
 
@@ -46,3 +54,47 @@ def find(objects: list[dict], kind: str, name: str, api_prefix: str | None = Non
             if api_prefix is None or obj["apiVersion"].startswith(api_prefix):
                 return obj
     raise AssertionError(f"no {kind} {name} in the rendered objects")
+
+
+@pytest.fixture(scope="module")
+def cluster(rendered) -> FakeCluster:
+    """A fake cluster the default overlay was bootstrapped onto (its generated Secrets included)."""
+    fake = FakeCluster(delay=1.0)
+    bootstrap(
+        fake,
+        copy.deepcopy(rendered["default"]),
+        clock=fake.clock,
+        sleep=fake.sleep,
+        poll_interval=1.0,
+        timeout=120,
+        builder=fake.start_build,
+    )
+    return fake
+
+
+@pytest.fixture(scope="module")
+def bucket_job_run(rendered, cluster, tmp_path_factory):
+    """The bucket Job's script run against a stand-in for MinIO's client: (calls, policies, output)."""
+    from tests.infra.runtime_env import FAKE_MC, _container, resolved_env
+
+    objects = rendered["default"]
+    job = find(objects, "Job", "minio-buckets")
+    container = _container(job, "mc")
+    env = resolved_env(objects, cluster, container)
+    work = tmp_path_factory.mktemp("mc")
+    (work / "bin").mkdir()
+    (work / "policies").mkdir()
+    mc = work / "bin" / "mc"
+    mc.write_text(FAKE_MC)
+    mc.chmod(mc.stat().st_mode | stat.S_IEXEC)
+    run_env = {
+        "PATH": f"{work / 'bin'}:/usr/bin:/bin",
+        "MC_LOG": str(work / "calls"),
+        "MC_POLICIES": str(work / "policies"),
+        **env,
+    }
+    script = container["args"][0].replace("/tmp/", f"{work}/")
+    done = subprocess.run(["/bin/sh", "-ec", script], env=run_env, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    policies = {p.stem: json.loads(p.read_text()) for p in (work / "policies").glob("*.json")}
+    return (work / "calls").read_text().splitlines(), policies, done.stdout + done.stderr

@@ -72,22 +72,34 @@ TEMPLATE_OVMS_IMAGE = "registry.redhat.io/rhoai/odh-openvino-model-server-rhel9@
 
 # OLM catalog: package -> channel -> version. Packages not listed accept any channel.
 CATALOG: dict[str, dict[str, str]] = {
-    "rhods-operator": {"stable": "2.25.0", "stable-2.25": "2.25.0", "fast": "2.25.0",
-                       "fast-3.x": "3.0.0", "stable-3.x": "3.0.0"},
+    "rhods-operator": {
+        "stable": "2.25.0",
+        "stable-2.25": "2.25.0",
+        "fast": "2.25.0",
+        "fast-3.x": "3.0.0",
+        "stable-3.x": "3.0.0",
+    },
 }
 
 # Served versions beyond the one in CRDS, per OpenShift AI major version.
 RHOAI_VERSIONS = {
-    2: {"datascienceclusters.datasciencecluster.opendatahub.io": ["v1"],
-        "dscinitializations.dscinitialization.opendatahub.io": ["v1"]},
-    3: {"datascienceclusters.datasciencecluster.opendatahub.io": ["v1", "v2"],
-        "dscinitializations.dscinitialization.opendatahub.io": ["v1", "v2"]},
+    2: {
+        "datascienceclusters.datasciencecluster.opendatahub.io": ["v1"],
+        "dscinitializations.dscinitialization.opendatahub.io": ["v1"],
+    },
+    3: {
+        "datascienceclusters.datasciencecluster.opendatahub.io": ["v1", "v2"],
+        "dscinitializations.dscinitialization.opendatahub.io": ["v1", "v2"],
+    },
 }
 # Fields that v2 (the 3.x storage version) does not have: lost when a v1 object is converted.
 V2_DROPPED: dict[str, list[tuple[str, ...]]] = {
-    "DataScienceCluster": [("spec", "components", "codeflare"), ("spec", "components", "modelmeshserving"),
-                           ("spec", "components", "kserve", "serving"),
-                           ("spec", "components", "kserve", "defaultDeploymentMode")],
+    "DataScienceCluster": [
+        ("spec", "components", "codeflare"),
+        ("spec", "components", "modelmeshserving"),
+        ("spec", "components", "kserve", "serving"),
+        ("spec", "components", "kserve", "defaultDeploymentMode"),
+    ],
     "DSCInitialization": [("spec", "serviceMesh")],
 }
 
@@ -97,16 +109,35 @@ CRDS: dict[str, tuple[str, str, str, bool]] = {
     "subscriptions.operators.coreos.com": ("operators.coreos.com", "v1alpha1", "Subscription", True),
     "clusterserviceversions.operators.coreos.com": ("operators.coreos.com", "v1alpha1", "ClusterServiceVersion", True),
     "configs.imageregistry.operator.openshift.io": ("imageregistry.operator.openshift.io", "v1", "Config", False),
-    "datascienceclusters.datasciencecluster.opendatahub.io": ("datasciencecluster.opendatahub.io", "v1", "DataScienceCluster", False),
-    "dscinitializations.dscinitialization.opendatahub.io": ("dscinitialization.opendatahub.io", "v1", "DSCInitialization", False),
+    "datascienceclusters.datasciencecluster.opendatahub.io": (
+        "datasciencecluster.opendatahub.io",
+        "v1",
+        "DataScienceCluster",
+        False,
+    ),
+    "dscinitializations.dscinitialization.opendatahub.io": (
+        "dscinitialization.opendatahub.io",
+        "v1",
+        "DSCInitialization",
+        False,
+    ),
     "datasciencepipelinesapplications.datasciencepipelinesapplications.opendatahub.io": (
-        "datasciencepipelinesapplications.opendatahub.io", "v1", "DataSciencePipelinesApplication", True),
+        "datasciencepipelinesapplications.opendatahub.io",
+        "v1",
+        "DataSciencePipelinesApplication",
+        True,
+    ),
     "servingruntimes.serving.kserve.io": ("serving.kserve.io", "v1alpha1", "ServingRuntime", True),
     "inferenceservices.serving.kserve.io": ("serving.kserve.io", "v1beta1", "InferenceService", True),
     "notebooks.kubeflow.org": ("kubeflow.org", "v1", "Notebook", True),
     "knativeservings.operator.knative.dev": ("operator.knative.dev", "v1beta1", "KnativeServing", True),
     "knativeeventings.operator.knative.dev": ("operator.knative.dev", "v1beta1", "KnativeEventing", True),
-    "knativekafkas.operator.serverless.openshift.io": ("operator.serverless.openshift.io", "v1alpha1", "KnativeKafka", True),
+    "knativekafkas.operator.serverless.openshift.io": (
+        "operator.serverless.openshift.io",
+        "v1alpha1",
+        "KnativeKafka",
+        True,
+    ),
     "services.serving.knative.dev": ("serving.knative.dev", "v1", "Service", True),
     "brokers.eventing.knative.dev": ("eventing.knative.dev", "v1", "Broker", True),
     "triggers.eventing.knative.dev": ("eventing.knative.dev", "v1", "Trigger", True),
@@ -131,8 +162,10 @@ PREINSTALLED_CRDS = [
 
 # Operator package -> CRDs its CSV installs.
 OPERATOR_CRDS = {
-    "rhods-operator": ["datascienceclusters.datasciencecluster.opendatahub.io",
-                       "dscinitializations.dscinitialization.opendatahub.io"],
+    "rhods-operator": [
+        "datascienceclusters.datasciencecluster.opendatahub.io",
+        "dscinitializations.dscinitialization.opendatahub.io",
+    ],
     "serverless-operator": [
         "knativeservings.operator.knative.dev",
         "knativeeventings.operator.knative.dev",
@@ -160,7 +193,9 @@ INSTANCE_CRDS = {
 
 # How a kind reports readiness once its (fake) controller is done.
 READY_STATUS: dict[str, Callable[[], dict[str, Any]]] = {
-    "Deployment": lambda: {"conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]},
+    "Deployment": lambda: {
+        "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
+    },
     "Job": lambda: {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
     "ClusterPolicy": lambda: {"state": "ready"},
     "DataScienceCluster": lambda: {"phase": "Ready", "conditions": [{"type": "Ready", "status": "True"}]},
@@ -170,8 +205,19 @@ READY_STATUS: dict[str, Callable[[], dict[str, Any]]] = {
     "Config": lambda: {"conditions": [{"type": "Available", "status": "True"}]},
     "DSCInitialization": lambda: {"phase": "Ready", "conditions": [{"type": "Available", "status": "True"}]},
 }
-for _kind in ("KnativeServing", "KnativeEventing", "KnativeKafka", "Kafka", "KafkaTopic",
-              "DataSciencePipelinesApplication", "Broker", "Trigger", "KafkaSource", "KafkaSink", "Service/knative"):
+for _kind in (
+    "KnativeServing",
+    "KnativeEventing",
+    "KnativeKafka",
+    "Kafka",
+    "KafkaTopic",
+    "DataSciencePipelinesApplication",
+    "Broker",
+    "Trigger",
+    "KafkaSource",
+    "KafkaSink",
+    "Service/knative",
+):
     READY_STATUS[_kind] = lambda: {"conditions": [{"type": "Ready", "status": "True"}]}
 
 
@@ -203,9 +249,13 @@ class FakeResource:
     def get(self, name: str | None = None, namespace: str | None = None, **_: Any) -> dict[str, Any]:
         self.cluster.reads += 1
         if name is None:  # a list, as the dynamic client's ResourceList.to_dict() gives it
-            return {"items": [copy.deepcopy(o) for (g, k, ns, _n), o in self.cluster.objects.items()
-                              if k == self.kind and g == _group(self.api_version)
-                              and (namespace is None or ns == namespace)]}
+            return {
+                "items": [
+                    copy.deepcopy(o)
+                    for (g, k, ns, _n), o in self.cluster.objects.items()
+                    if k == self.kind and g == _group(self.api_version) and (namespace is None or ns == namespace)
+                ]
+            }
         obj = self.cluster.objects.get(self._key(name, namespace))
         if obj is None:
             raise _error(404, "Not Found", f'{self.kind} "{name}" not found')
@@ -272,8 +322,11 @@ class _Discovery:
             return FakeResource(self.cluster, api_version, kind, BUILTIN_KINDS[(api_version, kind)])
         for crd_name, (group, version, crd_kind, namespaced) in CRDS.items():
             versions = RHOAI_VERSIONS.get(self.cluster.rhoai_major or 2, {}).get(crd_name, [version])
-            if (crd_kind == kind and api_version in {f"{group}/{v}" for v in versions}
-                    and self.cluster.established(crd_name)):
+            if (
+                crd_kind == kind
+                and api_version in {f"{group}/{v}" for v in versions}
+                and self.cluster.established(crd_name)
+            ):
                 return FakeResource(self.cluster, api_version, kind, namespaced)
         raise ResourceNotFoundError(f"No matches found for {{'api_version': '{api_version}', 'kind': '{kind}'}}")
 
@@ -317,24 +370,57 @@ class FakeCluster:
         self.builds: list[str] = []
         for name in PREINSTALLED_CRDS:
             self._add_crd(name, established=True)
-        self._store("config.openshift.io", "Ingress", None, {"apiVersion": "config.openshift.io/v1", "kind": "Ingress",
-                                          "metadata": {"name": "cluster"}, "spec": {"domain": apps_domain}})
+        self._store(
+            "config.openshift.io",
+            "Ingress",
+            None,
+            {
+                "apiVersion": "config.openshift.io/v1",
+                "kind": "Ingress",
+                "metadata": {"name": "cluster"},
+                "spec": {"domain": apps_domain},
+            },
+        )
         # The image registry operator's Config exists on every cluster (Removed on bare metal).
-        self._store("imageregistry.operator.openshift.io", "Config", None, {
-            "apiVersion": "imageregistry.operator.openshift.io/v1", "kind": "Config",
-            "metadata": {"name": "cluster"},
-            "spec": {"managementState": "Removed", **({"storage": registry_storage} if registry_storage else {})},
-            "status": {"conditions": [{"type": "Available", "status": "False", "reason": "Removed"}]},
-        })
+        self._store(
+            "imageregistry.operator.openshift.io",
+            "Config",
+            None,
+            {
+                "apiVersion": "imageregistry.operator.openshift.io/v1",
+                "kind": "Config",
+                "metadata": {"name": "cluster"},
+                "spec": {"managementState": "Removed", **({"storage": registry_storage} if registry_storage else {})},
+                "status": {"conditions": [{"type": "Available", "status": "False", "reason": "Removed"}]},
+            },
+        )
         for name, default in ({"gp3-csi": True} if storage_classes is None else storage_classes).items():
-            self._store("storage.k8s.io", "StorageClass", None, {
-                "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "provisioner": "example.csi",
-                "metadata": {"name": name, "annotations": {
-                    "storageclass.kubernetes.io/is-default-class": "true" if default else "false"}}})
-        for ns in ("openshift-operators", "openshift-marketplace", "openshift-image-registry",
-                   "openshift-virtualization-os-images"):
-            self._store("", "Namespace", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
-                                                "status": {"phase": "Active"}})
+            self._store(
+                "storage.k8s.io",
+                "StorageClass",
+                None,
+                {
+                    "apiVersion": "storage.k8s.io/v1",
+                    "kind": "StorageClass",
+                    "provisioner": "example.csi",
+                    "metadata": {
+                        "name": name,
+                        "annotations": {"storageclass.kubernetes.io/is-default-class": "true" if default else "false"},
+                    },
+                },
+            )
+        for ns in (
+            "openshift-operators",
+            "openshift-marketplace",
+            "openshift-image-registry",
+            "openshift-virtualization-os-images",
+        ):
+            self._store(
+                "",
+                "Namespace",
+                None,
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}},
+            )
 
     # -- clock -------------------------------------------------------------------------------
 
@@ -394,9 +480,12 @@ class FakeCluster:
         key = ("apiextensions.k8s.io", "CustomResourceDefinition", None, name)
         if key in self.objects:
             return
-        crd = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-               "metadata": {"name": name},
-               "status": {"conditions": [{"type": "Established", "status": str(established)}]}}
+        crd = {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Established", "status": str(established)}]},
+        }
         self.objects[key] = crd
         self.record("crd", crd)
         if not established:
@@ -404,7 +493,9 @@ class FakeCluster:
 
     def established(self, name: str) -> bool:
         crd = self.objects.get(("apiextensions.k8s.io", "CustomResourceDefinition", None, name))
-        return bool(crd) and any(c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"])
+        return bool(crd) and any(
+            c["type"] == "Established" and c["status"] == "True" for c in crd["status"]["conditions"]
+        )
 
     # -- controllers -------------------------------------------------------------------------
 
@@ -417,18 +508,36 @@ class FakeCluster:
         if kind == "Subscription":
             self._later(lambda: self._install_operator(obj))
             return
-        status_key = "Service/knative" if kind == "Service" and obj["apiVersion"].startswith("serving.knative") else kind
+        status_key = (
+            "Service/knative" if kind == "Service" and obj["apiVersion"].startswith("serving.knative") else kind
+        )
         if status_key not in READY_STATUS:
             return
         if ref in self.stuck:
-            obj["status"] = {"conditions": [{"type": "Ready", "status": "False", "reason": "RevisionMissing",
-                                             "message": "Configuration is waiting for a Revision to become ready"}]}
+            obj["status"] = {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "RevisionMissing",
+                        "message": "Configuration is waiting for a Revision to become ready",
+                    }
+                ]
+            }
             return
 
         def ready() -> None:
             if ref in self.failing and kind == "Job":
-                obj["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                                                 "message": "Job has reached the specified backoff limit"}]}
+                obj["status"] = {
+                    "conditions": [
+                        {
+                            "type": "Failed",
+                            "status": "True",
+                            "reason": "BackoffLimitExceeded",
+                            "message": "Job has reached the specified backoff limit",
+                        }
+                    ]
+                }
                 return
             obj["status"] = READY_STATUS[status_key]()
             for crd in INSTANCE_CRDS.get(kind, []):
@@ -461,17 +570,28 @@ class FakeCluster:
         channels = CATALOG.get(package)
         channel = sub["spec"].get("channel", "")
         if channels is not None and channel not in channels:
-            sub["status"] = {"state": "", "conditions": [{
-                "type": "ResolutionFailed", "status": "True", "reason": "ConstraintsNotSatisfiable",
-                "message": f"constraints not satisfiable: no operators found in channel {channel} of package "
-                           f"{package} in the catalog referenced by subscription {sub['metadata']['name']}"}]}
+            sub["status"] = {
+                "state": "",
+                "conditions": [
+                    {
+                        "type": "ResolutionFailed",
+                        "status": "True",
+                        "reason": "ConstraintsNotSatisfiable",
+                        "message": f"constraints not satisfiable: no operators found in channel {channel} of package "
+                        f"{package} in the catalog referenced by subscription {sub['metadata']['name']}",
+                    }
+                ],
+            }
             return
         if package == "rhods-operator":
             self.rhoai_major = int(channels[channel].split(".")[0])
         csv_name = f"{package}.v1.0.0"
-        csv = {"apiVersion": "operators.coreos.com/v1alpha1", "kind": "ClusterServiceVersion",
-               "metadata": {"name": csv_name, "namespace": namespace},
-               "status": {"phase": "Installing", "message": "waiting for install components to report healthy"}}
+        csv = {
+            "apiVersion": "operators.coreos.com/v1alpha1",
+            "kind": "ClusterServiceVersion",
+            "metadata": {"name": csv_name, "namespace": namespace},
+            "status": {"phase": "Installing", "message": "waiting for install components to report healthy"},
+        }
         self._store("operators.coreos.com", "ClusterServiceVersion", namespace, csv)
         sub["status"] = {"state": "AtLatestKnown", "currentCSV": csv_name, "installedCSV": csv_name}
         if f"Subscription {sub['metadata']['name']}" in self.stuck:
@@ -489,29 +609,51 @@ class FakeCluster:
     def _initialize_rhoai(self) -> None:
         """What the OpenShift AI operator does first: its namespaces and DSCInitialization default-dsci."""
         for ns in ("redhat-ods-applications", "redhat-ods-monitoring"):
-            self._store("", "Namespace", None, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
-                                                "status": {"phase": "Active"}})
+            self._store(
+                "",
+                "Namespace",
+                None,
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}},
+            )
         version = "v2" if self.rhoai_major == 3 else "v1"
-        spec: dict[str, Any] = {"applicationsNamespace": "redhat-ods-applications",
-                                "monitoring": {"managementState": "Managed", "namespace": "redhat-ods-monitoring"},
-                                "trustedCABundle": {"managementState": "Managed", "customCABundle": ""}}
+        spec: dict[str, Any] = {
+            "applicationsNamespace": "redhat-ods-applications",
+            "monitoring": {"managementState": "Managed", "namespace": "redhat-ods-monitoring"},
+            "trustedCABundle": {"managementState": "Managed", "customCABundle": ""},
+        }
         if version == "v1":
-            spec["serviceMesh"] = {"managementState": "Managed",
-                                   "controlPlane": {"name": "data-science-smcp", "namespace": "istio-system",
-                                                    "metricsCollection": "Istio"}}
-        dsci = {"apiVersion": f"dscinitialization.opendatahub.io/{version}", "kind": "DSCInitialization",
-                "metadata": {"name": "default-dsci"}, "spec": spec, "status": READY_STATUS["DSCInitialization"]()}
+            spec["serviceMesh"] = {
+                "managementState": "Managed",
+                "controlPlane": {
+                    "name": "data-science-smcp",
+                    "namespace": "istio-system",
+                    "metricsCollection": "Istio",
+                },
+            }
+        dsci = {
+            "apiVersion": f"dscinitialization.opendatahub.io/{version}",
+            "kind": "DSCInitialization",
+            "metadata": {"name": "default-dsci"},
+            "spec": spec,
+            "status": READY_STATUS["DSCInitialization"](),
+        }
         self._store("dscinitialization.opendatahub.io", "DSCInitialization", None, dsci)
         self.record("create", dsci)
 
     def _publish_templates(self) -> None:
         """The operator's serving runtime templates, once the DataScienceCluster is ready."""
         template = {
-            "apiVersion": "template.openshift.io/v1", "kind": "Template",
+            "apiVersion": "template.openshift.io/v1",
+            "kind": "Template",
             "metadata": {"name": "kserve-ovms", "namespace": "redhat-ods-applications"},
-            "objects": [{"apiVersion": "serving.kserve.io/v1alpha1", "kind": "ServingRuntime",
-                         "metadata": {"name": "kserve-ovms"},
-                         "spec": {"containers": [{"name": "kserve-container", "image": TEMPLATE_OVMS_IMAGE}]}}],
+            "objects": [
+                {
+                    "apiVersion": "serving.kserve.io/v1alpha1",
+                    "kind": "ServingRuntime",
+                    "metadata": {"name": "kserve-ovms"},
+                    "spec": {"containers": [{"name": "kserve-container", "image": TEMPLATE_OVMS_IMAGE}]},
+                }
+            ],
         }
         self._store("template.openshift.io", "Template", "redhat-ods-applications", template)
 
@@ -525,8 +667,12 @@ class FakeCluster:
         self.builds.append(build_name)
         # A Build starts New, is Pending while its pod is scheduled, Running while it builds and
         # pushes, then ends Complete (output pushed to the ImageStreamTag) or Failed.
-        build = {"apiVersion": "build.openshift.io/v1", "kind": "Build",
-                 "metadata": {"name": build_name, "namespace": namespace}, "status": {"phase": "New"}}
+        build = {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "Build",
+            "metadata": {"name": build_name, "namespace": namespace},
+            "status": {"phase": "New"},
+        }
         self._store("build.openshift.io", "Build", namespace, build)
         self.record("build", build)
         self._later(lambda: build["status"].update(phase="Running"), delay=self.delay / 2)
@@ -539,7 +685,9 @@ class FakeCluster:
             build["status"] = {"phase": "Complete"}
             image_stream = self.find("ImageStream", stream, namespace)
             if image_stream is not None:
-                image_stream.setdefault("status", {})["tags"] = [{"tag": tag or "latest", "items": [{"image": "sha256:0"}]}]
+                image_stream.setdefault("status", {})["tags"] = [
+                    {"tag": tag or "latest", "items": [{"image": "sha256:0"}]}
+                ]
 
         self._later(done)
         return build_name

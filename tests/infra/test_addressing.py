@@ -31,8 +31,15 @@ from tests.infra.fake_cluster import FakeCluster
 @pytest.fixture(scope="module")
 def generated_secrets(rendered) -> list[dict]:
     cluster = FakeCluster(delay=1.0)
-    bootstrap(cluster, copy.deepcopy(rendered["gpu"]), clock=cluster.clock, sleep=cluster.sleep,
-              poll_interval=1.0, timeout=120, builder=cluster.start_build)
+    bootstrap(
+        cluster,
+        copy.deepcopy(rendered["gpu"]),
+        clock=cluster.clock,
+        sleep=cluster.sleep,
+        poll_interval=1.0,
+        timeout=120,
+        builder=cluster.start_build,
+    )
     return [copy.deepcopy(o) for o in cluster.objects.values() if o.get("kind") == "Secret"]
 
 
@@ -97,26 +104,38 @@ def test_predictor_service_mirrors_kserve_and_the_auth_proxy(rendered):
 def test_unknown_service_and_wrong_port_are_named(rendered):
     objects = rendered["default"]
     services = declared_services(objects) + generated_services(objects) + model_predictors(objects, "Headless", False)
-    problems = check([Address("ConfigMap x/y data.A", "http://nope.vinspect.svc:80", "vinspect"),
-                      Address("ConfigMap x/y data.B", "http://mlflow.vinspect.svc.cluster.local:5001", "vinspect"),
-                      Address("ConfigMap x/y data.C", "https://example.com", "vinspect")], services)
-    assert [p.address.value for p in problems] == ["http://nope.vinspect.svc:80",
-                                                   "http://mlflow.vinspect.svc.cluster.local:5001"]
+    problems = check(
+        [
+            Address("ConfigMap x/y data.A", "http://nope.vinspect.svc:80", "vinspect"),
+            Address("ConfigMap x/y data.B", "http://mlflow.vinspect.svc.cluster.local:5001", "vinspect"),
+            Address("ConfigMap x/y data.C", "https://example.com", "vinspect"),
+        ],
+        services,
+    )
+    assert [p.address.value for p in problems] == [
+        "http://nope.vinspect.svc:80",
+        "http://mlflow.vinspect.svc.cluster.local:5001",
+    ]
     assert "no Service vinspect/nope" in problems[0].reason
     assert "answers on [8443], not 5001" in problems[1].reason
 
 
-@pytest.mark.parametrize("uri, reason", [
-    ("http://mlflow.vinspect.svc.cluster.local:5000", "answers on [8443], not 5000"),
-    ("http://mlflow.vinspect.svc.cluster.local:8443", "port 8443 speaks TLS: use https://"),
-    ("https://mlflow.vinspect.svc.cluster.local", "answers on [8443], not 443"),
-])
+@pytest.mark.parametrize(
+    "uri, reason",
+    [
+        ("http://mlflow.vinspect.svc.cluster.local:5000", "answers on [8443], not 5000"),
+        ("http://mlflow.vinspect.svc.cluster.local:8443", "port 8443 speaks TLS: use https://"),
+        ("https://mlflow.vinspect.svc.cluster.local", "answers on [8443], not 443"),
+    ],
+)
 def test_mlflow_is_addressed_through_its_tls_proxy_only(rendered, uri, reason):
     # MLflow listens on 127.0.0.1:5000 behind the OAuth proxy (Service mlflow, port https 8443):
     # the pre-proxy URL, plain http to the proxy, or the default https port must all be refused.
     objects = copy.deepcopy(rendered["default"])
-    assert find(objects, "ConfigMap", "vinspect-runtime")["data"]["MLFLOW_TRACKING_URI"] == \
-        "https://mlflow.vinspect.svc.cluster.local:8443"
+    assert (
+        find(objects, "ConfigMap", "vinspect-runtime")["data"]["MLFLOW_TRACKING_URI"]
+        == "https://mlflow.vinspect.svc.cluster.local:8443"
+    )
     find(objects, "ConfigMap", "vinspect-runtime")["data"]["MLFLOW_TRACKING_URI"] = uri
     problems = [p for p in check_overlay(objects) if "MLFLOW_TRACKING_URI" in p.address.where]
     assert problems and all(reason in p.reason for p in problems), "\n".join(map(str, problems))
@@ -132,8 +151,10 @@ def test_addresses_of_the_loop_workloads_are_checked(rendered, generated_secrets
     # spec.jobTemplate) are read like every other workload: a wrong port there must be reported.
     objects = copy.deepcopy(rendered["retrain-on-drift"])
     values = {a.where: a.value for a in find_addresses(objects)}
-    assert values["Service vinspect/retrain-on-drift container retrain-on-drift env.KFP_HOST"] == \
-        "https://ds-pipeline-dspa.vinspect.svc.cluster.local:8443"
+    assert (
+        values["Service vinspect/retrain-on-drift container retrain-on-drift env.KFP_HOST"]
+        == "https://ds-pipeline-dspa.vinspect.svc.cluster.local:8443"
+    )
     cron = find(objects, "CronJob", "review-push")
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     container["env"].append({"name": "CVAT_URL", "value": "http://cvat.vinspect.svc.cluster.local:80"})
@@ -149,15 +170,18 @@ def test_notifications_go_to_the_projects_kafka_broker(rendered, generated_secre
     broker = next(o for o in objects if o["kind"] == "Broker")
     config = find(objects, "ConfigMap", "vinspect-runtime")
     ns = broker["metadata"]["namespace"]
-    assert config["data"]["VINSPECT_NOTIFY_URL"] == \
-        f"http://kafka-broker-ingress.knative-eventing.svc.cluster.local/{ns}/{broker['metadata']['name']}"
+    assert (
+        config["data"]["VINSPECT_NOTIFY_URL"]
+        == f"http://kafka-broker-ingress.knative-eventing.svc.cluster.local/{ns}/{broker['metadata']['name']}"
+    )
     processor = find(objects, "Service", "image-processor")["spec"]["template"]["spec"]["containers"][0]
     assert {"configMapRef": {"name": "vinspect-runtime"}} in processor["envFrom"]
     # The address check resolves it against the operator-created ingress Service: a wrong port is named.
     values = {a.where.split(" ", 2)[-1]: a.value for a in find_addresses(objects, generated_secrets)}
     assert values["data.VINSPECT_NOTIFY_URL"] == config["data"]["VINSPECT_NOTIFY_URL"]
     wrong = copy.deepcopy(objects)
-    find(wrong, "ConfigMap", "vinspect-runtime")["data"]["VINSPECT_NOTIFY_URL"] = \
+    find(wrong, "ConfigMap", "vinspect-runtime")["data"]["VINSPECT_NOTIFY_URL"] = (
         f"http://kafka-broker-ingress.knative-eventing.svc.cluster.local:8080/{ns}/default"
+    )
     problems = [str(p) for p in check_overlay(wrong, generated_secrets)]
     assert problems and all("VINSPECT_NOTIFY_URL" in p for p in problems)

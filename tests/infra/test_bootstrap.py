@@ -10,8 +10,8 @@ import pytest
 from infra.bootstrap import (
     PHASES,
     BootstrapError,
-    BootstrapTimeout,
     Bootstrapper,
+    BootstrapTimeout,
     bootstrap,
     crd_name,
     format_plan,
@@ -32,8 +32,9 @@ def objects(rendered) -> list[dict]:
 def run(cluster: FakeCluster, objects, **options):
     options.setdefault("timeout", 120)
     options.setdefault("builder", cluster.start_build)
-    return bootstrap(cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep,
-                     poll_interval=1.0, **options)
+    return bootstrap(
+        cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep, poll_interval=1.0, **options
+    )
 
 
 def secret_values(cluster: FakeCluster, name: str, namespace: str) -> dict[str, str]:
@@ -89,23 +90,48 @@ def test_bootstrap_applies_in_dependency_order_and_waits(objects):
     assert report.count("created") == len(objects) + 7
     t = cluster.first
     # Operators: the instance is created only after its operator's CSV succeeded and its CRD appeared.
-    assert t("create", "DataScienceCluster default-dsc") >= t("create", "Subscription redhat-ods-operator/rhods-operator") + 2 * DELAY
-    assert t("crd", "CustomResourceDefinition servingruntimes.serving.kserve.io") >= t("create", "DataScienceCluster default-dsc") + DELAY
-    assert t("create", "ServingRuntime vinspect-models/kserve-ovms") >= t("crd", "CustomResourceDefinition servingruntimes.serving.kserve.io") + DELAY
+    assert (
+        t("create", "DataScienceCluster default-dsc")
+        >= t("create", "Subscription redhat-ods-operator/rhods-operator") + 2 * DELAY
+    )
+    assert (
+        t("crd", "CustomResourceDefinition servingruntimes.serving.kserve.io")
+        >= t("create", "DataScienceCluster default-dsc") + DELAY
+    )
+    assert (
+        t("create", "ServingRuntime vinspect-models/kserve-ovms")
+        >= t("crd", "CustomResourceDefinition servingruntimes.serving.kserve.io") + DELAY
+    )
     # Secrets before what reads them; buckets only once Minio is available; DSPA after the buckets.
-    assert cluster.index("create", "Secret vinspect/minio-root") < cluster.index("create", "Secret vinspect/aws-connection-models")
-    assert cluster.index("create", "Secret vinspect/aws-connection-models") < cluster.index("create", "Deployment vinspect/minio")
+    assert cluster.index("create", "Secret vinspect/minio-root") < cluster.index(
+        "create", "Secret vinspect/aws-connection-models"
+    )
+    assert cluster.index("create", "Secret vinspect/aws-connection-models") < cluster.index(
+        "create", "Deployment vinspect/minio"
+    )
     assert t("create", "Job vinspect/minio-buckets") >= t("create", "Deployment vinspect/minio") + DELAY
-    assert t("create", "DataSciencePipelinesApplication vinspect/dspa") >= t("create", "Job vinspect/minio-buckets") + DELAY
+    assert (
+        t("create", "DataSciencePipelinesApplication vinspect/dspa")
+        >= t("create", "Job vinspect/minio-buckets") + DELAY
+    )
     # Images are built before the workloads that run them.
-    assert sorted(cluster.builds) == sorted(f"vinspect-{n}-1" for n in
-                                            ("camera", "dashboard", "mlflow", "modelserver", "pipeline", "processor"))
+    assert sorted(cluster.builds) == sorted(
+        f"vinspect-{n}-1" for n in ("camera", "dashboard", "mlflow", "modelserver", "pipeline", "processor")
+    )
     assert t("create", "Deployment vinspect/dashboard") >= t("build", "Build vinspect/vinspect-dashboard-1") + DELAY
     # Eventing: KnativeKafka ready before the KafkaSource; the processor ready before its Triggers.
-    assert t("create", "KafkaSource vinspect/visual-inspection-images") >= t("create", "KnativeKafka knative-eventing/knative-kafka") + 2 * DELAY
-    assert t("create", "Trigger vinspect/images-to-processor") >= t("create", "Service vinspect/image-processor") + DELAY
+    assert (
+        t("create", "KafkaSource vinspect/visual-inspection-images")
+        >= t("create", "KnativeKafka knative-eventing/knative-kafka") + 2 * DELAY
+    )
+    assert (
+        t("create", "Trigger vinspect/images-to-processor") >= t("create", "Service vinspect/image-processor") + DELAY
+    )
     # GPU: the ClusterPolicy after NFD is available.
-    assert t("create", "ClusterPolicy gpu-cluster-policy") >= t("create", "NodeFeatureDiscovery openshift-nfd/nfd-instance") + DELAY
+    assert (
+        t("create", "ClusterPolicy gpu-cluster-policy")
+        >= t("create", "NodeFeatureDiscovery openshift-nfd/nfd-instance") + DELAY
+    )
     # The image registry Config existed already (409): patched to Managed, not recreated.
     assert cluster.find("Config", "cluster")["spec"]["managementState"] == "Managed"
     assert ("Config cluster") in [r for _, v, r in cluster.events if v == "patch"]
@@ -178,8 +204,11 @@ def test_timeout_names_the_object_and_its_last_status(objects):
 
 def test_timeout_on_an_operator_names_its_csv(objects):
     cluster = FakeCluster(delay=DELAY, stuck={"Subscription rhods-operator"})
-    with pytest.raises(BootstrapTimeout, match=r"Subscription redhat-ods-operator/rhods-operator to be installed "
-                       r"\(CSV Succeeded\); last status: CSV rhods-operator.v1.0.0 phase Installing: waiting for"):
+    with pytest.raises(
+        BootstrapTimeout,
+        match=r"Subscription redhat-ods-operator/rhods-operator to be installed "
+        r"\(CSV Succeeded\); last status: CSV rhods-operator.v1.0.0 phase Installing: waiting for",
+    ):
         run(cluster, objects, timeout=20)
 
 
@@ -187,10 +216,17 @@ def test_a_missing_crd_is_waited_for_then_named():
     cluster = FakeCluster(delay=DELAY)
     objects = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "demo"}},
-        {"apiVersion": "eventing.knative.dev/v1", "kind": "Broker", "metadata": {"name": "default", "namespace": "demo"}},
+        {
+            "apiVersion": "eventing.knative.dev/v1",
+            "kind": "Broker",
+            "metadata": {"name": "default", "namespace": "demo"},
+        },
     ]
-    with pytest.raises(BootstrapTimeout, match=r"CustomResourceDefinition brokers.eventing.knative.dev to be "
-                       r"Established \(serving Broker\); last status: not found"):
+    with pytest.raises(
+        BootstrapTimeout,
+        match=r"CustomResourceDefinition brokers.eventing.knative.dev to be "
+        r"Established \(serving Broker\); last status: not found",
+    ):
         run(cluster, objects, timeout=15)
     assert cluster.now >= 15
 
@@ -218,5 +254,7 @@ def test_builds_can_be_skipped(objects):
 def test_api_errors_name_the_object():
     cluster = FakeCluster(delay=DELAY)
     objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "missing-ns"}}]
-    with pytest.raises(BootstrapError, match=r"ConfigMap missing-ns/c: create failed: namespaces \"missing-ns\" not found"):
+    with pytest.raises(
+        BootstrapError, match=r"ConfigMap missing-ns/c: create failed: namespaces \"missing-ns\" not found"
+    ):
         Bootstrapper(cluster, clock=cluster.clock, sleep=cluster.sleep).run(plan(objects))

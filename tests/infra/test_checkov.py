@@ -24,7 +24,9 @@ def findings(checkov, rendered) -> list[Finding]:
 
 def test_every_finding_is_fixed_or_skipped_with_a_reason(findings):
     unexpected, stale = compare(findings, load_skips())
-    assert unexpected == [], "new checkov findings (fix, or add to infra/checkov-skips.yaml):\n" + "\n".join(map(str, unexpected))
+    assert unexpected == [], "new checkov findings (fix, or add to infra/checkov-skips.yaml):\n" + "\n".join(
+        map(str, unexpected)
+    )
     assert stale == [], f"entries of infra/checkov-skips.yaml that match nothing any more (remove them): {stale}"
 
 

@@ -59,8 +59,11 @@ def test_every_flow_is_decided_in_some_overlay(nca, rendered, spec):
 def test_storage_initializer_reaches_minio_only_through_its_policy(nca, rendered, spec):
     # Without the policy for KServe's storage initializer, the analyzer must see the flow closed
     # (this is how the overlays were before): the check can fail.
-    objects = [o for o in rendered["default"]
-               if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "allow-model-storage-initializer")]
+    objects = [
+        o
+        for o in rendered["default"]
+        if not (o["kind"] == "NetworkPolicy" and o["metadata"]["name"] == "allow-model-storage-initializer")
+    ]
     results = {r.flow.index: r for r in check_overlay(objects, "default", spec)}
     initializer = next(f for f in spec.flows if (f.source, f.target, f.port) == ("predictor", "minio", 9000))
     assert results[initializer.index].allowed is False
@@ -70,7 +73,9 @@ def test_camera_reaches_the_model_when_the_models_policy_admits_the_whole_projec
     # The old models policy admitted every pod of vinspect; the camera -> model flow must then fail.
     objects = copy.deepcopy(rendered["default"])
     policy = find(objects, "NetworkPolicy", "allow-vinspect-to-models")
-    policy["spec"]["ingress"][0]["from"] = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vinspect"}}}]
+    policy["spec"]["ingress"][0]["from"] = [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "vinspect"}}}
+    ]
     results = check_overlay(objects, "default", spec)
     failed = {(r.flow.source, r.flow.target) for r in results if not r.ok}
     assert ("camera", "predictor") in failed
@@ -86,14 +91,24 @@ def test_kafka_listener_without_peers_is_open_to_every_project(nca, rendered, sp
 
 
 def test_strimzi_policy_turns_listener_peers_into_rules():
-    kafka = {"metadata": {"name": "k", "namespace": "ns"},
-             "spec": {"kafka": {"listeners": [
-                 {"name": "plain", "port": 9092, "networkPolicyPeers": [{"podSelector": {}}]},
-                 {"name": "tls", "port": 9093}]}}}
+    kafka = {
+        "metadata": {"name": "k", "namespace": "ns"},
+        "spec": {
+            "kafka": {
+                "listeners": [
+                    {"name": "plain", "port": 9092, "networkPolicyPeers": [{"podSelector": {}}]},
+                    {"name": "tls", "port": 9093},
+                ]
+            }
+        },
+    }
     policy = strimzi_network_policy(kafka)
     assert policy["metadata"] == {"name": "k-network-policy-kafka", "namespace": "ns"}
     assert policy["spec"]["podSelector"]["matchLabels"] == {
-        "strimzi.io/cluster": "k", "strimzi.io/name": "k-kafka", "strimzi.io/kind": "Kafka"}
+        "strimzi.io/cluster": "k",
+        "strimzi.io/name": "k-kafka",
+        "strimzi.io/kind": "Kafka",
+    }
     by_port = {r["ports"][0]["port"]: r for r in policy["spec"]["ingress"]}
     assert by_port[9092]["from"] == [{"podSelector": {}}]
     assert "from" not in by_port[9093]  # no peers: Strimzi opens the listener to everyone
@@ -127,7 +142,9 @@ def test_flows_file_errors_name_the_record(tmp_path: Path):
 def test_documentation_table_is_generated_from_the_flows_file(spec):
     block = document_block(DOC_FILE.read_text())
     assert block, f"{DOC_FILE} lost its generated block"
-    assert block == markdown(spec), "docs/connectivity.md is stale: run `python -m infra.connectivity --markdown --write`"
+    assert block == markdown(spec), (
+        "docs/connectivity.md is stale: run `python -m infra.connectivity --markdown --write`"
+    )
 
 
 def test_cronjob_pods_carry_the_job_template_labels(rendered, spec):
@@ -143,10 +160,15 @@ def test_cronjob_pods_carry_the_job_template_labels(rendered, spec):
     assert "review-push" not in endpoint_pods(rendered["default"], spec)
 
 
-@pytest.mark.parametrize("overlay, workload", [("loop", ("CronJob", "review-push")),
-                                               ("retrain-on-drift", ("CronJob", "review-push")),
-                                               ("retrain-on-drift", ("Service", "retrain-on-drift"))],
-                         ids=["loop-review-push", "retrain-review-push", "retrain-receiver"])
+@pytest.mark.parametrize(
+    "overlay, workload",
+    [
+        ("loop", ("CronJob", "review-push")),
+        ("retrain-on-drift", ("CronJob", "review-push")),
+        ("retrain-on-drift", ("Service", "retrain-on-drift")),
+    ],
+    ids=["loop-review-push", "retrain-review-push", "retrain-receiver"],
+)
 def test_a_workload_missing_from_its_overlay_fails_the_check(nca, rendered, spec, overlay, workload):
     # Flows of a workload that exists in one overlay only are checked there; dropping it from that
     # overlay must fail, not turn its flows into "not applicable".
@@ -172,9 +194,13 @@ def test_monitoring_reaches_the_processor_only(nca, rendered, spec):
     # The old policy admitted monitoring to every Knative revision pod (the retraining receiver too).
     objects = copy.deepcopy(rendered["retrain-on-drift"])
     find(objects, "NetworkPolicy", "allow-from-monitoring")["spec"]["podSelector"] = {
-        "matchExpressions": [{"key": "serving.knative.dev/service", "operator": "Exists"}]}
-    failed = {(r.flow.source, r.flow.target, r.flow.port) for r in check_overlay(objects, "retrain-on-drift", spec)
-              if not r.ok}
+        "matchExpressions": [{"key": "serving.knative.dev/service", "operator": "Exists"}]
+    }
+    failed = {
+        (r.flow.source, r.flow.target, r.flow.port)
+        for r in check_overlay(objects, "retrain-on-drift", spec)
+        if not r.ok
+    }
     assert failed == {("prometheus-user-workload", "retrain-on-drift", 8080)}
 
 

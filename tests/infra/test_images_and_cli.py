@@ -136,7 +136,11 @@ def test_cli_bootstrap_dry_run_prints_the_plan(cli, kubectl, store):
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.index("phase 1/20: namespaces") < out.index("phase 2/20: operators") < out.index("phase 10/20: triggers")
-    assert out.index("phase 10/20: triggers") < out.index("phase 15/20: cvat: services") < out.index("phase 20/20: gpu: services")
+    assert (
+        out.index("phase 10/20: triggers")
+        < out.index("phase 15/20: cvat: services")
+        < out.index("phase 20/20: gpu: services")
+    )
     assert "generate Secret vinspect/minio-root" in out and "build    BuildConfig vinspect/vinspect-pipeline" in out
     assert "ClusterPolicy gpu-cluster-policy  -> wait: CRD clusterpolicies.nvidia.com Established; state ready" in out
 

@@ -62,7 +62,9 @@ def test_worst_case_fits_a_broker_volume(rendered, overlay):
         per_partition = int(config["retention.bytes"]) + int(config.get("segment.bytes", KAFKA_DEFAULT_SEGMENT_BYTES))
         replicas_here = math.ceil(topic["spec"]["partitions"] * topic["spec"]["replicas"] / brokers)
         worst += replicas_here * per_partition
-    assert worst <= 0.8 * volume, f"{overlay}: topics can hold {worst / 2**30:.1f} GiB on a {volume / 2**30:.0f} GiB broker volume"
+    assert worst <= 0.8 * volume, (
+        f"{overlay}: topics can hold {worst / 2**30:.1f} GiB on a {volume / 2**30:.0f} GiB broker volume"
+    )
 
 
 @pytest.mark.parametrize("overlay", ["default", "gpu", "sno"], ids=lambda o: f"overlay-{o}")
@@ -72,7 +74,9 @@ def test_knative_data_plane_produces_what_its_topics_accept(rendered, overlay):
     broker_topic = broker["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"]
     sink_topics = [o["spec"]["topic"] for o in objects if o["kind"] == "KafkaSink"]
     limits = {t["metadata"]["name"]: int(t["spec"]["config"]["max.message.bytes"]) for t in _topics(objects)}
-    broker_max = _data_plane_max_request(objects, "config-kafka-broker-data-plane", "config-kafka-broker-producer.properties")
+    broker_max = _data_plane_max_request(
+        objects, "config-kafka-broker-data-plane", "config-kafka-broker-producer.properties"
+    )
     sink_max = _data_plane_max_request(objects, "config-kafka-sink-data-plane", "config-kafka-sink-producer.properties")
     # The same largest record on both sides: neither the producer nor the topic silently caps the other.
     assert broker_max == limits[broker_topic], f"Broker receiver max.request.size {broker_max} vs topic {broker_topic}"
@@ -86,8 +90,10 @@ def test_knative_data_plane_produces_what_its_topics_accept(rendered, overlay):
 def test_data_plane_override_keeps_upstream_producer_settings(rendered):
     # The operator replaces the whole entry: losing the serializers would break the data plane.
     spec = find(rendered["default"], "KnativeKafka", "knative-kafka")["spec"]["config"]
-    for configmap, key in [("config-kafka-broker-data-plane", "config-kafka-broker-producer.properties"),
-                           ("config-kafka-sink-data-plane", "config-kafka-sink-producer.properties")]:
+    for configmap, key in [
+        ("config-kafka-broker-data-plane", "config-kafka-broker-producer.properties"),
+        ("config-kafka-sink-data-plane", "config-kafka-sink-producer.properties"),
+    ]:
         props = _properties(spec[configmap][key])
         assert props["value.serializer"] == "io.cloudevents.kafka.CloudEventSerializer"
         assert props["key.serializer"] == "org.apache.kafka.common.serialization.StringSerializer"
@@ -116,9 +122,15 @@ def test_runtime_image_limit_fits_the_topics_and_the_data_plane(rendered, overla
     limit = RuntimeSettings(_env_file=None).max_image_bytes  # what processor and camera read
     assert limit == int(data["VINSPECT_MAX_IMAGE_BYTES"])
     source = find(objects, "KafkaSource", "visual-inspection-images")["spec"]
-    broker_topic = find(objects, "Broker", "default")["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"]
+    broker_topic = find(objects, "Broker", "default")["metadata"]["annotations"][
+        "kafka.eventing.knative.dev/external.topic"
+    ]
     limits = {t["metadata"]["name"]: int(t["spec"]["config"]["max.message.bytes"]) for t in _topics(objects)}
     for topic in [*source["topics"], broker_topic]:
-        assert limit <= limits[topic], f"VINSPECT_MAX_IMAGE_BYTES {limit} > topic {topic} max.message.bytes {limits[topic]}"
-    broker_max = _data_plane_max_request(objects, "config-kafka-broker-data-plane", "config-kafka-broker-producer.properties")
+        assert limit <= limits[topic], (
+            f"VINSPECT_MAX_IMAGE_BYTES {limit} > topic {topic} max.message.bytes {limits[topic]}"
+        )
+    broker_max = _data_plane_max_request(
+        objects, "config-kafka-broker-data-plane", "config-kafka-broker-producer.properties"
+    )
     assert limit <= broker_max, f"VINSPECT_MAX_IMAGE_BYTES {limit} > Broker receiver max.request.size {broker_max}"

@@ -36,8 +36,11 @@ def test_loop_overlays_validate_and_carry_no_credential(rendered, store, overlay
 def test_loop_overlay_adds_monitoring_and_the_review_push_to_the_default(rendered, loop):
     default = {(o["kind"], o["metadata"]["name"]) for o in rendered["default"]}
     added = {(o["kind"], o["metadata"]["name"]) for o in loop} - default
-    assert added == {("PodMonitor", "image-processor"), ("PrometheusRule", "vinspect-runtime"),
-                     ("CronJob", "review-push")}
+    assert added == {
+        ("PodMonitor", "image-processor"),
+        ("PrometheusRule", "vinspect-runtime"),
+        ("CronJob", "review-push"),
+    }
 
 
 def test_retraining_on_drift_is_off_unless_its_overlay_is_applied(rendered):
@@ -47,8 +50,11 @@ def test_retraining_on_drift_is_off_unless_its_overlay_is_applied(rendered):
     trigger = find(objects, "Trigger", "retrain-on-drift")["spec"]
     assert trigger["filter"]["attributes"] == {"type": "io.vinspect.model.drift.detected"}
     svc = find(objects, "Service", "retrain-on-drift", "serving.knative.dev")
-    assert trigger["subscriber"]["ref"] == {"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                                            "name": svc["metadata"]["name"]}
+    assert trigger["subscriber"]["ref"] == {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "name": svc["metadata"]["name"],
+    }
     container = svc["spec"]["template"]["spec"]["containers"][0]
     assert container["command"][:3] == ["vinspect", "retrain", "serve"]
     assert svc["spec"]["template"]["spec"]["serviceAccountName"] == "retrain-on-drift"
@@ -67,8 +73,13 @@ def test_event_type_of_the_trigger_is_the_one_notify_emits(rendered):
 def test_alerts_cover_the_issue_and_read_only_defined_metrics_and_labels(loop):
     rule = find(loop, "PrometheusRule", "vinspect-runtime")
     rules = {r["alert"]: r for g in rule["spec"]["groups"] for r in g["rules"]}
-    assert set(rules) == {"VinspectDefectRateSpike", "VinspectDriftHigh", "VinspectDeadLettersGrowing",
-                          "VinspectModelErrors", "VinspectNoImages"}
+    assert set(rules) == {
+        "VinspectDefectRateSpike",
+        "VinspectDriftHigh",
+        "VinspectDeadLettersGrowing",
+        "VinspectModelErrors",
+        "VinspectNoImages",
+    }
     names = exposed_names()
     labels = {name: set(keys) for name, keys in metric_labels().items()}
     for alert, r in rules.items():
@@ -97,8 +108,9 @@ def test_pod_monitor_selects_the_processor_pods_on_their_knative_port(loop):
     svc = find(loop, "Service", "image-processor", "serving.knative.dev")
     pod_labels = svc["spec"]["template"]["metadata"]["labels"]
     assert pm["selector"]["matchLabels"].items() <= pod_labels.items()
-    assert pm["podMetricsEndpoints"] == [{"port": "user-port", "path": "/metrics", "scheme": "http",
-                                          "interval": "30s", "scrapeTimeout": "10s"}]
+    assert pm["podMetricsEndpoints"] == [
+        {"port": "user-port", "path": "/metrics", "scheme": "http", "interval": "30s", "scrapeTimeout": "10s"}
+    ]
     assert find(loop, "NetworkPolicy", "allow-from-monitoring"), "the monitoring stack may reach the pods"
 
 

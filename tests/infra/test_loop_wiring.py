@@ -17,15 +17,7 @@ import pytest
 
 from infra.bootstrap import ANNOTATED_SECRET, DATA_CONNECTION_SECRET, MINIO_SECRET, REVIEW_SECRET
 from tests.infra.conftest import find
-from tests.infra.test_runtime_wiring import (  # noqa: F401  (fixtures used by name)
-    S3_ENV,
-    _allows,
-    _secret,
-    _settings,
-    bucket_job_run,
-    cluster,
-    resolved_env,
-)
+from tests.infra.runtime_env import S3_ENV, _allows, _secret, _settings, resolved_env
 
 LOOP_OVERLAYS = ("loop", "retrain-on-drift")
 
@@ -69,8 +61,9 @@ def test_review_push_image_is_the_in_cluster_build_resolved_by_its_trigger(rende
     trigger = triggers[0]
     # The fieldPath must select this very container of the job template, or the controller
     # patches nothing and the pod keeps the floating :latest.
-    match = re.fullmatch(r'spec\.jobTemplate\.spec\.template\.spec\.containers\[\?\(@\.name=="([^"]+)"\)\]\.image',
-                         trigger["fieldPath"])
+    match = re.fullmatch(
+        r'spec\.jobTemplate\.spec\.template\.spec\.containers\[\?\(@\.name=="([^"]+)"\)\]\.image', trigger["fieldPath"]
+    )
     assert match and match.group(1) == container["name"]
     assert trigger["from"]["kind"] == "ImageStreamTag"
     stream_tag = trigger["from"]["name"]
@@ -87,8 +80,11 @@ def test_review_push_takes_every_s3_setting_from_its_own_key(rendered, cluster, 
 
     objects = rendered["loop"]
     _, _, container = _review_push(objects)
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env") or []
-            if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in container.get("env") or []
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert {k: refs.get(k) for k in S3_ENV} == dict.fromkeys(S3_ENV, REVIEW_SECRET)
     # Not the models bucket's data connection (its key may do anything in every bucket).
     sources = [s.get("secretRef", {}).get("name") for s in container.get("envFrom") or []]
@@ -113,7 +109,9 @@ def test_bucket_job_creates_the_review_push_user(cluster, bucket_job_run):
     attach = f"admin policy attach vinspect vinspect-review --user {key}"
     assert attach in calls
     create = next(i for i, c in enumerate(calls) if c.startswith("admin policy create vinspect vinspect-review "))
-    assert create < calls.index(attach) and calls.index(f"admin user add vinspect {key} {password}") < calls.index(attach)
+    assert create < calls.index(attach) and calls.index(f"admin user add vinspect {key} {password}") < calls.index(
+        attach
+    )
     assert password not in output and key not in output
 
 
@@ -189,8 +187,13 @@ def test_processor_and_review_keys_allow_exactly_the_review_queue_calls(cluster,
     s3 = RecordingS3()
     store = ReviewStore(s3, bucket)
     selector = ReviewSelector()
-    result = {"camera_id": "camera-0", "image_id": "i-1", "verdict": "fail", "label": "good",
-              "detections": [{"class_name": "scratch", "score": 0.9, "box": [1, 2, 3, 4]}]}
+    result = {
+        "camera_id": "camera-0",
+        "image_id": "i-1",
+        "verdict": "fail",
+        "label": "good",
+        "detections": [{"class_name": "scratch", "score": 0.9, "box": [1, 2, 3, 4]}],
+    }
 
     # The processor queues a frame (phase 2 of issue 15), twice: the second is a duplicate.
     selection = selector.select(result, b"jpeg-bytes", flagged=True)
@@ -213,14 +216,25 @@ def test_processor_and_review_keys_allow_exactly_the_review_queue_calls(cluster,
     # ... and nothing else: each key is refused what only the other one (or nobody) does.
     review, processor = policies["vinspect-review"], policies["vinspect-annotated"]
     obj = f"arn:aws:s3:::{bucket}/"
-    for action, key in (("s3:PutObject", "review/queue/x.json"), ("s3:PutObject", "review/images/x.jpg"),
-                        ("s3:PutObject", "annotated/x.jpg"), ("s3:GetObject", "annotated/x.jpg"),
-                        ("s3:DeleteObject", "review/images/x.jpg"), ("s3:DeleteObject", "review/pushed/7/x.json"),
-                        ("s3:GetObject", "datasets/train.zip"), ("s3:PutObject", "datasets/train.zip")):
+    for action, key in (
+        ("s3:PutObject", "review/queue/x.json"),
+        ("s3:PutObject", "review/images/x.jpg"),
+        ("s3:PutObject", "annotated/x.jpg"),
+        ("s3:GetObject", "annotated/x.jpg"),
+        ("s3:DeleteObject", "review/images/x.jpg"),
+        ("s3:DeleteObject", "review/pushed/7/x.json"),
+        ("s3:GetObject", "datasets/train.zip"),
+        ("s3:PutObject", "datasets/train.zip"),
+    ):
         assert not _allows(review, action, obj + key), (action, key)
-    for action, key in (("s3:PutObject", "review/pushed/7/x.json"), ("s3:PutObject", "review/pushed-images/x.json"),
-                        ("s3:DeleteObject", "review/queue/x.json"), ("s3:GetObject", "review/images/x.jpg"),
-                        ("s3:GetObject", "annotated/x.jpg"), ("s3:GetObject", "datasets/train.zip")):
+    for action, key in (
+        ("s3:PutObject", "review/pushed/7/x.json"),
+        ("s3:PutObject", "review/pushed-images/x.json"),
+        ("s3:DeleteObject", "review/queue/x.json"),
+        ("s3:GetObject", "review/images/x.jpg"),
+        ("s3:GetObject", "annotated/x.jpg"),
+        ("s3:GetObject", "datasets/train.zip"),
+    ):
         assert not _allows(processor, action, obj + key), (action, key)
     for policy in (review, processor):
         assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="")
@@ -238,7 +252,9 @@ def test_the_processor_reads_the_served_drift_reference_with_its_own_key(rendere
     from vinspect.settings import RuntimeSettings
 
     config = find(rendered["default"], "ConfigMap", "vinspect-runtime")["data"]
-    assert RuntimeSettings(**{"VINSPECT_DRIFT_REFERENCE": config["VINSPECT_DRIFT_REFERENCE"]}).drift_reference == "serving"
+    assert (
+        RuntimeSettings(**{"VINSPECT_DRIFT_REFERENCE": config["VINSPECT_DRIFT_REFERENCE"]}).drift_reference == "serving"
+    )
     bucket, model = config["AWS_S3_BUCKET"], config["VINSPECT_MODEL_NAME"]
     s3 = RecordingS3()
     ref = drift.compute_reference([({"brightness": 0.1 * i, "contrast": 0.2, "sharpness": 1.0}, []) for i in range(5)])
@@ -272,7 +288,9 @@ def test_monitoring_is_admitted_on_the_port_the_pod_monitor_scrapes(rendered):
     objects = rendered["loop"]
     monitor = find(objects, "PodMonitor", "image-processor")["spec"]["podMetricsEndpoints"]
     assert [e["port"] for e in monitor] == ["user-port"]
-    container = find(objects, "Service", "image-processor", "serving.knative.dev")["spec"]["template"]["spec"]["containers"][0]
+    container = find(objects, "Service", "image-processor", "serving.knative.dev")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     port = container["ports"][0]["containerPort"]
     assert f"--port={port}" in container["args"]
     policy = find(objects, "NetworkPolicy", "allow-from-monitoring")["spec"]
@@ -280,8 +298,10 @@ def test_monitoring_is_admitted_on_the_port_the_pod_monitor_scrapes(rendered):
     assert {"protocol": "TCP", "port": port} in policy["ingress"][0]["ports"]
     spec = load_spec()
     assert spec.endpoints["processor"]["ports"]["user-port"] == port
-    assert any((f.source, f.target, f.port, f.expect) == ("prometheus-user-workload", "processor", port, "allowed")
-               for f in spec.flows)
+    assert any(
+        (f.source, f.target, f.port, f.expect) == ("prometheus-user-workload", "processor", port, "allowed")
+        for f in spec.flows
+    )
 
 
 # --- the retraining receiver ------------------------------------------------------------------

@@ -44,17 +44,35 @@ def test_default_overlay_covers_the_original_procedure(rendered):
     objects = rendered["default"]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     for wanted in [
-        ("Subscription", "rhods-operator"), ("Subscription", "serverless-operator"),
-        ("Subscription", "amq-streams"), ("DataScienceCluster", "default-dsc"),
-        ("DataSciencePipelinesApplication", "dspa"), ("Config", "cluster"),
-        ("PersistentVolumeClaim", "image-registry-storage"), ("Deployment", "minio"),
-        ("Route", "minio-api"), ("Job", "minio-buckets"), ("Deployment", "mlflow"),
-        ("KafkaNodePool", "dual-role"), ("Kafka", "vinspect"), ("KafkaTopic", "visual-inspection-images"),
-        ("KnativeServing", "knative-serving"), ("KnativeEventing", "knative-eventing"),
-        ("KnativeKafka", "knative-kafka"), ("Service", "image-processor"), ("KafkaSource", "visual-inspection-images"),
-        ("Broker", "default"), ("Trigger", "images-to-processor"), ("Trigger", "results-to-dashboard"),
-        ("Deployment", "dashboard"), ("Route", "dashboard"), ("NetworkPolicy", "allow-vinspect-to-models"),
-        ("ServingRuntime", "kserve-ovms"), ("VirtualMachine", "cvat"), ("Service", "cvat"), ("Route", "cvat"),
+        ("Subscription", "rhods-operator"),
+        ("Subscription", "serverless-operator"),
+        ("Subscription", "amq-streams"),
+        ("DataScienceCluster", "default-dsc"),
+        ("DataSciencePipelinesApplication", "dspa"),
+        ("Config", "cluster"),
+        ("PersistentVolumeClaim", "image-registry-storage"),
+        ("Deployment", "minio"),
+        ("Route", "minio-api"),
+        ("Job", "minio-buckets"),
+        ("Deployment", "mlflow"),
+        ("KafkaNodePool", "dual-role"),
+        ("Kafka", "vinspect"),
+        ("KafkaTopic", "visual-inspection-images"),
+        ("KnativeServing", "knative-serving"),
+        ("KnativeEventing", "knative-eventing"),
+        ("KnativeKafka", "knative-kafka"),
+        ("Service", "image-processor"),
+        ("KafkaSource", "visual-inspection-images"),
+        ("Broker", "default"),
+        ("Trigger", "images-to-processor"),
+        ("Trigger", "results-to-dashboard"),
+        ("Deployment", "dashboard"),
+        ("Route", "dashboard"),
+        ("NetworkPolicy", "allow-vinspect-to-models"),
+        ("ServingRuntime", "kserve-ovms"),
+        ("VirtualMachine", "cvat"),
+        ("Service", "cvat"),
+        ("Route", "cvat"),
     ]:
         assert wanted in kinds, f"{wanted} missing from the default overlay"
     for image in ("pipeline", "processor", "camera", "dashboard"):
@@ -74,7 +92,11 @@ def test_triggers_route_images_to_processor_and_results_to_dashboard(rendered):
     objects = rendered["default"]
     images = find(objects, "Trigger", "images-to-processor")["spec"]
     assert images["filter"]["attributes"]["type"] == "io.vinspect.image.captured"
-    assert images["subscriber"]["ref"] == {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "image-processor"}
+    assert images["subscriber"]["ref"] == {
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "name": "image-processor",
+    }
     results = find(objects, "Trigger", "results-to-dashboard")["spec"]
     assert results["filter"]["attributes"]["type"] == "io.vinspect.inspection.result"
     assert results["subscriber"]["ref"]["name"] == "dashboard"
@@ -85,8 +107,11 @@ def test_triggers_route_images_to_processor_and_results_to_dashboard(rendered):
 def test_event_types_match_the_runtime(rendered):
     from serving.events import IMAGE_EVENT_TYPE, KNATIVE_KAFKA_EVENT_TYPE, RESULT_EVENT_TYPE
 
-    types = {t["metadata"]["name"]: t["spec"]["filter"]["attributes"]["type"]
-             for t in rendered["default"] if t["kind"] == "Trigger"}
+    types = {
+        t["metadata"]["name"]: t["spec"]["filter"]["attributes"]["type"]
+        for t in rendered["default"]
+        if t["kind"] == "Trigger"
+    }
     assert types["images-to-processor"] == IMAGE_EVENT_TYPE
     assert types["legacy-images-to-processor"] == KNATIVE_KAFKA_EVENT_TYPE
     assert types["results-to-dashboard"] == types["results-to-topic"] == RESULT_EVENT_TYPE
@@ -100,7 +125,10 @@ def test_image_topics_are_sized_for_jpeg_frames(rendered):
     # The Broker stores image events too: its topic must be as large, and it must use it.
     broker = find(objects, "Broker", "default")
     topic = broker["metadata"]["annotations"]["kafka.eventing.knative.dev/external.topic"]
-    assert find(objects, "KafkaTopic", topic)["spec"]["config"]["max.message.bytes"] == images["config"]["max.message.bytes"]
+    assert (
+        find(objects, "KafkaTopic", topic)["spec"]["config"]["max.message.bytes"]
+        == images["config"]["max.message.bytes"]
+    )
     # Every KafkaSource consumer gets a partition; cameras (record keys) spread over them.
     consumers = find(objects, "KafkaSource", "visual-inspection-images")["spec"]["consumers"]
     assert images["partitions"] >= consumers > 1
@@ -138,8 +166,9 @@ def test_models_project_admits_the_app_project_on_the_rest_and_auth_ports(render
     policy = find(rendered["default"], "NetworkPolicy", "allow-vinspect-to-models")
     assert policy["metadata"]["namespace"] == "vinspect-models"
     rule = policy["spec"]["ingress"][0]
-    assert all(peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "vinspect"}
-               for peer in rule["from"])
+    assert all(
+        peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "vinspect"} for peer in rule["from"]
+    )
     assert rule["ports"] == [{"protocol": "TCP", "port": 8888}, {"protocol": "TCP", "port": 8443}]
 
 
@@ -177,16 +206,39 @@ def test_no_secret_in_any_overlay_carries_a_literal_credential(rendered):
 
 def test_literal_credentials_are_caught():
     objects = [
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "minio", "namespace": "x"},
-         "stringData": {"MINIO_ROOT_PASSWORD": "s3cr3t-value"}},
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "app", "namespace": "x"},
-         "spec": {"template": {"spec": {"containers": [{"name": "c", "env": [
-             {"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"}, {"name": "LOG_LEVEL", "value": "info"}]}]}}}},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "minio", "namespace": "x"},
+            "stringData": {"MINIO_ROOT_PASSWORD": "s3cr3t-value"},
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "app", "namespace": "x"},
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "c",
+                                "env": [
+                                    {"name": "AWS_SECRET_ACCESS_KEY", "value": "abc"},
+                                    {"name": "LOG_LEVEL", "value": "info"},
+                                ],
+                            }
+                        ]
+                    }
+                }
+            },
+        },
     ]
     issues = [str(i) for i in find_literal_credentials(objects)]
     assert any("Secret x/minio at stringData" in i and "MINIO_ROOT_PASSWORD" in i for i in issues)
-    assert any("Deployment x/app at spec.template.spec.containers[0].env[0].value" in i
-               and "AWS_SECRET_ACCESS_KEY" in i for i in issues)
+    assert any(
+        "Deployment x/app at spec.template.spec.containers[0].env[0].value" in i and "AWS_SECRET_ACCESS_KEY" in i
+        for i in issues
+    )
     assert not any("LOG_LEVEL" in i for i in issues)
 
 
@@ -198,8 +250,14 @@ def test_the_well_known_minio_default_is_caught_anywhere():
     found = re.search(r"never `minio/(\w+)`", design.read_text())
     assert found, f"{design} no longer names the forbidden Minio default"
     default = found.group(1)
-    objects = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": "x"},
-                "data": {"url": f"http://minio:{default}@minio:9000"}}]
+    objects = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "cfg", "namespace": "x"},
+            "data": {"url": f"http://minio:{default}@minio:9000"},
+        }
+    ]
     issues = [str(i) for i in find_literal_credentials(objects)]
     assert any("ConfigMap x/cfg" in i and "well-known default" in i for i in issues), issues
     assert not find_literal_credentials([{**objects[0], "data": {"url": "http://minio:9000"}}])
@@ -217,7 +275,9 @@ def test_a_broken_manifest_fails_naming_object_and_field(tmp_path, kubectl, stor
 
     issues = [str(i) for i in validate_objects(render("default", overlays_dir=tree / "overlays"), store)]
     assert "KafkaTopic vinspect/visual-inspection-images at spec.partitions: 'six' is not of type 'integer'" in issues
-    assert any(i.startswith("Deployment vinspect/dashboard at spec:") and "'replica' was unexpected" in i for i in issues)
+    assert any(
+        i.startswith("Deployment vinspect/dashboard at spec:") and "'replica' was unexpected" in i for i in issues
+    )
     assert len(issues) == 2, issues
 
 
@@ -231,15 +291,23 @@ def test_an_unknown_kind_fails(store):
 
 
 def test_open_upstream_schemas_are_closed_where_fields_are_documented(store):
-    trigger = {"apiVersion": "eventing.knative.dev/v1", "kind": "Trigger", "metadata": {"name": "t", "namespace": "x"},
-               "spec": {"broker": "default", "subscriber": {"uri": "http://x"}, "filterz": {}}}
+    trigger = {
+        "apiVersion": "eventing.knative.dev/v1",
+        "kind": "Trigger",
+        "metadata": {"name": "t", "namespace": "x"},
+        "spec": {"broker": "default", "subscriber": {"uri": "http://x"}, "filterz": {}},
+    }
     issues = [str(i) for i in store.validate_object(trigger)]
     assert issues == ["Trigger x/t at spec: Additional properties are not allowed ('filterz' was unexpected)"]
 
 
 def test_invalid_names_and_core_kinds_are_caught(store):
-    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "Not_A_Name", "namespace": "x",
-                                                               "labels": {"n": 1}}, "data": {"k": 2}}
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "Not_A_Name", "namespace": "x", "labels": {"n": 1}},
+        "data": {"k": 2},
+    }
     issues = [str(i) for i in store.validate_object(bad)]
     assert "ConfigMap x/Not_A_Name at metadata.name: 'Not_A_Name' is not a valid DNS subdomain name" in issues
     assert any("metadata.labels.n" in i for i in issues)
@@ -257,10 +325,21 @@ def test_missing_schemas_folder_gives_a_clear_error(tmp_path, monkeypatch):
 def test_supplementary_schemas_do_not_shadow_shared_ones(store):
     # A local subset for a kind the shared folder now carries would be ignored: it must go.
     assert store.shadowed == []
-    local = {key for key, (source, _) in store._crd_schemas.items() if source.endswith(".yaml")
-             and (Path(__file__).resolve().parents[2] / "infra" / "schemas" / source).is_file()}
-    assert {kind for _, kind in local} == {"DataScienceCluster", "DSCInitialization", "Config", "VirtualMachine",
-                                          "HyperConverged", "Notebook", "PodMonitor", "PrometheusRule"}
+    local = {
+        key
+        for key, (source, _) in store._crd_schemas.items()
+        if source.endswith(".yaml") and (Path(__file__).resolve().parents[2] / "infra" / "schemas" / source).is_file()
+    }
+    assert {kind for _, kind in local} == {
+        "DataScienceCluster",
+        "DSCInitialization",
+        "Config",
+        "VirtualMachine",
+        "HyperConverged",
+        "Notebook",
+        "PodMonitor",
+        "PrometheusRule",
+    }
 
 
 def test_cvat_vm_cloud_init_installs_cvat_and_reads_credentials_from_the_secret_disk(rendered, tmp_path):
@@ -302,5 +381,7 @@ def test_bucket_job_creates_every_bucket_the_stack_uses(rendered, tmp_path):
         assert bucket in script
     (tmp_path / "buckets.sh").write_text(script)
     assert subprocess.run(["sh", "-n", str(tmp_path / "buckets.sh")]).returncode == 0
-    dspa = find(rendered["default"], "DataSciencePipelinesApplication", "dspa")["spec"]["objectStorage"]["externalStorage"]
+    dspa = find(rendered["default"], "DataSciencePipelinesApplication", "dspa")["spec"]["objectStorage"][
+        "externalStorage"
+    ]
     assert dspa["bucket"] in script and dspa["s3CredentialsSecret"]["secretName"] == "aws-connection-models"

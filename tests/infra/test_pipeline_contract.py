@@ -28,8 +28,14 @@ ROLLOUT_DIR = REPO / "components" / "rollout"
 INFRA_DOC = REPO / "docs" / "infra.md"
 
 # CustomObjectsApi method prefix -> the RBAC verb the API server checks for it.
-_CALL_VERBS = {"get": "get", "list": "list", "create": "create", "patch": "patch", "replace": "update",
-               "delete": "delete"}
+_CALL_VERBS = {
+    "get": "get",
+    "list": "list",
+    "create": "create",
+    "patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+}
 
 
 @pytest.fixture(scope="module")
@@ -91,9 +97,12 @@ def runner(dspa) -> tuple[str, str]:
 def generated(objects) -> dict[tuple[str, str], dict[str, str]]:
     """``(namespace, name) -> data`` of the Secrets the bootstrap generates (values are placeholders)."""
     return {
-        (step.obj["metadata"]["namespace"], step.obj["metadata"]["name"]):
-            {k: base64.b64decode(v).decode() for k, v in step.obj["data"].items()}
-        for phase in plan(objects) for step in phase.steps if step.action == "generate"
+        (step.obj["metadata"]["namespace"], step.obj["metadata"]["name"]): {
+            k: base64.b64decode(v).decode() for k, v in step.obj["data"].items()
+        }
+        for phase in plan(objects)
+        for step in phase.steps
+        if step.action == "generate"
     }
 
 
@@ -126,15 +135,22 @@ def _bound_rules(objects, runner, namespace) -> list[dict]:
     for binding in objects:
         if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
             continue
-        if not any(s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == sa_namespace
-                   for s in binding.get("subjects", [])):
+        if not any(
+            s.get("kind") == "ServiceAccount" and s.get("name") == sa and s.get("namespace") == sa_namespace
+            for s in binding.get("subjects", [])
+        ):
             continue
         # Least privilege: bound in the models project only, to a namespaced Role.
         assert binding["kind"] == "RoleBinding", f"{sa} gets cluster-wide rights from {binding['metadata']['name']}"
         assert binding["metadata"]["namespace"] == namespace, f"{sa} is bound in {binding['metadata']['namespace']}"
         assert binding["roleRef"]["kind"] == "Role", f"{binding['metadata']['name']} binds a ClusterRole"
-        role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"] == binding["roleRef"]["name"]
-                    and o["metadata"]["namespace"] == namespace)
+        role = next(
+            o
+            for o in objects
+            if o["kind"] == "Role"
+            and o["metadata"]["name"] == binding["roleRef"]["name"]
+            and o["metadata"]["namespace"] == namespace
+        )
         rules.extend(role["rules"])
     return rules
 
@@ -164,9 +180,13 @@ def test_pipeline_runner_may_roll_out_in_the_models_project_and_nothing_more(obj
 
 
 def test_a_cluster_role_binding_would_be_caught(objects, runner):
-    bad = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-           "metadata": {"name": "too-much"}, "roleRef": {"kind": "ClusterRole", "name": "admin"},
-           "subjects": [{"kind": "ServiceAccount", "name": runner[0], "namespace": runner[1]}]}
+    bad = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "too-much"},
+        "roleRef": {"kind": "ClusterRole", "name": "admin"},
+        "subjects": [{"kind": "ServiceAccount", "name": runner[0], "namespace": runner[1]}],
+    }
     with pytest.raises(AssertionError, match="cluster-wide"):
         _bound_rules(objects + [bad], runner, "vinspect-models")
 
@@ -232,8 +252,11 @@ def test_mlflow_tracking_uri_is_the_in_cluster_service(objects, compiled, dspa):
 
 def test_required_secrets_are_generated_in_the_pipelines_project(compiled, generated, dspa):
     namespace = dspa["metadata"]["namespace"]
-    required = {name: keys for (name, optional), keys in env_sources(compiled, "secretAsEnv", "secretKey").items()
-                if not optional}
+    required = {
+        name: keys
+        for (name, optional), keys in env_sources(compiled, "secretAsEnv", "secretKey").items()
+        if not optional
+    }
     assert "aws-connection-models" in required
     for name, keys in required.items():
         assert (namespace, name) in generated, f"the pipeline needs Secret {namespace}/{name}; bootstrap never makes it"
@@ -271,8 +294,12 @@ def test_config_map_carries_no_credential(objects, compiled, dspa):
     data = runtime_config(objects, compiled, dspa)
     secret_keys = {k for (_, _), keys in env_sources(compiled, "secretAsEnv", "secretKey").items() for k in keys}
     assert not (set(data) & (secret_keys - {"AWS_S3_BUCKET"})), "a Secret key is also in the ConfigMap"
-    bad = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x", "namespace": "vinspect"},
-           "data": {"MLFLOW_TRACKING_PASSWORD": "x"}}
+    bad = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "x", "namespace": "vinspect"},
+        "data": {"MLFLOW_TRACKING_PASSWORD": "x"},
+    }
     issues = find_literal_credentials([bad])
     assert [i.path for i in issues] == ["data.MLFLOW_TRACKING_PASSWORD"]
 

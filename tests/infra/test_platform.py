@@ -22,8 +22,9 @@ DELAY = 3.0
 def run(cluster: FakeCluster, objects, **options):
     options.setdefault("timeout", 120)
     options.setdefault("builder", cluster.start_build)
-    return bootstrap(cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep,
-                     poll_interval=1.0, **options)
+    return bootstrap(
+        cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep, poll_interval=1.0, **options
+    )
 
 
 def writes(cluster: FakeCluster, since: int = 0) -> list[tuple[float, str, str]]:
@@ -65,8 +66,11 @@ def test_a_connection_from_an_older_bootstrap_gains_the_annotations(rendered):
 
 def _rhoai(objects) -> tuple[str, dict, dict]:
     sub = find(objects, "Subscription", "rhods-operator")
-    return sub["spec"]["channel"], find(objects, "DataScienceCluster", "default-dsc"), \
-        find(objects, "DSCInitialization", "default-dsci")
+    return (
+        sub["spec"]["channel"],
+        find(objects, "DataScienceCluster", "default-dsc"),
+        find(objects, "DSCInitialization", "default-dsci"),
+    )
 
 
 @pytest.mark.parametrize(("overlay", "major"), [("default", 2), ("gpu", 2), ("sno", 2), ("rhoai3", 3)])
@@ -90,8 +94,9 @@ def test_dsci_is_applied_before_the_datasciencecluster(rendered):
     from infra.bootstrap import plan
 
     steps = [(p.name, s.ref) for p in plan(rendered["default"]) for s in p.steps if s.action == "apply"]
-    assert steps.index(("platform", "DSCInitialization default-dsci")) < \
-        steps.index(("platform", "DataScienceCluster default-dsc"))
+    assert steps.index(("platform", "DSCInitialization default-dsci")) < steps.index(
+        ("platform", "DataScienceCluster default-dsc")
+    )
 
 
 def test_bootstrap_patches_the_operators_dsci_to_no_service_mesh(rendered):
@@ -218,12 +223,26 @@ def test_image_rule_catches_floating_unlisted_and_unbuilt_images():
     from infra.image_policy import INTERNAL_REGISTRY, ImageRef, check_images
 
     allowed = {"upstream": {"quay.io/x/y:latest", "quay.io/x/z:1.2"}, "platform": set()}
-    objects = [{"apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "a", "namespace": "ns"}},
-               {"apiVersion": "build.openshift.io/v1", "kind": "BuildConfig", "metadata": {"name": "a", "namespace": "ns"},
-                "spec": {"output": {"to": {"kind": "ImageStreamTag", "name": "a:v1"}}}}]
-    refs = [ImageRef("Deployment ns/d", "spec.containers[0].image", image) for image in (
-        "quay.io/x/y:latest", "quay.io/x/z:1.2", "docker.io/library/nginx:1.27",
-        f"{INTERNAL_REGISTRY}/ns/a:v1", f"{INTERNAL_REGISTRY}/ns/a:v2", f"{INTERNAL_REGISTRY}/other/b:1")]
+    objects = [
+        {"apiVersion": "image.openshift.io/v1", "kind": "ImageStream", "metadata": {"name": "a", "namespace": "ns"}},
+        {
+            "apiVersion": "build.openshift.io/v1",
+            "kind": "BuildConfig",
+            "metadata": {"name": "a", "namespace": "ns"},
+            "spec": {"output": {"to": {"kind": "ImageStreamTag", "name": "a:v1"}}},
+        },
+    ]
+    refs = [
+        ImageRef("Deployment ns/d", "spec.containers[0].image", image)
+        for image in (
+            "quay.io/x/y:latest",
+            "quay.io/x/z:1.2",
+            "docker.io/library/nginx:1.27",
+            f"{INTERNAL_REGISTRY}/ns/a:v1",
+            f"{INTERNAL_REGISTRY}/ns/a:v2",
+            f"{INTERNAL_REGISTRY}/other/b:1",
+        )
+    ]
     problems = check_images(refs, objects, allowed)
     assert len(problems) == 4, problems
     assert "quay.io/x/y:latest' is listed in images.yaml but not pinned" in problems[0]
@@ -251,8 +270,9 @@ def test_bootstrap_builds_every_image_before_what_runs_it(rendered):
     for build in cluster.builds:
         assert cluster.find("Build", build)["status"]["phase"] == "Complete"
     # The pipeline image exists before the pipelines server that will run it.
-    assert cluster.first("create", "DataSciencePipelinesApplication vinspect/dspa") > \
-        cluster.first("build", "Build vinspect/vinspect-pipeline-1")
+    assert cluster.first("create", "DataSciencePipelinesApplication vinspect/dspa") > cluster.first(
+        "build", "Build vinspect/vinspect-pipeline-1"
+    )
     stream = cluster.find("ImageStream", "vinspect-pipeline", "vinspect")
     assert [t["tag"] for t in stream["status"]["tags"]] == ["latest"]
 
@@ -268,8 +288,13 @@ def test_a_vm_that_never_gets_ready_blocks_nothing_else(rendered):
     assert set(report.skipped) == {"cvat"}
     assert "VirtualMachine vinspect/cvat" in report.skipped["cvat"] and "timed out" in report.skipped["cvat"]
     # Everything that is not CVAT is there: buckets, pipelines server, eventing, triggers, GPU stack.
-    for kind, name in [("Job", "minio-buckets"), ("DataSciencePipelinesApplication", "dspa"),
-                       ("Broker", "default"), ("Trigger", "results-to-dashboard"), ("ClusterPolicy", "gpu-cluster-policy")]:
+    for kind, name in [
+        ("Job", "minio-buckets"),
+        ("DataSciencePipelinesApplication", "dspa"),
+        ("Broker", "default"),
+        ("Trigger", "results-to-dashboard"),
+        ("ClusterPolicy", "gpu-cluster-policy"),
+    ]:
         assert cluster.find(kind, name) is not None, f"{kind} {name} was not applied"
     assert cluster.find("Trigger", "results-to-dashboard")["status"]["conditions"][0]["status"] == "True"
 
@@ -341,8 +366,9 @@ def test_cvat_vm_routes_the_service_host_the_pipeline_uses(rendered):
     import yaml
 
     vm = find(rendered["default"], "VirtualMachine", "cvat")
-    userdata = next(v["cloudInitNoCloud"]["userData"] for v in vm["spec"]["template"]["spec"]["volumes"]
-                    if "cloudInitNoCloud" in v)
+    userdata = next(
+        v["cloudInitNoCloud"]["userData"] for v in vm["spec"]["template"]["spec"]["volumes"] if "cloudInitNoCloud" in v
+    )
     script = yaml.safe_load(userdata)["write_files"][0]["content"]
     override = yaml.safe_load(re.search(r"<<'OVERRIDE'\n(.*?)\nOVERRIDE\n", script, re.S).group(1))
     labels = dict(label.split("=", 1) for label in override["services"]["cvat_server"]["labels"])
@@ -467,8 +493,7 @@ def token_checking_server():
         server.server_close()
 
 
-def test_mlflow_client_sends_the_token_read_from_the_service_account_file(token_checking_server, tmp_path,
-                                                                           monkeypatch):
+def test_mlflow_client_sends_the_token_read_from_the_service_account_file(token_checking_server, tmp_path, monkeypatch):
     """What the pipeline steps do: MLflow's `kubernetes` auth reads the pod's token file per request."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking.request_auth import kubernetes_request_auth_provider as k8s_auth
@@ -505,7 +530,9 @@ def test_workbench_is_a_dashboard_notebook_with_a_gpu_and_storage(rendered):
     notebook = find(objects, "Notebook", "vinspect-workbench")
     meta = notebook["metadata"]
     assert meta["namespace"] == "vinspect"
-    assert meta["labels"]["opendatahub.io/dashboard"] == "true" and meta["labels"]["opendatahub.io/odh-managed"] == "true"
+    assert (
+        meta["labels"]["opendatahub.io/dashboard"] == "true" and meta["labels"]["opendatahub.io/odh-managed"] == "true"
+    )
     assert meta["annotations"]["notebooks.opendatahub.io/inject-oauth"] == "true"
     pod = notebook["spec"]["template"]["spec"]
     container = pod["containers"][0]
@@ -531,5 +558,7 @@ def test_bootstrap_creates_the_workbench_once_the_notebook_crd_is_served(rendere
     run(cluster, rendered["gpu"])
     assert cluster.find("Notebook", "vinspect-workbench", "vinspect") is not None
     # In the GPU part's phases: after NFD and the GPU operator are ready.
-    assert cluster.first("create", "Notebook vinspect/vinspect-workbench") >= \
-        cluster.first("create", "NodeFeatureDiscovery openshift-nfd/nfd-instance") + DELAY
+    assert (
+        cluster.first("create", "Notebook vinspect/vinspect-workbench")
+        >= cluster.first("create", "NodeFeatureDiscovery openshift-nfd/nfd-instance") + DELAY
+    )

@@ -10,77 +10,15 @@ bootstrap generates on the fake cluster, and build the real settings classes fro
 
 from __future__ import annotations
 
-import base64
 import copy
-import fnmatch
-import json
 import os
-import stat
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, DASHBOARD_SECRET, MINIO_SECRET, bootstrap
 from tests.infra.conftest import find
 from tests.infra.fake_cluster import FakeCluster
-
-S3_ENV = ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION",
-          "VINSPECT_DATA_BUCKET")
-
-
-@pytest.fixture(scope="module")
-def cluster(rendered) -> FakeCluster:
-    fake = FakeCluster(delay=1.0)
-    bootstrap(fake, copy.deepcopy(rendered["default"]), clock=fake.clock, sleep=fake.sleep,
-              poll_interval=1.0, timeout=120, builder=fake.start_build)
-    return fake
-
-
-def _secret(cluster: FakeCluster, name: str) -> dict[str, str]:
-    found = cluster.find("Secret", name, "vinspect")
-    assert found is not None, f"bootstrap generates no Secret vinspect/{name}"
-    return {k: base64.b64decode(v).decode() for k, v in found["data"].items()}
-
-
-def _container(obj: dict, name: str) -> dict:
-    template = obj["spec"]["template"]["spec"]
-    return next(c for c in template["containers"] if c["name"] == name)
-
-
-def resolved_env(objects: list[dict], cluster: FakeCluster, container: dict) -> dict[str, str]:
-    """A container's environment as the kubelet builds it: envFrom in order, then env on top."""
-    env: dict[str, str] = {}
-    for source in container.get("envFrom") or []:
-        if "configMapRef" in source:
-            env.update(find(objects, "ConfigMap", source["configMapRef"]["name"]).get("data") or {})
-        else:
-            env.update(_secret(cluster, source["secretRef"]["name"]))
-    for item in container.get("env") or []:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-            continue
-        ref = item["valueFrom"]["secretKeyRef"] if "secretKeyRef" in item["valueFrom"] else None
-        if ref is None:
-            ref = item["valueFrom"]["configMapKeyRef"]
-            env[item["name"]] = find(objects, "ConfigMap", ref["name"])["data"][ref["key"]]
-            continue
-        found = cluster.find("Secret", ref["name"], "vinspect")
-        if found is None and ref.get("optional"):
-            continue
-        env[item["name"]] = _secret(cluster, ref["name"])[ref["key"]]
-    return env
-
-
-def _settings(cls, env: dict[str, str], monkeypatch):
-    """Build a settings class from exactly this environment (no dotenv, no host variables)."""
-    for key in list(os.environ):
-        if key.startswith(("AWS_", "VINSPECT_", "MLFLOW_", "KAFKA_")):
-            monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return cls(_env_file=None)
-
+from tests.infra.runtime_env import S3_ENV, _allows, _container, _secret, _settings, resolved_env
 
 RUNTIME_S3 = [
     ("Service", "image-processor", "image-processor", ANNOTATED_SECRET),
@@ -90,16 +28,20 @@ RUNTIME_S3 = [
 
 
 @pytest.mark.parametrize("kind, name, container, secret", RUNTIME_S3, ids=[r[1] for r in RUNTIME_S3])
-def test_runtime_pods_reach_the_data_bucket_with_their_own_minio_user(rendered, cluster, monkeypatch,
-                                                                      kind, name, container, secret):
+def test_runtime_pods_reach_the_data_bucket_with_their_own_minio_user(
+    rendered, cluster, monkeypatch, kind, name, container, secret
+):
     from vinspect.settings import RuntimeSettings, S3Settings
 
     objects = rendered["default"]
     obj = find(objects, kind, name)
     spec = _container(obj, container)
     # Every S3 setting from the one scoped Secret: none from the ConfigMap, none missing.
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in spec.get("env") or []
-            if "secretKeyRef" in e.get("valueFrom", {})}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in spec.get("env") or []
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert {k: refs.get(k) for k in S3_ENV} == dict.fromkeys(S3_ENV, secret)
 
     env = resolved_env(objects, cluster, spec)
@@ -118,8 +60,15 @@ def test_the_scoped_keys_are_kept_across_bootstrap_runs(rendered):
     fake = FakeCluster(delay=1.0)
 
     def run() -> dict[str, dict[str, str]]:
-        bootstrap(fake, copy.deepcopy(rendered["default"]), clock=fake.clock, sleep=fake.sleep,
-                  poll_interval=1.0, timeout=120, builder=fake.start_build)
+        bootstrap(
+            fake,
+            copy.deepcopy(rendered["default"]),
+            clock=fake.clock,
+            sleep=fake.sleep,
+            poll_interval=1.0,
+            timeout=120,
+            builder=fake.start_build,
+        )
         return {name: _secret(fake, name) for name in (ANNOTATED_SECRET, DASHBOARD_SECRET, CAMERA_SECRET)}
 
     before = run()
@@ -130,68 +79,24 @@ def test_the_scoped_keys_are_kept_across_bootstrap_runs(rendered):
 
 # --- the bucket Job's users and policies -------------------------------------------------------
 
-FAKE_MC = r"""#!/bin/sh
-# Stand-in for MinIO's client: records each call, and each policy document it is given.
-printf '%s\n' "$*" >> "$MC_LOG"
-if [ "$1 $2 $3" = "admin policy create" ]; then cp "$6" "$MC_POLICIES/$5.json"; fi
-"""
-
-
-def _allows(policy: dict, action: str, resource: str, prefix: str | None = None) -> bool:
-    """IAM evaluation for Allow statements with wildcard resources and a StringLike s3:prefix.
-
-    The subset of AWS IAM policy evaluation (and MinIO's, which follows it: minio/pkg policy
-    package) these policies use: an action is allowed when a statement names it, a resource
-    pattern matches (``*`` spans ``/``), and its ``StringLike`` condition on ``s3:prefix`` holds.
-    """
-    for statement in policy["Statement"]:
-        assert statement["Effect"] == "Allow" and set(statement) <= {"Effect", "Action", "Resource", "Condition"}
-        if action not in statement["Action"]:
-            continue
-        if not any(fnmatch.fnmatchcase(resource, pattern) for pattern in statement["Resource"]):
-            continue
-        condition = statement.get("Condition")
-        if condition:
-            assert set(condition) == {"StringLike"} and set(condition["StringLike"]) == {"s3:prefix"}
-            if prefix is None or not any(fnmatch.fnmatchcase(prefix, p) for p in condition["StringLike"]["s3:prefix"]):
-                continue
-        return True
-    return False
-
-
-@pytest.fixture(scope="module")
-def bucket_job_run(rendered, cluster, tmp_path_factory):
-    objects = rendered["default"]
-    job = find(objects, "Job", "minio-buckets")
-    container = _container(job, "mc")
-    env = resolved_env(objects, cluster, container)
-    work = tmp_path_factory.mktemp("mc")
-    (work / "bin").mkdir()
-    (work / "policies").mkdir()
-    mc = work / "bin" / "mc"
-    mc.write_text(FAKE_MC)
-    mc.chmod(mc.stat().st_mode | stat.S_IEXEC)
-    run_env = {"PATH": f"{work / 'bin'}:/usr/bin:/bin", "MC_LOG": str(work / "calls"),
-               "MC_POLICIES": str(work / "policies"), **env}
-    script = container["args"][0].replace("/tmp/", f"{work}/")
-    done = subprocess.run(["/bin/sh", "-ec", script], env=run_env, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 0, done.stderr
-    policies = {p.stem: json.loads(p.read_text()) for p in (work / "policies").glob("*.json")}
-    return (work / "calls").read_text().splitlines(), policies, done.stdout + done.stderr
-
 
 def test_bucket_job_creates_a_minio_user_per_scoped_secret(cluster, bucket_job_run):
     calls, policies, output = bucket_job_run
-    for secret, policy in ((ANNOTATED_SECRET, "vinspect-annotated"), (DASHBOARD_SECRET, "vinspect-dashboard"),
-                           (CAMERA_SECRET, "vinspect-camera")):
+    for secret, policy in (
+        (ANNOTATED_SECRET, "vinspect-annotated"),
+        (DASHBOARD_SECRET, "vinspect-dashboard"),
+        (CAMERA_SECRET, "vinspect-camera"),
+    ):
         values = _secret(cluster, secret)
         key, password = values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
         assert f"admin user add vinspect {key} {password}" in calls
         assert f"admin policy attach vinspect {policy} --user {key}" in calls
         assert policy in policies
         # The policy is created before it is attached, the user before it gets the policy.
-        assert calls.index(f"admin policy create vinspect {policy} {next(c.split()[-1] for c in calls if policy + ' ' in c and 'create' in c)}") \
-            < calls.index(f"admin policy attach vinspect {policy} --user {key}")
+        policy_file = next(c.split()[-1] for c in calls if policy + " " in c and "create" in c)
+        assert calls.index(f"admin policy create vinspect {policy} {policy_file}") < calls.index(
+            f"admin policy attach vinspect {policy} --user {key}"
+        )
         assert password not in output and key not in output
 
 
@@ -205,8 +110,12 @@ def test_processor_key_only_writes_annotated_images(cluster, bucket_job_run):
     assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/2026-12-06/")
     for action in ("s3:GetObject", "s3:DeleteObject", "s3:PutBucketPolicy", "s3:CreateBucket"):
         assert not _allows(policy, action, key)
-    for other in (f"arn:aws:s3:::{bucket}/datasets/train.zip", f"arn:aws:s3:::{bucket}/annotatedx/a.jpg",
-                  "arn:aws:s3:::models/metal-nut/1/model.onnx", "arn:aws:s3:::mlflow/artifacts/x"):
+    for other in (
+        f"arn:aws:s3:::{bucket}/datasets/train.zip",
+        f"arn:aws:s3:::{bucket}/annotatedx/a.jpg",
+        "arn:aws:s3:::models/metal-nut/1/model.onnx",
+        "arn:aws:s3:::mlflow/artifacts/x",
+    ):
         assert not _allows(policy, "s3:GetObject", other) and not _allows(policy, "s3:PutObject", other)
     assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="datasets/")
     assert not _allows(policy, "s3:ListBucket", "arn:aws:s3:::models", prefix="annotated/")
@@ -305,17 +214,21 @@ def test_camera_skips_a_frame_the_topic_would_refuse(rendered, monkeypatch):
     from serving.camera import Frame, encode_jpeg, produce_frames
     from vinspect.settings import RuntimeSettings
 
-    limit = _settings(RuntimeSettings, find(rendered["default"], "ConfigMap", "vinspect-runtime")["data"],
-                      monkeypatch).max_image_bytes
+    limit = _settings(
+        RuntimeSettings, find(rendered["default"], "ConfigMap", "vinspect-runtime")["data"], monkeypatch
+    ).max_image_bytes
     assert limit == 4194304
     rng = np.random.default_rng(0)
     small = np.zeros((64, 64, 3), np.uint8)
     noisy = rng.integers(0, 256, (1800, 1800, 3), dtype=np.uint8)  # noise does not compress
     assert len(encode_jpeg(noisy, quality=100)) > limit
     producer = _RecordingProducer()
-    frames = iter([Frame("small.jpg", "good", encode_jpeg(small)),
-                   Frame("huge.jpg", "good", encode_jpeg(noisy, quality=100)),
-                   Frame("small2.jpg", "good", encode_jpeg(small))])
-    sent = produce_frames(producer, "visual-inspection-images", frames, fps=0, quality=100,
-                          max_record_bytes=limit)
+    frames = iter(
+        [
+            Frame("small.jpg", "good", encode_jpeg(small)),
+            Frame("huge.jpg", "good", encode_jpeg(noisy, quality=100)),
+            Frame("small2.jpg", "good", encode_jpeg(small)),
+        ]
+    )
+    sent = produce_frames(producer, "visual-inspection-images", frames, fps=0, quality=100, max_record_bytes=limit)
     assert sent == 2 and all(len(v) < limit for v in producer.records)

@@ -7,12 +7,12 @@ import uuid
 
 import numpy as np
 import pytest
+from cvat_server import FakeCVAT, Project
 from typer.testing import CliRunner
 
 from components.data import CVATError, DatasetError
 from components.data.cvat_pull import make_client
 from components.data.cvat_setup import ensure_project, label_ids, setup
-from cvat_server import FakeCVAT, Project
 from vinspect.cli import app
 
 runner = CliRunner()
@@ -48,17 +48,28 @@ def nuts(tmp_path_factory):
     for i, kind in enumerate(["scratch", "bent", "both", "good", "scratch", "bent"]):
         img, b = render_nut(np.random.default_rng([5, i]), 64, kind)
         img.save(root / "images" / f"nut_{i}.png")
-        (root / "labels" / f"nut_{i}.txt").write_text("".join(
-            f"{c} {(x0 + x1) / 128:.6f} {(y0 + y1) / 128:.6f} {(x1 - x0) / 64:.6f} {(y1 - y0) / 64:.6f}\n"
-            for c, (x0, y0, x1, y1) in b))
+        (root / "labels" / f"nut_{i}.txt").write_text(
+            "".join(
+                f"{c} {(x0 + x1) / 128:.6f} {(y0 + y1) / 128:.6f} {(x1 - x0) / 64:.6f} {(y1 - y0) / 64:.6f}\n"
+                for c, (x0, y0, x1, y1) in b
+            )
+        )
         boxes[f"nut_{i}.png"] = [(("scratch", "bent")[c], *bb) for c, bb in b]
     return root, boxes
 
 
 def test_setup_creates_project_task_preannotations_and_annotator(cvat, client, nuts):
     root, truth = nuts
-    report = setup(client, images=root / "images", task_name="line-1", annotations=root / "labels",
-                   annotator="labeller", annotator_password=secrets.token_urlsafe(12), segment_size=4, poll=0.01)
+    report = setup(
+        client,
+        images=root / "images",
+        task_name="line-1",
+        annotations=root / "labels",
+        annotator="labeller",
+        annotator_password=secrets.token_urlsafe(12),
+        segment_size=4,
+        poll=0.01,
+    )
     assert report.project_created and report.task_created and report.annotator_created
     [project] = cvat.projects.values()
     assert project.name == "metal-nuts" and project.labels == ["scratch", "bent"]
@@ -110,8 +121,10 @@ def test_preannotations_from_the_model(cvat, client, nuts):
 
     def predict(image: bytes) -> list[dict]:
         seen.append(image[:8])
-        return [{"class_name": "bent", "score": 0.9, "box": [1.0, 2.0, 20.0, 30.0]},
-                {"class_name": "scratch", "score": 0.1, "box": [5.0, 5.0, 9.0, 9.0]}]
+        return [
+            {"class_name": "bent", "score": 0.9, "box": [1.0, 2.0, 20.0, 30.0]},
+            {"class_name": "scratch", "score": 0.1, "box": [5.0, 5.0, 9.0, 9.0]},
+        ]
 
     report = setup(client, images=root / "images", predict=predict, min_score=0.25, poll=0.01)
     assert len(seen) == 6 and report.boxes == 6
@@ -156,8 +169,23 @@ def test_cli_prints_the_task_url_and_no_secret(cvat, nuts, monkeypatch):
     root, _ = nuts
     monkeypatch.setenv("CVAT_TOKEN", cvat.pat)
     monkeypatch.setenv("CVAT_ANNOTATOR_PASSWORD", "annotator-pw-for-test")
-    r = runner.invoke(app, ["cvat", "setup", "--cvat-url", cvat.url, "--images", str(root / "images"),
-                            "--annotations", str(root / "labels"), "--annotator", "labeller", "--task-name", "line-9"])
+    r = runner.invoke(
+        app,
+        [
+            "cvat",
+            "setup",
+            "--cvat-url",
+            cvat.url,
+            "--images",
+            str(root / "images"),
+            "--annotations",
+            str(root / "labels"),
+            "--annotator",
+            "labeller",
+            "--task-name",
+            "line-9",
+        ],
+    )
     assert r.exit_code == 0, r.output
     [task] = cvat.tasks.values()
     assert f"task: {cvat.url}/tasks/{task.id}" in r.output
@@ -175,8 +203,10 @@ def test_yolo_class_names_come_from_the_folder(nuts, tmp_path):
     labels.mkdir()
     (labels / "obj.names").write_text("bent\nscratch\n")  # another order than ours: names decide
     for p in (root / "labels").iterdir():
-        (labels / p.name).write_text("".join(f"{1 - int(ln.split()[0])} {ln.split(' ', 1)[1]}\n"
-                                             for ln in p.read_text().splitlines()))
+        (labels / p.name).write_text(
+            "".join(f"{1 - int(ln.split()[0])} {ln.split(' ', 1)[1]}\n" for ln in p.read_text().splitlines())
+        )
     boxes = read_yolo_annotations(labels, images)
-    assert {n: sorted(b[0] for b in bs) for n, bs in boxes.items()} == \
-        {n: sorted(b[0] for b in bs) for n, bs in truth.items()}
+    assert {n: sorted(b[0] for b in bs) for n, bs in boxes.items()} == {
+        n: sorted(b[0] for b in bs) for n, bs in truth.items()
+    }

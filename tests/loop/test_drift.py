@@ -37,8 +37,10 @@ def _samples(rng, n, mean_conf, brightness=0.5, per_image=(1, 2)):
     out = []
     for _ in range(n):
         k = int(rng.integers(per_image[0], per_image[1] + 1))
-        dets = [{"class_name": ("scratch", "bent")[i % 2], "score": float(np.clip(rng.normal(mean_conf, 0.08), 0, 1))}
-                for i in range(k)]
+        dets = [
+            {"class_name": ("scratch", "bent")[i % 2], "score": float(np.clip(rng.normal(mean_conf, 0.08), 0, 1))}
+            for i in range(k)
+        ]
         out.append((_stats(float(rng.normal(brightness, 0.03))), dets))
     return out
 
@@ -64,8 +66,14 @@ def test_identical_distribution_scores_near_zero(reference):
     for image, dets in _samples(np.random.default_rng(2), 400, 0.6):
         mon.observe("cam-1", dets, image)
     scores = mon.scores("cam-1")
-    assert set(scores) == {"confidence/scratch", "confidence/bent", "detections_per_image", "brightness",
-                           "contrast", "sharpness"}
+    assert set(scores) == {
+        "confidence/scratch",
+        "confidence/bent",
+        "detections_per_image",
+        "brightness",
+        "contrast",
+        "sharpness",
+    }
     for name, s in scores.items():
         assert s["psi"] < 0.1, (name, s)
         assert s["ks"] < 0.12, (name, s)
@@ -130,7 +138,10 @@ def test_reference_is_stored_next_to_the_model_version(reference, local_stack):
     s3, bucket = local_stack.s3, local_stack.env["AWS_S3_BUCKET"]
     name = f"drift-{uuid.uuid4().hex[:6]}"
     uri = save_reference(s3, bucket, name, 7, reference)
-    assert uri == f"s3://{bucket}/{name}/7/drift-reference.json" and reference_key(name, 7) == f"{name}/7/drift-reference.json"
+    assert (
+        uri == f"s3://{bucket}/{name}/7/drift-reference.json"
+        and reference_key(name, 7) == f"{name}/7/drift-reference.json"
+    )
     assert load_reference(s3, bucket, name, 7)["signals"].keys() == reference["signals"].keys()
     with pytest.raises(DriftError, match=f"no drift reference for {name} version 8"):
         load_reference(s3, bucket, name, 8)
@@ -184,8 +195,9 @@ def test_reference_for_a_dataset_split(tmp_path, reference):
 
             return [Detection(0, "scratch", 0.7, np.array([1.0, 1.0, 5.0, 5.0]))]
 
-    ref = compute_reference_for_dataset("model.onnx", tmp_path / "ds", detector_factory=FixedDetector,
-                                        model={"name": "m"})
+    ref = compute_reference_for_dataset(
+        "model.onnx", tmp_path / "ds", detector_factory=FixedDetector, model={"name": "m"}
+    )
     val = [it for it in json.loads((tmp_path / "ds" / "manifest.json").read_text())["items"] if it["split"] == "val"]
     assert ref["n_images"] == len(val) == 3
     assert ref["signals"]["confidence/scratch"]["sample"] == [0.7] * 3

@@ -22,10 +22,10 @@ import httpx
 import numpy as np
 import pytest
 from cloudevents.v1.conversion import to_binary
+from cvat_server import FakeCVAT
 from typer.testing import CliRunner
 
 from components.data.review_push import frame_name
-from cvat_server import FakeCVAT
 from serving.events import image_event
 from serving.feedback import BoundedWorkers, LoopHooks
 from serving.model_client import ModelClient
@@ -36,8 +36,17 @@ from tests.serving.conftest import ThreadServer, onnx_model  # noqa: F401 - the 
 CLASSES = ("scratch", "bent")
 FRAMES = 16  # enough for a train/val/test split with both classes in each
 # One epoch at 64 px: the run proves the data reaches training, not that the model is good.
-TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0, "parity_images": 2, "smoke_images": 1,
-        "smoke_min_classes": 0, "min_map50": 0.0, "min_class_map50": 0.0}
+TINY = {
+    "epochs": 1,
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "parity_images": 2,
+    "smoke_images": 1,
+    "smoke_min_classes": 0,
+    "min_map50": 0.0,
+    "min_class_map50": 0.0,
+}
 
 
 @pytest.fixture
@@ -63,8 +72,12 @@ def model_server(local_stack, onnx_model, monkeypatch):  # noqa: F811
     token = local_stack.env.get("VINSPECT_MODEL_TOKEN") or MODEL_TOKEN
     repo = ModelRepository(lambda: local_stack.s3, threads=1)
     repo.load("metal-nut", str(onnx_model))
-    app = create_app(repo, max_body_bytes=4 * 1024 * 1024, token=token,
-                     model_roots=[f"s3://{local_stack.env.get('AWS_S3_BUCKET', 'models')}"])
+    app = create_app(
+        repo,
+        max_body_bytes=4 * 1024 * 1024,
+        token=token,
+        model_roots=[f"s3://{local_stack.env.get('AWS_S3_BUCKET', 'models')}"],
+    )
     with ThreadServer(app) as server:
         server.token = token
         yield server
@@ -92,7 +105,8 @@ def _frame(i: int) -> tuple[bytes, str, list]:
 
 
 def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
-        local_stack, model_server, cvat, webhook, monkeypatch, tmp_path):
+    local_stack, model_server, cvat, webhook, monkeypatch, tmp_path
+):
     from mlflow.tracking import MlflowClient
 
     from components.registry import get_champion, version_info
@@ -114,13 +128,18 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     #    audit rate of 1 makes the selection independent of what the untrained model finds.
     store = ReviewStore(s3, bucket, prefix)
     metrics = ProcessorMetrics()
-    hooks = LoopHooks(metrics.loop, selector=ReviewSelector(ReviewPolicy(audit_rate=1.0)), review_store=store,
-                      workers=BoundedWorkers(2, 64, "e2e"))
+    hooks = LoopHooks(
+        metrics.loop,
+        selector=ReviewSelector(ReviewPolicy(audit_rate=1.0)),
+        review_store=store,
+        workers=BoundedWorkers(2, 64, "e2e"),
+    )
     client = ModelClient(model_server.url, "metal-nut", retries=0, token=model_server.token)
     truth = {}
     try:
-        with ThreadServer(create_http_app(Inspector(client, InspectConfig(annotate=False), metrics, None, hooks),
-                                          metrics)) as processor:
+        with ThreadServer(
+            create_http_app(Inspector(client, InspectConfig(annotate=False), metrics, None, hooks), metrics)
+        ) as processor:
             for i in range(FRAMES):
                 jpeg, kind, boxes = _frame(i)
                 headers, body = to_binary(image_event(jpeg, f"line-{i % 2}", label=kind))
@@ -132,7 +151,7 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
         hooks.close()
         client.close()
     assert store.size() == FRAMES
-    assert f'vinspect_review_queue_size {float(FRAMES)}' in metrics.render()[0].decode()
+    assert f"vinspect_review_queue_size {float(FRAMES)}" in metrics.render()[0].decode()
     assert 'vinspect_images_total{camera="line-0"} 8.0' in scraped
 
     # 2. The queue becomes a pre-annotated CVAT task.
@@ -156,16 +175,24 @@ def test_frames_to_review_to_cvat_to_a_data_aware_training_run(
     model = f"loop-e2e-{uuid.uuid4().hex[:6]}"
 
     def manifest_of(dataset_id: str) -> dict:
-        return next(m for m in (json.loads(p.read_text()) for p in root.rglob("manifest.json"))
-                    if m.get("dataset_id") == dataset_id)
+        return next(
+            m
+            for m in (json.loads(p.read_text()) for p in root.rglob("manifest.json"))
+            if m.get("dataset_id") == dataset_id
+        )
 
     arguments = {"cvat_project_id": task.project_id, "model_name": model, "skip_if_unchanged": True, **TINY}
     root = tmp_path / "pipeline-root"
 
     def run(**overrides):
         # No data source and no source_version: the run reads the version from CVAT itself.
-        return run_local(None, arguments={**arguments, **overrides}, model_url=model_server.url,
-                         pipeline_root=root, env={**local_stack.env, "VINSPECT_MODEL_TOKEN": model_server.token})
+        return run_local(
+            None,
+            arguments={**arguments, **overrides},
+            model_url=model_server.url,
+            pipeline_root=root,
+            env={**local_stack.env, "VINSPECT_MODEL_TOKEN": model_server.token},
+        )
 
     def notices() -> list:
         return [e for e in webhook.events() if e.get_data().get("model") == model]

@@ -8,7 +8,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving.metrics import InspectionMetrics, exposed_names, serve_metrics
 
 RESULT = {
-    "camera": "cam-1", "verdict": "fail",
+    "camera": "cam-1",
+    "verdict": "fail",
     "detections": [{"class_name": "scratch", "score": 0.35}, {"class_name": "bent", "score": 0.92}],
     "timings_ms": {"decode": 2.0, "inference": 18.0, "total": 25.0, "unknown_stage": 1.0},
     "model": {"name": "metal-nut", "version": "4"},
@@ -16,8 +17,11 @@ RESULT = {
 
 
 def _samples(text: str) -> dict[tuple[str, tuple], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
 
 
 def test_a_result_is_counted_by_camera_class_and_stage():
@@ -29,8 +33,14 @@ def test_a_result_is_counted_by_camera_class_and_stage():
     assert s[("vinspect_verdicts_total", (("camera", "cam-1"), ("verdict", "fail")))] == 1
     assert s[("vinspect_verdicts_total", (("camera", "cam-1"), ("verdict", "pass")))] == 1
     assert s[("vinspect_detections_total", (("camera", "cam-1"), ("class_name", "bent")))] == 1
-    assert s[("vinspect_detection_confidence_bucket", (("camera", "cam-1"), ("class_name", "scratch"), ("le", "0.4")))] == 1
-    assert s[("vinspect_detection_confidence_bucket", (("camera", "cam-1"), ("class_name", "scratch"), ("le", "0.3")))] == 0
+    assert (
+        s[("vinspect_detection_confidence_bucket", (("camera", "cam-1"), ("class_name", "scratch"), ("le", "0.4")))]
+        == 1
+    )
+    assert (
+        s[("vinspect_detection_confidence_bucket", (("camera", "cam-1"), ("class_name", "scratch"), ("le", "0.3")))]
+        == 0
+    )
     assert s[("vinspect_stage_seconds_sum", (("stage", "inference"),))] == 0.036
     assert not any(k[0].startswith("vinspect_stage") and ("stage", "unknown_stage") in k[1] for k in s)
     assert s[("vinspect_model_info", (("model", "metal-nut"), ("version", "4")))] == 1
@@ -83,5 +93,10 @@ def test_metrics_are_served_over_http():
 
 def test_exposed_names_cover_series_suffixes():
     names = exposed_names()
-    assert {"vinspect_images_total", "vinspect_detection_confidence_bucket", "vinspect_drift_score",
-            "vinspect_dead_letters_total", "vinspect_review_queue_size"} <= names
+    assert {
+        "vinspect_images_total",
+        "vinspect_detection_confidence_bucket",
+        "vinspect_drift_score",
+        "vinspect_dead_letters_total",
+        "vinspect_review_queue_size",
+    } <= names

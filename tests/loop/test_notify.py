@@ -57,8 +57,13 @@ def test_binary_mode_carries_attributes_as_headers(receiver):
     headers, body = receiver.requests[0]
     assert headers["ce-type"] == PROMOTED and headers["ce-subject"] == "metal-nut"
     assert headers["content-type"] == "application/json"
-    assert json.loads(body) == {"model": "metal-nut", "version": "7", "previous_version": "6", "alias": "champion",
-                                "target": "kserve"}
+    assert json.loads(body) == {
+        "model": "metal-nut",
+        "version": "7",
+        "previous_version": "6",
+        "alias": "champion",
+        "target": "kserve",
+    }
     [event] = receiver.events()
     assert event["source"] == "/vinspect/test" and event["specversion"] == "1.0"
 

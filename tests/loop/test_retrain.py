@@ -21,8 +21,9 @@ class Clock:
 def receiver():
     submitted: list[dict] = []
     clock = Clock()
-    decider = RetrainOnDrift(lambda a: submitted.append(a) or f"run-{len(submitted)}", {"cvat_project_id": 3},
-                             cooldown_s=3600, clock=clock)
+    decider = RetrainOnDrift(
+        lambda a: submitted.append(a) or f"run-{len(submitted)}", {"cvat_project_id": 3}, cooldown_s=3600, clock=clock
+    )
     server = serve(decider, 0, "127.0.0.1")
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:

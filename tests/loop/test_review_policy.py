@@ -25,27 +25,44 @@ def det(name: str, score: float) -> dict:
 
 def result(camera="cam-1", label=None, detections=(), verdict=None) -> dict:
     dets = list(detections)
-    return {"camera": camera, "image_id": "e1", "label": label, "detections": dets,
-            "verdict": verdict or ("fail" if dets else "pass")}
+    return {
+        "camera": camera,
+        "image_id": "e1",
+        "label": label,
+        "detections": dets,
+        "verdict": verdict or ("fail" if dets else "pass"),
+    }
 
 
-@pytest.mark.parametrize("scores,expected", [
-    ([], False), ([0.9], False), ([0.2], True), ([0.49], True), ([0.5], False), ([0.95, 0.3], True), ([0.19], False),
-])
+@pytest.mark.parametrize(
+    "scores,expected",
+    [
+        ([], False),
+        ([0.9], False),
+        ([0.2], True),
+        ([0.49], True),
+        ([0.5], False),
+        ([0.95, 0.3], True),
+        ([0.19], False),
+    ],
+)
 def test_uncertain_band_is_low_inclusive_high_exclusive(scores, expected):
     assert is_uncertain([det("scratch", s) for s in scores], NO_AUDIT) is expected
 
 
-@pytest.mark.parametrize("label,dets,expected", [
-    (None, [], False),                                   # no label: nothing to disagree with
-    ("unknown", [det("bent", 0.9)], False),              # a label that is no class says nothing
-    ("good", [], False),
-    ("good", [det("bent", 0.9)], True),                  # good part, fail verdict
-    ("bent", [], True),                                  # defect missed
-    ("bent", [det("bent", 0.9)], False),
-    ("Bent", [det("scratch", 0.9)], True),               # wrong class found (labels are case-blind)
-    ("scratch", [det("scratch", 0.8), det("bent", 0.7)], False),
-])
+@pytest.mark.parametrize(
+    "label,dets,expected",
+    [
+        (None, [], False),  # no label: nothing to disagree with
+        ("unknown", [det("bent", 0.9)], False),  # a label that is no class says nothing
+        ("good", [], False),
+        ("good", [det("bent", 0.9)], True),  # good part, fail verdict
+        ("bent", [], True),  # defect missed
+        ("bent", [det("bent", 0.9)], False),
+        ("Bent", [det("scratch", 0.9)], True),  # wrong class found (labels are case-blind)
+        ("scratch", [det("scratch", 0.8), det("bent", 0.7)], False),
+    ],
+)
 def test_disagreement_with_the_camera_label(label, dets, expected):
     verdict = "fail" if dets else "pass"
     assert disagrees(label, verdict, dets, NO_AUDIT) is expected
@@ -70,8 +87,7 @@ def test_reasons_are_listed_in_order():
 
 def test_selector_caps_per_camera_and_per_day_and_flags_are_exempt():
     clock = [DAY]
-    sel = ReviewSelector(ReviewPolicy(audit_rate=0.0, max_per_camera_per_day=2, max_per_day=3),
-                         clock=lambda: clock[0])
+    sel = ReviewSelector(ReviewPolicy(audit_rate=0.0, max_per_camera_per_day=2, max_per_day=3), clock=lambda: clock[0])
     uncertain = [det("scratch", 0.3)]
     picks = [sel.select(result("a", detections=uncertain), f"a{i}".encode()) for i in range(3)]
     assert [p is not None for p in picks] == [True, True, False]
@@ -106,12 +122,15 @@ def test_confident_agreeing_frames_are_not_selected():
     assert sel.select(result(label="good"), b"2") is None
 
 
-@pytest.mark.parametrize("kwargs,field", [
-    ({"uncertain_low": 0.6, "uncertain_high": 0.5}, "uncertain band"),
-    ({"audit_rate": 1.5}, "audit_rate"),
-    ({"max_per_day": -1}, "max_per_day"),
-    ({"classes": ()}, "classes"),
-])
+@pytest.mark.parametrize(
+    "kwargs,field",
+    [
+        ({"uncertain_low": 0.6, "uncertain_high": 0.5}, "uncertain band"),
+        ({"audit_rate": 1.5}, "audit_rate"),
+        ({"max_per_day": -1}, "max_per_day"),
+        ({"classes": ()}, "classes"),
+    ],
+)
 def test_bad_policies_are_refused_by_field(kwargs, field):
     with pytest.raises(ReviewError, match=field):
         ReviewPolicy(**kwargs)

@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
+from cvat_server import FakeCVAT
 from typer.testing import CliRunner
 
 from components.data import pull_annotations
 from components.data.cvat_pull import make_client
 from components.data.review_push import frame_name, push_review, review_task_name
-from cvat_server import FakeCVAT
 from serving.review import ReviewPolicy, ReviewSelector, ReviewStore, queue_frame
 from vinspect.cli import app
 
@@ -57,9 +57,15 @@ def _queue(store, n: int) -> list[tuple[bytes, list]]:
     for i in range(n):
         jpeg, boxes = _jpeg(i)
         cid, (x0, y0, x1, y1) = boxes[0]
-        result = {"camera": f"cam-{i % 2}", "image_id": f"e{i}", "label": None, "verdict": "fail",
-                  "detections": [{"class_id": cid, "class_name": ("scratch", "bent")[cid], "score": 0.35,
-                                  "box": [x0, y0, x1, y1]}]}
+        result = {
+            "camera": f"cam-{i % 2}",
+            "image_id": f"e{i}",
+            "label": None,
+            "verdict": "fail",
+            "detections": [
+                {"class_id": cid, "class_name": ("scratch", "bent")[cid], "score": 0.35, "box": [x0, y0, x1, y1]}
+            ],
+        }
         assert queue_frame(sel, store, result, jpeg) is not None
         frames.append((jpeg, boxes))
     return frames
@@ -117,8 +123,15 @@ def test_cli_push_then_completed_job_comes_back_through_the_pull(cvat, store, lo
     for j in task.jobs:
         j.state, j.stage = "completed", "acceptance"
     with make_client(cvat.url, token=cvat.pat) as client:
-        m = pull_annotations(None, tmp_path / "ds", cvat_client=client, project_id=task.project_id,
-                             map_by_name=True, cvat_poll=0.01, cvat_timeout=10)
+        m = pull_annotations(
+            None,
+            tmp_path / "ds",
+            cvat_client=client,
+            project_id=task.project_id,
+            map_by_name=True,
+            cvat_poll=0.01,
+            cvat_timeout=10,
+        )
     assert m["counts"]["images"]["total"] == 4
     label_of = {it["name"]: (tmp_path / "ds" / it["label"]).read_text().split()[0] for it in m["items"]}
     assert label_of[first.name] == ("1" if lab == "scratch" else "0")

@@ -18,10 +18,17 @@ def store(local_stack):
 
 
 def _result(camera: str, score: float) -> dict:
-    return {"camera": camera, "image_id": f"{camera}-1", "captured_at": "2026-01-01T00:00:00Z", "label": "good",
-            "verdict": "fail", "image": {"width": 64, "height": 48},
-            "detections": [{"class_id": 0, "class_name": "scratch", "score": score, "box": [1.0, 2.0, 30.0, 40.0]}],
-            "model": {"name": "metal-nut", "version": "3"}, "annotated_image": "data:image/jpeg;base64,AAAA"}
+    return {
+        "camera": camera,
+        "image_id": f"{camera}-1",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "label": "good",
+        "verdict": "fail",
+        "image": {"width": 64, "height": 48},
+        "detections": [{"class_id": 0, "class_name": "scratch", "score": score, "box": [1.0, 2.0, 30.0, 40.0]}],
+        "model": {"name": "metal-nut", "version": "3"},
+        "annotated_image": "data:image/jpeg;base64,AAAA",
+    }
 
 
 def test_selected_frames_are_queued_with_their_detections(store):

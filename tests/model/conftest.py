@@ -64,8 +64,17 @@ def trained(dataset, yolo_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
     epochs_seen: list[tuple[int, int]] = []
     result = train_model(
-        dataset / "data.yaml", out, model="yolo11n.yaml", epochs=EPOCHS, imgsz=IMGSZ, batch=BATCH,
-        optimizer=OPTIMIZER, lr0=LR0, seed=0, workers=0, progress=lambda done, total: epochs_seen.append((done, total)),
+        dataset / "data.yaml",
+        out,
+        model="yolo11n.yaml",
+        epochs=EPOCHS,
+        imgsz=IMGSZ,
+        batch=BATCH,
+        optimizer=OPTIMIZER,
+        lr0=LR0,
+        seed=0,
+        workers=0,
+        progress=lambda done, total: epochs_seen.append((done, total)),
     )
     result.progress_calls = epochs_seen  # type: ignore[attr-defined]
     return result
@@ -79,8 +88,9 @@ def onnx_model(trained, dataset, tmp_path_factory) -> Path:
     from components.model import export_onnx
 
     dataset_id = json.loads((dataset / "manifest.json").read_text())["dataset_id"]
-    return export_onnx(trained.best_weights, tmp_path_factory.mktemp("onnx") / "model.onnx",
-                       imgsz=IMGSZ, dataset_id=dataset_id)
+    return export_onnx(
+        trained.best_weights, tmp_path_factory.mktemp("onnx") / "model.onnx", imgsz=IMGSZ, dataset_id=dataset_id
+    )
 
 
 @pytest.fixture(scope="session")

@@ -180,8 +180,16 @@ def test_evaluate_agrees_with_ultralytics_val(onnx_model, dataset, yolo_config, 
 
     ours = evaluate_onnx(onnx_model, dataset, conf=0.001, iou=0.7)
     theirs = YOLO(str(onnx_model), task="detect").val(
-        data=str(dataset / "data.yaml"), imgsz=IMGSZ, batch=1, conf=0.001, iou=0.7, device="cpu",
-        plots=False, verbose=False, project=str(tmp_path), name="val",
+        data=str(dataset / "data.yaml"),
+        imgsz=IMGSZ,
+        batch=1,
+        conf=0.001,
+        iou=0.7,
+        device="cpu",
+        plots=False,
+        verbose=False,
+        project=str(tmp_path),
+        name="val",
     )
     assert ours["map50"] > MIN_MAP50 and float(theirs.box.map50) > MIN_MAP50
     assert ours["map50_95"] > 0 and float(theirs.box.map) > 0
@@ -197,13 +205,26 @@ def test_fine_tune_from_weights_on_s3(trained, dataset, yolo_config, local_stack
     bucket = "vinspect-test-weights"
     s3.create_bucket(Bucket=bucket)
     s3.upload_file(str(trained.best_weights), bucket, "base/best.pt")
-    result = train_model(dataset / "data.yaml", tmp_path / "runs", weights=f"s3://{bucket}/base/best.pt",
-                         epochs=1, imgsz=IMGSZ, batch=16, s3_client=s3)
+    result = train_model(
+        dataset / "data.yaml",
+        tmp_path / "runs",
+        weights=f"s3://{bucket}/base/best.pt",
+        epochs=1,
+        imgsz=IMGSZ,
+        batch=16,
+        s3_client=s3,
+    )
     fetched = tmp_path / "runs" / "init_weights" / "best.pt"
     assert fetched.read_bytes() == trained.best_weights.read_bytes()
     assert not list(fetched.parent.glob("*.part"))
     assert result.params["weights"] == f"s3://{bucket}/base/best.pt"
     assert result.best_weights.is_file()
     with pytest.raises(FileNotFoundError, match="not found on S3: s3://vinspect-test-weights/missing.pt"):
-        train_model(dataset / "data.yaml", tmp_path / "runs2", weights=f"s3://{bucket}/missing.pt",
-                    epochs=1, imgsz=IMGSZ, s3_client=s3)
+        train_model(
+            dataset / "data.yaml",
+            tmp_path / "runs2",
+            weights=f"s3://{bucket}/missing.pt",
+            epochs=1,
+            imgsz=IMGSZ,
+            s3_client=s3,
+        )

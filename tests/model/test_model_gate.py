@@ -18,9 +18,13 @@ def _metrics(map50=0.8, map50_95=0.6, scratch=0.75, bent=0.85, ds="abc", bent_su
         "eval_dataset_id": ds,
         "per_class": {
             "scratch": {"map50": scratch, "map50_95": 0.5, "precision": 0.8, "recall": 0.7, "support": 12},
-            "bent": {"map50": bent if bent_support else None, "map50_95": 0.6 if bent_support else None,
-                     "precision": 0.8 if bent_support else None, "recall": 0.7 if bent_support else None,
-                     "support": bent_support},
+            "bent": {
+                "map50": bent if bent_support else None,
+                "map50_95": 0.6 if bent_support else None,
+                "precision": 0.8 if bent_support else None,
+                "recall": 0.7 if bent_support else None,
+                "support": bent_support,
+            },
         },
     }
 
@@ -86,8 +90,12 @@ def test_unknown_floor_key_is_refused_with_a_suggestion():
 
 
 def test_champion_label_names_the_comparison():
-    d = decide_gate(_metrics(map50=0.7), floors=FLOORS, champion=_metrics(map50=0.9),
-                    champion_label="champion v4 (re-evaluated on this data)")
+    d = decide_gate(
+        _metrics(map50=0.7),
+        floors=FLOORS,
+        champion=_metrics(map50=0.9),
+        champion_label="champion v4 (re-evaluated on this data)",
+    )
     assert not d.passed
     assert d.reasons == ["map50 0.7000 < champion v4 (re-evaluated on this data) 0.9000 - 0.02"]
 
@@ -96,14 +104,18 @@ def test_unavailable_champion_fails_closed_unless_allowed():
     why = "champion v3: its ONNX s3://models/m/3/1/model.onnx is missing from S3 (NoSuchKey)"
     closed = decide_gate(_metrics(), floors=FLOORS, champion=None, champion_unavailable=why)
     assert not closed.passed
-    assert closed.reasons == [f"{why}: no regression check is possible, so the model is rejected "
-                              "(set allow_missing_champion to gate on the floors only)"]
-    allowed = decide_gate(_metrics(), floors=FLOORS, champion=None, champion_unavailable=why,
-                          allow_missing_champion=True)
+    assert closed.reasons == [
+        f"{why}: no regression check is possible, so the model is rejected "
+        "(set allow_missing_champion to gate on the floors only)"
+    ]
+    allowed = decide_gate(
+        _metrics(), floors=FLOORS, champion=None, champion_unavailable=why, allow_missing_champion=True
+    )
     assert allowed.passed
     assert f"{why}: floors only, as allow_missing_champion is set" in allowed.reasons
     assert not any("no champion yet" in r for r in allowed.reasons)
     # The allowance never rescues a model that misses a floor.
-    low = decide_gate(_metrics(map50=0.4), floors=FLOORS, champion=None, champion_unavailable=why,
-                      allow_missing_champion=True)
+    low = decide_gate(
+        _metrics(map50=0.4), floors=FLOORS, champion=None, champion_unavailable=why, allow_missing_champion=True
+    )
     assert low.reasons == ["map50 0.4000 < floor 0.5000"]

@@ -27,7 +27,11 @@ def test_metal_nut_quality_and_agreement_with_ultralytics(shared_dir, tmp_path):
     env = {**os.environ, "YOLO_CONFIG_DIR": str(tmp_path / "ultralytics")}
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "metal_nut_quality.py"), "--train-minutes", minutes],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=3600,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -18,8 +18,9 @@ from components.model.evaluate import (
 
 def test_perfect_detection_scores_ultralytics_style_0_995():
     """101-point interpolation + trapezoid: the last step 0.99 -> 1.00 falls from 1 to 0, so 0.995."""
-    tp = match_predictions(np.array([[10, 10, 50, 50.0]]), np.array([0]), np.array([0.9]),
-                           np.array([[10, 10, 50, 50.0]]), np.array([0]))
+    tp = match_predictions(
+        np.array([[10, 10, 50, 50.0]]), np.array([0]), np.array([0.9]), np.array([[10, 10, 50, 50.0]]), np.array([0])
+    )
     assert tp.all()
     m = compute_metrics(tp, np.array([0.9]), np.array([0]), np.array([0]), num_classes=2)
     assert m["map50"] == pytest.approx(0.995)

@@ -124,9 +124,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         ctype = self.headers.get("Content-Type", "")
         if ctype.startswith("multipart/form-data"):
-            msg = BytesParser(policy=_email_policy).parsebytes(
-                b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw
-            )
+            msg = BytesParser(policy=_email_policy).parsebytes(b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + raw)
             out: dict[str, Any] = {"fields": {}}
             for part in msg.iter_parts():
                 payload = part.get_payload(decode=True) or b""
@@ -151,7 +149,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, f"unknown path {url.path}")
         if fake.token is not None and req.headers.get("authorization") != f"Bearer {fake.token}":
             return self._error(401, "Unauthorized: missing or wrong bearer token")
-        route = url.path[len(API):]
+        route = url.path[len(API) :]
         try:
             m = re.fullmatch(r"/pipelines/([^/]+)/versions", route)
             if m and method == "GET" and m.group(1) != "upload":
@@ -188,12 +186,21 @@ class _Handler(BaseHTTPRequestHandler):
         if any(p["display_name"] == name for p in self.fake.pipelines.values()):
             return self._error(409, f"pipeline {name!r} already exists")
         pid = str(uuid.uuid4())
-        pipeline = {"pipeline_id": pid, "display_name": name, "created_at": _now(),
-                    "description": (query.get("description") or [""])[0]}
+        pipeline = {
+            "pipeline_id": pid,
+            "display_name": name,
+            "created_at": _now(),
+            "description": (query.get("description") or [""])[0],
+        }
         self.fake.pipelines[pid] = pipeline
         vid = str(uuid.uuid4())
-        self.fake.versions[vid] = {"pipeline_id": pid, "pipeline_version_id": vid, "display_name": name,
-                                   "created_at": _now(), "spec": body["file"]}
+        self.fake.versions[vid] = {
+            "pipeline_id": pid,
+            "pipeline_version_id": vid,
+            "display_name": name,
+            "created_at": _now(),
+            "spec": body["file"],
+        }
         self._send(200, pipeline)
 
     def _post_pipelines_upload_version(self, route, query, body):
@@ -214,8 +221,11 @@ class _Handler(BaseHTTPRequestHandler):
         if pid not in self.fake.pipelines:
             return self._error(404, f"pipeline {pid} not found")
         name = _filter_name(query)
-        items = [{k: v for k, v in ver.items() if k != "spec"} for ver in self.fake.versions.values()
-                 if ver["pipeline_id"] == pid and (name is None or ver["display_name"] == name)]
+        items = [
+            {k: v for k, v in ver.items() if k != "spec"}
+            for ver in self.fake.versions.values()
+            if ver["pipeline_id"] == pid and (name is None or ver["display_name"] == name)
+        ]
         items.sort(key=lambda v: v["created_at"], reverse="desc" in (query.get("sort_by") or [""])[0])
         size = int((query.get("page_size") or [len(items) or 1])[0])
         items = items[:size]
@@ -228,8 +238,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post_experiments(self, route, query, body):
         eid = str(uuid.uuid4())
-        exp = {"experiment_id": eid, "display_name": body["display_name"], "namespace": body.get("namespace"),
-               "created_at": _now(), "storage_state": "AVAILABLE"}
+        exp = {
+            "experiment_id": eid,
+            "display_name": body["display_name"],
+            "namespace": body.get("namespace"),
+            "created_at": _now(),
+            "storage_state": "AVAILABLE",
+        }
         self.fake.experiments[eid] = exp
         self._send(200, exp)
 

@@ -43,10 +43,18 @@ def _dataset(root: Path, images: int = 4) -> tuple[Path, str]:
     (root / "data.yaml").write_text(
         f"path: {root}\ntrain: images/val\nval: images/val\nnames:\n  0: scratch\n  1: bent\n"
     )
-    (root / "manifest.json").write_text(json.dumps(
-        {"schema": SCHEMA, "dataset_id": ds_id, "classes": classes, "files": files,
-         "counts": {"val": images}, "source": {}}
-    ))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "schema": SCHEMA,
+                "dataset_id": ds_id,
+                "classes": classes,
+                "files": files,
+                "counts": {"val": images},
+                "source": {},
+            }
+        )
+    )
     return root, ds_id
 
 
@@ -70,15 +78,32 @@ def stack(local_stack, tmp_path_factory):
         name = f"gate-{uuid.uuid4().hex[:8]}"
         onnx = build_tiny_onnx(root / name / "champion.onnx", detections, tag=name)
         info = register_model(
-            client, s3, onnx_path=onnx, model_name=name, bucket=bucket, params={"epochs": 1},
-            metrics=metrics, epoch_metrics_csv=None, plots=[], dataset_id=dataset_id, dataset_uri=None,
-            git_revision=None, pipeline_run_id=f"run-{name}",
+            client,
+            s3,
+            onnx_path=onnx,
+            model_name=name,
+            bucket=bucket,
+            params={"epochs": 1},
+            metrics=metrics,
+            epoch_metrics_csv=None,
+            plots=[],
+            dataset_id=dataset_id,
+            dataset_uri=None,
+            git_revision=None,
+            pipeline_run_id=f"run-{name}",
         )
         promote(client, name, info["version"])
         return name, info
 
-    return {"client": client, "s3": s3, "bucket": bucket, "root": root, "dataset": dataset_b,
-            "dataset_id": dataset_b_id, "champion": champion}
+    return {
+        "client": client,
+        "s3": s3,
+        "bucket": bucket,
+        "root": root,
+        "dataset": dataset_b,
+        "dataset_id": dataset_b_id,
+        "champion": champion,
+    }
 
 
 class _Artifact:
@@ -98,11 +123,19 @@ def _evaluate(stack, tmp_path, detections, *, model_name: str, version: str, all
     onnx = build_tiny_onnx(tmp_path / "candidate.onnx", detections, tag=f"candidate-{tmp_path.name}")
     report = _Artifact(tmp_path / "eval_report")
     out = evaluate(
-        onnx_model=_Artifact(onnx), dataset=_Artifact(stack["dataset"]), conf=0.001, iou=0.6,
-        min_map50=FLOORS["min_map50"], min_map50_95=FLOORS["min_map50_95"],
-        min_class_map50=FLOORS["min_class_map50"], max_regression=0.02, model_name=model_name,
-        champion_version=version, allow_missing_champion=allow,
-        eval_metrics=_Artifact(tmp_path / "eval_metrics" / "metrics"), eval_report=report,
+        onnx_model=_Artifact(onnx),
+        dataset=_Artifact(stack["dataset"]),
+        conf=0.001,
+        iou=0.6,
+        min_map50=FLOORS["min_map50"],
+        min_map50_95=FLOORS["min_map50_95"],
+        min_class_map50=FLOORS["min_class_map50"],
+        max_regression=0.02,
+        model_name=model_name,
+        champion_version=version,
+        allow_missing_champion=allow,
+        eval_metrics=_Artifact(tmp_path / "eval_metrics" / "metrics"),
+        eval_report=report,
     )
     gate = json.loads((Path(report.path) / "gate.json").read_text())
     return out, gate, Path(report.path)
@@ -116,8 +149,7 @@ def test_worse_model_on_new_data_is_rejected_against_the_champion_re_evaluated_t
     local_stack.apply_env(monkeypatch)
     # The champion's recorded figures were on dataset A and are poor: comparing with them, or
     # with nothing, would let the worse candidate through.
-    name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A,
-                                   metrics={"map50": 0.1, "map50_95": 0.05})
+    name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A, metrics={"map50": 0.1, "map50_95": 0.05})
     assert champion_metrics(stack["client"], name, stack["dataset_id"]) is None
 
     out, gate, report = _evaluate(stack, tmp_path, SHIFTED, model_name=name, version=info["version"])
@@ -135,8 +167,9 @@ def test_worse_model_on_new_data_is_rejected_against_the_champion_re_evaluated_t
     assert out.reasons.startswith(f"map50_95 {out.map50_95:.4f} < {label} {champ['metrics']['map50_95']:.4f}")
 
     # A candidate as good as the champion passes, and the reasons name the comparison made.
-    good, good_gate, _ = _evaluate(stack, tmp_path / "good", BENT_IN_THE_MIDDLE, model_name=name,
-                                   version=info["version"])
+    good, good_gate, _ = _evaluate(
+        stack, tmp_path / "good", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"]
+    )
     assert good.gate == "passed", good_gate
     assert f"map50_95 {good.map50_95:.4f} >= {label}" in good.reasons
 
@@ -145,32 +178,49 @@ def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
     from components.model.champion import RE_EVALUATED, RECORDED, ChampionUnavailable, champion_metrics_on
     from serving.detector import CORE_VERSION
 
-    name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"],
-                                   metrics={"map50": 0.97, "map50_95": 0.91, "precision": 0.9, "recall": 0.8,
-                                            "eval_conf": 0.001, "eval_iou": 0.6, "eval_core": CORE_VERSION})
+    name, info = stack["champion"](
+        BENT_IN_THE_MIDDLE,
+        dataset_id=stack["dataset_id"],
+        metrics={
+            "map50": 0.97,
+            "map50_95": 0.91,
+            "precision": 0.9,
+            "recall": 0.8,
+            "eval_conf": 0.001,
+            "eval_iou": 0.6,
+            "eval_core": CORE_VERSION,
+        },
+    )
     # The figures were measured with other thresholds: not comparable, the ONNX is evaluated again.
-    found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
-                                model_name=name, conf=0.25, iou=0.6)
+    found = champion_metrics_on(
+        stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"], model_name=name, conf=0.25, iou=0.6
+    )
     assert found.source == RE_EVALUATED and found.metrics["conf"] == 0.25
     # Same thresholds: no download on the fast path; it works even with the ONNX gone from S3.
     stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
-    found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
-                                model_name=name)
+    found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"], model_name=name)
     assert found.source == RECORDED and found.version == info["version"]
     assert found.metrics["map50"] == pytest.approx(0.97) and found.metrics["map50_95"] == pytest.approx(0.91)
     # Figures recorded without their thresholds (an older registration), or measured by another
     # detector core, are not trusted either: the fast path is not taken (here the ONNX is gone, so
     # the re-evaluation it falls back to reports that).
-    for recorded in ({"map50": 0.97, "map50_95": 0.91},
-                     {"map50": 0.97, "map50_95": 0.91, "eval_conf": 0.001, "eval_iou": 0.6,
-                      "eval_core": CORE_VERSION - 1}):
+    for recorded in (
+        {"map50": 0.97, "map50_95": 0.91},
+        {"map50": 0.97, "map50_95": 0.91, "eval_conf": 0.001, "eval_iou": 0.6, "eval_core": CORE_VERSION - 1},
+    ):
         old, old_info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"], metrics=recorded)
         stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info['version']}/1/model.onnx")
         with pytest.raises(ChampionUnavailable, match="missing from S3"):
-            champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
-                                model_name=old)
-    assert champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"],
-                               model_name=f"never-registered-{uuid.uuid4().hex[:6]}") is None
+            champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"], model_name=old)
+    assert (
+        champion_metrics_on(
+            stack["dataset"],
+            mlflow_client=stack["client"],
+            s3_client=stack["s3"],
+            model_name=f"never-registered-{uuid.uuid4().hex[:6]}",
+        )
+        is None
+    )
 
 
 def test_unfetchable_champion_fails_the_gate_closed_unless_allowed(stack, local_stack, tmp_path, monkeypatch):
@@ -179,15 +229,17 @@ def test_unfetchable_champion_fails_the_gate_closed_unless_allowed(stack, local_
     stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
 
     # Even a candidate as good as the champion: without the champion's figures, no verdict.
-    out, gate, report = _evaluate(stack, tmp_path / "strict", BENT_IN_THE_MIDDLE, model_name=name,
-                                  version=info["version"])
+    out, gate, report = _evaluate(
+        stack, tmp_path / "strict", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"]
+    )
     assert out.gate == "rejected", gate
     assert f"champion v{info['version']}: its ONNX {info['s3_uri']} is missing from S3" in out.reasons
     assert "set allow_missing_champion" in out.reasons
     assert json.loads((report / "champion.json").read_text())["version"] == info["version"]
 
-    allowed, allowed_gate, _ = _evaluate(stack, tmp_path / "allowed", BENT_IN_THE_MIDDLE, model_name=name,
-                                         version=info["version"], allow=True)
+    allowed, allowed_gate, _ = _evaluate(
+        stack, tmp_path / "allowed", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"], allow=True
+    )
     assert allowed.gate == "passed", allowed_gate
     assert "floors only, as allow_missing_champion is set" in allowed.reasons
     assert "no champion yet" not in allowed.reasons

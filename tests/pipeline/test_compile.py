@@ -9,8 +9,16 @@ from typer.testing import CliRunner
 
 from tests.pipeline import ir
 
-ORDER = ["pull-annotations", "validate-and-split", "check-dataset", "train", "export-onnx", "evaluate",
-         "register", "rollout"]
+ORDER = [
+    "pull-annotations",
+    "validate-and-split",
+    "check-dataset",
+    "train",
+    "export-onnx",
+    "evaluate",
+    "register",
+    "rollout",
+]
 CACHED = {"pull-annotations", "validate-and-split", "train", "export-onnx", "evaluate"}
 UNCACHED = {"check-dataset", "register", "rollout", "report-outcome", "report-outcome-2", "report-outcome-3"}
 CREDENTIAL_WORDS = re.compile(r"pass(word|wd)?|secret|token|credential|access_?key|api_?key|auth", re.I)
@@ -101,8 +109,12 @@ def test_gpu_settings_on_train_and_nowhere_else(compiled):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     train = k8s[train_exec]
     assert train["tolerations"] == [{"tolerationJson": {"componentInputParameter": "pipelinechannel--gpu_tolerations"}}]
-    assert train["nodeSelector"] == {"nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}}
-    assert {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}.items() <= train["emptyDirMounts"][0].items()
+    assert train["nodeSelector"] == {
+        "nodeSelectorJson": {"componentInputParameter": "pipelinechannel--gpu_node_selector"}
+    }
+    assert {"medium": "Memory", "mountPath": "/dev/shm", "volumeName": "dshm"}.items() <= train["emptyDirMounts"][
+        0
+    ].items()
     for label, cfg in k8s.items():
         if label != train_exec:
             assert not {"tolerations", "nodeSelector", "emptyDirMounts"} & set(cfg), f"{label}: {sorted(cfg)}"
@@ -141,26 +153,41 @@ def test_secrets_reach_steps_as_env_by_name(compiled):
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     s3 = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_S3_ENDPOINT", "AWS_DEFAULT_REGION", "AWS_S3_BUCKET"}
     # Endpoint, auth mode (the step's service-account token) and the proxy's CA from the ConfigMap.
-    mlflow = {"configmap/vinspect-runtime": {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_AUTH",
-                                             "MLFLOW_TRACKING_SERVER_CERT_PATH"},
-              "vinspect-mlflow": {"MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}}
+    mlflow = {
+        "configmap/vinspect-runtime": {
+            "MLFLOW_TRACKING_URI",
+            "MLFLOW_TRACKING_AUTH",
+            "MLFLOW_TRACKING_SERVER_CERT_PATH",
+        },
+        "vinspect-mlflow": {"MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"},
+    }
     # Gate rejections (evaluate), promotions and rollbacks (rollout) go to the Broker's ingress.
     notify = {"VINSPECT_NOTIFY_URL"}
     expected = {
-        "pull-annotations": {"aws-connection-models": s3,
-                             "cvat-admin": {"CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD"}},
+        "pull-annotations": {
+            "aws-connection-models": s3,
+            "cvat-admin": {"CVAT_URL", "CVAT_HOST", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD"},
+        },
         "check-dataset": mlflow,
         "train": {"aws-connection-models": s3},
         "register": {"aws-connection-models": s3 | {"MLFLOW_S3_ENDPOINT_URL"}, **mlflow},
         # The smoke test calls the model where the processor will: its ConfigMap's URL and name.
-        "rollout": {"aws-connection-models": s3, **mlflow, "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"},
-                    "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"] | notify
-                    | {"VINSPECT_PROCESSOR_MODEL_URL", "VINSPECT_PROCESSOR_MODEL_NAME"}},
+        "rollout": {
+            "aws-connection-models": s3,
+            **mlflow,
+            "vinspect-model-token": {"VINSPECT_MODEL_TOKEN"},
+            "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"]
+            | notify
+            | {"VINSPECT_PROCESSOR_MODEL_URL", "VINSPECT_PROCESSOR_MODEL_NAME"},
+        },
         "validate-and-split": {},
         "export-onnx": {},
         # The champion's ONNX is read from S3 and its version from MLflow to re-evaluate it.
-        "evaluate": {"aws-connection-models": s3, **mlflow,
-                     "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"] | notify},
+        "evaluate": {
+            "aws-connection-models": s3,
+            **mlflow,
+            "configmap/vinspect-runtime": mlflow["configmap/vinspect-runtime"] | notify,
+        },
     }
     for name, want in expected.items():
         got = _env_refs(k8s.get(ir.executor_of(spec, tasks[name]), {}))
@@ -181,8 +208,12 @@ def test_secret_names_are_configurable(tmp_path):
 
     names = SecretNames(s3="aws-connection-minio", mlflow="mlflow-auth", cvat="cvat-bot", config="endpoints")
     text = compile_pipeline(tmp_path / "p.yaml", secrets=names).read_text()
-    for name in ("secretName: aws-connection-minio", "secretName: mlflow-auth", "secretName: cvat-bot",
-                 "configMapName: endpoints"):
+    for name in (
+        "secretName: aws-connection-minio",
+        "secretName: mlflow-auth",
+        "secretName: cvat-bot",
+        "configMapName: endpoints",
+    ):
         assert name in text
     assert "aws-connection-models" not in text
 
@@ -222,8 +253,9 @@ def test_cli_compile_writes_the_ir(tmp_path, monkeypatch):
 
     monkeypatch.setenv("VINSPECT_IMAGE", IMAGE)
     out = tmp_path / "sub" / "pipeline.yaml"
-    result = CliRunner().invoke(app, ["pipeline", "compile", "--out", str(out), "--gpus", "0",
-                                      "--s3-secret", "my-data-connection"])
+    result = CliRunner().invoke(
+        app, ["pipeline", "compile", "--out", str(out), "--gpus", "0", "--s3-secret", "my-data-connection"]
+    )
     assert result.exit_code == 0, result.output
     doc = ir.load(out)
     assert doc["spec"]["pipelineInfo"]["name"] == "vinspect-training"

@@ -17,8 +17,15 @@ import pytest
 from typer.testing import CliRunner
 
 # A one-epoch 64 px model detects nothing: its smoke test checks only that the server answers.
-TINY = {"epochs": 1, "imgsz": 64, "batch": 8, "workers": 0, "parity_images": 2, "smoke_images": 1,
-        "smoke_min_classes": 0}
+TINY = {
+    "epochs": 1,
+    "imgsz": 64,
+    "batch": 8,
+    "workers": 0,
+    "parity_images": 2,
+    "smoke_images": 1,
+    "smoke_min_classes": 0,
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +39,13 @@ def run_env(local_stack, model_server, tmp_path_factory):
     mp.setenv("VINSPECT_MODEL_URL", model_server)
     # Other suites register models on the same stack: keep ours apart.
     model = f"pipeline-test-{uuid.uuid4().hex[:6]}"
-    yield {"env": dict(local_stack.env), "state": state, "root": state / "pipeline-root", "model": model,
-           "url": model_server}
+    yield {
+        "env": dict(local_stack.env),
+        "state": state,
+        "root": state / "pipeline-root",
+        "model": model,
+        "url": model_server,
+    }
     mp.undo()
 
 
@@ -67,15 +79,31 @@ def rejected_run(run_env):
     """
     from vinspect.cli import app
 
-    args = ["pipeline", "run", "--local", "--synth-images", "16", "--pipeline-root", str(run_env["root"]),
-            "--min-map50", "1.01", "-p", f"model_name={run_env['model']}"]
+    args = [
+        "pipeline",
+        "run",
+        "--local",
+        "--synth-images",
+        "16",
+        "--pipeline-root",
+        str(run_env["root"]),
+        "--min-map50",
+        "1.01",
+        "-p",
+        f"model_name={run_env['model']}",
+    ]
     for key, value in TINY.items():
         args += ["-p", f"{key}={value}"]
     result = CliRunner().invoke(app, args)
     with httpx.Client(base_url=run_env["url"], headers=_auth()) as http:
         served = http.get(f"/v2/models/{run_env['model']}").status_code
-    return {"exit_code": result.exit_code, "output": result.output, "versions": _versions(run_env),
-            "served": served, "run_dirs": _run_dirs(run_env["root"])}
+    return {
+        "exit_code": result.exit_code,
+        "output": result.output,
+        "versions": _versions(run_env),
+        "served": served,
+        "run_dirs": _run_dirs(run_env["root"]),
+    }
 
 
 def test_rejected_model_is_not_registered_and_the_output_says_why(rejected_run):
@@ -116,8 +144,12 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejec
     assert head["ContentLength"] > 100_000
     # The training data is archived under its content id and is the run's MLflow dataset input.
     data_bucket = run_env["env"]["VINSPECT_DATA_BUCKET"]
-    keys = [o["Key"] for o in local_stack.s3.list_objects_v2(
-        Bucket=data_bucket, Prefix=f"datasets/{dataset_id}/").get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in local_stack.s3.list_objects_v2(Bucket=data_bucket, Prefix=f"datasets/{dataset_id}/").get(
+            "Contents", []
+        )
+    ]
     assert f"datasets/{dataset_id}/manifest.json" in keys and any("/labels/" in k for k in keys), keys
     sources = [json.loads(d.dataset.source).get("uri", d.dataset.source) for d in run.inputs.dataset_inputs]
     assert f"s3://{data_bucket}/datasets/{dataset_id}/" in sources, sources
@@ -130,8 +162,9 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejec
     # gate's choice (an OpenVINO IR folder under the same version, served by OpenVINO).
     variant = mv.tags["vinspect.variant"]
     assert variant in ("fp32", "auto", "int8"), mv.tags
-    assert {f"variant_{v}_{k}" for v in ("onnx", "fp32", "auto", "int8") for k in ("map50_95", "latency_ms")} \
-        <= set(run.data.metrics)
+    assert {f"variant_{v}_{k}" for v in ("onnx", "fp32", "auto", "int8") for k in ("map50_95", "latency_ms")} <= set(
+        run.data.metrics
+    )
     assert mv.tags["vinspect.storage_uri"] == f"s3://{bucket}/{run_env['model']}/{version}/{variant}/"
     local_stack.s3.head_object(Bucket=bucket, Key=f"{run_env['model']}/{version}/int8/1/model.bin")
     assert meta["platform"] == "OpenVINO", meta
@@ -228,8 +261,14 @@ def test_failed_rollout_fails_the_run_and_keeps_the_champion(run_env, rejected_r
             run_local(
                 None,
                 # Another seed trains a different model; the gate lets it through.
-                arguments={**TINY, "seed": 1, "model_name": model, "min_map50": 0.0,
-                           "min_class_map50": 0.0, "max_regression": 1.0},
+                arguments={
+                    **TINY,
+                    "seed": 1,
+                    "model_name": model,
+                    "min_map50": 0.0,
+                    "min_class_map50": 0.0,
+                    "max_regression": 1.0,
+                },
                 model_url=server.url,
                 pipeline_root=run_env["root"],
                 synth_images=16,

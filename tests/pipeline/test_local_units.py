@@ -16,19 +16,31 @@ def test_parameters_are_typed_and_defaulted():
     assert list(params)[0] == "data_source"
     assert params["epochs"] == {"type": int, "default": 50}
     assert params["gpu_tolerations"]["type"] is list and params["gpu_node_selector"]["type"] is dict
-    assert parse_params(["epochs=3", "min_map50=0.25", "skip_if_unchanged=yes",
-                         'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]']) == {
-        "epochs": 3, "min_map50": 0.25, "skip_if_unchanged": True,
-        "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}]}
+    assert parse_params(
+        [
+            "epochs=3",
+            "min_map50=0.25",
+            "skip_if_unchanged=yes",
+            'gpu_tolerations=[{"key": "gpu", "operator": "Exists"}]',
+        ]
+    ) == {
+        "epochs": 3,
+        "min_map50": 0.25,
+        "skip_if_unchanged": True,
+        "gpu_tolerations": [{"key": "gpu", "operator": "Exists"}],
+    }
 
 
-@pytest.mark.parametrize("pair,message", [
-    ("epochs", "expected key=value"),
-    ("epoch=3", "did you mean 'epochs'"),
-    ("epochs=three", "not a valid int"),
-    ("skip_if_unchanged=perhaps", "not a valid bool"),
-    ("gpu_node_selector=[1]", "not a valid dict"),
-])
+@pytest.mark.parametrize(
+    "pair,message",
+    [
+        ("epochs", "expected key=value"),
+        ("epoch=3", "did you mean 'epochs'"),
+        ("epochs=three", "not a valid int"),
+        ("skip_if_unchanged=perhaps", "not a valid bool"),
+        ("gpu_node_selector=[1]", "not a valid dict"),
+    ],
+)
 def test_bad_parameters_are_refused(pair, message):
     with pytest.raises(ValueError, match=message):
         parse_params([pair])
@@ -104,6 +116,8 @@ def test_outcome_records_are_appended_as_json_lines(tmp_path, monkeypatch, capsy
     record_outcome("deployed", "v3 is serving", version="3")
     assert report_outcome("skipped", "same data", "abc123") == "skipped: same data"
     lines = [json.loads(line) for line in path.read_text().splitlines()]
-    assert lines == [{"outcome": "deployed", "detail": "v3 is serving", "version": "3"},
-                     {"outcome": "skipped", "detail": "same data", "dataset_id": "abc123"}]
+    assert lines == [
+        {"outcome": "deployed", "detail": "v3 is serving", "version": "3"},
+        {"outcome": "skipped", "detail": "same data", "dataset_id": "abc123"},
+    ]
     assert "[vinspect] outcome: skipped: same data" in capsys.readouterr().out

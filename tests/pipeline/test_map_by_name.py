@@ -75,8 +75,16 @@ def _run_pull(cvat, out: Path, **kw):
     from components.kfp.pull_annotations import pull_annotations
 
     artifact = SimpleNamespace(path=str(out), metadata={})
-    result = pull_annotations(source="", data_format="", cvat_task_id=0, cvat_project_id=7,
-                              include_all_jobs=False, source_version="", raw_dataset=artifact, **kw)
+    result = pull_annotations(
+        source="",
+        data_format="",
+        cvat_task_id=0,
+        cvat_project_id=7,
+        include_all_jobs=False,
+        source_version="",
+        raw_dataset=artifact,
+        **kw,
+    )
     return result, artifact
 
 
@@ -91,6 +99,9 @@ def test_pull_component_maps_a_reordered_project_by_name(reordered_cvat, tmp_pat
     assert result.images == 4 and artifact.metadata["classes"] == ["scratch", "bent"]
     manifest = json.loads((tmp_path / "raw" / "manifest.json").read_text())
     assert manifest["class_map"] == {"scratch": 0, "bent": 1}
-    ids = {line.split()[0] for item in manifest["items"]
-           for line in (tmp_path / "raw" / item["label"]).read_text().splitlines()}
+    ids = {
+        line.split()[0]
+        for item in manifest["items"]
+        for line in (tmp_path / "raw" / item["label"]).read_text().splitlines()
+    }
     assert ids == {"0", "1"}

@@ -17,9 +17,19 @@ from pipelines.submit import SubmitError, submit
 @pytest.fixture(autouse=True)
 def _no_data_services(monkeypatch):
     """Keep the developer's S3 and CVAT settings out: each test points at its own servers."""
-    for name in ("AWS_S3_ENDPOINT", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                 "AWS_CA_BUNDLE", "AWS_PROFILE", "CVAT_URL", "CVAT_TOKEN", "CVAT_USERNAME", "CVAT_PASSWORD",
-                 "CVAT_CA_BUNDLE"):
+    for name in (
+        "AWS_S3_ENDPOINT",
+        "MLFLOW_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_CA_BUNDLE",
+        "AWS_PROFILE",
+        "CVAT_URL",
+        "CVAT_TOKEN",
+        "CVAT_USERNAME",
+        "CVAT_PASSWORD",
+        "CVAT_CA_BUNDLE",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -97,8 +107,13 @@ def cvat_task(monkeypatch):
     from tests.data.cvat_server import FakeCVAT, Job, Project, Task
 
     server = FakeCVAT().start()
-    server.tasks[1] = Task(1, "line-1", ["scratch", "bent"], [],
-                           [Job(11, 1, range(0, 6)), Job(12, 1, range(6, 12), "in progress", "annotation")])
+    server.tasks[1] = Task(
+        1,
+        "line-1",
+        ["scratch", "bent"],
+        [],
+        [Job(11, 1, range(0, 6)), Job(12, 1, range(6, 12), "in progress", "annotation")],
+    )
     server.projects[5] = Project(5, "metal-nuts", ["scratch", "bent"])
     server.tasks[3] = Task(3, "line-3", ["scratch", "bent"], [], [Job(31, 3, range(0, 4))], project_id=5)
     monkeypatch.setenv("CVAT_URL", server.url)
@@ -180,13 +195,20 @@ def test_submit_keys_an_s3_archive_on_its_etag(fake_kfp, monkeypatch):
     server.start()
     try:
         # moto takes any key pair; made up per run.
-        env = {"AWS_S3_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
-               "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16)}
+        env = {
+            "AWS_S3_ENDPOINT": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": secrets.token_hex(8),
+            "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        }
         for key, value in env.items():
             monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=env["AWS_S3_ENDPOINT"], region_name="us-east-1",
-                          aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-                          aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=env["AWS_S3_ENDPOINT"],
+            region_name="us-east-1",
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
         s3.create_bucket(Bucket="data")
         s3.put_object(Bucket="data", Key="exports/nuts.zip", Body=b"first export")
         args = {"data_source": "s3://data/exports/nuts.zip"}
@@ -207,12 +229,18 @@ def test_submit_keys_an_s3_archive_on_its_etag(fake_kfp, monkeypatch):
 
 def test_submit_takes_the_token_from_kubeconfig(fake_kfp, tmp_path, monkeypatch):
     kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
-        "clusters": [{"name": "c", "cluster": {"server": "https://api.example.com:6443"}}],
-        "users": [{"name": "u", "user": {"token": "test-token"}}],
-        "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "u"}}],
-    }))
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "dev",
+                "clusters": [{"name": "c", "cluster": {"server": "https://api.example.com:6443"}}],
+                "users": [{"name": "u", "user": {"token": "test-token"}}],
+                "contexts": [{"name": "dev", "context": {"cluster": "c", "user": "u"}}],
+            }
+        )
+    )
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     sub = submit(fake_kfp.url, arguments={"data_source": "s3://b/x.zip"})
     assert sub.run_id in fake_kfp.runs
@@ -239,23 +267,35 @@ def _self_signed(tmp_path):
     now = dt.datetime.now(dt.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vinspect test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-          .not_valid_after(now + dt.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     paths = {name: tmp_path / f"{name}.pem" for name in ("ca", "cert", "key")}
     paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+    paths["key"].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return paths
 
 
@@ -308,24 +348,37 @@ def test_schedule_refuses_a_five_field_cron_before_sending_anything(fake_kfp, mo
     assert fake_kfp.requests == []
 
 
-@pytest.mark.parametrize("expr", ["0 0 3 * * *", "0 */15 * * * *", "0 0 9 ? * 2-6", "0 30 2 1,15 * MON-FRI",
-                                  "@daily", "@every 6h", "  0 0   3 * * * "])
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0 0 3 * * *",
+        "0 */15 * * * *",
+        "0 0 9 ? * 2-6",
+        "0 30 2 1,15 * MON-FRI",
+        "@daily",
+        "@every 6h",
+        "  0 0   3 * * * ",
+    ],
+)
 def test_valid_cron(expr):
     assert validate_cron(expr) == " ".join(expr.split())
 
 
-@pytest.mark.parametrize("expr,message", [
-    ("0 3 * * *", "5 fields"),
-    ("* * *", "3 fields"),
-    ("0 0 25 * * *", "hour 25 is out of range 0-23"),
-    ("0 61 3 * * *", "minute 61"),
-    ("0 0 3 * 13 *", "month 13"),
-    ("0 0 3 * * 7", "day of week 7"),
-    ("0 0 3 * * x", "expected a number"),
-    ("0 */0 3 * * *", "step"),
-    ("? 0 3 * * *", "'?' is only allowed"),
-    ("@fortnightly", "unknown descriptor"),
-])
+@pytest.mark.parametrize(
+    "expr,message",
+    [
+        ("0 3 * * *", "5 fields"),
+        ("* * *", "3 fields"),
+        ("0 0 25 * * *", "hour 25 is out of range 0-23"),
+        ("0 61 3 * * *", "minute 61"),
+        ("0 0 3 * 13 *", "month 13"),
+        ("0 0 3 * * 7", "day of week 7"),
+        ("0 0 3 * * x", "expected a number"),
+        ("0 */0 3 * * *", "step"),
+        ("? 0 3 * * *", "'?' is only allowed"),
+        ("@fortnightly", "unknown descriptor"),
+    ],
+)
 def test_invalid_cron(expr, message):
     with pytest.raises(CronError, match=re.escape(message)):
         validate_cron(expr)
@@ -336,13 +389,29 @@ def test_cli_submit_and_schedule(fake_kfp, monkeypatch):
 
     monkeypatch.setenv("KFP_TOKEN", "test-token")
     runner = CliRunner()
-    result = runner.invoke(app, ["pipeline", "submit", "--host", fake_kfp.url, "--data", "s3://b/x.zip",
-                                 "-p", "epochs=3", "-p", "gpu_node_selector={\"nvidia.com/gpu.product\": \"A100\"}"])
+    result = runner.invoke(
+        app,
+        [
+            "pipeline",
+            "submit",
+            "--host",
+            fake_kfp.url,
+            "--data",
+            "s3://b/x.zip",
+            "-p",
+            "epochs=3",
+            "-p",
+            'gpu_node_selector={"nvidia.com/gpu.product": "A100"}',
+        ],
+    )
     assert result.exit_code == 0, result.output
     (run,) = fake_kfp.calls("POST", "/runs")
     assert run.body["runtime_config"]["parameters"] == {
-        "data_source": "s3://b/x.zip", "epochs": 3, "gpu_node_selector": {"nvidia.com/gpu.product": "A100"}}
-    out = json.loads(result.output[result.output.index("{"):])
+        "data_source": "s3://b/x.zip",
+        "epochs": 3,
+        "gpu_node_selector": {"nvidia.com/gpu.product": "A100"},
+    }
+    out = json.loads(result.output[result.output.index("{") :])
     assert out["run_id"] == run.body.get("run_id") or out["run_id"] in fake_kfp.runs
     # No S3 settings here: the run is the uncached version, and the output says why.
     assert "note: caching off for this run" in result.output and "S3 is not configured here" in result.output
@@ -351,8 +420,9 @@ def test_cli_submit_and_schedule(fake_kfp, monkeypatch):
     bad = runner.invoke(app, ["pipeline", "schedule", "--cron", "0 3 * * *", "--host", fake_kfp.url])
     assert bad.exit_code == 1 and "KFP cron has 6" in bad.output
     assert not fake_kfp.calls("POST", "/recurringruns")
-    good = runner.invoke(app, ["pipeline", "schedule", "--cron", "0 0 3 * * *", "--host", fake_kfp.url,
-                               "--data", "s3://b/x.zip"])
+    good = runner.invoke(
+        app, ["pipeline", "schedule", "--cron", "0 0 3 * * *", "--host", fake_kfp.url, "--data", "s3://b/x.zip"]
+    )
     assert good.exit_code == 0, good.output
     assert len(fake_kfp.calls("POST", "/recurringruns")) == 1
 

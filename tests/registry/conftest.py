@@ -112,7 +112,11 @@ def cheap_versions(mlflow_client, logged_model, bucket) -> Callable[[str, int], 
                 "storage_uri": storage_uri(bucket, model_name, version),
                 "run_id": source.run_id,
             }
-            for tag, value in {TAG_S3_URI: info["s3_uri"], TAG_STORAGE_URI: info["storage_uri"], TAG_DATASET: DATASET_A}.items():
+            for tag, value in {
+                TAG_S3_URI: info["s3_uri"],
+                TAG_STORAGE_URI: info["storage_uri"],
+                TAG_DATASET: DATASET_A,
+            }.items():
                 mlflow_client.set_model_version_tag(model_name, version, tag, value)
             out[version] = info
         return out
@@ -147,8 +151,7 @@ def http_model_server(s3, bucket, local_stack, monkeypatch):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False, token=token,
-                      model_roots=[f"s3://{bucket}"])
+    app_ = create_app(ModelRepository(lambda: s3), load_on_startup=False, token=token, model_roots=[f"s3://{bucket}"])
     server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -29,7 +29,14 @@ from kubernetes.client.exceptions import ApiException
 def _error(status: int, reason: str, message: str) -> ApiException:
     exc = ApiException(status=status, reason=reason)
     exc.body = json.dumps(
-        {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason, "code": status}
+        {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": status,
+        }
     )
     return exc
 
@@ -144,7 +151,9 @@ class FakeCustomObjectsApi:
 
     def list_namespaced_custom_object(self, group, version, namespace, plural, **_kw) -> dict:
         self.calls.append(("list", plural, ""))
-        items = [copy.deepcopy(o) for (g, p, ns, _), o in self.objects.items() if (g, p, ns) == (group, plural, namespace)]
+        items = [
+            copy.deepcopy(o) for (g, p, ns, _), o in self.objects.items() if (g, p, ns) == (group, plural, namespace)
+        ]
         return {"apiVersion": f"{group}/{version}", "kind": "List", "items": items}
 
     def create_namespaced_custom_object(self, group, version, namespace, plural, body, **_kw) -> dict:
@@ -182,7 +191,8 @@ class FakeCustomObjectsApi:
         want_rv = (body.get("metadata") or {}).get("resourceVersion")
         if want_rv is not None and want_rv != obj["metadata"]["resourceVersion"]:
             raise _error(
-                409, "Conflict",
+                409,
+                "Conflict",
                 f'Operation cannot be fulfilled on {plural} "{name}": the object has been modified; '
                 f"please apply your changes to the latest version and try again",
             )

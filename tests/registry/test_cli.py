@@ -68,8 +68,6 @@ def test_runs_compare_table_and_plot(env, register, model_name, tmp_path):
     assert code == 1 and "no MLflow experiment 'nope-experiment'" in out
 
 
-
-
 def test_promote_and_rollback_with_local_deploy(env, register, http_model_server, mlflow_client, tmp_path):
     import httpx
 
@@ -111,8 +109,21 @@ def test_promote_with_kserve_deploy(env, cheap_versions, model_name, mlflow_clie
     assert code == 1 and "--deploy kserve needs --namespace and --data-connection" in out
     assert kube.objects == {}
     code, out = _run(
-        "model", "promote", "1", "--model", model_name, "--deploy", "kserve", "-n", "vinspect",
-        "--data-connection", "aws-connection-models", "--mode", "modelmesh", "--timeout", "5",
+        "model",
+        "promote",
+        "1",
+        "--model",
+        model_name,
+        "--deploy",
+        "kserve",
+        "-n",
+        "vinspect",
+        "--data-connection",
+        "aws-connection-models",
+        "--mode",
+        "modelmesh",
+        "--timeout",
+        "5",
     )
     assert code == 0 and "deployed v1" in out, out
     isvc = kube.stored("inferenceservices", "vinspect", model_name)

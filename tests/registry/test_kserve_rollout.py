@@ -43,8 +43,12 @@ def registered(cheap_versions, model_name) -> dict[str, dict]:
 
 def test_fake_api_semantics():
     kube = FakeCustomObjectsApi(ready_after=2)
-    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "m", "namespace": NS}, "spec": {"predictor": {"model": {"runtime": "a"}}}}
+    body = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "m", "namespace": NS},
+        "spec": {"predictor": {"model": {"runtime": "a"}}},
+    }
     created = kube.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", body)
     with pytest.raises(ApiException) as exc:
         kube.create_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", body)
@@ -56,8 +60,10 @@ def test_fake_api_semantics():
     with pytest.raises(ApiException) as exc:
         kube.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "m", stale)
     assert exc.value.status == 409
-    fresh = {"metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
-             "spec": {"predictor": {"model": {"runtime": "b", "extra": None}}}}
+    fresh = {
+        "metadata": {"resourceVersion": created["metadata"]["resourceVersion"]},
+        "spec": {"predictor": {"model": {"runtime": "b", "extra": None}}},
+    }
     patched = kube.patch_namespaced_custom_object("serving.kserve.io", "v1beta1", NS, "inferenceservices", "m", fresh)
     assert patched["metadata"]["generation"] == 2
     assert patched["metadata"]["resourceVersion"] != created["metadata"]["resourceVersion"]
@@ -72,9 +78,12 @@ def test_fake_api_semantics():
 
 def test_apply_creates_then_patches_and_retries_a_conflict():
     kube = FakeCustomObjectsApi()
-    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "m", "namespace": NS, "labels": {"vinspect.io/model-version": "1"}},
-            "spec": {"predictor": {"model": {"runtime": "a", "storageUri": "s3://b/m/1/"}}}}
+    body = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "m", "namespace": NS, "labels": {"vinspect.io/model-version": "1"}},
+        "spec": {"predictor": {"model": {"runtime": "a", "storageUri": "s3://b/m/1/"}}},
+    }
     _, action = apply_object(kube, body, **ISVC)
     assert action == "created"
     assert apply_object(kube, body, **ISVC)[1] == "unchanged"
@@ -97,8 +106,12 @@ def test_apply_creates_then_patches_and_retries_a_conflict():
 
 def test_wait_ready_times_out_with_the_conditions():
     kube = FakeCustomObjectsApi(never_ready=lambda obj: True)
-    body = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-            "metadata": {"name": "m", "namespace": NS}, "spec": {"predictor": {}}}
+    body = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {"name": "m", "namespace": NS},
+        "spec": {"predictor": {}},
+    }
     apply_object(kube, body, **ISVC)
     with pytest.raises(RolloutError, match=r"not Ready after 0.2s; conditions: .*Ready=False \(Progressing"):
         wait_ready(kube, namespace=NS, name="m", timeout_s=0.2, poll_s=0.01, **ISVC)
@@ -109,8 +122,14 @@ def test_wait_ready_times_out_with_the_conditions():
 
 def test_first_rollout_creates_runtime_and_service_then_moves_champion(kube_ok, mlflow_client, model_name, registered):
     seen = []
-    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1",
-                     smoke=lambda url, name: seen.append((url, name)) or {"ok": True})
+    result = _deploy(
+        kube_ok,
+        mlflow_client,
+        model_name,
+        registered,
+        "1",
+        smoke=lambda url, name: seen.append((url, name)) or {"ok": True},
+    )
     assert result["status"] == "deployed", result["reason"]
     assert result["action"] == "created"
     assert seen == [(f"http://{model_name}-predictor.{NS}.svc.cluster.local", model_name)]
@@ -194,8 +213,9 @@ def test_alias_failure_after_ready_restores_spec_and_alias(kube_ok, mlflow_clien
 
 def test_modelmesh_smoke_uses_the_rest_url(kube_ok, mlflow_client, model_name, registered):
     seen = []
-    result = _deploy(kube_ok, mlflow_client, model_name, registered, "1", mode="modelmesh",
-                     smoke=lambda url, name: seen.append(url))
+    result = _deploy(
+        kube_ok, mlflow_client, model_name, registered, "1", mode="modelmesh", smoke=lambda url, name: seen.append(url)
+    )
     assert result["status"] == "deployed"
     assert seen == [f"http://modelmesh-serving.{NS}:8008"]
     assert kube_ok.stored("servingruntimes", NS, "ovms")["spec"]["multiModel"] is True
@@ -218,21 +238,23 @@ def test_a_failed_rollback_is_loud(kube_ok, mlflow_client, model_name, registere
         kube_ok.before_write = refuse  # the restoring patch will be refused
         raise SmokeTestError("expected ['bent'], found nothing")
 
-    with pytest.raises(RolloutError, match=r"smoke-testing failed.*rollback incomplete: restoring the InferenceService failed"):
+    with pytest.raises(
+        RolloutError, match=r"smoke-testing failed.*rollback incomplete: restoring the InferenceService failed"
+    ):
         _deploy(kube_ok, mlflow_client, model_name, registered, "2", smoke=smoke_then_break_the_api)
     assert get_champion(mlflow_client, model_name) == "1"  # the alias was still put back
 
 
-def test_rollout_publishes_the_served_versions_drift_reference(kube_ok, mlflow_client, model_name, registered,
-                                                               local_stack):
+def test_rollout_publishes_the_served_versions_drift_reference(
+    kube_ok, mlflow_client, model_name, registered, local_stack
+):
     # OVMS answers as version 1 for every rollout, so the processor reads the reference the
     # rollout publishes under <model>/serving/ once the version serves and is the champion.
     from components.rollout.kserve import s3_reference_publisher
     from serving import drift
 
     s3, bucket = local_stack.s3, local_stack.env["AWS_S3_BUCKET"]
-    ref = drift.compute_reference([({"brightness": 0.1 * i, "contrast": 0.2, "sharpness": 1.0}, [])
-                                   for i in range(10)])
+    ref = drift.compute_reference([({"brightness": 0.1 * i, "contrast": 0.2, "sharpness": 1.0}, []) for i in range(10)])
     for version in ("1", "2"):
         drift.save_reference(s3, bucket, model_name, version, dict(ref, model={"name": model_name, "version": version}))
     publish = s3_reference_publisher(s3, bucket)

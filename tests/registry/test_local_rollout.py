@@ -34,8 +34,9 @@ def server(s3, bucket):
 
     from serving.modelserver import ModelRepository, create_app
 
-    app = create_app(ModelRepository(lambda: s3), load_on_startup=False, token="rollout-test-token",
-                     model_roots=[f"s3://{bucket}"])
+    app = create_app(
+        ModelRepository(lambda: s3), load_on_startup=False, token="rollout-test-token", model_roots=[f"s3://{bucket}"]
+    )
     with TestClient(app, headers={"Authorization": "Bearer rollout-test-token"}) as client:
         yield client
 

@@ -51,7 +51,10 @@ def test_alias_promote_and_rollback_notify(webhook, cheap_versions, model_name):
     _run("model", "rollback", "--model", model_name)
     seen = _seen(webhook, model_name)
     assert [(t, d["version"], d.get("previous_version", d.get("from_version"))) for t, d in seen] == [
-        (PROMOTED, "1", None), (PROMOTED, "2", "1"), (ROLLED_BACK, "1", "2")]
+        (PROMOTED, "1", None),
+        (PROMOTED, "2", "1"),
+        (ROLLED_BACK, "1", "2"),
+    ]
     assert seen[-1][1]["reason"] == "vinspect model rollback"
 
 

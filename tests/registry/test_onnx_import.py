@@ -40,11 +40,14 @@ def build_yolov5_onnx(path: Path, *, channels: int = 7, metadata: dict[str, str]
         helper.make_node("Add", ["base", "nothing"], ["output"]),
     ]
     graph = helper.make_graph(
-        nodes, "yolov5_layout",
+        nodes,
+        "yolov5_layout",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, V5_IMGSZ, V5_IMGSZ])],
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, V5_ANCHORS, channels])],
-        initializer=[numpy_helper.from_array(const, "base"),
-                     numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")],
+        initializer=[
+            numpy_helper.from_array(const, "base"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+        ],
     )
     # opset 12, as the original demo's export (YOLOv5 of 2021)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)], producer_name="pytorch")
@@ -70,7 +73,9 @@ def test_inspect_reads_the_yolov5_layout_and_the_names(tmp_path):
     with pytest.raises(RegistryError, match="no class names.*--names scratch,bent"):
         inspect_onnx(plain)
     # YOLOv5's own export writes the names as a Python dict literal.
-    tagged = build_yolov5_onnx(tmp_path / "tagged.onnx", metadata={"names": "{0: 'scratch', 1: 'bent'}", "stride": "32"})
+    tagged = build_yolov5_onnx(
+        tmp_path / "tagged.onnx", metadata={"names": "{0: 'scratch', 1: 'bent'}", "stride": "32"}
+    )
     assert inspect_onnx(tagged)["names"] == ["scratch", "bent"]
     with pytest.raises(RegistryError, match=r"output 'output' \[1, 25200, 9\] does not fit 2 class\(es\)"):
         inspect_onnx(build_yolov5_onnx(tmp_path / "nine.onnx", channels=9), ["scratch", "bent"])
@@ -80,35 +85,53 @@ def test_inspect_reads_the_yolov5_layout_and_the_names(tmp_path):
         inspect_onnx(not_onnx, ["scratch", "bent"])
 
 
-def test_register_the_demo_layout_then_serve_it(env, http_model_server, model_name, mlflow_client, s3, bucket, tmp_path):
+def test_register_the_demo_layout_then_serve_it(
+    env, http_model_server, model_name, mlflow_client, s3, bucket, tmp_path
+):
     model = build_yolov5_onnx(tmp_path / "manu-vi-best-yolov5m.onnx")
-    result = runner.invoke(app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent",
-                                 "--model", model_name])
+    result = runner.invoke(
+        app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent", "--model", model_name]
+    )
     assert result.exit_code == 0, result.output
     assert "v5 layout" in result.output and "[1, 25200, 7]" in result.output
     info = version_info(mlflow_client, model_name, "1")
     head = s3.head_object(Bucket=bucket, Key=f"{model_name}/1/1/model.onnx")
     assert head["ContentLength"] > 0 and info["storage_uri"] == f"s3://{bucket}/{model_name}/1/"
     # Registering the same file again is the same version, not a second one.
-    again = runner.invoke(app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent",
-                                "--model", model_name])
+    again = runner.invoke(
+        app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent", "--model", model_name]
+    )
     assert again.exit_code == 0 and f"{model_name} v1" in again.output
 
     # Serve it: the local rollout loads it, the smoke test must find the bent nut, then champion.
     Image.fromarray(np.full((700, 700, 3), 120, dtype=np.uint8)).save(tmp_path / "bent.png")
     golden = tmp_path / "golden.json"
     golden.write_text(json.dumps({"bent.png": ["bent"]}))
-    result = runner.invoke(app, ["model", "promote", "1", "--model", model_name, "--deploy", "local",
-                                 "--model-url", http_model_server, "--golden", str(golden)])
+    result = runner.invoke(
+        app,
+        [
+            "model",
+            "promote",
+            "1",
+            "--model",
+            model_name,
+            "--deploy",
+            "local",
+            "--model-url",
+            http_model_server,
+            "--golden",
+            str(golden),
+        ],
+    )
     assert result.exit_code == 0 and "deployed v1" in result.output, result.output
     assert get_champion(mlflow_client, model_name) == "1"
 
     # And the processor's path finds it: v2 over HTTP, the detector core's YOLOv5 decoding.
     import os
 
+    from serving.events import image_event
     from serving.model_client import ModelClient
     from serving.processor import Inspector
-    from serving.events import image_event
 
     jpeg = tmp_path / "frame.jpg"
     Image.fromarray(np.full((700, 700, 3), 120, dtype=np.uint8)).save(jpeg)
@@ -122,13 +145,29 @@ def test_a_gate_rejection_registers_nothing(env, model_name, mlflow_client, tmp_
 
     data = _dataset(tmp_path / "ds", {"a_bent": [1], "b_scratch": [0]})
     model = build_yolov5_onnx(tmp_path / "m.onnx")
-    result = runner.invoke(app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent",
-                                 "--model", model_name, "--data", str(data), "--floors", '{"map50": 0.99}'])
+    result = runner.invoke(
+        app,
+        [
+            "model",
+            "register",
+            "--onnx",
+            str(model),
+            "--names",
+            "scratch,bent",
+            "--model",
+            model_name,
+            "--data",
+            str(data),
+            "--floors",
+            '{"map50": 0.99}',
+        ],
+    )
     assert result.exit_code == 1 and "quality gate rejected" in result.output, result.output
     from mlflow.exceptions import MlflowException
 
     with pytest.raises(MlflowException):
         mlflow_client.get_model_version(model_name, "1")
-    result = runner.invoke(app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent",
-                                 "--model", model_name, "--gate"])
+    result = runner.invoke(
+        app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent", "--model", model_name, "--gate"]
+    )
     assert result.exit_code == 1 and "needs a dataset" in result.output

@@ -129,8 +129,14 @@ def test_concurrent_cli_promotes(local_stack, cheap_versions, model_name, mlflow
     restore_champion(mlflow_client, model_name, "1", [])
     env = {**os.environ, **local_stack.env, "PYTHONPATH": REPO}
     procs = [
-        subprocess.Popen([sys.executable, "-m", "vinspect", "model", "promote", v, "--model", model_name],
-                         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "vinspect", "model", "promote", v, "--model", model_name],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for v in ("2", "3")
     ]
     outs = [p.communicate(timeout=120)[0] for p in procs]

@@ -126,7 +126,8 @@ def test_promote_then_rollback_returns_to_the_first_champion(three, mlflow_clien
     assert promote(mlflow_client, model_name, "3")["previous"] == "2"
     assert promote(mlflow_client, model_name, "3")["changed"] is False  # no duplicate history entry
     assert {"name": model_name, "champion": "2", "rolled_back_from": "3"}.items() <= rollback(
-        mlflow_client, model_name).items()
+        mlflow_client, model_name
+    ).items()
     assert rollback(mlflow_client, model_name)["champion"] == "1"
     assert get_champion(mlflow_client, model_name) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
@@ -159,9 +160,18 @@ def test_champion_metrics_only_on_the_same_dataset(three, mlflow_client, model_n
 def test_register_rejects_bad_inputs_before_writing(mlflow_client, s3, bucket, model_name, tmp_path):
     onnx_path = build_tiny_onnx(tmp_path / "m.onnx")
     common = dict(
-        onnx_path=onnx_path, model_name=model_name, bucket=bucket, params={}, metrics={},
-        epoch_metrics_csv=None, plots=[], dataset_id=DATASET_A, dataset_uri=None,
-        git_revision=None, pipeline_run_id="run-1", experiment=f"vinspect-tests-{model_name}",
+        onnx_path=onnx_path,
+        model_name=model_name,
+        bucket=bucket,
+        params={},
+        metrics={},
+        epoch_metrics_csv=None,
+        plots=[],
+        dataset_id=DATASET_A,
+        dataset_uri=None,
+        git_revision=None,
+        pipeline_run_id="run-1",
+        experiment=f"vinspect-tests-{model_name}",
     )
     with pytest.raises(RegistryError, match="no-such-bucket"):
         register_model(mlflow_client, s3, **{**common, "bucket": "no-such-bucket"})

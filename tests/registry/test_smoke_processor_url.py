@@ -15,11 +15,16 @@ import pytest
 
 from components.registry import get_champion
 from tests.registry.fake_kube import FakeCustomObjectsApi
-from tests.registry.test_smoke_rule import BOTH, dataset  # noqa: F401 - the dataset fixture
+from tests.registry.test_smoke_rule import BOTH, golden_dataset
 from tests.registry.tiny_model import build_tiny_onnx
 from tests.serving.conftest import ThreadServer, free_port
 
 TOKEN = "smoke-url-test-token"
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    return golden_dataset(tmp_path / "ds")
 
 
 @pytest.fixture
@@ -51,17 +56,34 @@ def cluster(local_stack, predictor, monkeypatch):
     return kube
 
 
-def _step(dataset, model_name, version):  # noqa: F811
+def _step(dataset, model_name, version):
     from components.kfp.rollout import rollout
 
-    return rollout(SimpleNamespace(path=str(dataset)), model_name=model_name, version=version["version"],
-                   storage_uri=version["storage_uri"], serving_mode="raw", namespace="vinspect-models",
-                   inference_service="", data_connection="aws-connection-models", smoke_images=1,
-                   timeout_s=10, smoke_min_classes=-1, smoke_conf=0.1)
+    return rollout(
+        SimpleNamespace(path=str(dataset)),
+        model_name=model_name,
+        version=version["version"],
+        storage_uri=version["storage_uri"],
+        serving_mode="raw",
+        namespace="vinspect-models",
+        inference_service="",
+        data_connection="aws-connection-models",
+        smoke_images=1,
+        timeout_s=10,
+        smoke_min_classes=-1,
+        smoke_conf=0.1,
+    )
 
 
-def test_a_processor_url_that_reaches_nothing_rolls_back(cluster, predictor, dataset, cheap_versions,  # noqa: F811
-                                                          model_name, mlflow_client, monkeypatch):
+def test_a_processor_url_that_reaches_nothing_rolls_back(
+    cluster,
+    predictor,
+    dataset,
+    cheap_versions,
+    model_name,
+    mlflow_client,
+    monkeypatch,
+):
     versions = cheap_versions(model_name, 1)
     dead = f"http://127.0.0.1:{free_port()}"  # the headless Service's :80: nothing listens
     monkeypatch.setenv("VINSPECT_PROCESSOR_MODEL_URL", dead)
@@ -73,9 +95,15 @@ def test_a_processor_url_that_reaches_nothing_rolls_back(cluster, predictor, dat
     assert cluster.stored("inferenceservices", "vinspect-models", predictor[1]) is None  # removed again
 
 
-def test_the_processor_url_and_model_name_are_what_the_smoke_test_calls(cluster, predictor, dataset,  # noqa: F811
-                                                                         cheap_versions, model_name,
-                                                                         mlflow_client, monkeypatch):
+def test_the_processor_url_and_model_name_are_what_the_smoke_test_calls(
+    cluster,
+    predictor,
+    dataset,
+    cheap_versions,
+    model_name,
+    mlflow_client,
+    monkeypatch,
+):
     versions = cheap_versions(model_name, 2)
     status_url, served = predictor
     # The processor's URL works: deployed.

@@ -40,11 +40,24 @@ def _dataset(root: Path, labels: dict[str, list[int] | None]) -> Path:
     return root
 
 
+def golden_dataset(root: Path) -> Path:
+    """A dataset whose validation images cover each smoke-test case (bent, both, good, scratch)."""
+    return _dataset(
+        root,
+        {
+            "a_bent": [1],
+            "b_both": [0, 1, 1],
+            "c_good": None,
+            "c_good_empty": [],
+            "d_scratch": [0],
+            "e_bent": [1],
+        },
+    )
+
+
 @pytest.fixture
 def dataset(tmp_path) -> Path:
-    return _dataset(tmp_path / "ds", {
-        "a_bent": [1], "b_both": [0, 1, 1], "c_good": None, "c_good_empty": [], "d_scratch": [0], "e_bent": [1],
-    })
+    return golden_dataset(tmp_path / "ds")
 
 
 def _names(golden):
@@ -53,9 +66,14 @@ def _names(golden):
 
 def test_golden_images_are_the_first_per_class_with_their_label_classes(dataset):
     assert _names(golden_from_split(dataset, CLASSES, per_class=1)) == [
-        ("a_bent.png", ["bent"]), ("b_both.png", ["bent", "scratch"])]
+        ("a_bent.png", ["bent"]),
+        ("b_both.png", ["bent", "scratch"]),
+    ]
     assert _names(golden_from_split(dataset, CLASSES, per_class=2)) == [
-        ("a_bent.png", ["bent"]), ("b_both.png", ["bent", "scratch"]), ("d_scratch.png", ["scratch"])]
+        ("a_bent.png", ["bent"]),
+        ("b_both.png", ["bent", "scratch"]),
+        ("d_scratch.png", ["scratch"]),
+    ]
     assert len(golden_from_split(dataset, CLASSES, per_class=10)) == 4  # never an image without boxes
 
 
@@ -77,14 +95,17 @@ def served(tmp_path):
     def _fail():
         raise AssertionError("no S3 in these tests")
 
-    app = create_app(ModelRepository(_fail), load_on_startup=False, token="smoke-test-token",
-                     model_roots=[str(tmp_path)])
+    app = create_app(
+        ModelRepository(_fail), load_on_startup=False, token="smoke-test-token", model_roots=[str(tmp_path)]
+    )
     with TestClient(app, headers={"Authorization": "Bearer smoke-test-token"}) as client:
+
         def _serve(detections):
             name = f"rule-{uuid.uuid4().hex[:6]}"
             path = build_tiny_onnx(tmp_path / f"{name}.onnx", detections, tag=name)
-            resp = client.post(f"/v2/repository/models/{name}/load",
-                               json={"parameters": {"uri": str(path), "version": "1"}})
+            resp = client.post(
+                f"/v2/repository/models/{name}/load", json={"parameters": {"uri": str(path), "version": "1"}}
+            )
             assert resp.status_code == 200, resp.text
             return client, name
 
@@ -154,11 +175,17 @@ def _ca_pem(tmp_path: Path) -> Path:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "openshift-service-serving-signer-test")])
     now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
     path = tmp_path / "service-ca.crt"
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return path
@@ -199,19 +226,36 @@ def test_raw_rollout_smoke_gets_the_service_ca_the_token_and_the_dataset_classes
         return lambda url, model: {}
 
     monkeypatch.setattr(components.rollout, "make_v2_smoke", fake_smoke)
-    monkeypatch.setattr(components.rollout, "rollout_kserve",
-                        lambda *a, **kw: {"status": "deployed", "url": "https://m-predictor.ns.svc:8443"})
-    out = rollout(SimpleNamespace(path=str(dataset)), model_name="m", version="3", storage_uri="s3://b/m/3/",
-                  serving_mode="raw", namespace="ns", inference_service="", data_connection="dc",
-                  smoke_images=1, timeout_s=5, smoke_min_classes=-1, smoke_conf=0.1)
+    monkeypatch.setattr(
+        components.rollout,
+        "rollout_kserve",
+        lambda *a, **kw: {"status": "deployed", "url": "https://m-predictor.ns.svc:8443"},
+    )
+    out = rollout(
+        SimpleNamespace(path=str(dataset)),
+        model_name="m",
+        version="3",
+        storage_uri="s3://b/m/3/",
+        serving_mode="raw",
+        namespace="ns",
+        inference_service="",
+        data_connection="dc",
+        smoke_images=1,
+        timeout_s=5,
+        smoke_min_classes=-1,
+        smoke_conf=0.1,
+    )
     assert out.status == "deployed"
     assert seen["token"] == "model-token" and seen["min_classes"] == -1 and seen["names"] == CLASSES
-    assert isinstance(seen["verify"], ssl.SSLContext) and "openshift-service-serving-signer-test" in _subjects(seen["verify"])
+    assert isinstance(seen["verify"], ssl.SSLContext) and "openshift-service-serving-signer-test" in _subjects(
+        seen["verify"]
+    )
     assert _names(seen["golden"]) == [("a_bent.png", ["bent"]), ("b_both.png", ["bent", "scratch"])]
 
 
-def test_local_rollout_step_applies_the_rule_and_rolls_back(local_stack, register, http_model_server, tmp_path,
-                                                           dataset, mlflow_client, monkeypatch):
+def test_local_rollout_step_applies_the_rule_and_rolls_back(
+    local_stack, register, http_model_server, tmp_path, dataset, mlflow_client, monkeypatch
+):
     """The step end to end on the real stack: a model blind to one class is rolled back by default."""
     from components.kfp.rollout import rollout
     from components.registry import get_champion
@@ -223,17 +267,34 @@ def test_local_rollout_step_applies_the_rule_and_rolls_back(local_stack, registe
     name = f"tiny-rule-{uuid.uuid4().hex[:8]}"
     good = register(name, "run-both", detections=BOTH)
     bent_only = register(name, "run-bent", detections=BENT_IN_THE_MIDDLE)
-    args = dict(serving_mode="local", namespace="", inference_service="", data_connection="",
-                smoke_images=2, timeout_s=30)
+    args = dict(
+        serving_mode="local", namespace="", inference_service="", data_connection="", smoke_images=2, timeout_s=30
+    )
 
-    out = rollout(SimpleNamespace(path=str(dataset)), model_name=name, version=good["version"],
-                  storage_uri=good["storage_uri"], **args)
+    out = rollout(
+        SimpleNamespace(path=str(dataset)),
+        model_name=name,
+        version=good["version"],
+        storage_uri=good["storage_uri"],
+        **args,
+    )
     assert out.status == "deployed" and get_champion(mlflow_client, name) == good["version"]
     with pytest.raises(RuntimeError, match=r"rolled back.*found 1 of the 2 expected classes"):
-        rollout(SimpleNamespace(path=str(dataset)), model_name=name, version=bent_only["version"],
-                storage_uri=bent_only["storage_uri"], **args)
+        rollout(
+            SimpleNamespace(path=str(dataset)),
+            model_name=name,
+            version=bent_only["version"],
+            storage_uri=bent_only["storage_uri"],
+            **args,
+        )
     assert get_champion(mlflow_client, name) == good["version"]
     # The same model passes a rule asking for one class.
-    out = rollout(SimpleNamespace(path=str(dataset)), model_name=name, version=bent_only["version"],
-                  storage_uri=bent_only["storage_uri"], smoke_min_classes=1, **args)
+    out = rollout(
+        SimpleNamespace(path=str(dataset)),
+        model_name=name,
+        version=bent_only["version"],
+        storage_uri=bent_only["storage_uri"],
+        smoke_min_classes=1,
+        **args,
+    )
     assert out.status == "deployed" and get_champion(mlflow_client, name) == bent_only["version"]

@@ -31,10 +31,21 @@ def registered(mlflow_client, s3, bucket, tmp_path_factory):
     export_variants(onnx, root / "v", calibration=[], variants=("fp32", "auto"))
     name = f"tiny-variants-{uuid.uuid4().hex[:8]}"
     info = register_model(
-        mlflow_client, s3, onnx_path=onnx, model_name=name, bucket=bucket, params={"model": "tiny"},
+        mlflow_client,
+        s3,
+        onnx_path=onnx,
+        model_name=name,
+        bucket=bucket,
+        params={"model": "tiny"},
         metrics={"map50": 0.5, "variant_fp32_map50_95": 0.3, "variant_fp32_latency_ms": 1.0},
-        epoch_metrics_csv=None, plots=[], dataset_id="a" * 64, dataset_uri=None, git_revision=None,
-        pipeline_run_id="run-variants", experiment=f"vinspect-tests-{name}", variants_dir=root / "v",
+        epoch_metrics_csv=None,
+        plots=[],
+        dataset_id="a" * 64,
+        dataset_uri=None,
+        git_revision=None,
+        pipeline_run_id="run-variants",
+        experiment=f"vinspect-tests-{name}",
+        variants_dir=root / "v",
         variant="fp32",
     )
     return name, info, root
@@ -45,7 +56,8 @@ def test_register_stores_every_variant_under_the_version_and_tags_the_choice(reg
     v = info["version"]
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/{v}/")["Contents"]}
     assert keys == {f"{name}/{v}/1/model.onnx"} | {
-        f"{name}/{v}/{variant}/1/model.{ext}" for variant in ("fp32", "auto") for ext in ("xml", "bin")}
+        f"{name}/{v}/{variant}/1/model.{ext}" for variant in ("fp32", "auto") for ext in ("xml", "bin")
+    }
     assert info["storage_uri"] == f"s3://{bucket}/{name}/{v}/fp32/"
     tags = mlflow_client.get_model_version(name, v).tags
     assert tags[TAG_VARIANT] == "fp32" and tags[TAG_VARIANT_PRECISION] == "f32"
@@ -59,10 +71,23 @@ def test_register_refuses_a_variant_it_does_not_have(registered, mlflow_client, 
 
     name, _, root = registered
     with pytest.raises(RegistryError, match="variant 'int8' is not in"):
-        register_model(mlflow_client, s3, onnx_path=root / "model.onnx", model_name=name, bucket=bucket,
-                       params={}, metrics={}, epoch_metrics_csv=None, plots=[], dataset_id="a" * 64,
-                       dataset_uri=None, git_revision=None, pipeline_run_id="run-x", variants_dir=root / "v",
-                       variant="int8")
+        register_model(
+            mlflow_client,
+            s3,
+            onnx_path=root / "model.onnx",
+            model_name=name,
+            bucket=bucket,
+            params={},
+            metrics={},
+            epoch_metrics_csv=None,
+            plots=[],
+            dataset_id="a" * 64,
+            dataset_uri=None,
+            git_revision=None,
+            pipeline_run_id="run-x",
+            variants_dir=root / "v",
+            variant="int8",
+        )
 
 
 def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, tmp_path):
@@ -89,9 +114,17 @@ def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, 
 def test_kserve_rollout_points_the_inference_service_at_the_variant(registered, mlflow_client):
     name, info, _ = registered
     kube = FakeCustomObjectsApi(ready_after=1)
-    result = rollout_kserve(kube, mlflow_client, namespace="vinspect", model_name=name, version=info["version"],
-                            storage_uri=info["storage_uri"], data_connection="aws-connection-models",
-                            timeout_s=5.0, poll_s=0.01)  # variant and precision from the version's tags
+    result = rollout_kserve(
+        kube,
+        mlflow_client,
+        namespace="vinspect",
+        model_name=name,
+        version=info["version"],
+        storage_uri=info["storage_uri"],
+        data_connection="aws-connection-models",
+        timeout_s=5.0,
+        poll_s=0.01,
+    )  # variant and precision from the version's tags
     assert result["status"] == "deployed", result["reason"]
     model = kube.stored("inferenceservices", "vinspect", result["service"])["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "openvino_ir", "version": "opset13"}
@@ -107,7 +140,8 @@ def test_render_variant_formats_and_the_modelmesh_limit():
     onnx = render_inference_service(storage_uri="s3://b/m/1/", **common)
     assert onnx["spec"]["predictor"]["model"]["modelFormat"] == {"name": "onnx", "version": "1"}
     with pytest.raises(RenderError, match="ModelMesh cannot pass"):
-        render_inference_service(storage_uri="s3://b/m/1/fp32/", model_format="openvino_ir", precision="f32",
-                                 mode="modelmesh", **common)
+        render_inference_service(
+            storage_uri="s3://b/m/1/fp32/", model_format="openvino_ir", precision="f32", mode="modelmesh", **common
+        )
     with pytest.raises(RenderError, match="model_format 'tflite'"):
         render_inference_service(storage_uri="s3://b/m/1/", model_format="tflite", **common)

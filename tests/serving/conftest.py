@@ -46,7 +46,11 @@ def _export(out: Path, imgsz: int) -> Path:
     env = {**os.environ, "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "false"}
     proc = subprocess.run(
         [PYTHON, "-c", _EXPORT, str(out), str(imgsz), str(OPSET)],
-        cwd=out, env=env, capture_output=True, text=True, timeout=300,
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"ONNX export failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -91,7 +95,10 @@ class Proc:
         self.log_path = log_path
         self._log = open(log_path, "ab")
         self.popen = subprocess.Popen(
-            args, cwd=REPO, env={**os.environ, **(env or {})}, stdout=self._log,
+            args,
+            cwd=REPO,
+            env={**os.environ, **(env or {})},
+            stdout=self._log,
             stderr=subprocess.STDOUT,
         )
 
@@ -158,8 +165,7 @@ class ThreadServer:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                           access_log=False, **config)
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", access_log=False, **config)
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

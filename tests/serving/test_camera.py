@@ -11,7 +11,6 @@ import time
 import uuid
 import zipfile
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -80,8 +79,14 @@ def test_frame_stream_loops_and_shuffles():
 def _consume(bootstrap: str, topic: str, n: int, timeout: float = 30) -> list:
     from confluent_kafka import Consumer
 
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"t-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"t-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([topic])
     out, deadline = [], time.monotonic() + timeout
     try:
@@ -98,8 +103,14 @@ def test_legacy_records_to_kafka(local_stack):
     from confluent_kafka import Producer
 
     topic = f"legacy-{uuid.uuid4().hex[:6]}"
-    sent = produce_frames(Producer({"bootstrap.servers": local_stack.kafka_bootstrap}), topic,
-                          iter(load_frames("synthetic:4")), cameras=2, fps=0, legacy=True)
+    sent = produce_frames(
+        Producer({"bootstrap.servers": local_stack.kafka_bootstrap}),
+        topic,
+        iter(load_frames("synthetic:4")),
+        cameras=2,
+        fps=0,
+        legacy=True,
+    )
     assert sent == 4
     messages = _consume(local_stack.kafka_bootstrap, topic, 4)
     assert len(messages) == 4
@@ -116,11 +127,14 @@ def test_legacy_records_to_kafka(local_stack):
 
 def test_cli_camera_produces_cloudevents(local_stack):
     topic = f"cli-{uuid.uuid4().hex[:6]}"
-    env = {**local_stack.env, "VINSPECT_IMAGES_TOPIC": topic,
-           "VINSPECT_HOME": str(local_stack.config.state)}
+    env = {**local_stack.env, "VINSPECT_IMAGES_TOPIC": topic, "VINSPECT_HOME": str(local_stack.config.state)}
     proc = subprocess.run(
         [PYTHON, "-m", "vinspect", "serve", "camera", "synthetic:3", "--cameras", "3", "--fps", "20"],
-        cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=60,
+        cwd=REPO,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "sent 3 frames from 3 camera(s)" in proc.stdout
@@ -161,7 +175,10 @@ def test_frames_from_an_s3_prefix_are_read_lazily(local_stack):
 
     frames = load_frames(f"s3://{bucket}/{prefix}/", s3=Counting())
     assert [(f.name, f.label) for f in frames] == [
-        ("bent_001.png", "bent"), ("good_002.png", "good"), ("scratch/003.png", "scratch")]
+        ("bent_001.png", "bent"),
+        ("good_002.png", "good"),
+        ("scratch/003.png", "scratch"),
+    ]
     assert calls == []  # nothing read yet
     assert det.decode_image(encode_jpeg(frames[0].data)).shape == (30, 40, 3)
     assert calls == [f"{prefix}/bent_001.png"]
@@ -178,8 +195,7 @@ def test_camera_skips_a_decompression_bomb_and_goes_on(local_stack, tmp_path):
     (tmp_path / "b_good.png").write_bytes(_png_of(40, 30))
     frames = load_frames(tmp_path)
     topic = f"bomb-{uuid.uuid4().hex[:6]}"
-    sent = produce_frames(Producer({"bootstrap.servers": local_stack.kafka_bootstrap}), topic,
-                          iter(frames), fps=0)
+    sent = produce_frames(Producer({"bootstrap.servers": local_stack.kafka_bootstrap}), topic, iter(frames), fps=0)
     assert sent == 1
     (msg,) = _consume(local_stack.kafka_bootstrap, topic, 1)
     assert det.decode_image(msg.value()).shape == (30, 40, 3)
@@ -193,12 +209,14 @@ def test_cli_camera_streams_from_s3(local_stack):
     for i in range(2):
         s3.put_object(Bucket="vinspect-data", Key=f"{prefix}/good_{i}.png", Body=_png_of(40, 30))
     topic = f"cli-s3-{uuid.uuid4().hex[:6]}"
-    env = {**local_stack.env, "VINSPECT_IMAGES_TOPIC": topic,
-           "VINSPECT_HOME": str(local_stack.config.state)}
+    env = {**local_stack.env, "VINSPECT_IMAGES_TOPIC": topic, "VINSPECT_HOME": str(local_stack.config.state)}
     proc = subprocess.run(
-        [PYTHON, "-m", "vinspect", "serve", "camera", "--source", f"s3://vinspect-data/{prefix}/",
-         "--fps", "0"],
-        cwd=REPO, env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=60,
+        [PYTHON, "-m", "vinspect", "serve", "camera", "--source", f"s3://vinspect-data/{prefix}/", "--fps", "0"],
+        cwd=REPO,
+        env={**__import__("os").environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     assert "sent 2 frames from 1 camera(s)" in proc.stdout

@@ -20,8 +20,14 @@ from .conftest import ThreadServer, free_port
 BUCKET, PREFIX = "vinspect-data", "annotated-dash"
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 TOKEN = "dash-token-for-test"
 XSS = '<img src=x onerror="window.__pwned=1">'
 
@@ -48,12 +54,17 @@ def images(local_stack):
 
 def _result(camera: str, image_id: str, detections=(), image: str | None = None, **extra) -> dict:
     return {
-        "camera": camera, "image_id": image_id, "captured_at": "2026-11-29T00:00:00Z",
-        "label": extra.pop("label", "bent"), "passed": not detections,
-        "detections": list(detections), "image": {"width": 64, "height": 48},
+        "camera": camera,
+        "image_id": image_id,
+        "captured_at": "2026-11-29T00:00:00Z",
+        "label": extra.pop("label", "bent"),
+        "passed": not detections,
+        "detections": list(detections),
+        "image": {"width": 64, "height": 48},
         "model": {"name": "metal-nut", "version": "3"},
         "timings_ms": {"total": 12.5, "inference": 8.0},
-        "annotated_image": image if image is not None else _data_url(), **extra,
+        "annotated_image": image if image is not None else _data_url(),
+        **extra,
     }
 
 
@@ -68,8 +79,13 @@ def _post(url: str, data: dict, event_id: str, structured: bool = False, token: 
 def test_sanitize_keeps_known_fields_and_rejects_non_image_urls():
     view = sanitize_result(_result("c1", "i1", image="javascript:alert(1)", extra_field="x"), "e1")
     assert view["image"] is None and "extra_field" not in view
-    view = sanitize_result(_result("c1", "i1", detections=[
-        {"class_id": 1, "class_name": "bent", "score": "0.9", "box": [1, 2, 3, float("nan")]}]))
+    view = sanitize_result(
+        _result(
+            "c1",
+            "i1",
+            detections=[{"class_id": 1, "class_name": "bent", "score": "0.9", "box": [1, 2, 3, float("nan")]}],
+        )
+    )
     assert view["detections"] == [{"class_id": 1, "class_name": "bent", "score": 0.9, "box": None}]
     with pytest.raises(ValueError, match="camera"):
         sanitize_result({"detections": []})
@@ -99,23 +115,36 @@ def test_claim_check_images_are_fetched_through_the_dashboard(images):
     state = DashboardState(images=images)
     with ThreadServer(create_app(state)) as server:
         ref = {"bucket": BUCKET, "key": key, "content_type": "image/jpeg", "bytes": 1}
-        assert _post(server.url, _result("cam-0", "i1", image=ref, annotated_image_status="stored"),
-                     "i1").status_code == 202
+        assert (
+            _post(server.url, _result("cam-0", "i1", image=ref, annotated_image_status="stored"), "i1").status_code
+            == 202
+        )
         view = httpx.get(server.url + "/api/cameras").json()["cameras"][0]
         assert view["image"] == f"/images/{key}" and view["image_status"] == "stored"
         r = httpx.get(server.url + view["image"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
         assert r.content == _jpeg()
         # Only the configured bucket and prefix: an event cannot make the server read other objects.
-        for bad in ({"bucket": "models", "key": key}, {"bucket": BUCKET, "key": "other/x/y.jpg"},
-                    {"bucket": BUCKET, "key": f"{PREFIX}/../secrets/x.jpg"}):
+        for bad in (
+            {"bucket": "models", "key": key},
+            {"bucket": BUCKET, "key": "other/x/y.jpg"},
+            {"bucket": BUCKET, "key": f"{PREFIX}/../secrets/x.jpg"},
+        ):
             assert sanitize_result(_result("c", "i", image=bad), "e", images)["image"] is None
         assert httpx.get(server.url + "/images/other/x/y.jpg").status_code == 404
         assert httpx.get(server.url + f"/images/{PREFIX}/2026-12-06/cam-0/missing.jpg").status_code == 404
         # S3 down: the result was shown, its picture is a 503, the server goes on.
-        dead = ImageSource(__import__("boto3").client(
-            "s3", endpoint_url=f"http://127.0.0.1:{free_port()}", aws_access_key_id="x",
-            aws_secret_access_key="y", region_name="us-east-1"), BUCKET, PREFIX)
+        dead = ImageSource(
+            __import__("boto3").client(
+                "s3",
+                endpoint_url=f"http://127.0.0.1:{free_port()}",
+                aws_access_key_id="x",
+                aws_secret_access_key="y",
+                region_name="us-east-1",
+            ),
+            BUCKET,
+            PREFIX,
+        )
         state.images = dead
         assert httpx.get(server.url + f"/images/{key}", timeout=60).status_code == 503
 
@@ -144,8 +173,7 @@ def test_page_is_live_and_escapes_everything(images):
     state = DashboardState(images=images)
     with ThreadServer(create_app(state)) as server, sync_playwright() as pw:
         # The good camera's picture is a claim check: the page loads it through the server.
-        _post(server.url, _result("cam-0", "first", image={"bucket": BUCKET, "key": images.stored_key}),
-              "first")
+        _post(server.url, _result("cam-0", "first", image={"bucket": BUCKET, "key": images.stored_key}), "first")
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page()
@@ -157,9 +185,11 @@ def test_page_is_live_and_escapes_everything(images):
 
             # Arrives while the page is open: pushed over SSE, no reload.
             hostile = _result(
-                XSS, "evil", label=XSS, captured_at="</dd><script>alert(2)</script>",
-                detections=[{"class_id": 1, "class_name": XSS, "score": 0.93,
-                             "box": [8, 6, 40, 30]}],
+                XSS,
+                "evil",
+                label=XSS,
+                captured_at="</dd><script>alert(2)</script>",
+                detections=[{"class_id": 1, "class_name": XSS, "score": 0.93, "box": [8, 6, 40, 30]}],
                 model={"name": "<b>m</b>", "version": '"><svg onload=alert(3)>'},
             )
             assert _post(server.url, hostile, "evil").status_code == 202
@@ -182,15 +212,15 @@ def test_page_is_live_and_escapes_everything(images):
             assert not dialogs
             # The image of the good camera rendered; the totals follow the counts.
             assert page.locator('section.camera[data-camera="cam-0"] img.picture').evaluate(
-                "img => img.complete && img.naturalWidth === 64")
+                "img => img.complete && img.naturalWidth === 64"
+            )
             page.wait_for_selector('#totals[data-total="2"]')
             # A non-image "image" is never put into src.
             _post(server.url, _result("cam-0", "js", image="javascript:alert(4)"), "js")
             page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="js"]')
             assert page.locator('section.camera[data-camera="cam-0"] img.picture').get_attribute("src") is None
             # A result whose image could not be stored says so where the picture would be.
-            _post(server.url, _result("cam-0", "s3down", image={}, annotated_image_status="failed: S3 down"),
-                  "s3down")
+            _post(server.url, _result("cam-0", "s3down", image={}, annotated_image_status="failed: S3 down"), "s3down")
             page.wait_for_selector('section.camera[data-camera="cam-0"][data-image-id="s3down"]')
             picture = page.locator('section.camera[data-camera="cam-0"] img.picture')
             assert picture.get_attribute("src") is None

@@ -222,8 +222,9 @@ def test_geometry_matches_ultralytics():
 
 
 def test_parse_metadata_reads_ours_and_ultralytics_formats():
-    ours = det.parse_metadata({"names": '{"0": "scratch", "1": "bent"}', "imgsz": "[320, 320]",
-                               "stride": "32", "dataset_id": "abc"})
+    ours = det.parse_metadata(
+        {"names": '{"0": "scratch", "1": "bent"}', "imgsz": "[320, 320]", "stride": "32", "dataset_id": "abc"}
+    )
     assert ours == {"names": ["scratch", "bent"], "imgsz": (320, 320), "stride": 32, "dataset_id": "abc"}
     ultra = det.parse_metadata({"names": "{0: 'scratch', 1: 'bent'}", "imgsz": "[640, 480]", "stride": "32"})
     assert ultra["names"] == ["scratch", "bent"] and ultra["imgsz"] == (640, 480)
@@ -240,11 +241,14 @@ def _constant_model(path: Path, output: np.ndarray, imgsz: int = 64, metadata: d
         helper.make_node("Add", ["const", "z"], ["output0"]),
     ]
     graph = helper.make_graph(
-        nodes, "constant_yolo",
+        nodes,
+        "constant_yolo",
         [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, imgsz, imgsz])],
         [helper.make_tensor_value_info("output0", TensorProto.FLOAT, list(output.shape))],
-        initializer=[numpy_helper.from_array(output.astype(np.float32), "const"),
-                     numpy_helper.from_array(np.zeros((), np.float32), "zero")],
+        initializer=[
+            numpy_helper.from_array(output.astype(np.float32), "const"),
+            numpy_helper.from_array(np.zeros((), np.float32), "zero"),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -259,9 +263,12 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
     out = np.zeros((1, 6, 84), np.float32)
     out[0, :4, 0] = [32, 32, 16, 8]
     out[0, 5, 0] = 0.95
-    path = _constant_model(tmp_path / "m.onnx", out, 64,
-                           {"names": '{"0": "scratch", "1": "bent"}', "imgsz": "[64, 64]", "stride": "32",
-                            "dataset_id": "d1"})
+    path = _constant_model(
+        tmp_path / "m.onnx",
+        out,
+        64,
+        {"names": '{"0": "scratch", "1": "bent"}', "imgsz": "[64, 64]", "stride": "32", "dataset_id": "d1"},
+    )
     d = det.Detector(path, conf=0.2, iou=0.4)
     assert d.names == ["scratch", "bent"] and d.imgsz == (64, 64) and d.stride == 32
     assert d.metadata["dataset_id"] == "d1"
@@ -362,7 +369,8 @@ def test_ir_loads_with_metadata_and_its_declared_precision(tmp_path):
     assert d.names == ["scratch", "bent"] and d.imgsz == (64, 64) and d.metadata["dataset_id"] == "d1"
     assert [x.class_name for x in d.detect(np.zeros((64, 64, 3), np.uint8))] == ["bent"]
     assert det.Detector(tmp_path / "ir" / "model.xml", precision="auto").engine.precision == (
-        det.open_engine(path, engine="openvino").precision)  # "auto" overrides the declaration
+        det.open_engine(path, engine="openvino").precision
+    )  # "auto" overrides the declaration
     with pytest.raises(ValueError, match="needs engine 'openvino'"):
         det.open_engine(tmp_path / "ir" / "model.xml", engine="onnxruntime")
     (tmp_path / "ir" / "model.bin").unlink()

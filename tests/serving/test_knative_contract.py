@@ -31,21 +31,34 @@ def _jpeg() -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("status, headers, body, outcome", [
-    (202, {}, b"", ACK),
-    (204, {}, b"", ACK),
-    (202, {"content-type": "application/json"}, b'{"camera": "c"}', DEAD_LETTER),
-    (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"}, b"{}", REPLY),
-    (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", DEAD_LETTER),
-    (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"", ACK),
-    (200, {"content-type": "application/cloudevents+json"},
-     b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t"}', REPLY),
-    (200, {"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0"}', DEAD_LETTER),
-    (200, {"content-type": "application/cloudevents-batch+json"}, b"[]", DEAD_LETTER),
-    (400, {}, b"", DEAD_LETTER), (401, {}, b"", DEAD_LETTER), (413, {}, b"", DEAD_LETTER),
-    (404, {}, b"", RETRY), (408, {}, b"", RETRY), (409, {}, b"", RETRY), (429, {}, b"", RETRY),
-    (500, {}, b"", RETRY), (503, {}, b"x", RETRY),
-])
+@pytest.mark.parametrize(
+    "status, headers, body, outcome",
+    [
+        (202, {}, b"", ACK),
+        (204, {}, b"", ACK),
+        (202, {"content-type": "application/json"}, b'{"camera": "c"}', DEAD_LETTER),
+        (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-source": "s", "ce-type": "t"}, b"{}", REPLY),
+        (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"{}", DEAD_LETTER),
+        (200, {"ce-specversion": "1.0", "ce-id": "1", "ce-type": "t"}, b"", ACK),
+        (
+            200,
+            {"content-type": "application/cloudevents+json"},
+            b'{"specversion": "1.0", "id": "1", "source": "s", "type": "t"}',
+            REPLY,
+        ),
+        (200, {"content-type": "application/cloudevents+json"}, b'{"specversion": "1.0"}', DEAD_LETTER),
+        (200, {"content-type": "application/cloudevents-batch+json"}, b"[]", DEAD_LETTER),
+        (400, {}, b"", DEAD_LETTER),
+        (401, {}, b"", DEAD_LETTER),
+        (413, {}, b"", DEAD_LETTER),
+        (404, {}, b"", RETRY),
+        (408, {}, b"", RETRY),
+        (409, {}, b"", RETRY),
+        (429, {}, b"", RETRY),
+        (500, {}, b"", RETRY),
+        (503, {}, b"x", RETRY),
+    ],
+)
 def test_checker_follows_the_dispatcher(status, headers, body, outcome):
     assert judge(status, headers, body).outcome == outcome
 
@@ -61,8 +74,10 @@ def test_processor_answers_by_the_contract(model_server):
             assert verdict.outcome == REPLY, verdict.reason
             assert verdict.reply["type"] == RESULT_EVENT_TYPE and verdict.reply["subject"] == "camera-1"
         # Poison never comes back: dead-lettered at once, no retries.
-        for event in (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s"}, b"junk"),
-                      CloudEvent({"type": "com.example.other", "source": "s"}, _jpeg())):
+        for event in (
+            CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s"}, b"junk"),
+            CloudEvent({"type": "com.example.other", "source": "s"}, _jpeg()),
+        ):
             headers, body = to_binary(event)
             verdict = judge_response(httpx.post(server.url + "/", content=body, headers=headers))
             assert verdict.outcome == DEAD_LETTER, verdict.reason

@@ -70,8 +70,9 @@ def test_huge_record_and_large_jpeg_do_not_stop_the_line(start_proc, local_stack
     producer.produce(topic, key=key, value=value, headers=headers, on_delivery=report("small"))
     assert producer.flush(60) == 0 and set(delivered) == {"huge", "large", "small"}
 
-    results = _collect(rt.bootstrap, rt.topics["VINSPECT_RESULTS_TOPIC"], 2, 120,
-                       key=lambda item: json.loads(item[1])["image_id"])
+    results = _collect(
+        rt.bootstrap, rt.topics["VINSPECT_RESULTS_TOPIC"], 2, 120, key=lambda item: json.loads(item[1])["image_id"]
+    )
     by_id = {json.loads(v)["image_id"]: (k, v, h) for k, v, h in results}
     assert set(by_id) == {"large-1", "small-1"}, processor.output()
     for _key, value, _headers in results:

@@ -15,8 +15,9 @@ print(",".join(heavy))
 
 
 def _heavy_after(imports: str) -> str:
-    proc = subprocess.run([PYTHON, "-c", _CHECK.format(imports=imports)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [PYTHON, "-c", _CHECK.format(imports=imports)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()
 

@@ -40,8 +40,9 @@ def test_champion_predictor_matches_the_detector_core_and_preannotates_cvat(mode
     for data in frames:
         remote = predict(data)
         here = [d.to_dict() for d in local.detect(data)]
-        assert [(d["class_name"], round(d["score"], 4)) for d in remote] == \
-            [(d["class_name"], round(d["score"], 4)) for d in here]
+        assert [(d["class_name"], round(d["score"], 4)) for d in remote] == [
+            (d["class_name"], round(d["score"], 4)) for d in here
+        ]
         assert np.allclose([d["box"] for d in remote], [d["box"] for d in here], atol=0.5) if here else remote == []
     cvat = FakeCVAT()
     cvat.polls_before_finish = 0

@@ -29,8 +29,7 @@ def test_request_round_trip(binary):
         "c": np.array([b"jpeg\x00bytes", b""], dtype=object),
         "d": np.array([True, False]),
     }
-    body, headers = v2.encode_request(inputs, ["out"], binary_inputs=binary, binary_outputs=binary,
-                                      request_id="42")
+    body, headers = v2.encode_request(inputs, ["out"], binary_inputs=binary, binary_outputs=binary, request_id="42")
     length = int(headers[v2.HEADER_LENGTH]) if binary else None
     assert (v2.HEADER_LENGTH in headers) is binary
     req = v2.decode_request(body, length)
@@ -74,15 +73,16 @@ def test_response_round_trip_mixed():
 @pytest.mark.parametrize(
     "body, length, message",
     [
-        (b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", '
-         b'"parameters": {"binary_data_size": 8}}]}' + b"\0" * 4, 100, "does not fit"),
-        (b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP99", "data": [1, 2]}]}', None,
-         "datatype 'FP99'"),
-        (b'{"inputs": [{"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None,
-         "non-negative"),
-        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": ["x"]}]}', None,
-         "is not FP32"),
-        (b'[]', None, "JSON object"),
+        (
+            b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", '
+            b'"parameters": {"binary_data_size": 8}}]}' + b"\0" * 4,
+            100,
+            "does not fit",
+        ),
+        (b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP99", "data": [1, 2]}]}', None, "datatype 'FP99'"),
+        (b'{"inputs": [{"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None, "non-negative"),
+        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": ["x"]}]}', None, "is not FP32"),
+        (b"[]", None, "JSON object"),
         (b'{"inputs": []}', 99, "Inference-Header-Content-Length is 99"),
     ],
 )
@@ -108,8 +108,7 @@ def test_token_is_sent_but_never_shown(caplog):
         return httpx.Response(200, json={"name": "m", "inputs": [], "outputs": []})
 
     caplog.set_level(logging.DEBUG)
-    client = ModelClient("https://model.example", "m", token=TOKEN,
-                         transport=httpx.MockTransport(handler))
+    client = ModelClient("https://model.example", "m", token=TOKEN, transport=httpx.MockTransport(handler))
     client.metadata()
     assert seen == [f"Bearer {TOKEN}"]
     assert TOKEN not in repr(client) and "***" in repr(client)
@@ -161,19 +160,22 @@ def _self_signed(tmp_path):
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "vinspect-test-ca")])
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                       critical=False)
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     cert_path, key_path = tmp_path / "tls.crt", tmp_path / "tls.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
     return cert_path, key_path
 
 

@@ -117,14 +117,13 @@ def test_malformed_and_oversized_bodies_are_400(model_server):
     r = httpx.post(url, content=b"{not json", headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and "not valid JSON" in r.json()["error"]
     # binary_data_size larger than what follows the header
-    header = json.dumps({"inputs": [{"name": "images", "shape": SHAPE, "datatype": "FP32",
-                                     "parameters": {"binary_data_size": 999999}}]}).encode()
-    r = httpx.post(url, content=header + b"\0" * 10,
-                   headers={v2.HEADER_LENGTH: str(len(header))})
+    header = json.dumps(
+        {"inputs": [{"name": "images", "shape": SHAPE, "datatype": "FP32", "parameters": {"binary_data_size": 999999}}]}
+    ).encode()
+    r = httpx.post(url, content=header + b"\0" * 10, headers={v2.HEADER_LENGTH: str(len(header))})
     assert r.status_code == 400 and "binary_data_size" in r.json()["error"]
     # JSON data with the wrong element count
-    r = httpx.post(url, json={"inputs": [{"name": "images", "shape": SHAPE, "datatype": "FP32",
-                                          "data": [1.0, 2.0]}]})
+    r = httpx.post(url, json={"inputs": [{"name": "images", "shape": SHAPE, "datatype": "FP32", "data": [1.0, 2.0]}]})
     assert r.status_code == 400 and "elements" in r.json()["error"]
     # over the 1 MiB limit this server was started with: 413, the status for "too large"
     big = np.zeros([1, 3, 320, 320], np.float32)
@@ -173,8 +172,11 @@ def test_declared_version_is_reported_after_background_load(onnx_model):
         assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["7"]
         # A reload of the same source without a version keeps the declared one (and needs
         # no model root: the operator named that source at start-up).
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", headers=AUTH,
-                       json={"parameters": {"uri": str(onnx_model)}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/metal-nut/load",
+            headers=AUTH,
+            json={"parameters": {"uri": str(onnx_model)}},
+        )
         assert r.status_code == 200
         assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["7"]
 
@@ -185,8 +187,11 @@ def test_empty_server_is_live_and_loads_on_request(onnx_model):
     with ThreadServer(create_app(repo, token=TOKEN, model_roots=[str(onnx_model.parent)])) as server:
         assert httpx.get(f"{server.url}/v2/health/live").status_code == 200
         assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).status_code == 404
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", headers=AUTH,
-                       json={"parameters": {"uri": str(onnx_model), "version": "3"}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/metal-nut/load",
+            headers=AUTH,
+            json={"parameters": {"uri": str(onnx_model), "version": "3"}},
+        )
         assert r.status_code == 200
         assert httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()["versions"] == ["3"]
 
@@ -196,11 +201,15 @@ def test_failed_load_is_reported(tmp_path):
     bad.write_bytes(b"this is not onnx")
     repo = ModelRepository()
     with ThreadServer(create_app(repo, token=TOKEN, model_roots=[str(tmp_path)])) as server:
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers=AUTH,
-                       json={"parameters": {"uri": str(bad)}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/m/load", headers=AUTH, json={"parameters": {"uri": str(bad)}}
+        )
         assert r.status_code == 400 and "not a loadable ONNX model" in r.json()["error"]
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers=AUTH,
-                       json={"parameters": {"uri": str(tmp_path / "missing")}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/m/load",
+            headers=AUTH,
+            json={"parameters": {"uri": str(tmp_path / "missing")}},
+        )
         assert r.status_code == 400 and "does not exist" in r.json()["error"]
         assert httpx.get(f"{server.url}/v2/models/m/ready", headers=AUTH).status_code == 503
 
@@ -208,9 +217,8 @@ def test_failed_load_is_reported(tmp_path):
 def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, monkeypatch):
     """Serve v1 from a path, swap to the S3 champion layout as v2 under load: no error."""
     local_stack.apply_env(monkeypatch)
-    from vinspect.settings import S3Settings
-
     from serving.modelserver import s3_client_factory_from_env
+    from vinspect.settings import S3Settings
 
     s3 = S3Settings.from_env().client()
     bucket = S3Settings.from_env().bucket
@@ -240,8 +248,12 @@ def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, m
         for t in threads:
             t.start()
         time.sleep(0.5)
-        r = httpx.post(f"{server.url}/v2/repository/models/metal-nut/load", timeout=60, headers=AUTH,
-                       json={"parameters": {"uri": f"s3://{bucket}/metal-nut-swap/2/", "version": "2"}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/metal-nut/load",
+            timeout=60,
+            headers=AUTH,
+            json={"parameters": {"uri": f"s3://{bucket}/metal-nut-swap/2/", "version": "2"}},
+        )
         assert r.status_code == 200, r.text
         time.sleep(0.5)
         stop.set()
@@ -251,7 +263,7 @@ def test_load_from_s3_swaps_without_dropping_requests(local_stack, onnx_model, m
         for versions in per_thread:
             # each thread's requests are sequential: v1 until the swap, then v2 for good
             assert versions[0] == "1" and versions[-1] == "2"
-            assert "1" not in versions[versions.index("2"):]
+            assert "1" not in versions[versions.index("2") :]
         meta = httpx.get(f"{server.url}/v2/models/metal-nut", headers=AUTH).json()
         assert meta["versions"] == ["2"]
 

@@ -81,16 +81,18 @@ def test_ir_without_weights_is_a_clear_400(onnx_model, tmp_path):
     (tmp_path / "repo" / "1" / "model.bin").unlink()
     app = create_app(ModelRepository(), token="engine-test-token", model_roots=[str(tmp_path)])
     with ThreadServer(app) as server:
-        r = httpx.post(f"{server.url}/v2/repository/models/m/load", headers={"Authorization": "Bearer engine-test-token"},
-                       json={"parameters": {"uri": str(tmp_path / "repo")}})
+        r = httpx.post(
+            f"{server.url}/v2/repository/models/m/load",
+            headers={"Authorization": "Bearer engine-test-token"},
+            json={"parameters": {"uri": str(tmp_path / "repo")}},
+        )
     assert r.status_code == 400 and "has no weights file model.bin" in r.json()["error"]
 
 
 def test_loads_an_ir_variant_from_s3(local_stack, onnx_model, tmp_path, x, monkeypatch):
     local_stack.apply_env(monkeypatch)
-    from vinspect.settings import S3Settings
-
     from serving.modelserver import s3_client_factory_from_env
+    from vinspect.settings import S3Settings
 
     settings = S3Settings.from_env()
     s3, bucket = settings.client(), settings.bucket
@@ -102,8 +104,12 @@ def test_loads_an_ir_variant_from_s3(local_stack, onnx_model, tmp_path, x, monke
     model = repo.load("m", f"s3://{bucket}/m-ir/4/fp32/", version="4")
     assert model.source.location == f"s3://{bucket}/m-ir/4/fp32/1/model.xml"
     assert model.engine.precision == "f32"
-    np.testing.assert_allclose(model.infer({"images": x}, ["output0"])[0],
-                               open_engine(xml, precision="f32", threads=1)(x), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        model.infer({"images": x}, ["output0"])[0],
+        open_engine(xml, precision="f32", threads=1)(x),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_serving_with_openvino_imports_no_torch(onnx_model):

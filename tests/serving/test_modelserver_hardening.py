@@ -29,8 +29,9 @@ def guarded(onnx_model):
     """A server with a token, the tiny model loaded, and its folder as the only model root."""
     repo = ModelRepository(threads=1)
     repo.load("metal-nut", str(onnx_model))
-    app = create_app(repo, token=TOKEN, model_roots=[str(onnx_model.parent)], max_body_bytes=1024 * 1024,
-                     body_timeout_s=1.0)
+    app = create_app(
+        repo, token=TOKEN, model_roots=[str(onnx_model.parent)], max_body_bytes=1024 * 1024, body_timeout_s=1.0
+    )
     with ThreadServer(app) as server:
         server.repository = repo
         yield server
@@ -65,8 +66,11 @@ def test_without_a_token_the_repository_api_is_disabled(onnx_model):
     repo = ModelRepository(threads=1)
     repo.load("metal-nut", str(onnx_model))
     with ThreadServer(create_app(repo, model_roots=[str(onnx_model.parent)])) as server:
-        for path in ("/v2/repository/index", "/v2/repository/models/metal-nut/unload",
-                     "/v2/repository/models/metal-nut/load"):
+        for path in (
+            "/v2/repository/index",
+            "/v2/repository/models/metal-nut/unload",
+            "/v2/repository/models/metal-nut/load",
+        ):
             r = httpx.post(server.url + path, headers=AUTH, json={"parameters": {"uri": str(onnx_model)}})
             assert r.status_code == 403 and "VINSPECT_MODEL_TOKEN" in r.json()["error"], path
         body, headers = _infer_body()
@@ -127,8 +131,14 @@ def test_s3_roots_confine_bucket_and_prefix():
     roots = ModelRoots.parse(["s3://models/metal-nut", "/srv/models"])
     assert roots.check("s3://models/metal-nut/3/") == "s3://models/metal-nut/3/"
     assert roots.check("s3://models/metal-nut") == "s3://models/metal-nut"
-    for uri in ("s3://models/metal-nutty/1/", "s3://models/other/1/", "s3://data/metal-nut/1/",
-                "s3://models/metal-nut/../other/1/", "/srv/modelsX/a.onnx", "/srv/models/../etc/passwd"):
+    for uri in (
+        "s3://models/metal-nutty/1/",
+        "s3://models/other/1/",
+        "s3://data/metal-nut/1/",
+        "s3://models/metal-nut/../other/1/",
+        "/srv/modelsX/a.onnx",
+        "/srv/models/../etc/passwd",
+    ):
         with pytest.raises(Forbidden):
             roots.check(uri)
     with pytest.raises(ValueError):
@@ -140,13 +150,17 @@ def test_s3_roots_confine_bucket_and_prefix():
 
 def test_a_failed_load_of_a_made_up_name_leaves_the_server_ready(guarded):
     assert httpx.get(f"{guarded.url}/v2/health/ready").status_code == 200
-    r = httpx.post(f"{guarded.url}/v2/repository/models/made-up/load", headers=AUTH,
-                   json={"parameters": {"uri": str(guarded_root(guarded) / "made-up")}})
+    r = httpx.post(
+        f"{guarded.url}/v2/repository/models/made-up/load",
+        headers=AUTH,
+        json={"parameters": {"uri": str(guarded_root(guarded) / "made-up")}},
+    )
     assert r.status_code == 400
     # Reported, but not meant to serve: the probe keeps the healthy server in service.
     index = httpx.post(f"{guarded.url}/v2/repository/index", headers=AUTH).json()
     assert {"name": "made-up", "state": "UNAVAILABLE"}.items() <= next(
-        i for i in index if i["name"] == "made-up").items()
+        i for i in index if i["name"] == "made-up"
+    ).items()
     assert httpx.get(f"{guarded.url}/v2/health/ready").status_code == 200
 
 
@@ -203,13 +217,33 @@ MALFORMED = [
     ("parameters-list", json.dumps({"inputs": [_tensor()], "parameters": [1]}).encode(), {}, "parameters"),
     ("parameters-string", json.dumps({"inputs": [_tensor()], "parameters": "x"}).encode(), {}, "parameters"),
     ("outputs-string", json.dumps({"inputs": [_tensor()], "outputs": "x"}).encode(), {}, "outputs"),
-    ("output-parameters-list", json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": [1]}]}).encode(), {}, "parameters"),
-    ("output-parameters-string", json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": "x"}]}).encode(), {}, "parameters"),
+    (
+        "output-parameters-list",
+        json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": [1]}]}).encode(),
+        {},
+        "parameters",
+    ),
+    (
+        "output-parameters-string",
+        json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": "x"}]}).encode(),
+        {},
+        "parameters",
+    ),
     ("output-unknown", json.dumps({"inputs": [_tensor()], "outputs": [{"name": "nope"}]}).encode(), {}, "nope"),
-    ("binary-size-bool", json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": True}}]}).encode(), {v2.HEADER_LENGTH: "0"}, None),
+    (
+        "binary-size-bool",
+        json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": True}}]}).encode(),
+        {v2.HEADER_LENGTH: "0"},
+        None,
+    ),
     ("binary-size-negative", b"", {v2.HEADER_LENGTH: "x"}, v2.HEADER_LENGTH),
     ("header-length-too-big", b"{}", {v2.HEADER_LENGTH: "999"}, v2.HEADER_LENGTH),
-    ("binary-size-too-big", json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": 10**9}}]}).encode(), {}, "binary_data_size"),
+    (
+        "binary-size-too-big",
+        json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": 10**9}}]}).encode(),
+        {},
+        "binary_data_size",
+    ),
     ("bad-gzip", b"not gzip", {"Content-Encoding": "gzip"}, "gzip"),
     ("unknown-encoding", b"{}", {"Content-Encoding": "br"}, "Content-Encoding"),
     ("not-utf8", b"\xff\xfe{", {}, "JSON"),
@@ -228,8 +262,12 @@ def _fix_binary_bool(case):
 @pytest.mark.parametrize("case", [_fix_binary_bool(c) for c in MALFORMED], ids=[c[0] for c in MALFORMED])
 def test_malformed_infer_body_is_a_400_json_naming_the_field(guarded, case):
     _ident, body, headers, field = case
-    r = httpx.post(f"{guarded.url}/v2/models/metal-nut/infer", content=body,
-                   headers={"Content-Type": "application/json", **headers, **AUTH}, timeout=30)
+    r = httpx.post(
+        f"{guarded.url}/v2/models/metal-nut/infer",
+        content=body,
+        headers={"Content-Type": "application/json", **headers, **AUTH},
+        timeout=30,
+    )
     assert r.status_code == 400, r.text[:300]
     error = r.json()["error"]
     if field is not None:
@@ -251,8 +289,11 @@ LOAD_MALFORMED = [
 
 @pytest.mark.parametrize("ident, body, field", LOAD_MALFORMED, ids=[c[0] for c in LOAD_MALFORMED])
 def test_malformed_load_body_is_a_400_json_naming_the_field(guarded, ident, body, field):
-    r = httpx.post(f"{guarded.url}/v2/repository/models/metal-nut/load", content=body,
-                   headers={"Content-Type": "application/json", **AUTH})
+    r = httpx.post(
+        f"{guarded.url}/v2/repository/models/metal-nut/load",
+        content=body,
+        headers={"Content-Type": "application/json", **AUTH},
+    )
     assert r.status_code == 400, r.text[:300]
     assert field in r.json()["error"]
     # The served model is untouched and the server stays ready.
@@ -277,8 +318,10 @@ def _raw_request(port: int, head: bytes, body_part: bytes, wait_s: float) -> byt
 
 
 def test_a_declared_100_mib_body_is_413(guarded):
-    head = (f"POST /v2/models/metal-nut/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n").encode()
+    head = (
+        f"POST /v2/models/metal-nut/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {100 * 1024 * 1024}\r\n\r\n"
+    ).encode()
     answer = _raw_request(guarded.port, head, b"{" * 1000, wait_s=10)
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"exceeds the limit" in answer
@@ -305,9 +348,29 @@ def served_cli(onnx_model, tmp_path_factory):
     env = {**os.environ, "VINSPECT_MODEL_TOKEN": TOKEN, "PYTHONPATH": str(REPO)}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(onnx_model), "--name", "metal-nut",
-             "--port", str(port), "--threads", "1", "--body-timeout", "1", "--log-level", "info"],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                PYTHON,
+                "-m",
+                "vinspect",
+                "serve",
+                "model",
+                "--uri",
+                str(onnx_model),
+                "--name",
+                "metal-nut",
+                "--port",
+                str(port),
+                "--threads",
+                "1",
+                "--body-timeout",
+                "1",
+                "--log-level",
+                "info",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     try:
         wait_http(f"http://127.0.0.1:{port}/v2/health/ready", timeout=60, proc=proc)
@@ -329,8 +392,10 @@ def test_the_cli_binds_loopback_by_default(served_cli):
 def test_a_stalled_body_times_out_with_one_log_line(served_cli):
     port, log_path = served_cli
     before = log_path.read_text()
-    head = (f"POST /v2/models/metal-nut/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n").encode()
+    head = (
+        f"POST /v2/models/metal-nut/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n"
+    ).encode()
     started = time.monotonic()
     answer = _raw_request(port, head, b'{"inputs": [', wait_s=10)
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
@@ -342,11 +407,11 @@ def test_a_stalled_body_times_out_with_one_log_line(served_cli):
         time.sleep(0.2)
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        new = log_path.read_text()[len(before):]
+        new = log_path.read_text()[len(before) :]
         if "client closed the connection" in new or new.count("body stalled") >= 2:
             break
         time.sleep(0.1)
-    new = log_path.read_text()[len(before):]
+    new = log_path.read_text()[len(before) :]
     assert new.count("body stalled") + new.count("client closed the connection") == 2, new
     assert "Traceback" not in new and "Exception in ASGI application" not in new, new
     assert httpx.get(f"http://127.0.0.1:{port}/v2/health/ready").status_code == 200

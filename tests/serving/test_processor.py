@@ -15,12 +15,23 @@ from PIL import Image
 
 from serving import detector as det
 from serving.events import (
-    IMAGE_EVENT_TYPE, KNATIVE_KAFKA_EVENT_TYPE, RESULT_EVENT_TYPE, PoisonEvent, from_kafka,
-    image_event, legacy_record, to_kafka,
+    IMAGE_EVENT_TYPE,
+    KNATIVE_KAFKA_EVENT_TYPE,
+    RESULT_EVENT_TYPE,
+    PoisonEvent,
+    from_kafka,
+    image_event,
+    legacy_record,
+    to_kafka,
 )
 from serving.model_client import ModelClient, ModelUnavailable
 from serving.processor import (
-    AnnotatedImageStore, InspectConfig, Inspector, ProcessorMetrics, annotate, create_http_app,
+    AnnotatedImageStore,
+    InspectConfig,
+    Inspector,
+    ProcessorMetrics,
+    annotate,
+    create_http_app,
 )
 
 from .conftest import ThreadServer, free_port
@@ -64,8 +75,7 @@ def test_inspect_result_event(inspector, model_server, local_stack):
     assert data["label"] == "bent"
     assert data["image"] == {"width": 160, "height": 120}
     assert data["model"] == {"name": "metal-nut", "version": "1"}
-    assert set(data["timings_ms"]) == {"decode", "preprocess", "inference", "postprocess",
-                                       "annotate", "total"}
+    assert set(data["timings_ms"]) == {"decode", "preprocess", "inference", "postprocess", "annotate", "total"}
     assert data["timings_ms"]["inference"] > 0
     assert data["passed"] is (not data["detections"])
     assert data["verdict"] == ("pass" if data["passed"] else "fail")
@@ -80,8 +90,7 @@ def test_inspect_result_event(inspector, model_server, local_stack):
     assert "base64" not in json.dumps(data)
 
     # Same detections as the detector core running the same ONNX in-process.
-    local = det.Detector(str(model_server.repository.get("metal-nut").source.location),
-                         conf=0.01, iou=0.4)
+    local = det.Detector(str(model_server.repository.get("metal-nut").source.location), conf=0.01, iou=0.4)
     low = Inspector(inspector.client, InspectConfig(conf=0.01, iou=0.4, annotate=False))
     remote = low.inspect(event).get_data()["detections"]
     assert remote == [d.to_dict() for d in local.detect(det.decode_image(jpeg))]
@@ -95,8 +104,9 @@ def test_inspect_accepts_legacy_json_and_knative_wrapping(inspector):
     data = inspector.inspect(event).get_data()
     assert data["camera"] == "7" and data["label"] == "scratch"
     # As KafkaSource delivers it over HTTP (structured JSON data).
-    wrapped = CloudEvent({"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "/apis/v1/x#t",
-                          "datacontenttype": "application/json"}, record)
+    wrapped = CloudEvent(
+        {"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "/apis/v1/x#t", "datacontenttype": "application/json"}, record
+    )
     headers, body = to_binary(wrapped)
     data = inspector.inspect(from_http(headers, body)).get_data()
     assert data["camera"] == "7"
@@ -105,27 +115,58 @@ def test_inspect_accepts_legacy_json_and_knative_wrapping(inspector):
 @pytest.mark.parametrize(
     "event, reason",
     [
-        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"},
-                    b"not a jpeg"), "cannot read image header"),
-        (CloudEvent({"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s",
-                     "datacontenttype": "application/json"}, {"id": 1}), "no 'image'"),
-        (CloudEvent({"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s",
-                     "datacontenttype": "application/json"},
-                    {"image": "data:text/html;base64,PHA+"}), "not a data:image"),
+        (
+            CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"}, b"not a jpeg"),
+            "cannot read image header",
+        ),
+        (
+            CloudEvent(
+                {"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s", "datacontenttype": "application/json"}, {"id": 1}
+            ),
+            "no 'image'",
+        ),
+        (
+            CloudEvent(
+                {"type": KNATIVE_KAFKA_EVENT_TYPE, "source": "s", "datacontenttype": "application/json"},
+                {"image": "data:text/html;base64,PHA+"},
+            ),
+            "not a data:image",
+        ),
         (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s"}, b""), "no data"),
         # Issue 18.8: a foreign type is dead-lettered even when its data is a valid JPEG.
-        (CloudEvent({"type": "com.example.other", "source": "s", "datacontenttype": "image/jpeg"},
-                    _jpeg()), "not an image event"),
-        (CloudEvent({"type": RESULT_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"},
-                    _jpeg()), "not an image event"),
+        (
+            CloudEvent({"type": "com.example.other", "source": "s", "datacontenttype": "image/jpeg"}, _jpeg()),
+            "not an image event",
+        ),
+        (
+            CloudEvent({"type": RESULT_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"}, _jpeg()),
+            "not an image event",
+        ),
         # Attributes are copied into results: over-long ones would make results unbounded.
-        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "id": "x" * 5000,
-                     "datacontenttype": "image/jpeg"}, _jpeg()), "id is 5000 characters"),
-        (CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "subject": "c" * 300,
-                     "datacontenttype": "image/jpeg"}, _jpeg()), "camera is 300 characters"),
+        (
+            CloudEvent(
+                {"type": IMAGE_EVENT_TYPE, "source": "s", "id": "x" * 5000, "datacontenttype": "image/jpeg"}, _jpeg()
+            ),
+            "id is 5000 characters",
+        ),
+        (
+            CloudEvent(
+                {"type": IMAGE_EVENT_TYPE, "source": "s", "subject": "c" * 300, "datacontenttype": "image/jpeg"},
+                _jpeg(),
+            ),
+            "camera is 300 characters",
+        ),
     ],
-    ids=["garbage", "json-without-image", "wrong-data-url", "empty", "foreign-type",
-         "result-fed-back", "long-id", "long-camera"],
+    ids=[
+        "garbage",
+        "json-without-image",
+        "wrong-data-url",
+        "empty",
+        "foreign-type",
+        "result-fed-back",
+        "long-id",
+        "long-camera",
+    ],
 )
 def test_poison_events(inspector, event, reason):
     with pytest.raises(PoisonEvent, match=reason):
@@ -175,8 +216,9 @@ def test_http_receiver_replies_with_result(inspector):
         assert r.status_code == 200, r.text
 
         # A poison event: 400 with the reason (Knative dead-letters it).
-        headers, body = to_binary(CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s",
-                                              "datacontenttype": "image/jpeg"}, b"junk"))
+        headers, body = to_binary(
+            CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/jpeg"}, b"junk")
+        )
         r = httpx.post(server.url + "/", content=body, headers=headers)
         assert r.status_code == 400 and "cannot read image header" in r.json()["error"]
         # Not a CloudEvent at all.
@@ -250,8 +292,7 @@ def test_decompression_bomb_is_poison_and_never_decoded(inspector, monkeypatch):
     monkeypatch.setattr(det, "decode_bgr", lambda data: decoded.append(len(data)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(PoisonEvent, match=r"12000x12000 = 144,000,000 pixels is over the limit"):
-        inspector.inspect(CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s",
-                                      "datacontenttype": "image/png"}, bomb))
+        inspector.inspect(CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/png"}, bomb))
     assert decoded == []
     # Decoding it would add ~430 MB of pixels; the check itself adds next to nothing.
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024
@@ -271,9 +312,14 @@ def test_s3_down_result_goes_out_without_image(model_server):
     import boto3
     from botocore.config import Config
 
-    dead = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{free_port()}", aws_access_key_id="x",
-                        aws_secret_access_key="y", region_name="us-east-1",
-                        config=Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1}))
+    dead = boto3.client(
+        "s3",
+        endpoint_url=f"http://127.0.0.1:{free_port()}",
+        aws_access_key_id="x",
+        aws_secret_access_key="y",
+        region_name="us-east-1",
+        config=Config(connect_timeout=1, read_timeout=1, retries={"max_attempts": 1}),
+    )
     client = ModelClient(model_server.url, "metal-nut", retries=0)
     metrics = ProcessorMetrics()
     inspector = Inspector(client, metrics=metrics, store=AnnotatedImageStore(dead, DATA_BUCKET))
@@ -320,17 +366,28 @@ def test_result_event_is_bounded_for_the_largest_acceptable_input(model_server):
     big = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (2400, 2400, 3), dtype=np.uint8)).save(big, "JPEG", quality=95)
     assert len(big.getvalue()) > 6 * 1024 * 1024
-    event = CloudEvent({
-        "type": IMAGE_EVENT_TYPE, "source": "s" * ATTRIBUTE_LIMITS["source"],
-        "id": "i" * ATTRIBUTE_LIMITS["id"], "subject": "c" * ATTRIBUTE_LIMITS["camera"],
-        "label": "l" * ATTRIBUTE_LIMITS["label"], "time": "t" * ATTRIBUTE_LIMITS["time"],
-        "datacontenttype": "image/jpeg"}, big.getvalue())
+    event = CloudEvent(
+        {
+            "type": IMAGE_EVENT_TYPE,
+            "source": "s" * ATTRIBUTE_LIMITS["source"],
+            "id": "i" * ATTRIBUTE_LIMITS["id"],
+            "subject": "c" * ATTRIBUTE_LIMITS["camera"],
+            "label": "l" * ATTRIBUTE_LIMITS["label"],
+            "time": "t" * ATTRIBUTE_LIMITS["time"],
+            "datacontenttype": "image/jpeg",
+        },
+        big.getvalue(),
+    )
     inspection = inspector.analyse(event)
     # The worst case the detector can return: MAX_DETECTIONS boxes with long float scores.
     worst = det.Detection(1, "bent", 0.123456789012345, (1234.56789, 2345.6789, 3456.789, 4567.891))
     inspection.data["detections"] = [worst.to_dict()] * det.MAX_DETECTIONS
-    ref = {"bucket": "b" * 63, "key": AnnotatedImageStore(None, "b").key_for("c" * 128, "i" * 256),
-           "content_type": "image/jpeg", "bytes": 10 * 1024 * 1024}
+    ref = {
+        "bucket": "b" * 63,
+        "key": AnnotatedImageStore(None, "b").key_for("c" * 128, "i" * 256),
+        "content_type": "image/jpeg",
+        "bytes": 10 * 1024 * 1024,
+    }
     for status in ("stored", "failed: " + "x" * 300):
         key, value, headers = to_kafka(inspector.finish(inspection, ref, status))
         assert record_size(key, value, headers) < RESULT_MAX_BYTES

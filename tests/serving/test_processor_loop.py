@@ -23,7 +23,7 @@ from serving.metrics import InspectionMetrics
 from serving.model_client import ModelClient
 from serving.notify import DRIFT_DETECTED, Notifier
 from serving.processor import AnnotatedImageStore, InspectConfig, Inspector, ProcessorMetrics, create_http_app
-from serving.review import ReviewPolicy, ReviewSelector, ReviewStore, reasons_for, image_hash
+from serving.review import ReviewPolicy, ReviewSelector, ReviewStore, image_hash, reasons_for
 from tests.loop.test_notify import Receiver
 
 from .conftest import ThreadServer
@@ -129,8 +129,10 @@ def test_failed_frames_keep_the_clean_frame_beside_the_drawn_copy(local_stack):
 
 
 def _reference(levels: list[int]) -> dict:
-    samples = [(frame_stats(np.asarray(Image.open(io.BytesIO(_jpeg(500 + i, lv))))[..., ::-1]), [])
-               for i, lv in enumerate(levels)]
+    samples = [
+        (frame_stats(np.asarray(Image.open(io.BytesIO(_jpeg(500 + i, lv))))[..., ::-1]), [])
+        for i, lv in enumerate(levels)
+    ]
     return drift_mod.compute_reference(samples, model={"name": "metal-nut", "version": "1"})
 
 
@@ -142,8 +144,15 @@ def test_drift_scores_and_one_notification_against_the_versions_reference(local_
     receiver = Receiver()
     metrics = InspectionMetrics()
     workers = BoundedWorkers(1, 16, "t")
-    watch = DriftWatch(s3, MODELS_BUCKET, workers, notifier=Notifier(receiver.url, mode="structured"),
-                       min_samples=10, score_every_s=0.0, notify_cooldown_s=3600)
+    watch = DriftWatch(
+        s3,
+        MODELS_BUCKET,
+        workers,
+        notifier=Notifier(receiver.url, mode="structured"),
+        min_samples=10,
+        score_every_s=0.0,
+        notify_cooldown_s=3600,
+    )
     hooks = LoopHooks(metrics, drift=watch, workers=workers)
     client = ModelClient(model_server.url, "metal-nut", retries=0)
     inspector = Inspector(client, InspectConfig(annotate=False), None, None, hooks)
@@ -173,8 +182,11 @@ def test_drift_scores_and_one_notification_against_the_versions_reference(local_
         client.close()
         receiver.stop()
     text = metrics.render()[0].decode()
-    line = next(ln for ln in text.splitlines()
-                if ln.startswith('vinspect_drift_score{camera="cam-d",method="psi",signal="brightness"}'))
+    line = next(
+        ln
+        for ln in text.splitlines()
+        if ln.startswith('vinspect_drift_score{camera="cam-d",method="psi",signal="brightness"}')
+    )
     assert float(line.split()[-1]) > drift_mod.PSI_ALERT
     events = receiver.events()
     assert len(events) == 1, "rate-limited: one notification per camera per cooldown"
@@ -191,8 +203,16 @@ def test_no_reference_turns_drift_off_and_says_so_once(local_stack, caplog):
     bgr = np.full((32, 32, 3), 128, np.uint8)
     with caplog.at_level(logging.WARNING, logger="serving.feedback"):
         for i in range(20):
-            hooks.on_result({"camera": "c", "verdict": "pass", "detections": [],
-                             "model": {"name": "no-such-model", "version": "9"}}, b"x", bgr)
+            hooks.on_result(
+                {
+                    "camera": "c",
+                    "verdict": "pass",
+                    "detections": [],
+                    "model": {"name": "no-such-model", "version": "9"},
+                },
+                b"x",
+                bgr,
+            )
             time.sleep(0.01)
         workers.close()
     notes = [r for r in caplog.records if "drift is off" in r.getMessage()]
@@ -215,8 +235,17 @@ def test_on_ovms_drift_follows_the_served_reference_the_rollout_publishes(local_
     workers = BoundedWorkers(1, 16, "t")
     metrics = InspectionMetrics()
     by_version = DriftWatch(s3, MODELS_BUCKET, workers, min_samples=10, score_every_s=0.0)
-    watch = DriftWatch(s3, MODELS_BUCKET, workers, notifier=Notifier(receiver.url, mode="structured"),
-                       min_samples=10, score_every_s=0.0, source="serving", refresh_s=30.0, clock=lambda: now[0])
+    watch = DriftWatch(
+        s3,
+        MODELS_BUCKET,
+        workers,
+        notifier=Notifier(receiver.url, mode="structured"),
+        min_samples=10,
+        score_every_s=0.0,
+        source="serving",
+        refresh_s=30.0,
+        clock=lambda: now[0],
+    )
     hooks = LoopHooks(metrics, drift=watch, workers=workers)
     frames = [np.asarray(Image.open(io.BytesIO(_jpeg(i + 1, 40 + (i % 10)))))[..., ::-1] for i in range(25)]
     result = {"camera": "cam-o", "verdict": "pass", "detections": [], "model": {"name": model, "version": "1"}}
@@ -279,9 +308,17 @@ def test_http_adapter_counts_errors_and_dead_letters_and_serves_metrics(model_se
     inspector = Inspector(client, InspectConfig(annotate=False), metrics, None, hooks)
     try:
         with ThreadServer(create_http_app(inspector, metrics)) as server:
-            r = httpx.post(server.url + "/", content=b"{}", headers={
-                "ce-specversion": "1.0", "ce-id": "x", "ce-source": "/t", "ce-type": "io.vinspect.image",
-                "content-type": "image/jpeg"})
+            r = httpx.post(
+                server.url + "/",
+                content=b"{}",
+                headers={
+                    "ce-specversion": "1.0",
+                    "ce-id": "x",
+                    "ce-source": "/t",
+                    "ce-type": "io.vinspect.image",
+                    "content-type": "image/jpeg",
+                },
+            )
             assert r.status_code == 400
             text = httpx.get(server.url + "/metrics").text
     finally:

@@ -71,18 +71,23 @@ def _jpeg(seed: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("results_mode, dlq_mode, fallback", [
-    ("sync", None, "reference"),
-    ("async", None, "reference"),
-    ("sync", "async", "dropped"),
-], ids=["result-refused-up-front", "result-refused-by-broker", "dead-letter-refused-too"])
+@pytest.mark.parametrize(
+    "results_mode, dlq_mode, fallback",
+    [
+        ("sync", None, "reference"),
+        ("async", None, "reference"),
+        ("sync", "async", "dropped"),
+    ],
+    ids=["result-refused-up-front", "result-refused-by-broker", "dead-letter-refused-too"],
+)
 def test_refused_writes_never_stop_the_loop(local_stack, model_server, results_mode, dlq_mode, fallback):
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     bootstrap = local_stack.kafka_bootstrap
     topics = _topics(bootstrap, f"refuse-{uuid.uuid4().hex[:6]}")
-    images, results, dlq = (topics[k] for k in ("VINSPECT_IMAGES_TOPIC", "VINSPECT_RESULTS_TOPIC",
-                                                 "VINSPECT_DLQ_TOPIC"))
+    images, results, dlq = (
+        topics[k] for k in ("VINSPECT_IMAGES_TOPIC", "VINSPECT_RESULTS_TOPIC", "VINSPECT_DLQ_TOPIC")
+    )
     sender = Producer({"bootstrap.servers": bootstrap})
     for i in range(3):
         key, value, headers = to_kafka(image_event(_jpeg(i), "camera-0", event_id=f"img-{i}"))
@@ -90,14 +95,30 @@ def test_refused_writes_never_stop_the_loop(local_stack, model_server, results_m
     assert sender.flush(15) == 0
 
     group = f"refuse-{uuid.uuid4().hex[:6]}"
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
-                         "auto.offset.reset": "earliest", "session.timeout.ms": 6000})
-    producer = refusing = RefusingProducer(Producer({"bootstrap.servers": bootstrap}),
-                                {results: results_mode, **({dlq: dlq_mode} if dlq_mode else {})})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    producer = refusing = RefusingProducer(
+        Producer({"bootstrap.servers": bootstrap}), {results: results_mode, **({dlq: dlq_mode} if dlq_mode else {})}
+    )
     client = ModelClient(model_server.url, "metal-nut", retries=0)
     metrics = ProcessorMetrics()
-    loop = KafkaLoop(Inspector(client, metrics=metrics), consumer, producer, images_topic=images,
-                     results_topic=results, dlq_topic=dlq, concurrency=2, metrics=metrics)
+    loop = KafkaLoop(
+        Inspector(client, metrics=metrics),
+        consumer,
+        producer,
+        images_topic=images,
+        results_topic=results,
+        dlq_topic=dlq,
+        concurrency=2,
+        metrics=metrics,
+    )
     errors: list[BaseException] = []
 
     def run():

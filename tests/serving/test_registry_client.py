@@ -57,9 +57,9 @@ def test_unreachable_or_unset_registry_is_a_clear_error():
 
 
 def test_auth_is_sent_and_never_printed():
-    import requests
-
     from secrets import token_hex
+
+    import requests
 
     token, password = token_hex(8), token_hex(8)  # made up per run
     session = requests.Session()

@@ -19,8 +19,14 @@ from serving.camera import frame_stream, load_frames, produce_frames
 from .conftest import PYTHON, free_port, wait_http
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _topics(bootstrap: str, prefix: str) -> dict[str, str]:
@@ -32,10 +38,12 @@ def _topics(bootstrap: str, prefix: str) -> dict[str, str]:
         "VINSPECT_DLQ_TOPIC": f"{prefix}-dlq",
     }
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    futures = admin.create_topics([
-        NewTopic(name, num_partitions=2 if key == "VINSPECT_IMAGES_TOPIC" else 1, replication_factor=1)
-        for key, name in names.items()
-    ])
+    futures = admin.create_topics(
+        [
+            NewTopic(name, num_partitions=2 if key == "VINSPECT_IMAGES_TOPIC" else 1, replication_factor=1)
+            for key, name in names.items()
+        ]
+    )
     for fut in futures.values():
         fut.result(timeout=15)
     return names
@@ -51,10 +59,15 @@ def _collect(bootstrap: str, topic: str, want: int, timeout: float, key=None, un
     """Read `topic` from the start until `want` distinct items (by `key`), `until(keys)` or timeout."""
     from confluent_kafka import Consumer
 
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"test-{uuid.uuid4().hex[:8]}",
-        "auto.offset.reset": "earliest", "enable.auto.commit": False, "session.timeout.ms": 6000,
-    })
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([topic])
     seen: dict = {}
     deadline = time.monotonic() + timeout
@@ -81,8 +94,13 @@ def _result_image_id(item) -> str:
 def _send(bootstrap: str, topic: str, frames, count: int, cameras: int, fps: float = 0) -> list[str]:
     ids: list[str] = []
     produce_frames(
-        _producer(bootstrap), topic, frame_stream(frames, loop=True, shuffle=False),
-        cameras=cameras, fps=fps, count=count, on_sent=lambda eid, _cam: ids.append(eid),
+        _producer(bootstrap),
+        topic,
+        frame_stream(frames, loop=True, shuffle=False),
+        cameras=cameras,
+        fps=fps,
+        count=count,
+        on_sent=lambda eid, _cam: ids.append(eid),
     )
     return ids
 
@@ -123,21 +141,57 @@ class Runtime:
 
     def start_model(self):
         self.model = self.start_proc(
-            [PYTHON, "-m", "vinspect", "serve", "model", "--uri", str(self.onnx_model),
-             "--name", "metal-nut", "--host", "127.0.0.1", "--port", str(self.model_port),
-             "--threads", "1", "--log-level", "warning"],
-            "model", self.env,
+            [
+                PYTHON,
+                "-m",
+                "vinspect",
+                "serve",
+                "model",
+                "--uri",
+                str(self.onnx_model),
+                "--name",
+                "metal-nut",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.model_port),
+                "--threads",
+                "1",
+                "--log-level",
+                "warning",
+            ],
+            "model",
+            self.env,
         )
-        wait_http(f"http://127.0.0.1:{self.model_port}/v2/models/metal-nut/ready", 60,
-                  proc=self.model, token=self.env.get("VINSPECT_MODEL_TOKEN"))
+        wait_http(
+            f"http://127.0.0.1:{self.model_port}/v2/models/metal-nut/ready",
+            60,
+            proc=self.model,
+            token=self.env.get("VINSPECT_MODEL_TOKEN"),
+        )
         return self.model
 
     def start_processor(self):
         self.processor = self.start_proc(
-            [PYTHON, "-m", "vinspect", "serve", "processor", "--host", "127.0.0.1",
-             "--port", str(self.health_port), "--metrics-port", str(self.metrics_port),
-             "--concurrency", "4", "--log-level", "warning"],
-            "processor", self.env,
+            [
+                PYTHON,
+                "-m",
+                "vinspect",
+                "serve",
+                "processor",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.health_port),
+                "--metrics-port",
+                str(self.metrics_port),
+                "--concurrency",
+                "4",
+                "--log-level",
+                "warning",
+            ],
+            "processor",
+            self.env,
         )
         wait_http(f"http://127.0.0.1:{self.health_port}/healthz", 60, proc=self.processor)
         return self.processor
@@ -145,9 +199,22 @@ class Runtime:
     def start_dashboard(self) -> str:
         port = free_port()
         proc = self.start_proc(
-            [PYTHON, "-m", "vinspect", "serve", "dashboard", "--host", "127.0.0.1",
-             "--port", str(port), "--from-beginning", "--log-level", "warning"],
-            "dashboard", self.env,
+            [
+                PYTHON,
+                "-m",
+                "vinspect",
+                "serve",
+                "dashboard",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--from-beginning",
+                "--log-level",
+                "warning",
+            ],
+            "dashboard",
+            self.env,
         )
         wait_http(f"http://127.0.0.1:{port}/healthz", 60, proc=proc)
         return f"http://127.0.0.1:{port}"
@@ -186,8 +253,7 @@ def runtime(tmp_path_factory, local_stack, onnx_model):
 def test_whole_loop_n_in_n_out_and_the_page_shows_them(runtime, frames):
     n, cameras = 12, 3
     ids = _send(runtime.bootstrap, runtime.topics["VINSPECT_IMAGES_TOPIC"], frames, n, cameras)
-    results = _collect(runtime.bootstrap, runtime.topics["VINSPECT_RESULTS_TOPIC"], n, 90,
-                       key=_result_image_id)
+    results = _collect(runtime.bootstrap, runtime.topics["VINSPECT_RESULTS_TOPIC"], n, 90, key=_result_image_id)
     got = {_result_image_id(r) for r in results}
     assert got == set(ids), f"missing {set(ids) - got}; processor log:\n{runtime.processor.output()}"
     for key, value, headers in results:
@@ -196,8 +262,11 @@ def test_whole_loop_n_in_n_out_and_the_page_shows_them(runtime, frames):
         assert key in {f"camera-{i}".encode() for i in range(cameras)}
     # The feedback loop's metrics, per camera, on the separate metrics port (the PodMonitor's).
     scraped = httpx.get(f"http://127.0.0.1:{runtime.metrics_port}/metrics").text
-    per_camera = {line.split('"')[1]: float(line.rsplit(" ", 1)[1]) for line in scraped.splitlines()
-                  if line.startswith("vinspect_images_total{")}
+    per_camera = {
+        line.split('"')[1]: float(line.rsplit(" ", 1)[1])
+        for line in scraped.splitlines()
+        if line.startswith("vinspect_images_total{")
+    }
     assert set(per_camera) >= {f"camera-{i}" for i in range(cameras)}
     assert sum(per_camera[f"camera-{i}"] for i in range(cameras)) >= n
     assert "vinspect_processor_events_total" in scraped  # the adapter's metrics come along
@@ -222,8 +291,7 @@ def test_whole_loop_n_in_n_out_and_the_page_shows_them(runtime, frames):
                 assert card.locator(".latency").inner_text().endswith(" ms")
                 assert card.locator(".counts").inner_text().startswith(f"{n // cameras} seen")
                 assert card.evaluate(
-                    "c => c.querySelector('img.picture').complete && "
-                    "c.querySelector('img.picture').naturalWidth > 0"
+                    "c => c.querySelector('img.picture').complete && c.querySelector('img.picture').naturalWidth > 0"
                 )
                 assert card.get_attribute("data-image-id") in set(ids)
             assert page.locator("#status").get_attribute("data-state") == "live"
@@ -236,10 +304,19 @@ def test_poison_goes_to_dlq_and_the_loop_goes_on(runtime, frames):
     topic = runtime.topics["VINSPECT_IMAGES_TOPIC"]
     producer = _producer(runtime.bootstrap)
     # A CloudEvent whose JPEG is garbage, and a legacy-style JSON record without an image.
-    producer.produce(topic, key=b"camera-x", value=b"\xff\xd8 not really a jpeg", headers=[
-        ("ce_specversion", b"1.0"), ("ce_id", b"poison-1"), ("ce_source", b"/test"),
-        ("ce_type", b"io.vinspect.image.captured"), ("ce_time", b"2026-01-01T00:00:00Z"),
-        ("content-type", b"image/jpeg")])
+    producer.produce(
+        topic,
+        key=b"camera-x",
+        value=b"\xff\xd8 not really a jpeg",
+        headers=[
+            ("ce_specversion", b"1.0"),
+            ("ce_id", b"poison-1"),
+            ("ce_source", b"/test"),
+            ("ce_type", b"io.vinspect.image.captured"),
+            ("ce_time", b"2026-01-01T00:00:00Z"),
+            ("content-type", b"image/jpeg"),
+        ],
+    )
     producer.produce(topic, key=b"camera-y", value=b'{"id": "camera-y", "type": "image"}')
     producer.flush(10)
     del producer
@@ -254,8 +331,14 @@ def test_poison_goes_to_dlq_and_the_loop_goes_on(runtime, frames):
     assert poisoned[1] == b"\xff\xd8 not really a jpeg"  # the original record, untouched
     assert poisoned[2]["ce_id"] == b"poison-1" and poisoned[2]["dlq_source_topic"] == topic.encode()
 
-    results = _collect(runtime.bootstrap, runtime.topics["VINSPECT_RESULTS_TOPIC"], 10_000, 60,
-                       key=_result_image_id, until=lambda seen: set(ids) <= seen)
+    results = _collect(
+        runtime.bootstrap,
+        runtime.topics["VINSPECT_RESULTS_TOPIC"],
+        10_000,
+        60,
+        key=_result_image_id,
+        until=lambda seen: set(ids) <= seen,
+    )
     assert set(ids) <= {_result_image_id(r) for r in results}
     assert runtime.metric('vinspect_processor_events_total{outcome="dlq"}') == 2
     assert httpx.get(f"http://127.0.0.1:{runtime.health_port}/readyz").status_code == 200
@@ -281,8 +364,9 @@ def test_model_server_killed_mid_stream_nothing_lost(start_proc, local_stack, on
     import threading
 
     ids: list[str] = []
-    sender = threading.Thread(target=lambda: ids.extend(
-        _send(rt.bootstrap, rt.topics["VINSPECT_IMAGES_TOPIC"], frames, n, 2, fps=2)))
+    sender = threading.Thread(
+        target=lambda: ids.extend(_send(rt.bootstrap, rt.topics["VINSPECT_IMAGES_TOPIC"], frames, n, 2, fps=2))
+    )
     sender.start()
     # Let part of the stream through, then crash the model server.
     first = _collect(rt.bootstrap, results_topic, 4, 30)
@@ -311,8 +395,9 @@ def test_processor_killed_mid_stream_redelivers(start_proc, local_stack, onnx_mo
     import threading
 
     ids: list[str] = []
-    sender = threading.Thread(target=lambda: ids.extend(
-        _send(rt.bootstrap, rt.topics["VINSPECT_IMAGES_TOPIC"], frames, n, 2, fps=2)))
+    sender = threading.Thread(
+        target=lambda: ids.extend(_send(rt.bootstrap, rt.topics["VINSPECT_IMAGES_TOPIC"], frames, n, 2, fps=2))
+    )
     sender.start()
     assert len(_collect(rt.bootstrap, results_topic, 3, 30)) >= 3, processor.output()
     processor.kill()

@@ -49,10 +49,16 @@ def register(app: typer.Typer) -> None:
     def import_(
         source: str = typer.Argument(..., help="CVAT export: folder, .zip, or s3://bucket/key.zip"),
         out: Path = typer.Option(..., "--out", help="Dataset folder to write (absent or empty)"),
-        fmt: Optional[str] = typer.Option(None, "--format", help="Export format (detected if omitted): "
-                                          "'YOLO 1.1', 'Ultralytics YOLO Detection 1.0', 'CVAT for images 1.1', 'COCO 1.0'"),
+        fmt: Optional[str] = typer.Option(
+            None,
+            "--format",
+            help="Export format (detected if omitted): "
+            "'YOLO 1.1', 'Ultralytics YOLO Detection 1.0', 'CVAT for images 1.1', 'COCO 1.0'",
+        ),
         classes: str = typer.Option("scratch,bent", "--classes", help="Class names in id order"),
-        map_by_name: bool = typer.Option(False, "--map-by-name", help="Map labels by name when the export's order differs"),
+        map_by_name: bool = typer.Option(
+            False, "--map-by-name", help="Map labels by name when the export's order differs"
+        ),
         val: float = typer.Option(0.2, "--val", help="Validation fraction"),
         test: float = typer.Option(0.0, "--test", help="Test fraction (0: none)"),
         seed: int = typer.Option(0, "--seed", help="Split seed"),
@@ -64,9 +70,19 @@ def register(app: typer.Typer) -> None:
 
         try:
             s3_client = _s3(True).client() if source.startswith("s3://") else None
-            manifest = import_dataset(source, out, fmt=fmt, classes=_classes(classes), map_by_name=map_by_name,
-                                      val=val, test=test, seed=seed, s3_client=s3_client, overwrite=overwrite,
-                                      progress=True)
+            manifest = import_dataset(
+                source,
+                out,
+                fmt=fmt,
+                classes=_classes(classes),
+                map_by_name=map_by_name,
+                val=val,
+                test=test,
+                seed=seed,
+                s3_client=s3_client,
+                overwrite=overwrite,
+                progress=True,
+            )
         except DatasetError as e:
             _fail(e)
         _summary(manifest)
@@ -80,8 +96,11 @@ def register(app: typer.Typer) -> None:
         task: Optional[int] = typer.Option(None, "--task", help="CVAT task id"),
         project: Optional[int] = typer.Option(None, "--project", help="CVAT project id"),
         fmt: str = typer.Option("Ultralytics YOLO Detection 1.0", "--format", help="CVAT export format"),
-        include_all_jobs: bool = typer.Option(False, "--include-all-jobs",
-                                              help="Also export jobs that are not yet completed (by default only completed annotation jobs, any stage)"),
+        include_all_jobs: bool = typer.Option(
+            False,
+            "--include-all-jobs",
+            help="Also export jobs that are not yet completed (by default only completed annotation jobs, any stage)",
+        ),
         classes: str = typer.Option("scratch,bent", "--classes", help="Class names in id order"),
         map_by_name: bool = typer.Option(False, "--map-by-name", help="Map labels by name when the order differs"),
         val: float = typer.Option(0.2, "--val", help="Validation fraction"),
@@ -91,7 +110,10 @@ def register(app: typer.Typer) -> None:
         upload: bool = typer.Option(False, "--upload", help="Upload to S3 under datasets/<dataset_id>/"),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out"),
     ) -> None:
-        """Export a CVAT task or project (completed jobs) and import it. Credentials: $CVAT_TOKEN or $CVAT_USERNAME/$CVAT_PASSWORD."""
+        """Export a CVAT task or project (completed jobs) and import it.
+
+        Credentials: $CVAT_TOKEN or $CVAT_USERNAME/$CVAT_PASSWORD.
+        """
         from components.data import CVATError, DatasetError, import_dataset
         from components.data.cvat_pull import make_client
         from vinspect.settings import CVATSettings
@@ -112,10 +134,23 @@ def register(app: typer.Typer) -> None:
                 host=settings.host,
             )
             with client:
-                manifest = import_dataset(None, out, fmt=fmt, classes=_classes(classes), map_by_name=map_by_name,
-                                          cvat_client=client, task_id=task, project_id=project,
-                                          include_all_jobs=include_all_jobs, val=val, test=test, seed=seed,
-                                          cvat_timeout=timeout, overwrite=overwrite, progress=True)
+                manifest = import_dataset(
+                    None,
+                    out,
+                    fmt=fmt,
+                    classes=_classes(classes),
+                    map_by_name=map_by_name,
+                    cvat_client=client,
+                    task_id=task,
+                    project_id=project,
+                    include_all_jobs=include_all_jobs,
+                    val=val,
+                    test=test,
+                    seed=seed,
+                    cvat_timeout=timeout,
+                    overwrite=overwrite,
+                    progress=True,
+                )
         except (DatasetError, CVATError) as e:
             _fail(e)
         _summary(manifest)

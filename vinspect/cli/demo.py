@@ -12,22 +12,47 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo_cmd(
         data: Optional[str] = typer.Option(
-            None, "--data", envvar="DATA",
+            None,
+            "--data",
+            envvar="DATA",
             help="A CVAT export (dir, zip or s3://) to train on; default: synthetic metal nuts.",
         ),
         images: int = typer.Option(120, "-n", "--images", help="Synthetic images when --data is not given."),
-        epochs: int = typer.Option(40, "--epochs", help="Training epochs (from scratch: no pretrained weights offline)."),
+        epochs: int = typer.Option(
+            40, "--epochs", help="Training epochs (from scratch: no pretrained weights offline)."
+        ),
         imgsz: int = typer.Option(256, "--imgsz", help="Training and serving image size."),
         seed: int = typer.Option(0, "--seed", help="Seed for data, split and training."),
-        runtime: bool = typer.Option(True, "--runtime/--no-runtime", help="Start model server, processor, camera and dashboard after the pipeline."),
+        runtime: bool = typer.Option(
+            True,
+            "--runtime/--no-runtime",
+            help="Start model server, processor, camera and dashboard after the pipeline.",
+        ),
         state: Optional[Path] = typer.Option(None, "--state", help="State directory (default ./.vinspect)."),
         min_map50: Optional[float] = typer.Option(None, "--min-map50", help="Override the quality gate's mAP50 floor."),
-        min_class_map50: Optional[float] = typer.Option(None, "--min-class-map50", help="Override the gate's per-class mAP50 floor."),
-        smoke_min_classes: Optional[int] = typer.Option(None, "--smoke-min-classes", help="Classes the rollout's smoke test must find (-1 all, 0 none: server answers)."),
+        min_class_map50: Optional[float] = typer.Option(
+            None, "--min-class-map50", help="Override the gate's per-class mAP50 floor."
+        ),
+        smoke_min_classes: Optional[int] = typer.Option(
+            None,
+            "--smoke-min-classes",
+            help="Classes the rollout's smoke test must find (-1 all, 0 none: server answers).",
+        ),
     ) -> None:
         """Bring the local stack up, build a dataset, run the training pipeline locally, serve the champion."""
         from vinspect.demo import run_demo
 
-        raise typer.Exit(run_demo(data=data, images=images, epochs=epochs, imgsz=imgsz, seed=seed, runtime=runtime, state=state,
-                                    min_map50=min_map50, min_class_map50=min_class_map50,
-                                    smoke_min_classes=smoke_min_classes))
+        raise typer.Exit(
+            run_demo(
+                data=data,
+                images=images,
+                epochs=epochs,
+                imgsz=imgsz,
+                seed=seed,
+                runtime=runtime,
+                state=state,
+                min_map50=min_map50,
+                min_class_map50=min_class_map50,
+                smoke_min_classes=smoke_min_classes,
+            )
+        )

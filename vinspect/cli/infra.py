@@ -55,9 +55,9 @@ def validate(
     """
     from tqdm import tqdm
 
+    from infra.image_policy import check_images, manifest_images
     from infra.render import RenderError, list_overlays
     from infra.render import render as render_overlay
-    from infra.image_policy import check_images, manifest_images
     from infra.validate import SchemasMissingError, default_store, validate_objects
 
     names = overlay or list_overlays()
@@ -91,12 +91,22 @@ def _oc_builder(kubeconfig: Optional[Path], context: Optional[str]):
     """A builder that uploads the committed tree of this repository (`oc start-build --from-repo`)."""
     oc = shutil.which("oc")
     if oc is None:
-        _fail("`oc` is not on PATH: it uploads this repository for the image builds. Install it, or pass "
-              "--skip-builds and make the images available otherwise")
+        _fail(
+            "`oc` is not on PATH: it uploads this repository for the image builds. Install it, or pass "
+            "--skip-builds and make the images available otherwise"
+        )
 
     def start(bc: dict[str, Any]) -> str:
-        cmd = [oc, "start-build", bc["metadata"]["name"], "-n", bc["metadata"]["namespace"],
-               f"--from-repo={REPO_ROOT}", "-o", "name"]
+        cmd = [
+            oc,
+            "start-build",
+            bc["metadata"]["name"],
+            "-n",
+            bc["metadata"]["namespace"],
+            f"--from-repo={REPO_ROOT}",
+            "-o",
+            "name",
+        ]
         if kubeconfig:
             cmd += ["--kubeconfig", str(kubeconfig)]
         if context:
@@ -120,7 +130,9 @@ def _oc_builder(kubeconfig: Optional[Path], context: Optional[str]):
 def bootstrap(
     overlay: str = typer.Option("default", "--overlay", "-o", help="Overlay under infra/manifests/overlays."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (phases, objects, waits); touch nothing."),
-    kubeconfig: Optional[Path] = typer.Option(None, "--kubeconfig", help="Kubeconfig file (default: KUBECONFIG or ~/.kube/config)."),
+    kubeconfig: Optional[Path] = typer.Option(
+        None, "--kubeconfig", help="Kubeconfig file (default: KUBECONFIG or ~/.kube/config)."
+    ),
     context: Optional[str] = typer.Option(None, "--context", help="Kubeconfig context."),
     timeout: float = typer.Option(1800.0, "--timeout", help="Seconds each wait may take before giving up."),
     poll_interval: float = typer.Option(5.0, "--poll-interval", help="Seconds between readiness polls."),
@@ -203,8 +215,11 @@ def finish(report: Any, overlay: str) -> None:
     if report.skipped:
         for part, why in sorted(report.skipped.items()):
             typer.echo(f"warning: optional part {part!r} skipped: {why}", err=True)
-        typer.echo(f"everything else is in place; fix the optional part(s) ({', '.join(sorted(report.skipped))}) "
-                   "and run the bootstrap again (it is idempotent)", err=True)
+        typer.echo(
+            f"everything else is in place; fix the optional part(s) ({', '.join(sorted(report.skipped))}) "
+            "and run the bootstrap again (it is idempotent)",
+            err=True,
+        )
         raise typer.Exit(OPTIONAL_SKIPPED_EXIT)
 
 

@@ -108,6 +108,9 @@ def register(app: typer.Typer) -> None:
         mlflow_port: Optional[int] = _MLFLOW,
         kafka_port: Optional[int] = _KAFKA,
     ) -> None:
-        """Check each service for real (list buckets, an MLflow API call, Kafka metadata) and report the state's size; exit 1 if any is down."""
+        """Check each service for real (list buckets, an MLflow API call, Kafka metadata) and report the state's size.
+
+        Exits 1 if any is down.
+        """
         cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
         raise typer.Exit(0 if print_status(cfg) else 1)

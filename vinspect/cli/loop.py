@@ -22,8 +22,12 @@ def register_retrain(app: typer.Typer) -> None:
     def serve_cmd(
         port: int = typer.Option(8080, "--port", help="Port of the CloudEvents receiver"),
         host: str = typer.Option("0.0.0.0", "--host", help="Address to bind"),
-        args: str = typer.Option("{}", "--args", envvar="VINSPECT_RETRAIN_ARGS",
-                                 help='Pipeline arguments of each run, JSON (e.g. {"cvat_project_id": 1})'),
+        args: str = typer.Option(
+            "{}",
+            "--args",
+            envvar="VINSPECT_RETRAIN_ARGS",
+            help='Pipeline arguments of each run, JSON (e.g. {"cvat_project_id": 1})',
+        ),
         cooldown: float = typer.Option(21600.0, "--cooldown", help="Least seconds between two runs"),
         min_psi: float = typer.Option(0.2, "--min-psi", help="Lowest PSI that starts a run"),
         gpus: int = typer.Option(1, "--gpus", help="Accelerator limit of the train step"),
@@ -50,8 +54,16 @@ def register_retrain(app: typer.Typer) -> None:
         settings = KFPSettings.from_env()
 
         def start(run_args: dict) -> str:
-            return submit(settings.host, arguments=run_args, ca_bundle=settings.ca_bundle,
-                          namespace=settings.namespace, gpus=gpus).run_id or ""
+            return (
+                submit(
+                    settings.host,
+                    arguments=run_args,
+                    ca_bundle=settings.ca_bundle,
+                    namespace=settings.namespace,
+                    gpus=gpus,
+                ).run_id
+                or ""
+            )
 
         server = serve(RetrainOnDrift(start, arguments, cooldown_s=cooldown, min_psi=min_psi), port, host)
         typer.echo(f"retrain-on-drift listening on {host}:{server.server_address[1]}")

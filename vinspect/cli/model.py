@@ -60,11 +60,18 @@ def _metrics_table(metrics: dict) -> None:
     table = Table(title=f"{metrics['split']}: {metrics['images']} images, {metrics['instances']} instances")
     for col in ("class", "support", "mAP50", "mAP50-95", "precision", "recall"):
         table.add_column(col, justify="left" if col == "class" else "right")
-    table.add_row("all", str(metrics["instances"]), fmt(metrics["map50"]), fmt(metrics["map50_95"]),
-                  fmt(metrics["precision"]), fmt(metrics["recall"]))
+    table.add_row(
+        "all",
+        str(metrics["instances"]),
+        fmt(metrics["map50"]),
+        fmt(metrics["map50_95"]),
+        fmt(metrics["precision"]),
+        fmt(metrics["recall"]),
+    )
     for name, m in metrics["per_class"].items():
-        table.add_row(name, str(m["support"]), fmt(m["map50"]), fmt(m["map50_95"]),
-                      fmt(m["precision"]), fmt(m["recall"]))
+        table.add_row(
+            name, str(m["support"]), fmt(m["map50"]), fmt(m["map50_95"]), fmt(m["precision"]), fmt(m["recall"])
+        )
     Console(stderr=True).print(table)
 
 
@@ -107,9 +114,23 @@ def register(app: typer.Typer) -> None:
             bar.refresh()
 
         try:
-            result = train_model(data_yaml, out, model=model, weights=weights, epochs=epochs, imgsz=imgsz,
-                                 batch=batch, lr0=lr0, optimizer=optimizer, patience=patience, seed=seed, device=device,
-                                 workers=workers, s3_client=s3_client, progress=progress)
+            result = train_model(
+                data_yaml,
+                out,
+                model=model,
+                weights=weights,
+                epochs=epochs,
+                imgsz=imgsz,
+                batch=batch,
+                lr0=lr0,
+                optimizer=optimizer,
+                patience=patience,
+                seed=seed,
+                device=device,
+                workers=workers,
+                s3_client=s3_client,
+                progress=progress,
+            )
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         finally:
@@ -137,10 +158,14 @@ def register(app: typer.Typer) -> None:
         ),
         atol: float = typer.Option(1e-2, "--atol", help="Parity tolerance on raw outputs"),
         variants: Optional[Path] = typer.Option(
-            None, "--variants", help="Also write the precision variants (OpenVINO IR fp32, auto, NNCF int8) "
-            "in the OVMS layout to this new folder; needs --calibration"),
+            None,
+            "--variants",
+            help="Also write the precision variants (OpenVINO IR fp32, auto, NNCF int8) "
+            "in the OVMS layout to this new folder; needs --calibration",
+        ),
         calibration: Optional[Path] = typer.Option(
-            None, "--calibration", help="Dataset folder (its train images) or image folder for INT8 calibration"),
+            None, "--calibration", help="Dataset folder (its train images) or image folder for INT8 calibration"
+        ),
         calibration_images: int = typer.Option(300, "--calibration-images", help="Calibration images used, at most"),
     ) -> None:
         """Export weights to ONNX for OpenVINO Model Server, optionally checking parity with PyTorch
@@ -150,8 +175,9 @@ def register(app: typer.Typer) -> None:
 
         name_list = [n.strip() for n in names.split(",") if n.strip()]
         try:
-            path = export_onnx(weights, out, imgsz=imgsz, opset=opset, dynamic=dynamic,
-                               dataset_id=dataset_id, names=name_list)
+            path = export_onnx(
+                weights, out, imgsz=imgsz, opset=opset, dynamic=dynamic, dataset_id=dataset_id, names=name_list
+            )
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         typer.echo(f"exported: {path}")
@@ -181,9 +207,12 @@ def register(app: typer.Typer) -> None:
             f"parity: ok on {report['images']} images, max |torch - onnx| = {report['max_abs_diff']:.3g} "
             f"(atol {atol:g}), detections {report['detections_torch']}/{report['detections_onnx']} matched "
             f"{report['matched']}"
-            + (f"; max |torch - openvino f32| = {report['max_abs_diff_openvino']:.3g}, openvino "
-               f"{report['openvino_auto_precision']} {report['max_abs_diff_openvino_auto']:.3g}"
-               if "max_abs_diff_openvino" in report else "")
+            + (
+                f"; max |torch - openvino f32| = {report['max_abs_diff_openvino']:.3g}, openvino "
+                f"{report['openvino_auto_precision']} {report['max_abs_diff_openvino_auto']:.3g}"
+                if "max_abs_diff_openvino" in report
+                else ""
+            )
         )
 
     @app.command("evaluate")
@@ -191,18 +220,26 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Argument(..., help="ONNX model or OpenVINO IR (.xml)"),
         data: Path = typer.Argument(..., help="Dataset folder"),
         engine: Optional[str] = typer.Option(
-            None, "--engine", help="openvino (default where installed, as served) or onnxruntime [VINSPECT_ENGINE]"),
+            None, "--engine", help="openvino (default where installed, as served) or onnxruntime [VINSPECT_ENGINE]"
+        ),
         precision: Optional[str] = typer.Option(
-            None, "--precision", help="OpenVINO precision: f32, bf16, auto (default: the model's declared, "
-            "else the runtime's) [VINSPECT_PRECISION]"),
+            None,
+            "--precision",
+            help="OpenVINO precision: f32, bf16, auto (default: the model's declared, "
+            "else the runtime's) [VINSPECT_PRECISION]",
+        ),
         split: str = typer.Option("val", "--split"),
-        out: Optional[Path] = typer.Option(None, "--out", help="Folder for metrics.json, PR curve and confusion matrix"),
+        out: Optional[Path] = typer.Option(
+            None, "--out", help="Folder for metrics.json, PR curve and confusion matrix"
+        ),
         conf: float = typer.Option(0.001, "--conf", help="Confidence threshold for mAP"),
         iou: float = typer.Option(0.6, "--iou", help="NMS IoU threshold"),
         floors: Optional[str] = typer.Option(
             None, "--floors", help='Gate floors, JSON or file, e.g. \'{"map50": 0.5, "per_class_map50": 0.3}\''
         ),
-        champion: Optional[str] = typer.Option(None, "--champion", help="Champion metrics (JSON or file) on the same data"),
+        champion: Optional[str] = typer.Option(
+            None, "--champion", help="Champion metrics (JSON or file) on the same data"
+        ),
         max_regression: float = typer.Option(0.02, "--max-regression", help="Allowed drop below the champion"),
         strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the gate rejects the model"),
         as_json: bool = typer.Option(False, "--json", help="Print metrics (and gate decision) as JSON on stdout"),
@@ -222,8 +259,17 @@ def register(app: typer.Typer) -> None:
             bar.refresh()
 
         try:
-            metrics = evaluate_onnx(model, data, split=split, out_dir=out, conf=conf, iou=iou, progress=progress,
-                                    engine=engine, precision=precision)
+            metrics = evaluate_onnx(
+                model,
+                data,
+                split=split,
+                out_dir=out,
+                conf=conf,
+                iou=iou,
+                progress=progress,
+                engine=engine,
+                precision=precision,
+            )
         except (FileNotFoundError, ValueError) as exc:
             _fail(exc)
         finally:

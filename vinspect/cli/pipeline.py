@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 
 _IMAGE = typer.Option(
-    None, "--image",
+    None,
+    "--image",
     help="Component image (default $VINSPECT_IMAGE, else the image `vinspect infra bootstrap` builds in the "
-         "pipelines project: image-registry.openshift-image-registry.svc:5000/<namespace>/vinspect-pipeline:latest).",
+    "pipelines project: image-registry.openshift-image-registry.svc:5000/<namespace>/vinspect-pipeline:latest).",
 )
 _GPUS = typer.Option(1, "--gpus", min=0, help="GPUs for the train step (0: CPU-only train step).")
 _PARAM = typer.Option(
@@ -73,8 +74,13 @@ def register(app: typer.Typer) -> None:
         """Compile the training pipeline to KFP IR YAML (upload it in the OpenShift AI console or with `submit`)."""
         from pipelines.compile import compile_pipeline
 
-        path = compile_pipeline(out, image=image, secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
-                                gpus=gpus, namespace=namespace)
+        path = compile_pipeline(
+            out,
+            image=image,
+            secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+            gpus=gpus,
+            namespace=namespace,
+        )
         typer.echo(f"wrote {path}")
 
     @app.command("params")
@@ -120,8 +126,14 @@ def register(app: typer.Typer) -> None:
         from pipelines.local import LocalRunError, run_local
 
         args = _arguments(
-            params, epochs=epochs, imgsz=imgsz, batch=batch, model_yaml=model, min_map50=min_map50,
-            min_class_map50=min_class_map50, skip_if_unchanged=True if skip_if_unchanged else None,
+            params,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            model_yaml=model,
+            min_map50=min_map50,
+            min_class_map50=min_class_map50,
+            skip_if_unchanged=True if skip_if_unchanged else None,
         )
         from rich.console import Console
 
@@ -129,8 +141,12 @@ def register(app: typer.Typer) -> None:
         try:
             with console.status("running the training pipeline locally (step logs follow)..."):
                 result = run_local(
-                    data, arguments=args, model_url=model_url, pipeline_root=pipeline_root,
-                    enable_caching=not no_cache, synth_images=synth_images,
+                    data,
+                    arguments=args,
+                    model_url=model_url,
+                    pipeline_root=pipeline_root,
+                    enable_caching=not no_cache,
+                    synth_images=synth_images,
                 )
         except LocalRunError as exc:
             _fail(str(exc))
@@ -170,9 +186,10 @@ def register(app: typer.Typer) -> None:
         image: Optional[str] = _IMAGE,
         gpus: int = _GPUS,
         no_cache: bool = typer.Option(
-            False, "--no-cache",
+            False,
+            "--no-cache",
             help="Run every step. Without it the pull is keyed on the data's version (S3 ETags, or CVAT's "
-                 "modification dates, read from here; else every step runs and a note says why).",
+            "modification dates, read from here; else every step runs and a note says why).",
         ),
         service_account: Optional[str] = _SA,
         s3_secret: str = _S3_SECRET,
@@ -185,12 +202,24 @@ def register(app: typer.Typer) -> None:
 
         args = _arguments(params, data_source=data)
         if data and not data.startswith("s3://"):
-            _fail(f"--data {data}: a cluster run reads its data from S3 or CVAT; upload it (`vinspect data import "
-                  "... --upload`) and pass the s3:// URI")
+            _fail(
+                f"--data {data}: a cluster run reads its data from S3 or CVAT; upload it (`vinspect data import "
+                "... --upload`) and pass the s3:// URI"
+            )
         try:
-            sub = submit(host, arguments=args, experiment=experiment, run_name=run_name, ca_bundle=ca_bundle,
-                         namespace=namespace, image=image, secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
-                         gpus=gpus, enable_caching=not no_cache, service_account=service_account)
+            sub = submit(
+                host,
+                arguments=args,
+                experiment=experiment,
+                run_name=run_name,
+                ca_bundle=ca_bundle,
+                namespace=namespace,
+                image=image,
+                secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+                gpus=gpus,
+                enable_caching=not no_cache,
+                service_account=service_account,
+            )
         except SubmitError as exc:
             _fail(str(exc))
         for note in sub.notes:
@@ -225,9 +254,19 @@ def register(app: typer.Typer) -> None:
             _fail(str(exc))
         args = _arguments(params, data_source=data)
         try:
-            sub = schedule(cron, host, arguments=args, name=name, experiment=experiment, ca_bundle=ca_bundle,
-                           namespace=namespace, image=image, secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
-                           gpus=gpus, service_account=service_account)
+            sub = schedule(
+                cron,
+                host,
+                arguments=args,
+                name=name,
+                experiment=experiment,
+                ca_bundle=ca_bundle,
+                namespace=namespace,
+                image=image,
+                secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+                gpus=gpus,
+                service_account=service_account,
+            )
         except SubmitError as exc:
             _fail(str(exc))
         typer.echo(json.dumps(sub.to_dict(), indent=2, default=str))

@@ -162,8 +162,10 @@ def _report_rollout(result: dict) -> None:
 
 _MODEL_OPT = typer.Option(None, "--model", help="Registered model name (default: $VINSPECT_MODEL_NAME).")
 _DEPLOY_OPT = typer.Option(
-    Deploy.none, "--deploy", help="Also deploy: 'local' (local model server) or 'kserve' (cluster); "
-    "the alias then moves only after the rollout succeeds."
+    Deploy.none,
+    "--deploy",
+    help="Also deploy: 'local' (local model server) or 'kserve' (cluster); "
+    "the alias then moves only after the rollout succeeds.",
 )
 _NS_OPT = typer.Option(None, "--namespace", "-n", help="KServe namespace (with --deploy kserve).")
 _DC_OPT = typer.Option(
@@ -174,11 +176,16 @@ _SERVICE_OPT = typer.Option(
     None, "--service", help="InferenceService / served model name (default: from the model name)."
 )
 _URL_OPT = typer.Option(
-    None, "--model-url", help="v2 base URL: the local server (default $VINSPECT_MODEL_URL) or, for "
-    "kserve, where to smoke-test from outside the cluster."
+    None,
+    "--model-url",
+    help="v2 base URL: the local server (default $VINSPECT_MODEL_URL) or, for "
+    "kserve, where to smoke-test from outside the cluster.",
 )
 _GOLDEN_OPT = typer.Option(
-    None, "--golden", exists=True, dir_okay=False,
+    None,
+    "--golden",
+    exists=True,
+    dir_okay=False,
     help='JSON {"image.png": ["bent"], ...} of golden images for the smoke test (paths relative to it).',
 )
 _TIMEOUT_OPT = typer.Option(600.0, "--timeout", help="Seconds to wait for the deployment to be ready.")
@@ -206,9 +213,12 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         if as_json:
             console.print_json(json.dumps(versions))
             return
-        columns = list(metric) or sorted(
-            {k for v in versions for k in v["metrics"] if "/" not in k}  # per-epoch series have a '/'
-        )[:5]
+        columns = (
+            list(metric)
+            or sorted(
+                {k for v in versions for k in v["metrics"] if "/" not in k}  # per-epoch series have a '/'
+            )[:5]
+        )
         table = Table(title=f"{name}: {len(versions)} version(s)")
         for col in ("version", "aliases", "created (UTC)", "dataset", *columns, "S3 path"):
             table.add_column(col, overflow="fold")
@@ -229,7 +239,10 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
     @model_app.command("register")
     def register_cmd(
         onnx: Path = typer.Option(
-            ..., "--onnx", exists=True, dir_okay=False,
+            ...,
+            "--onnx",
+            exists=True,
+            dir_okay=False,
             help="An existing ONNX detector, e.g. the original demo's YOLOv5m ([1, 25200, 7] output).",
         ),
         model: str | None = _MODEL_OPT,
@@ -238,14 +251,17 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         ),
         imgsz: int | None = typer.Option(None, "--imgsz", help="Input size, for a model with a dynamic input."),
         data: Path | None = typer.Option(
-            None, "--data", exists=True, file_okay=False,
+            None,
+            "--data",
+            exists=True,
+            file_okay=False,
             help="Dataset folder: evaluate on its validation split and record the metrics with the version.",
         ),
         gate: bool = typer.Option(
             False, "--gate", help="Apply the quality gate (needs --data): refuse a model that fails it."
         ),
         floors: str | None = typer.Option(
-            None, "--floors", help='Gate floors as JSON, e.g. \'{"map50": 0.5}\' (implies --gate).'
+            None, "--floors", help="Gate floors as JSON, e.g. '{\"map50\": 0.5}' (implies --gate)."
         ),
     ) -> None:
         """Register an existing ONNX model (checked, optionally evaluated and gated) as a new version.
@@ -269,9 +285,17 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         try:
             with console.status(f"Checking and registering {onnx.name} as {name}..."):
                 info = import_onnx(
-                    client, s3.client(), onnx_path=onnx, model_name=name, bucket=s3.bucket,
-                    names=[n for n in names.split(",")] if names else None, imgsz=imgsz, data=data,
-                    floors=floors_d, gate=gate, experiment=experiment,
+                    client,
+                    s3.client(),
+                    onnx_path=onnx,
+                    model_name=name,
+                    bucket=s3.bucket,
+                    names=[n for n in names.split(",")] if names else None,
+                    imgsz=imgsz,
+                    data=data,
+                    floors=floors_d,
+                    gate=gate,
+                    experiment=experiment,
                 )
         except (RegistryError, FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
@@ -281,7 +305,9 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             f"at {info['storage_uri']}"
         )
         if info["metrics"]:
-            console.print(f"  mAP50 {info['metrics'].get('map50', 0):.3f}, mAP50-95 {info['metrics'].get('map50_95', 0):.3f}")
+            console.print(
+                f"  mAP50 {info['metrics'].get('map50', 0):.3f}, mAP50-95 {info['metrics'].get('map50_95', 0):.3f}"
+            )
         console.print(f"  serve it: vinspect model promote {info['version']} --model {info['name']} --deploy local")
 
     @model_app.command("promote")
@@ -312,17 +338,32 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
                     console.print(f"version {version} already is the champion")
                 return
             result = _deploy(
-                client, name, version, deploy=deploy, move_alias=promote, namespace=namespace,
-                data_connection=data_connection, mode=mode, service=service, model_url=model_url,
-                golden=golden, timeout_s=timeout,
+                client,
+                name,
+                version,
+                deploy=deploy,
+                move_alias=promote,
+                namespace=namespace,
+                data_connection=data_connection,
+                mode=mode,
+                service=service,
+                model_url=model_url,
+                golden=golden,
+                timeout_s=timeout,
             )
         except _errors() as exc:
             _fail(str(exc))
         if result.get("status") == "deployed":
             notify("promoted", name, version, previous_version=result.get("previous_version"), target=deploy.value)
         else:
-            notify("rolled_back", name, result.get("previous_version") or "", from_version=version,
-                   reason=str(result.get("reason") or ""), target=deploy.value)
+            notify(
+                "rolled_back",
+                name,
+                result.get("previous_version") or "",
+                from_version=version,
+                reason=str(result.get("reason") or ""),
+                target=deploy.value,
+            )
         _report_rollout(result)
 
     @model_app.command("rollback")
@@ -346,8 +387,14 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
             if deploy is Deploy.none:
                 result = rollback(client, name)
                 console.print(f"champion: {result['rolled_back_from']} -> [green]{result['champion']}[/green]")
-                notify("rolled_back", name, result["champion"], from_version=result["rolled_back_from"],
-                       reason="vinspect model rollback", target="registry")
+                notify(
+                    "rolled_back",
+                    name,
+                    result["champion"],
+                    from_version=result["rolled_back_from"],
+                    reason="vinspect model rollback",
+                    target="registry",
+                )
                 return
             current, history = champion_state(client, name)
             if not history:
@@ -360,15 +407,25 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
                 return rollback(c, m, expect=v)
 
             result = _deploy(
-                client, name, target, deploy=deploy, move_alias=move_back, namespace=namespace,
-                data_connection=data_connection, mode=mode, service=service, model_url=model_url,
-                golden=golden, timeout_s=timeout,
+                client,
+                name,
+                target,
+                deploy=deploy,
+                move_alias=move_back,
+                namespace=namespace,
+                data_connection=data_connection,
+                mode=mode,
+                service=service,
+                model_url=model_url,
+                golden=golden,
+                timeout_s=timeout,
             )
         except _errors() as exc:
             _fail(str(exc))
         if result.get("status") == "deployed":
-            notify("rolled_back", name, target, from_version=current, reason="vinspect model rollback",
-                   target=deploy.value)
+            notify(
+                "rolled_back", name, target, from_version=current, reason="vinspect model rollback", target=deploy.value
+            )
         _report_rollout(result)
 
     @runs_app.command("compare")
@@ -395,8 +452,12 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         experiment = experiment or default_experiment
         try:
             rows = compare_runs(
-                client, experiment, metric or None, sort_by or (metric[0] if metric else None),
-                descending=not ascending, max_results=limit,
+                client,
+                experiment,
+                metric or None,
+                sort_by or (metric[0] if metric else None),
+                descending=not ascending,
+                max_results=limit,
             )
         except RegistryError as exc:
             _fail(str(exc))

@@ -38,16 +38,21 @@ def champion_uri(model_name: str, bucket: str, alias: str = "champion") -> tuple
     """
     import os
 
-    from vinspect.settings import MLflowSettings
-
     from serving.registry_client import RegistryAuth, RegistryError
     from serving.registry_client import champion_uri as resolve
+    from vinspect.settings import MLflowSettings
 
     settings = MLflowSettings.from_env()
     if not settings.tracking_uri:
         raise RegistryError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
-    return resolve(settings.tracking_uri, model_name, bucket, alias, auth=RegistryAuth.from_settings(settings),
-                   verify=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True)
+    return resolve(
+        settings.tracking_uri,
+        model_name,
+        bucket,
+        alias,
+        auth=RegistryAuth.from_settings(settings),
+        verify=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or True,
+    )
 
 
 def model(
@@ -55,11 +60,13 @@ def model(
         None, "--uri", help="ONNX file, model folder (OVMS layout ok) or s3://bucket/model/version/."
     ),
     champion: bool = typer.Option(
-        False, "--champion",
+        False,
+        "--champion",
         help="Serve the registry's `champion` version from S3 (looked up over MLflow's REST API).",
     ),
     champion_if_any: bool = typer.Option(
-        False, "--champion-if-any",
+        False,
+        "--champion-if-any",
         help="Like --champion, but start empty when there is no champion yet (the first rollout loads one).",
     ),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the URLs [VINSPECT_MODEL_NAME]."),
@@ -69,26 +76,37 @@ def model(
     ),
     port: int = typer.Option(8080, help="REST port."),
     engine: Optional[str] = typer.Option(
-        None, "--engine", help="Inference engine: openvino (OVMS's; the default where installed) or "
-        "onnxruntime [VINSPECT_ENGINE]."),
+        None,
+        "--engine",
+        help="Inference engine: openvino (OVMS's; the default where installed) or onnxruntime [VINSPECT_ENGINE].",
+    ),
     precision: Optional[str] = typer.Option(
-        None, "--precision", help="OpenVINO inference precision: f32, bf16 or auto (default: what an IR "
-        "variant declares, else the runtime's choice, bf16 on CPUs that have it) [VINSPECT_PRECISION]."),
+        None,
+        "--precision",
+        help="OpenVINO inference precision: f32, bf16 or auto (default: what an IR "
+        "variant declares, else the runtime's choice, bf16 on CPUs that have it) [VINSPECT_PRECISION].",
+    ),
     model_root: list[str] = typer.Option(
-        [], "--model-root", envvar="VINSPECT_MODEL_ROOTS",
+        [],
+        "--model-root",
+        envvar="VINSPECT_MODEL_ROOTS",
         help="Folder, s3://BUCKET or s3://BUCKET/PREFIX the repository API may load from (repeatable; the S3 "
         "models bucket AWS_S3_BUCKET is always allowed) [VINSPECT_MODEL_ROOTS, space-separated].",
     ),
     body_timeout_s: float = typer.Option(
         30.0, "--body-timeout", help="Seconds without a request-body byte before answering 408."
     ),
-    threads: int = typer.Option(0, help="Threads per inference (0: one per core). Best "
-                                "single-image latency; for throughput under concurrent requests on a few "
-                                "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py)."),
+    threads: int = typer.Option(
+        0,
+        help="Threads per inference (0: one per core). Best "
+        "single-image latency; for throughput under concurrent requests on a few "
+        "cores, --threads 1 --parallel <cores> is faster (benchmarks/stream.py).",
+    ),
     parallel: int = typer.Option(1, help="Inference runs at once per model (others queue)."),
     spin: bool = typer.Option(
-        True, help="Assume dedicated cores (idle ONNX Runtime threads spin, OpenVINO pins its threads): "
-        "fastest there; use --no-spin when the CPU is shared (local stack, processor on the same node)."
+        True,
+        help="Assume dedicated cores (idle ONNX Runtime threads spin, OpenVINO pins its threads): "
+        "fastest there; use --no-spin when the CPU is shared (local stack, processor on the same node).",
     ),
     max_body_mb: int = typer.Option(64, help="Largest request body accepted, MiB."),
     log_level: str = typer.Option("info", help="Log level."),
@@ -99,9 +117,8 @@ def model(
     `Authorization: Bearer <token>`; without it inference is open and the repository API
     (load / unload, which rollouts use) is disabled.
     """
-    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
-
     from serving.modelserver import default_model_roots, serve
+    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
 
     _logging(log_level)
     model_name = name or MLflowSettings.from_env().model_name
@@ -133,10 +150,21 @@ def model(
     token = ModelServerSettings.from_env().token
     models = [(model_name, uri, version)] if uri else []
     try:
-        serve(models, host, port, threads=threads, parallel=parallel, spin=spin,
-              max_body_bytes=max_body_mb * 1024 * 1024, log_level=log_level.lower(), engine=engine,
-              precision=precision, token=token.get_secret_value() if token else None,
-              model_roots=default_model_roots(model_root), body_timeout_s=body_timeout_s)
+        serve(
+            models,
+            host,
+            port,
+            threads=threads,
+            parallel=parallel,
+            spin=spin,
+            max_body_bytes=max_body_mb * 1024 * 1024,
+            log_level=log_level.lower(),
+            engine=engine,
+            precision=precision,
+            token=token.get_secret_value() if token else None,
+            model_roots=default_model_roots(model_root),
+            body_timeout_s=body_timeout_s,
+        )
     except ValueError as exc:  # a malformed --model-root
         raise typer.BadParameter(str(exc)) from None
 
@@ -149,30 +177,42 @@ def processor(
     conf: float = typer.Option(0.2, help="Confidence threshold (the demo used 0.2)."),
     iou: float = typer.Option(0.4, help="NMS IoU threshold (the demo used 0.4)."),
     annotate: bool = typer.Option(
-        True, help="Store the annotated JPEG in S3 (VINSPECT_DATA_BUCKET) and put its key in each result."),
+        True, help="Store the annotated JPEG in S3 (VINSPECT_DATA_BUCKET) and put its key in each result."
+    ),
     result_format: Optional[str] = typer.Option(
-        None, help="`vinspect` (default) or `manuela`: the original demo's reply "
-        "(manuela.image-processor.response, {text, id, status, image}) [VINSPECT_RESULT_FORMAT]."),
+        None,
+        help="`vinspect` (default) or `manuela`: the original demo's reply "
+        "(manuela.image-processor.response, {text, id, status, image}) [VINSPECT_RESULT_FORMAT].",
+    ),
     group: Optional[str] = typer.Option(None, help="Kafka consumer group [VINSPECT_KAFKA_GROUP]."),
     loop: bool = typer.Option(
-        True, "--loop/--no-loop", help="Feedback loop: per-camera metrics, review queue (s3://$VINSPECT_DATA_BUCKET/"
-        "review/) and drift against the model version's reference (s3://$AWS_S3_BUCKET/<model>/<version>/)."),
+        True,
+        "--loop/--no-loop",
+        help="Feedback loop: per-camera metrics, review queue (s3://$VINSPECT_DATA_BUCKET/"
+        "review/) and drift against the model version's reference (s3://$AWS_S3_BUCKET/<model>/<version>/).",
+    ),
     metrics_port: Optional[int] = typer.Option(
-        None, envvar="VINSPECT_METRICS_PORT",
+        None,
+        envvar="VINSPECT_METRICS_PORT",
         help="Kafka mode: serve /metrics on this port too (the PodMonitor's `user-port`); /metrics is "
-        "always on --port as well. HTTP mode serves /metrics on the app."),
+        "always on --port as well. HTTP mode serves /metrics on the app.",
+    ),
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the image processor: images -> model (v2) -> result events."""
-    from vinspect.settings import KafkaSettings, ModelServerSettings, RuntimeSettings, S3Settings
-
+    from serving.memory import keep_large_buffers
     from serving.model_client import ModelClient
     from serving.processor import (
-        AnnotatedImageStore, InspectConfig, Inspector, KafkaLoop, ProcessorMetrics, create_http_app,
-        kafka_clients, serve_health,
+        AnnotatedImageStore,
+        InspectConfig,
+        Inspector,
+        KafkaLoop,
+        ProcessorMetrics,
+        create_http_app,
+        kafka_clients,
+        serve_health,
     )
-
-    from serving.memory import keep_large_buffers
+    from vinspect.settings import KafkaSettings, ModelServerSettings, RuntimeSettings, S3Settings
 
     _logging(log_level)
     if mode not in ("kafka", "http"):
@@ -180,8 +220,14 @@ def processor(
     runtime = RuntimeSettings.from_env()
     fmt = result_format or runtime.result_format
     try:
-        config = InspectConfig(conf=conf, iou=iou, annotate=annotate, result_format=fmt,
-                               max_pixels=runtime.max_image_pixels, max_image_bytes=runtime.max_image_bytes)
+        config = InspectConfig(
+            conf=conf,
+            iou=iou,
+            annotate=annotate,
+            result_format=fmt,
+            max_pixels=runtime.max_image_pixels,
+            max_image_bytes=runtime.max_image_bytes,
+        )
     except ValueError as exc:
         raise typer.BadParameter(f"--result-format / VINSPECT_RESULT_FORMAT: {exc}") from None
     keep_large_buffers()  # a tensor per image is megabytes: no fresh pages for each one
@@ -195,9 +241,13 @@ def processor(
         typer.echo("no S3 settings (AWS_S3_ENDPOINT / AWS_ACCESS_KEY_ID): results carry no annotated image")
     elif annotate and fmt == "vinspect":
         # Short timeouts: a result waits for its put, and an S3 outage must cost seconds, not minutes.
-        store = AnnotatedImageStore(s3.client(timeouts=(2.0, 10.0), attempts=2), s3.data_bucket,
-                                    runtime.annotated_prefix, workers=max(2, concurrency),
-                                    max_pending=4 * concurrency)
+        store = AnnotatedImageStore(
+            s3.client(timeouts=(2.0, 10.0), attempts=2),
+            s3.data_bucket,
+            runtime.annotated_prefix,
+            workers=max(2, concurrency),
+            max_pending=4 * concurrency,
+        )
         typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
     hooks = None
     if loop:
@@ -211,15 +261,26 @@ def processor(
         if mode == "http":
             import uvicorn
 
-            uvicorn.run(create_http_app(inspector, metrics, token=runtime.token("processor")), host=host,
-                        port=port, log_level=log_level.lower(), access_log=False)
+            uvicorn.run(
+                create_http_app(inspector, metrics, token=runtime.token("processor")),
+                host=host,
+                port=port,
+                log_level=log_level.lower(),
+                access_log=False,
+            )
             return
         kafka = KafkaSettings.from_env()
         consumer, producer = kafka_clients(kafka, group)
         kafka_loop = KafkaLoop(
-            inspector, consumer, producer, images_topic=kafka.images_topic,
-            results_topic=kafka.results_topic, dlq_topic=kafka.dlq_topic,
-            concurrency=concurrency, metrics=metrics, dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
+            inspector,
+            consumer,
+            producer,
+            images_topic=kafka.images_topic,
+            results_topic=kafka.results_topic,
+            dlq_topic=kafka.dlq_topic,
+            concurrency=concurrency,
+            metrics=metrics,
+            dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
         )
         health = serve_health(host, port, kafka_loop.live, kafka_loop.ready, metrics)
         extra = None
@@ -230,8 +291,10 @@ def processor(
             typer.echo(f"metrics on http://{host}:{metrics_port}/metrics")
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: kafka_loop.stop())
-        typer.echo(f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
-                   f"health on http://{host}:{port}/healthz")
+        typer.echo(
+            f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
+            f"health on http://{host}:{port}/healthz"
+        )
         try:
             kafka_loop.run()
         finally:
@@ -248,11 +311,15 @@ def processor(
 
 def camera(
     source_arg: Optional[str] = typer.Argument(
-        None, metavar="[SOURCE]", help="Same as --source (kept for existing scripts)."),
+        None, metavar="[SOURCE]", help="Same as --source (kept for existing scripts)."
+    ),
     source: Optional[str] = typer.Option(
-        None, "--source", help="s3://bucket/prefix/ (real frames from S3, AWS_* settings), a folder "
+        None,
+        "--source",
+        help="s3://bucket/prefix/ (real frames from S3, AWS_* settings), a folder "
         "(a mounted volume on the cluster), a zip/tar archive, or `synthetic[:N]`. Default: "
-        "VINSPECT_CAMERA_SOURCE, else synthetic."),
+        "VINSPECT_CAMERA_SOURCE, else synthetic.",
+    ),
     cameras: int = typer.Option(1, help="Number of simulated cameras."),
     fps: float = typer.Option(1.0, help="Frames per second per camera (0: as fast as possible)."),
     count: Optional[int] = typer.Option(None, help="Stop after this many frames (default: one pass)."),
@@ -266,9 +333,9 @@ def camera(
     """Stream images to Kafka as CloudEvents (binary mode), like the demo's camera."""
     from confluent_kafka import Producer
     from tqdm import tqdm
-    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
     from serving.camera import frame_stream, load_frames, produce_frames
+    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
     if source and source_arg and source != source_arg:
         raise typer.BadParameter(f"two sources given: {source_arg!r} and --source {source!r}")
@@ -287,9 +354,18 @@ def camera(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with tqdm(total=total, unit="img", desc=f"-> {kafka.images_topic}") as bar:
         sent = produce_frames(
-            producer, kafka.images_topic, frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
-            cameras=cameras, fps=fps, count=count, legacy=legacy, quality=quality, scale=scale,
-            on_sent=lambda *_: bar.update(1), stop=stop.is_set, max_pixels=runtime.max_image_pixels,
+            producer,
+            kafka.images_topic,
+            frame_stream(frames, loop=loop, shuffle=shuffle, seed=seed),
+            cameras=cameras,
+            fps=fps,
+            count=count,
+            legacy=legacy,
+            quality=quality,
+            scale=scale,
+            on_sent=lambda *_: bar.update(1),
+            stop=stop.is_set,
+            max_pixels=runtime.max_image_pixels,
             max_record_bytes=runtime.max_image_bytes,
         )
     typer.echo(f"sent {sent} frames from {cameras} camera(s)")
@@ -304,9 +380,9 @@ def dashboard(
 ) -> None:
     """Serve the live dashboard (result events via POST / from a Knative Trigger, or Kafka)."""
     import uvicorn
-    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
     from serving.dashboard.app import DashboardState, ImageSource, create_app, kafka_feed
+    from vinspect.settings import KafkaSettings, RuntimeSettings, S3Settings
 
     _logging(log_level)
     runtime = RuntimeSettings.from_env()
@@ -322,8 +398,13 @@ def dashboard(
     feed = kafka_feed(KafkaSettings.from_env(), state, from_beginning) if kafka else None
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     typer.echo(f"dashboard on http://{shown}:{port}/")
-    uvicorn.run(create_app(state, feed, token=runtime.token("dashboard")), host=host, port=port,
-                log_level=log_level.lower(), access_log=False)
+    uvicorn.run(
+        create_app(state, feed, token=runtime.token("dashboard")),
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        access_log=False,
+    )
 
 
 def register(app: typer.Typer) -> None:
