@@ -1,8 +1,8 @@
 """Open Inference Protocol (KServe v2) REST bodies, JSON and binary tensor extension.
 
 Shared by the local model server (`serving.modelserver`) and the client
-(`serving.model_client`) so both sides agree byte for byte. Only numpy and the
-standard library are used.
+(`serving.model_client`) so both sides agree byte for byte. Only numpy, the
+standard library and the project's error root (`vinspect.errors`) are used.
 
 Binary tensor extension (as Triton and OVMS implement it): the body is a JSON header
 followed by raw little-endian tensor bytes, in the order the tensors appear in the
@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from vinspect.errors import VinspectError
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -42,7 +44,7 @@ _DTYPES: dict[str, np.dtype] = {
 DATATYPES = frozenset([*_DTYPES, "BYTES"])
 
 
-class V2ProtocolError(ValueError):
+class V2ProtocolError(VinspectError, ValueError):
     """A request or response body that does not follow the protocol (HTTP 400)."""
 
 
@@ -213,16 +215,35 @@ def _split_body(body: bytes, header_length: int | None) -> tuple[dict[str, Any],
             raise V2ProtocolError(f"{HEADER_LENGTH} is {header_length} but the body has {len(body)} bytes")
         view = memoryview(body)
         header_bytes, rest = bytes(view[:header_length]), view[header_length:]
+    return json_object(header_bytes, "body"), rest
+
+
+def json_object(data: bytes, what: str, like: str | None = None) -> dict[str, Any]:
+    """Parse a protocol body that must be one JSON object (inference header, repository request).
+
+    The one guard for JSON the server is sent: bytes that are not UTF-8 JSON, JSON nested
+    deeply enough to exhaust the parser's recursion (a request is three levels deep; thousands
+    of nested arrays are an attack, not a tensor), and JSON that is not an object are each
+    refused with a message naming ``what``.
+
+    Args:
+        data: The raw bytes.
+        what: What the message calls them (``body``, ``load request``).
+        like: An example object the message shows when ``data`` is valid JSON but not an object.
+
+    Raises:
+        V2ProtocolError: For each of the cases above.
+    """
     try:
-        header = json.loads(header_bytes)
+        parsed = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise V2ProtocolError(f"body is not valid JSON: {exc}") from None
+        raise V2ProtocolError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
-        # A request is three levels deep; thousands of nested arrays are an attack, not a tensor.
-        raise V2ProtocolError("body is not valid JSON: nested too deeply") from None
-    if not isinstance(header, dict):
-        raise V2ProtocolError("body must be a JSON object")
-    return header, rest
+        raise V2ProtocolError(f"{what} is not valid JSON: nested too deeply") from None
+    if not isinstance(parsed, dict):
+        example = f" like {like}" if like else ""
+        raise V2ProtocolError(f"{what} must be a JSON object{example}, not {type(parsed).__name__}")
+    return parsed
 
 
 def _read_tensors(entries: Any, rest: memoryview, offset: int, what: str) -> tuple[list[Tensor], int]:
