@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from serving import v2
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
 
-class ModelClientError(Exception):
+class ModelClientError(VinspectError):
     """Base class of the client's errors."""
 
 
@@ -164,16 +165,20 @@ class ModelClient:
 
     def live(self) -> bool:
         """True when `/v2/health/live` answers 200 (no retries)."""
+        import httpx
+
         try:
             return self._http.get("/v2/health/live").status_code == 200
-        except Exception:  # any transport failure means "not live"
+        except httpx.HTTPError:  # any transport failure means "not live"
             return False
 
     def ready(self) -> bool:
         """True when the model answers 200 on its ready endpoint (no retries)."""
+        import httpx
+
         try:
             return self._http.get(f"{self._model_path(None)}/ready").status_code == 200
-        except Exception:  # any transport failure means "not ready"
+        except httpx.HTTPError:  # any transport failure means "not ready"
             return False
 
     def metadata(self, version: str | None = None) -> dict[str, Any]:
