@@ -10,91 +10,11 @@ import httpx
 import numpy as np
 import pytest
 
-from serving import v2
 from serving.model_client import ModelClient, ModelRequestRejected, ModelUnavailable
 
 from .conftest import IMGSZ, ThreadServer
 
 TOKEN = "s3cr3t-token-value"
-
-
-# -- v2 bodies ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_request_round_trip(binary):
-    inputs = {
-        "a": np.arange(12, dtype=np.float32).reshape(3, 4),
-        "b": np.array([[1, -2]], dtype=np.int64),
-        "c": np.array([b"jpeg\x00bytes", b""], dtype=object),
-        "d": np.array([True, False]),
-    }
-    body, headers = v2.encode_request(inputs, ["out"], binary_inputs=binary, binary_outputs=binary, request_id="42")
-    length = int(headers[v2.HEADER_LENGTH]) if binary else None
-    assert (v2.HEADER_LENGTH in headers) is binary
-    req = v2.decode_request(body, length)
-    assert req.id == "42" and [o.name for o in req.outputs] == ["out"]
-    assert req.outputs[0].binary is binary
-    for tensor in req.inputs:
-        expected = inputs[tensor.name]
-        assert tensor.datatype == {"a": "FP32", "b": "INT64", "c": "BYTES", "d": "BOOL"}[tensor.name]
-        if tensor.name == "c" and not binary:
-            continue  # JSON BYTES are strings; NUL survives but not arbitrary binary
-        assert tensor.array.tolist() == expected.tolist()
-
-
-def test_request_parts_send_the_tensor_without_copying_it():
-    image = np.random.default_rng(1).random((1, 3, 8, 8), dtype=np.float32)
-    labels = np.array([b"a", b"bc"], dtype=object)
-    parts, headers = v2.encode_request_parts({"images": image, "labels": labels}, ["output0"])
-    body, joined_headers = v2.encode_request({"images": image, "labels": labels}, ["output0"])
-    assert b"".join(parts) == body
-    assert int(headers["Content-Length"]) == len(body)
-    assert {k: v for k, v in headers.items() if k != "Content-Length"} == joined_headers
-    assert np.shares_memory(np.frombuffer(parts[1], np.float32), image)  # a view, not a copy
-    req = v2.decode_request(body, int(headers[v2.HEADER_LENGTH]))
-    np.testing.assert_array_equal(req.inputs[0].array, image)
-    assert req.inputs[1].array.tolist() == [b"a", b"bc"]
-    # A non-contiguous array is made contiguous first (the one copy that cannot be avoided).
-    strided = np.zeros((4, 6), np.float32)[:, ::2]
-    parts, headers = v2.encode_request_parts({"x": strided})
-    assert v2.decode_request(b"".join(parts), int(headers[v2.HEADER_LENGTH])).inputs[0].array.shape == (4, 3)
-
-
-def test_response_round_trip_mixed():
-    out = np.random.default_rng(0).random((1, 6, 8), dtype=np.float32)
-    body, headers = v2.encode_response("m", "3", "id-1", [("x", out, True), ("y", out[:, :2], False)])
-    resp = v2.decode_response(body, int(headers[v2.HEADER_LENGTH]))
-    assert resp.model_name == "m" and resp.model_version == "3" and resp.id == "id-1"
-    np.testing.assert_array_equal(resp.outputs["x"].array, out)
-    np.testing.assert_allclose(resp.outputs["y"].array, out[:, :2])
-
-
-@pytest.mark.parametrize(
-    "body, length, message",
-    [
-        (
-            b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", '
-            b'"parameters": {"binary_data_size": 8}}]}' + b"\0" * 4,
-            100,
-            "does not fit",
-        ),
-        (b'{"inputs": [{"name": "a", "shape": [2], "datatype": "FP99", "data": [1, 2]}]}', None, "datatype 'FP99'"),
-        (b'{"inputs": [{"name": "a", "shape": [-1], "datatype": "FP32", "data": [1]}]}', None, "non-negative"),
-        (b'{"inputs": [{"name": "a", "shape": [1], "datatype": "FP32", "data": ["x"]}]}', None, "is not FP32"),
-        (b"[]", None, "JSON object"),
-        (b'{"inputs": []}', 99, "Inference-Header-Content-Length is 99"),
-    ],
-)
-def test_decode_request_errors(body, length, message):
-    with pytest.raises(v2.V2ProtocolError, match=message):
-        v2.decode_request(body, length)
-
-
-def test_binary_bytes_claimed_by_no_input_is_an_error():
-    body, headers = v2.encode_request({"a": np.zeros(2, np.float32)})
-    with pytest.raises(v2.V2ProtocolError, match="not claimed"):
-        v2.decode_request(body + b"\0\0\0\0", int(headers[v2.HEADER_LENGTH]))
 
 
 # -- client behaviour --------------------------------------------------------------------

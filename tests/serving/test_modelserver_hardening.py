@@ -176,92 +176,41 @@ def test_readiness_follows_the_models_meant_to_serve(onnx_model, tmp_path):
 
 
 # --- point 7: malformed bodies -----------------------------------------------------------------
+# Every malformed body the v2 decoder refuses is in test_v2.py, every bad request the data plane
+# refuses in test_modelserver_dataplane.py. Here: what only HTTP carries (Content-Encoding, the
+# header-length header), and a few of the others, to show each reaches the client as a 400 JSON
+# naming the field and the server keeps serving.
 
 _IMG = {"name": "images", "shape": SHAPE, "datatype": "FP32"}
 _N = int(np.prod(SHAPE))
 
-
-def _tensor(**over):
-    return {**_IMG, "data": [0.0] * _N, **over}
-
-
-# (id, body bytes, extra headers, the field the error must name or None)
+# (id, body bytes, extra headers, the field the error must name)
 MALFORMED = [
     ("not-json", b"{not json", {}, "JSON"),
-    ("empty", b"", {}, "JSON"),
-    ("null", b"null", {}, "object"),
     ("list", b"[1]", {}, "object"),
-    ("string", b'"x"', {}, "object"),
-    ("number", b"1", {}, "object"),
     ("deep-200000", b"[" * 200_000 + b"]" * 200_000, {}, "nested"),
     ("deep-object", b'{"inputs":' + b"[" * 200_000 + b"]" * 200_000 + b"}", {}, "nested"),
-    ("no-inputs", b"{}", {}, "inputs"),
-    ("inputs-object", json.dumps({"inputs": {}}).encode(), {}, "inputs"),
-    ("inputs-string", json.dumps({"inputs": "x"}).encode(), {}, "inputs"),
-    ("input-not-object", json.dumps({"inputs": [1]}).encode(), {}, "name"),
-    ("name-number", json.dumps({"inputs": [_tensor(name=5)]}).encode(), {}, "name"),
-    ("datatype-list", json.dumps({"inputs": [_tensor(datatype=["FP32"])]}).encode(), {}, "datatype"),
-    ("datatype-object", json.dumps({"inputs": [_tensor(datatype={"a": 1})]}).encode(), {}, "datatype"),
-    ("datatype-unknown", json.dumps({"inputs": [_tensor(datatype="FP8")]}).encode(), {}, "datatype"),
-    ("shape-string", json.dumps({"inputs": [_tensor(shape="1,3")]}).encode(), {}, "shape"),
-    ("shape-negative", json.dumps({"inputs": [_tensor(shape=[-1, 3, IMGSZ, IMGSZ])]}).encode(), {}, "shape"),
-    ("shape-float", json.dumps({"inputs": [_tensor(shape=[1.5, 3, IMGSZ, IMGSZ])]}).encode(), {}, "shape"),
-    ("shape-huge", json.dumps({"inputs": [_tensor(shape=[10**12, 10**12])]}).encode(), {}, "elements"),
-    ("data-missing", json.dumps({"inputs": [_IMG]}).encode(), {}, "data"),
-    ("data-strings", json.dumps({"inputs": [_tensor(data=["a"] * _N)]}).encode(), {}, "data"),
-    ("data-object", json.dumps({"inputs": [_tensor(data={"a": 1})]}).encode(), {}, "data"),
-    ("data-short", json.dumps({"inputs": [_tensor(data=[1.0])]}).encode(), {}, "elements"),
-    ("int8-overflow", json.dumps({"inputs": [_tensor(datatype="INT8", data=[1000] * _N)]}).encode(), {}, "data"),
-    ("tensor-parameters-list", json.dumps({"inputs": [_tensor(parameters=[1])]}).encode(), {}, "parameters"),
-    ("tensor-parameters-string", json.dumps({"inputs": [_tensor(parameters="x")]}).encode(), {}, "parameters"),
-    ("parameters-list", json.dumps({"inputs": [_tensor()], "parameters": [1]}).encode(), {}, "parameters"),
-    ("parameters-string", json.dumps({"inputs": [_tensor()], "parameters": "x"}).encode(), {}, "parameters"),
-    ("outputs-string", json.dumps({"inputs": [_tensor()], "outputs": "x"}).encode(), {}, "outputs"),
     (
-        "output-parameters-list",
-        json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": [1]}]}).encode(),
+        "shape-huge",
+        json.dumps({"inputs": [{**_IMG, "shape": [10**12, 10**12], "data": [0.0]}]}).encode(),
         {},
-        "parameters",
+        "elements",
     ),
     (
-        "output-parameters-string",
-        json.dumps({"inputs": [_tensor()], "outputs": [{"name": "output0", "parameters": "x"}]}).encode(),
+        "output-unknown",
+        json.dumps({"inputs": [{**_IMG, "data": [0.0] * _N}], "outputs": [{"name": "nope"}]}).encode(),
         {},
-        "parameters",
+        "nope",
     ),
-    ("output-unknown", json.dumps({"inputs": [_tensor()], "outputs": [{"name": "nope"}]}).encode(), {}, "nope"),
-    (
-        "binary-size-bool",
-        json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": True}}]}).encode(),
-        {v2.HEADER_LENGTH: "0"},
-        None,
-    ),
-    ("binary-size-negative", b"", {v2.HEADER_LENGTH: "x"}, v2.HEADER_LENGTH),
+    ("header-length-not-a-number", b"", {v2.HEADER_LENGTH: "x"}, v2.HEADER_LENGTH),
     ("header-length-too-big", b"{}", {v2.HEADER_LENGTH: "999"}, v2.HEADER_LENGTH),
-    (
-        "binary-size-too-big",
-        json.dumps({"inputs": [{**_IMG, "parameters": {"binary_data_size": 10**9}}]}).encode(),
-        {},
-        "binary_data_size",
-    ),
     ("bad-gzip", b"not gzip", {"Content-Encoding": "gzip"}, "gzip"),
     ("unknown-encoding", b"{}", {"Content-Encoding": "br"}, "Content-Encoding"),
-    ("not-utf8", b"\xff\xfe{", {}, "JSON"),
 ]
 
 
-def _fix_binary_bool(case):
-    # The header-length case needs the real header length.
-    ident, body, headers, field = case
-    if ident == "binary-size-bool":
-        headers = {v2.HEADER_LENGTH: str(len(body))}
-        body = body + b"\0"
-    return ident, body, headers, field
-
-
-@pytest.mark.parametrize("case", [_fix_binary_bool(c) for c in MALFORMED], ids=[c[0] for c in MALFORMED])
-def test_malformed_infer_body_is_a_400_json_naming_the_field(guarded, case):
-    _ident, body, headers, field = case
+@pytest.mark.parametrize("ident, body, headers, field", MALFORMED, ids=[c[0] for c in MALFORMED])
+def test_malformed_infer_body_is_a_400_json_naming_the_field(guarded, ident, body, headers, field):
     r = httpx.post(
         f"{guarded.url}/v2/models/metal-nut/infer",
         content=body,
@@ -269,21 +218,14 @@ def test_malformed_infer_body_is_a_400_json_naming_the_field(guarded, case):
         timeout=30,
     )
     assert r.status_code == 400, r.text[:300]
-    error = r.json()["error"]
-    if field is not None:
-        assert field in error, error
+    assert field in r.json()["error"], r.text[:300]
+    assert httpx.get(f"{guarded.url}/v2/health/ready").status_code == 200
 
 
 LOAD_MALFORMED = [
-    ("list", b"[1]", "object"),
-    ("string", b'"x"', "object"),
     ("not-json", b"{", "JSON"),
     ("deep", b"[" * 200_000 + b"]" * 200_000, "nested"),
-    ("parameters-list", b'{"parameters": [1]}', "parameters"),
-    ("parameters-string", b'{"parameters": "x"}', "parameters"),
     ("uri-number", b'{"parameters": {"uri": 5}}', "parameters.uri"),
-    ("uri-object", b'{"parameters": {"uri": {"a": 1}}}', "parameters.uri"),
-    ("version-list", b'{"parameters": {"version": [1]}}', "parameters.version"),
 ]
 
 
