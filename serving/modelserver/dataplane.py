@@ -202,7 +202,9 @@ class DataPlane:
             try:
                 # anyio's worker threads, as Starlette's run_in_threadpool: one pool for the app.
                 arrays = await to_thread.run_sync(model.infer, feeds, [n for n, _ in wanted])
-            except Exception as exc:  # noqa: BLE001 - the engines' own (untyped) errors are runtime input problems
+            # Must catch everything: the input passed validation, so what the engines raise here (OpenVINO's
+            # RuntimeError, ONNX Runtime's pybind11 classes) is a runtime input problem, a 400 naming the model.
+            except Exception as exc:  # noqa: BLE001
                 raise InvalidInput(f"model {name!r} rejected the input: {exc}") from None
             self._infer_seconds.labels(name).observe(time.perf_counter() - t0)
             return v2.encode_response(
