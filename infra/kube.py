@@ -229,7 +229,7 @@ def apply(
     try:
         res = resource(client, obj["apiVersion"], obj["kind"])
     except KubeError as exc:
-        raise KubeError(f"{where}: {exc}", status=exc.status) from exc
+        raise type(exc)(f"{where}: {exc}", status=exc.status) from exc
     for attempt in range(retries + 1):
         live = get(client, obj["apiVersion"], obj["kind"], name, namespace)
         verb = "create"

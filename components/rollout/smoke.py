@@ -329,7 +329,7 @@ def make_v2_smoke(
             return out
         except SmokeTestError:
             raise
-        except Exception as exc:  # connection errors, timeouts, undecodable images
+        except Exception as exc:  # noqa: BLE001 - connection errors, timeouts, undecodable images: all a failed smoke test
             raise SmokeTestError(f"model {model} at {base_url}: {type(exc).__name__}: {exc}") from exc
         finally:
             if own:
