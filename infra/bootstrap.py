@@ -16,13 +16,14 @@ Before an object of a custom kind is created, its CustomResourceDefinition must 
 so a missing CRD is waited for, not an error. Every wait polls until a deadline and, on timeout,
 names the object and its last observed status.
 
-Idempotent: create, and on 409 Conflict merge-patch the existing object unless it already holds
-everything the manifest says (a Job, immutable, is left as it is). Generated credentials are read back when their
-Secret exists, never rotated.
+Idempotent: every object goes through :func:`infra.kube.apply` (created when absent, else
+merge-patched at the resourceVersion read, a 409 Conflict retried from a fresh read) unless it
+already holds everything the manifest says (a Job, immutable, is left as it is); waits go through
+:func:`infra.kube.wait`. Generated credentials are read back when their Secret exists, never rotated.
 
 The cluster is reached through a client passed in, shaped like ``kubernetes.dynamic.DynamicClient``
-(``client.resources.get(api_version=, kind=)`` returning a resource with ``get``/``create``/
-``patch``); the tests pass a fake that keeps the API's semantics.
+(see :mod:`infra.kube`); the tests pass the fake in ``tests/fake_kube.py``, which keeps the API's
+semantics.
 """
 
 from __future__ import annotations
