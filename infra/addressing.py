@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
+from vinspect.errors import VinspectError
+
 # How OpenShift AI can build the predictor Service: DataScienceCluster
 # spec.components.kserve.rawDeploymentServiceConfig (opendatahub-operator
 # api/components/v1alpha1/kserve_types.go: Headless is the default, Headed the alternative).
@@ -40,7 +42,7 @@ _CONTAINER_PATHS = {
 }
 
 
-class AddressingError(ValueError):
+class AddressingError(VinspectError, ValueError):
     """An address that cannot be checked (no port and no scheme); the message names where."""
 
 

@@ -16,13 +16,14 @@ Before an object of a custom kind is created, its CustomResourceDefinition must 
 so a missing CRD is waited for, not an error. Every wait polls until a deadline and, on timeout,
 names the object and its last observed status.
 
-Idempotent: create, and on 409 Conflict merge-patch the existing object unless it already holds
-everything the manifest says (a Job, immutable, is left as it is). Generated credentials are read back when their
-Secret exists, never rotated.
+Idempotent: every object goes through :func:`infra.kube.apply` (created when absent, else
+merge-patched at the resourceVersion read, a 409 Conflict retried from a fresh read) unless it
+already holds everything the manifest says (a Job, immutable, is left as it is); waits go through
+:func:`infra.kube.wait`. Generated credentials are read back when their Secret exists, never rotated.
 
 The cluster is reached through a client passed in, shaped like ``kubernetes.dynamic.DynamicClient``
-(``client.resources.get(api_version=, kind=)`` returning a resource with ``get``/``create``/
-``patch``); the tests pass a fake that keeps the API's semantics.
+(see :mod:`infra.kube`); the tests pass the fake in ``tests/fake_kube.py``, which keeps the API's
+semantics.
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from infra import kube
+from infra.kube import Wait, condition_check
 from infra.render import object_ref
+from vinspect.errors import VinspectError
 
 APP_ROLE_LABEL = "vinspect.io/role"
 OPTIONAL_ANNOTATION = "vinspect.io/optional"
@@ -176,28 +180,12 @@ _READY_CONDITION = {
 _PLURAL_EXCEPTIONS = {"Kafka": "kafkas"}
 
 
-class BootstrapError(RuntimeError):
+class BootstrapError(VinspectError, RuntimeError):
     """The bootstrap could not go on (an API error, a failed Job or build)."""
 
 
 class BootstrapTimeout(BootstrapError):
     """A wait ran out of time; the message names the object and its last status."""
-
-
-@dataclass
-class Wait:
-    """Something to wait for: an object reaching a state, checked by ``check(obj) -> (ok, status)``."""
-
-    api_version: str
-    kind: str
-    name: str
-    namespace: str | None
-    what: str
-    check: Callable[[dict[str, Any] | None], tuple[bool, str]]
-
-    @property
-    def ref(self) -> str:
-        return f"{self.kind} {self.namespace + '/' if self.namespace else ''}{self.name}"
 
 
 @dataclass
@@ -281,46 +269,6 @@ def crd_name(api_version: str, kind: str) -> str | None:
     return f"{plural(kind)}.{group}"
 
 
-def _conditions(obj: dict[str, Any] | None) -> list[dict[str, Any]]:
-    return list(((obj or {}).get("status") or {}).get("conditions") or [])
-
-
-def _condition_summary(obj: dict[str, Any] | None) -> str:
-    if obj is None:
-        return "not found"
-    conds = _conditions(obj)
-    if not conds:
-        status = obj.get("status") or {}
-        if status.get("phase") or status.get("state"):
-            return f"phase {status.get('phase') or status.get('state')}"
-        return "no status reported yet"
-    parts = []
-    for cond in conds:
-        text = f"{cond.get('type')}={cond.get('status')}"
-        detail = " ".join(str(cond[k]) for k in ("reason", "message") if cond.get(k))
-        parts.append(f"{text} ({detail})" if detail else text)
-    return ", ".join(parts)
-
-
-def condition_check(cond_type: str, *, fail_on: str | None = None) -> Callable[[dict | None], tuple[bool, str]]:
-    """A check that passes when condition ``cond_type`` is ``True``.
-
-    Args:
-        cond_type: Condition type (``Ready``, ``Available``, ``Established``, ``Complete``).
-        fail_on: A condition type that means definite failure (``Failed`` for Jobs).
-    """
-
-    def check(obj: dict[str, Any] | None) -> tuple[bool, str]:
-        for cond in _conditions(obj):
-            if fail_on and cond.get("type") == fail_on and cond.get("status") == "True":
-                raise BootstrapError(f"{object_ref(obj or {})} failed: {_condition_summary(obj)}")
-            if cond.get("type") == cond_type and cond.get("status") == "True":
-                return True, f"{cond_type}=True"
-        return False, _condition_summary(obj)
-
-    return check
-
-
 def _status_value_check(key: str, wanted: str, *, also_condition: str | None = None) -> Callable:
     def check(obj: dict[str, Any] | None) -> tuple[bool, str]:
         status = (obj or {}).get("status") or {}
@@ -332,7 +280,7 @@ def _status_value_check(key: str, wanted: str, *, also_condition: str | None = N
                 return True, f"{also_condition}=True"
         if obj is None:
             return False, "not found"
-        return False, f"{key} {status.get(key) or '(none)'}; {_condition_summary(obj)}"
+        return False, f"{key} {status.get(key) or '(none)'}; {kube.condition_summary(obj)}"
 
     return check
 
@@ -374,25 +322,22 @@ def readiness_waits(obj: dict[str, Any]) -> list[Wait]:
     return []
 
 
-def _as_dict(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if hasattr(value, "to_dict"):
-        return value.to_dict()
-    return dict(value)
+def _bootstrap_patch(existing: dict[str, Any], obj: dict[str, Any]) -> dict[str, Any]:
+    """What the bootstrap sends to an object that exists (``{}``: leave it as it is).
+
+    Create-only kinds (a Job's template is immutable) are left alone; otherwise the object as a
+    merge patch, also removing what ``existing`` has under the fields the plan owns whole
+    (``_REPLACED_FIELDS``); everything else others set stays (:func:`infra.kube.overlay_patch`).
+    """
+    if (_group(obj["apiVersion"]), obj["kind"]) in _CREATE_ONLY:
+        return {}
+    body = _replacing_patch(obj, existing)
+    return kube.overlay_patch(existing, obj) if body is obj else body
 
 
-def _contains(actual: Any, desired: Any) -> bool:
-    """Whether ``actual`` already holds everything ``desired`` says (server defaults may add more)."""
-    if isinstance(desired, dict):
-        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in desired.items())
-    if isinstance(desired, list):
-        return (
-            isinstance(actual, list)
-            and len(actual) == len(desired)
-            and all(_contains(a, d) for a, d in zip(actual, desired))
-        )
-    return actual == desired
+def _bootstrap_error(exc: kube.KubeError) -> BootstrapError:
+    """The bootstrap's error for a failure of the Kubernetes layer (same message)."""
+    return exc if isinstance(exc, BootstrapError) else BootstrapError(str(exc))
 
 
 def _replacing_patch(obj: dict[str, Any], existing: dict[str, Any] | None) -> dict[str, Any]:
@@ -417,26 +362,6 @@ def _replacing_patch(obj: dict[str, Any], existing: dict[str, Any] | None) -> di
                 target = target[key]
             target.update(stale)
     return body
-
-
-def _status_code(exc: BaseException) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def _is_kind_missing(exc: BaseException) -> bool:
-    # kubernetes.dynamic raises ResourceNotFoundError (no HTTP status) when discovery lacks a kind.
-    return type(exc).__name__ == "ResourceNotFoundError"
-
-
-def _api_message(exc: BaseException) -> str:
-    summary = getattr(exc, "summary", None)
-    if callable(summary):
-        try:
-            return str(summary())
-        except Exception:  # noqa: BLE001 - fall back to the plain text
-            pass
-    return f"{_status_code(exc) or ''} {getattr(exc, 'reason', '') or exc}".strip()
 
 
 # --------------------------------------------------------------------------------------------
@@ -717,50 +642,13 @@ class Bootstrapper:
     # -- client helpers ----------------------------------------------------------------------
 
     def _resource(self, api_version: str, kind: str) -> Any:
-        return self.client.resources.get(api_version=api_version, kind=kind)
+        return kube.resource(self.client, api_version, kind)
 
     def _get(self, api_version: str, kind: str, name: str, namespace: str | None) -> dict[str, Any] | None:
-        try:
-            resource = self._resource(api_version, kind)
-            return _as_dict(resource.get(name=name, namespace=namespace))
-        except Exception as exc:  # noqa: BLE001 - classified below
-            if _status_code(exc) == 404 or _is_kind_missing(exc):
-                return None
-            raise BootstrapError(f"reading {kind} {name}: {_api_message(exc)}") from exc
+        return kube.get(self.client, api_version, kind, name, namespace)
 
     def _apply(self, obj: dict[str, Any]) -> str:
-        meta = obj["metadata"]
-        ref = object_ref(obj)
-        try:
-            resource = self._resource(obj["apiVersion"], obj["kind"])
-        except Exception as exc:  # noqa: BLE001
-            raise BootstrapError(f"{ref}: the cluster does not serve {obj['kind']} {obj['apiVersion']}") from exc
-        try:
-            resource.create(body=obj, namespace=meta.get("namespace"))
-            return "created"
-        except Exception as exc:  # noqa: BLE001
-            if _status_code(exc) != 409:
-                raise BootstrapError(f"{ref}: create failed: {_api_message(exc)}") from exc
-        if (_group(obj["apiVersion"]), obj["kind"]) in _CREATE_ONLY:
-            return "unchanged"
-        existing = self._get(obj["apiVersion"], obj["kind"], meta["name"], meta.get("namespace"))
-        body = _replacing_patch(obj, existing)
-        if (
-            existing is not None
-            and body == obj
-            and _contains(existing, {k: v for k, v in obj.items() if k != "status"})
-        ):
-            return "unchanged"
-        try:
-            resource.patch(
-                body=body,
-                name=meta["name"],
-                namespace=meta.get("namespace"),
-                content_type="application/merge-patch+json",
-            )
-        except Exception as exc:  # noqa: BLE001
-            raise BootstrapError(f"{ref}: patch failed: {_api_message(exc)}") from exc
-        return "configured"
+        return kube.apply(self.client, obj, patch=_bootstrap_patch)[1]
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -771,36 +659,21 @@ class Bootstrapper:
             waits: What to wait for.
             quiet: Log nothing when everything is ready at the first poll.
         """
-        pending = list(waits)
-        last: dict[int, str] = {}
-        deadline = self.clock() + self.timeout
-        first_poll = True
-        while True:
-            still = []
-            for item in pending:
-                obj = self._get(item.api_version, item.kind, item.name, item.namespace)
-                ok, status = item.check(obj)
-                last[id(item)] = status
-                if ok:
-                    if not (quiet and first_poll):
-                        self.log(f"  ready    {item.ref} ({status})")
-                else:
-                    still.append(item)
-            pending = still
-            if not pending:
-                return
-            if first_poll:
-                first_poll = False
-                for item in pending:
-                    self.log(f"  waiting  {item.ref} to be {item.what}")
-            if self.clock() >= deadline:
-                first = pending[0]
-                others = f" (and {len(pending) - 1} more)" if len(pending) > 1 else ""
-                raise BootstrapTimeout(
-                    f"timed out after {self.timeout:g}s waiting for {first.ref} to be {first.what}{others}; "
-                    f"last status: {last[id(first)]}"
-                )
-            self.sleep(self.poll_interval)
+        try:
+            kube.wait(
+                self.client,
+                waits,
+                timeout=self.timeout,
+                poll_interval=self.poll_interval,
+                clock=self.clock,
+                sleep=self.sleep,
+                log=self.log,
+                quiet=quiet,
+            )
+        except kube.KubeTimeout as exc:
+            raise BootstrapTimeout(str(exc)) from exc
+        except kube.KubeError as exc:
+            raise _bootstrap_error(exc) from exc
 
     def _crd_wait(self, api_version: str, kind: str) -> Wait | None:
         name = crd_name(api_version, kind)
@@ -827,10 +700,8 @@ class Bootstrapper:
                 return False, status
             try:
                 self._resource(api_version, kind)
-            except Exception as exc:  # noqa: BLE001
-                if _is_kind_missing(exc):
-                    return False, "Established, not yet in API discovery"
-                raise
+            except kube.KindNotServed:
+                return False, "Established, not yet in API discovery"
             return True, status
 
         self.wait_all([Wait(crd.api_version, crd.kind, crd.name, None, crd.what, served)], quiet=True)
@@ -842,7 +713,7 @@ class Bootstrapper:
             status = (obj or {}).get("status") or {}
             csv = status.get("installedCSV") or status.get("currentCSV")
             if not csv:
-                return False, f"no CSV yet (state {status.get('state') or '(none)'}; {_condition_summary(obj)})"
+                return False, f"no CSV yet (state {status.get('state') or '(none)'}; {kube.condition_summary(obj)})"
             csv_obj = self._get("operators.coreos.com/v1alpha1", "ClusterServiceVersion", csv, namespace)
             phase = ((csv_obj or {}).get("status") or {}).get("phase")
             if phase == "Succeeded":
@@ -872,7 +743,7 @@ class Bootstrapper:
             if (
                 existing
                 and _decode(existing) == _decode(desired)
-                and _contains(existing["metadata"], {k: desired["metadata"][k] for k in ("labels", "annotations")})
+                and kube.contains(existing["metadata"], {k: desired["metadata"][k] for k in ("labels", "annotations")})
             ):
                 return "unchanged"
             return self._apply(desired)
@@ -980,9 +851,11 @@ class Bootstrapper:
         if not claims:
             return
         try:
-            listed = _as_dict(self._resource("storage.k8s.io/v1", "StorageClass").get()) or {}
-        except Exception as exc:  # noqa: BLE001
-            raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {_api_message(exc)}") from exc
+            listed = kube.as_dict(self._resource("storage.k8s.io/v1", "StorageClass").get()) or {}
+        except kube.KubeError as exc:
+            raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - the client raises its own types; its message is kept
+            raise BootstrapError(f"cannot list StorageClasses (storage.k8s.io/v1): {kube.api_message(exc)}") from exc
         items = listed.get("items") or []
         defaults = [
             sc["metadata"]["name"]
@@ -1007,6 +880,12 @@ class Bootstrapper:
     # -- run ---------------------------------------------------------------------------------
 
     def _run_phase(self, phase: Phase, report: Report) -> None:
+        try:
+            self._apply_phase(phase, report)
+        except kube.KubeError as exc:
+            raise _bootstrap_error(exc) from exc
+
+    def _apply_phase(self, phase: Phase, report: Report) -> None:
         waits: list[Wait] = []
         for step in phase.steps:
             if step.action == "generate":

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 
 from infra.tools import tool_path
+from vinspect.errors import VinspectError
 
 FLOWS_FILE = Path(__file__).resolve().parent / "network" / "flows.yaml"
 DOC_FILE = Path(__file__).resolve().parents[1] / "docs" / "connectivity.md"
@@ -56,7 +57,7 @@ _POD_TEMPLATE_PATHS = {
 }
 
 
-class ConnectivityError(RuntimeError):
+class ConnectivityError(VinspectError, RuntimeError):
     """The flows file is inconsistent, or the analyzer failed; the message names the record."""
 
 

@@ -13,13 +13,19 @@ from typing import Any
 
 import yaml
 
+from vinspect.errors import VinspectError
+
 MANIFESTS_DIR = Path(__file__).resolve().parent / "manifests"
 OVERLAYS_DIR = MANIFESTS_DIR / "overlays"
 DEFAULT_OVERLAY = "default"
 
 
-class RenderError(RuntimeError):
-    """An overlay could not be rendered (unknown overlay, kustomize error, bad YAML)."""
+class RenderError(VinspectError, RuntimeError):
+    """An overlay could not be rendered (unknown overlay, kustomize error, bad YAML).
+
+    (Not the rollout's :class:`components.rollout.render.ServingSpecError`, which is about one
+    InferenceService's arguments.)
+    """
 
 
 def list_overlays(overlays_dir: Path = OVERLAYS_DIR) -> list[str]:

@@ -20,11 +20,12 @@ import yaml
 
 from infra.render import dump_objects
 from infra.tools import tool_path
+from vinspect.errors import VinspectError
 
 SKIPS_FILE = Path(__file__).resolve().parent / "checkov-skips.yaml"
 
 
-class ScanError(RuntimeError):
+class ScanError(VinspectError, RuntimeError):
     """checkov failed, or the skip list is malformed; the message says which."""
 
 

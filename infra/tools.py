@@ -12,6 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from vinspect.errors import VinspectError
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # name -> (environment variable, virtualenv folder, program); versions are pinned in the Makefile.
@@ -21,7 +23,7 @@ _TOOLS = {
 }
 
 
-class ToolMissingError(RuntimeError):
+class ToolMissingError(VinspectError, RuntimeError):
     """A scanner is not installed; the message says how to install it."""
 
 

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from infra.render import object_ref
+from vinspect.errors import VinspectError
 
 SHARED_DIR_ENV = "VINSPECT_SHARED_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ _CLOSE_OPEN_PATHS: dict[tuple[str, str], list[tuple[str, ...]]] = {
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-class SchemasMissingError(FileNotFoundError):
+class SchemasMissingError(VinspectError, FileNotFoundError):
     """The shared CRD schemas folder is not where it should be."""
 
 

@@ -14,6 +14,18 @@ from pathlib import Path
 
 import pytest
 
+# Registered tiny models on the local stack, for tests/registry and tests/rollout alike.
+from tests.registered_models import (  # noqa: F401 - fixtures, registered by being imported here
+    bucket,
+    cheap_versions,
+    http_model_server,
+    logged_model,
+    mlflow_client,
+    model_name,
+    register,
+    s3,
+)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VINSPECT_SHARED_DIR") or (REPO.parent / "shared")).resolve()
 

@@ -64,10 +64,10 @@ def rollout(
     from components.data.manifest import read_manifest
     from components.kfp.outcome import record_outcome
     from components.model.evaluate import split_images
-    from components.rollout import GoldenImage, make_v2_smoke, rollout_kserve, rollout_local
-    from components.rollout.kserve import s3_reference_publisher
-    from components.rollout.smoke import cluster_tls_verify, golden_from_split, processor_endpoint, smoke_as
-    from vinspect.settings import MLflowSettings, ModelServerSettings, S3Settings
+    from components.rollout import GoldenImage
+    from components.rollout.deploy import deploy
+    from components.rollout.smoke import cluster_tls_verify, golden_from_split, processor_endpoint
+    from vinspect.settings import MLflowSettings
 
     data_dir = Path(dataset.path)
     classes = list(read_manifest(data_dir)["classes"])
@@ -83,96 +83,65 @@ def rollout(
         f"[vinspect] smoke test: {len(golden)} golden image(s), "
         + ", ".join(f"{g.path.name} {sorted(g.expected)}" for g in golden)
     )
-    smoke_rule = {"names": classes, "conf": smoke_conf, "min_classes": smoke_min_classes}
-    mlflow_client = MLflowSettings.from_env().client()
-    # The served version's drift reference goes to the stable key the processor reads on
-    # KServe/OVMS (which reports version 1 for every rollout): serving.drift.publish_served_reference.
-    s3s = S3Settings.from_env()
-    publish = s3_reference_publisher(s3s.client(), s3s.bucket) if (s3s.endpoint_url or s3s.access_key_id) else None
-    server = ModelServerSettings.from_env()
-    token = server.token.get_secret_value() if server.token else None
-    if serving_mode == "local":
-        smoke = make_v2_smoke(
-            golden, token=token, expect_version=version, verify=server.ca_bundle or True, **smoke_rule
-        )
-        result = rollout_local(
-            server.url,
-            mlflow_client,
-            model_name=model_name,
-            version=version,
-            storage_uri=storage_uri,
-            smoke=smoke,
-            timeout_s=timeout_s,
-            token=token,
-            drift_reference=publish,
-        )
-    elif serving_mode in ("raw", "modelmesh"):
-        from kubernetes import client, config
-
-        config.load_incluster_config()
-        if not namespace:
-            namespace = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace").read_text().strip()
+    processor_url = processor_model = verify = None
+    if serving_mode != "local":
         # Predictor URLs are https on OpenShift AI (service-CA-signed, or a route with a public
-        # certificate) and may require a token: verify against the system bundle plus the
-        # mounted service CA (or VINSPECT_MODEL_CA_BUNDLE when given), bearer token from
-        # VINSPECT_MODEL_TOKEN when set.
-        smoke = make_v2_smoke(
-            golden, token=token, expect_version=None, verify=server.ca_bundle or cluster_tls_verify(), **smoke_rule
-        )
+        # certificate): verify against the system bundle plus the mounted service CA (unless
+        # VINSPECT_MODEL_CA_BUNDLE names one). The smoke test calls the model the way the image
+        # processor will, at the URL and name of its ConfigMap.
+        verify = cluster_tls_verify()
         processor_url, processor_model = processor_endpoint()
         if processor_url:
             print(
                 f"[vinspect] smoke test through the processor's endpoint: {processor_url}"
                 + (f" (model {processor_model})" if processor_model else "")
             )
-            if processor_model:
-                smoke = smoke_as(smoke, processor_model)
         else:
             print(
                 "[vinspect] warning: VINSPECT_PROCESSOR_MODEL_URL is not set; the smoke test uses the "
                 "InferenceService's status URL, which the image processor may not be configured with"
             )
-        result = rollout_kserve(
-            client.CustomObjectsApi(),
-            mlflow_client,
-            namespace=namespace,
-            model_name=model_name,
-            version=version,
-            storage_uri=storage_uri,
-            data_connection=data_connection,
-            mode=serving_mode,
-            smoke=smoke,
-            timeout_s=timeout_s,
-            service=inference_service or None,
-            smoke_url=processor_url,
-            drift_reference=publish,
-        )
-    else:
-        raise ValueError(f"serving_mode {serving_mode!r}: expected 'raw', 'modelmesh' or 'local'")
+    result = deploy(
+        MLflowSettings.from_env().client(),
+        model_name=model_name,
+        version=version,
+        mode=serving_mode,
+        storage_uri=storage_uri,
+        golden=golden,
+        smoke_rule={"names": classes, "conf": smoke_conf, "min_classes": smoke_min_classes},
+        smoke_model=processor_model,
+        verify=verify,
+        namespace=namespace or None,
+        data_connection=data_connection,
+        service=inference_service or None,
+        model_url=processor_url,
+        timeout_s=timeout_s,
+        in_cluster=True,
+    )
 
     from serving.notify import notify
 
-    target = f"{serving_mode}:{result.get('url') or result.get('service') or ''}"
-    if result["status"] != "deployed":
+    target = f"{serving_mode}:{result.url or result.service or ''}"
+    if not result.deployed:
         # Serving is back on the version that served before (or on nothing, for a first model).
         notify(
             "rolled_back",
             model_name,
-            result.get("previous_version") or "",
+            result.previous_version or "",
             from_version=version,
-            reason=str(result.get("reason") or ""),
+            reason=str(result.reason or ""),
             target=target,
         )
         record_outcome(
             "rolled_back",
-            f"rollout of {model_name} v{version} failed and was rolled back: {result.get('reason')}",
+            f"rollout of {model_name} v{version} failed and was rolled back: {result.reason}",
             model_name=model_name,
             version=version,
         )
-        raise RuntimeError(f"rollout of {model_name} v{version} rolled back: {result.get('reason')}")
-    url = str(result.get("url") or "")
-    print(f"[vinspect] drift reference: {result.get('drift_reference')}")
-    notify("promoted", model_name, version, previous_version=result.get("previous_version"), target=target)
+        raise RuntimeError(f"rollout of {model_name} v{version} rolled back: {result.reason}")
+    url = str(result.url or "")
+    print(f"[vinspect] drift reference: {result.drift_reference}")
+    notify("promoted", model_name, version, previous_version=result.previous_version, target=target)
     record_outcome(
         "deployed",
         f"{model_name} v{version} is serving at {url} and is the champion",

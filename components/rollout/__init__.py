@@ -1,35 +1,46 @@
-"""Rollout: render KServe manifests, apply and wait, smoke-test over v2, move ``champion``.
+"""Rollout: render KServe manifests, deploy to a target, smoke-test over v2, move ``champion``.
 
-:func:`rollout_kserve` targets a cluster (through a ``CustomObjectsApi``), :func:`rollout_local`
-the local model server; both roll back on any failure and say why.
+:func:`components.rollout.deploy.deploy` is the one entry (the pipeline's rollout step and the CLI
+call it; imported from its module, whose name it shares); it runs the one
+transaction, :func:`roll_out`, over a :class:`Target`: :class:`KServeTarget` (an InferenceService,
+through :mod:`infra.kube`) or :class:`LocalServerTarget` (the local model server). Any failure
+rolls back and says why.
+
+``RenderError`` is the former name of :class:`ServingSpecError`, kept importable only because
+``vinspect/cli/registry.py::_errors`` still imports it; drop it once the CLI catches
+:class:`vinspect.errors.VinspectError`.
 """
 
-from components.rollout.kserve import endpoint_url, rollout_kserve
-from components.rollout.kube import RolloutError, apply_object, merge_patch, wait_ready
-from components.rollout.local import rollout_local
+from components.rollout.deploy import Rollout, RolloutError, Target, roll_out, s3_reference_publisher
+from components.rollout.kserve import KServeTarget, endpoint_url
+from components.rollout.local import LocalServerTarget
 from components.rollout.render import (
-    RenderError,
+    ServingSpecError,
     render_inference_service,
     render_serving_runtime,
     service_name,
 )
 from components.rollout.smoke import GoldenImage, SmokeTestError, infer_v2, load_golden, make_v2_smoke
 
+RenderError = ServingSpecError
+
 __all__ = [
     "GoldenImage",
+    "KServeTarget",
+    "LocalServerTarget",
     "RenderError",
+    "Rollout",
     "RolloutError",
+    "ServingSpecError",
     "SmokeTestError",
-    "apply_object",
+    "Target",
     "endpoint_url",
     "infer_v2",
     "load_golden",
     "make_v2_smoke",
-    "merge_patch",
     "render_inference_service",
     "render_serving_runtime",
-    "rollout_kserve",
-    "rollout_local",
+    "roll_out",
+    "s3_reference_publisher",
     "service_name",
-    "wait_ready",
 ]

@@ -1,62 +1,31 @@
-"""Roll a model version out to KServe, and roll it back when anything fails.
+"""The KServe target of the rollout: an InferenceService (and its OVMS ServingRuntime).
 
-Sequence: ensure the OVMS ServingRuntime, create or patch the InferenceService, wait for
-``Ready`` at the new generation, smoke-test over v2, then move the MLflow ``champion`` alias.
-Any failure restores the InferenceService exactly as it was (or deletes it when the rollout
-created it), deletes a runtime the rollout created, puts the alias back, and reports why.
+Deploying ensures the ServingRuntime (creating it when allowed), creates or patches the
+InferenceService through :mod:`infra.kube`, and waits for ``Ready`` at the new generation.
+Restoring puts the InferenceService back exactly as it was (or deletes it when the rollout
+created it) and deletes a runtime the rollout created. The transaction around it is
+:func:`components.rollout.deploy.roll_out`.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from components.registry import champion_state, promote, undo_move
-from components.registry.core import TAG_VARIANT, TAG_VARIANT_PRECISION
+from components.registry.core import TAG_STORAGE_URI, TAG_VARIANT, TAG_VARIANT_PRECISION
 from components.rollout import render
-from components.rollout.kube import (
-    RolloutError,
-    apply_object,
-    delete_object,
-    get_object,
-    object_patch,
-    wait_ready,
-)
+from components.rollout.deploy import RolloutError
+from infra import kube
 
-log = logging.getLogger(__name__)
+ISVC_API = f"{render.GROUP}/{render.ISVC_VERSION}"
+RUNTIME_API = f"{render.GROUP}/{render.RUNTIME_VERSION}"
 
-_ISVC = {"group": render.GROUP, "version": render.ISVC_VERSION, "plural": render.ISVC_PLURAL}
-_RUNTIME = {"group": render.GROUP, "version": render.RUNTIME_VERSION, "plural": render.RUNTIME_PLURAL}
-TAG_DEPLOYED = "vinspect.deployed_to"
-
-
-def s3_reference_publisher(s3, bucket: str) -> Callable[[str, str], Any]:
-    """``publish(model_name, version)``: copy the version's drift reference to the served key.
-
-    See :func:`serving.drift.publish_served_reference` (the processor on KServe/OVMS, where every
-    version answers as ``1``, reads that key).
-    """
-    from serving.drift import publish_served_reference
-
-    return lambda model_name, version: publish_served_reference(s3, bucket, model_name, version)
-
-
-def publish_reference(publish: Callable[[str, str], Any] | None, model_name: str, version: str, result: dict) -> None:
-    """Publish the now-serving version's drift reference; a failure only warns.
-
-    Drift is an observation of the served model, not a condition of serving it: the rollout
-    stands, and ``result["drift_reference"]`` says what happened.
-    """
-    if publish is None:
-        return
-    try:
-        uri = publish(model_name, version)
-        result["drift_reference"] = uri or f"none: version {version} has no drift reference (drift off)"
-    except Exception as exc:  # noqa: BLE001 - see above
-        result["drift_reference"] = f"not published: {type(exc).__name__}: {exc}"
-        log.warning("drift reference of %s v%s not published: %s", model_name, version, exc)
+# Metadata keys we own: when a desired object lacks one of these the patch removes it.
+_OWNED_PREFIXES = ("vinspect.io/",)
+# KServe's modelStatus.transitionStatus values that will not heal by waiting
+# (pkg/apis/serving/v1beta1/inference_service_status.go in kserve/kserve).
+_TERMINAL = ("BlockedByFailedLoad", "InvalidSpec")
 
 
 def endpoint_url(isvc: dict, mode: str) -> str | None:
@@ -73,75 +42,65 @@ def endpoint_url(isvc: dict, mode: str) -> str | None:
     return ((status.get("address") or {}).get("url")) or status.get("url")
 
 
-def _restore(custom_api, namespace: str, name: str, previous: dict | None) -> str:
-    """Put the InferenceService back as ``previous`` (or delete it); say what was done."""
-    ids = dict(namespace=namespace, name=name, **_ISVC)
-    live = get_object(custom_api, **ids)
-    if previous is None:
-        if live is None:
-            return "nothing to restore (no InferenceService existed or remains)"
-        delete_object(custom_api, **ids)
-        return "deleted the InferenceService this rollout created"
-    if live is None:
-        body = {k: previous[k] for k in ("apiVersion", "kind", "spec") if k in previous}
-        meta = previous.get("metadata", {})
-        body["metadata"] = {
-            "name": name,
-            "namespace": namespace,
-            "labels": meta.get("labels") or {},
-            "annotations": meta.get("annotations") or {},
-        }
-        custom_api.create_namespaced_custom_object(_ISVC["group"], _ISVC["version"], namespace, _ISVC["plural"], body)
-        return "re-created the previous InferenceService"
-    patch = object_patch(live, previous)
-    if patch:
-        custom_api.patch_namespaced_custom_object(
-            _ISVC["group"], _ISVC["version"], namespace, _ISVC["plural"], name, patch
+def _metadata_patch(live_meta: dict, desired_meta: dict) -> dict:
+    """Labels and annotations to set; our own keys missing from ``desired`` are removed.
+
+    Keys that others put there (controllers, the OpenShift AI dashboard) are left alone.
+    """
+    out: dict[str, Any] = {}
+    for field in ("labels", "annotations"):
+        live = live_meta.get(field) or {}
+        want = desired_meta.get(field) or {}
+        patch = {k: v for k, v in want.items() if live.get(k) != v}
+        patch.update({k: None for k in live if k not in want and k.startswith(_OWNED_PREFIXES)})
+        if patch:
+            out[field] = patch
+    return out
+
+
+def owned_patch(live: dict, desired: dict) -> dict:
+    """The rollout's ownership: ``spec`` whole (what it dropped is removed), and our own metadata.
+
+    For :func:`infra.kube.apply`, which adds the live ``resourceVersion`` to it.
+    """
+    patch: dict[str, Any] = {}
+    meta = _metadata_patch(live.get("metadata", {}), desired.get("metadata", {}))
+    spec = kube.merge_patch(live.get("spec", {}), desired.get("spec", {}))
+    if spec:
+        patch["spec"] = spec
+    if meta:
+        patch["metadata"] = meta
+    return patch
+
+
+def inference_service_ready(obj: dict | None) -> tuple[bool, str]:
+    """Readiness of an InferenceService: ``Ready=True`` at its current generation.
+
+    Raises:
+        RolloutError: It disappeared, or KServe reports a load failure that waiting will not fix.
+    """
+    if obj is None:
+        raise RolloutError("the InferenceService disappeared while waiting for Ready")
+    model_status = (obj.get("status") or {}).get("modelStatus") or {}
+    if kube.observed_current(obj) and model_status.get("transitionStatus") in _TERMINAL:
+        failure = model_status.get("lastFailureInfo") or {}
+        raise RolloutError(
+            f"InferenceService {obj['metadata']['name']}: model {model_status['transitionStatus']}: "
+            f"{failure.get('reason', '')} {failure.get('message', '')}".strip()
         )
-    return "restored the previous InferenceService spec"
+    return kube.condition_check("Ready")(obj)
 
 
-def rollout_kserve(
-    custom_api,
-    mlflow_client,
-    *,
-    namespace: str,
-    model_name: str,
-    version: str | int,
-    storage_uri: str,
-    data_connection: str,
-    mode: str = "raw",
-    smoke: Callable[[str, str], Any] | None = None,
-    timeout_s: float = 600.0,
-    poll_s: float = 5.0,
-    service: str | None = None,
-    runtime: str | None = None,
-    create_runtime: bool = True,
-    runtime_image: str = render.DEFAULT_OVMS_IMAGE,
-    resources: dict[str, Any] | None = None,
-    smoke_url: str | None = None,
-    wait_restored: bool = True,
-    move_alias: Callable[[Any, str, str], Any] = promote,
-    variant: str | None = None,
-    precision: str | None = None,
-    drift_reference: Callable[[str, str], Any] | None = None,
-) -> dict:
-    """Deploy ``version`` on KServe, check it, and make it the champion; roll back on failure.
+class KServeTarget:
+    """An InferenceService in ``namespace``, through a dynamic Kubernetes client.
 
     Args:
-        custom_api: ``kubernetes.client.CustomObjectsApi`` (or the same interface).
-        mlflow_client: ``MlflowClient``; ``champion`` moves only after every check passed.
+        client: ``kubernetes.dynamic.DynamicClient`` (see :func:`infra.kube.connect`) or the same shape.
         namespace: Target namespace.
-        model_name: Registered model name.
-        version: MLflow version to deploy.
-        storage_uri: ``s3://<bucket>/<model>/<version>/`` (the version's storage URI).
         data_connection: Name of the data-connection Secret holding the S3 credentials.
         mode: ``raw`` (RawDeployment, OpenShift AI 3.x) or ``modelmesh`` (RHODS 2.x).
-        smoke: ``smoke(base_url, model) -> report`` raising on failure (see
-            :func:`components.rollout.smoke.make_v2_smoke`); None skips the smoke test.
-        timeout_s: How long to wait for ``Ready``.
-        poll_s: Poll interval while waiting.
-        service: InferenceService name (default: derived from ``model_name``).
+        service: InferenceService name (default: derived from the model name).
+        storage_uri: ``s3://<bucket>/<model>/<version>/`` (None: the version's storage URI tag).
         runtime: ServingRuntime name (default by mode).
         create_runtime: Create the OVMS runtime when the namespace lacks it (else fail).
         runtime_image: OVMS image for a created runtime.
@@ -150,129 +109,171 @@ def rollout_kserve(
             image processor is configured with (the pipeline's rollout step passes its
             ConfigMap's ``VINSPECT_MODEL_URL``), so a version is deployed only when the processor
             can reach it; or a route, for a test run from outside the cluster.
-        wait_restored: After a rollback, wait (same timeout) for the restored service to be
-            Ready again and report whether it is.
-
-        move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
-            after every check passed (default :func:`~components.registry.promote`; a
-            deployed rollback passes one that pops the history instead).
         variant: The precision variant ``storage_uri`` points at (``onnx``: the ONNX; else an
             OpenVINO IR folder). None: the version's ``vinspect.variant`` tag.
         precision: The variant's declared inference precision, passed to OVMS as its
             ``plugin_config``. None: the version's ``vinspect.variant_precision`` tag.
-        drift_reference: ``publish(model_name, version)`` called once the version serves and is
-            the champion (:func:`s3_reference_publisher`): OVMS answers as version ``1`` for
-            every rollout, so the processor finds the served version's drift reference under a
-            stable key only. A failure there only warns. None: nothing is published.
-
-    Returns:
-        ``{"status": "deployed" | "rolled_back", "reason", "service", "namespace", "version",
-        "previous_version", "url", "action", "smoke", "restore"}`` (plus ``drift_reference``
-        when one was to be published); ``reason`` is None when deployed.
-
-    Raises:
-        RolloutError: Only when the rollback itself fails (the cluster state then needs a
-            person: the message says what was tried).
+        timeout_s: How long to wait for ``Ready``.
+        poll_s: Poll interval while waiting.
+        wait_restored: After a rollback, wait (same timeout) for the restored service to be
+            Ready again and report whether it is.
+        clock: Monotonic clock of the waits (tests pass the fake cluster's).
+        sleep: Sleep of the waits (tests pass one that advances the fake cluster).
     """
-    version = str(version)
-    name = service or render.service_name(model_name)
-    runtime_name = runtime or (render.RAW_RUNTIME if mode == "raw" else render.MODELMESH_RUNTIME)
-    ids = dict(namespace=namespace, name=name, **_ISVC)
-    result: dict[str, Any] = {
-        "status": "rolled_back",
-        "reason": None,
-        "service": name,
-        "namespace": namespace,
-        "version": version,
-        "previous_version": None,
-        "url": None,
-        "action": None,
-        "smoke": None,
-        "restore": None,
-    }
-    if variant is None or precision is None:
-        # What the registration recorded: the variant the gate chose and the precision it was
-        # measured at (OVMS reads IR natively; a declared precision must reach it explicitly).
-        tags = mlflow_client.get_model_version(model_name, version).tags or {}
+
+    kind = "kserve"
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        namespace: str,
+        data_connection: str,
+        mode: str = "raw",
+        service: str | None = None,
+        storage_uri: str | None = None,
+        runtime: str | None = None,
+        create_runtime: bool = True,
+        runtime_image: str = render.DEFAULT_OVMS_IMAGE,
+        resources: dict[str, Any] | None = None,
+        smoke_url: str | None = None,
+        variant: str | None = None,
+        precision: str | None = None,
+        timeout_s: float = 600.0,
+        poll_s: float = 5.0,
+        wait_restored: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.data_connection = data_connection
+        self.mode = mode
+        self.service = service or ""
+        self.storage_uri = storage_uri
+        self.runtime = runtime or (render.RAW_RUNTIME if mode == "raw" else render.MODELMESH_RUNTIME)
+        self.create_runtime = create_runtime
+        self.runtime_image = runtime_image
+        self.resources = resources
+        self.smoke_url = smoke_url
+        self.variant = variant
+        self.precision = precision
+        self.timeout_s = timeout_s
+        self.poll_s = poll_s
+        self.wait_restored = wait_restored
+        self.clock = clock
+        self.sleep = sleep
+        self.action: str | None = None
+        self._desired: dict[str, Any] = {}
+        self._previous: dict[str, Any] | None = None
+        self._created_runtime = False
+
+    @property
+    def location(self) -> str:
+        return f"kserve:{self.namespace}/{self.service}"
+
+    def prepare(self, mlflow_client: Any, model_name: str, version: str) -> None:
+        """Render the InferenceService (validating every input) from the version's tags."""
+        self.service = self.service or render.service_name(model_name)
+        variant, precision = self.variant, self.precision
+        tags: dict[str, str] = {}
+        if variant is None or precision is None or self.storage_uri is None:
+            # What the registration recorded: the variant the gate chose and the precision it was
+            # measured at (OVMS reads IR natively; a declared precision must reach it explicitly).
+            tags = mlflow_client.get_model_version(model_name, version).tags or {}
         variant = tags.get(TAG_VARIANT, "onnx") if variant is None else variant
         precision = tags.get(TAG_VARIANT_PRECISION, "") if precision is None else precision
-    # Validate the inputs before touching anything, so a typo changes nothing.
-    desired = render.render_inference_service(
-        name=name,
-        namespace=namespace,
-        model_name=model_name,
-        version=version,
-        storage_uri=storage_uri,
-        data_connection=data_connection,
-        mode=mode,
-        runtime=runtime_name,
-        resources=resources,
-        model_format="openvino_ir" if variant and variant != "onnx" else "onnx",
-        precision=precision or None,
-    )
-    moved = before_move = None
-    previous = get_object(custom_api, **ids)
-    if previous is not None:
-        result["previous_version"] = (previous.get("metadata", {}).get("labels") or {}).get(render.LABEL_VERSION)
-    created_runtime = False
-    stage = "checking the ServingRuntime"
-    started = time.monotonic()
-    try:
-        if get_object(custom_api, namespace=namespace, name=runtime_name, **_RUNTIME) is None:
-            if not create_runtime:
-                raise RolloutError(f"namespace {namespace} has no ServingRuntime {runtime_name!r}")
-            stage = "creating the ServingRuntime"
-            apply_object(
-                custom_api,
-                render.render_serving_runtime(namespace=namespace, mode=mode, name=runtime_name, image=runtime_image),
-                **_RUNTIME,
+        storage_uri = self.storage_uri or tags.get(TAG_STORAGE_URI)
+        if not storage_uri:
+            raise RolloutError(f"model {model_name!r} v{version} has no {TAG_STORAGE_URI} tag; register it first")
+        self._desired = render.render_inference_service(
+            name=self.service,
+            namespace=self.namespace,
+            model_name=model_name,
+            version=version,
+            storage_uri=storage_uri,
+            data_connection=self.data_connection,
+            mode=self.mode,
+            runtime=self.runtime,
+            resources=self.resources,
+            model_format="openvino_ir" if variant and variant != "onnx" else "onnx",
+            precision=precision or None,
+        )
+
+    def snapshot(self) -> str | None:
+        self._previous = kube.get(self.client, ISVC_API, "InferenceService", self.service, self.namespace)
+        if self._previous is None:
+            return None
+        return (self._previous.get("metadata", {}).get("labels") or {}).get(render.LABEL_VERSION)
+
+    def roll(self, stage: Callable[[str], None]) -> str | None:
+        stage("checking the ServingRuntime")
+        if kube.get(self.client, RUNTIME_API, "ServingRuntime", self.runtime, self.namespace) is None:
+            if not self.create_runtime:
+                raise RolloutError(f"namespace {self.namespace} has no ServingRuntime {self.runtime!r}")
+            stage("creating the ServingRuntime")
+            runtime = render.render_serving_runtime(
+                namespace=self.namespace, mode=self.mode, name=self.runtime, image=self.runtime_image
             )
-            created_runtime = True
-        stage = "applying the InferenceService"
-        _, result["action"] = apply_object(custom_api, desired, **_ISVC)
-        stage = "waiting for Ready"
-        ready = wait_ready(custom_api, timeout_s=timeout_s, poll_s=poll_s, **ids)
-        url = smoke_url or endpoint_url(ready, mode)
-        result["url"] = url
-        if smoke is not None:
-            stage = "smoke-testing"
-            if not url:
-                raise RolloutError(f"InferenceService {name} is Ready but reports no URL to test")
-            result["smoke"] = smoke(url, name)
-        stage = "moving the champion alias"
-        before_move = champion_state(mlflow_client, model_name)
-        moved = move_alias(mlflow_client, model_name, version)
-        mlflow_client.set_model_version_tag(model_name, version, TAG_DEPLOYED, f"kserve:{namespace}/{name}")
-    except Exception as exc:
-        result["reason"] = f"{stage} failed: {exc}"
-        log.warning("rollout of %s v%s failed while %s: %s; rolling back", model_name, version, stage, exc)
+            kube.apply(self.client, runtime, patch=owned_patch)
+            self._created_runtime = True
+        stage("applying the InferenceService")
+        _, self.action = kube.apply(self.client, self._desired, patch=owned_patch)
+        stage("waiting for Ready")
+        ready = self._wait_ready()
+        return self.smoke_url or endpoint_url(ready, self.mode)
+
+    def _wait_ready(self) -> dict:
+        what = kube.Wait(ISVC_API, "InferenceService", self.service, self.namespace, "Ready", inference_service_ready)
+        found = kube.wait(
+            self.client, [what], timeout=self.timeout_s, poll_interval=self.poll_s, clock=self.clock, sleep=self.sleep
+        )
+        return found[0] or {}
+
+    def restore(self) -> str:
         problems = []
+        done = ""
         try:
-            result["restore"] = _restore(custom_api, namespace, name, previous)
-        except Exception as restore_exc:
-            problems.append(f"restoring the InferenceService failed: {restore_exc}")
-        if created_runtime:
+            done = self._restore_service()
+        except kube.KubeError as exc:
+            problems.append(f"restoring the InferenceService failed: {exc}")
+        if self._created_runtime:
             try:
-                delete_object(custom_api, namespace=namespace, name=runtime_name, **_RUNTIME)
-            except Exception as rt_exc:
-                problems.append(f"deleting the ServingRuntime it created failed: {rt_exc}")
-        try:
-            # Only this call's own alias move is undone, and only if nobody moved it since.
-            result["alias"] = undo_move(mlflow_client, model_name, moved, before=before_move, target=version)
-        except Exception as alias_exc:
-            problems.append(f"restoring the champion alias failed: {alias_exc}")
+                kube.delete(self.client, RUNTIME_API, "ServingRuntime", self.runtime, self.namespace)
+            except kube.KubeError as exc:
+                problems.append(f"deleting the ServingRuntime it created failed: {exc}")
         if problems:
-            raise RolloutError(f"{result['reason']}; rollback incomplete: {'; '.join(problems)}") from exc
-        if wait_restored and previous is not None:
-            try:
-                wait_ready(custom_api, timeout_s=timeout_s, poll_s=poll_s, **ids)
-                result["restore"] += "; it is Ready"
-            except RolloutError as wait_exc:
-                result["restore"] += f"; it is not Ready yet: {wait_exc}"
-        result["elapsed_s"] = round(time.monotonic() - started, 3)
-        return result
-    result["status"] = "deployed"
-    publish_reference(drift_reference, model_name, version, result)
-    result["elapsed_s"] = round(time.monotonic() - started, 3)
-    log.info("%s v%s deployed as %s/%s (%s)", model_name, version, namespace, name, result["action"])
-    return result
+            raise RolloutError("; ".join(problems))
+        return done
+
+    def _restore_service(self) -> str:
+        """Put the InferenceService back as it was (or delete it); say what was done."""
+        previous = self._previous
+        if previous is None:
+            if kube.delete(self.client, ISVC_API, "InferenceService", self.service, self.namespace):
+                return "deleted the InferenceService this rollout created"
+            return "nothing to restore (no InferenceService existed or remains)"
+        meta = previous.get("metadata", {})
+        body = {k: previous[k] for k in ("apiVersion", "kind", "spec") if k in previous}
+        body["metadata"] = {
+            "name": self.service,
+            "namespace": self.namespace,
+            "labels": meta.get("labels") or {},
+            "annotations": meta.get("annotations") or {},
+        }
+        _, outcome = kube.apply(self.client, body, patch=owned_patch)
+        if outcome == "created":
+            return "re-created the previous InferenceService"
+        return "restored the previous InferenceService spec"
+
+    def settle(self) -> str:
+        if not self.wait_restored or self._previous is None:
+            return ""
+        try:
+            self._wait_ready()
+        except (kube.KubeError, RolloutError) as exc:
+            return f"; it is not Ready yet: {exc}"
+        return "; it is Ready"
+
+    def close(self) -> None:
+        """Nothing to release: the client belongs to the caller."""

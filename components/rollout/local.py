@@ -1,26 +1,18 @@
-"""The same rollout against the local model server (``serving.modelserver``).
+"""The local target of the rollout: the local model server (``serving.modelserver``).
 
 The server's repository extension (``POST /v2/repository/models/{name}/load``) swaps the served
-model once the new one is fully loaded, so requests are not dropped. Sequence: load the version
-from S3, check the server reports it, smoke-test over v2, move ``champion``; on failure reload
-the version that served before (or unload, when nothing did) and put the alias back.
+model once the new one is fully loaded, so requests are not dropped. Deploying loads the version
+from S3 and checks the server reports it; restoring reloads the version that served before (or
+unloads, when nothing did). The transaction around it is :func:`components.rollout.deploy.roll_out`.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from components.registry import champion_state, promote, undo_move
 from components.registry.core import TAG_STORAGE_URI
-from components.rollout.kserve import publish_reference
-from components.rollout.kube import RolloutError
-
-log = logging.getLogger(__name__)
-
-TAG_DEPLOYED = "vinspect.deployed_to"
+from components.rollout.deploy import RolloutError
 
 
 def _served_version(http, name: str, token: str | None) -> str | None:
@@ -49,113 +41,100 @@ def _load(http, name: str, uri: str, version: str, token: str | None) -> dict:
     return resp.json()
 
 
-def rollout_local(
-    http_client_or_base_url,
-    mlflow_client,
-    *,
-    model_name: str,
-    version: str | int,
-    storage_uri: str | None = None,
-    served_name: str | None = None,
-    smoke: Callable[[str, str], Any] | None = None,
-    timeout_s: float = 120.0,
-    token: str | None = None,
-    move_alias: Callable[[Any, str, str], Any] = promote,
-    drift_reference: Callable[[str, str], Any] | None = None,
-) -> dict:
-    """Deploy ``version`` on the local model server, check it, make it the champion.
+class LocalServerTarget:
+    """The local model server (``serving.modelserver``), through its repository API.
 
     Args:
         http_client_or_base_url: The server's base URL, or an ``httpx.Client`` whose
-            ``base_url`` is the server.
-        mlflow_client: ``MlflowClient``.
-        model_name: Registered model name.
-        version: MLflow version to deploy.
-        storage_uri: Where the server loads it from (``s3://<bucket>/<model>/<version>/``); read
-            from the version's ``vinspect.storage_uri`` tag when None. The server reads S3 with
-            its own credentials.
-        served_name: Model name on the server (default: ``model_name``).
-        smoke: ``smoke(base_url, model) -> report`` raising on failure; None skips it.
+            ``base_url`` is the server (a client given here is not closed).
+        served_name: Model name on the server (default: the registered model name).
+        storage_uri: Where the server loads the version from (``s3://<bucket>/<model>/<version>/``);
+            None: the version's ``vinspect.storage_uri`` tag. The server reads S3 with its own
+            credentials.
         timeout_s: HTTP timeout of the load call (a load reads and compiles the model).
         token: Bearer token, if the server requires one.
-
-        move_alias: ``move_alias(mlflow_client, model_name, version)`` moves ``champion``
-            after every check passed (default :func:`~components.registry.promote`; a
-            deployed rollback passes one that pops the history instead).
-        drift_reference: ``publish(model_name, version)`` once the version serves and is the
-            champion (see :func:`components.rollout.kserve.rollout_kserve`; the local server
-            reports the registry version, so a processor here needs it only when it is set to
-            read the served reference). None: nothing is published.
-
-    Returns:
-        ``{"status": "deployed" | "rolled_back", "reason", "served_name", "version",
-        "previous_version", "url", "smoke", "restore"}`` (plus ``drift_reference`` when one was
-        to be published).
-
-    Raises:
-        RolloutError: When the rollback itself fails.
     """
-    import httpx
 
-    version = str(version)
-    name = served_name or model_name
-    if storage_uri is None:
-        tags = mlflow_client.get_model_version(model_name, version).tags or {}
-        storage_uri = tags.get(TAG_STORAGE_URI)
-        if not storage_uri:
-            raise RolloutError(f"model {model_name!r} v{version} has no {TAG_STORAGE_URI} tag; register it first")
-    own = isinstance(http_client_or_base_url, str)
-    http = (
-        httpx.Client(base_url=http_client_or_base_url.rstrip("/"), timeout=timeout_s)
-        if own
-        else http_client_or_base_url
-    )
-    base_url = str(http.base_url).rstrip("/")
-    result: dict[str, Any] = {
-        "status": "rolled_back",
-        "reason": None,
-        "served_name": name,
-        "version": version,
-        "previous_version": None,
-        "url": base_url,
-        "smoke": None,
-        "restore": None,
-    }
-    started = time.monotonic()
-    moved = before_move = None
-    try:
-        previous = _served_version(http, name, token)
-        result["previous_version"] = previous
-        stage = "loading the model"
+    kind = "local"
+    namespace = None
+    action = None
+
+    def __init__(
+        self,
+        http_client_or_base_url: Any,
+        *,
+        served_name: str | None = None,
+        storage_uri: str | None = None,
+        timeout_s: float = 120.0,
+        token: str | None = None,
+    ) -> None:
+        self._http_or_url = http_client_or_base_url
+        self.service = served_name or ""
+        self.storage_uri = storage_uri
+        self.timeout_s = timeout_s
+        self.token = token
+        self._http: Any = None
+        self._own = False
+        self._mlflow: Any = None
+        self._model_name = ""
+        self._version = ""
+        self._previous: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return str(self._http.base_url).rstrip("/") if self._http is not None else str(self._http_or_url).rstrip("/")
+
+    @property
+    def location(self) -> str:
+        return f"local:{self.base_url}/{self.service}"
+
+    def prepare(self, mlflow_client: Any, model_name: str, version: str) -> None:
+        """Find where the version is stored; open the HTTP client when given a URL."""
+        import httpx
+
+        self._mlflow, self._model_name, self._version = mlflow_client, model_name, version
+        self.service = self.service or model_name
+        if self.storage_uri is None:
+            tags = mlflow_client.get_model_version(model_name, version).tags or {}
+            self.storage_uri = tags.get(TAG_STORAGE_URI)
+            if not self.storage_uri:
+                raise RolloutError(f"model {model_name!r} v{version} has no {TAG_STORAGE_URI} tag; register it first")
+        self._own = isinstance(self._http_or_url, str)
+        self._http = (
+            httpx.Client(base_url=self._http_or_url.rstrip("/"), timeout=self.timeout_s)
+            if self._own
+            else self._http_or_url
+        )
+
+    def snapshot(self) -> str | None:
+        self._previous = _served_version(self._http, self.service, self.token)
+        return self._previous
+
+    def roll(self, stage: Callable[[str], None]) -> str | None:
+        stage("loading the model")
+        _load(self._http, self.service, self.storage_uri, self._version, self.token)
+        stage("checking the served version")
+        served = _served_version(self._http, self.service, self.token)
+        if served != self._version:
+            raise RolloutError(f"server reports version {served} after loading {self._version}")
+        return self.base_url
+
+    def restore(self) -> str:
         try:
-            _load(http, name, storage_uri, version, token)
-            stage = "checking the served version"
-            served = _served_version(http, name, token)
-            if served != version:
-                raise RolloutError(f"server reports version {served} after loading {version}")
-            if smoke is not None:
-                stage = "smoke-testing"
-                result["smoke"] = smoke(base_url, name)
-            stage = "moving the champion alias"
-            before_move = champion_state(mlflow_client, model_name)
-            moved = move_alias(mlflow_client, model_name, version)
-            mlflow_client.set_model_version_tag(model_name, version, TAG_DEPLOYED, f"local:{base_url}/{name}")
-        except Exception as exc:
-            result["reason"] = f"{stage} failed: {exc}"
-            log.warning("local rollout of %s v%s failed while %s: %s", model_name, version, stage, exc)
-            result["restore"] = _restore(http, mlflow_client, model_name, name, previous, token)
-            # Only this call's own alias move is undone, and only if nobody moved it since:
-            # a failure here must never undo another promote's success.
-            result["alias"] = undo_move(mlflow_client, model_name, moved, before=before_move, target=version)
-            result["elapsed_s"] = round(time.monotonic() - started, 3)
-            return result
-    finally:
-        if own:
-            http.close()
-    result["status"] = "deployed"
-    publish_reference(drift_reference, model_name, str(version), result)
-    result["elapsed_s"] = round(time.monotonic() - started, 3)
-    return result
+            return _restore(self._http, self._mlflow, self._model_name, self.service, self._previous, self.token)
+        except RolloutError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - an HTTP failure of the restore: reported as the rollback's
+            raise RolloutError(f"restoring the model server failed: {type(exc).__name__}: {exc}") from exc
+
+    def settle(self) -> str:
+        """Nothing to wait for: the server swaps a model only once it is fully loaded."""
+        return ""
+
+    def close(self) -> None:
+        if self._own and self._http is not None:
+            self._http.close()
+            self._http = None
 
 
 def _restore(http, mlflow_client, model_name: str, name: str, previous: str | None, token: str | None) -> str:
@@ -172,7 +151,7 @@ def _restore(http, mlflow_client, model_name: str, name: str, previous: str | No
         return f"version {previous} kept serving"
     try:
         uri = (mlflow_client.get_model_version(model_name, previous).tags or {}).get(TAG_STORAGE_URI)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types; the message is kept
         raise RolloutError(f"rollback: cannot find where version {previous} is stored: {exc}") from exc
     if not uri:
         raise RolloutError(f"rollback: version {previous} has no {TAG_STORAGE_URI} tag to reload from")

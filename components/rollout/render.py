@@ -25,6 +25,8 @@ import json
 import re
 from typing import Any
 
+from vinspect.errors import VinspectError
+
 GROUP = "serving.kserve.io"
 ISVC_VERSION = "v1beta1"
 ISVC_PLURAL = "inferenceservices"
@@ -52,8 +54,11 @@ _DEFAULT_RESOURCES = {
 }
 
 
-class RenderError(ValueError):
-    """Arguments that cannot make a valid manifest (the message names the argument)."""
+class ServingSpecError(VinspectError, ValueError):
+    """Arguments that cannot make a valid InferenceService or ServingRuntime (the message names the argument).
+
+    (Not ``infra.render``'s error, which is about rendering the kustomize overlays.)
+    """
 
 
 def service_name(model_name: str) -> str:
@@ -63,18 +68,18 @@ def service_name(model_name: str) -> str:
         name = f"m-{name}".rstrip("-")
     name = name[:63].rstrip("-")
     if not _DNS1035.match(name):
-        raise RenderError(f"cannot derive a Kubernetes name from model name {model_name!r}")
+        raise ServingSpecError(f"cannot derive a Kubernetes name from model name {model_name!r}")
     return name
 
 
 def storage_path(storage_uri: str) -> str:
     """The path inside the bucket of an ``s3://bucket/path/`` URI (``path/``)."""
     if not storage_uri.startswith("s3://"):
-        raise RenderError(f"storage_uri {storage_uri!r} is not an s3:// URI")
+        raise ServingSpecError(f"storage_uri {storage_uri!r} is not an s3:// URI")
     bucket_and_path = storage_uri[len("s3://") :]
     bucket, _, path = bucket_and_path.partition("/")
     if not bucket or not path.strip("/"):
-        raise RenderError(f"storage_uri {storage_uri!r} needs a bucket and a path")
+        raise ServingSpecError(f"storage_uri {storage_uri!r} needs a bucket and a path")
     return path.rstrip("/") + "/"
 
 
@@ -128,23 +133,23 @@ def render_inference_service(
         The manifest as a dict.
 
     Raises:
-        RenderError: For an invalid name, mode, URI or replica count.
+        ServingSpecError: For an invalid name, mode, URI or replica count.
     """
     if mode not in MODES:
-        raise RenderError(f"mode {mode!r} is not one of {MODES}")
+        raise ServingSpecError(f"mode {mode!r} is not one of {MODES}")
     if not _DNS1035.match(name) or len(name) > 63:
-        raise RenderError(f"name {name!r} is not a DNS-1035 label (lowercase, digits, '-')")
+        raise ServingSpecError(f"name {name!r} is not a DNS-1035 label (lowercase, digits, '-')")
     if not data_connection:
-        raise RenderError("data_connection is empty: name the data-connection Secret")
+        raise ServingSpecError("data_connection is empty: name the data-connection Secret")
     if min_replicas < 0 or max_replicas < max(min_replicas, 1):
-        raise RenderError(f"replicas min={min_replicas} max={max_replicas} are inconsistent")
+        raise ServingSpecError(f"replicas min={min_replicas} max={max_replicas} are inconsistent")
     path = storage_path(storage_uri)
     version = str(version)
     formats = {"onnx": "1", "openvino_ir": "opset13" if mode == "raw" else "opset1"}
     if model_format not in formats:
-        raise RenderError(f"model_format {model_format!r} is not one of {sorted(formats)}")
+        raise ServingSpecError(f"model_format {model_format!r} is not one of {sorted(formats)}")
     if precision and mode != "raw":
-        raise RenderError(
+        raise ServingSpecError(
             f"precision {precision!r} needs a per-model --plugin_config, which ModelMesh cannot pass; "
             "serve a variant without a declared precision, or use mode 'raw'"
         )
@@ -225,10 +230,10 @@ def render_serving_runtime(
         The manifest as a dict.
 
     Raises:
-        RenderError: For an unknown mode.
+        ServingSpecError: For an unknown mode.
     """
     if mode not in MODES:
-        raise RenderError(f"mode {mode!r} is not one of {MODES}")
+        raise ServingSpecError(f"mode {mode!r} is not one of {MODES}")
     common_labels = {
         "opendatahub.io/dashboard": "true",
         "app.kubernetes.io/part-of": "vinspect",

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from vinspect.errors import VinspectError
 
-class SmokeTestError(RuntimeError):
+
+class SmokeTestError(VinspectError, RuntimeError):
     """The served model did not answer, or did not find what the golden images show."""
 
 
@@ -208,7 +210,7 @@ def make_v2_smoke(
     verify: Any = True,
     min_classes: int | None = None,
 ) -> Callable[[str, str], dict]:
-    """A smoke test for :func:`components.rollout.rollout_kserve` / ``rollout_local``.
+    """A smoke test for :func:`components.rollout.roll_out` (either target).
 
     The returned callable ``smoke(base_url, model) -> report`` reads the model's metadata (input
     shape gives the image size when ``imgsz`` is None), sends each golden image over v2 with
@@ -327,7 +329,7 @@ def make_v2_smoke(
             return out
         except SmokeTestError:
             raise
-        except Exception as exc:  # connection errors, timeouts, undecodable images
+        except Exception as exc:  # noqa: BLE001 - connection errors, timeouts, undecodable images: all a failed smoke test
             raise SmokeTestError(f"model {model} at {base_url}: {type(exc).__name__}: {exc}") from exc
         finally:
             if own:

@@ -13,7 +13,7 @@ import pytest
 from infra.bootstrap import bootstrap
 from infra.render import list_overlays, render
 from infra.validate import SchemasMissingError, default_store
-from tests.infra.fake_cluster import FakeCluster
+from tests.fake_kube import FakeCluster
 
 
 @pytest.fixture(scope="session")

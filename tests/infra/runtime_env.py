@@ -7,8 +7,8 @@ import base64
 import fnmatch
 import os
 
+from tests.fake_kube import FakeCluster
 from tests.infra.conftest import find
-from tests.infra.fake_cluster import FakeCluster
 
 S3_ENV = ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "VINSPECT_DATA_BUCKET")
 

@@ -24,8 +24,8 @@ from infra.addressing import (
 )
 from infra.bootstrap import bootstrap
 from infra.render import list_overlays
+from tests.fake_kube import FakeCluster
 from tests.infra.conftest import find
-from tests.infra.fake_cluster import FakeCluster
 
 
 @pytest.fixture(scope="module")

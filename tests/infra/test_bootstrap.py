@@ -19,7 +19,7 @@ from infra.bootstrap import (
     plural,
 )
 from infra.validate import is_known_default
-from tests.infra.fake_cluster import FakeCluster
+from tests.fake_kube import FakeCluster
 
 DELAY = 3.0
 

@@ -13,8 +13,8 @@ import copy
 import pytest
 
 from infra.bootstrap import bootstrap
+from tests.fake_kube import FakeCluster
 from tests.infra.conftest import find
-from tests.infra.fake_cluster import FakeCluster
 
 DELAY = 3.0
 
@@ -153,7 +153,7 @@ def test_serving_runtime_image_is_the_pinned_template_image(rendered):
 
 
 def test_bootstrap_takes_the_ovms_image_from_the_clusters_template(rendered):
-    from tests.infra.fake_cluster import TEMPLATE_OVMS_IMAGE
+    from tests.fake_kube import TEMPLATE_OVMS_IMAGE
 
     cluster = FakeCluster(delay=DELAY)
     run(cluster, rendered["default"])

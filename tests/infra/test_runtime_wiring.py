@@ -16,8 +16,8 @@ import os
 import pytest
 
 from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, DASHBOARD_SECRET, MINIO_SECRET, bootstrap
+from tests.fake_kube import FakeCluster
 from tests.infra.conftest import find
-from tests.infra.fake_cluster import FakeCluster
 from tests.infra.runtime_env import S3_ENV, _allows, _container, _secret, _settings, resolved_env
 
 RUNTIME_S3 = [

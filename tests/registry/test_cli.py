@@ -99,15 +99,15 @@ def test_promote_and_rollback_with_local_deploy(env, register, http_model_server
 
 
 def test_promote_with_kserve_deploy(env, cheap_versions, model_name, mlflow_client, monkeypatch):
-    from tests.registry.fake_kube import FakeCustomObjectsApi
+    from tests.fake_kube import FakeCluster
 
     cheap_versions(model_name, 1)
-    kube = FakeCustomObjectsApi(ready_after=1)
-    monkeypatch.setattr("kubernetes.config.load_config", lambda *a, **kw: None)
-    monkeypatch.setattr("kubernetes.client.CustomObjectsApi", lambda *a, **kw: kube)
+    kube = FakeCluster.with_kserve("vinspect", delay=0)
+    monkeypatch.setattr("infra.kube.connect", lambda **kw: kube)
+    before = set(kube.objects)
     code, out = _run("model", "promote", "1", "--model", model_name, "--deploy", "kserve")
     assert code == 1 and "--deploy kserve needs --namespace and --data-connection" in out
-    assert kube.objects == {}
+    assert set(kube.objects) == before
     code, out = _run(
         "model",
         "promote",
@@ -126,7 +126,7 @@ def test_promote_with_kserve_deploy(env, cheap_versions, model_name, mlflow_clie
         "5",
     )
     assert code == 0 and "deployed v1" in out, out
-    isvc = kube.stored("inferenceservices", "vinspect", model_name)
+    isvc = kube.stored("InferenceService", "vinspect", model_name)
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "ModelMesh"
     assert isvc["spec"]["predictor"]["model"]["storage"] == {"key": "aws-connection-models", "path": f"{model_name}/1/"}
     assert get_champion(mlflow_client, model_name) == "1"

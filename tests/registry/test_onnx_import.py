@@ -141,7 +141,7 @@ def test_register_the_demo_layout_then_serve_it(
 
 
 def test_a_gate_rejection_registers_nothing(env, model_name, mlflow_client, tmp_path):
-    from tests.registry.test_smoke_rule import _dataset
+    from tests.rollout.test_smoke_rule import _dataset
 
     data = _dataset(tmp_path / "ds", {"a_bent": [1], "b_scratch": [0]})
     model = build_yolov5_onnx(tmp_path / "m.onnx")

@@ -19,7 +19,7 @@ from components.registry import (
     rollback,
 )
 from components.registry.core import metric_key, sha256_file
-from tests.registry.conftest import DATASET_A, DATASET_B
+from tests.registered_models import DATASET_A, DATASET_B
 from tests.registry.tiny_model import build_tiny_onnx
 
 

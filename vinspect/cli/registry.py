@@ -76,70 +76,39 @@ def _deploy(
     golden: Path | None,
     timeout_s: float,
 ) -> dict:
-    """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``."""
+    """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``.
+
+    Returns the rollout's fields as a dict (what the commands here print from).
+    """
     from components.registry import version_info
-    from components.rollout import load_golden, make_v2_smoke, rollout_kserve, rollout_local
-    from components.rollout.kserve import s3_reference_publisher
-    from vinspect.settings import ModelServerSettings, S3Settings
+    from components.rollout import load_golden
+    from components.rollout.deploy import deploy as deploy_version
+    from infra.kube import KubeError
 
     if deploy is Deploy.kserve and (not namespace or not data_connection):
         _fail("--deploy kserve needs --namespace and --data-connection")
-    # The served version's drift reference follows the deployment (the processor on KServe/OVMS
-    # reads it under a stable key); without S3 settings there is nowhere to write it.
-    s3s = S3Settings.from_env()
-    publish = s3_reference_publisher(s3s.client(), s3s.bucket) if (s3s.endpoint_url or s3s.access_key_id) else None
     info = version_info(mlflow_client, model_name, version)
     if not info["storage_uri"]:
         _fail(f"model {model_name} version {version} has no storage URI tag; was it registered by vinspect?")
-    server = ModelServerSettings.from_env()
-    token = server.token.get_secret_value() if server.token else None
-    smoke = None
-    if golden is not None:
-        smoke = make_v2_smoke(
-            load_golden(golden),
-            token=token,
-            verify=server.ca_bundle or True,
-            # The local server reports the MLflow version it loaded; OVMS always says "1".
-            expect_version=version if deploy is Deploy.local else None,
-        )
     with console.status(f"Rolling out {model_name} v{version} ({deploy.value})..."):
-        if deploy is Deploy.local:
-            return rollout_local(
-                (model_url or server.url),
+        try:
+            result = deploy_version(
                 mlflow_client,
                 model_name=model_name,
                 version=version,
+                mode="local" if deploy is Deploy.local else mode.value,
                 storage_uri=info["storage_uri"],
-                served_name=service or model_name,
-                smoke=smoke,
+                golden=load_golden(golden) if golden is not None else None,
+                namespace=namespace,
+                data_connection=data_connection,
+                service=service,
+                model_url=model_url,
                 timeout_s=timeout_s,
-                token=token,
                 move_alias=move_alias,
-                drift_reference=publish,
             )
-        from kubernetes import client as kclient
-        from kubernetes import config as kconfig
-
-        try:
-            kconfig.load_config()
-        except Exception as exc:  # no kubeconfig and not in a pod
-            _fail(f"no Kubernetes configuration found ({exc}); log in with `oc login` first")
-        return rollout_kserve(
-            kclient.CustomObjectsApi(),
-            mlflow_client,
-            namespace=namespace,
-            model_name=model_name,
-            version=version,
-            storage_uri=info["storage_uri"],
-            data_connection=data_connection,
-            mode=mode.value,
-            smoke=smoke,
-            timeout_s=timeout_s,
-            service=service,
-            smoke_url=model_url,
-            move_alias=move_alias,
-            drift_reference=publish,
-        )
+        except KubeError as exc:  # no kubeconfig, or the cluster refused to be read
+            _fail(str(exc))
+    return result.as_dict()
 
 
 def _errors() -> tuple[type[Exception], ...]:

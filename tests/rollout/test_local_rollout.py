@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from components.registry import get_champion, restore_champion
-from components.rollout import GoldenImage, load_golden, make_v2_smoke, rollout_local
+from components.rollout import GoldenImage, LocalServerTarget, load_golden, make_v2_smoke, roll_out
 from components.rollout.smoke import SmokeTestError
 
 
@@ -55,6 +55,11 @@ def fresh_aliases(versions, mlflow_client):
     return versions
 
 
+def _roll_out_local(server, mlflow_client, *, model_name, version, smoke=None, storage_uri=None):
+    target = LocalServerTarget(server, storage_uri=storage_uri)
+    return roll_out(target, mlflow_client, model_name=model_name, version=version, smoke=smoke)
+
+
 def _served(server, name) -> str:
     return server.get(f"/v2/models/{name}").json()["versions"][0]
 
@@ -63,22 +68,22 @@ def test_rollout_smoke_failure_and_recovery(fresh_aliases, server, golden, mlflo
     name, info = fresh_aliases
     smoke = make_v2_smoke(golden, client=server)
 
-    first = rollout_local(server, mlflow_client, model_name=name, version="1", smoke=smoke)
-    assert first["status"] == "deployed", first["reason"]
-    assert first["previous_version"] is None
-    assert first["smoke"]["images"] == [{"image": "bent_000.png", "expected": ["bent"], "found": ["bent"]}]
+    first = _roll_out_local(server, mlflow_client, model_name=name, version="1", smoke=smoke)
+    assert first.status == "deployed", first.reason
+    assert first.previous_version is None
+    assert first.smoke["images"] == [{"image": "bent_000.png", "expected": ["bent"], "found": ["bent"]}]
     assert _served(server, name) == "1"
     assert get_champion(mlflow_client, name) == "1"
 
-    bad = rollout_local(server, mlflow_client, model_name=name, version="2", smoke=smoke)
-    assert bad["status"] == "rolled_back"
-    assert "smoke-testing failed" in bad["reason"] and "found nothing" in bad["reason"]
-    assert bad["restore"] == f"reloaded version 1 from {info['1']['storage_uri']}"
+    bad = _roll_out_local(server, mlflow_client, model_name=name, version="2", smoke=smoke)
+    assert bad.status == "rolled_back"
+    assert "smoke-testing failed" in bad.reason and "found nothing" in bad.reason
+    assert bad.restore == f"reloaded version 1 from {info['1']['storage_uri']}"
     assert _served(server, name) == "1"
     assert get_champion(mlflow_client, name) == "1"
 
-    good = rollout_local(server, mlflow_client, model_name=name, version="3", smoke=smoke)
-    assert good["status"] == "deployed" and good["previous_version"] == "1"
+    good = _roll_out_local(server, mlflow_client, model_name=name, version="3", smoke=smoke)
+    assert good.status == "deployed" and good.previous_version == "1"
     assert _served(server, name) == "3"
     assert get_champion(mlflow_client, name) == "3"
     assert mlflow_client.get_model_version(name, "3").tags["vinspect.deployed_to"].startswith("local:")
@@ -86,31 +91,31 @@ def test_rollout_smoke_failure_and_recovery(fresh_aliases, server, golden, mlflo
 
 def test_a_load_failure_keeps_the_old_version_serving(fresh_aliases, server, mlflow_client):
     name, _ = fresh_aliases
-    assert rollout_local(server, mlflow_client, model_name=name, version="1")["status"] == "deployed"
-    result = rollout_local(
+    assert _roll_out_local(server, mlflow_client, model_name=name, version="1").status == "deployed"
+    result = _roll_out_local(
         server, mlflow_client, model_name=name, version="3", storage_uri="s3://models/no-such-model/3/"
     )
-    assert result["status"] == "rolled_back"
-    assert "loading the model failed" in result["reason"]
-    assert result["restore"] == "version 1 kept serving"
+    assert result.status == "rolled_back"
+    assert "loading the model failed" in result.reason
+    assert result.restore == "version 1 kept serving"
     assert _served(server, name) == "1"
     assert get_champion(mlflow_client, name) == "1"
 
 
 def test_a_failed_first_rollout_unloads(fresh_aliases, server, golden, mlflow_client):
     name, _ = fresh_aliases
-    result = rollout_local(
+    result = _roll_out_local(
         server, mlflow_client, model_name=name, version="2", smoke=make_v2_smoke(golden, client=server)
     )
-    assert result["status"] == "rolled_back"
-    assert result["restore"] == "unloaded the model (nothing was serving before)"
+    assert result.status == "rolled_back"
+    assert result.restore == "unloaded the model (nothing was serving before)"
     assert server.get(f"/v2/models/{name}").status_code == 503
     assert get_champion(mlflow_client, name) is None
 
 
 def test_smoke_checks_the_served_version(fresh_aliases, server, golden, mlflow_client):
     name, _ = fresh_aliases
-    rollout_local(server, mlflow_client, model_name=name, version="1")
+    _roll_out_local(server, mlflow_client, model_name=name, version="1")
     with pytest.raises(SmokeTestError, match="answered with version 1, expected 3"):
         make_v2_smoke(golden, client=server, expect_version="3")("http://testserver", name)
     with pytest.raises(SmokeTestError, match="GET /v2/models/other: HTTP 404"):

@@ -1,16 +1,35 @@
-"""A fake OpenShift API for the bootstrap tests, shaped like ``kubernetes.dynamic.DynamicClient``.
+"""The one fake Kubernetes/OpenShift API of the tests, shaped like ``kubernetes.dynamic.DynamicClient``.
 
-It keeps the semantics the bootstrap relies on, on a virtual clock advanced by ``sleep``:
+Both the bootstrap tests and the rollout tests use it through :mod:`infra.kube` (the one layer
+that talks to the API), so the rules below are the ones both depend on. Each follows a published
+behaviour:
 
+API server (Kubernetes API conventions, ``contributors/devel/sig-architecture/api-conventions.md``
+in kubernetes/community, and the API concepts page ``docs/reference/using-api/api-concepts``):
+
+- creating what exists is 409 ``AlreadyExists``; reading, patching or deleting what does not is
+  404 ``NotFound``; creating into a namespace that does not exist is 404 (``namespaces "x" not
+  found``); errors are the dynamic client's (``kubernetes.dynamic.exceptions.api_exception``);
+- ``metadata.resourceVersion`` changes on every write that changes the object; a patch that carries
+  a ``metadata.resourceVersion`` other than the stored one is refused with 409 ``Conflict``
+  ("the object has been modified; please apply your changes to the latest version and try
+  again"): optimistic concurrency. (The fake controllers below write ``status`` in place without
+  a new resourceVersion: no write of the code under test can land between their steps.)
+- ``metadata.generation`` is 1 on create and counts changes of ``spec``; ``status`` is a
+  subresource, ignored on create and in a patch of the main resource;
+- a patch is a JSON merge patch (RFC 7386, ``application/merge-patch+json``: ``null`` deletes a
+  key, objects merge, lists are replaced); other content types are 415;
 - discovery only knows a custom kind once its CRD exists and is ``Established``
-  (``client.resources.get`` raises the dynamic client's ``ResourceNotFoundError`` before);
+  (``client.resources.get`` raises the dynamic client's ``ResourceNotFoundError`` before).
+
+Operators and controllers (on a virtual clock advanced by ``sleep``; due steps also run on a read,
+so with ``delay=0`` a controller has acted by the next request, whatever clock the caller uses):
+
 - an operator's CRDs appear only after its Subscription's CSV reaches ``Succeeded``; some CRDs
   appear only once an instance is ready (KServe's after the DataScienceCluster, Knative's after
   KnativeServing/KnativeEventing/KnativeKafka, KubeVirt's after HyperConverged), as on a cluster;
 - objects become ready some seconds after creation (conditions turn ``True`` later), except the
   ones marked ``stuck``, which report ``Ready=False`` with a reason forever;
-- creating what exists is 409 Conflict, reading what does not is 404, creating into a namespace
-  that does not exist is 404;
 - Secrets, ConfigMaps, Services... are ready once stored, as in Kubernetes;
 - OLM resolves a Subscription only in a channel its catalog has (else the Subscription reports
   ``ResolutionFailed``, as OLM's resolver does: "no operators found in channel X of package Y");
@@ -26,15 +45,32 @@ It keeps the semantics the bootstrap relies on, on a virtual clock advanced by `
 - the ``storageclasses`` list is what ``storage.k8s.io/v1`` returns; the default one carries
   ``storageclass.kubernetes.io/is-default-class: "true"``;
 - objects marked ``stuck`` never become ready; for a VirtualMachine that is what KubeVirt reports
-  on a node without KVM (``Ready=False``, the VMI unschedulable).
+  on a node without KVM (``Ready=False``, the VMI unschedulable);
+- KServe's InferenceService controller (kserve/kserve ``pkg/apis/serving/v1beta1/
+  inference_service_status.go``; ``observedGeneration`` from knative.dev/pkg ``apis/duck/v1``
+  ``Status``): after a create or a spec change, ``Ready`` and ``PredictorReady`` are ``False``
+  (``Progressing``) and ``status.observedGeneration`` still names the previous generation; after
+  ``delay`` the controller observes the new generation and reports ``Ready=True`` with
+  ``status.url``, ``status.address.url`` (RawDeployment: the in-cluster predictor URL),
+  ``status.components.predictor.restUrl`` (ModelMesh) and ``modelStatus.transitionStatus:
+  UpToDate``. A ``failing`` one reports ``transitionStatus: BlockedByFailedLoad`` with
+  ``lastFailureInfo`` (reason ``ModelLoadFailed``) at the new generation, a ``stuck`` one stays
+  ``Ready=False``.
+
+``stuck`` and ``failing`` hold ``"Kind name"`` strings, or predicates ``obj -> bool`` for a rule on
+the object (a version label). ``before_write`` (one shot) runs before the next create, patch or
+delete, with the verb and the object's ``"Kind ns/name"``: tests use it for a concurrent writer or
+an API that goes away.
 
 Every write is recorded in ``events`` as ``(time, verb, "Kind ns/name")`` for order assertions
-(``patch`` when a patch changed the object, ``patch-request`` for every patch sent).
+(``create``, ``delete``, ``patch`` when a patch changed the object, ``patch-request`` for every
+patch sent, ``conflict`` for one refused with 409).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -152,6 +188,8 @@ CRDS: dict[str, tuple[str, str, str, bool]] = {
     "virtualmachines.kubevirt.io": ("kubevirt.io", "v1", "VirtualMachine", True),
 }
 
+KSERVE_CRDS = ("servingruntimes.serving.kserve.io", "inferenceservices.serving.kserve.io")
+
 # On OpenShift, OLM and the image registry operator are there from the start.
 PREINSTALLED_CRDS = [
     "operatorgroups.operators.coreos.com",
@@ -248,6 +286,7 @@ class FakeResource:
 
     def get(self, name: str | None = None, namespace: str | None = None, **_: Any) -> dict[str, Any]:
         self.cluster.reads += 1
+        self.cluster._run_due()
         if name is None:  # a list, as the dynamic client's ResourceList.to_dict() gives it
             return {
                 "items": [
@@ -264,6 +303,7 @@ class FakeResource:
     def create(self, body: dict[str, Any], namespace: str | None = None, **_: Any) -> dict[str, Any]:
         namespace = namespace or body["metadata"].get("namespace")
         name = body["metadata"]["name"]
+        self.cluster.before("create", self.kind, name, namespace if self.namespaced else None)
         if self.namespaced:
             if not namespace:
                 raise _error(422, "Unprocessable Entity", f"{self.kind} {name}: namespace required")
@@ -278,6 +318,10 @@ class FakeResource:
         obj["metadata"]["namespace"] = namespace if self.namespaced else None
         if not self.namespaced:
             obj["metadata"].pop("namespace")
+        for field in ("uid", "resourceVersion", "generation", "creationTimestamp"):
+            obj["metadata"].pop(field, None)
+        obj["metadata"]["generation"] = 1
+        self.cluster.stamp(obj)
         self.cluster.objects[key] = obj
         self.cluster.record("create", obj)
         self.cluster.on_created(obj)
@@ -286,19 +330,51 @@ class FakeResource:
     def patch(self, body: dict[str, Any], name: str, namespace: str | None = None, content_type: str = "", **_: Any):
         if content_type != "application/merge-patch+json":
             raise _error(415, "Unsupported Media Type", f"fake cluster only takes merge patches, got {content_type!r}")
+        self.cluster.before("patch", self.kind, name, namespace if self.namespaced else None)
         key = self._key(name, namespace)
         obj = self.cluster.objects.get(key)
         if obj is None:
             raise _error(404, "Not Found", f'{self.kind} "{name}" not found')
         # Every request, even one the server turns into a no-op (a field conversion drops again).
         self.cluster.record("patch-request", obj)
+        body = copy.deepcopy({k: v for k, v in body.items() if k != "status"})
+        meta = body.get("metadata") or {}
+        want_rv = meta.pop("resourceVersion", None)
+        if want_rv is not None and want_rv != obj["metadata"].get("resourceVersion"):
+            self.cluster.record("conflict", obj)
+            raise _error(
+                409,
+                "Conflict",
+                f'Operation cannot be fulfilled on {plural_of(self.kind)} "{name}": the object has been modified; '
+                "please apply your changes to the latest version and try again",
+            )
+        for field in ("name", "namespace", "uid", "generation", "creationTimestamp"):
+            meta.pop(field, None)
         before = copy.deepcopy(obj)
-        _merge(obj, {k: v for k, v in body.items() if k != "status"})
+        _merge(obj, body)
         self.cluster.convert(obj)
         if obj != before:
+            spec_changed = obj.get("spec") != before.get("spec")
+            if spec_changed:
+                obj["metadata"]["generation"] = before["metadata"].get("generation", 1) + 1
+            self.cluster.stamp(obj)
             self.cluster.record("patch", obj)
-            self.cluster.on_patched(obj)
+            self.cluster.on_patched(obj, spec_changed=spec_changed)
         return copy.deepcopy(obj)
+
+    def delete(self, name: str, namespace: str | None = None, **_: Any) -> dict[str, Any]:
+        self.cluster.before("delete", self.kind, name, namespace if self.namespaced else None)
+        key = self._key(name, namespace)
+        obj = self.cluster.objects.pop(key, None)
+        if obj is None:
+            raise _error(404, "Not Found", f'{self.kind} "{name}" not found')
+        self.cluster.record("delete", obj)
+        return {"kind": "Status", "apiVersion": "v1", "status": "Success"}
+
+
+def plural_of(kind: str) -> str:
+    """The resource plural the API server names in its messages."""
+    return kind.lower() + ("es" if kind.lower().endswith("s") else "s")
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> None:
@@ -339,8 +415,8 @@ class FakeCluster:
 
     Args:
         delay: Seconds a controller takes to make an object ready (CSV, CRD, instance).
-        stuck: ``"Kind name"`` of objects that never become ready.
-        failing: ``"Kind name"`` of Jobs and Builds that fail.
+        stuck: ``"Kind name"`` of objects that never become ready, or predicates on the object.
+        failing: ``"Kind name"`` of Jobs, Builds and InferenceServices that fail, or predicates.
         apps_domain: The cluster's apps domain (Ingress config ``cluster``).
         storage_classes: ``{name: is_default}`` of the cluster's StorageClasses (default: one
             default class, as on a cloud install; ``{}`` is a bare single-node cluster without LVMS).
@@ -356,8 +432,14 @@ class FakeCluster:
         apps_domain: str = "apps.example.test",
         storage_classes: dict[str, bool] | None = None,
         registry_storage: dict[str, Any] | None = None,
+        crds: tuple[str, ...] = (),
+        namespaces: tuple[str, ...] = (),
     ) -> None:
         self.rhoai_major: int | None = None
+        self.apps_domain = apps_domain
+        self._rv = itertools.count(1000)
+        # One shot: runs before the next create, patch or delete (a concurrent writer, an outage).
+        self.before_write: Callable[[str, str], None] | None = None
         self.now = 0.0
         self.delay = delay
         self.stuck = stuck or set()
@@ -368,7 +450,7 @@ class FakeCluster:
         self._pending: list[_Pending] = []
         self.resources = _Discovery(self)
         self.builds: list[str] = []
-        for name in PREINSTALLED_CRDS:
+        for name in (*PREINSTALLED_CRDS, *crds):
             self._add_crd(name, established=True)
         self._store(
             "config.openshift.io",
@@ -414,6 +496,7 @@ class FakeCluster:
             "openshift-marketplace",
             "openshift-image-registry",
             "openshift-virtualization-os-images",
+            *namespaces,
         ):
             self._store(
                 "",
@@ -421,6 +504,11 @@ class FakeCluster:
                 None,
                 {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "status": {"phase": "Active"}},
             )
+
+    @classmethod
+    def with_kserve(cls, *namespaces: str, **options: Any) -> "FakeCluster":
+        """A cluster where KServe's CRDs are served and ``namespaces`` exist (the rollout's starting point)."""
+        return cls(crds=KSERVE_CRDS, namespaces=namespaces, **options)
 
     # -- clock -------------------------------------------------------------------------------
 
@@ -447,7 +535,36 @@ class FakeCluster:
     # -- store -------------------------------------------------------------------------------
 
     def _store(self, group: str, kind: str, namespace: str | None, obj: dict[str, Any]) -> None:
+        obj["metadata"].setdefault("generation", 1)
+        self.stamp(obj)
         self.objects[(group, kind, namespace, obj["metadata"]["name"])] = obj
+
+    def stamp(self, obj: dict[str, Any]) -> None:
+        """A new ``resourceVersion`` for a write that changed the object."""
+        obj["metadata"]["resourceVersion"] = str(next(self._rv))
+
+    def before(self, verb: str, kind: str, name: str, namespace: str | None) -> None:
+        """Run the one-shot ``before_write`` hook, if a test set one."""
+        if self.before_write is not None:
+            hook, self.before_write = self.before_write, None
+            hook(verb, f"{kind} {namespace + '/' if namespace else ''}{name}")
+
+    def _matches(self, rules: set, obj: dict[str, Any]) -> bool:
+        ref = f"{obj['kind']} {obj['metadata']['name']}"
+        return ref in rules or any(callable(rule) and rule(obj) for rule in rules)
+
+    def is_stuck(self, obj: dict[str, Any]) -> bool:
+        """Whether the object is marked never to become ready."""
+        return self._matches(self.stuck, obj)
+
+    def is_failing(self, obj: dict[str, Any]) -> bool:
+        """Whether the object is marked to fail."""
+        return self._matches(self.failing, obj)
+
+    def stored(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        """A copy of the stored object (any group), without running a controller step; None if absent."""
+        obj = self.find(kind, name, namespace)
+        return copy.deepcopy(obj) if obj is not None else None
 
     def find(self, kind: str, name: str, namespace: str | None = None) -> dict[str, Any] | None:
         """The stored object of that kind and name (any group), or None."""
@@ -486,6 +603,7 @@ class FakeCluster:
             "metadata": {"name": name},
             "status": {"conditions": [{"type": "Established", "status": str(established)}]},
         }
+        self.stamp(crd)
         self.objects[key] = crd
         self.record("crd", crd)
         if not established:
@@ -501,19 +619,21 @@ class FakeCluster:
 
     def on_created(self, obj: dict[str, Any]) -> None:
         kind = obj["kind"]
-        ref = f"{kind} {obj['metadata']['name']}"
         if kind == "Namespace":
             obj["status"] = {"phase": "Active"}
             return
         if kind == "Subscription":
             self._later(lambda: self._install_operator(obj))
             return
+        if kind == "InferenceService":
+            self._reconcile_inference_service(obj)
+            return
         status_key = (
             "Service/knative" if kind == "Service" and obj["apiVersion"].startswith("serving.knative") else kind
         )
         if status_key not in READY_STATUS:
             return
-        if ref in self.stuck:
+        if self.is_stuck(obj):
             obj["status"] = {
                 "conditions": [
                     {
@@ -527,7 +647,7 @@ class FakeCluster:
             return
 
         def ready() -> None:
-            if ref in self.failing and kind == "Job":
+            if kind == "Job" and self.is_failing(obj):
                 obj["status"] = {
                     "conditions": [
                         {
@@ -547,11 +667,54 @@ class FakeCluster:
 
         self._later(ready)
 
-    def on_patched(self, obj: dict[str, Any]) -> None:
-        """A changed spec is reconciled again: not-ready objects of a watched kind become ready later."""
+    def on_patched(self, obj: dict[str, Any], *, spec_changed: bool = True) -> None:
+        """A changed object is reconciled again: not-ready objects of a watched kind become ready later."""
         kind = obj["kind"]
-        if kind in READY_STATUS and f"{kind} {obj['metadata']['name']}" not in self.stuck:
+        if kind == "InferenceService":
+            if spec_changed:
+                self._reconcile_inference_service(obj)
+            return
+        if kind in READY_STATUS and not self.is_stuck(obj):
             self._later(lambda: obj.update(status=READY_STATUS[kind]()))
+
+    def _reconcile_inference_service(self, obj: dict[str, Any]) -> None:
+        """KServe's controller on a new generation: Progressing now, Ready (or failed) after ``delay``."""
+        status = obj.setdefault("status", {})
+        status["conditions"] = [
+            {"type": "PredictorReady", "status": "False", "reason": "Progressing"},
+            {"type": "Ready", "status": "False", "reason": "Progressing"},
+        ]
+        status.setdefault("modelStatus", {})["transitionStatus"] = "InProgress"
+        generation = obj["metadata"]["generation"]
+
+        def observe() -> None:
+            if obj["metadata"]["generation"] != generation or self.is_stuck(obj):
+                return  # a newer spec has its own step; a stuck one never gets there
+            meta = obj["metadata"]
+            if self.is_failing(obj):
+                status["observedGeneration"] = generation
+                status["modelStatus"] = {
+                    "transitionStatus": "BlockedByFailedLoad",
+                    "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "failed to load model.onnx"},
+                }
+                return
+            name, ns = meta["name"], meta["namespace"]
+            status.update(
+                {
+                    "observedGeneration": generation,
+                    "conditions": [
+                        {"type": "IngressReady", "status": "True"},
+                        {"type": "PredictorReady", "status": "True"},
+                        {"type": "Ready", "status": "True"},
+                    ],
+                    "url": f"https://{name}-{ns}.{self.apps_domain}",
+                    "address": {"url": f"http://{name}-predictor.{ns}.svc.cluster.local"},
+                    "components": {"predictor": {"restUrl": f"http://modelmesh-serving.{ns}:8008"}},
+                    "modelStatus": {"transitionStatus": "UpToDate", "states": {"activeModelState": "Loaded"}},
+                }
+            )
+
+        self._later(observe)
 
     def convert(self, obj: dict[str, Any]) -> None:
         """Store a v1 OpenShift AI object the way a 3.x API server does: as v2, dropped fields lost."""
@@ -594,7 +757,7 @@ class FakeCluster:
         }
         self._store("operators.coreos.com", "ClusterServiceVersion", namespace, csv)
         sub["status"] = {"state": "AtLatestKnown", "currentCSV": csv_name, "installedCSV": csv_name}
-        if f"Subscription {sub['metadata']['name']}" in self.stuck:
+        if self.is_stuck(sub):
             return
 
         def succeeded() -> None:

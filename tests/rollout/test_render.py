@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.rollout import RenderError, render_inference_service, render_serving_runtime, service_name
+from components.rollout import ServingSpecError, render_inference_service, render_serving_runtime, service_name
 from components.rollout.render import storage_path
 
 
@@ -122,17 +122,17 @@ def test_unknown_field_check_catches_typos(isvc_schema):
 
 def test_render_refuses_bad_arguments():
     ok = dict(name="m", namespace="n", model_name="m", version=1, storage_uri="s3://b/m/1/", data_connection="dc")
-    with pytest.raises(RenderError, match="mode"):
+    with pytest.raises(ServingSpecError, match="mode"):
         render_inference_service(**{**ok, "mode": "serverless-typo"})
-    with pytest.raises(RenderError, match="DNS-1035"):
+    with pytest.raises(ServingSpecError, match="DNS-1035"):
         render_inference_service(**{**ok, "name": "Metal_Nut"})
-    with pytest.raises(RenderError, match="s3://"):
+    with pytest.raises(ServingSpecError, match="s3://"):
         render_inference_service(**{**ok, "storage_uri": "/local/path"})
-    with pytest.raises(RenderError, match="bucket and a path"):
+    with pytest.raises(ServingSpecError, match="bucket and a path"):
         render_inference_service(**{**ok, "storage_uri": "s3://bucket-only/"})
-    with pytest.raises(RenderError, match="data_connection"):
+    with pytest.raises(ServingSpecError, match="data_connection"):
         render_inference_service(**{**ok, "data_connection": ""})
-    with pytest.raises(RenderError, match="mode"):
+    with pytest.raises(ServingSpecError, match="mode"):
         render_serving_runtime(namespace="n", mode="nope")
 
 

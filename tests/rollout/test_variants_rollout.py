@@ -10,9 +10,16 @@ import pytest
 from PIL import Image
 
 from components.registry.core import TAG_STORAGE_URI, TAG_VARIANT, TAG_VARIANT_PRECISION
-from components.rollout import GoldenImage, make_v2_smoke, render_inference_service, rollout_kserve, rollout_local
-from components.rollout.render import RenderError
-from tests.registry.fake_kube import FakeCustomObjectsApi
+from components.rollout import (
+    GoldenImage,
+    KServeTarget,
+    LocalServerTarget,
+    make_v2_smoke,
+    render_inference_service,
+    roll_out,
+)
+from components.rollout.render import ServingSpecError
+from tests.fake_kube import FakeCluster
 from tests.registry.tiny_model import BENT_IN_THE_MIDDLE, build_tiny_onnx
 
 pytest.importorskip("openvino")
@@ -103,8 +110,10 @@ def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, 
     app = create_app(repo, load_on_startup=False, token="variant-test-token", model_roots=[f"s3://{bucket}"])
     with TestClient(app, headers={"Authorization": "Bearer variant-test-token"}) as server:
         smoke = make_v2_smoke([GoldenImage(path, frozenset({"bent"}))], client=server)
-        result = rollout_local(server, mlflow_client, model_name=name, version=info["version"], smoke=smoke)
-        assert result["status"] == "deployed", result["reason"]
+        result = roll_out(
+            LocalServerTarget(server), mlflow_client, model_name=name, version=info["version"], smoke=smoke
+        )
+        assert result.status == "deployed", result.reason
         served = repo.get(name)
         assert served.source.location == info["storage_uri"] + "1/model.xml"
         assert served.engine.backend == "openvino" and served.engine.precision == "f32"
@@ -113,20 +122,20 @@ def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, 
 
 def test_kserve_rollout_points_the_inference_service_at_the_variant(registered, mlflow_client):
     name, info, _ = registered
-    kube = FakeCustomObjectsApi(ready_after=1)
-    result = rollout_kserve(
+    kube = FakeCluster.with_kserve("vinspect", delay=0.01)
+    target = KServeTarget(
         kube,
-        mlflow_client,
         namespace="vinspect",
-        model_name=name,
-        version=info["version"],
         storage_uri=info["storage_uri"],
         data_connection="aws-connection-models",
         timeout_s=5.0,
         poll_s=0.01,
+        clock=kube.clock,
+        sleep=kube.sleep,
     )  # variant and precision from the version's tags
-    assert result["status"] == "deployed", result["reason"]
-    model = kube.stored("inferenceservices", "vinspect", result["service"])["spec"]["predictor"]["model"]
+    result = roll_out(target, mlflow_client, model_name=name, version=info["version"])
+    assert result.status == "deployed", result.reason
+    model = kube.stored("InferenceService", "vinspect", result.service)["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "openvino_ir", "version": "opset13"}
     assert model["storage"]["path"] == f"{name}/{info['version']}/fp32/"
     assert model["args"] == ['--plugin_config={"INFERENCE_PRECISION_HINT": "f32"}']
@@ -139,9 +148,9 @@ def test_render_variant_formats_and_the_modelmesh_limit():
     assert model["modelFormat"]["name"] == "openvino_ir" and "args" not in model  # the runtime's precision
     onnx = render_inference_service(storage_uri="s3://b/m/1/", **common)
     assert onnx["spec"]["predictor"]["model"]["modelFormat"] == {"name": "onnx", "version": "1"}
-    with pytest.raises(RenderError, match="ModelMesh cannot pass"):
+    with pytest.raises(ServingSpecError, match="ModelMesh cannot pass"):
         render_inference_service(
             storage_uri="s3://b/m/1/fp32/", model_format="openvino_ir", precision="f32", mode="modelmesh", **common
         )
-    with pytest.raises(RenderError, match="model_format 'tflite'"):
+    with pytest.raises(ServingSpecError, match="model_format 'tflite'"):
         render_inference_service(storage_uri="s3://b/m/1/", model_format="tflite", **common)

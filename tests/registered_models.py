@@ -1,4 +1,8 @@
-"""Fixtures for the registry and rollout tests: real MLflow + S3 (the local stack), tiny models."""
+"""Fixtures of the registry and rollout tests: real MLflow + S3 (the local stack), tiny models.
+
+``tests/conftest.py`` imports the fixtures, so ``tests/registry``, ``tests/rollout`` and any other
+directory reach them; the constants are imported from here.
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 On OpenShift AI the predictor Service is headless by default: ``status.address.url`` carries the
 pod's port and works, while a processor URL without the port reaches :80, where nothing listens.
-Here the InferenceService is faked (``FakeCustomObjectsApi``), its status URL points at a real
+Here the InferenceService is faked (``tests.fake_kube.FakeCluster``), its status URL points at a real
 model server on loopback, and the processor's URL at a loopback port nothing listens on: the step
 must roll back. MLflow and the model server are real.
 """
@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from components.registry import get_champion
-from tests.registry.fake_kube import FakeCustomObjectsApi
-from tests.registry.test_smoke_rule import BOTH, golden_dataset
+from tests.fake_kube import FakeCluster
 from tests.registry.tiny_model import build_tiny_onnx
+from tests.rollout.test_smoke_rule import BOTH, golden_dataset
 from tests.serving.conftest import ThreadServer, free_port
 
 TOKEN = "smoke-url-test-token"
@@ -44,13 +44,12 @@ def predictor(tmp_path, model_name):
 def cluster(local_stack, predictor, monkeypatch):
     """The rollout step's cluster branch wired to a fake Kubernetes API and the real stack."""
     status_url, _ = predictor
-    kube = FakeCustomObjectsApi(ready_after=1)
+    kube = FakeCluster.with_kserve("vinspect-models", delay=0)
     for key, value in local_stack.env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("VINSPECT_MODEL_TOKEN", TOKEN)
     monkeypatch.delenv("VINSPECT_MODEL_CA_BUNDLE", raising=False)
-    monkeypatch.setattr("kubernetes.config.load_incluster_config", lambda: None)
-    monkeypatch.setattr("kubernetes.client.CustomObjectsApi", lambda *a, **k: kube)
+    monkeypatch.setattr("infra.kube.connect", lambda **kw: kube)
     # What a Ready InferenceService reports: an address that works (with the pod's port).
     monkeypatch.setattr("components.rollout.kserve.endpoint_url", lambda isvc, mode: status_url)
     return kube

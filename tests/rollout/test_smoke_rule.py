@@ -208,28 +208,30 @@ def test_cluster_tls_trusts_the_service_ca_when_mounted(tmp_path):
 
 def test_raw_rollout_smoke_gets_the_service_ca_the_token_and_the_dataset_classes(dataset, tmp_path, monkeypatch):
     """The KServe branch of the step: what it hands the smoke test (the cluster is faked)."""
-    import components.rollout
+    import components.rollout.deploy
     import components.rollout.smoke
     from components.kfp.rollout import rollout
+    from components.rollout import Rollout
 
     ca = _ca_pem(tmp_path)
     monkeypatch.setattr(components.rollout.smoke, "SERVICE_CA", ca)
     monkeypatch.setenv("VINSPECT_MODEL_TOKEN", "model-token")
     monkeypatch.delenv("VINSPECT_MODEL_CA_BUNDLE", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # never called: the rollout is faked
-    monkeypatch.setattr("kubernetes.config.load_incluster_config", lambda: None)
-    monkeypatch.setattr("kubernetes.client.CustomObjectsApi", lambda *a, **k: object())
+    monkeypatch.setattr("infra.kube.connect", lambda **kw: object())
     seen = {}
 
     def fake_smoke(golden, **kw):
         seen.update(kw, golden=golden)
         return lambda url, model: {}
 
-    monkeypatch.setattr(components.rollout, "make_v2_smoke", fake_smoke)
+    monkeypatch.setattr(components.rollout.smoke, "make_v2_smoke", fake_smoke)
     monkeypatch.setattr(
-        components.rollout,
-        "rollout_kserve",
-        lambda *a, **kw: {"status": "deployed", "url": "https://m-predictor.ns.svc:8443"},
+        components.rollout.deploy,
+        "roll_out",
+        lambda *a, **kw: Rollout(
+            status="deployed", target="kserve", service="m", version="3", url="https://m-predictor.ns.svc:8443"
+        ),
     )
     out = rollout(
         SimpleNamespace(path=str(dataset)),
