@@ -22,7 +22,7 @@ never exported on their own: that would put the same frames into the dataset twi
 
 Only done jobs are exported unless ``include_all_jobs``: when every annotation job is done the whole
 task/project is exported in one request, otherwise each done job is exported and the parts are
-merged by the importer.
+merged by :func:`components.data.sources.merge_exports`.
 """
 
 from __future__ import annotations
