@@ -82,13 +82,11 @@ def _scan(in_dir: Path, manifest: dict, progress: bool, trusted: bool = False) -
         try:
             with open(os.path.join(in_s, entry["label"]), "rb") as fh:
                 raw = fh.read()
-            text = raw.decode("utf-8")
         except FileNotFoundError:
             raise DatasetError("label file listed in manifest.json is missing", file=entry["label"]) from None
-        except UnicodeDecodeError as e:
-            raise DatasetError(f"label file is not UTF-8 text ({e.reason})", file=entry["label"]) from e
+        text = qa.decode_label(raw, entry["label"])
         boxes = []
-        for cls, cx, cy, w, h, line in qa.parse_label_text(text, entry["label"], len(classes)):
+        for cls, cx, cy, w, h, line in qa.parse_label_text(text, entry["label"], classes):
             boxes.append((cls, *qa.check_box(cx, cy, w, h, width, height, entry["label"], line)))
         out.append(
             _Fact(

@@ -282,7 +282,12 @@ def test_two_steps_equal_one(small_export, tmp_path):
     # QA in the second step names the file and line of the normalized input.
     label = next(i["label"] for i in pulled["items"] if (tmp_path / "pulled" / i["label"]).read_text())
     (tmp_path / "pulled" / label).write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(DatasetError, match="class id 7 out of range") as e:
+    with pytest.raises(DatasetError, match=r"class id 7 out of range 0\.\.1 \(classes: \['scratch', 'bent'\]\)") as e:
         validate_and_split(tmp_path / "pulled", tmp_path / "bad")
     assert (e.value.file, e.value.line) == (label, 2)
     assert not (tmp_path / "bad").exists()
+    # The same parser as for an export: a non-finite number is refused by the parser, file and line named.
+    (tmp_path / "pulled" / label).write_text("0 0.5 0.5 0.1 0.1\n0 nan 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match="non-finite coordinate in '0 nan 0.5 0.1 0.1'") as e:
+        validate_and_split(tmp_path / "pulled", tmp_path / "bad")
+    assert (e.value.file, e.value.line) == (label, 2)
