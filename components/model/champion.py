@@ -175,7 +175,7 @@ def champion_metrics_on(
             classes differ from the dataset's, or the evaluation failed.
         botocore.exceptions.ClientError: S3 errors other than a missing object (access, server).
     """
-    from components.registry.core import get_champion, version_info
+    from components.registry.queries import get_champion, version_info
 
     dataset_dir = Path(dataset_dir)
     dataset_id = _dataset_id(dataset_dir)

@@ -24,7 +24,7 @@ from components.registry import (
     rollback,
     undo_move,
 )
-from components.registry.core import TAG_LOCK_EXPIRES, TAG_LOCK_OWNER, lock_name
+from components.registry.aliases import TAG_LOCK_EXPIRES, TAG_LOCK_OWNER, lock_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROUNDS = 6

@@ -67,7 +67,7 @@ def test_register_twice_gives_one_version_and_everything_is_recorded(
 
     import mlflow
 
-    from components.registry.core import _fluent
+    from components.registry.register import _fluent
 
     with _fluent(mlflow_client):
         mlmodel = mlflow.models.get_model_info(mv.source)
@@ -217,7 +217,7 @@ def test_an_unchanged_file_is_not_uploaded_again_whatever_the_metadata_case(loca
     import hashlib
     import uuid
 
-    from components.registry.core import _s3_has
+    from components.registry.register import _s3_has
 
     s3 = local_stack.s3
     bucket = local_stack.env["AWS_S3_BUCKET"]
@@ -228,3 +228,11 @@ def test_an_unchanged_file_is_not_uploaded_again_whatever_the_metadata_case(loca
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": sha})
     assert _s3_has(s3, bucket, key, sha)
     assert not _s3_has(s3, bucket, key, "0" * 64)
+
+
+def test_registry_errors_derive_from_the_vinspect_root():
+    from components.registry import AliasLockTimeout, RegistryError
+    from vinspect.errors import VinspectError
+
+    assert issubclass(RegistryError, VinspectError) and issubclass(RegistryError, RuntimeError)
+    assert issubclass(AliasLockTimeout, RegistryError)
