@@ -180,3 +180,12 @@ def test_existing_output_is_kept(export_copy, tmp_path):
     m = import_dataset(export_copy, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
     assert m["counts"]["images"]["total"] == 24
+
+
+def test_data_errors_derive_from_the_vinspect_root_and_keep_their_builtin():
+    """The CLI catches VinspectError once; code written against ValueError/RuntimeError keeps working."""
+    from components.data import CVATError
+    from vinspect.errors import VinspectError
+
+    assert issubclass(DatasetError, VinspectError) and issubclass(DatasetError, ValueError)
+    assert issubclass(CVATError, VinspectError) and issubclass(CVATError, RuntimeError)
