@@ -2,7 +2,7 @@
 
 Public API (used by the pipeline component and the ``vinspect data`` CLI):
 ``pull_annotations``, ``validate_and_split``, ``import_dataset``, ``validate_dataset``,
-``synthesize``, ``upload_dataset``, ``DatasetError``.
+``synthesize``, ``upload_dataset``, ``read_manifest`` (a :class:`Manifest`), ``DatasetError``.
 
 Where each job lives: reading an export (folder, zip, S3) in :mod:`~components.data.sources`;
 pulling one from a CVAT server in :mod:`~components.data.cvat_pull`; parsing its format in
@@ -18,6 +18,7 @@ from __future__ import annotations
 from components.data.convert import pull_annotations
 from components.data.errors import CVATError, DatasetError
 from components.data.importer import import_dataset
+from components.data.manifest import Manifest, read_manifest
 from components.data.s3 import upload_dataset
 from components.data.synth import synthesize
 from components.data.validate import validate_and_split, validate_dataset
@@ -25,8 +26,10 @@ from components.data.validate import validate_and_split, validate_dataset
 __all__ = [
     "CVATError",
     "DatasetError",
+    "Manifest",
     "import_dataset",
     "pull_annotations",
+    "read_manifest",
     "synthesize",
     "upload_dataset",
     "validate_and_split",

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from components.data import qa
 from components.data.errors import DatasetError
 from components.data.formats import Export, read_export
-from components.data.manifest import MANIFEST, SCHEMA, dataset_id, sha256_bytes, write_json
+from components.data.manifest import Manifest, dataset_id, sha256_bytes, write_manifest
 from components.data.sources import extract_zip, merge_exports, resolve_source
 from components.data.staging import check_target, staging, temp_dir
 
@@ -97,7 +97,7 @@ def pull_annotations(
     progress: bool = False,
     cvat_timeout: float = 600.0,
     cvat_poll: float = 2.0,
-) -> dict:
+) -> Manifest:
     """Read a CVAT export (or pull one from CVAT) into a normalized, unsplit dataset.
 
     Args:
@@ -169,7 +169,7 @@ def _write_normalized(
     source_info: dict,
     overwrite: bool,
     progress: bool,
-) -> dict:
+) -> Manifest:
     if not export.items:
         raise DatasetError("the export has no images: an empty export has nothing to import", file=export.root)
     if not any(it.boxes for it in export.items):
@@ -243,24 +243,23 @@ def _write_normalized(
                 }
             )
             stats.add(it.subset or "all", ids, sizes)
-        manifest = {
-            "schema": SCHEMA,
-            "kind": "annotations",
-            "dataset_id": dataset_id(classes, files),
-            "classes": classes,
-            "source": source_info,
-            "source_labels": export.labels,
-            "class_map": {k: v for k, v in class_ids.items()},
-            "ignored_labels": [lab for lab in export.labels if lab not in class_ids],
-            "ignored_boxes": dict(sorted(ignored_boxes.items())),
-            "other_shapes": dict(sorted(export.other_shapes.items())),
-            "orphan_labels": export.orphan_labels,
-            "subsets": subsets,
-            "counts": stats.counts(),
-            "files": files,
-            "items": items_out,
-        }
-        write_json(stage / MANIFEST, manifest)
+        manifest = Manifest(
+            kind="annotations",
+            dataset_id=dataset_id(classes, files),
+            classes=classes,
+            source=source_info,
+            source_labels=export.labels,
+            class_map=dict(class_ids),
+            ignored_labels=[lab for lab in export.labels if lab not in class_ids],
+            ignored_boxes=dict(sorted(ignored_boxes.items())),
+            other_shapes=dict(sorted(export.other_shapes.items())),
+            orphan_labels=export.orphan_labels,
+            subsets=subsets,
+            counts=stats.counts(),
+            files=files,
+            items=items_out,
+        )
+        write_manifest(stage, manifest)
     if export.other_shapes:
         log.info("ignored non-rectangle annotations: %s", dict(export.other_shapes))
     if ignored_boxes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from components.data.convert import pull_annotations
+from components.data.manifest import Manifest
 from components.data.staging import check_target, temp_dir
 from components.data.validate import validate_and_split
 
@@ -24,7 +25,7 @@ def import_dataset(
     overwrite: bool = False,
     progress: bool = False,
     **kw,
-) -> dict:
+) -> Manifest:
     """Pull and validate/split in one go (what ``vinspect data import`` does).
 
     Args:

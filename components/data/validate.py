@@ -27,12 +27,13 @@ from components.data import qa
 from components.data.errors import DatasetError
 from components.data.manifest import (
     MANIFEST,
-    SCHEMA,
+    Manifest,
     dataset_id,
     read_manifest,
     sha256_bytes,
     sha256_file,
     write_json,
+    write_manifest,
 )
 from components.data.split import stratified_split, subset_to_split
 from components.data.staging import check_target, staging
@@ -54,17 +55,17 @@ class _Fact:
     height: int
 
 
-def _scan(in_dir: Path, manifest: dict, progress: bool, trusted: bool = False) -> list[_Fact]:
+def _scan(in_dir: Path, manifest: Manifest, progress: bool, trusted: bool = False) -> list[_Fact]:
     """QA every item of a dataset folder against its manifest; returns per-item facts.
 
     ``trusted`` is only for a folder this process has just written and checked (``import_dataset``):
     images are not read again, their digest and size come from the manifest.
     """
-    classes = manifest["classes"]
-    files = manifest["files"]
+    classes = manifest.classes
+    files = manifest.files
     out = []
     in_s = str(in_dir)
-    for entry in tqdm(manifest["items"], desc="validate", unit="img", disable=not progress):
+    for entry in tqdm(manifest.items, desc="validate", unit="img", disable=not progress):
         img_path = os.path.join(in_s, entry["image"])
         if trusted:
             sha, width, height = files[entry["image"]], entry["width"], entry["height"]
@@ -175,7 +176,7 @@ def validate_and_split(
     overwrite: bool = False,
     progress: bool = False,
     _move: bool = False,
-) -> dict:
+) -> Manifest:
     """QA a normalized dataset (from :func:`pull_annotations`), split it, write the training dataset.
 
     Args:
@@ -195,16 +196,16 @@ def validate_and_split(
     """
     in_dir, out_dir = Path(in_dir).resolve(), Path(out_dir).resolve()
     manifest_in = read_manifest(in_dir)
-    if manifest_in.get("kind") != "annotations":
+    if manifest_in.kind != "annotations":
         raise DatasetError(
             "this folder is already split; run `vinspect data validate` on it instead", file=in_dir / MANIFEST
         )
-    classes = list(manifest_in["classes"])
+    classes = list(manifest_in.classes)
     check_target(out_dir, overwrite)
     facts = _scan(in_dir, manifest_in, progress, trusted=_move)
-    manifest_in["items"] = manifest_in["files"] = None  # facts hold what is needed; keep memory flat
+    manifest_in.items, manifest_in.files = [], {}  # facts hold what is needed; keep memory flat
     warnings: list[str] = []
-    orphans = list(manifest_in.get("orphan_labels") or [])
+    orphans = list(manifest_in.orphan_labels)
     if orphans:
         shown = ", ".join(orphans[:10]) + (f" and {len(orphans) - 10} more" if len(orphans) > 10 else "")
         warnings.append(f"{len(orphans)} label file(s) in the export belong to no image and were ignored: {shown}")
@@ -278,32 +279,31 @@ def validate_and_split(
             ],
             "counts": counts,
             "box_sizes": stats.size_summary(),
-            "other_shapes": manifest_in.get("other_shapes", {}),
-            "ignored_labels": manifest_in.get("ignored_labels", []),
-            "ignored_boxes": manifest_in.get("ignored_boxes", {}),
+            "other_shapes": manifest_in.other_shapes,
+            "ignored_labels": manifest_in.ignored_labels,
+            "ignored_boxes": manifest_in.ignored_boxes,
             "orphan_labels": orphans,
             "warnings": warnings,
             "split": method,
         }
         write_json(stage / "qa_report.json", report)
         qa.write_report_png(stats, stage / "qa_report.png", title=did)
-        manifest = {
-            "schema": SCHEMA,
-            "kind": "dataset",
-            "dataset_id": did,
-            "parent_id": manifest_in["dataset_id"],
-            "classes": classes,
-            "source": manifest_in.get("source", {}),
-            "source_labels": manifest_in.get("source_labels", []),
-            "class_map": manifest_in.get("class_map", {}),
-            "other_shapes": manifest_in.get("other_shapes", {}),
-            "split": method,
-            "splits": split_names,
-            "counts": counts,
-            "files": files,
-            "items": items_out,
-        }
-        write_json(stage / MANIFEST, manifest)
+        manifest = Manifest(
+            kind="dataset",
+            dataset_id=did,
+            parent_id=manifest_in.dataset_id,
+            classes=classes,
+            source=manifest_in.source,
+            source_labels=manifest_in.source_labels,
+            class_map=manifest_in.class_map,
+            other_shapes=manifest_in.other_shapes,
+            split=method,
+            splits=split_names,
+            counts=counts,
+            files=files,
+            items=items_out,
+        )
+        write_manifest(stage, manifest)
     return manifest
 
 
@@ -320,15 +320,15 @@ def validate_dataset(dataset_dir: Path, *, progress: bool = False) -> dict:
     manifest = read_manifest(dataset_dir)
     facts = _scan(dataset_dir, manifest, progress)
     for f in facts:
-        if manifest["files"].get(f.label) != sha256_file(os.path.join(dataset_dir, f.label)):
+        if manifest.files.get(f.label) != sha256_file(os.path.join(dataset_dir, f.label)):
             raise DatasetError("label file changed since the manifest was written (sha256 differs)", file=f.label)
     listed = {f.image for f in facts} | {f.label for f in facts}
-    if set(manifest["files"]) != listed:
-        extra = sorted(set(manifest["files"]) ^ listed)[:5]
+    if set(manifest.files) != listed:
+        extra = sorted(set(manifest.files) ^ listed)[:5]
         raise DatasetError(f"manifest files and items disagree: {extra}", file=dataset_dir / MANIFEST)
-    if dataset_id(manifest["classes"], manifest["files"]) != manifest["dataset_id"]:
+    if dataset_id(manifest.classes, manifest.files) != manifest.dataset_id:
         raise DatasetError("dataset_id does not match the listed files", file=dataset_dir / MANIFEST)
-    stats = qa.QAStats(manifest["classes"])
+    stats = qa.QAStats(manifest.classes)
     where: dict[str, set[str]] = defaultdict(set)
     first: dict[str, str] = {}
     for f in facts:
@@ -341,18 +341,18 @@ def validate_dataset(dataset_dir: Path, *, progress: bool = False) -> dict:
             )
         first.setdefault(f.sha256, f.image)
         stats.add(split, [b[0] for b in f.boxes], [(b[3], b[4]) for b in f.boxes])
-    if manifest["kind"] == "dataset":
+    if manifest.kind == "dataset":
         data_yaml = yaml.safe_load((dataset_dir / "data.yaml").read_text(encoding="utf-8"))
         if Path(data_yaml.get("path", "")) != dataset_dir:
             raise DatasetError(
                 f"data.yaml path is {data_yaml.get('path')!r}, not this folder; re-run the import here or fix 'path'",
                 file=dataset_dir / "data.yaml",
             )
-        if [data_yaml["names"][i] for i in range(len(data_yaml["names"]))] != manifest["classes"]:
+        if [data_yaml["names"][i] for i in range(len(data_yaml["names"]))] != manifest.classes:
             raise DatasetError("data.yaml names differ from the manifest classes", file=dataset_dir / "data.yaml")
     return {
-        "dataset_id": manifest["dataset_id"],
-        "kind": manifest["kind"],
+        "dataset_id": manifest.dataset_id,
+        "kind": manifest.kind,
         "status": "passed",
         "counts": stats.counts(),
     }

@@ -225,7 +225,7 @@ def test_a_label_file_without_an_image_is_a_qa_warning(export_copy, tmp_path):
     report = json.loads((tmp_path / "out" / "qa_report.json").read_text())
     assert report["orphan_labels"] == ["obj_train_data/orphan_999.txt"]
     assert any("belong to no image" in w and "orphan_999.txt" in w for w in report["warnings"])
-    assert manifest["counts"]  # the import itself succeeded
+    assert manifest.counts  # the import itself succeeded
 
 
 def _png_header(width: int, height: int) -> bytes:
