@@ -6,16 +6,29 @@ Pure functions over an ``MlflowClient`` and a boto3 S3 client, one file per verb
 (aliases, tags, errors, the S3 layout) in :mod:`~components.registry.core`.
 """
 
-from components.registry.aliases import alias_lock, promote, restore_champion, rollback, undo_move
+from components.registry.aliases import (
+    AliasMove,
+    Promotion,
+    Rollback,
+    alias_lock,
+    promote,
+    restore_champion,
+    rollback,
+    undo_move,
+)
 from components.registry.compare import compare_runs, plot_runs
 from components.registry.core import CHALLENGER, CHAMPION, AliasLockTimeout, RegistryError, s3_key, storage_uri
 from components.registry.queries import champion_metrics, champion_state, get_champion, list_versions, version_info
-from components.registry.register import register_model
+from components.registry.register import Registration, register_model
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "AliasLockTimeout",
+    "AliasMove",
+    "Promotion",
+    "Registration",
+    "Rollback",
     "RegistryError",
     "alias_lock",
     "champion_metrics",

@@ -19,7 +19,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from components.registry.core import (
@@ -37,6 +38,52 @@ log = logging.getLogger(__name__)
 
 # The history only needs to be as deep as anyone would roll back; the tag value is bounded.
 _HISTORY_DEPTH = 50
+
+
+@dataclass(frozen=True)
+class AliasMove:
+    """A move of ``champion`` made by :func:`promote` or :func:`rollback`, as :func:`undo_move` takes it.
+
+    Attributes:
+        name: Registered model name.
+        champion: The champion after the call.
+        history: The champion history (oldest first) as the call left it.
+        undo: ``(champion, history)`` from before the call, or None when nothing moved.
+    """
+
+    name: str
+    champion: str
+    history: list[str]
+    undo: tuple[str | None, list[str]] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Promotion(AliasMove):
+    """What :func:`promote` did.
+
+    Attributes:
+        previous: The champion before (None for the first one, or when nothing changed).
+        changed: False when ``version`` already was the champion.
+    """
+
+    previous: str | None = None
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class Rollback(AliasMove):
+    """What :func:`rollback` did.
+
+    Attributes:
+        rolled_back_from: The champion before the rollback (None when there was none).
+    """
+
+    rolled_back_from: str | None = None
+
 
 LOCK_SUFFIX = ".alias-lock"
 TAG_LOCK_OWNER = "vinspect.lock_owner"
@@ -125,7 +172,7 @@ def alias_lock(
                 again = _lock_tags(mlflow_client, name)
                 if again is not None and again.get(TAG_LOCK_OWNER) == tags.get(TAG_LOCK_OWNER):
                     log.warning("%s: alias lock of %s expired; taking it over", model_name, tags.get(TAG_LOCK_OWNER))
-                    with contextlib.suppress(Exception):
+                    with contextlib.suppress(MlflowException):  # released meanwhile: nothing to take over
                         mlflow_client.delete_registered_model(name)
                 continue
         if time.monotonic() > deadline:
@@ -141,13 +188,14 @@ def alias_lock(
     finally:
         tags = _lock_tags(mlflow_client, name)
         if tags is not None and tags.get(TAG_LOCK_OWNER) == owner:
-            with contextlib.suppress(Exception):
+            # Failing to release leaves a lease that expires by itself; it must not hide the outcome.
+            with contextlib.suppress(MlflowException):
                 mlflow_client.delete_registered_model(name)
         else:
             log.warning("%s: the alias lock was taken over after this call's lease expired", model_name)
 
 
-def promote(mlflow_client, model_name: str, version: str | int) -> dict:
+def promote(mlflow_client, model_name: str, version: str | int) -> Promotion:
     """Point ``champion`` at ``version``, remembering the previous champion for a rollback.
 
     Serialized with every other alias move of the model (:func:`alias_lock`), so concurrent
@@ -160,8 +208,8 @@ def promote(mlflow_client, model_name: str, version: str | int) -> dict:
         version: The version to promote (must exist and be READY).
 
     Returns:
-        ``{"name", "champion", "previous", "changed", "history"}`` (``previous`` is None for the
-        first champion; ``history`` as left by this call).
+        The :class:`Promotion` (``previous`` is None for the first champion; ``history`` as left
+        by this call).
 
     Raises:
         RegistryError: The version does not exist or failed registration.
@@ -184,14 +232,9 @@ def promote(mlflow_client, model_name: str, version: str | int) -> dict:
         current = get_champion(mlflow_client, model_name)
         history = read_history(mlflow_client, model_name)
         if current == version:
-            return {
-                "name": model_name,
-                "champion": version,
-                "previous": None,
-                "changed": False,
-                "history": history,
-                "undo": None,
-            }
+            return Promotion(
+                name=model_name, champion=version, history=history, undo=None, previous=None, changed=False
+            )
         new_history = history
         if current is not None and (not history or history[-1] != current):
             new_history = (history + [current])[-_HISTORY_DEPTH:]
@@ -209,17 +252,17 @@ def promote(mlflow_client, model_name: str, version: str | int) -> dict:
             model_name, version, TAG_PROMOTED_AT, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         )
     log.info("%s: champion %s -> %s", model_name, current, version)
-    return {
-        "name": model_name,
-        "champion": version,
-        "previous": current,
-        "changed": True,
-        "history": new_history,
-        "undo": (current, history),
-    }
+    return Promotion(
+        name=model_name,
+        champion=version,
+        history=new_history,
+        undo=(current, history),
+        previous=current,
+        changed=True,
+    )
 
 
-def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
+def rollback(mlflow_client, model_name: str, expect: str | None = None) -> Rollback:
     """Point ``champion`` back at the previous champion (a pointer change, no upload).
 
     Args:
@@ -229,7 +272,7 @@ def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
             otherwise (another move came in between), nothing changes and RegistryError is raised.
 
     Returns:
-        ``{"name", "champion", "rolled_back_from", "history"}``.
+        The :class:`Rollback`.
 
     Raises:
         RegistryError: When no previous champion is recorded, or it is not ``expect``.
@@ -260,13 +303,9 @@ def rollback(mlflow_client, model_name: str, expect: str | None = None) -> dict:
                 mlflow_client.set_registered_model_alias(model_name, CHAMPION, current)
             raise
     log.info("%s: champion rolled back %s -> %s", model_name, current, previous)
-    return {
-        "name": model_name,
-        "champion": previous,
-        "rolled_back_from": current,
-        "history": history,
-        "undo": (current, before),
-    }
+    return Rollback(
+        name=model_name, champion=previous, history=history, undo=(current, before), rolled_back_from=current
+    )
 
 
 def undo_move(
@@ -285,7 +324,7 @@ def undo_move(
     Args:
         mlflow_client: ``MlflowClient``.
         model_name: Registered model name.
-        moved: What the move returned (None when it raised).
+        moved: What the move returned (an :class:`AliasMove`; None when it raised).
         before: ``(champion, history)`` read just before a move that raised; with ``target``,
             a half-done move (``champion`` already at ``target``) is put back to it.
         target: The version the failed move was moving to.
@@ -293,10 +332,10 @@ def undo_move(
     Returns:
         What happened, for the rollout's report.
     """
-    if isinstance(moved, Mapping) and moved.get("undo"):
-        before_champion, before_history = moved["undo"]
+    if isinstance(moved, AliasMove) and moved.undo:
+        before_champion, before_history = moved.undo
         if restore_champion(
-            mlflow_client, model_name, before_champion, before_history, expect=(moved["champion"], moved["history"])
+            mlflow_client, model_name, before_champion, before_history, expect=(moved.champion, moved.history)
         ):
             return f"champion put back to {before_champion}"
         return "champion left alone: another call moved it since"
@@ -311,9 +350,11 @@ def undo_move(
 
 
 def _restore_unlocked(mlflow_client, model_name: str, version: str | None, history: list[str]) -> None:
+    from mlflow.exceptions import MlflowException
+
     mlflow_client.set_registered_model_tag(model_name, TAG_HISTORY, json.dumps(history))
     if version is None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(MlflowException):  # no champion alias to remove: already as wanted
             mlflow_client.delete_registered_model_alias(model_name, CHAMPION)
     else:
         mlflow_client.set_registered_model_alias(model_name, CHAMPION, version)

@@ -223,7 +223,7 @@ def import_onnx(
             experiment=experiment,
         )
     return {
-        **registered,
+        **registered.to_dict(),
         "names": info["names"],
         "imgsz": list(info["imgsz"]),
         "layout": info["layout"],

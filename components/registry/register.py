@@ -14,6 +14,7 @@ import math
 import os
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,33 @@ log = logging.getLogger(__name__)
 
 # MLflow's limit on one log_batch call.
 _BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Registration:
+    """What :func:`register_model` recorded.
+
+    Attributes:
+        name: Registered model name.
+        version: The new (or, on a retry, the same) model version.
+        s3_uri: ``s3://<bucket>/<model>/<version>/1/model.onnx``.
+        storage_uri: The KServe ``storageUri`` of the serving variant.
+        run_id: The MLflow run holding parameters, metrics and plots.
+        variant: The variant that serves (``onnx`` or an OpenVINO IR variant).
+        variant_precision: Its declared precision ("" for the runtime's).
+    """
+
+    name: str
+    version: str
+    s3_uri: str
+    storage_uri: str
+    run_id: str
+    variant: str
+    variant_precision: str
+
+    def to_dict(self) -> dict[str, str]:
+        """JSON-ready form."""
+        return asdict(self)
 
 
 @contextlib.contextmanager
@@ -224,7 +252,7 @@ def register_model(
     experiment: str = "vinspect",
     variants_dir: Path | None = None,
     variant: str | None = None,
-) -> dict:
+) -> Registration:
     """Record a trained model in MLflow and S3, and make it the ``challenger``.
 
     One MLflow run per pipeline run holds the parameters, final and per-epoch metrics, plots, the
@@ -261,7 +289,7 @@ def register_model(
         variant: The variant that serves (default ``onnx``: the version's ONNX).
 
     Returns:
-        ``{"name", "version", "s3_uri", "storage_uri", "run_id", "variant", "variant_precision"}``.
+        The :class:`Registration`.
 
     Raises:
         RegistryError: A missing file or bucket, or malformed metrics (named in the message).
@@ -385,15 +413,15 @@ def register_model(
     run_status = mlflow_client.get_run(run_id).info.status
     if run_status != "FINISHED":
         mlflow_client.set_terminated(run_id, "FINISHED")
-    return {
-        "name": model_name,
-        "version": version,
-        "s3_uri": s3_uri,
-        "storage_uri": st_uri,
-        "run_id": run_id,
-        "variant": variant,
-        "variant_precision": variant_precision,
-    }
+    return Registration(
+        name=model_name,
+        version=version,
+        s3_uri=s3_uri,
+        storage_uri=st_uri,
+        run_id=run_id,
+        variant=variant,
+        variant_precision=variant_precision,
+    )
 
 
 def _serving_requirements() -> list[str]:

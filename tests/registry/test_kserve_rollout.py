@@ -25,7 +25,7 @@ def _deploy(kube, mlflow_client, model_name, registered, version, **kw):
         namespace=NS,
         model_name=model_name,
         version=version,
-        storage_uri=registered[version]["storage_uri"],
+        storage_uri=registered[version].storage_uri,
         data_connection="aws-connection-models",
         timeout_s=kw.pop("timeout_s", 5.0),
         poll_s=0.01,

@@ -151,7 +151,7 @@ def test_a_dead_holders_lock_expires_and_a_live_one_makes_others_wait(cheap_vers
     mlflow_client.create_registered_model(
         lock_name(model_name), tags={TAG_LOCK_OWNER: "dead:1:x", TAG_LOCK_EXPIRES: f"{time.time() - 1:.3f}"}
     )
-    assert promote(mlflow_client, model_name, "1")["champion"] == "1"
+    assert promote(mlflow_client, model_name, "1").champion == "1"
     # A live holder: others wait, then give up with a message that says what to do.
     with alias_lock(mlflow_client, model_name):
         with pytest.raises(AliasLockTimeout, match="retry later"):
