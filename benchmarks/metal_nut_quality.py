@@ -133,7 +133,7 @@ def main() -> None:
         )
         train_s = time.perf_counter() - t0
         onnx_path = export_onnx(
-            result.best_weights, work / "model.onnx", imgsz=args.imgsz, dataset_id=manifest["dataset_id"]
+            result.best_weights, work / "model.onnx", imgsz=args.imgsz, dataset_id=manifest.dataset_id
         )
         val_images = sorted((work / "dataset" / "images" / "val").iterdir())
         parity = parity_check(result.best_weights, onnx_path, val_images, imgsz=args.imgsz)
@@ -179,7 +179,7 @@ def main() -> None:
         "optimizer": result.params.get("effective_optimizer"),
         "lr0": result.params.get("effective_lr0"),
         "train_s": round(train_s, 1),
-        "dataset_id": manifest["dataset_id"],
+        "dataset_id": manifest.dataset_id,
         "val_images": ours["images"],
         "val_instances": ours["instances"],
         "ours_onnx_detector_core": brief(ours),

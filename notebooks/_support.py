@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from components.data.manifest import Manifest
 
 # One colour per class id, the same hues serving.processor uses for detections (red, orange).
 _CLASS_COLOURS = ("#e62828", "#ffa000", "#3c6edc", "#3caa5a")
@@ -24,7 +27,7 @@ def class_colour(class_id: int) -> str:
     return _CLASS_COLOURS[class_id % len(_CLASS_COLOURS)]
 
 
-def box_rows(dataset_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+def box_rows(dataset_dir: Path, manifest: Manifest) -> list[dict[str, Any]]:
     """One row per labelled box of a dataset, with its size in pixels.
 
     Labels are parsed by :func:`components.data.qa.parse_label_text` (the parser the import
@@ -43,13 +46,13 @@ def box_rows(dataset_dir: Path, manifest: Mapping[str, Any]) -> list[dict[str, A
     from components.data.qa import parse_label_text
 
     dataset_dir = Path(dataset_dir)
-    classes = list(manifest["classes"])
+    classes = list(manifest.classes)
     rows: list[dict[str, Any]] = []
-    for item in manifest["items"]:
+    for item in manifest.items:
         label = dataset_dir / item["label"]
         with Image.open(dataset_dir / item["image"]) as im:  # reads the header only
             width, height = im.size
-        for cls, cx, cy, w, h, _line in parse_label_text(label.read_text(), item["label"], len(classes)):
+        for cls, cx, cy, w, h, _line in parse_label_text(label.read_text(), item["label"], classes):
             rows.append(
                 {
                     "split": item["split"],

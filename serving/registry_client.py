@@ -18,16 +18,23 @@ from typing import Any
 
 import requests
 
+from vinspect.errors import VinspectError
+
 ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
 # Where Kubernetes mounts a pod's service-account token (rotated in place by the kubelet).
 SERVICE_ACCOUNT_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 
 
-class RegistryError(RuntimeError):
-    """The registry could not be reached, refused us, or has no such model or alias."""
+class AliasLookupError(VinspectError, RuntimeError):
+    """The runtime's lookup of an alias over MLflow's REST API failed.
+
+    The registry could not be reached, refused us, answered something else than a version, or has
+    no such model or alias. (Registering and moving aliases is ``components.registry``, whose
+    errors are ``components.registry.RegistryError``; this runtime side never imports it.)
+    """
 
 
-class AliasNotFound(RegistryError):
+class AliasNotFound(AliasLookupError):
     """The model or the alias does not exist (yet): there is no such version to serve."""
 
 
@@ -74,7 +81,7 @@ class RegistryAuth:
             try:
                 token = token_file.read_text().strip() or None
             except OSError as exc:
-                raise RegistryError(
+                raise AliasLookupError(
                     f"MLFLOW_TRACKING_AUTH=kubernetes but the service-account token {token_file} "
                     f"cannot be read ({exc.strerror}); run in a pod, or set MLFLOW_TRACKING_TOKEN"
                 )
@@ -117,11 +124,11 @@ def alias_model_version(
 
     Raises:
         AliasNotFound: When the model or the alias does not exist.
-        RegistryError: On any other failure (unreachable, auth refused, malformed answer); the
+        AliasLookupError: On any other failure (unreachable, auth refused, malformed answer); the
             message names the server and the model, never a credential.
     """
     if not tracking_uri or not tracking_uri.startswith(("http://", "https://")):
-        raise RegistryError(
+        raise AliasLookupError(
             f"MLflow tracking URI {tracking_uri!r} is not an http(s) server: the model server resolves "
             "aliases over the REST API (set MLFLOW_TRACKING_URI)"
         )
@@ -134,7 +141,7 @@ def alias_model_version(
     try:
         resp = http.get(url, params={"name": model_name, "alias": alias}, timeout=timeout_s, verify=verify)
     except requests.RequestException as exc:
-        raise RegistryError(f"registry lookup of {where} failed: {type(exc).__name__}: {exc}") from None
+        raise AliasLookupError(f"registry lookup of {where} failed: {type(exc).__name__}: {exc}") from None
     finally:
         if own:
             http.close()
@@ -145,17 +152,17 @@ def alias_model_version(
     ):
         raise AliasNotFound(f"registry has no {where}: {_error_message(resp)}")
     if resp.status_code in (401, 403):
-        raise RegistryError(
+        raise AliasLookupError(
             f"registry refused the lookup of {where}: HTTP {resp.status_code} "
             "(check MLFLOW_TRACKING_TOKEN or MLFLOW_TRACKING_USERNAME/PASSWORD)"
         )
     if resp.status_code != 200:
-        raise RegistryError(f"registry lookup of {where}: HTTP {resp.status_code}: {_error_message(resp)}")
+        raise AliasLookupError(f"registry lookup of {where}: HTTP {resp.status_code}: {_error_message(resp)}")
     try:
         model_version = resp.json()["model_version"]
         str(model_version["version"])
     except (ValueError, KeyError, TypeError):
-        raise RegistryError(f"registry lookup of {where}: unexpected answer {resp.text[:200]!r}") from None
+        raise AliasLookupError(f"registry lookup of {where}: unexpected answer {resp.text[:200]!r}") from None
     return model_version
 
 
@@ -188,7 +195,7 @@ def champion_uri(
 
     Raises:
         AliasNotFound: No such model or alias.
-        RegistryError: Any other lookup failure.
+        AliasLookupError: Any other lookup failure.
     """
     model_version = alias_model_version(tracking_uri, model_name, alias, **kwargs)
     version = str(model_version["version"])

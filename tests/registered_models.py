@@ -97,9 +97,10 @@ def cheap_versions(mlflow_client, logged_model, bucket) -> Callable[[str, int], 
     For tests that exercise aliases and rollouts, not registration: each version is a registry
     entry pointing at one already-logged ONNX model, tagged like :func:`register_model` does.
     """
+    from components.registry import Registration
     from components.registry.core import TAG_DATASET, TAG_S3_URI, TAG_STORAGE_URI, s3_key, storage_uri
 
-    source = mlflow_client.get_model_version(logged_model["name"], logged_model["version"])
+    source = mlflow_client.get_model_version(logged_model.name, logged_model.version)
 
     def _make(model_name: str, n: int) -> dict[str, dict]:
         mlflow_client.create_registered_model(model_name)
@@ -109,16 +110,18 @@ def cheap_versions(mlflow_client, logged_model, bucket) -> Callable[[str, int], 
                 model_name, source.source, run_id=source.run_id, model_id=source.source.removeprefix("models:/")
             )
             version = str(mv.version)
-            info = {
-                "name": model_name,
-                "version": version,
-                "s3_uri": f"s3://{bucket}/{s3_key(model_name, version)}",
-                "storage_uri": storage_uri(bucket, model_name, version),
-                "run_id": source.run_id,
-            }
+            info = Registration(
+                name=model_name,
+                version=version,
+                s3_uri=f"s3://{bucket}/{s3_key(model_name, version)}",
+                storage_uri=storage_uri(bucket, model_name, version),
+                run_id=source.run_id,
+                variant="onnx",
+                variant_precision="",
+            )
             for tag, value in {
-                TAG_S3_URI: info["s3_uri"],
-                TAG_STORAGE_URI: info["storage_uri"],
+                TAG_S3_URI: info.s3_uri,
+                TAG_STORAGE_URI: info.storage_uri,
                 TAG_DATASET: DATASET_A,
             }.items():
                 mlflow_client.set_model_version_tag(model_name, version, tag, value)

@@ -460,14 +460,12 @@ class _Acknowledged:
                 pipeline_run_id=run,
                 experiment=f"keep-{self.model}",
             )
-            self.versions[info["version"]] = {
-                "run_id": info["run_id"],
+            self.versions[info.version] = {
+                "run_id": info.run_id,
                 "sha": hashlib.sha256(onnx.read_bytes()).hexdigest(),
             }
-            self.client.log_text(info["run_id"], f"kept {run}", "notes/keep.txt")  # a run artifact, in S3
-            self.objects[("models", f"{self.model}/{info['version']}/1/model.onnx")] = self.versions[info["version"]][
-                "sha"
-            ]
+            self.client.log_text(info.run_id, f"kept {run}", "notes/keep.txt")  # a run artifact, in S3
+            self.objects[("models", f"{self.model}/{info.version}/1/model.onnx")] = self.versions[info.version]["sha"]
         promote(self.client, self.model, "1")  # champion 1, challenger 2 (set by the second register)
 
     def put_object(self, key: str) -> None:

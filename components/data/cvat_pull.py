@@ -22,7 +22,7 @@ never exported on their own: that would put the same frames into the dataset twi
 
 Only done jobs are exported unless ``include_all_jobs``: when every annotation job is done the whole
 task/project is exported in one request, otherwise each done job is exported and the parts are
-merged by the importer.
+merged by :func:`components.data.sources.merge_exports`.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def make_client(
         client.login(AccessTokenCredentials(token) if token else PasswordCredentials(username, password))
     except CVATError:
         raise
-    except Exception as e:
+    except Exception as e:  # the SDK, urllib3 and ssl each raise their own types; all mean "cannot log in"
         raise CVATError(f"cannot log in to CVAT at {url}: {_describe(e)}") from e
     return client
 
@@ -114,7 +114,7 @@ def _api_call(what: str, fn, *args, **kwargs):
     """Call an SDK endpoint and turn its exceptions into CVATError with a hint."""
     try:
         return fn(*args, **kwargs)
-    except Exception as e:
+    except Exception as e:  # cvat-sdk raises ApiException, urllib3 and ssl errors alike: each becomes a CVATError
         status = getattr(e, "status", None)
         hint = {
             401: "the token or password was refused; check CVAT_TOKEN / CVAT_USERNAME / CVAT_PASSWORD",

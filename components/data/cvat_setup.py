@@ -5,7 +5,7 @@ The original demo's manual steps in CVAT (create a project with the labels ``scr
 
 * the project is found by exact name (CVAT's list filter is an equality filter) or created with
   the labels in class order; labels it lacks are added (never renumbered: ids follow names, see
-  ``map_by_name`` in :mod:`components.data.importer`);
+  ``map_by_name`` in :mod:`components.data.convert`);
 * the task is found by name inside the project, or created and filled with the images (a folder,
   a ``.zip`` archive or an ``s3://bucket/prefix``) through CVAT's upload protocol, waiting on the
   background request with a deadline;

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vinspect.errors import VinspectError
 
-class DatasetError(ValueError):
+
+class DatasetError(VinspectError, ValueError):
     """Bad input data: names the file (and line, when there is one) and what to do next.
 
     Attributes:
@@ -24,5 +26,5 @@ class DatasetError(ValueError):
         super().__init__(f"{where}{reason}")
 
 
-class CVATError(RuntimeError):
+class CVATError(VinspectError, RuntimeError):
     """A CVAT server refused, failed or did not answer in time."""

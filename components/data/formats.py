@@ -32,6 +32,7 @@ from pathlib import Path
 
 import yaml
 
+from components.data import qa
 from components.data.errors import DatasetError
 
 YOLO11 = "YOLO 1.1"
@@ -263,34 +264,13 @@ def _parse_yolo_labels(label_file: str, rel: str, names: list[str]) -> list[Box]
     """
     try:
         with open(label_file, "rb") as fh:
-            text = fh.read().decode("utf-8")
+            raw = fh.read()
     except FileNotFoundError:
         return []
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"label file is not UTF-8 text ({e.reason})", file=rel) from e
-    boxes = []
-    for lineno, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        parts = line.split()
-        if len(parts) != 5:
-            raise DatasetError(
-                f"expected 'class cx cy w h' (5 fields), got {len(parts)}: {line!r}", file=rel, line=lineno
-            )
-        try:
-            cls = int(parts[0])
-            cx, cy, w, h = (float(v) for v in parts[1:])
-        except ValueError:
-            raise DatasetError(f"cannot parse {line!r} as 'class cx cy w h'", file=rel, line=lineno) from None
-        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
-            raise DatasetError(f"non-finite coordinate in {line!r}", file=rel, line=lineno)
-        if cls < 0 or cls >= len(names):
-            raise DatasetError(
-                f"class id {cls} out of range 0..{len(names) - 1} (classes: {names})", file=rel, line=lineno
-            )
-        boxes.append(Box(names[cls], cx, cy, w, h, rel, lineno))
-    return boxes
+    text = qa.decode_label(raw, rel)
+    return [
+        Box(names[cls], cx, cy, w, h, rel, line) for cls, cx, cy, w, h, line in qa.parse_label_text(text, rel, names)
+    ]
 
 
 _OUTSIDE = "every path an export names must lie inside the export"

@@ -11,6 +11,7 @@ import math
 import random
 import warnings
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
@@ -93,11 +94,34 @@ def format_label_line(cls: int, cx: float, cy: float, w: float, h: float) -> str
     return f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}"
 
 
-def parse_label_text(text: str, file: str, num_classes: int) -> list[tuple[int, float, float, float, float, int]]:
-    """Parse YOLO label text: ``(class, cx, cy, w, h, line)`` per box.
+def decode_label(raw: bytes, file: str | Path) -> str:
+    """The text of a YOLO label file.
 
     Raises:
-        DatasetError: For a line that does not parse or a class id out of range.
+        DatasetError: If it is not UTF-8, naming ``file``.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"label file is not UTF-8 text ({e.reason})", file=file) from e
+
+
+def parse_label_text(
+    text: str, file: str | Path, classes: Sequence[str]
+) -> list[tuple[int, float, float, float, float, int]]:
+    """Parse YOLO label text (``class cx cy w h`` per line): ``(class, cx, cy, w, h, line)`` per box.
+
+    The one YOLO label parser: an export's label files (:mod:`components.data.formats`) and a
+    dataset's (:mod:`components.data.validate`) both go through it.
+
+    Args:
+        text: The label file's text.
+        file: The file, for the error (relative to the export or dataset root).
+        classes: Class names in id order (the range of valid ids, and shown in the error).
+
+    Raises:
+        DatasetError: For a line that does not parse, a non-finite number, or a class id out of
+            range, naming the file and line.
     """
     out = []
     for lineno, raw in enumerate(text.splitlines(), start=1):
@@ -114,8 +138,12 @@ def parse_label_text(text: str, file: str, num_classes: int) -> list[tuple[int, 
             cx, cy, w, h = (float(v) for v in parts[1:])
         except ValueError:
             raise DatasetError(f"cannot parse {line!r} as 'class cx cy w h'", file=file, line=lineno) from None
-        if not 0 <= cls < num_classes:
-            raise DatasetError(f"class id {cls} out of range 0..{num_classes - 1}", file=file, line=lineno)
+        if not all(math.isfinite(v) for v in (cx, cy, w, h)):
+            raise DatasetError(f"non-finite coordinate in {line!r}", file=file, line=lineno)
+        if not 0 <= cls < len(classes):
+            raise DatasetError(
+                f"class id {cls} out of range 0..{len(classes) - 1} (classes: {list(classes)})", file=file, line=lineno
+            )
         out.append((cls, cx, cy, w, h, lineno))
     return out
 

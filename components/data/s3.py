@@ -83,7 +83,7 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
 
     dataset_dir = Path(dataset_dir)
     manifest = read_manifest(dataset_dir)
-    prefix = f"datasets/{manifest['dataset_id']}/"
+    prefix = f"datasets/{manifest.dataset_id}/"
     try:
         existing = _existing_keys(s3_client, bucket, prefix)
     except ClientError as e:
@@ -91,10 +91,10 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
         raise DatasetError(
             f"cannot list s3://{bucket}/{prefix} ({code}); create the bucket or set VINSPECT_DATA_BUCKET"
         ) from e
-    todo = [rel for rel in sorted(manifest["files"]) if prefix + rel not in existing]
+    todo = [rel for rel in sorted(manifest.files) if prefix + rel not in existing]
     for rel in tqdm(todo, desc="upload", unit="file", disable=not progress):
         path = dataset_dir / rel
-        if sha256_file(path) != manifest["files"][rel]:
+        if sha256_file(path) != manifest.files[rel]:
             raise DatasetError("file differs from manifest.json; re-run the import", file=path)
         s3_client.upload_file(str(path), bucket, prefix + rel)
     uploaded = len(todo)
@@ -105,7 +105,7 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
     log.info(
         "uploaded %d file(s), %d already present, to s3://%s/%s",
         uploaded,
-        len(manifest["files"]) - uploaded,
+        len(manifest.files) - uploaded,
         bucket,
         prefix,
     )

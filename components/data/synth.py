@@ -101,7 +101,7 @@ def synthesize(
         if out_dir.exists():
             out_dir.rmdir()
         stage.replace(out_dir)
-    except BaseException:
+    except BaseException:  # even Ctrl-C: no half-written export left behind; it re-raises
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return out_dir

@@ -173,7 +173,9 @@ def evaluate(
     gate = "passed" if decision["passed"] else "rejected"
     reasons = "; ".join(decision["reasons"])
     print(f"quality gate {gate.upper()} for variant {chosen} ({metrics.get('engine')}): {reasons}")
-    dataset_id = str(json.loads((Path(dataset.path) / "manifest.json").read_text()).get("dataset_id") or "")
+    from components.data.manifest import read_manifest
+
+    dataset_id = read_manifest(Path(dataset.path)).dataset_id
     if gate == "passed":
         # The drift reference the processor compares live frames with (serving.drift): the FP32
         # model on this validation split, at the processor's thresholds (conf 0.2, IoU 0.4), not

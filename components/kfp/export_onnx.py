@@ -64,7 +64,7 @@ def export_onnx(
         # Ultralytics recognises weights by their ".pt" suffix; KFP artifact paths have none.
         pt = Path(work) / "best.pt"
         os.symlink(Path(weights.path).resolve(), pt)
-        _export(pt, out, imgsz=imgsz, opset=opset, dataset_id=manifest["dataset_id"], names=list(manifest["classes"]))
+        _export(pt, out, imgsz=imgsz, opset=opset, dataset_id=manifest.dataset_id, names=list(manifest.classes))
         report = parity_check(pt, out, images, imgsz=imgsz, atol=parity_atol)
     index = export_variants(
         out, Path(variants.path), calibration=split_images(data_dir, "train"), calibration_images=calibration_images
@@ -91,7 +91,7 @@ def export_onnx(
     # Also as the artifact's file (kfp.local's cache treats a Metrics artifact without one as missing).
     Path(parity.path).parent.mkdir(parents=True, exist_ok=True)
     Path(parity.path).write_text(json.dumps(figures, indent=2, sort_keys=True))
-    onnx_model.metadata.update({"imgsz": imgsz, "opset": opset, "dataset_id": manifest["dataset_id"]})
+    onnx_model.metadata.update({"imgsz": imgsz, "opset": opset, "dataset_id": manifest.dataset_id})
     print(
         f"exported ONNX (opset {opset}); parity on {report.get('images')} images: "
         f"max |torch - onnxruntime| {report.get('max_abs_diff')}, max |torch - openvino f32| "

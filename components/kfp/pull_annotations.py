@@ -71,8 +71,8 @@ def pull_annotations(
         include_all_jobs=include_all_jobs,
         map_by_name=map_by_name,
     )
-    images = int(manifest.get("counts", {}).get("images", {}).get("total", 0))
-    raw_dataset.metadata["dataset_id"] = manifest["dataset_id"]
-    raw_dataset.metadata["classes"] = list(manifest["classes"])
-    print(f"pulled {images} images, dataset id {manifest['dataset_id']}")
-    return namedtuple("PullOutputs", ["dataset_id", "images"])(manifest["dataset_id"], images)
+    images = int(manifest.counts.get("images", {}).get("total", 0))
+    raw_dataset.metadata["dataset_id"] = manifest.dataset_id
+    raw_dataset.metadata["classes"] = list(manifest.classes)
+    print(f"pulled {images} images, dataset id {manifest.dataset_id}")
+    return namedtuple("PullOutputs", ["dataset_id", "images"])(manifest.dataset_id, images)

@@ -71,7 +71,7 @@ def register(
     # The dataset is archived beside the model under its content id (files already there are
     # skipped), so every registered version points at data that outlives the pipeline's artifacts.
     dataset_uri = upload_dataset(s3_client, s3.data_bucket, Path(dataset.path))
-    print(f"dataset {manifest['dataset_id']} archived at {dataset_uri}")
+    print(f"dataset {manifest.dataset_id} archived at {dataset_uri}")
     info = register_model(
         mlflow.client(),
         s3_client,
@@ -82,7 +82,7 @@ def register(
         metrics=metrics,
         epoch_metrics_csv=results_csv if results_csv.is_file() else None,
         plots=plots,
-        dataset_id=manifest["dataset_id"],
+        dataset_id=manifest.dataset_id,
         dataset_uri=dataset_uri,
         git_revision=git_revision or None,
         pipeline_run_id=pipeline_run_id,
@@ -95,14 +95,14 @@ def register(
         # Next to the version (s3://<bucket>/<model>/<version>/drift-reference.json), where the
         # processor looks when this version starts answering.
         ref = json.loads(ref_file.read_text())
-        ref["model"] = {**(ref.get("model") or {}), "name": model_name, "version": str(info["version"])}
-        print(f"drift reference at {save_reference(s3_client, s3.bucket, model_name, info['version'], ref)}")
+        ref["model"] = {**(ref.get("model") or {}), "name": model_name, "version": str(info.version)}
+        print(f"drift reference at {save_reference(s3_client, s3.bucket, model_name, info.version, ref)}")
     else:
         print("[vinspect] warning: the evaluate step wrote no drift reference; drift is off for this version")
     print(
-        f"registered {info['name']} version {info['version']} at {info['s3_uri']}; serving variant "
-        f"{info['variant']} ({info['variant_precision'] or 'runtime precision'}) from {info['storage_uri']}"
+        f"registered {info.name} version {info.version} at {info.s3_uri}; serving variant "
+        f"{info.variant} ({info.variant_precision or 'runtime precision'}) from {info.storage_uri}"
     )
     return namedtuple("RegisterOutputs", ["version", "storage_uri", "s3_uri", "run_id"])(
-        str(info["version"]), info["storage_uri"], info["s3_uri"], info["run_id"]
+        str(info.version), info.storage_uri, info.s3_uri, info.run_id
     )

@@ -70,7 +70,7 @@ def rollout(
     from vinspect.settings import MLflowSettings
 
     data_dir = Path(dataset.path)
-    classes = list(read_manifest(data_dir)["classes"])
+    classes = list(read_manifest(data_dir).classes)
     golden = golden_from_split(data_dir, classes, per_class=smoke_images)
     if not golden:
         if smoke_min_classes != 0:

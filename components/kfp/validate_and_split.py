@@ -30,8 +30,8 @@ def validate_and_split(
     from components.data import validate_and_split as split
 
     manifest = split(Path(raw_dataset.path), Path(dataset.path), val=val_fraction, test=test_fraction, seed=split_seed)
-    dataset.metadata["dataset_id"] = manifest["dataset_id"]
-    dataset.metadata["classes"] = list(manifest["classes"])
-    counts = manifest.get("counts", {})
-    print(f"dataset {manifest['dataset_id']}: {counts}")
-    return namedtuple("SplitOutputs", ["dataset_id", "counts"])(manifest["dataset_id"], counts)
+    dataset.metadata["dataset_id"] = manifest.dataset_id
+    dataset.metadata["classes"] = list(manifest.classes)
+    counts = manifest.counts
+    print(f"dataset {manifest.dataset_id}: {counts}")
+    return namedtuple("SplitOutputs", ["dataset_id", "counts"])(manifest.dataset_id, counts)

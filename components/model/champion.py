@@ -13,7 +13,6 @@ decides (the pipeline fails the gate closed unless told to fall back to the floo
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from dataclasses import asdict, dataclass
@@ -71,19 +70,6 @@ class ChampionMetrics:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (with :attr:`label`)."""
         return {**asdict(self), "label": self.label}
-
-
-def _dataset_id(dataset_dir: Path) -> str:
-    path = dataset_dir / "manifest.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: the evaluated dataset has no manifest.json (no dataset id)")
-    try:
-        value = json.loads(path.read_text()).get("dataset_id")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"{path}: not a valid dataset manifest: {exc}") from None
-    if not value:
-        raise ValueError(f"{path}: no dataset_id")
-    return str(value)
 
 
 def _dataset_names(dataset_dir: Path) -> list[str] | None:
@@ -175,10 +161,14 @@ def champion_metrics_on(
             classes differ from the dataset's, or the evaluation failed.
         botocore.exceptions.ClientError: S3 errors other than a missing object (access, server).
     """
-    from components.registry.core import get_champion, version_info
+    from components.data.errors import DatasetError
+    from components.data.manifest import read_manifest
+    from components.registry.queries import get_champion, version_info
 
     dataset_dir = Path(dataset_dir)
-    dataset_id = _dataset_id(dataset_dir)
+    dataset_id = read_manifest(dataset_dir).dataset_id
+    if not dataset_id:  # the champion's record is matched to the candidate's data by this id
+        raise DatasetError("manifest has no dataset_id", file=dataset_dir / "manifest.json")
     if version is None:
         try:
             version = get_champion(mlflow_client, model_name)

@@ -29,7 +29,6 @@ is the filter. The tests allow 0.05.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -399,17 +398,6 @@ def _image_size(path: Path) -> tuple[int, int]:
     return h, w
 
 
-def _dataset_id(dataset_dir: Path) -> str:
-    """The evaluated dataset's id from its ``manifest.json`` ("" when there is none)."""
-    manifest = dataset_dir / "manifest.json"
-    if not manifest.is_file():
-        return ""
-    try:
-        return str(json.loads(manifest.read_text()).get("dataset_id") or "")
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise ValueError(f"{manifest}: not a valid dataset manifest: {exc}") from exc
-
-
 def evaluate_onnx(
     onnx_path: Path,
     dataset_dir: Path,
@@ -444,7 +432,15 @@ def evaluate_onnx(
         "model_dataset_id", "eval_dataset_id", "engine", "confusion_matrix", "plots": [paths]}``;
         ``engine`` says backend and precision (e.g. ``openvino bf16``). Classes without ground truth in the split have
         ``support`` 0 and ``None`` for their metrics (the gate skips them).
+
+    Raises:
+        components.data.DatasetError: ``dataset_dir`` has no valid ``manifest.json`` (naming it):
+            every evaluation records the id of the data it was measured on.
     """
+    from components.data.manifest import read_manifest
+
+    # First, so that a folder without a manifest fails before the model is loaded.
+    eval_dataset_id = read_manifest(Path(dataset_dir)).dataset_id
     # One image per core, one thread per inference: the faster layout for a small model on
     # CPU (benchmarks/detector.py); results come back in order.
     detector = det.Detector(onnx_path, conf=conf, iou=iou, threads=1, engine=engine, precision=precision)
@@ -508,7 +504,7 @@ def evaluate_onnx(
         "iou": iou,
         "model_dataset_id": detector.metadata.get("dataset_id") or "",
         "engine": detector.engine.label,
-        "eval_dataset_id": _dataset_id(Path(dataset_dir)),
+        "eval_dataset_id": eval_dataset_id,
         "confusion_matrix": cm.tolist(),
         "plots": [],
     }

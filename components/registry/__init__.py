@@ -1,33 +1,34 @@
 """Model registry: MLflow runs and versions, the ONNX on S3, aliases, promote and roll back.
 
-Pure functions over an ``MlflowClient`` and a boto3 S3 client; see :mod:`components.registry.core`.
+Pure functions over an ``MlflowClient`` and a boto3 S3 client, one file per verb: registering in
+:mod:`~components.registry.register`, promote / rollback / the alias lock in
+:mod:`~components.registry.aliases`, reads in :mod:`~components.registry.queries`, the shared names
+(aliases, tags, errors, the S3 layout) in :mod:`~components.registry.core`.
 """
 
-from components.registry.compare import compare_runs, plot_runs
-from components.registry.core import (
-    CHALLENGER,
-    CHAMPION,
-    AliasLockTimeout,
-    RegistryError,
+from components.registry.aliases import (
+    AliasMove,
+    Promotion,
+    Rollback,
     alias_lock,
-    champion_metrics,
-    champion_state,
-    get_champion,
-    list_versions,
     promote,
-    register_model,
     restore_champion,
     rollback,
-    s3_key,
-    storage_uri,
     undo_move,
-    version_info,
 )
+from components.registry.compare import compare_runs, plot_runs
+from components.registry.core import CHALLENGER, CHAMPION, AliasLockTimeout, RegistryError, s3_key, storage_uri
+from components.registry.queries import champion_metrics, champion_state, get_champion, list_versions, version_info
+from components.registry.register import Registration, register_model
 
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "AliasLockTimeout",
+    "AliasMove",
+    "Promotion",
+    "Registration",
+    "Rollback",
     "RegistryError",
     "alias_lock",
     "champion_metrics",

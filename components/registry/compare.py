@@ -133,7 +133,7 @@ def plot_runs(rows: Sequence[dict], metrics: Sequence[str], out_png: Path) -> Pa
         try:
             fig.savefig(tmp, format="png", dpi=100)
             os.replace(tmp, out_png)
-        except BaseException:
+        except BaseException:  # even Ctrl-C: no temp file left beside the plot; it re-raises
             Path(tmp).unlink(missing_ok=True)
             raise
     finally:

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from components.registry.core import RegistryError, register_model, sha256_file
+from components.registry.core import RegistryError, sha256_file
+from components.registry.register import register_model
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def import_onnx(
         decision = None
         if data is not None:
             from components.model import decide_gate, evaluate_onnx
-            from components.registry.core import champion_metrics
+            from components.registry.queries import champion_metrics
 
             result = evaluate_onnx(prepared, Path(data), split="val")
             dataset_id = str(result.get("eval_dataset_id") or "")
@@ -222,7 +223,7 @@ def import_onnx(
             experiment=experiment,
         )
     return {
-        **registered,
+        **registered.to_dict(),
         "names": info["names"],
         "imgsz": list(info["imgsz"]),
         "layout": info["layout"],

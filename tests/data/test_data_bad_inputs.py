@@ -53,8 +53,8 @@ def test_zip_round_trip_matches_folder(export_copy, tmp_path, out_parent):
     shutil.make_archive(str(archive.with_suffix("")), "zip", export_copy)
     a = import_dataset(archive, out_parent / "from_zip")
     b = import_dataset(export_copy, out_parent / "from_dir")
-    assert a["dataset_id"] == b["dataset_id"]
-    assert a["source"]["type"] == "archive" and len(a["source"]["sha256"]) == 64
+    assert a.dataset_id == b.dataset_id
+    assert a.source["type"] == "archive" and len(a.source["sha256"]) == 64
 
 
 def test_missing_image(export_copy, out_parent):
@@ -128,7 +128,7 @@ def test_different_class_order_is_refused_then_mapped_by_name(export_copy, out_p
     label, image = _first_label(export_copy)
     src_ids = [ln.split()[0] for ln in label.read_text().splitlines()]
     m = pull_annotations(export_copy, out_parent / "mapped", map_by_name=True)
-    assert m["class_map"] == {"bent": 1, "scratch": 0}
+    assert m.class_map == {"bent": 1, "scratch": 0}
     out_label = out_parent / "mapped" / "labels" / label.name
     assert [ln.split()[0] for ln in out_label.read_text().splitlines()] == [str(1 - int(i)) for i in src_ids]
 
@@ -179,4 +179,13 @@ def test_existing_output_is_kept(export_copy, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     m = import_dataset(export_copy, out, overwrite=True)
     assert not (out / "keep.txt").exists() and (out / "manifest.json").is_file()
-    assert m["counts"]["images"]["total"] == 24
+    assert m.counts["images"]["total"] == 24
+
+
+def test_data_errors_derive_from_the_vinspect_root_and_keep_their_builtin():
+    """The CLI catches VinspectError once; code written against ValueError/RuntimeError keeps working."""
+    from components.data import CVATError
+    from vinspect.errors import VinspectError
+
+    assert issubclass(DatasetError, VinspectError) and issubclass(DatasetError, ValueError)
+    assert issubclass(CVATError, VinspectError) and issubclass(CVATError, RuntimeError)

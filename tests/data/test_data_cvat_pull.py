@@ -33,8 +33,8 @@ def test_task_with_all_jobs_completed_is_one_export(cvat, client, tmp_path):
     polls = [p for meth, p in cvat.calls if p.startswith("/api/requests/")]
     assert len(polls) == cvat.polls_before_finish + 1, "polled until finished"
     assert any(p == "/api/tasks/2/dataset/download" for _, p in cvat.calls), "downloaded result_url"
-    assert m["counts"]["images"]["total"] == 8
-    assert m["source"] == {
+    assert m.counts["images"]["total"] == 8
+    assert m.source == {
         "type": "cvat",
         "host": cvat.url,
         "task_id": 2,
@@ -42,18 +42,18 @@ def test_task_with_all_jobs_completed_is_one_export(cvat, client, tmp_path):
         "include_all_jobs": False,
         "jobs": [21, 22],
     }
-    assert m["counts"]["boxes"]["total"] == {"scratch": 4, "bent": 4}
+    assert m.counts["boxes"]["total"] == {"scratch": 4, "bent": 4}
 
 
 def test_only_completed_jobs_are_pulled(cvat, client, tmp_path):
     m = pull_annotations(None, tmp_path / "done", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == ["/api/jobs/11/dataset/export"]
-    assert sorted(i["name"] for i in m["items"]) == [f"t1_{i:03d}.png" for i in range(6)]
-    assert m["source"]["jobs"] == [11] and m["source"]["skipped_jobs"] == [12]
+    assert sorted(i["name"] for i in m.items) == [f"t1_{i:03d}.png" for i in range(6)]
+    assert m.source["jobs"] == [11] and m.source["skipped_jobs"] == [12]
     cvat.calls.clear()
     m = pull_annotations(None, tmp_path / "all", cvat_client=client, task_id=1, include_all_jobs=True, **FAST)
     assert _exports(cvat) == ["/api/tasks/1/dataset/export"]
-    assert len(m["items"]) == 12
+    assert len(m.items) == 12
 
 
 def test_several_completed_jobs_are_merged(cvat, client, tmp_path):
@@ -63,23 +63,23 @@ def test_several_completed_jobs_are_merged(cvat, client, tmp_path):
     cvat.tasks[1].jobs.append(Job(13, 1, range(9, 12), "completed"))
     m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == ["/api/jobs/11/dataset/export", "/api/jobs/13/dataset/export"]
-    assert sorted(i["name"] for i in m["items"]) == [f"t1_{i:03d}.png" for i in (*range(6), 9, 10, 11)]
+    assert sorted(i["name"] for i in m.items) == [f"t1_{i:03d}.png" for i in (*range(6), 9, 10, 11)]
 
 
 def test_project_keeps_cvat_subsets(cvat, client, tmp_path):
     m = import_dataset(None, tmp_path / "ds", cvat_client=client, project_id=5, fmt="YOLO 1.1", **FAST)
     assert _exports(cvat) == ["/api/projects/5/dataset/export"]
-    assert m["split"]["method"] == "cvat_subsets"
-    assert m["split"]["subsets"] == {"Train": "train", "Validation": "val"}
-    assert m["counts"]["images"] == {"train": 8, "val": 8, "total": 16}
-    assert all(i["name"].startswith("t3_") for i in m["items"] if i["split"] == "train")
+    assert m.split["method"] == "cvat_subsets"
+    assert m.split["subsets"] == {"Train": "train", "Validation": "val"}
+    assert m.counts["images"] == {"train": 8, "val": 8, "total": 16}
+    assert all(i["name"].startswith("t3_") for i in m.items if i["split"] == "train")
 
 
 def test_password_login_uses_session_and_csrf(cvat, tmp_path):
     with make_client(cvat.url, username=cvat.username, password=cvat.password) as c:
         m = pull_annotations(None, tmp_path / "ds", cvat_client=c, task_id=2, fmt="CVAT for images 1.1", **FAST)
     assert ("POST", "/api/auth/login") in cvat.calls
-    assert m["source"]["format"] == "CVAT for images 1.1" and len(m["items"]) == 8
+    assert m.source["format"] == "CVAT for images 1.1" and len(m.items) == 8
 
 
 def test_wrong_password(cvat):
@@ -143,8 +143,8 @@ def test_completed_in_any_stage_counts(cvat, client, tmp_path, stage):
     cvat.tasks[1].jobs[1].stage, cvat.tasks[1].jobs[1].state = stage, "completed"
     m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == ["/api/tasks/1/dataset/export"]
-    assert m["source"]["jobs"] == [11, 12] and "skipped_jobs" not in m["source"]
-    assert len(m["items"]) == 12
+    assert m.source["jobs"] == [11, 12] and "skipped_jobs" not in m.source
+    assert len(m.items) == 12
 
 
 @pytest.mark.parametrize("stage", ["annotation", "validation", "acceptance"])
@@ -153,8 +153,8 @@ def test_unfinished_or_rejected_jobs_do_not_count(cvat, client, tmp_path, stage,
     cvat.tasks[2].jobs[1].stage, cvat.tasks[2].jobs[1].state = stage, state
     m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
     assert _exports(cvat) == ["/api/jobs/21/dataset/export"]
-    assert m["source"]["jobs"] == [21] and m["source"]["skipped_jobs"] == [22]
-    assert sorted(i["name"] for i in m["items"]) == [f"t2_{i:03d}.png" for i in range(4)]
+    assert m.source["jobs"] == [21] and m.source["skipped_jobs"] == [22]
+    assert sorted(i["name"] for i in m.items) == [f"t2_{i:03d}.png" for i in range(4)]
 
 
 def test_accepted_is_not_a_job_state():
@@ -173,9 +173,9 @@ def test_unfinished_ground_truth_job_does_not_block_the_task_export(cvat, client
     cvat.tasks[2].jobs.append(Job(23, 2, range(0, 8, 3), gt_state, "annotation", "ground_truth"))
     m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
     assert _exports(cvat) == ["/api/tasks/2/dataset/export"]
-    assert m["source"]["jobs"] == [21, 22] and m["source"]["ignored_jobs"] == [23]
-    assert "skipped_jobs" not in m["source"]
-    assert sorted(i["name"] for i in m["items"]) == [f"t2_{i:03d}.png" for i in range(8)]
+    assert m.source["jobs"] == [21, 22] and m.source["ignored_jobs"] == [23]
+    assert "skipped_jobs" not in m.source
+    assert sorted(i["name"] for i in m.items) == [f"t2_{i:03d}.png" for i in range(8)]
 
 
 @pytest.mark.parametrize("job_type", ["ground_truth", "replica"])
@@ -186,9 +186,9 @@ def test_completed_ground_truth_job_frames_are_not_exported_twice(cvat, client, 
     cvat.tasks[1].jobs.append(Job(13, 1, range(0, 12, 3), "completed", "acceptance", job_type))
     m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=1, **FAST)
     assert _exports(cvat) == ["/api/jobs/11/dataset/export"]
-    assert m["source"]["jobs"] == [11] and m["source"]["skipped_jobs"] == [12]
-    assert m["source"]["ignored_jobs"] == [13]
-    names = [i["name"] for i in m["items"]]
+    assert m.source["jobs"] == [11] and m.source["skipped_jobs"] == [12]
+    assert m.source["ignored_jobs"] == [13]
+    names = [i["name"] for i in m.items]
     assert sorted(names) == [f"t1_{i:03d}.png" for i in range(6)]
 
 
@@ -252,5 +252,5 @@ def test_a_pull_by_service_url_without_the_host_gets_traefiks_404(routed_cvat, t
 def test_a_pull_by_service_url_sends_cvat_host_and_works(routed_cvat, tmp_path):
     with make_client(routed_cvat.url, token=routed_cvat.pat, host=ROUTE_HOST) as client:
         m = pull_annotations(None, tmp_path / "ds", cvat_client=client, task_id=2, **FAST)
-    assert m["counts"]["images"]["total"] == 8
+    assert m.counts["images"]["total"] == 8
     assert not [p for _, p in routed_cvat.calls if p.startswith("404 ")], "a request went out without the Host header"

@@ -80,14 +80,14 @@ def test_sample_imports_with_exact_boxes(samples_dir, tmp_path, name):
     assert detect_format(src) == fmt
     manifest = pull_annotations(src, tmp_path / "out", classes=labels)
     out = tmp_path / "out"
-    assert manifest["source"]["format"] == fmt
-    assert manifest["source_labels"] == labels
-    assert manifest["other_shapes"] == other
-    assert manifest["subsets"] == subsets
+    assert manifest.source["format"] == fmt
+    assert manifest.source_labels == labels
+    assert manifest.other_shapes == other
+    assert manifest.subsets == subsets
     from PIL import Image
 
     got = {}
-    for item in manifest["items"]:
+    for item in manifest.items:
         w, h = Image.open(out / item["image"]).size
         rows = []
         for line in (out / item["label"]).read_text().splitlines():
@@ -105,17 +105,17 @@ def test_sample_imports_with_exact_boxes(samples_dir, tmp_path, name):
         got[item["name"]] = rows
     assert got == {k: [(lab, *map(float, b)) for lab, *b in v] for k, v in boxes.items()}
     # Every file listed with its digest, and the same id when read again.
-    assert set(manifest["files"]) == {i["image"] for i in manifest["items"]} | {i["label"] for i in manifest["items"]}
+    assert set(manifest.files) == {i["image"] for i in manifest.items} | {i["label"] for i in manifest.items}
     again = pull_annotations(src, tmp_path / "again", classes=labels)
-    assert again["dataset_id"] == manifest["dataset_id"]
+    assert again.dataset_id == manifest.dataset_id
 
 
 def test_coco_sample_keeps_its_subsets(samples_dir, tmp_path):
     manifest = import_dataset(
         samples_dir / "cvat-ai-datumaro_coco-1.0-instances", tmp_path / "ds", classes=["a", "b", "c"]
     )
-    assert manifest["split"]["method"] == "cvat_subsets"
-    assert manifest["counts"]["images"] == {"train": 1, "val": 1, "total": 2}
+    assert manifest.split["method"] == "cvat_subsets"
+    assert manifest.counts["images"] == {"train": 1, "val": 1, "total": 2}
     report = json.loads((tmp_path / "ds" / "qa_report.json").read_text())
     assert any("'b' has no boxes in the 'val' split" in w for w in report["warnings"])
 
@@ -141,14 +141,14 @@ def metal_nut(shared_dir) -> Path:
 def test_metal_nut_imports_to_known_counts_and_stable_id(metal_nut, tmp_path):
     a = import_dataset(metal_nut, tmp_path / "a")
     b = import_dataset(str(metal_nut), tmp_path / "b", seed=0)
-    assert a["counts"]["images"]["total"] == 56
-    assert a["counts"]["boxes"]["total"] == {"scratch": 44, "bent": 31}
-    assert a["counts"]["background_images"]["total"] == 8
-    assert a["dataset_id"] == b["dataset_id"]
-    assert a["files"] == b["files"]
-    assert a["classes"] == ["scratch", "bent"]
+    assert a.counts["images"]["total"] == 56
+    assert a.counts["boxes"]["total"] == {"scratch": 44, "bent": 31}
+    assert a.counts["background_images"]["total"] == 8
+    assert a.dataset_id == b.dataset_id
+    assert a.files == b.files
+    assert a.classes == ["scratch", "bent"]
     for split in ("train", "val"):
-        assert all(a["counts"]["boxes"][split][c] > 0 for c in ("scratch", "bent")), split
+        assert all(a.counts["boxes"][split][c] > 0 for c in ("scratch", "bent")), split
     data = yaml.safe_load((tmp_path / "a" / "data.yaml").read_text())
     assert data == {
         "path": str((tmp_path / "a").resolve()),
@@ -157,21 +157,21 @@ def test_metal_nut_imports_to_known_counts_and_stable_id(metal_nut, tmp_path):
         "names": {0: "scratch", 1: "bent"},
     }
     on_disk = json.loads((tmp_path / "a" / "manifest.json").read_text())
-    assert on_disk == a
+    assert on_disk == a.to_dict()
     assert (tmp_path / "a" / "qa_report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert validate_dataset(tmp_path / "a")["status"] == "passed"
     # A different seed gives a different split, hence a different id.
     c = import_dataset(metal_nut, tmp_path / "c", seed=1)
-    assert c["dataset_id"] != a["dataset_id"]
-    assert c["parent_id"] == a["parent_id"]
+    assert c.dataset_id != a.dataset_id
+    assert c.parent_id == a.parent_id
 
 
 def test_metal_nut_with_a_test_split(metal_nut, tmp_path):
     m = import_dataset(metal_nut, tmp_path / "ds", val=0.2, test=0.2, seed=3)
-    assert set(m["splits"]) == {"train", "val", "test"}
-    for split in m["splits"]:
-        assert all(m["counts"]["boxes"][split][c] > 0 for c in ("scratch", "bent")), split
-    assert sum(m["counts"]["images"][s] for s in m["splits"]) == 56
+    assert set(m.splits) == {"train", "val", "test"}
+    for split in m.splits:
+        assert all(m.counts["boxes"][split][c] > 0 for c in ("scratch", "bent")), split
+    assert sum(m.counts["images"][s] for s in m.splits) == 56
 
 
 def test_validate_detects_tampering(small_export, tmp_path):
@@ -220,10 +220,10 @@ def test_cvat_xml_tracks_rotated_boxes_and_other_shapes(tmp_path):
     _png(export / "images" / "b.png", 40, 20)
     (export / "annotations.xml").write_text(_XML)
     m = pull_annotations(export, tmp_path / "ds")
-    assert m["source"]["format"] == CVAT_IMAGES
-    assert m["source_labels"] == ["scratch", "bent"], "polygon-only labels are not classes"
-    assert m["other_shapes"] == {"polygon": 1, "rotated box": 1}
-    labels = {i["name"]: (tmp_path / "ds" / i["label"]).read_text().splitlines() for i in m["items"]}
+    assert m.source["format"] == CVAT_IMAGES
+    assert m.source_labels == ["scratch", "bent"], "polygon-only labels are not classes"
+    assert m.other_shapes == {"polygon": 1, "rotated box": 1}
+    labels = {i["name"]: (tmp_path / "ds" / i["label"]).read_text().splitlines() for i in m.items}
     assert labels == {
         "a.png": ["0 0.150000 0.350000 0.250000 0.500000", "1 0.750000 0.500000 0.500000 1.000000"],
         "b.png": ["1 0.125000 0.250000 0.250000 0.500000"],
@@ -263,7 +263,7 @@ def test_coco_unknown_category(samples_dir, tmp_path):
 def test_into_an_existing_empty_folder(small_export, tmp_path):
     (tmp_path / "ds").mkdir()
     m = import_dataset(small_export, tmp_path / "ds")
-    assert (tmp_path / "ds" / "data.yaml").is_file() and m["counts"]["images"]["total"] == 24
+    assert (tmp_path / "ds" / "data.yaml").is_file() and m.counts["images"]["total"] == 24
 
 
 def test_two_steps_equal_one(small_export, tmp_path):
@@ -271,18 +271,23 @@ def test_two_steps_equal_one(small_export, tmp_path):
     from components.data import validate_and_split
 
     pulled = pull_annotations(small_export, tmp_path / "pulled")
-    assert pulled["kind"] == "annotations"
+    assert pulled.kind == "annotations"
     final = validate_and_split(tmp_path / "pulled", tmp_path / "final", val=0.25, seed=2)
     one = import_dataset(small_export, tmp_path / "one", val=0.25, seed=2)
-    assert final["dataset_id"] == one["dataset_id"] and final["parent_id"] == pulled["dataset_id"]
+    assert final.dataset_id == one.dataset_id and final.parent_id == pulled.dataset_id
     assert (tmp_path / "pulled" / "manifest.json").is_file(), "the input folder is left as it was"
     assert validate_dataset(tmp_path / "pulled")["status"] == "passed"
     with pytest.raises(DatasetError, match="already split"):
         validate_and_split(tmp_path / "final", tmp_path / "again")
     # QA in the second step names the file and line of the normalized input.
-    label = next(i["label"] for i in pulled["items"] if (tmp_path / "pulled" / i["label"]).read_text())
+    label = next(i["label"] for i in pulled.items if (tmp_path / "pulled" / i["label"]).read_text())
     (tmp_path / "pulled" / label).write_text("0 0.5 0.5 0.1 0.1\n7 0.5 0.5 0.1 0.1\n")
-    with pytest.raises(DatasetError, match="class id 7 out of range") as e:
+    with pytest.raises(DatasetError, match=r"class id 7 out of range 0\.\.1 \(classes: \['scratch', 'bent'\]\)") as e:
         validate_and_split(tmp_path / "pulled", tmp_path / "bad")
     assert (e.value.file, e.value.line) == (label, 2)
     assert not (tmp_path / "bad").exists()
+    # The same parser as for an export: a non-finite number is refused by the parser, file and line named.
+    (tmp_path / "pulled" / label).write_text("0 0.5 0.5 0.1 0.1\n0 nan 0.5 0.1 0.1\n")
+    with pytest.raises(DatasetError, match="non-finite coordinate in '0 nan 0.5 0.1 0.1'") as e:
+        validate_and_split(tmp_path / "pulled", tmp_path / "bad")
+    assert (e.value.file, e.value.line) == (label, 2)

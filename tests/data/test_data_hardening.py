@@ -17,7 +17,7 @@ import pytest
 
 from components.data import DatasetError, import_dataset
 from components.data.formats import read_export
-from components.data.importer import clean_stale_temp
+from components.data.staging import clean_stale_temp
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -158,10 +158,10 @@ def test_two_imports_into_the_same_new_out_cannot_both_succeed(small_export, tmp
 
 def test_the_commit_refuses_an_out_filled_meanwhile(small_export, tmp_path, monkeypatch):
     """Deterministic form of the race: another import fills --out between check and commit."""
-    import components.data.importer as importer
+    import components.data.staging as staging
 
     out = tmp_path / "out"
-    real_commit = importer._commit
+    real_commit = staging.commit
 
     def racing_commit(stage, out_dir, overwrite):
         if out_dir == out.resolve():
@@ -169,7 +169,7 @@ def test_the_commit_refuses_an_out_filled_meanwhile(small_export, tmp_path, monk
             (out_dir / "manifest.json").write_text("{}")  # the other import's result
         return real_commit(stage, out_dir, overwrite)
 
-    monkeypatch.setattr(importer, "_commit", racing_commit)
+    monkeypatch.setattr(staging, "commit", racing_commit)
     with pytest.raises(DatasetError, match="filled by another import"):
         import_dataset(small_export, out)
     assert (out / "manifest.json").read_text() == "{}"  # the other result stands
@@ -179,12 +179,13 @@ def test_the_commit_refuses_an_out_filled_meanwhile(small_export, tmp_path, monk
 _KILLED_IMPORT = r"""
 import sys, time
 from pathlib import Path
+import components.data.convert as convert
 import components.data.importer as importer
-real = importer._write_normalized
+real = convert._write_normalized
 def slow(*a, **kw):
     print("staging", flush=True)
     time.sleep(60)
-importer._write_normalized = slow
+convert._write_normalized = slow
 importer.import_dataset(sys.argv[1], Path(sys.argv[2]))
 """
 
@@ -224,7 +225,7 @@ def test_a_label_file_without_an_image_is_a_qa_warning(export_copy, tmp_path):
     report = json.loads((tmp_path / "out" / "qa_report.json").read_text())
     assert report["orphan_labels"] == ["obj_train_data/orphan_999.txt"]
     assert any("belong to no image" in w and "orphan_999.txt" in w for w in report["warnings"])
-    assert manifest["counts"]  # the import itself succeeded
+    assert manifest.counts  # the import itself succeeded
 
 
 def _png_header(width: int, height: int) -> bytes:

@@ -44,13 +44,13 @@ def test_upload_then_skip_existing(local_stack, bucket, small_export, tmp_path):
     s3 = local_stack.s3
     m = import_dataset(small_export, tmp_path / "ds")
     uri = upload_dataset(s3, bucket, tmp_path / "ds")
-    prefix = f"datasets/{m['dataset_id']}/"
+    prefix = f"datasets/{m.dataset_id}/"
     assert uri == f"s3://{bucket}/{prefix}"
     first = _keys(s3, bucket, prefix)
-    assert set(first) == {prefix + k for k in m["files"]} | {
+    assert set(first) == {prefix + k for k in m.files} | {
         prefix + n for n in ("manifest.json", "qa_report.json", "qa_report.png")
     }
-    one = sorted(m["files"])[0]
+    one = sorted(m.files)[0]
     body = s3.get_object(Bucket=bucket, Key=prefix + one)["Body"].read()
     assert body == (tmp_path / "ds" / one).read_bytes()
     # A second upload writes only what is missing ...
@@ -78,8 +78,8 @@ def test_import_from_s3_archive(local_stack, bucket, small_export, tmp_path):
     s3.upload_file(archive, bucket, "exports/task-7.zip")
     m = import_dataset(f"s3://{bucket}/exports/task-7.zip", tmp_path / "ds", s3_client=s3)
     local = import_dataset(small_export, tmp_path / "local")
-    assert m["dataset_id"] == local["dataset_id"]
-    assert m["source"]["uri"] == f"s3://{bucket}/exports/task-7.zip" and len(m["source"]["sha256"]) == 64
+    assert m.dataset_id == local.dataset_id
+    assert m.source["uri"] == f"s3://{bucket}/exports/task-7.zip" and len(m.source["sha256"]) == 64
     with pytest.raises(DatasetError, match="no such object"):
         import_dataset(f"s3://{bucket}/exports/missing.zip", tmp_path / "ds2", s3_client=s3)
     assert not (tmp_path / "ds2").exists()

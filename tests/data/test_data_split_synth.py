@@ -77,7 +77,7 @@ def test_duplicates_stay_in_one_split(export_copy, tmp_path):
     (export_copy / "train.txt").write_text(listing)
     for seed in range(5):
         m = import_dataset(export_copy, tmp_path / f"ds{seed}", seed=seed)
-        split_of = {i["name"]: i["split"] for i in m["items"]}
+        split_of = {i["name"]: i["split"] for i in m.items}
         for p in originals:
             assert split_of[p.name] == split_of[f"dup_{p.name}"]
 

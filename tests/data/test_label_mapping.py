@@ -13,7 +13,7 @@ import pytest
 from cvat_server import Job, Project, Task
 from typer.testing import CliRunner
 
-from components.data import DatasetError, pull_annotations
+from components.data import DatasetError, pull_annotations, read_manifest
 from vinspect.cli import app
 
 runner = CliRunner()
@@ -43,9 +43,9 @@ def _relabel(export, names: list[str]) -> dict[str, int]:
 def _ids_by_name(out, manifest) -> dict[str, int]:
     """Boxes per class name in the written dataset (through the manifest's classes)."""
     counts: dict[str, int] = {}
-    for item in manifest["items"]:
+    for item in manifest.items:
         for line in (out / item["label"]).read_text().splitlines():
-            name = manifest["classes"][int(line.split()[0])]
+            name = manifest.classes[int(line.split()[0])]
             counts[name] = counts.get(name, 0) + 1
     return counts
 
@@ -56,10 +56,10 @@ def test_other_order_and_extra_labels_map_by_name(export_copy, tmp_path):
     first = sorted((export_copy / "obj_train_data").glob("*.txt"))[0]
     first.write_text(first.read_text() + "0 0.5 0.5 0.1 0.1\n")
     m = pull_annotations(export_copy, tmp_path / "ds", map_by_name=True)
-    assert m["classes"] == ["scratch", "bent"]
-    assert m["class_map"] == {"bent": 1, "scratch": 0}
-    assert m["ignored_labels"] == ["dent", "rust"]
-    assert m["ignored_boxes"] == {"dent": 1}
+    assert m.classes == ["scratch", "bent"]
+    assert m.class_map == {"bent": 1, "scratch": 0}
+    assert m.ignored_labels == ["dent", "rust"]
+    assert m.ignored_boxes == {"dent": 1}
     assert _ids_by_name(tmp_path / "ds", m) == before
 
 
@@ -106,8 +106,8 @@ def test_cli_pull_of_a_reordered_project_maps_by_name(reordered_project, tmp_pat
     assert refused.exit_code == 2 and "never renumbered silently" in refused.output
     r = runner.invoke(app, [*args, "--map-by-name"])
     assert r.exit_code == 0, r.output
-    m = json.loads((tmp_path / "ds" / "manifest.json").read_text())
-    assert m["class_map"] == {"bent": 1, "scratch": 0} and m["source_labels"] == ["bent", "dent", "scratch"]
+    m = read_manifest(tmp_path / "ds")
+    assert m.class_map == {"bent": 1, "scratch": 0} and m.source_labels == ["bent", "dent", "scratch"]
     assert json.loads((tmp_path / "ds" / "qa_report.json").read_text())["ignored_labels"] == ["dent"]
     # Task 2's frames: the fixture draws 4 scratches and 4 bent notches on them.
     assert _ids_by_name(tmp_path / "ds", m) == {"scratch": 4, "bent": 4}

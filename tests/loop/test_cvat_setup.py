@@ -7,7 +7,7 @@ import uuid
 
 import numpy as np
 import pytest
-from cvat_server import FakeCVAT, Project
+from cvat_server import Project
 from typer.testing import CliRunner
 
 from components.data import CVATError, DatasetError
@@ -19,14 +19,11 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cvat():
-    server = FakeCVAT()
-    server.polls_before_finish = 1
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+def cvat(cvat):
+    """The shared CVAT test server (tests/loop/conftest.py), answering one 'started' poll per request:
+    the set-up's waits on CVAT's request queue are exercised, not skipped."""
+    cvat.polls_before_finish = 1
+    return cvat
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ import httpx
 import numpy as np
 import pytest
 from cloudevents.v1.conversion import to_binary
-from cvat_server import FakeCVAT
 from typer.testing import CliRunner
 
 from components.data.review_push import frame_name
@@ -47,17 +46,6 @@ TINY = {
     "min_map50": 0.0,
     "min_class_map50": 0.0,
 }
-
-
-@pytest.fixture
-def cvat():
-    server = FakeCVAT()
-    server.polls_before_finish = 0
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 MODEL_TOKEN = "loop-e2e-model-token"

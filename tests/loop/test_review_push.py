@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 
 import numpy as np
 import pytest
-from cvat_server import FakeCVAT
 from typer.testing import CliRunner
 
 from components.data import pull_annotations
@@ -24,17 +23,6 @@ from serving.review import ReviewPolicy, ReviewSelector, ReviewStore, queue_fram
 from vinspect.cli import app
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cvat():
-    server = FakeCVAT()
-    server.polls_before_finish = 0
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -132,8 +120,8 @@ def test_cli_push_then_completed_job_comes_back_through_the_pull(cvat, store, lo
             cvat_poll=0.01,
             cvat_timeout=10,
         )
-    assert m["counts"]["images"]["total"] == 4
-    label_of = {it["name"]: (tmp_path / "ds" / it["label"]).read_text().split()[0] for it in m["items"]}
+    assert m.counts["images"]["total"] == 4
+    label_of = {it["name"]: (tmp_path / "ds" / it["label"]).read_text().split()[0] for it in m.items}
     assert label_of[first.name] == ("1" if lab == "scratch" else "0")
     r = runner.invoke(app, ["review", "push", "--cvat-url", cvat.url])
     assert r.exit_code == 0 and "nothing to push" in r.output

@@ -92,7 +92,7 @@ def stack(local_stack, tmp_path_factory):
             git_revision=None,
             pipeline_run_id=f"run-{name}",
         )
-        promote(client, name, info["version"])
+        promote(client, name, info.version)
         return name, info
 
     return {
@@ -152,24 +152,22 @@ def test_worse_model_on_new_data_is_rejected_against_the_champion_re_evaluated_t
     name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A, metrics={"map50": 0.1, "map50_95": 0.05})
     assert champion_metrics(stack["client"], name, stack["dataset_id"]) is None
 
-    out, gate, report = _evaluate(stack, tmp_path, SHIFTED, model_name=name, version=info["version"])
+    out, gate, report = _evaluate(stack, tmp_path, SHIFTED, model_name=name, version=info.version)
     assert out.gate == "rejected", gate
     assert out.map50 == pytest.approx(1.0, abs=0.01) and out.map50_95 == pytest.approx(0.5, abs=0.05)
     champ = json.loads((report / "champion.json").read_text())
     assert champ["source"] == "re-evaluated" and champ["dataset_id"] == stack["dataset_id"]
-    assert champ["trained_on"] == DATASET_A and champ["s3_uri"] == info["s3_uri"]
+    assert champ["trained_on"] == DATASET_A and champ["s3_uri"] == info.s3_uri
     assert champ["metrics"]["map50_95"] > 0.95
     # Rejected for the regression only: every floor held.
     failed = [c for c in gate["checks"] if not c["ok"]]
     assert [c["check"] for c in failed] == ["no_regression_map50_95"], failed
     assert all(c["ok"] for c in gate["checks"] if not c["check"].startswith("no_regression"))
-    label = f"champion v{info['version']} (re-evaluated on this data)"
+    label = f"champion v{info.version} (re-evaluated on this data)"
     assert out.reasons.startswith(f"map50_95 {out.map50_95:.4f} < {label} {champ['metrics']['map50_95']:.4f}")
 
     # A candidate as good as the champion passes, and the reasons name the comparison made.
-    good, good_gate, _ = _evaluate(
-        stack, tmp_path / "good", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"]
-    )
+    good, good_gate, _ = _evaluate(stack, tmp_path / "good", BENT_IN_THE_MIDDLE, model_name=name, version=info.version)
     assert good.gate == "passed", good_gate
     assert f"map50_95 {good.map50_95:.4f} >= {label}" in good.reasons
 
@@ -197,9 +195,9 @@ def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
     )
     assert found.source == RE_EVALUATED and found.metrics["conf"] == 0.25
     # Same thresholds: no download on the fast path; it works even with the ONNX gone from S3.
-    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
+    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info.version}/1/model.onnx")
     found = champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"], model_name=name)
-    assert found.source == RECORDED and found.version == info["version"]
+    assert found.source == RECORDED and found.version == info.version
     assert found.metrics["map50"] == pytest.approx(0.97) and found.metrics["map50_95"] == pytest.approx(0.91)
     # Figures recorded without their thresholds (an older registration), or measured by another
     # detector core, are not trusted either: the fast path is not taken (here the ONNX is gone, so
@@ -209,7 +207,7 @@ def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
         {"map50": 0.97, "map50_95": 0.91, "eval_conf": 0.001, "eval_iou": 0.6, "eval_core": CORE_VERSION - 1},
     ):
         old, old_info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=stack["dataset_id"], metrics=recorded)
-        stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info['version']}/1/model.onnx")
+        stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{old}/{old_info.version}/1/model.onnx")
         with pytest.raises(ChampionUnavailable, match="missing from S3"):
             champion_metrics_on(stack["dataset"], mlflow_client=stack["client"], s3_client=stack["s3"], model_name=old)
     assert (
@@ -226,19 +224,17 @@ def test_champion_on_the_same_data_uses_its_recorded_metrics(stack, tmp_path):
 def test_unfetchable_champion_fails_the_gate_closed_unless_allowed(stack, local_stack, tmp_path, monkeypatch):
     local_stack.apply_env(monkeypatch)
     name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A, metrics={"map50": 0.9, "map50_95": 0.8})
-    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
+    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info.version}/1/model.onnx")
 
     # Even a candidate as good as the champion: without the champion's figures, no verdict.
-    out, gate, report = _evaluate(
-        stack, tmp_path / "strict", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"]
-    )
+    out, gate, report = _evaluate(stack, tmp_path / "strict", BENT_IN_THE_MIDDLE, model_name=name, version=info.version)
     assert out.gate == "rejected", gate
-    assert f"champion v{info['version']}: its ONNX {info['s3_uri']} is missing from S3" in out.reasons
+    assert f"champion v{info.version}: its ONNX {info.s3_uri} is missing from S3" in out.reasons
     assert "set allow_missing_champion" in out.reasons
-    assert json.loads((report / "champion.json").read_text())["version"] == info["version"]
+    assert json.loads((report / "champion.json").read_text())["version"] == info.version
 
     allowed, allowed_gate, _ = _evaluate(
-        stack, tmp_path / "allowed", BENT_IN_THE_MIDDLE, model_name=name, version=info["version"], allow=True
+        stack, tmp_path / "allowed", BENT_IN_THE_MIDDLE, model_name=name, version=info.version, allow=True
     )
     assert allowed.gate == "passed", allowed_gate
     assert "floors only, as allow_missing_champion is set" in allowed.reasons

@@ -24,7 +24,7 @@ from components.registry import (
     rollback,
     undo_move,
 )
-from components.registry.core import TAG_LOCK_EXPIRES, TAG_LOCK_OWNER, lock_name
+from components.registry.aliases import TAG_LOCK_EXPIRES, TAG_LOCK_OWNER, lock_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ROUNDS = 6
@@ -151,7 +151,7 @@ def test_a_dead_holders_lock_expires_and_a_live_one_makes_others_wait(cheap_vers
     mlflow_client.create_registered_model(
         lock_name(model_name), tags={TAG_LOCK_OWNER: "dead:1:x", TAG_LOCK_EXPIRES: f"{time.time() - 1:.3f}"}
     )
-    assert promote(mlflow_client, model_name, "1")["champion"] == "1"
+    assert promote(mlflow_client, model_name, "1").champion == "1"
     # A live holder: others wait, then give up with a message that says what to do.
     with alias_lock(mlflow_client, model_name):
         with pytest.raises(AliasLockTimeout, match="retry later"):

@@ -38,36 +38,36 @@ def test_register_twice_gives_one_version_and_everything_is_recorded(
     first = register(model_name, "run-1", epochs_csv=csv, plots=[plot])
     again = register(model_name, "run-1", epochs_csv=csv, plots=[plot])
     assert again == first
-    assert first["version"] == "1"
-    assert first["s3_uri"] == f"s3://{bucket}/{model_name}/1/1/model.onnx"
-    assert first["storage_uri"] == f"s3://{bucket}/{model_name}/1/"
+    assert first.version == "1"
+    assert first.s3_uri == f"s3://{bucket}/{model_name}/1/1/model.onnx"
+    assert first.storage_uri == f"s3://{bucket}/{model_name}/1/"
     versions = mlflow_client.search_model_versions(f"name = '{model_name}'")
     assert [v.version for v in versions] == ["1"]
 
     mv = mlflow_client.get_model_version(model_name, "1")
-    assert mv.tags["vinspect.s3_uri"] == first["s3_uri"]
+    assert mv.tags["vinspect.s3_uri"] == first.s3_uri
     assert mv.tags["vinspect.pipeline_run_id"] == "run-1"
     rm = mlflow_client.get_registered_model(model_name)
     assert rm.aliases == {"challenger": "1"}
 
-    run = mlflow_client.get_run(first["run_id"])
+    run = mlflow_client.get_run(first.run_id)
     assert run.data.tags["vinspect.git_revision"] == "0123abc"
     assert run.data.tags["mlflow.source.git.commit"] == "0123abc"
     assert run.data.tags["vinspect.dataset_id"] == DATASET_A
     assert run.data.params["epochs"] == "2"
     assert run.data.metrics["mAP50"] == 0.5
-    history = mlflow_client.get_metric_history(first["run_id"], "metrics/mAP50B")
+    history = mlflow_client.get_metric_history(first.run_id, "metrics/mAP50B")
     # Registered twice, but the per-epoch history is logged once.
     assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.4)]
     (dataset_input,) = run.inputs.dataset_inputs
     assert json.loads(dataset_input.dataset.profile)["dataset_id"] == DATASET_A
     assert dataset_input.dataset.digest == DATASET_A[:36]
-    artifacts = {a.path for a in mlflow_client.list_artifacts(first["run_id"], "plots")}
+    artifacts = {a.path for a in mlflow_client.list_artifacts(first.run_id, "plots")}
     assert artifacts == {"plots/results.png"}
 
     import mlflow
 
-    from components.registry.core import _fluent
+    from components.registry.register import _fluent
 
     with _fluent(mlflow_client):
         mlmodel = mlflow.models.get_model_info(mv.source)
@@ -75,7 +75,7 @@ def test_register_twice_gives_one_version_and_everything_is_recorded(
     assert inputs[0]["name"] == "images" and list(inputs[0]["tensor-spec"]["shape"]) == [1, 3, 64, 64]
     assert mlmodel.signature.outputs.to_dict()[0]["name"] == "output0"
     assert mlmodel.flavors["onnx"]["providers"] == ["CPUExecutionProvider"]
-    assert mlmodel.run_id == first["run_id"]
+    assert mlmodel.run_id == first.run_id
 
 
 @pytest.fixture(scope="module")
@@ -95,9 +95,9 @@ def test_s3_holds_every_version_and_new_runs_make_new_versions(three, s3, bucket
     import hashlib
 
     model_name, results = three
-    assert [r["version"] for r in results] == ["1", "2", "3"]
+    assert [r.version for r in results] == ["1", "2", "3"]
     for r in results:
-        key = r["s3_uri"].removeprefix(f"s3://{bucket}/")
+        key = r.s3_uri.removeprefix(f"s3://{bucket}/")
         head = s3.head_object(Bucket=bucket, Key=key)
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert len(body) == head["ContentLength"] > 0
@@ -113,22 +113,21 @@ def test_same_pipeline_run_with_a_different_model_is_a_new_version(register, mod
     first = register(model_name, "run-x")
     other = build_tiny_onnx(tmp_path / "other.onnx", [], tag="different weights")
     second = register(model_name, "run-x", onnx_path=other)
-    assert second["version"] != first["version"]
-    assert second["run_id"] != first["run_id"]
+    assert second.version != first.version
+    assert second.run_id != first.run_id
 
 
 def test_promote_then_rollback_returns_to_the_first_champion(three, mlflow_client):
     model_name, _ = three
     restore_champion(mlflow_client, model_name, None, [])
     assert get_champion(mlflow_client, model_name) is None
-    assert promote(mlflow_client, model_name, "1")["previous"] is None
-    assert promote(mlflow_client, model_name, 2)["previous"] == "1"
-    assert promote(mlflow_client, model_name, "3")["previous"] == "2"
-    assert promote(mlflow_client, model_name, "3")["changed"] is False  # no duplicate history entry
-    assert {"name": model_name, "champion": "2", "rolled_back_from": "3"}.items() <= rollback(
-        mlflow_client, model_name
-    ).items()
-    assert rollback(mlflow_client, model_name)["champion"] == "1"
+    assert promote(mlflow_client, model_name, "1").previous is None
+    assert promote(mlflow_client, model_name, 2).previous == "1"
+    assert promote(mlflow_client, model_name, "3").previous == "2"
+    assert promote(mlflow_client, model_name, "3").changed is False  # no duplicate history entry
+    back = rollback(mlflow_client, model_name)
+    assert (back.name, back.champion, back.rolled_back_from) == (model_name, "2", "3")
+    assert rollback(mlflow_client, model_name).champion == "1"
     assert get_champion(mlflow_client, model_name) == "1"
     with pytest.raises(RegistryError, match="no previous champion"):
         rollback(mlflow_client, model_name)
@@ -217,7 +216,7 @@ def test_an_unchanged_file_is_not_uploaded_again_whatever_the_metadata_case(loca
     import hashlib
     import uuid
 
-    from components.registry.core import _s3_has
+    from components.registry.register import _s3_has
 
     s3 = local_stack.s3
     bucket = local_stack.env["AWS_S3_BUCKET"]
@@ -228,3 +227,11 @@ def test_an_unchanged_file_is_not_uploaded_again_whatever_the_metadata_case(loca
     s3.put_object(Bucket=bucket, Key=key, Body=body, Metadata={"sha256": sha})
     assert _s3_has(s3, bucket, key, sha)
     assert not _s3_has(s3, bucket, key, "0" * 64)
+
+
+def test_registry_errors_derive_from_the_vinspect_root():
+    from components.registry import AliasLockTimeout, RegistryError
+    from vinspect.errors import VinspectError
+
+    assert issubclass(RegistryError, VinspectError) and issubclass(RegistryError, RuntimeError)
+    assert issubclass(AliasLockTimeout, RegistryError)

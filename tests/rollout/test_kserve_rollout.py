@@ -24,7 +24,7 @@ def _deploy(cluster, mlflow_client, model_name, registered, version, **kw):
     target = KServeTarget(
         cluster,
         namespace=NS,
-        storage_uri=registered[version]["storage_uri"],
+        storage_uri=registered[version].storage_uri,
         data_connection="aws-connection-models",
         timeout_s=kw.pop("timeout_s", 5.0),
         poll_s=0.01,

@@ -22,7 +22,7 @@ def versions(register) -> tuple[str, dict[str, dict]]:
     for run, detections in (("run-1", None), ("run-2", []), ("run-3", None)):
         kw = {} if detections is None else {"detections": detections}
         info = register(name, run, **kw)
-        out[info["version"]] = info
+        out[info.version] = info
     assert sorted(out) == ["1", "2", "3"]
     return name, out
 
@@ -78,7 +78,7 @@ def test_rollout_smoke_failure_and_recovery(fresh_aliases, server, golden, mlflo
     bad = _roll_out_local(server, mlflow_client, model_name=name, version="2", smoke=smoke)
     assert bad.status == "rolled_back"
     assert "smoke-testing failed" in bad.reason and "found nothing" in bad.reason
-    assert bad.restore == f"reloaded version 1 from {info['1']['storage_uri']}"
+    assert bad.restore == f"reloaded version 1 from {info['1'].storage_uri}"
     assert _served(server, name) == "1"
     assert get_champion(mlflow_client, name) == "1"
 

@@ -61,8 +61,8 @@ def _step(dataset, model_name, version):
     return rollout(
         SimpleNamespace(path=str(dataset)),
         model_name=model_name,
-        version=version["version"],
-        storage_uri=version["storage_uri"],
+        version=version.version,
+        storage_uri=version.storage_uri,
         serving_mode="raw",
         namespace="vinspect-models",
         inference_service="",

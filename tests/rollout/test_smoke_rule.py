@@ -276,27 +276,27 @@ def test_local_rollout_step_applies_the_rule_and_rolls_back(
     out = rollout(
         SimpleNamespace(path=str(dataset)),
         model_name=name,
-        version=good["version"],
-        storage_uri=good["storage_uri"],
+        version=good.version,
+        storage_uri=good.storage_uri,
         **args,
     )
-    assert out.status == "deployed" and get_champion(mlflow_client, name) == good["version"]
+    assert out.status == "deployed" and get_champion(mlflow_client, name) == good.version
     with pytest.raises(RuntimeError, match=r"rolled back.*found 1 of the 2 expected classes"):
         rollout(
             SimpleNamespace(path=str(dataset)),
             model_name=name,
-            version=bent_only["version"],
-            storage_uri=bent_only["storage_uri"],
+            version=bent_only.version,
+            storage_uri=bent_only.storage_uri,
             **args,
         )
-    assert get_champion(mlflow_client, name) == good["version"]
+    assert get_champion(mlflow_client, name) == good.version
     # The same model passes a rule asking for one class.
     out = rollout(
         SimpleNamespace(path=str(dataset)),
         model_name=name,
-        version=bent_only["version"],
-        storage_uri=bent_only["storage_uri"],
+        version=bent_only.version,
+        storage_uri=bent_only.storage_uri,
         smoke_min_classes=1,
         **args,
     )
-    assert out.status == "deployed" and get_champion(mlflow_client, name) == bent_only["version"]
+    assert out.status == "deployed" and get_champion(mlflow_client, name) == bent_only.version

@@ -60,16 +60,16 @@ def registered(mlflow_client, s3, bucket, tmp_path_factory):
 
 def test_register_stores_every_variant_under_the_version_and_tags_the_choice(registered, mlflow_client, s3, bucket):
     name, info, _ = registered
-    v = info["version"]
+    v = info.version
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix=f"{name}/{v}/")["Contents"]}
     assert keys == {f"{name}/{v}/1/model.onnx"} | {
         f"{name}/{v}/{variant}/1/model.{ext}" for variant in ("fp32", "auto") for ext in ("xml", "bin")
     }
-    assert info["storage_uri"] == f"s3://{bucket}/{name}/{v}/fp32/"
+    assert info.storage_uri == f"s3://{bucket}/{name}/{v}/fp32/"
     tags = mlflow_client.get_model_version(name, v).tags
     assert tags[TAG_VARIANT] == "fp32" and tags[TAG_VARIANT_PRECISION] == "f32"
-    assert tags[TAG_STORAGE_URI] == info["storage_uri"]
-    metrics = mlflow_client.get_run(info["run_id"]).data.metrics
+    assert tags[TAG_STORAGE_URI] == info.storage_uri
+    metrics = mlflow_client.get_run(info.run_id).data.metrics
     assert metrics["variant_fp32_map50_95"] == 0.3 and metrics["variant_fp32_latency_ms"] == 1.0
 
 
@@ -106,16 +106,14 @@ def test_local_rollout_serves_the_chosen_variant(registered, mlflow_client, s3, 
     path = tmp_path / "bent_000.png"
     Image.fromarray(np.full((120, 160, 3), 90, dtype=np.uint8)).save(path)
     repo = ModelRepository(lambda: s3)
-    bucket = info["storage_uri"].split("/")[2]
+    bucket = info.storage_uri.split("/")[2]
     app = create_app(repo, load_on_startup=False, token="variant-test-token", model_roots=[f"s3://{bucket}"])
     with TestClient(app, headers={"Authorization": "Bearer variant-test-token"}) as server:
         smoke = make_v2_smoke([GoldenImage(path, frozenset({"bent"}))], client=server)
-        result = roll_out(
-            LocalServerTarget(server), mlflow_client, model_name=name, version=info["version"], smoke=smoke
-        )
+        result = roll_out(LocalServerTarget(server), mlflow_client, model_name=name, version=info.version, smoke=smoke)
         assert result.status == "deployed", result.reason
         served = repo.get(name)
-        assert served.source.location == info["storage_uri"] + "1/model.xml"
+        assert served.source.location == info.storage_uri + "1/model.xml"
         assert served.engine.backend == "openvino" and served.engine.precision == "f32"
         assert server.get(f"/v2/models/{name}").json()["platform"] == "OpenVINO"
 
@@ -126,18 +124,18 @@ def test_kserve_rollout_points_the_inference_service_at_the_variant(registered, 
     target = KServeTarget(
         kube,
         namespace="vinspect",
-        storage_uri=info["storage_uri"],
+        storage_uri=info.storage_uri,
         data_connection="aws-connection-models",
         timeout_s=5.0,
         poll_s=0.01,
         clock=kube.clock,
         sleep=kube.sleep,
     )  # variant and precision from the version's tags
-    result = roll_out(target, mlflow_client, model_name=name, version=info["version"])
+    result = roll_out(target, mlflow_client, model_name=name, version=info.version)
     assert result.status == "deployed", result.reason
     model = kube.stored("InferenceService", "vinspect", result.service)["spec"]["predictor"]["model"]
     assert model["modelFormat"] == {"name": "openvino_ir", "version": "opset13"}
-    assert model["storage"]["path"] == f"{name}/{info['version']}/fp32/"
+    assert model["storage"]["path"] == f"{name}/{info.version}/fp32/"
     assert model["args"] == ['--plugin_config={"INFERENCE_PRECISION_HINT": "f32"}']
 
 

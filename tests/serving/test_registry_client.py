@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from serving.registry_client import AliasNotFound, RegistryAuth, RegistryError, alias_version, champion_uri
+from serving.registry_client import AliasLookupError, AliasNotFound, RegistryAuth, alias_version, champion_uri
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,9 +50,9 @@ def test_missing_alias_and_model_are_not_found(local_stack, registered):
 
 
 def test_unreachable_or_unset_registry_is_a_clear_error():
-    with pytest.raises(RegistryError, match="failed: ConnectionError"):
+    with pytest.raises(AliasLookupError, match="failed: ConnectionError"):
         alias_version("http://127.0.0.1:9", "m", timeout_s=2)
-    with pytest.raises(RegistryError, match="not an http"):
+    with pytest.raises(AliasLookupError, match="not an http"):
         alias_version("file:///tmp/mlruns", "m")
 
 
@@ -94,7 +94,7 @@ def test_auth_kubernetes_sends_the_service_account_token(monkeypatch, tmp_path):
     token = token_hex(16)
     token_file.write_text(token + "\n")
     assert RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=token_file).token == token
-    with pytest.raises(RegistryError, match="service-account token .* cannot be read"):
+    with pytest.raises(AliasLookupError, match="service-account token .* cannot be read"):
         RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=tmp_path / "absent")
     monkeypatch.delenv("MLFLOW_TRACKING_AUTH")
     assert RegistryAuth.from_settings(MLflowSettings.from_env(), token_file=token_file).token is None
@@ -144,3 +144,10 @@ def test_champion_uri_follows_the_chosen_variant(local_stack, registered):
         assert champion_uri(local_stack.mlflow_uri, name, "models") == (f"s3://models/{name}/3/int8/", "3")
     finally:
         client.set_registered_model_alias(name, "champion", "2")
+
+
+def test_alias_lookup_errors_derive_from_the_vinspect_root():
+    from vinspect.errors import VinspectError
+
+    assert issubclass(AliasLookupError, VinspectError) and issubclass(AliasLookupError, RuntimeError)
+    assert issubclass(AliasNotFound, AliasLookupError)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
+
+if TYPE_CHECKING:
+    from components.data.manifest import Manifest
 
 
 def _fail(exc: Exception) -> None:
@@ -18,9 +21,9 @@ def _classes(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
-def _summary(manifest: dict) -> None:
-    counts = manifest["counts"]
-    typer.echo(f"dataset_id: {manifest['dataset_id']}")
+def _summary(manifest: Manifest) -> None:
+    counts = manifest.counts
+    typer.echo(f"dataset_id: {manifest.dataset_id}")
     typer.echo(f"images: {json.dumps(counts['images'])}")
     typer.echo(f"boxes: {json.dumps(counts['boxes'])}")
 
@@ -34,7 +37,7 @@ def _s3(required: bool):
     return settings
 
 
-def _upload(out: Path, manifest: dict) -> None:
+def _upload(out: Path, manifest: Manifest) -> None:
     from components.data import upload_dataset
 
     settings = _s3(True)

@@ -26,16 +26,6 @@ def _data_yaml(data: Path) -> Path:
     return path
 
 
-def _dataset_id(data_yaml: Path) -> str:
-    manifest = data_yaml.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            return str(json.loads(manifest.read_text()).get("dataset_id") or "")
-        except json.JSONDecodeError:
-            return ""
-    return ""
-
-
 def _json_arg(value: Optional[str], what: str) -> Optional[dict]:
     """A JSON object given inline or as a path to a .json file."""
     if not value:

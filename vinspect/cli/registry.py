@@ -300,9 +300,9 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         try:
             if deploy is Deploy.none:
                 result = promote(client, name, version)
-                if result["changed"]:
-                    console.print(f"champion: {result['previous'] or '-'} -> [green]{version}[/green]")
-                    notify("promoted", name, version, previous_version=result["previous"], target="registry")
+                if result.changed:
+                    console.print(f"champion: {result.previous or '-'} -> [green]{version}[/green]")
+                    notify("promoted", name, version, previous_version=result.previous, target="registry")
                 else:
                     console.print(f"version {version} already is the champion")
                 return
@@ -355,12 +355,12 @@ def register(model_app: typer.Typer, runs_app: typer.Typer) -> None:
         try:
             if deploy is Deploy.none:
                 result = rollback(client, name)
-                console.print(f"champion: {result['rolled_back_from']} -> [green]{result['champion']}[/green]")
+                console.print(f"champion: {result.rolled_back_from} -> [green]{result.champion}[/green]")
                 notify(
                     "rolled_back",
                     name,
-                    result["champion"],
-                    from_version=result["rolled_back_from"],
+                    result.champion,
+                    from_version=result.rolled_back_from,
                     reason="vinspect model rollback",
                     target="registry",
                 )

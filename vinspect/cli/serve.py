@@ -34,17 +34,17 @@ def champion_uri(model_name: str, bucket: str, alias: str = "champion") -> tuple
 
     Raises:
         serving.registry_client.AliasNotFound: No such model or alias.
-        serving.registry_client.RegistryError: Registry unset, unreachable or refusing.
+        serving.registry_client.AliasLookupError: Registry unset, unreachable or refusing.
     """
     import os
 
-    from serving.registry_client import RegistryAuth, RegistryError
+    from serving.registry_client import AliasLookupError, RegistryAuth
     from serving.registry_client import champion_uri as resolve
     from vinspect.settings import MLflowSettings
 
     settings = MLflowSettings.from_env()
     if not settings.tracking_uri:
-        raise RegistryError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
+        raise AliasLookupError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
     return resolve(
         settings.tracking_uri,
         model_name,
@@ -125,11 +125,11 @@ def model(
     if champion:
         if uri:
             raise typer.BadParameter("give either --uri or --champion, not both")
-        from serving.registry_client import RegistryError
+        from serving.registry_client import AliasLookupError
 
         try:
             uri, version = champion_uri(model_name, S3Settings.from_env().bucket)
-        except RegistryError as exc:
+        except AliasLookupError as exc:
             raise typer.BadParameter(f"--champion: {exc}") from None
         typer.echo(f"champion of {model_name} is version {version}: {uri}")
     if champion_if_any and not uri:
