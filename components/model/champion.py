@@ -23,6 +23,8 @@ from typing import Any
 import yaml
 
 from serving.detector import CORE_VERSION
+from vinspect.defaults import EVAL
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,7 @@ RECORDED = "recorded"
 RE_EVALUATED = "re-evaluated"
 
 
-class ChampionUnavailable(RuntimeError):
+class ChampionUnavailable(VinspectError, RuntimeError):
     """A champion exists but its metrics on this data cannot be had (the message says why)."""
 
     def __init__(self, message: str, *, version: str | None = None) -> None:
@@ -137,9 +139,9 @@ def champion_metrics_on(
     s3_client,
     model_name: str,
     version: str | None = None,
-    split: str = "val",
-    conf: float = 0.001,
-    iou: float = 0.6,
+    split: str = EVAL.split,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
     work_dir: Path | None = None,
 ) -> ChampionMetrics | None:
     """The champion's metrics on ``dataset_dir``'s ``split``, comparable with a candidate's.
@@ -175,6 +177,8 @@ def champion_metrics_on(
             classes differ from the dataset's, or the evaluation failed.
         botocore.exceptions.ClientError: S3 errors other than a missing object (access, server).
     """
+    from mlflow.exceptions import MlflowException
+
     from components.registry.core import get_champion, version_info
 
     dataset_dir = Path(dataset_dir)
@@ -182,8 +186,8 @@ def champion_metrics_on(
     if version is None:
         try:
             version = get_champion(mlflow_client, model_name)
-        except Exception as exc:  # a model never registered has no champion
-            if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+        except MlflowException as exc:  # a model never registered has no champion
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             return None
         if version is None:
@@ -191,8 +195,8 @@ def champion_metrics_on(
     version = str(version)
     try:
         info = version_info(mlflow_client, model_name, version)
-    except Exception as exc:
-        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ChampionUnavailable(
                 f"champion v{version} of {model_name!r} no longer exists in the registry", version=version
             ) from None

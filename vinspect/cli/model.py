@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from vinspect.defaults import EVAL, GATE, TRAIN
+
 
 def _fail(exc: Exception, code: int = 2) -> None:
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
@@ -82,15 +84,17 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Path = typer.Argument(..., help="Dataset folder (with data.yaml) or a data.yaml"),
         out: Path = typer.Option(Path("runs"), "--out", help="Run folder; the trainer writes OUT/train[N]/"),
-        model: str = typer.Option("yolo11n.yaml", "--model", help="Model definition (YAML, built offline)"),
+        model: str = typer.Option(TRAIN.model, "--model", help="Model definition (YAML, built offline)"),
         weights: Optional[str] = typer.Option(None, "--weights", help="Initial weights: local .pt or s3://bucket/key"),
-        epochs: int = typer.Option(50, "--epochs", min=1),
-        imgsz: int = typer.Option(320, "--imgsz", help="Input size, a multiple of 32"),
-        batch: int = typer.Option(16, "--batch", min=1),
-        lr0: float = typer.Option(0.01, "--lr0", help="Initial learning rate (ignored with --optimizer auto)"),
-        optimizer: str = typer.Option("SGD", "--optimizer", help="SGD, AdamW, ... or auto (Ultralytics chooses)"),
-        patience: int = typer.Option(20, "--patience"),
-        seed: int = typer.Option(0, "--seed"),
+        epochs: int = typer.Option(TRAIN.epochs, "--epochs", min=1),
+        imgsz: int = typer.Option(TRAIN.imgsz, "--imgsz", help="Input size, a multiple of 32"),
+        batch: int = typer.Option(TRAIN.batch, "--batch", min=1),
+        lr0: float = typer.Option(TRAIN.lr0, "--lr0", help="Initial learning rate (ignored with --optimizer auto)"),
+        optimizer: str = typer.Option(
+            TRAIN.optimizer, "--optimizer", help="SGD, AdamW, ... or auto (Ultralytics chooses)"
+        ),
+        patience: int = typer.Option(TRAIN.patience, "--patience"),
+        seed: int = typer.Option(TRAIN.seed, "--seed"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, 0, 0,1 ... (default: GPU if present)"),
         workers: int = typer.Option(0, "--workers"),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON"),
@@ -148,7 +152,7 @@ def register(app: typer.Typer) -> None:
     def export(
         weights: Path = typer.Argument(..., help="Trained weights (best.pt)"),
         out: Path = typer.Option(Path("model.onnx"), "--out", help="ONNX file to write"),
-        imgsz: int = typer.Option(320, "--imgsz", help="Input size the model was trained at"),
+        imgsz: int = typer.Option(TRAIN.imgsz, "--imgsz", help="Input size the model was trained at"),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (17: read by every OVMS release in OpenShift AI)"),
         dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch/height/width axes"),
         dataset_id: str = typer.Option("", "--dataset-id", help="Dataset id for the metadata"),
@@ -228,19 +232,21 @@ def register(app: typer.Typer) -> None:
             help="OpenVINO precision: f32, bf16, auto (default: the model's declared, "
             "else the runtime's) [VINSPECT_PRECISION]",
         ),
-        split: str = typer.Option("val", "--split"),
+        split: str = typer.Option(EVAL.split, "--split"),
         out: Optional[Path] = typer.Option(
             None, "--out", help="Folder for metrics.json, PR curve and confusion matrix"
         ),
-        conf: float = typer.Option(0.001, "--conf", help="Confidence threshold for mAP"),
-        iou: float = typer.Option(0.6, "--iou", help="NMS IoU threshold"),
+        conf: float = typer.Option(EVAL.conf, "--conf", help="Confidence threshold for mAP"),
+        iou: float = typer.Option(EVAL.iou, "--iou", help="NMS IoU threshold"),
         floors: Optional[str] = typer.Option(
             None, "--floors", help='Gate floors, JSON or file, e.g. \'{"map50": 0.5, "per_class_map50": 0.3}\''
         ),
         champion: Optional[str] = typer.Option(
             None, "--champion", help="Champion metrics (JSON or file) on the same data"
         ),
-        max_regression: float = typer.Option(0.02, "--max-regression", help="Allowed drop below the champion"),
+        max_regression: float = typer.Option(
+            GATE.max_regression, "--max-regression", help="Allowed drop below the champion"
+        ),
         strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the gate rejects the model"),
         as_json: bool = typer.Option(False, "--json", help="Print metrics (and gate decision) as JSON on stdout"),
     ) -> None:
