@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 COMPARED = ("map50", "map50_95")
 RECORDED = "recorded"
 RE_EVALUATED = "re-evaluated"
+GIVEN = "given"
 
 
 class ChampionUnavailable(VinspectError, RuntimeError):
@@ -49,8 +50,9 @@ class ChampionMetrics:
     Attributes:
         version: The champion's MLflow model version.
         dataset_id: The dataset the metrics were measured on (the candidate's).
-        source: :data:`RECORDED` (logged when the champion was registered on this same dataset)
-            or :data:`RE_EVALUATED` (its ONNX evaluated on this dataset now).
+        source: :data:`RECORDED` (logged when the champion was registered on this same dataset),
+            :data:`RE_EVALUATED` (its ONNX evaluated on this dataset now) or :data:`GIVEN` (figures
+            an operator passed, ``vinspect model evaluate --champion``).
         metrics: ``map50``, ``map50_95``, ``precision``, ``recall`` (and ``per_class`` when
             re-evaluated), as :func:`components.model.evaluate_onnx` returns them.
         trained_on: The dataset the champion was trained on.
@@ -67,6 +69,8 @@ class ChampionMetrics:
     @property
     def label(self) -> str:
         """How the gate names this champion in its reasons."""
+        if self.source == GIVEN:
+            return "champion"
         how = "recorded" if self.source == RECORDED else "re-evaluated"
         return f"champion v{self.version} ({how} on this data)"
 
