@@ -108,3 +108,14 @@ def test_bad_option_combinations_are_usage_errors(args):
 
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2 and "not both" in result.output
+
+
+def test_a_missing_setting_is_one_line_and_exit_1(monkeypatch, tmp_path):
+    from vinspect.cli import app
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("VINSPECT_HOME", str(tmp_path / "no-stack"))
+    monkeypatch.setenv("VINSPECT_DOTENV", "")
+    result = CliRunner().invoke(app, ["model", "list"])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: MLFLOW_TRACKING_URI is not set: run `vinspect local up`")
