@@ -112,18 +112,24 @@ class GateDefaults:
 
 @dataclass(frozen=True)
 class ServeDefaults:
-    """Serving thresholds (``serving.detector``).
+    """Serving thresholds.
 
     Attributes:
-        conf: Confidence threshold of a served detection.
-        iou: NMS IoU threshold.
+        conf: Confidence threshold of the detector core (``serving.detector``), as the model server,
+            the export's parity check and the rollout's smoke test use it.
+        iou: NMS IoU threshold of the detector core.
         imgsz: Input size assumed for a model that declares none (no metadata, dynamic input);
             every model vinspect exports records its own.
+        inspect_conf: Confidence threshold of the image processor's inspection on the line (the
+            original demo's), which the drift reference is computed at too.
+        inspect_iou: NMS IoU threshold of the inspection.
     """
 
     conf: float = 0.25
     iou: float = 0.45
     imgsz: int = 320
+    inspect_conf: float = 0.2
+    inspect_iou: float = 0.4
 
 
 TRAIN = TrainDefaults()

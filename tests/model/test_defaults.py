@@ -83,3 +83,14 @@ def test_evaluation_gate_and_serving_defaults_have_one_source():
     assert (parity["conf"].default, parity["iou"].default) == (SERVE.conf, SERVE.iou) == (0.25, 0.45)
     assert (det["conf"].default, det["iou"].default) == (SERVE.conf, SERVE.iou)
     assert detector.DEFAULT_IMGSZ == SERVE.imgsz
+
+
+def test_the_line_inspection_thresholds_have_one_source():
+    from serving import drift
+    from serving.processor import InspectConfig
+
+    cli = _cli_defaults("serve", "processor")
+    ref = inspect.signature(drift.compute_reference_for_dataset).parameters
+    assert (SERVE.inspect_conf, SERVE.inspect_iou) == (0.2, 0.4)
+    assert (InspectConfig().conf, InspectConfig().iou) == (SERVE.inspect_conf, SERVE.inspect_iou)
+    assert (cli["conf"], cli["iou"]) == (ref["conf"].default, ref["iou"].default) == (0.2, 0.4)
