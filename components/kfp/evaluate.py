@@ -95,7 +95,10 @@ def evaluate(
         metrics = evaluate_onnx(
             Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report, conf=conf, iou=iou
         )
-    floors = {"map50": min_map50, "map50_95": min_map50_95, "per_class_map50": min_class_map50}
+    from vinspect.defaults import GATE, override
+
+    # The run's floors over the one set of gate defaults (types checked, as every override is).
+    floors = override(GATE, min_map50=min_map50, min_map50_95=min_map50_95, min_class_map50=min_class_map50).floors()
     champion = None
     if champion_version:
         from functools import partial
