@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from components.kfp.outcome import OUTCOME_ENV
+from vinspect.errors import VinspectError
 
 
-class LocalRunError(RuntimeError):
+class LocalRunError(VinspectError, RuntimeError):
     """The local run could not start or a step failed (the message names the step)."""
 
 

@@ -4,6 +4,12 @@ import difflib
 import json
 from typing import Any
 
+from vinspect.errors import VinspectError
+
+
+class ParameterError(VinspectError, ValueError):
+    """A ``key=value`` pipeline parameter that is malformed, unknown or of the wrong type."""
+
 
 def _bool(text: str) -> bool:
     value = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}.get(text.lower())
@@ -49,7 +55,7 @@ def parse_params(pairs: list[str], known: dict[str, dict[str, Any]] | None = Non
         ``{name: value}`` with each value of its parameter's type.
 
     Raises:
-        ValueError: Malformed pair, unknown parameter (with the closest name), or a value of the
+        ParameterError: Malformed pair, unknown parameter (with the closest name), or a value of the
             wrong type.
     """
     known = pipeline_parameters() if known is None else known
@@ -58,10 +64,10 @@ def parse_params(pairs: list[str], known: dict[str, dict[str, Any]] | None = Non
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key:
-            raise ValueError(f"parameter {pair!r}: expected key=value")
+            raise ParameterError(f"parameter {pair!r}: expected key=value")
         if key not in known:
             hint = difflib.get_close_matches(key, list(known), n=1)
-            raise ValueError(
+            raise ParameterError(
                 f"unknown pipeline parameter {key!r}"
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + " (see `vinspect pipeline params`)"
@@ -70,5 +76,5 @@ def parse_params(pairs: list[str], known: dict[str, dict[str, Any]] | None = Non
         try:
             out[key] = _PARSERS.get(kind, str)(raw)
         except (ValueError, json.JSONDecodeError):
-            raise ValueError(f"parameter {key}={raw!r}: not a valid {getattr(kind, '__name__', kind)}") from None
+            raise ParameterError(f"parameter {key}={raw!r}: not a valid {getattr(kind, '__name__', kind)}") from None
     return out

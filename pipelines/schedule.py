@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.submit import DEFAULT_EXPERIMENT, Submission, SubmitError, _compile, _describe, make_client, upload
 from pipelines.training import PIPELINE_NAME, SecretNames
+from vinspect.errors import VinspectError
 
 # (name, lowest, highest) of each KFP cron field (robfig/cron with seconds).
 _FIELDS = (
@@ -31,7 +32,7 @@ _NAMES = {
 _DESCRIPTORS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 
 
-class CronError(ValueError):
+class CronError(VinspectError, ValueError):
     """A cron expression KFP would not accept; the message shows the fix."""
 
 
@@ -158,7 +159,7 @@ def schedule(
                 version_id=version_id,
                 service_account=service_account,
             )
-        except Exception as exc:
+        except Exception as exc:  # the KFP SDK raises ApiException, urllib3 and token errors: all SubmitError
             raise SubmitError(_describe(exc, client)) from exc
     return Submission(
         pipeline_id, version_id, exp.experiment_id, recurring_run_id=job.recurring_run_id, arguments=arguments

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.training import PIPELINE_NAME, SecretNames
+from vinspect.errors import VinspectError
 
 SA_TOKEN = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
 SA_SERVICE_CA = Path("/var/run/secrets/kubernetes.io/serviceaccount/service-ca.crt")
 DEFAULT_EXPERIMENT = "vinspect"
 
 
-class SubmitError(RuntimeError):
+class SubmitError(VinspectError, RuntimeError):
     """Submitting or scheduling failed; the message says what to check."""
 
 
@@ -359,7 +360,7 @@ def submit(
                 version_id=version_id,
                 service_account=service_account,
             )
-        except Exception as exc:
+        except Exception as exc:  # the KFP SDK raises ApiException, urllib3 and token errors: all SubmitError
             raise SubmitError(_describe(exc, client)) from exc
     return Submission(
         pipeline_id,

@@ -23,6 +23,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from vinspect.defaults import EVAL, GATE, TRAIN
+
 PIPELINE_NAME = "vinspect-training"
 DEFAULT_ACCELERATOR = "nvidia.com/gpu"
 UNCHANGED_DETAIL = (
@@ -164,14 +166,14 @@ def build_training_pipeline(
         split_seed: int = 0,
         model_name: str = "metal-nut",
         skip_if_unchanged: bool = False,
-        model_yaml: str = "yolo11n.yaml",
+        model_yaml: str = TRAIN.model,
         init_weights: str = "",
-        epochs: int = 50,
-        imgsz: int = 640,  # as the original demo: thin scratches on 700 px nuts need it; the GPU node can
-        batch: int = 16,
-        lr0: float = 0.01,
-        patience: int = 20,
-        seed: int = 0,
+        epochs: int = TRAIN.epochs,
+        imgsz: int = TRAIN.imgsz,
+        batch: int = TRAIN.batch,
+        lr0: float = TRAIN.lr0,
+        patience: int = TRAIN.patience,
+        seed: int = TRAIN.seed,
         workers: int = 2,
         gpu_tolerations: list = DEFAULT_GPU_TOLERATIONS,
         gpu_node_selector: dict = {},
@@ -179,14 +181,14 @@ def build_training_pipeline(
         parity_atol: float = 1e-3,
         parity_images: int = 4,
         calibration_images: int = 300,
-        variant_tolerance: float = 0.01,
-        eval_conf: float = 0.001,
-        eval_iou: float = 0.6,
-        min_map50: float = 0.5,
-        min_map50_95: float = 0.0,
-        min_class_map50: float = 0.3,
-        max_regression: float = 0.02,
-        allow_missing_champion: bool = False,
+        variant_tolerance: float = GATE.variant_tolerance,
+        eval_conf: float = EVAL.conf,
+        eval_iou: float = EVAL.iou,
+        min_map50: float = GATE.min_map50,
+        min_map50_95: float = GATE.min_map50_95,
+        min_class_map50: float = GATE.min_class_map50,
+        max_regression: float = GATE.max_regression,
+        allow_missing_champion: bool = GATE.allow_missing_champion,
         serving_mode: str = "raw",
         serving_namespace: str = "vinspect-models",
         inference_service: str = "",

@@ -38,10 +38,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vinspect.defaults import SERVE
+
 CLASS_NAMES: tuple[str, ...] = ("scratch", "bent")
 """Default class names, index = class id (the demo's ``obj.names``)."""
 
-DEFAULT_IMGSZ = 320
+DEFAULT_IMGSZ = SERVE.imgsz
 PAD_VALUE = 114
 
 CORE_VERSION = 3
@@ -418,7 +420,7 @@ def nms(
     boxes: np.ndarray,
     scores: np.ndarray,
     class_ids: np.ndarray,
-    iou_threshold: float = 0.45,
+    iou_threshold: float = SERVE.iou,
     max_det: int = MAX_DETECTIONS,
 ) -> np.ndarray:
     """Class-aware non-maximum suppression.
@@ -519,8 +521,8 @@ def postprocess(
     output: np.ndarray,
     info: LetterboxInfo,
     orig_shape: tuple[int, int] | None = None,
-    conf: float = 0.25,
-    iou: float = 0.45,
+    conf: float = SERVE.conf,
+    iou: float = SERVE.iou,
     names: Sequence[str] | Mapping[Any, str] = CLASS_NAMES,
     max_det: int = MAX_DETECTIONS,
 ) -> list[Detection]:
@@ -1048,8 +1050,8 @@ class Detector:
     def __init__(
         self,
         path_or_session: str | Path | Any | None,
-        conf: float = 0.25,
-        iou: float = 0.45,
+        conf: float = SERVE.conf,
+        iou: float = SERVE.iou,
         *,
         names: Sequence[str] | Mapping[Any, str] | None = None,
         imgsz: int | Sequence[int] | None = None,

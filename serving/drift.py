@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vinspect.defaults import SERVE
+
 SCHEMA = "vinspect.drift-reference/v1"
 REFERENCE_FILE = "drift-reference.json"
 SERVED_FOLDER = "serving"
@@ -340,8 +342,8 @@ def compute_reference_for_dataset(
     dataset_dir: str | Path,
     *,
     split: str = "val",
-    conf: float = 0.2,
-    iou: float = 0.4,
+    conf: float = SERVE.inspect_conf,
+    iou: float = SERVE.inspect_iou,
     model: Mapping[str, Any] | None = None,
     detector_factory: Callable[..., Any] | None = None,
 ) -> dict[str, Any]:

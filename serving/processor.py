@@ -62,6 +62,7 @@ from serving.model_client import (
     ModelRequestRejected,
     ModelUnavailable,
 )
+from vinspect.defaults import SERVE
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,8 @@ class ProcessorMetrics:
 class InspectConfig:
     """Knobs of the inspection (defaults: the original demo's conf 0.2 / IoU 0.4)."""
 
-    conf: float = 0.2
-    iou: float = 0.4
+    conf: float = SERVE.inspect_conf
+    iou: float = SERVE.inspect_iou
     names: tuple[str, ...] = det.CLASS_NAMES
     imgsz: tuple[int, int] | None = None  # None: from the model's input shape
     annotate: bool = True

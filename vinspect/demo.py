@@ -19,7 +19,7 @@ from pathlib import Path
 
 import typer
 
-from vinspect.local import StackConfig, StackError, start_service, up
+from vinspect.local import StackConfig, start_service, up
 
 _PORTS = {"model-server": 8080, "processor": 8081, "dashboard": 8088}
 
@@ -56,18 +56,18 @@ def run_demo(
     min_class_map50: float | None = None,
     smoke_min_classes: int | None = None,
 ) -> int:
-    """Run the demo; returns the process exit code."""
+    """Run the demo; returns the process exit code.
+
+    Raises:
+        StackError: A service would not start (the CLI prints it and exits 1).
+    """
     from vinspect.cli.local import print_status
     from vinspect.settings import MLflowSettings
 
     cfg = StackConfig.from_env(state=state)
     os.environ["VINSPECT_HOME"] = str(cfg.state)
     _say("local stack")
-    try:
-        env = up(cfg, log=lambda m: typer.echo(m, err=True))
-    except StackError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        return 1
+    env = up(cfg, log=lambda m: typer.echo(m, err=True))  # StackError: reported by the CLI (exit 1)
     if not env.get("VINSPECT_MODEL_TOKEN"):
         # The model server's repository API (the rollout's load) needs a bearer token. A stack
         # that generates one keeps it in stack.env; otherwise this demo makes one for the model
@@ -91,29 +91,25 @@ def run_demo(
 
     ports = {name: _port(name) for name in _PORTS}
     model_url = f"http://127.0.0.1:{ports['model-server']}"
-    try:
-        _say(f"model server on {model_url}")
-        start_service(
-            cfg,
-            "model-server",
-            _vinspect(
-                "serve",
-                "model",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports["model-server"]),
-                "--name",
-                model_name,
-                "--champion-if-any",
-                "--no-spin",
-            ),
-            ready=lambda: _get(f"{model_url}/v2/health/live"),
-            port=ports["model-server"],
-        )
-    except StackError as exc:
-        typer.secho(f"error: {exc}", fg="red", err=True)
-        return 1
+    _say(f"model server on {model_url}")
+    start_service(
+        cfg,
+        "model-server",
+        _vinspect(
+            "serve",
+            "model",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(ports["model-server"]),
+            "--name",
+            model_name,
+            "--champion-if-any",
+            "--no-spin",
+        ),
+        ready=lambda: _get(f"{model_url}/v2/health/live"),
+        port=ports["model-server"],
+    )
 
     from pipelines.local import LocalRunError, run_local
 
@@ -140,46 +136,42 @@ def run_demo(
     if runtime:
         processor_health = f"http://127.0.0.1:{ports['processor']}"
         dashboard = f"http://127.0.0.1:{ports['dashboard']}"
-        try:
-            _say("image processor (Kafka loop)")
-            start_service(
-                cfg,
-                "processor",
-                _vinspect(
-                    "serve", "processor", "--mode", "kafka", "--host", "127.0.0.1", "--port", str(ports["processor"])
-                ),
-                ready=lambda: _get(f"{processor_health}/healthz"),
-                env={"VINSPECT_MODEL_URL": model_url, "VINSPECT_MODEL_NAME": model_name},
-                port=ports["processor"],
-            )
-            _say("dashboard")
-            start_service(
-                cfg,
-                "dashboard",
-                _vinspect("serve", "dashboard", "--host", "127.0.0.1", "--port", str(ports["dashboard"])),
-                ready=lambda: _get(f"{dashboard}/"),
-                port=ports["dashboard"],
-            )
-            _say("camera (streams the dataset's images, two cameras, 1 frame/s each)")
-            start_service(
-                cfg,
+        _say("image processor (Kafka loop)")
+        start_service(
+            cfg,
+            "processor",
+            _vinspect(
+                "serve", "processor", "--mode", "kafka", "--host", "127.0.0.1", "--port", str(ports["processor"])
+            ),
+            ready=lambda: _get(f"{processor_health}/healthz"),
+            env={"VINSPECT_MODEL_URL": model_url, "VINSPECT_MODEL_NAME": model_name},
+            port=ports["processor"],
+        )
+        _say("dashboard")
+        start_service(
+            cfg,
+            "dashboard",
+            _vinspect("serve", "dashboard", "--host", "127.0.0.1", "--port", str(ports["dashboard"])),
+            ready=lambda: _get(f"{dashboard}/"),
+            port=ports["dashboard"],
+        )
+        _say("camera (streams the dataset's images, two cameras, 1 frame/s each)")
+        start_service(
+            cfg,
+            "camera",
+            _vinspect(
+                "serve",
                 "camera",
-                _vinspect(
-                    "serve",
-                    "camera",
-                    data if Path(data).exists() else "synthetic",
-                    "--cameras",
-                    "2",
-                    "--fps",
-                    "1",
-                    "--loop",
-                    "--shuffle",
-                ),
-                ready=lambda: None,
-            )
-        except StackError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            return 1
+                data if Path(data).exists() else "synthetic",
+                "--cameras",
+                "2",
+                "--fps",
+                "1",
+                "--loop",
+                "--shuffle",
+            ),
+            ready=lambda: None,
+        )
         urls["dashboard"] = dashboard
         urls["processor metrics"] = f"{processor_health}/metrics"
 

@@ -44,6 +44,8 @@ import logging
 import struct
 from dataclasses import dataclass, field
 
+from vinspect.errors import VinspectError
+
 log = logging.getLogger("vinspect.kafka_front")
 
 LIST_OFFSETS = 2
@@ -57,7 +59,7 @@ _FETCH_VERSION = 5  # first Fetch version whose response has log_start_offset; n
 _CLIENT_ID = b"vinspect-kafka-front"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(VinspectError, ValueError):
     """A frame that does not parse as the message its header says it is."""
 
 

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from vinspect.errors import VinspectError
 from vinspect.settings import DLQ_TOPIC, IMAGES_TOPIC, RESULTS_TOPIC, state_dir
 
 SERVICES = ("s3", "mlflow", "tansu", "kafka")
@@ -54,7 +55,7 @@ HOST = "127.0.0.1"
 LAYOUT = 2  # 1: moto (objects in memory) and tansu on memory://; 2: everything on disk
 
 
-class StackError(RuntimeError):
+class StackError(VinspectError, RuntimeError):
     """A local stack operation failed; the message says what to do next."""
 
 

@@ -18,9 +18,15 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vinspect.errors import VinspectError
+
 IMAGES_TOPIC = "visual-inspection-images"
 RESULTS_TOPIC = "visual-inspection-results"
 DLQ_TOPIC = "visual-inspection-dlq"
+
+
+class SettingsError(VinspectError, RuntimeError):
+    """A setting an entry point needs is missing (the message names the variable and how to set it)."""
 
 
 def state_dir() -> Path:
@@ -124,7 +130,7 @@ class MLflowSettings(_Base):
         from mlflow.tracking import MlflowClient
 
         if not self.tracking_uri:
-            raise RuntimeError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
+            raise SettingsError("MLFLOW_TRACKING_URI is not set: run `vinspect local up` or export it (see README)")
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
 

@@ -67,7 +67,7 @@ def evaluate(
     from collections import namedtuple
     from pathlib import Path
 
-    from components.model import choose_variant, decide_gate, evaluate_onnx, evaluate_variants
+    from components.model import EvalMetrics, choose_variant, evaluate_onnx, evaluate_variants, gate_model
 
     report = Path(eval_report.path)
     report.mkdir(parents=True, exist_ok=True)
@@ -95,39 +95,45 @@ def evaluate(
         metrics = evaluate_onnx(
             Path(onnx_model.path), Path(dataset.path), split="val", out_dir=report, conf=conf, iou=iou
         )
-    floors = {"map50": min_map50, "map50_95": min_map50_95, "per_class_map50": min_class_map50}
-    champion, label, unavailable = None, "champion", None
+    from vinspect.defaults import GATE, override
+
+    # The run's floors over the one set of gate defaults (types checked, as every override is).
+    floors = override(GATE, min_map50=min_map50, min_map50_95=min_map50_95, min_class_map50=min_class_map50).floors()
+    champion = None
     if champion_version:
-        from components.model.champion import ChampionUnavailable, champion_metrics_on
+        from functools import partial
+
+        from components.model.champion import champion_metrics_on
         from vinspect.settings import MLflowSettings, S3Settings
 
-        try:
-            found = champion_metrics_on(
-                Path(dataset.path),
-                mlflow_client=MLflowSettings.from_env().client(),
-                s3_client=S3Settings.from_env().client(),
-                model_name=model_name,
-                version=champion_version,
-                split="val",
-                conf=conf,
-                iou=iou,
-            )
-        except ChampionUnavailable as exc:
-            unavailable = str(exc)
-            (report / "champion.json").write_text(json.dumps({"version": champion_version, "unavailable": unavailable}))
-        else:
-            champion, label = found.metrics, found.label
-            (report / "champion.json").write_text(json.dumps(found.to_dict(), indent=2, sort_keys=True, default=str))
-            print(f"{label}: mAP50 {champion.get('map50') or 0.0:.4f}, mAP50-95 {champion.get('map50_95') or 0.0:.4f}")
-    decision = decide_gate(
-        metrics,
+        # Re-evaluated on this split (or its figures recorded on this very dataset, same thresholds).
+        champion = partial(
+            champion_metrics_on,
+            Path(dataset.path),
+            mlflow_client=MLflowSettings.from_env().client(),
+            s3_client=S3Settings.from_env().client(),
+            model_name=model_name,
+            version=champion_version,
+            split="val",
+            conf=conf,
+            iou=iou,
+        )
+    result = gate_model(
+        EvalMetrics.from_dict(metrics),
         floors=floors,
         champion=champion,
         max_regression=max_regression,
-        champion_label=label,
-        champion_unavailable=unavailable,
         allow_missing_champion=allow_missing_champion,
-    ).to_dict()
+    )
+    if result.champion_unavailable is not None:
+        unavailable = result.champion_unavailable
+        (report / "champion.json").write_text(json.dumps({"version": champion_version, "unavailable": unavailable}))
+    elif result.champion is not None:
+        found = result.champion
+        (report / "champion.json").write_text(json.dumps(found.to_dict(), indent=2, sort_keys=True, default=str))
+        figures = found.metrics
+        print(f"{found.label}: mAP50 {figures.get('map50') or 0.0:.4f}, mAP50-95 {figures.get('map50_95') or 0.0:.4f}")
+    decision = result.decision.to_dict()
 
     # Flat, numeric figures: what the registry logs on the MLflow run and the gate later
     # compares a challenger against.

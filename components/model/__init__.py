@@ -14,14 +14,27 @@ from components.model.export import (
     parity_check,
     read_variants,
 )
-from components.model.gate import DEFAULT_FLOORS, GateDecision, VariantChoice, choose_variant, decide_gate
+from components.model.gate import (
+    DEFAULT_FLOORS,
+    EvalMetrics,
+    GateDecision,
+    GateError,
+    GateResult,
+    VariantChoice,
+    choose_variant,
+    decide_gate,
+    gate_model,
+)
 from components.model.train import TrainResult, train_model
 
 __all__ = [
     "DEFAULT_ATOL",
     "DEFAULT_FLOORS",
     "DEFAULT_OPSET",
+    "EvalMetrics",
     "GateDecision",
+    "GateError",
+    "GateResult",
     "VariantChoice",
     "choose_variant",
     "evaluate_variants",
@@ -33,6 +46,7 @@ __all__ = [
     "decide_gate",
     "evaluate_onnx",
     "export_onnx",
+    "gate_model",
     "match_predictions",
     "parity_check",
     "train_model",

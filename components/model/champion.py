@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 
 from serving.detector import CORE_VERSION
+from vinspect.defaults import EVAL
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +31,10 @@ log = logging.getLogger(__name__)
 COMPARED = ("map50", "map50_95")
 RECORDED = "recorded"
 RE_EVALUATED = "re-evaluated"
+GIVEN = "given"
 
 
-class ChampionUnavailable(RuntimeError):
+class ChampionUnavailable(VinspectError, RuntimeError):
     """A champion exists but its metrics on this data cannot be had (the message says why)."""
 
     def __init__(self, message: str, *, version: str | None = None) -> None:
@@ -46,8 +49,9 @@ class ChampionMetrics:
     Attributes:
         version: The champion's MLflow model version.
         dataset_id: The dataset the metrics were measured on (the candidate's).
-        source: :data:`RECORDED` (logged when the champion was registered on this same dataset)
-            or :data:`RE_EVALUATED` (its ONNX evaluated on this dataset now).
+        source: :data:`RECORDED` (logged when the champion was registered on this same dataset),
+            :data:`RE_EVALUATED` (its ONNX evaluated on this dataset now) or :data:`GIVEN` (figures
+            an operator passed, ``vinspect model evaluate --champion``).
         metrics: ``map50``, ``map50_95``, ``precision``, ``recall`` (and ``per_class`` when
             re-evaluated), as :func:`components.model.evaluate_onnx` returns them.
         trained_on: The dataset the champion was trained on.
@@ -64,6 +68,8 @@ class ChampionMetrics:
     @property
     def label(self) -> str:
         """How the gate names this champion in its reasons."""
+        if self.source == GIVEN:
+            return "champion"
         how = "recorded" if self.source == RECORDED else "re-evaluated"
         return f"champion v{self.version} ({how} on this data)"
 
@@ -123,9 +129,9 @@ def champion_metrics_on(
     s3_client,
     model_name: str,
     version: str | None = None,
-    split: str = "val",
-    conf: float = 0.001,
-    iou: float = 0.6,
+    split: str = EVAL.split,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
     work_dir: Path | None = None,
 ) -> ChampionMetrics | None:
     """The champion's metrics on ``dataset_dir``'s ``split``, comparable with a candidate's.
@@ -161,6 +167,8 @@ def champion_metrics_on(
             classes differ from the dataset's, or the evaluation failed.
         botocore.exceptions.ClientError: S3 errors other than a missing object (access, server).
     """
+    from mlflow.exceptions import MlflowException
+
     from components.data.errors import DatasetError
     from components.data.manifest import read_manifest
     from components.registry.queries import get_champion, version_info
@@ -172,8 +180,8 @@ def champion_metrics_on(
     if version is None:
         try:
             version = get_champion(mlflow_client, model_name)
-        except Exception as exc:  # a model never registered has no champion
-            if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+        except MlflowException as exc:  # a model never registered has no champion
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise
             return None
         if version is None:
@@ -181,8 +189,8 @@ def champion_metrics_on(
     version = str(version)
     try:
         info = version_info(mlflow_client, model_name, version)
-    except Exception as exc:
-        if getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise ChampionUnavailable(
                 f"champion v{version} of {model_name!r} no longer exists in the registry", version=version
             ) from None

@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 from serving import detector as det
+from vinspect.defaults import EVAL, SERVE
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,8 @@ def confusion_matrix(
     gt_boxes: np.ndarray,
     gt_classes: np.ndarray,
     num_classes: int,
-    conf: float = 0.25,
-    iou_threshold: float = 0.45,
+    conf: float = SERVE.conf,
+    iou_threshold: float = SERVE.iou,
     matrix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Accumulate one image into a ``(nc+1, nc+1)`` confusion matrix (rows predicted, columns true).
@@ -375,7 +376,7 @@ def plot_confusion_matrix(matrix: np.ndarray, names: Sequence[str], path: Path) 
                     va="center",
                     color="white" if matrix[i, j] > vmax / 2 else "black",
                 )
-        ax.set_title("Confusion matrix (conf 0.25, IoU 0.45)")
+        ax.set_title(f"Confusion matrix (conf {SERVE.conf:g}, IoU {SERVE.iou:g})")
         return _save(fig, path)
     finally:
         plt.close(fig)
@@ -393,7 +394,7 @@ def _image_size(path: Path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             w, h = im.size
-    except Exception as exc:
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # not an image, truncated, too large
         raise ValueError(f"{path}: unreadable image: {exc}") from exc
     return h, w
 
@@ -402,10 +403,10 @@ def evaluate_onnx(
     onnx_path: Path,
     dataset_dir: Path,
     *,
-    split: str = "val",
+    split: str = EVAL.split,
     out_dir: Path | None = None,
-    conf: float = 0.001,
-    iou: float = 0.6,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
     progress: Callable[[int, int], None] | None = None,
     engine: str | None = None,
     precision: str | None = None,
@@ -578,9 +579,9 @@ def evaluate_variants(
     variants_dir: Path,
     dataset_dir: Path,
     *,
-    split: str = "val",
-    conf: float = 0.001,
-    iou: float = 0.6,
+    split: str = EVAL.split,
+    conf: float = EVAL.conf,
+    iou: float = EVAL.iou,
     latency_runs: int = 20,
     out_dir: Path | None = None,
 ) -> dict[str, dict[str, Any]]:

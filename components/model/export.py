@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from serving import detector as det
+from vinspect.defaults import SERVE
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,7 @@ _INPUT_NAME = "images"
 _OUTPUT_NAME = "output0"
 
 
-class ParityError(RuntimeError):
+class ParityError(VinspectError, RuntimeError):
     """The ONNX model does not reproduce the PyTorch model within tolerance."""
 
 
@@ -202,8 +204,8 @@ def parity_check(
     *,
     imgsz: int,
     atol: float = DEFAULT_ATOL,
-    conf: float = 0.25,
-    iou: float = 0.45,
+    conf: float = SERVE.conf,
+    iou: float = SERVE.iou,
     min_box_iou: float = 0.95,
 ) -> dict[str, Any]:
     """Check that the ONNX model reproduces the PyTorch model on the same input tensors, on both engines.

@@ -1,21 +1,127 @@
 """Quality gate: absolute floors and non-regression against the current champion.
 
-Pure function over metric dicts as :func:`components.model.evaluate_onnx` returns them, so the
-pipeline's ``dsl.If`` branch, the CLI and the tests all decide the same way.
+One gate for every caller: :func:`gate_model` is what the pipeline's evaluate step
+(``components/kfp/evaluate.py``) and ``vinspect model evaluate`` call, with the same inputs (the
+candidate's :class:`EvalMetrics`, the floors, the champion measured on the same data when there is
+one, ``max_regression``) and the same typed result (:class:`GateResult`). :func:`decide_gate` is
+its pure core over metrics already in hand. The defaults come from :data:`vinspect.defaults.GATE`.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+from vinspect.defaults import GATE
+from vinspect.errors import VinspectError
+
+if TYPE_CHECKING:
+    from components.model.champion import ChampionMetrics
 
 METRICS = ("map50", "map50_95", "precision", "recall")
 FLOOR_KEYS = METRICS + tuple(f"per_class_{m}" for m in METRICS)
-DEFAULT_FLOORS: dict[str, float] = {"map50": 0.5, "per_class_map50": 0.3}
+DEFAULT_FLOORS: dict[str, float] = GATE.floors()
 DEFAULT_COMPARE = ("map50", "map50_95")
+
+
+class GateError(VinspectError, ValueError):
+    """The gate was asked something it cannot judge: an unknown floor, a negative tolerance (exit 2)."""
+
+    exit_code = 2
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(x) else x
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class's figures on the evaluated split (``None`` where the class has no ground truth).
+
+    Attributes:
+        map50: AP at IoU 0.5.
+        map50_95: AP averaged over IoU 0.5..0.95.
+        precision: Precision at the confidence of best mean F1.
+        recall: Recall at that confidence.
+        support: Ground-truth boxes of the class in the split (0: the gate cannot judge it).
+    """
+
+    map50: float | None = None
+    map50_95: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    support: int = 0
+
+
+@dataclass(frozen=True)
+class EvalMetrics:
+    """The evaluation figures the gate reads (candidate or champion).
+
+    :func:`components.model.evaluate_onnx` returns them as a JSON-ready dict (what MLflow and the
+    KFP ``Metrics`` output log); :meth:`from_dict` reads that dict, or a champion's recorded flat
+    figures, into this type.
+
+    Attributes:
+        map50: Overall mAP50 (``None`` when not measured).
+        map50_95: Overall mAP50-95.
+        precision: Overall precision.
+        recall: Overall recall.
+        per_class: ``{class name: ClassMetrics}`` (empty for recorded champion figures).
+        eval_dataset_id: The dataset the figures were measured on ("" when unknown).
+    """
+
+    map50: float | None = None
+    map50_95: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    per_class: dict[str, ClassMetrics] = field(default_factory=dict)
+    eval_dataset_id: str = ""
+
+    @classmethod
+    def from_dict(cls, metrics: Mapping[str, Any]) -> EvalMetrics:
+        """Read :func:`components.model.evaluate_onnx`'s dict (or recorded flat figures).
+
+        A value that is not a number (missing, NaN, text) reads as ``None``: the gate then fails
+        the floor on it instead of guessing.
+
+        Raises:
+            GateError: ``per_class`` is not a mapping of class name to figures.
+        """
+        per_class = metrics.get("per_class") or {}
+        if not isinstance(per_class, Mapping) or not all(isinstance(v, Mapping) for v in per_class.values()):
+            raise GateError(f"per_class must map class names to figures, got {type(per_class).__name__}")
+        return cls(
+            **{key: _number(metrics.get(key)) for key in METRICS},
+            per_class={
+                str(name): ClassMetrics(
+                    **{key: _number(stats.get(key)) for key in METRICS}, support=int(_number(stats.get("support")) or 0)
+                )
+                for name, stats in per_class.items()
+            },
+            eval_dataset_id=str(metrics.get("eval_dataset_id") or ""),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+MetricsLike = Union[EvalMetrics, Mapping[str, Any]]
+
+
+def _as_metrics(metrics: MetricsLike) -> EvalMetrics:
+    # A Mapping is accepted for callers that still hold evaluate_onnx's dict
+    # (components/registry/onnx_import.py); it is read once, here.
+    return metrics if isinstance(metrics, EvalMetrics) else EvalMetrics.from_dict(metrics)
 
 
 @dataclass
@@ -37,30 +143,20 @@ class GateDecision:
         return asdict(self)
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(x) else x
-
-
 def _check_floor_keys(floors: Mapping[str, float]) -> None:
     for key in floors:
         if key not in FLOOR_KEYS:
             hint = difflib.get_close_matches(key, FLOOR_KEYS, n=1)
             suggestion = f"; did you mean {hint[0]!r}?" if hint else ""
-            raise ValueError(f"unknown gate floor {key!r} (known: {', '.join(FLOOR_KEYS)}){suggestion}")
+            raise GateError(f"unknown gate floor {key!r} (known: {', '.join(FLOOR_KEYS)}){suggestion}")
 
 
 def decide_gate(
-    metrics: Mapping[str, Any],
+    metrics: MetricsLike,
     *,
     floors: Mapping[str, float] | None = None,
-    champion: Mapping[str, Any] | None = None,
-    max_regression: float = 0.02,
+    champion: MetricsLike | None = None,
+    max_regression: float = GATE.max_regression,
     compare: Sequence[str] = DEFAULT_COMPARE,
     champion_label: str = "champion",
     champion_unavailable: str | None = None,
@@ -69,8 +165,8 @@ def decide_gate(
     """Decide whether a candidate model passes the quality gate.
 
     Args:
-        metrics: Candidate metrics (``map50``, ``map50_95``, ``precision``, ``recall``,
-            ``per_class: {name: {..., "support"}}``, optionally ``eval_dataset_id``).
+        metrics: Candidate metrics (an :class:`EvalMetrics`; a dict as ``evaluate_onnx`` returns
+            it is read with :meth:`EvalMetrics.from_dict`).
         floors: Absolute minimums. Keys: ``map50``, ``map50_95``, ``precision``, ``recall`` for the
             overall figures, ``per_class_<metric>`` for every class with ground truth in the split
             (classes with ``support`` 0 cannot be judged and are skipped). Default
@@ -92,12 +188,15 @@ def decide_gate(
         A :class:`GateDecision`.
 
     Raises:
-        ValueError: For an unknown floor key or a negative ``max_regression``.
+        GateError: For an unknown floor key or a negative ``max_regression`` (a ``ValueError``).
     """
     floors = dict(DEFAULT_FLOORS if floors is None else floors)
     _check_floor_keys(floors)
     if max_regression < 0:
-        raise ValueError(f"max_regression must be >= 0, got {max_regression}")
+        raise GateError(f"max_regression must be >= 0, got {max_regression}")
+    metrics = _as_metrics(metrics)
+    # An empty mapping is "no champion figures", as it always was.
+    champion = None if champion is None or (isinstance(champion, Mapping) and not champion) else _as_metrics(champion)
     checks: list[dict[str, Any]] = []
 
     def add(check: str, value: float | None, threshold: float, ok: bool, text: str) -> None:
@@ -107,13 +206,13 @@ def decide_gate(
         floor = float(floor)
         if key.startswith("per_class_"):
             metric = key[len("per_class_") :]
-            per_class = metrics.get("per_class") or {}
+            per_class = metrics.per_class
             if not per_class:
                 add(key, None, floor, False, f"{key}: the metrics have no per-class figures")
             for name, stats in per_class.items():
-                if int(stats.get("support") or 0) == 0:
+                if stats.support == 0:
                     continue  # no ground truth for this class in the split: nothing to judge
-                value = _number(stats.get(metric))
+                value = getattr(stats, metric)
                 ok = value is not None and value >= floor
                 shown = "missing" if value is None else f"{value:.4f}"
                 add(
@@ -124,13 +223,13 @@ def decide_gate(
                     f"{name} {metric} {shown} {'>=' if ok else '<'} floor {floor:.4f}",
                 )
         else:
-            value = _number(metrics.get(key))
+            value = getattr(metrics, key)
             ok = value is not None and value >= floor
             shown = "missing" if value is None else f"{value:.4f}"
             add(key, value, floor, ok, f"{key} {shown} {'>=' if ok else '<'} floor {floor:.4f}")
 
-    if champion:
-        cand_ds, champ_ds = metrics.get("eval_dataset_id"), champion.get("eval_dataset_id")
+    if champion is not None:
+        cand_ds, champ_ds = metrics.eval_dataset_id, champion.eval_dataset_id
         if cand_ds and champ_ds and cand_ds != champ_ds:
             add(
                 "same_data",
@@ -142,10 +241,10 @@ def decide_gate(
             )
         else:
             for key in compare:
-                base = _number(champion.get(key))
+                base = getattr(champion, key)
                 if base is None:
                     continue  # champion never recorded this figure: nothing to regress against
-                value = _number(metrics.get(key))
+                value = getattr(metrics, key)
                 threshold = base - max_regression
                 ok = value is not None and value >= threshold
                 shown = "missing" if value is None else f"{value:.4f}"
@@ -177,7 +276,87 @@ def decide_gate(
     return GateDecision(passed=passed, reasons=reasons, checks=checks)
 
 
-DEFAULT_VARIANT_TOLERANCE = 0.01
+@dataclass
+class GateResult:
+    """What :func:`gate_model` decided, and against which champion.
+
+    Attributes:
+        decision: The verdict with its reasons and checks.
+        champion: The champion's figures the candidate was compared with (``None``: no champion,
+            or it could not be measured).
+        champion_unavailable: Why a champion that exists could not be measured on this data.
+    """
+
+    decision: GateDecision
+    champion: ChampionMetrics | None = None
+    champion_unavailable: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        """Whether the candidate passed."""
+        return self.decision.passed
+
+    @property
+    def reasons(self) -> list[str]:
+        """The decision's reasons."""
+        return self.decision.reasons
+
+
+ChampionSource = Callable[[], "ChampionMetrics | None"]
+
+
+def gate_model(
+    metrics: EvalMetrics,
+    *,
+    floors: Mapping[str, float] | None = None,
+    champion: ChampionMetrics | ChampionSource | None = None,
+    max_regression: float = GATE.max_regression,
+    allow_missing_champion: bool = GATE.allow_missing_champion,
+) -> GateResult:
+    """The quality gate, as the pipeline and the CLI apply it.
+
+    Args:
+        metrics: The candidate's figures on the evaluation split.
+        floors: Absolute minimums (keys of :data:`FLOOR_KEYS`); default ``GATE.floors()``.
+        champion: The champion measured on the same data: a
+            :class:`~components.model.champion.ChampionMetrics`, or a function that measures it
+            (typically :func:`components.model.champion.champion_metrics_on` with its arguments
+            bound), returning ``None`` when the model has no champion and raising
+            :class:`~components.model.champion.ChampionUnavailable` when it has one that cannot be
+            measured. ``None``: no champion, the floors only.
+        max_regression: Largest allowed drop below the champion.
+        allow_missing_champion: Gate on the floors only when the champion cannot be measured
+            (otherwise the gate fails closed).
+
+    Returns:
+        A :class:`GateResult`.
+
+    Raises:
+        GateError: An unknown floor key or a negative ``max_regression``.
+    """
+    from components.model.champion import ChampionUnavailable
+
+    found, unavailable = None, None
+    if callable(champion):
+        try:
+            found = champion()
+        except ChampionUnavailable as exc:
+            unavailable = str(exc)
+    else:
+        found = champion
+    decision = decide_gate(
+        metrics,
+        floors=floors,
+        champion=EvalMetrics.from_dict(found.metrics) if found is not None else None,
+        max_regression=max_regression,
+        champion_label=found.label if found is not None else "champion",
+        champion_unavailable=unavailable,
+        allow_missing_champion=allow_missing_champion,
+    )
+    return GateResult(decision, found, unavailable)
+
+
+DEFAULT_VARIANT_TOLERANCE = GATE.variant_tolerance
 """Largest mAP50-95 drop below the FP32 variant a faster variant may have (one mAP point)."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vinspect.defaults import TRAIN
+
 log = logging.getLogger(__name__)
 
 # Keys of Ultralytics' results.csv that callers care about, renamed to plain metric names.
@@ -95,6 +97,8 @@ def resolve_weights(weights: str | Path, work_dir: Path, s3_client: Any = None) 
         ValueError: For an ``s3://`` URI without an S3 client, or a malformed URI.
         FileNotFoundError: If a local path or the S3 object does not exist.
     """
+    from botocore.exceptions import ClientError
+
     text = str(weights)
     if text.startswith("s3://"):
         bucket, _, key = text[len("s3://") :].partition("/")
@@ -109,8 +113,8 @@ def resolve_weights(weights: str | Path, work_dir: Path, s3_client: Any = None) 
         try:
             s3_client.download_file(bucket, key, str(tmp))
             tmp.replace(target)
-        except Exception as exc:
-            code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in {"404", "NoSuchKey", "NoSuchBucket"}:
                 raise FileNotFoundError(f"initial weights not found on S3: {text}") from exc
             raise
@@ -137,15 +141,15 @@ def train_model(
     data_yaml: Path,
     out_dir: Path,
     *,
-    model: str = "yolo11n.yaml",
+    model: str = TRAIN.model,
     weights: str | None = None,
-    epochs: int = 50,
-    imgsz: int = 320,
-    batch: int = 16,
-    lr0: float = 0.01,
-    optimizer: str = "SGD",
-    patience: int = 20,
-    seed: int = 0,
+    epochs: int = TRAIN.epochs,
+    imgsz: int = TRAIN.imgsz,
+    batch: int = TRAIN.batch,
+    lr0: float = TRAIN.lr0,
+    optimizer: str = TRAIN.optimizer,
+    patience: int = TRAIN.patience,
+    seed: int = TRAIN.seed,
     device: str | None = None,
     workers: int = 0,
     s3_client: Any = None,

@@ -119,3 +119,52 @@ def test_unavailable_champion_fails_closed_unless_allowed():
         _metrics(map50=0.4), floors=FLOORS, champion=None, champion_unavailable=why, allow_missing_champion=True
     )
     assert low.reasons == ["map50 0.4000 < floor 0.5000"]
+
+
+def test_the_gate_reads_typed_metrics():
+    from components.model import EvalMetrics
+    from components.model.gate import ClassMetrics
+
+    m = EvalMetrics.from_dict(_metrics(bent_support=0) | {"map50_95": "n/a"})
+    assert m.map50 == 0.8 and m.map50_95 is None and m.eval_dataset_id == "abc"
+    assert m.per_class["scratch"] == ClassMetrics(map50=0.75, map50_95=0.5, precision=0.8, recall=0.7, support=12)
+    assert m.per_class["bent"].support == 0 and m.per_class["bent"].map50 is None
+    # The typed figures and the dict they came from decide alike.
+    assert decide_gate(m, floors=FLOORS) == decide_gate(_metrics(bent_support=0) | {"map50_95": "n/a"}, floors=FLOORS)
+    with pytest.raises(ValueError, match="per_class must map class names"):
+        EvalMetrics.from_dict({"map50": 0.5, "per_class": ["scratch"]})
+
+
+def test_gate_model_measures_the_champion_through_its_source():
+    from components.model import EvalMetrics, GateError, gate_model
+    from components.model.champion import GIVEN, RE_EVALUATED, ChampionMetrics, ChampionUnavailable
+    from vinspect.errors import VinspectError
+
+    candidate = EvalMetrics.from_dict(_metrics(map50=0.80))
+    champ = ChampionMetrics("4", "abc", RE_EVALUATED, _metrics(map50=0.9))
+    asked = []
+
+    def source():
+        asked.append(True)
+        return champ
+
+    result = gate_model(candidate, floors=FLOORS, champion=source)
+    assert asked and not result.passed and result.champion is champ and result.champion_unavailable is None
+    assert result.reasons == ["map50 0.8000 < champion v4 (re-evaluated on this data) 0.9000 - 0.02"]
+
+    def gone():
+        raise ChampionUnavailable("champion v4: its ONNX is missing from S3 (NoSuchKey)", version="4")
+
+    closed = gate_model(candidate, floors=FLOORS, champion=gone)
+    assert not closed.passed and closed.champion is None
+    assert closed.champion_unavailable.startswith("champion v4: its ONNX is missing")
+    assert gate_model(candidate, floors=FLOORS, champion=gone, allow_missing_champion=True).passed
+    assert gate_model(candidate, floors=FLOORS, champion=lambda: None).reasons[-1] == "no champion yet: floors only"
+    # Figures an operator gives are named plainly, as `vinspect model evaluate --champion` always did.
+    given = gate_model(candidate, champion=ChampionMetrics("", "abc", GIVEN, _metrics(map50=0.85)))
+    assert given.reasons == ["map50 0.8000 < champion 0.8500 - 0.02"]
+    # Without floors the pipeline's defaults apply (vinspect.defaults.GATE).
+    assert {c["check"] for c in given.decision.checks} >= {"map50", "map50_95", "per_class_map50[scratch]"}
+    with pytest.raises(GateError) as err:
+        gate_model(candidate, floors={"map5": 0.5})
+    assert isinstance(err.value, VinspectError) and err.value.exit_code == 2

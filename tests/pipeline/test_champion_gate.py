@@ -239,3 +239,36 @@ def test_unfetchable_champion_fails_the_gate_closed_unless_allowed(stack, local_
     assert allowed.gate == "passed", allowed_gate
     assert "floors only, as allow_missing_champion is set" in allowed.reasons
     assert "no champion yet" not in allowed.reasons
+
+
+def test_cli_evaluate_applies_the_pipelines_gate_to_the_champion_measured_on_the_same_data(
+    stack, local_stack, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from vinspect.cli import app
+
+    local_stack.apply_env(monkeypatch)
+    name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A, metrics={"map50": 0.1, "map50_95": 0.05})
+    out, pipeline_gate, _ = _evaluate(stack, tmp_path / "pipeline", SHIFTED, model_name=name, version=info["version"])
+    assert out.gate == "rejected"
+
+    candidate = build_tiny_onnx(tmp_path / "cli" / "candidate.onnx", SHIFTED, tag=f"candidate-cli-{name}")
+    floors = {"map50": FLOORS["min_map50"], "map50_95": FLOORS["min_map50_95"], "per_class_map50": 0.3}
+    args = ["model", "evaluate", str(candidate), str(stack["dataset"]), "--model-name", name, "--json", "--strict"]
+    result = CliRunner().invoke(app, [*args, "--floors", json.dumps(floors)])
+    assert result.exit_code == 1, result.output
+    cli_gate = json.loads(result.stdout[result.stdout.index("{") :])["gate"]
+    # The same checks, values and verdict as the pipeline's evaluate step: one gate.
+    assert cli_gate == pipeline_gate
+    assert [c["check"] for c in cli_gate["checks"] if not c["ok"]] == ["no_regression_map50_95"]
+    # Without --floors the pipeline's default floors apply; the verdict is the same.
+    default_floors = CliRunner().invoke(app, args)
+    assert json.loads(default_floors.stdout[default_floors.stdout.index("{") :])["gate"] == pipeline_gate
+
+    # A champion that cannot be measured fails the gate closed, unless allowed, as in the pipeline.
+    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
+    closed = CliRunner().invoke(app, args)
+    assert closed.exit_code == 1 and "is missing from S3" in closed.output
+    allowed = CliRunner().invoke(app, [*args, "--allow-missing-champion"])
+    assert allowed.exit_code == 0 and "floors only, as allow_missing_champion is set" in allowed.output

@@ -2,6 +2,12 @@
 
 Each part of the project registers its verbs from its own module (``vinspect/cli/<part>.py``),
 which imports heavy libraries only inside command bodies so that ``--help`` stays instant.
+
+Errors are caught once, here: a :class:`vinspect.errors.VinspectError` raised by any command
+prints ``error: <message>`` on stderr (no traceback) and exits with the error's ``exit_code``; a
+command only catches what it turns into another outcome. The catch sits in the root command
+group, which every invocation passes through (the console script and ``typer.testing.CliRunner``
+alike); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -10,8 +16,24 @@ import importlib
 import sys
 
 import typer
+from typer.core import TyperGroup
+
+from vinspect.errors import VinspectError
+
+
+class _RootGroup(TyperGroup):
+    """The ``vinspect`` group: runs the chosen command and reports a :class:`VinspectError` once."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except VinspectError as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
 
 app = typer.Typer(
+    cls=_RootGroup,
     name="vinspect",
     help="Visual inspection MLOps on OpenShift AI: CVAT -> Kubeflow Pipelines -> YOLO -> ONNX -> "
     "MLflow/S3 -> KServe, and a Kafka/Knative runtime with a live dashboard.",
@@ -59,7 +81,7 @@ _register("loop", subapps["cvat"], subapps["review"], subapps["retrain"])
 
 
 def main() -> None:
-    """Console entry point."""
+    """Console entry point (a :class:`VinspectError` is reported by the root group, see the module docstring)."""
     try:
         app()
     except KeyboardInterrupt:

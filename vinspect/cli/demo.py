@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from vinspect.defaults import DEMO_TRAIN
+
 
 def register(app: typer.Typer) -> None:
     @app.command("demo")
@@ -19,9 +21,11 @@ def register(app: typer.Typer) -> None:
         ),
         images: int = typer.Option(120, "-n", "--images", help="Synthetic images when --data is not given."),
         epochs: int = typer.Option(
-            40, "--epochs", help="Training epochs (from scratch: no pretrained weights offline)."
+            DEMO_TRAIN.epochs, "--epochs", help="Training epochs (from scratch: no pretrained weights offline)."
         ),
-        imgsz: int = typer.Option(256, "--imgsz", help="Training and serving image size."),
+        imgsz: int = typer.Option(
+            DEMO_TRAIN.imgsz, "--imgsz", help="Training and serving image size (the demo's fast profile)."
+        ),
         seed: int = typer.Option(0, "--seed", help="Seed for data, split and training."),
         runtime: bool = typer.Option(
             True,

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from vinspect.local import SERVICES, StackConfig, StackError, down, reset, state_size, status, up
+from vinspect.local import SERVICES, StackConfig, down, reset, state_size, status, up
 
 _STATE = typer.Option(None, "--state", help="State directory (default $VINSPECT_HOME or ./.vinspect).")
 _S3 = typer.Option(None, "--s3-port", help="S3 server port (default 9000, or VINSPECT_LOCAL_S3_PORT).")
@@ -63,11 +63,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Start what is not running of the S3 server, MLflow and the Kafka broker; keeps all state."""
         cfg = _cfg(state, s3_port, mlflow_port, kafka_port)
-        try:
-            up(cfg, log=lambda m: typer.echo(m, err=True))
-        except StackError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(1)
+        up(cfg, log=lambda m: typer.echo(m, err=True))
         ok = print_status(cfg)
         typer.echo(f"settings for clients: {cfg.env_file}  (e.g. `set -a; . {cfg.env_file}; set +a`)")
         raise typer.Exit(0 if ok else 1)
@@ -95,11 +91,7 @@ def register(app: typer.Typer) -> None:
                 f"Delete {cfg.state} ({size}): every S3 object, MLflow run, registered model and Kafka message?",
                 abort=True,
             )
-        try:
-            reset(cfg, log=lambda m: typer.echo(m, err=True))
-        except StackError as exc:
-            typer.secho(f"error: {exc}", fg="red", err=True)
-            raise typer.Exit(1)
+        reset(cfg, log=lambda m: typer.echo(m, err=True))
 
     @app.command("status")
     def status_cmd(

@@ -13,10 +13,13 @@ from typing import Optional
 
 import typer
 
+from vinspect.defaults import EVAL, GATE, TRAIN
 
-def _fail(exc: Exception, code: int = 2) -> None:
+
+def _fail(exc: Exception) -> None:
+    # Bad input reported by a built-in error (a missing file, a ValueError from a library): exit 2.
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=code)
+    raise typer.Exit(code=2)
 
 
 def _data_yaml(data: Path) -> Path:
@@ -38,6 +41,29 @@ def _json_arg(value: Optional[str], what: str) -> Optional[dict]:
     if not isinstance(obj, dict):
         raise typer.BadParameter(f"{what} must be a JSON object, got {type(obj).__name__}")
     return obj
+
+
+def _champion(given: Optional[dict], model_name: Optional[str], data: Path, **measure):
+    """The champion for the gate: figures given on the command line, or the registry's, measured on ``data``."""
+    if given is not None:
+        from components.model.champion import GIVEN, ChampionMetrics
+
+        return ChampionMetrics("", str(given.get("eval_dataset_id") or ""), GIVEN, given) if given else None
+    if model_name is None:
+        return None
+    from functools import partial
+
+    from components.model.champion import champion_metrics_on
+    from vinspect.settings import MLflowSettings, S3Settings
+
+    return partial(
+        champion_metrics_on,
+        data,
+        mlflow_client=MLflowSettings.from_env().client(),
+        s3_client=S3Settings.from_env().client(),
+        model_name=model_name,
+        **measure,
+    )
 
 
 def _metrics_table(metrics: dict) -> None:
@@ -72,15 +98,17 @@ def register(app: typer.Typer) -> None:
     def train(
         data: Path = typer.Argument(..., help="Dataset folder (with data.yaml) or a data.yaml"),
         out: Path = typer.Option(Path("runs"), "--out", help="Run folder; the trainer writes OUT/train[N]/"),
-        model: str = typer.Option("yolo11n.yaml", "--model", help="Model definition (YAML, built offline)"),
+        model: str = typer.Option(TRAIN.model, "--model", help="Model definition (YAML, built offline)"),
         weights: Optional[str] = typer.Option(None, "--weights", help="Initial weights: local .pt or s3://bucket/key"),
-        epochs: int = typer.Option(50, "--epochs", min=1),
-        imgsz: int = typer.Option(320, "--imgsz", help="Input size, a multiple of 32"),
-        batch: int = typer.Option(16, "--batch", min=1),
-        lr0: float = typer.Option(0.01, "--lr0", help="Initial learning rate (ignored with --optimizer auto)"),
-        optimizer: str = typer.Option("SGD", "--optimizer", help="SGD, AdamW, ... or auto (Ultralytics chooses)"),
-        patience: int = typer.Option(20, "--patience"),
-        seed: int = typer.Option(0, "--seed"),
+        epochs: int = typer.Option(TRAIN.epochs, "--epochs", min=1),
+        imgsz: int = typer.Option(TRAIN.imgsz, "--imgsz", help="Input size, a multiple of 32"),
+        batch: int = typer.Option(TRAIN.batch, "--batch", min=1),
+        lr0: float = typer.Option(TRAIN.lr0, "--lr0", help="Initial learning rate (ignored with --optimizer auto)"),
+        optimizer: str = typer.Option(
+            TRAIN.optimizer, "--optimizer", help="SGD, AdamW, ... or auto (Ultralytics chooses)"
+        ),
+        patience: int = typer.Option(TRAIN.patience, "--patience"),
+        seed: int = typer.Option(TRAIN.seed, "--seed"),
         device: Optional[str] = typer.Option(None, "--device", help="cpu, 0, 0,1 ... (default: GPU if present)"),
         workers: int = typer.Option(0, "--workers"),
         as_json: bool = typer.Option(False, "--json", help="Print the full result as JSON"),
@@ -138,7 +166,7 @@ def register(app: typer.Typer) -> None:
     def export(
         weights: Path = typer.Argument(..., help="Trained weights (best.pt)"),
         out: Path = typer.Option(Path("model.onnx"), "--out", help="ONNX file to write"),
-        imgsz: int = typer.Option(320, "--imgsz", help="Input size the model was trained at"),
+        imgsz: int = typer.Option(TRAIN.imgsz, "--imgsz", help="Input size the model was trained at"),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (17: read by every OVMS release in OpenShift AI)"),
         dynamic: bool = typer.Option(False, "--dynamic", help="Dynamic batch/height/width axes"),
         dataset_id: str = typer.Option("", "--dataset-id", help="Dataset id for the metadata"),
@@ -160,7 +188,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export weights to ONNX for OpenVINO Model Server, optionally checking parity with PyTorch
         (ONNX Runtime and OpenVINO) and writing the precision variants."""
-        from components.model import ParityError, export_onnx, parity_check
+        from components.model import export_onnx, parity_check
         from components.model.evaluate import IMAGE_SUFFIXES
 
         name_list = [n.strip() for n in names.split(",") if n.strip()]
@@ -189,10 +217,7 @@ def register(app: typer.Typer) -> None:
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         if not images:
             _fail(FileNotFoundError(f"no images for the parity check in {folder}"))
-        try:
-            report = parity_check(weights, path, images, imgsz=imgsz, atol=atol)
-        except ParityError as exc:
-            _fail(exc, code=1)
+        report = parity_check(weights, path, images, imgsz=imgsz, atol=atol)  # ParityError: exit 1
         typer.echo(
             f"parity: ok on {report['images']} images, max |torch - onnx| = {report['max_abs_diff']:.3g} "
             f"(atol {atol:g}), detections {report['detections_torch']}/{report['detections_onnx']} matched "
@@ -218,27 +243,47 @@ def register(app: typer.Typer) -> None:
             help="OpenVINO precision: f32, bf16, auto (default: the model's declared, "
             "else the runtime's) [VINSPECT_PRECISION]",
         ),
-        split: str = typer.Option("val", "--split"),
+        split: str = typer.Option(EVAL.split, "--split"),
         out: Optional[Path] = typer.Option(
             None, "--out", help="Folder for metrics.json, PR curve and confusion matrix"
         ),
-        conf: float = typer.Option(0.001, "--conf", help="Confidence threshold for mAP"),
-        iou: float = typer.Option(0.6, "--iou", help="NMS IoU threshold"),
+        conf: float = typer.Option(EVAL.conf, "--conf", help="Confidence threshold for mAP"),
+        iou: float = typer.Option(EVAL.iou, "--iou", help="NMS IoU threshold"),
         floors: Optional[str] = typer.Option(
             None, "--floors", help='Gate floors, JSON or file, e.g. \'{"map50": 0.5, "per_class_map50": 0.3}\''
         ),
         champion: Optional[str] = typer.Option(
             None, "--champion", help="Champion metrics (JSON or file) on the same data"
         ),
-        max_regression: float = typer.Option(0.02, "--max-regression", help="Allowed drop below the champion"),
+        model_name: Optional[str] = typer.Option(
+            None,
+            "--model-name",
+            help="Registered model whose champion is measured on the same data, as the pipeline's gate does "
+            "(its recorded figures when measured on this dataset, else its ONNX re-evaluated; MLflow and S3 "
+            "from the environment)",
+        ),
+        allow_missing_champion: bool = typer.Option(
+            GATE.allow_missing_champion,
+            "--allow-missing-champion",
+            help="With --model-name: gate on the floors only when the champion cannot be measured",
+        ),
+        max_regression: float = typer.Option(
+            GATE.max_regression, "--max-regression", help="Allowed drop below the champion"
+        ),
         strict: bool = typer.Option(False, "--strict", help="Exit with status 1 when the gate rejects the model"),
         as_json: bool = typer.Option(False, "--json", help="Print metrics (and gate decision) as JSON on stdout"),
     ) -> None:
-        """Evaluate a model through the detector core with its serving engine, and apply the quality gate."""
+        """Evaluate a model through the detector core with its serving engine, and apply the quality gate.
+
+        The gate is the pipeline's (``components.model.gate_model``): the floors (default: the
+        pipeline's), and non-regression against the champion measured on this data.
+        """
         from tqdm import tqdm
 
-        from components.model import decide_gate, evaluate_onnx
+        from components.model import EvalMetrics, evaluate_onnx, gate_model
 
+        if champion is not None and model_name is not None:
+            raise typer.BadParameter("give --champion (figures) or --model-name (from the registry), not both")
         floors_d = _json_arg(floors, "--floors")
         champion_d = _json_arg(champion, "--champion")
         bar = tqdm(desc="evaluate", unit="img")
@@ -265,11 +310,14 @@ def register(app: typer.Typer) -> None:
         finally:
             bar.close()
         decision = None
-        if floors_d is not None or champion_d is not None:
-            try:
-                decision = decide_gate(metrics, floors=floors_d, champion=champion_d, max_regression=max_regression)
-            except ValueError as exc:
-                _fail(exc)
+        if floors_d is not None or champion_d is not None or model_name is not None:
+            decision = gate_model(
+                EvalMetrics.from_dict(metrics),
+                floors=floors_d,
+                champion=_champion(champion_d, model_name, data, split=split, conf=conf, iou=iou),
+                max_regression=max_regression,
+                allow_missing_champion=allow_missing_champion,
+            ).decision
         if out is not None:
             payload = dict(metrics, gate=decision.to_dict() if decision else None)
             (out / "metrics.json").write_text(json.dumps(payload, indent=2))

@@ -43,10 +43,7 @@ def _arguments(params: list[str] | None, **options) -> dict:
     """`--param` pairs plus the dedicated options that were given (dedicated options win)."""
     from pipelines.params import parse_params
 
-    try:
-        args = parse_params(params or [])
-    except ValueError as exc:
-        _fail(str(exc))
+    args = parse_params(params or [])
     args.update({k: v for k, v in options.items() if v is not None})
     return args
 
@@ -123,7 +120,7 @@ def register(app: typer.Typer) -> None:
         """Run the whole pipeline locally (kfp.local) against the local stack: train, gate, register, roll out."""
         if not local_:
             _fail("only local runs happen here: add --local, or use `vinspect pipeline submit --host URL`")
-        from pipelines.local import LocalRunError, run_local
+        from pipelines.local import run_local
 
         args = _arguments(
             params,
@@ -138,18 +135,15 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
 
         console = Console(stderr=True)
-        try:
-            with console.status("running the training pipeline locally (step logs follow)..."):
-                result = run_local(
-                    data,
-                    arguments=args,
-                    model_url=model_url,
-                    pipeline_root=pipeline_root,
-                    enable_caching=not no_cache,
-                    synth_images=synth_images,
-                )
-        except LocalRunError as exc:
-            _fail(str(exc))
+        with console.status("running the training pipeline locally (step logs follow)..."):
+            result = run_local(
+                data,
+                arguments=args,
+                model_url=model_url,
+                pipeline_root=pipeline_root,
+                enable_caching=not no_cache,
+                synth_images=synth_images,
+            )
         if as_json:
             typer.echo(json.dumps(result.to_dict(), indent=2, default=str))
             return
@@ -198,7 +192,7 @@ def register(app: typer.Typer) -> None:
         config_map: str = _CONFIG_MAP,
     ) -> None:
         """Compile, upload and start a run on Kubeflow / OpenShift AI pipelines (token: $KFP_TOKEN or kubeconfig)."""
-        from pipelines.submit import SubmitError, submit
+        from pipelines.submit import submit
 
         args = _arguments(params, data_source=data)
         if data and not data.startswith("s3://"):
@@ -206,22 +200,19 @@ def register(app: typer.Typer) -> None:
                 f"--data {data}: a cluster run reads its data from S3 or CVAT; upload it (`vinspect data import "
                 "... --upload`) and pass the s3:// URI"
             )
-        try:
-            sub = submit(
-                host,
-                arguments=args,
-                experiment=experiment,
-                run_name=run_name,
-                ca_bundle=ca_bundle,
-                namespace=namespace,
-                image=image,
-                secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
-                gpus=gpus,
-                enable_caching=not no_cache,
-                service_account=service_account,
-            )
-        except SubmitError as exc:
-            _fail(str(exc))
+        sub = submit(
+            host,
+            arguments=args,
+            experiment=experiment,
+            run_name=run_name,
+            ca_bundle=ca_bundle,
+            namespace=namespace,
+            image=image,
+            secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+            gpus=gpus,
+            enable_caching=not no_cache,
+            service_account=service_account,
+        )
         for note in sub.notes:
             typer.secho(f"note: {note}", fg="yellow", err=True)
         typer.echo(json.dumps(sub.to_dict(), indent=2, default=str))
@@ -245,28 +236,21 @@ def register(app: typer.Typer) -> None:
         config_map: str = _CONFIG_MAP,
     ) -> None:
         """Schedule data-aware recurring runs: training is skipped while the dataset is the champion's."""
-        from pipelines.schedule import CronError, schedule, validate_cron
-        from pipelines.submit import SubmitError
+        from pipelines.schedule import schedule, validate_cron
 
-        try:
-            validate_cron(cron)
-        except CronError as exc:
-            _fail(str(exc))
+        validate_cron(cron)
         args = _arguments(params, data_source=data)
-        try:
-            sub = schedule(
-                cron,
-                host,
-                arguments=args,
-                name=name,
-                experiment=experiment,
-                ca_bundle=ca_bundle,
-                namespace=namespace,
-                image=image,
-                secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
-                gpus=gpus,
-                service_account=service_account,
-            )
-        except SubmitError as exc:
-            _fail(str(exc))
+        sub = schedule(
+            cron,
+            host,
+            arguments=args,
+            name=name,
+            experiment=experiment,
+            ca_bundle=ca_bundle,
+            namespace=namespace,
+            image=image,
+            secrets=_secrets(s3_secret, mlflow_secret, cvat_secret, config_map),
+            gpus=gpus,
+            service_account=service_account,
+        )
         typer.echo(json.dumps(sub.to_dict(), indent=2, default=str))

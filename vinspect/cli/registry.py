@@ -44,10 +44,7 @@ def _mlflow(model: str | None) -> tuple[Any, str, str]:
     from vinspect.settings import MLflowSettings
 
     settings = MLflowSettings.from_env()
-    try:
-        client = settings.client()
-    except RuntimeError as exc:
-        _fail(str(exc))
+    client = settings.client()  # SettingsError (no MLFLOW_TRACKING_URI): reported by the CLI, exit 1
     return client, model or settings.model_name, settings.experiment
 
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from vinspect.defaults import SERVE
+
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -174,8 +176,8 @@ def processor(
     host: str = typer.Option("0.0.0.0", help="Bind address of the HTTP/health server."),
     port: int = typer.Option(8080, help="HTTP port (events in `http` mode; health and metrics always)."),
     concurrency: int = typer.Option(4, help="Images inspected in parallel."),
-    conf: float = typer.Option(0.2, help="Confidence threshold (the demo used 0.2)."),
-    iou: float = typer.Option(0.4, help="NMS IoU threshold (the demo used 0.4)."),
+    conf: float = typer.Option(SERVE.inspect_conf, help="Confidence threshold (the demo used 0.2)."),
+    iou: float = typer.Option(SERVE.inspect_iou, help="NMS IoU threshold (the demo used 0.4)."),
     annotate: bool = typer.Option(
         True, help="Store the annotated JPEG in S3 (VINSPECT_DATA_BUCKET) and put its key in each result."
     ),
