@@ -250,7 +250,7 @@ def test_cli_evaluate_applies_the_pipelines_gate_to_the_champion_measured_on_the
 
     local_stack.apply_env(monkeypatch)
     name, info = stack["champion"](BENT_IN_THE_MIDDLE, dataset_id=DATASET_A, metrics={"map50": 0.1, "map50_95": 0.05})
-    out, pipeline_gate, _ = _evaluate(stack, tmp_path / "pipeline", SHIFTED, model_name=name, version=info["version"])
+    out, pipeline_gate, _ = _evaluate(stack, tmp_path / "pipeline", SHIFTED, model_name=name, version=info.version)
     assert out.gate == "rejected"
 
     candidate = build_tiny_onnx(tmp_path / "cli" / "candidate.onnx", SHIFTED, tag=f"candidate-cli-{name}")
