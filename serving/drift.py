@@ -360,6 +360,7 @@ def compute_reference_for_dataset(
         The reference document.
     """
     from serving import detector as det
+    from serving.images import decode_image
 
     dataset_dir = Path(dataset_dir)
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
@@ -384,7 +385,7 @@ def compute_reference_for_dataset(
     def samples():
         for it in items:
             data = (dataset_dir / it["image"]).read_bytes()
-            rgb = det.decode_bgr(data).rgb()
+            rgb = decode_image(data)
             yield rgb, [d.to_dict() for d in detector.detect(rgb)]
 
     return compute_reference(samples(), classes=classes, model=model)

@@ -56,6 +56,7 @@ from serving.events import (
 )
 from serving.httputil import bearer_ok, read_limited
 from serving.imagelimits import DEFAULT_MAX_PIXELS, ImageTooLarge, check_image_header
+from serving.images import decode_bgr
 from serving.model_client import (
     ModelClient,
     ModelClientError,
@@ -451,7 +452,7 @@ class Inspector:
         try:
             # Decoded once, in OpenCV's BGR: the detector writes RGB tensor planes from it, and
             # an RGB copy is only made for drawing on a failed part.
-            img = det.decode_bgr(parsed.image)
+            img = decode_bgr(parsed.image)
         except ValueError as exc:
             raise PoisonEvent(f"{where}: {exc}") from None
         t_decoded = time.perf_counter()
@@ -460,7 +461,7 @@ class Inspector:
         class _Refused(Exception):
             pass
 
-        def detect(refresh: bool) -> tuple[list[det.Detection], det.Detector]:
+        def detect(refresh: bool) -> det.DetectionResult:
             input_name, output_name, imgsz = self._describe(refresh=refresh)
 
             def remote(tensor: np.ndarray) -> np.ndarray:
@@ -489,18 +490,18 @@ class Inspector:
                 names=list(self.config.names),
                 imgsz=imgsz,
             )
-            return detector.detect_with(img, remote), detector
+            return detector.run(img, remote)
 
         try:
-            detections, detector = detect(refresh=False)
+            found = detect(refresh=False)
         except _Refused:
             # A rollout may have swapped in a model with another input size or tensor
             # names: read the metadata again and redo the whole detection once.
             try:
-                detections, detector = detect(refresh=True)
+                found = detect(refresh=True)
             except _Refused as exc:
                 raise PoisonEvent(f"event {parsed.event_id}: model refused it: {exc}") from None
-        detections = detections[: det.MAX_DETECTIONS]  # the result's size bound relies on it
+        detections = found.detections[: det.MAX_DETECTIONS]  # the result's size bound relies on it
         t_detected = time.perf_counter()
         inspection = Inspection(parsed=parsed, data={}, t_start=t_start)
         if self.config.result_format == "manuela":
@@ -532,9 +533,9 @@ class Inspector:
             "thresholds": {"conf": self.config.conf, "iou": self.config.iou},
             "timings_ms": {
                 "decode": round((t_decoded - t_start) * 1e3, 3),
-                "preprocess": round(detector.timings.get("preprocess", 0.0), 3),
-                "inference": round(detector.timings.get("inference", 0.0), 3),
-                "postprocess": round(detector.timings.get("postprocess", 0.0), 3),
+                "preprocess": round(found.timings.get("preprocess", 0.0), 3),
+                "inference": round(found.timings.get("inference", 0.0), 3),
+                "postprocess": round(found.timings.get("postprocess", 0.0), 3),
                 "annotate": round((t_end - t_detected) * 1e3, 3),
                 "total": round((t_end - t_start) * 1e3, 3),
             },

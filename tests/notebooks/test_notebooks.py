@@ -78,7 +78,9 @@ def _kernel_manager():
     if not (kernels / "python3" / "kernel.json").is_file():
         subprocess.run(
             [sys.executable, "-m", "ipykernel", "install", "--sys-prefix"],
-            check=True, capture_output=True, timeout=60,
+            check=True,
+            capture_output=True,
+            timeout=60,
         )
     spec_manager = KernelSpecManager(kernel_dirs=[str(kernels)], ensure_native_kernel=False)
     return AsyncKernelManager(kernel_name="python3", kernel_spec_manager=spec_manager)
@@ -197,7 +199,11 @@ def registered(stack_env, dataset, tmp_path_factory) -> list[dict]:
     work = tmp_path_factory.mktemp("nb-train")
     proc = subprocess.run(
         [sys.executable, "-c", _TRAIN_AND_REGISTER, str(work), str(dataset), str(IMGSZ), str(EPOCHS)],
-        cwd=work, env={**os.environ, **stack_env}, capture_output=True, text=True, timeout=420,
+        cwd=work,
+        env={**os.environ, **stack_env},
+        capture_output=True,
+        text=True,
+        timeout=420,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"training/registering failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
@@ -212,18 +218,40 @@ def model_server(stack_env, registered, tmp_path_factory):
     newest = registered[-1]
     log = open(tmp_path / "modelserver.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vinspect", "serve", "model", "--uri", newest["storage_uri"],
-         "--name", newest["name"], "--version", newest["version"], "--host", "127.0.0.1",
-         "--port", str(port), "--threads", "1", "--log-level", "warning"],
-        cwd=REPO, env={**os.environ, **stack_env}, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "vinspect",
+            "serve",
+            "model",
+            "--uri",
+            newest["storage_uri"],
+            "--name",
+            newest["name"],
+            "--version",
+            newest["version"],
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--threads",
+            "1",
+            "--log-level",
+            "warning",
+        ],
+        cwd=REPO,
+        env={**os.environ, **stack_env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"model server exited with {proc.returncode}:\n"
-                                   f"{(tmp_path / 'modelserver.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"model server exited with {proc.returncode}:\n{(tmp_path / 'modelserver.log').read_text()[-3000:]}"
+                )
             try:
                 auth = {"Authorization": f"Bearer {stack_env['VINSPECT_MODEL_TOKEN']}"}
                 if httpx.get(f"{url}/v2/models/{newest['name']}/ready", timeout=2, headers=auth).status_code == 200:
@@ -231,8 +259,9 @@ def model_server(stack_env, registered, tmp_path_factory):
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
-                raise TimeoutError(f"model server at {url} not ready in 60 s:\n"
-                                   f"{(tmp_path / 'modelserver.log').read_text()[-3000:]}")
+                raise TimeoutError(
+                    f"model server at {url} not ready in 60 s:\n{(tmp_path / 'modelserver.log').read_text()[-3000:]}"
+                )
             time.sleep(0.2)
         # Load the version through the repository extension, as the rollout step does: the
         # server then reports the MLflow version (a start-up load alone reports the OVMS
@@ -283,9 +312,7 @@ def test_01_dataset_exploration_synthesizes_by_default(monkeypatch, tmp_path):
 
 
 def test_02_training_and_runs(stack_env, registered, monkeypatch, tmp_path):
-    nb = run_notebook(
-        "02_training_and_runs.ipynb", monkeypatch, {**stack_env, "VINSPECT_NOTEBOOK_OUT": str(tmp_path)}
-    )
+    nb = run_notebook("02_training_and_runs.ipynb", monkeypatch, {**stack_env, "VINSPECT_NOTEBOOK_OUT": str(tmp_path)})
     summary = summary_of(nb)
     assert summary["tracking_uri"] == stack_env["MLFLOW_TRACKING_URI"]
     assert {r["run_id"] for r in registered} <= set(summary["runs"])
@@ -300,7 +327,8 @@ def test_02_training_and_runs(stack_env, registered, monkeypatch, tmp_path):
 def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
     import numpy as np
 
-    from serving.detector import Detector, decode, decode_image, preprocess
+    from serving.detector import Detector, decode, preprocess
+    from serving.images import decode_image
 
     image = sorted((dataset / "images" / "val").iterdir())[0]
     # The same ONNX file run locally through the same detector core is the reference.
@@ -316,8 +344,12 @@ def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
     nb = run_notebook(
         "03_inference_over_rest.ipynb",
         monkeypatch,
-        {**stack_env, "VINSPECT_MODEL_URL": model_server["url"], "VINSPECT_SAMPLE_IMAGE": str(image),
-         "VINSPECT_CONF": repr(local.conf)},
+        {
+            **stack_env,
+            "VINSPECT_MODEL_URL": model_server["url"],
+            "VINSPECT_SAMPLE_IMAGE": str(image),
+            "VINSPECT_CONF": repr(local.conf),
+        },
     )
     summary = summary_of(nb)
     assert summary["model"] == model_server["name"]
@@ -335,7 +367,8 @@ def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
 def test_03_inference_over_rest_sends_a_camera_frame_by_default(stack_env, model_server, monkeypatch):
     monkeypatch.delenv("VINSPECT_SAMPLE_IMAGE", raising=False)
     nb = run_notebook(
-        "03_inference_over_rest.ipynb", monkeypatch,
+        "03_inference_over_rest.ipynb",
+        monkeypatch,
         {**stack_env, "VINSPECT_MODEL_URL": model_server["url"], "VINSPECT_CONF": "0.25"},
     )
     summary = summary_of(nb)
