@@ -272,7 +272,7 @@ def test_swap_to_another_input_size_is_followed(onnx_model, onnx_model_64):
         assert inspector.inspect(image_event(_jpeg(), "c")).get_data()["model"]["version"] == "1"
         assert client.load(str(onnx_model_64), version="2")["version"] == "2"
         data = inspector.inspect(image_event(_jpeg(), "c")).get_data()
-        assert data["model"]["version"] == "2" and inspector._imgsz == (64, 64)
+        assert data["model"]["version"] == "2" and inspector.model().detector.imgsz == (64, 64)
         client.close()
 
 
@@ -382,7 +382,7 @@ def test_result_event_is_bounded_for_the_largest_acceptable_input(model_server):
     inspection = inspector.analyse(event)
     # The worst case the detector can return: MAX_DETECTIONS boxes with long float scores.
     worst = det.Detection(1, "bent", 0.123456789012345, (1234.56789, 2345.6789, 3456.789, 4567.891))
-    inspection.data["detections"] = [worst.to_dict()] * det.MAX_DETECTIONS
+    inspection.result.detections = [worst.to_dict()] * det.MAX_DETECTIONS
     ref = {
         "bucket": "b" * 63,
         "key": AnnotatedImageStore(None, "b").key_for("c" * 128, "i" * 256),
