@@ -276,6 +276,24 @@ def test_swap_to_another_input_size_is_followed(onnx_model, onnx_model_64):
         client.close()
 
 
+def test_one_detector_serves_every_event_of_a_model(model_server, monkeypatch):
+    """The detector is built once from the model's metadata, not once per event (issue 16)."""
+    built = []
+
+    class Counted(det.Detector):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("imgsz"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(det, "Detector", Counted)
+    client = ModelClient(model_server.url, "metal-nut", retries=0)
+    inspector = Inspector(client, InspectConfig(conf=0.2, iou=0.4))
+    versions = {inspector.inspect(image_event(_jpeg(seed=i), "c")).get_data()["model"]["version"] for i in range(3)}
+    assert versions == {"1"} and len(built) == 1
+    assert inspector.model().detector is inspector.model().detector
+    client.close()
+
+
 def _bomb_png(side: int = 12000) -> bytes:
     """A small PNG whose header announces side x side pixels (a decompression bomb)."""
     buf = io.BytesIO()
