@@ -45,6 +45,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from vinspect.errors import VinspectError
+
 SCHEMA = "vinspect.drift-reference/v1"
 REFERENCE_FILE = "drift-reference.json"
 SERVED_FOLDER = "serving"
@@ -55,7 +57,7 @@ PSI_FLOOR = 1e-4
 IMAGE_SIGNALS = ("brightness", "contrast", "sharpness")
 
 
-class DriftError(ValueError):
+class DriftError(VinspectError, ValueError):
     """A reference that cannot be used (names the field or key)."""
 
 
@@ -233,7 +235,7 @@ def _read_key(s3, bucket: str, key: str, missing: str) -> tuple[dict[str, Any], 
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
         body = response["Body"].read()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - botocore ClientError: a missing key -> DriftError, else re-raised
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
             raise DriftError(f"s3://{bucket}/{key}: {missing}") from None
@@ -319,7 +321,7 @@ def served_reference_etag(s3, bucket: str, model_name: str) -> str | None:
     """ETag of the served reference (None: there is none), from a HEAD request."""
     try:
         return str(s3.head_object(Bucket=bucket, Key=served_reference_key(model_name)).get("ETag") or "")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - botocore ClientError: a missing key -> None, else re-raised
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
             return None

@@ -13,12 +13,14 @@ from __future__ import annotations
 import io
 import warnings
 
+from vinspect.errors import VinspectError
+
 # 40 MP: above the 24-36 MP of high-resolution line-scan and inspection cameras, and at 3 bytes
 # a pixel (120 MB decoded) still safe with the processor's default of 4 images in flight.
 DEFAULT_MAX_PIXELS = 40_000_000
 
 
-class ImageTooLarge(ValueError):
+class ImageTooLarge(VinspectError, ValueError):
     """The image's header announces more pixels than the limit (or it has no readable header)."""
 
 
