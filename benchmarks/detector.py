@@ -223,8 +223,7 @@ def _one_size(args, work: Path, imgsz: int, images: list[Path], val: list[Path],
     samples["ours_stream"] = [v / len(images) for v in samples["ours_stream"]]  # one call, all images
     stages: dict[str, list[float]] = {"preprocess": [], "inference": [], "postprocess": []}
     for p in images:
-        lat.detect(p)
-        for k, v in lat.timings.items():
+        for k, v in lat.run(p).timings.items():
             stages[k].append(v)
     ms = {k: statistics.median(v) for k, v in samples.items()}
 

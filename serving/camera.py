@@ -29,11 +29,20 @@ from PIL import Image
 from serving.events import image_event, legacy_record, to_kafka
 from serving.imagelimits import ImageTooLarge, check_image_header
 from serving.synthetic import render_nut
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _KNOWN_LABELS = ("good", "bent", "scratch", "color", "flip")
+
+
+class CameraSourceError(VinspectError, ValueError):
+    """A camera source that gives no usable frame (missing, empty, unreadable; the message names it)."""
+
+
+class CameraDeliveryError(VinspectError, RuntimeError):
+    """Frames the Kafka broker did not acknowledge."""
 
 
 class Frame:
@@ -46,7 +55,7 @@ class Frame:
 
     def __init__(self, name: str, label: str, data: bytes | None = None, load: Callable[[], bytes] | None = None):
         if data is None and load is None:
-            raise ValueError(f"frame {name}: give data or a loader")
+            raise CameraSourceError(f"frame {name}: give data or a loader")
         self.name, self.label, self._data, self._load = name, label, data, load
 
     @property
@@ -78,12 +87,12 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """`s3://bucket/prefix/` -> (bucket, prefix).
 
     Raises:
-        ValueError: When the URI has no bucket.
+        CameraSourceError: When the URI has no bucket.
     """
     rest = uri[len("s3://") :]
     bucket, _, prefix = rest.partition("/")
     if not bucket:
-        raise ValueError(f"camera source {uri}: expected s3://bucket/prefix/")
+        raise CameraSourceError(f"camera source {uri}: expected s3://bucket/prefix/")
     return bucket, prefix
 
 
@@ -95,7 +104,7 @@ def s3_frames(s3: Any, uri: str) -> list[Frame]:
         uri: `s3://bucket/prefix/`.
 
     Raises:
-        ValueError: When the prefix holds no image.
+        CameraSourceError: When the prefix holds no image.
     """
     bucket, prefix = parse_s3_uri(uri)
     frames = []
@@ -106,7 +115,7 @@ def s3_frames(s3: Any, uri: str) -> list[Frame]:
                 name = key[len(prefix) :].lstrip("/") or Path(key).name
                 frames.append(Frame(name, _label_for(name), load=_s3_loader(s3, bucket, key)))
     if not frames:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {uri}")
+        raise CameraSourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {uri}")
     return sorted(frames, key=lambda f: f.name)
 
 
@@ -130,7 +139,7 @@ def _archive_frames(path: Path) -> list[Frame]:
                     if fh is not None:
                         frames.append(Frame(member.name, _label_for(member.name), fh.read()))
         return frames
-    raise ValueError(f"{path} is neither a zip nor a tar archive")
+    raise CameraSourceError(f"{path} is neither a zip nor a tar archive")
 
 
 def synthetic_frame(rng: np.random.Generator, size: int = 320) -> tuple[np.ndarray, str]:
@@ -155,12 +164,12 @@ def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0,
         s3: A boto3 S3 client, needed for an `s3://` source.
 
     Raises:
-        ValueError: When the source holds no image, or an `s3://` source has no client.
+        CameraSourceError: When the source holds no image, or an `s3://` source has no client.
     """
     text = str(source)
     if text.startswith("s3://"):
         if s3 is None:
-            raise ValueError(f"camera source {text}: an S3 client is needed (AWS_* settings)")
+            raise CameraSourceError(f"camera source {text}: an S3 client is needed (AWS_* settings)")
         return s3_frames(s3, text)
     if text.startswith("synthetic"):
         count = int(text.split(":", 1)[1]) if ":" in text else synthetic_count
@@ -176,9 +185,9 @@ def load_frames(source: str | Path, *, synthetic_count: int = 16, seed: int = 0,
     elif path.is_file():
         frames = _archive_frames(path)
     else:
-        raise ValueError(f"camera source {path} does not exist (folder, archive or 'synthetic')")
+        raise CameraSourceError(f"camera source {path} does not exist (folder, archive or 'synthetic')")
     if not frames:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
+        raise CameraSourceError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found in {path}")
     return frames
 
 
@@ -279,7 +288,7 @@ def produce_frames(
             skipped += 1
             log.warning("skipping frame: %s", exc)
             if skipped > 1000 and sent == 0:
-                raise ValueError(f"no usable frame in the first {skipped} ({exc})") from None
+                raise CameraSourceError(f"no usable frame in the first {skipped} ({exc})") from None
             continue
         if legacy:
             import json
@@ -300,7 +309,9 @@ def produce_frames(
                 max_record_bytes,
             )
             if skipped > 1000 and sent == 0:
-                raise ValueError(f"no usable frame in the first {skipped} (records over {max_record_bytes} bytes)")
+                raise CameraSourceError(
+                    f"no usable frame in the first {skipped} (records over {max_record_bytes} bytes)"
+                )
             continue
         while True:
             try:
@@ -319,5 +330,5 @@ def produce_frames(
                 time.sleep(delay)
     remaining = producer.flush(30)
     if remaining or errors:
-        raise RuntimeError(f"{remaining} frames undelivered, errors: {errors[:3]}")
+        raise CameraDeliveryError(f"{remaining} frames undelivered, errors: {errors[:3]}")
     return sent

@@ -1,15 +1,17 @@
 """Detector core: the one place that turns images into YOLO inputs and YOLO outputs into detections.
 
 Used by evaluation, the ONNX parity check, the image processor and the notebooks, so a model is
-validated exactly the way it is served. Only numpy and Pillow are imported at module level;
-OpenCV (decoding, resizing: the same ``cv2.INTER_LINEAR`` as Ultralytics) is imported on first
-use, and the inference engine (OpenVINO by default, ONNX Runtime as the alternative, see
+validated exactly the way it is served. Bytes become pixels in :mod:`serving.images` (decoding,
+colour order, the pixel limit); this module starts from pixels. Only numpy and Pillow are imported
+at module level; OpenCV (resizing: the same ``cv2.INTER_LINEAR`` as Ultralytics) is imported on
+first use, and the inference engine (OpenVINO by default, ONNX Runtime as the alternative, see
 :func:`open_engine`) is imported when a model is loaded.
 
 Conventions (kept explicit because the original demo got them wrong by accident):
 
-* images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; OpenCV decodes to BGR, and the one
-  place that reads its output writes the tensor planes as R, G, B (tested with a pure-red image);
+* images are RGB ``uint8`` arrays of shape ``(H, W, 3)``; OpenCV decodes to BGR
+  (:class:`serving.images.BGRImage`), and the one place that reads its output (``_to_tensor``)
+  writes the tensor planes as R, G, B (tested with a pure-red image);
 * model input is ``float32 [1, 3, H, W]`` in ``0..1``, letterboxed with pad value 114 the way
   Ultralytics does it (centred padding, same rounding), so boxes map back identically;
 * boxes are ``(x1, y1, x2, y2)`` in pixels of the original image.
@@ -24,21 +26,26 @@ Two raw output layouts are decoded:
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from serving.images import BGRImage, as_rgb_array, decode_reduced, opencv
 from vinspect.defaults import SERVE
+from vinspect.errors import VinspectError
+
+
+class DetectorError(VinspectError, ValueError):
+    """A model, engine setting, input size or raw output the detector cannot work with."""
+
 
 CLASS_NAMES: tuple[str, ...] = ("scratch", "bent")
 """Default class names, index = class id (the demo's ``obj.names``)."""
@@ -59,129 +66,6 @@ _MAX_WH = 7680.0  # class offset for class-aware NMS; larger than any image side
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------
-
-
-def _cv2() -> Any:
-    """OpenCV, imported on first use (the module itself stays importable without it)."""
-    global _CV2
-    if _CV2 is None:
-        import cv2
-
-        # Single-threaded like Ultralytics does it: resizes here are small, and OpenCV's pool
-        # would compete with ONNX Runtime's threads for the same cores.
-        cv2.setNumThreads(0)
-        _CV2 = cv2
-    return _CV2
-
-
-_CV2: Any = None
-_JPEG_SCALES = ((8, "IMREAD_REDUCED_COLOR_8"), (4, "IMREAD_REDUCED_COLOR_4"), (2, "IMREAD_REDUCED_COLOR_2"))
-
-
-def _imdecode(data: bytes, flags: int) -> np.ndarray:
-    cv2 = _cv2()
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if arr is None:
-        raise ValueError(f"cannot decode image ({len(data)} bytes): not an image format OpenCV reads")
-    return arr
-
-
-class BGRImage:
-    """A decoded image still in OpenCV's BGR order (see :func:`decode_bgr`).
-
-    Passing this instead of an RGB array lets :meth:`Detector.detect` write the tensor's RGB
-    planes straight from BGR, without a full-size channel-swapped copy. ``.rgb()`` makes the
-    RGB array when one is needed (e.g. to draw on).
-    """
-
-    __slots__ = ("array",)
-
-    def __init__(self, array: np.ndarray) -> None:
-        self.array = array
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.array.shape)
-
-    def rgb(self) -> np.ndarray:
-        """The same pixels as a contiguous RGB array."""
-        return np.ascontiguousarray(self.array[:, :, ::-1])
-
-
-def decode_bgr(data: bytes) -> BGRImage:
-    """Decode encoded image bytes as OpenCV does (BGR, 3 channels); see :func:`decode_image`.
-
-    Raises:
-        ValueError: If the bytes are not a readable image.
-    """
-    if not data:
-        raise ValueError("cannot decode image: no bytes given")
-    return BGRImage(_imdecode(bytes(data), _cv2().IMREAD_COLOR))
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode encoded image bytes (JPEG, PNG, ...) to an RGB ``uint8`` array.
-
-    Greyscale, palette and alpha images become 3-channel RGB (alpha dropped). EXIF orientation
-    is ignored: pixels come out as stored, the same everywhere in this project.
-
-    Args:
-        data: The encoded image.
-
-    Returns:
-        Array of shape ``(H, W, 3)``, dtype ``uint8``, channels in RGB order.
-
-    Raises:
-        ValueError: If the bytes are not a readable image.
-    """
-    return decode_bgr(data).rgb()  # OpenCV decodes to BGR: made RGB here, explicitly
-
-
-def _decode_reduced(data: bytes, target_hw: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Decode for a model input of ``target_hw``: returns ``(BGR array, original (h, w))``.
-
-    JPEG is decoded at the smallest libjpeg DCT scale (1/2, 1/4, 1/8) whose result is still at
-    least as large as the letterboxed content, which is several times faster than a full decode
-    and amounts to an area pre-shrink before the bilinear resize. Other formats decode in full.
-    The array stays in OpenCV's BGR order; :func:`_to_tensor` writes the planes as RGB.
-    """
-    if not data:
-        raise ValueError("cannot decode image: no bytes given")
-    try:
-        with Image.open(io.BytesIO(data)) as im:  # header only: size and format, no pixels
-            orig_w, orig_h = im.size
-            fmt = im.format
-    except Exception as exc:  # PIL raises several types (UnidentifiedImageError, OSError, ...)
-        raise ValueError(f"cannot decode image ({len(data)} bytes): {exc}") from exc
-    cv2 = _cv2()
-    flags = cv2.IMREAD_COLOR
-    if fmt == "JPEG":
-        _, unpad_w, unpad_h, _, _ = _geometry((orig_h, orig_w), target_hw)
-        for k, name in _JPEG_SCALES:
-            if -(-orig_w // k) >= unpad_w and -(-orig_h // k) >= unpad_h:
-                flags = getattr(cv2, name)
-                break
-    return _imdecode(data, flags), (orig_h, orig_w)
-
-
-def _as_rgb_array(img: Any) -> np.ndarray:
-    """Accept bytes, a PIL image or an RGB array; return an RGB ``uint8`` ``(H, W, 3)`` array."""
-    if isinstance(img, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(img))
-    if isinstance(img, Image.Image):
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    if isinstance(img, (str, Path)):
-        return decode_image(Path(img).read_bytes())
-    arr = np.asarray(img)
-    if arr.ndim == 2:  # greyscale -> RGB
-        arr = np.repeat(arr[:, :, None], 3, axis=2)
-    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
-        raise ValueError(f"expected an RGB image of shape (H, W, 3), got shape {arr.shape}")
-    if arr.shape[2] == 4:
-        arr = arr[:, :, :3]
-    if arr.dtype != np.uint8:
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
-    return arr
 
 
 @dataclass(frozen=True)
@@ -231,13 +115,13 @@ def letterbox(
         The letterboxed RGB ``uint8`` image and the :class:`LetterboxInfo` to undo it.
 
     Raises:
-        ValueError: If the image is not ``(H, W, 3)`` or the target is not stride-aligned.
+        DetectorError: If the image is not ``(H, W, 3)`` or the target is not stride-aligned.
     """
     if img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"letterbox expects an RGB image of shape (H, W, 3), got {img.shape}")
+        raise DetectorError(f"letterbox expects an RGB image of shape (H, W, 3), got {img.shape}")
     nh, nw = _pair(new_shape)
     if stride > 0 and not auto and (nh % stride or nw % stride):
-        raise ValueError(f"letterbox size {nh}x{nw} is not a multiple of the model stride {stride}")
+        raise DetectorError(f"letterbox size {nh}x{nw} is not a multiple of the model stride {stride}")
     h, w = img.shape[:2]
     r = min(nh / h, nw / w)
     if not scaleup:
@@ -277,7 +161,7 @@ def _resize(img: np.ndarray, width: int, height: int) -> np.ndarray:
     Channel order is untouched; same pixels as Ultralytics means evaluation through this core and
     Ultralytics' own ``val`` see the same inputs.
     """
-    cv2 = _cv2()
+    cv2 = opencv()
     return cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
@@ -292,7 +176,7 @@ def _to_tensor(
     """
     nh, nw = new_hw
     if stride > 0 and (nh % stride or nw % stride):
-        raise ValueError(f"input size {nh}x{nw} is not a multiple of the model stride {stride}")
+        raise DetectorError(f"input size {nh}x{nw} is not a multiple of the model stride {stride}")
     r, unpad_w, unpad_h, left, top = _geometry(orig_hw, new_hw)
     arr = img if (img.shape[1], img.shape[0]) == (unpad_w, unpad_h) else _resize(img, unpad_w, unpad_h)
     tensor = np.empty((1, 3, nh, nw), dtype=np.float32)
@@ -303,7 +187,7 @@ def _to_tensor(
     tensor[0, :, top : top + unpad_h, left + unpad_w :] = pad
     # Contiguous planes first (OpenCV's split), then one scaled copy each: twice as fast as a
     # strided HWC -> CHW copy. Plane 0 of the tensor is R whatever order the array is in.
-    planes = _cv2().split(np.ascontiguousarray(arr))
+    planes = opencv().split(np.ascontiguousarray(arr))
     for channel, plane in enumerate(planes[::-1] if bgr else planes):
         np.multiply(
             plane,
@@ -329,7 +213,7 @@ def preprocess(
         ``float32`` tensor ``[1, 3, H, W]`` in ``0..1`` (RGB planes, letterboxed as
         :func:`letterbox` does) and the letterbox info.
     """
-    arr = _as_rgb_array(img)
+    arr = as_rgb_array(img)
     return _to_tensor(arr, arr.shape[:2], _pair(imgsz), stride)
 
 
@@ -360,7 +244,7 @@ def _layout(shape: tuple[int, int], num_classes: int) -> str:
         return "v8"
     if v5:
         return "v5"
-    raise ValueError(
+    raise DetectorError(
         f"output shape {shape} matches neither YOLOv8/11 [1, 4+nc, N] nor YOLOv5 [1, N, 5+nc] "
         f"for nc={num_classes}; check the class names in the model metadata"
     )
@@ -380,17 +264,17 @@ def decode(output: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray
         ``int64 (N,)``.
 
     Raises:
-        ValueError: If the shape fits neither layout or the batch size is not 1.
+        DetectorError: If the shape fits neither layout or the batch size is not 1.
     """
     arr = np.asarray(output, dtype=np.float32)
     if arr.ndim == 3:
         if arr.shape[0] != 1:
-            raise ValueError(f"decode handles one image at a time, got batch of {arr.shape[0]}")
+            raise DetectorError(f"decode handles one image at a time, got batch of {arr.shape[0]}")
         arr = arr[0]
     if arr.ndim != 2:
-        raise ValueError(f"expected a [1, C, N] or [1, N, C] YOLO output, got shape {np.shape(output)}")
+        raise DetectorError(f"expected a [1, C, N] or [1, N, C] YOLO output, got shape {np.shape(output)}")
     if num_classes < 1:
-        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        raise DetectorError(f"num_classes must be at least 1, got {num_classes}")
     if _layout(arr.shape, num_classes) == "v8":
         preds = arr.T  # (N, 4+nc)
         cls_scores = preds[:, 4:]
@@ -508,11 +392,25 @@ class Detection:
         }
 
 
+@dataclass(frozen=True)
+class DetectionResult:
+    """What :meth:`Detector.run` returns for one image.
+
+    Attributes:
+        detections: In original-image pixels, highest score first.
+        timings: Milliseconds spent in ``preprocess`` (decode and letterbox), ``inference`` and
+            ``postprocess`` (decode, NMS, box mapping) on this image.
+    """
+
+    detections: list[Detection]
+    timings: dict[str, float] = field(default_factory=dict, compare=False)
+
+
 def _names_list(names: Sequence[str] | Mapping[Any, str]) -> list[str]:
     if isinstance(names, Mapping):
         items = sorted(((int(k), str(v)) for k, v in names.items()), key=lambda kv: kv[0])
         if [k for k, _ in items] != list(range(len(items))):
-            raise ValueError(f"class names must be keyed 0..n-1, got keys {[k for k, _ in items]}")
+            raise DetectorError(f"class names must be keyed 0..n-1, got keys {[k for k, _ in items]}")
         return [v for _, v in items]
     return [str(n) for n in names]
 
@@ -629,12 +527,12 @@ OpenVINO itself does not read this key; :func:`open_engine` and the local model 
 the rollout passes the same value to OVMS as ``--plugin_config`` (components/rollout)."""
 
 
-def _suggest(value: str, known: Sequence[str], what: str, setting: str) -> ValueError:
+def _suggest(value: str, known: Sequence[str], what: str, setting: str) -> DetectorError:
     import difflib
 
     hint = difflib.get_close_matches(value, known, n=1)
     extra = f"; did you mean {hint[0]!r}?" if hint else ""
-    return ValueError(f"unknown {what} {value!r} (known: {', '.join(known)}; set by {setting}){extra}")
+    return DetectorError(f"unknown {what} {value!r} (known: {', '.join(known)}; set by {setting}){extra}")
 
 
 def openvino_available() -> bool:
@@ -648,7 +546,7 @@ def resolve_engine(engine: str | None = None) -> str:
     """The backend to use: ``engine``, else ``$VINSPECT_ENGINE``, else OpenVINO where installed.
 
     Raises:
-        ValueError: For an unknown name (with a suggestion), or ``openvino`` asked for but not
+        DetectorError: For an unknown name (with a suggestion), or ``openvino`` asked for but not
             installed.
     """
     name = (engine or os.environ.get(ENGINE_ENV) or "").strip().lower()
@@ -659,7 +557,7 @@ def resolve_engine(engine: str | None = None) -> str:
     if name not in ENGINES:
         raise _suggest(name, ENGINES, "engine", f"{ENGINE_ENV} or --engine")
     if name == "openvino" and not openvino_available():
-        raise ValueError(
+        raise DetectorError(
             "engine 'openvino' asked for, but the openvino package is not installed "
             "(pip install 'vinspect[serving]', or set VINSPECT_ENGINE=onnxruntime)"
         )
@@ -673,7 +571,7 @@ def resolve_precision(precision: str | None = None) -> str | None:
     choice. ``auto`` forces the runtime's choice even on a model that declares one.
 
     Raises:
-        ValueError: For an unknown precision (with a suggestion).
+        DetectorError: For an unknown precision (with a suggestion).
     """
     name = (precision or os.environ.get(PRECISION_ENV) or "").strip().lower()
     if not name:
@@ -863,7 +761,7 @@ class OpenVinoEngine(Engine):
         try:
             self.raw = core.compile_model(model, "CPU", config)
         except RuntimeError as exc:
-            raise ValueError(f"OpenVINO cannot compile the model with {config}: {exc}") from exc
+            raise DetectorError(f"OpenVINO cannot compile the model with {config}: {exc}") from exc
         self.precision = self.raw.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         self.quantized = any(op.get_type_name() == "FakeQuantize" for op in model.get_ops())
         self.metadata = _ov_metadata(model)
@@ -913,7 +811,7 @@ def read_openvino_model(model: str | Path | bytes, weights: bytes | None = None)
 
     Raises:
         FileNotFoundError: A path that does not exist (or an IR without its ``.bin``).
-        ValueError: Bytes or a file OpenVINO cannot read.
+        DetectorError: Bytes or a file OpenVINO cannot read.
     """
     import openvino as ov
 
@@ -930,7 +828,7 @@ def read_openvino_model(model: str | Path | bytes, weights: bytes | None = None)
             raise FileNotFoundError(f"OpenVINO IR {path} has no weights file {path.with_suffix('.bin').name}")
         return core.read_model(str(path))
     except RuntimeError as exc:  # OpenVINO reports unreadable models as RuntimeError
-        raise ValueError(f"OpenVINO cannot read the model: {exc}") from None
+        raise DetectorError(f"OpenVINO cannot read the model: {exc}") from None
 
 
 def open_engine(
@@ -966,7 +864,7 @@ def open_engine(
 
     Raises:
         FileNotFoundError: A missing file.
-        ValueError: An unknown engine/precision, a precision the backend cannot honour, or a
+        DetectorError: An unknown engine/precision, a precision the backend cannot honour, or a
             model the backend cannot read.
     """
     is_ir = weights is not None or (isinstance(model, (str, Path)) and Path(model).suffix == ".xml")
@@ -974,7 +872,7 @@ def open_engine(
     precision = resolve_precision(precision)
     if is_ir and name != "openvino":
         if engine:
-            raise ValueError(
+            raise DetectorError(
                 f"{model if not isinstance(model, bytes) else 'IR'}: "
                 f"an OpenVINO IR needs engine 'openvino', not {name!r}"
             )
@@ -983,12 +881,12 @@ def open_engine(
         raise FileNotFoundError(f"model not found: {model}")
     if name == "onnxruntime":
         if precision not in (None, "auto", "f32"):
-            raise ValueError(f"engine 'onnxruntime' runs the model's own precision (f32), not {precision!r}")
+            raise DetectorError(f"engine 'onnxruntime' runs the model's own precision (f32), not {precision!r}")
         try:
             return OnnxRuntimeEngine(_ort_session(model, threads, spinning, providers))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's errors share no base class: told apart by module
             if type(exc).__module__.startswith("onnxruntime"):
-                raise ValueError(f"ONNX Runtime cannot load the model: {exc}") from None
+                raise DetectorError(f"ONNX Runtime cannot load the model: {exc}") from None
             raise
     return OpenVinoEngine(
         read_openvino_model(model, weights),
@@ -1017,7 +915,7 @@ class Detector:
     Args:
         path_or_session: Path to an ``.onnx`` file or an OpenVINO IR ``.xml``, an :class:`Engine`,
             an ``onnxruntime.InferenceSession``, or ``None`` for remote-only use through
-            :meth:`detect_with` (then give ``names`` and ``imgsz``).
+            :meth:`run` with an ``infer`` function (then give ``names`` and ``imgsz``).
         conf: Minimum score kept (the original demo used 0.2).
         iou: NMS IoU threshold (the original demo used 0.4).
         names: Override the class names from the metadata.
@@ -1043,8 +941,9 @@ class Detector:
         stride: Model stride.
         metadata: Parsed model metadata (see :func:`parse_metadata`).
         input_name / output_name: Tensor names (``images`` / ``output0`` for our exports).
-        timings: Milliseconds spent in ``preprocess``, ``inference`` and ``postprocess`` by the
-            last call.
+
+    A Detector keeps no per-call state (each :meth:`run` returns its own timings), so one
+    instance serves many threads at once.
     """
 
     def __init__(
@@ -1100,7 +999,6 @@ class Detector:
         else:
             self.imgsz = self.metadata["imgsz"] or shape_hw or (DEFAULT_IMGSZ, DEFAULT_IMGSZ)
         self.stride: int = self.metadata["stride"] or 32
-        self.timings: dict[str, float] = {}
 
     @property
     def session(self) -> Any:
@@ -1111,31 +1009,36 @@ class Detector:
         """Input tensor and letterbox info for one image, as :meth:`detect` makes them.
 
         Encoded bytes (and file paths) take the fast path: JPEG is decoded directly at a reduced
-        DCT scale that is still at least the model's input size (see ``_decode_reduced``);
+        DCT scale that is still at least the model's input size (:func:`serving.images.decode_reduced`);
         arrays and PIL images go through :func:`preprocess`.
         """
         if isinstance(img, (str, Path)):
             try:
                 return self.prepare(Path(img).read_bytes())
             except ValueError as exc:
-                raise ValueError(f"{img}: {exc}") from None
+                raise DetectorError(f"{img}: {exc}") from None
         if isinstance(img, (bytes, bytearray, memoryview)):
-            arr, orig = _decode_reduced(bytes(img), self.imgsz)
+            arr, orig = decode_reduced(bytes(img), self._content_hw)
             return _to_tensor(arr, orig, self.imgsz, self.stride, bgr=True)
         if isinstance(img, BGRImage):
             return _to_tensor(img.array, img.array.shape[:2], self.imgsz, self.stride, bgr=True)
         return preprocess(img, self.imgsz, stride=self.stride)
 
+    def _content_hw(self, orig_hw: tuple[int, int]) -> tuple[int, int]:
+        """``(height, width)`` an image of ``orig_hw`` is resized to inside the letterbox."""
+        _, unpad_w, unpad_h, _, _ = _geometry(orig_hw, self.imgsz)
+        return unpad_h, unpad_w
+
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         """Run the local engine on a prepared input tensor."""
         if self.engine is None:
             raise RuntimeError(
-                "this Detector has no local model (no ONNX session or OpenVINO engine); use detect_with(img, infer)"
+                "this Detector has no local model (no ONNX session or OpenVINO engine); use run(img, infer)"
             )
         return self.engine(tensor)
 
     def detect(self, img: Any) -> list[Detection]:
-        """Detect objects in one image with the local session.
+        """Detect objects in one image with the local engine (:meth:`run` without the timings).
 
         Args:
             img: RGB array ``(H, W, 3)``, encoded image bytes, PIL image or file path.
@@ -1143,21 +1046,32 @@ class Detector:
         Returns:
             Detections in original-image pixels, highest score first.
         """
-        return self.detect_with(img, self.infer)
+        return self.run(img).detections
 
-    def detect_with(self, img: Any, infer: Callable[[np.ndarray], np.ndarray]) -> list[Detection]:
-        """Detect objects with a caller-supplied inference function (e.g. a remote v2 call).
+    def run(self, img: Any, infer: Callable[[np.ndarray], np.ndarray] | None = None) -> DetectionResult:
+        """Detect objects in one image and say how long each stage took.
 
         Args:
-            img: RGB array ``(H, W, 3)``, :class:`BGRImage`, encoded image bytes, PIL image or
-                file path.
-            infer: Takes the ``float32 [1, 3, H, W]`` input tensor, returns the raw output.
+            img: RGB array ``(H, W, 3)``, :class:`serving.images.BGRImage`, encoded image bytes,
+                PIL image or file path.
+            infer: Takes the ``float32 [1, 3, H, W]`` input tensor, returns the raw output (e.g. a
+                remote v2 call); default the local engine (:meth:`infer`).
 
         Returns:
-            Detections in original-image pixels, highest score first.
+            The detections in original-image pixels, highest score first, and the timings.
         """
-        dets, self.timings = self._run(img, infer)
-        return dets
+        infer = infer or self.infer
+        t0 = time.perf_counter()
+        tensor, info = self.prepare(img)
+        t1 = time.perf_counter()
+        output = np.asarray(infer(tensor))
+        t2 = time.perf_counter()
+        dets = postprocess(output, info, conf=self.conf, iou=self.iou, names=self.names)
+        t3 = time.perf_counter()
+        return DetectionResult(
+            dets,
+            {"preprocess": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3},
+        )
 
     def detect_many(self, images: Iterable[Any], workers: int | None = None) -> Iterator[list[Detection]]:
         """Detect objects in a stream of images, ``workers`` images at a time, results in order.
@@ -1179,27 +1093,13 @@ class Detector:
                 yield self.detect(img)
             return
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector") as pool:
-            pending: deque[Future[tuple[list[Detection], dict[str, float]]]] = deque()
+            pending: deque[Future[DetectionResult]] = deque()
             for img in images:
-                pending.append(pool.submit(self._run, img, self.infer))
+                pending.append(pool.submit(self.run, img))
                 if len(pending) >= 2 * workers:  # bounded: a long stream is never all in memory
-                    yield pending.popleft().result()[0]
+                    yield pending.popleft().result().detections
             while pending:
-                yield pending.popleft().result()[0]
-
-    def _run(self, img: Any, infer: Callable[[np.ndarray], np.ndarray]) -> tuple[list[Detection], dict[str, float]]:
-        t0 = time.perf_counter()
-        tensor, info = self.prepare(img)
-        t1 = time.perf_counter()
-        output = np.asarray(infer(tensor))
-        t2 = time.perf_counter()
-        dets = postprocess(output, info, conf=self.conf, iou=self.iou, names=self.names)
-        t3 = time.perf_counter()
-        return dets, {
-            "preprocess": (t1 - t0) * 1e3,
-            "inference": (t2 - t1) * 1e3,
-            "postprocess": (t3 - t2) * 1e3,
-        }
+                yield pending.popleft().result().detections
 
 
 def _usable_cpus() -> int:

@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from vinspect.defaults import SERVE
+from vinspect.errors import VinspectError
 
 SCHEMA = "vinspect.drift-reference/v1"
 REFERENCE_FILE = "drift-reference.json"
@@ -57,7 +58,7 @@ PSI_FLOOR = 1e-4
 IMAGE_SIGNALS = ("brightness", "contrast", "sharpness")
 
 
-class DriftError(ValueError):
+class DriftError(VinspectError, ValueError):
     """A reference that cannot be used (names the field or key)."""
 
 
@@ -235,7 +236,7 @@ def _read_key(s3, bucket: str, key: str, missing: str) -> tuple[dict[str, Any], 
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
         body = response["Body"].read()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - botocore ClientError: a missing key -> DriftError, else re-raised
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
             raise DriftError(f"s3://{bucket}/{key}: {missing}") from None
@@ -321,7 +322,7 @@ def served_reference_etag(s3, bucket: str, model_name: str) -> str | None:
     """ETag of the served reference (None: there is none), from a HEAD request."""
     try:
         return str(s3.head_object(Bucket=bucket, Key=served_reference_key(model_name)).get("ETag") or "")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - botocore ClientError: a missing key -> None, else re-raised
         code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
         if code in ("404", "NoSuchKey", "NotFound"):
             return None
@@ -362,6 +363,7 @@ def compute_reference_for_dataset(
         The reference document.
     """
     from serving import detector as det
+    from serving.images import decode_image
 
     dataset_dir = Path(dataset_dir)
     manifest = json.loads((dataset_dir / "manifest.json").read_text())
@@ -386,7 +388,7 @@ def compute_reference_for_dataset(
     def samples():
         for it in items:
             data = (dataset_dir / it["image"]).read_bytes()
-            rgb = det.decode_bgr(data).rgb()
+            rgb = decode_image(data)
             yield rgb, [d.to_dict() for d in detector.detect(rgb)]
 
     return compute_reference(samples(), classes=classes, model=model)

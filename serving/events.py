@@ -24,6 +24,8 @@ from typing import Any
 
 from cloudevents.v1.http import CloudEvent
 
+from vinspect.errors import VinspectError
+
 IMAGE_EVENT_TYPE = "io.vinspect.image.captured"
 RESULT_EVENT_TYPE = "io.vinspect.inspection.result"
 KNATIVE_KAFKA_EVENT_TYPE = "dev.knative.kafka.event"
@@ -43,7 +45,7 @@ _CE_PREFIX = "ce_"
 _DATA_URL = re.compile(r"^data:image/(jpeg|jpg|png);base64,(?P<data>[A-Za-z0-9+/=\s]+)$")
 
 
-class PoisonEvent(ValueError):
+class PoisonEvent(VinspectError, ValueError):
     """An event that can never be processed (not an image event, undecodable image...)."""
 
 
@@ -273,8 +275,94 @@ def _parse_image(event: CloudEvent, attrs: dict[str, Any], event_id: str, where:
     )
 
 
-def result_event(data: dict[str, Any], input_event_id: str, camera_id: str, source: str) -> CloudEvent:
-    """Build the result CloudEvent; its id derives from the input's, so consumers can dedupe."""
+@dataclass
+class InspectionResult:
+    """The verdict on one image: the data of a result event (``io.vinspect.inspection.result``).
+
+    Built by the processor, carried over Kafka or HTTP, read by the dashboard, the loop's metrics,
+    review queue and drift. :meth:`to_dict` is its one serializer: the JSON shape on the wire.
+
+    Attributes:
+        camera: Camera id (the input event's subject or the legacy record's ``id``).
+        image_id: The input event's id.
+        image_source: The input event's ``source``.
+        captured_at: Capture time, when the event had one.
+        label: Ground-truth label, when the camera knew one (simulators).
+        detections: ``{class_id, class_name, score, box: [x1, y1, x2, y2]}`` in image pixels,
+            highest score first (:meth:`serving.detector.Detection.to_dict`).
+        width / height: The image's size in pixels.
+        model_name / model_version: The model that answered.
+        conf / iou: The thresholds applied.
+        timings_ms: Milliseconds per stage (``decode``, ``preprocess``, ``inference``,
+            ``postprocess``, ``annotate``, ``total``).
+        annotated_image: The claim check, ``{bucket, key, content_type, bytes[, original_key]}``,
+            or None.
+        annotated_image_status: ``stored``, ``disabled...``, ``failed: ...``, ``skipped: ...``
+            (``pending`` while the put runs).
+    """
+
+    camera: str
+    image_id: str
+    image_source: str
+    captured_at: str | None
+    label: str | None
+    detections: list[dict[str, Any]]
+    width: int
+    height: int
+    model_name: str | None
+    model_version: str | None
+    conf: float
+    iou: float
+    timings_ms: dict[str, float]
+    annotated_image: dict[str, Any] | None = None
+    annotated_image_status: str = "disabled"
+
+    @property
+    def passed(self) -> bool:
+        """A part passes when nothing was detected on it."""
+        return not self.detections
+
+    def to_dict(self, *, claim_check: bool = True) -> dict[str, Any]:
+        """The result event's JSON data.
+
+        Args:
+            claim_check: Include ``annotated_image`` and ``annotated_image_status`` (off: the
+                payload the feedback loop sees before the image is stored).
+        """
+        passed = self.passed
+        data: dict[str, Any] = {
+            "camera": self.camera,
+            "image_id": self.image_id,
+            "image_source": self.image_source,
+            "captured_at": self.captured_at,
+            "label": self.label,
+            "passed": passed,
+            "verdict": "pass" if passed else "fail",
+            "detections": self.detections,
+            "image": {"width": self.width, "height": self.height},
+            "model": {"name": self.model_name, "version": self.model_version},
+            "thresholds": {"conf": self.conf, "iou": self.iou},
+            "timings_ms": self.timings_ms,
+        }
+        if claim_check:
+            data["annotated_image"] = self.annotated_image
+            data["annotated_image_status"] = self.annotated_image_status
+        return data
+
+
+def result_event(
+    result: InspectionResult | dict[str, Any], input_event_id: str, camera_id: str, source: str
+) -> CloudEvent:
+    """Build the result CloudEvent; its id derives from the input's, so consumers can dedupe.
+
+    Args:
+        result: The verdict (serialized with :meth:`InspectionResult.to_dict`), or data already
+            in that shape.
+        input_event_id: The image event's id.
+        camera_id: The camera (subject and partition key).
+        source: The CloudEvents ``source`` of the processor.
+    """
+    data = result.to_dict() if isinstance(result, InspectionResult) else result
     return CloudEvent(
         {
             "type": RESULT_EVENT_TYPE,

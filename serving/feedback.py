@@ -34,6 +34,7 @@ import numpy as np
 from serving import drift as drift_mod
 from serving.metrics import InspectionMetrics
 from serving.review import ReviewSelector, ReviewStore, queue_frame
+from vinspect.errors import VinspectError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ def dead_letter_reason(text: str) -> str:
         if needle in low:
             return label
     return "poison"
+
+
+class LoopSettingError(VinspectError, ValueError):
+    """A feedback-loop setting out of its allowed values (the message names the variable)."""
 
 
 class BoundedWorkers:
@@ -162,7 +167,7 @@ class DriftWatch:
         clock: Callable[[], float] = time.monotonic,
     ):
         if source not in DRIFT_SOURCES:
-            raise ValueError(f"VINSPECT_DRIFT_REFERENCE: {source!r} is not one of {', '.join(DRIFT_SOURCES)}")
+            raise LoopSettingError(f"VINSPECT_DRIFT_REFERENCE: {source!r} is not one of {', '.join(DRIFT_SOURCES)}")
         self.s3, self.bucket, self.workers, self.notifier = s3, bucket, workers, notifier
         self.threshold, self.window, self.min_samples = threshold, window, min_samples
         self.score_every_s, self.notify_cooldown_s, self._clock = score_every_s, notify_cooldown_s, clock

@@ -29,6 +29,8 @@ import logging
 import uuid
 from typing import Any, Mapping, Sequence
 
+from vinspect.errors import VinspectError
+
 log = logging.getLogger(__name__)
 
 TYPE_PREFIX = "io.vinspect.model."
@@ -38,6 +40,10 @@ ROLLED_BACK = TYPE_PREFIX + "rolledback"
 DRIFT_DETECTED = TYPE_PREFIX + "drift.detected"
 EVENT_TYPES = (GATE_REJECTED, PROMOTED, ROLLED_BACK, DRIFT_DETECTED)
 MODES = ("binary", "structured")
+
+
+class NotifyError(VinspectError, ValueError):
+    """An unknown notification mode or kind."""
 
 
 class Notifier:
@@ -65,7 +71,7 @@ class Notifier:
         client: Any = None,
     ):
         if mode not in MODES:
-            raise ValueError(f"VINSPECT_NOTIFY_MODE {mode!r} is not one of {MODES}")
+            raise NotifyError(f"VINSPECT_NOTIFY_MODE {mode!r} is not one of {MODES}")
         self.url, self.mode, self._token = url or None, mode, token
         self.timeout_s, self.source, self.verify, self._client = timeout_s, source, verify, client
 
@@ -238,10 +244,10 @@ def notify(kind: str, *args: Any, **kwargs: Any) -> bool:
     ``rolled_back``, ``drift_detected``.
     """
     if kind not in ("gate_rejected", "promoted", "rolled_back", "drift_detected"):
-        raise ValueError(f"unknown notification {kind!r}")
+        raise NotifyError(f"unknown notification {kind!r}")
     try:
         notifier = Notifier.from_settings()
-    except Exception as exc:  # a bad setting must not fail a promotion either
+    except Exception as exc:  # noqa: BLE001 - a bad setting (of any kind) must not fail a promotion either
         log.warning("notifications misconfigured, %s not sent: %s", kind, exc)
         return False
     return getattr(notifier, kind)(*args, **kwargs)

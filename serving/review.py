@@ -44,6 +44,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from vinspect.errors import VinspectError
+
 log = logging.getLogger(__name__)
 
 REVIEW_PREFIX = "review/"
@@ -52,7 +54,7 @@ DEFAULT_CLASSES = ("scratch", "bent")
 GOOD_LABELS = ("good", "ok", "pass")
 
 
-class ReviewError(ValueError):
+class ReviewError(VinspectError, ValueError):
     """A review policy or queue record that cannot be used; the message names the field or key."""
 
 
@@ -318,7 +320,7 @@ class ReviewStore:
     def _exists(self, key: str) -> bool:
         try:
             self.s3.head_object(Bucket=self.bucket, Key=key)
-        except Exception as exc:  # botocore ClientError; its class lives in botocore
+        except Exception as exc:  # noqa: BLE001 - botocore ClientError (a class of botocore's): missing -> False, else re-raised
             if _is_missing(exc):
                 return False
             raise
@@ -407,7 +409,7 @@ class ReviewStore:
         """
         try:
             return self.s3.get_object(Bucket=self.bucket, Key=item.image_key)["Body"].read()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - botocore ClientError: missing -> ReviewError, else re-raised
             if _is_missing(exc):
                 raise ReviewError(
                     f"review item {item.key}: its image s3://{self.bucket}/{item.image_key} is missing"
@@ -469,7 +471,7 @@ def queue_frame(
         return None if key is None else replace(selection, key=key)
     except ReviewError:
         raise
-    except Exception as exc:  # S3 down or refusing: logged, inspection goes on
+    except Exception as exc:  # noqa: BLE001 - S3 down or refusing (any botocore error): logged, inspection goes on
         log.warning("review: could not queue image %s of camera %s: %s", selection.sha256[:12], selection.camera, exc)
         selector.release(selection)
         return None

@@ -18,8 +18,14 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from vinspect.errors import VinspectError
+
 KINDS = ("good", "scratch", "bent", "both")
 """What :func:`render_nut` can draw: no defect, one of each class, or both."""
+
+
+class SyntheticError(VinspectError, ValueError):
+    """An unknown kind of synthetic nut."""
 
 
 def _nut_outline(cx: float, cy: float, r: float, hexagonal: bool, rot: float) -> list[tuple[float, float]]:
@@ -39,7 +45,7 @@ def render_nut(
     ``rng`` state gives the same nut and defect positions at every scale.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown nut kind {kind!r}; expected one of {KINDS}")
+        raise SyntheticError(f"unknown nut kind {kind!r}; expected one of {KINDS}")
     bg = int(rng.integers(20, 60))
     img = Image.new("L", (size, size), bg)
     d = ImageDraw.Draw(img)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from serving import detector as det
+from serving.images import decode_image
 from vinspect.defaults import SERVE
 from vinspect.errors import VinspectError
 
@@ -259,7 +260,7 @@ def parity_check(
     failures: list[str] = []
     totals = {"max": 0.0, "sum": 0.0, "n": 0, "dt": 0, "do": 0, "m": 0}
     for path in images:
-        arr = det.decode_image(Path(path).read_bytes())
+        arr = decode_image(Path(path).read_bytes())
         tensor, info = det.preprocess(arr, imgsz)
         with torch.no_grad():
             out_t = model(torch.from_numpy(tensor))

@@ -258,6 +258,7 @@ def make_v2_smoke(
         import httpx
 
         from serving import detector
+        from serving.images import decode_image
 
         own = client is None
         http = client or httpx.Client(timeout=timeout_s, verify=verify)
@@ -286,7 +287,7 @@ def make_v2_smoke(
             report = []
             started = time.perf_counter()
             for item in golden:
-                img = detector.decode_image(Path(item.path).read_bytes())
+                img = decode_image(Path(item.path).read_bytes())
                 tensor, info = detector.preprocess(img, size)
                 output, served_version = infer_v2(
                     http, base_url, model, tensor, token=token, input_name=input_name, output_name=output_name

@@ -36,6 +36,17 @@ from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any
 
+from vinspect.errors import VinspectError
+
+
+class FrameUnavailable(VinspectError, LookupError):
+    """A recent frame whose clean image cannot be sent to review (not stored, or gone from S3)."""
+
+
+class ResultRejected(VinspectError, ValueError):
+    """A result event the dashboard cannot show (e.g. no camera)."""
+
+
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -134,19 +145,19 @@ class ReviewDesk:
         """Queue one remembered frame as flagged; returns what happened (for the JSON answer).
 
         Raises:
-            LookupError: The frame's clean image is not in S3 (the message says why).
+            FrameUnavailable: The frame's clean image is not in S3 (the message says why).
         """
         from serving.review import queue_frame
 
         key = frame.get("clean_key")
         if not key:
-            raise LookupError(
+            raise FrameUnavailable(
                 f"image {frame['result'].get('image_id')}: the camera's frame was not stored "
                 "(only the copy with boxes drawn on it, or no image at all)"
             )
         image = self.images.get(key)
         if image is None:
-            raise LookupError(f"image {frame['result'].get('image_id')}: s3://{self.images.bucket}/{key} is gone")
+            raise FrameUnavailable(f"image {frame['result'].get('image_id')}: s3://{self.images.bucket}/{key} is gone")
         selection = queue_frame(self.selector, self.store, frame["result"], image, flagged=True)
         with self._lock:
             self._size = None
@@ -191,11 +202,11 @@ def sanitize_result(
         A JSON-ready dict; `image` is a base64 image data URL or a `/images/` path, else None.
 
     Raises:
-        ValueError: When the payload has no camera.
+        ResultRejected: When the payload has no camera.
     """
     camera = _text(data.get("camera"), 100)
     if not camera:
-        raise ValueError("result has no 'camera'")
+        raise ResultRejected("result has no 'camera'")
     detections = []
     for d in (data.get("detections") or [])[:100]:
         if not isinstance(d, dict):
@@ -421,7 +432,7 @@ class ResultsFeed:
                         offset=msg.offset(),
                     )
                     if event.get("type") != RESULT_EVENT_TYPE:
-                        raise ValueError(f"type {str(event.get('type'))[:100]!r} is not a result")
+                        raise PoisonEvent(f"type {str(event.get('type'))[:100]!r} is not a result")
                     self.state.publish(result_data(event), event.get("id"))
                 except (PoisonEvent, ValueError) as exc:
                     log.warning("results feed: skipping %s@%d: %s", msg.topic(), msg.offset(), exc)
@@ -504,7 +515,7 @@ def create_app(
         try:
             event = from_http(dict(request.headers), body)
             if event.get("type") != RESULT_EVENT_TYPE:
-                raise ValueError(f"type {str(event.get('type'))[:100]!r} is not {RESULT_EVENT_TYPE}")
+                raise PoisonEvent(f"type {str(event.get('type'))[:100]!r} is not {RESULT_EVENT_TYPE}")
             state.publish(result_data(event), event.get("id"))
         except (GenericException, PoisonEvent, ValueError) as exc:
             return JSONResponse({"error": f"not a result event: {exc}"}, status_code=400)

@@ -327,7 +327,8 @@ def test_02_training_and_runs(stack_env, registered, monkeypatch, tmp_path):
 def test_03_inference_over_rest(stack_env, model_server, dataset, monkeypatch):
     import numpy as np
 
-    from serving.detector import Detector, decode, decode_image, preprocess
+    from serving.detector import Detector, decode, preprocess
+    from serving.images import decode_image
 
     image = sorted((dataset / "images" / "val").iterdir())[0]
     # The same ONNX file run locally through the same detector core is the reference.

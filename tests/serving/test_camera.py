@@ -14,9 +14,9 @@ import zipfile
 import pytest
 from PIL import Image
 
-from serving import detector as det
 from serving.camera import encode_jpeg, frame_stream, load_frames, produce_frames
 from serving.imagelimits import ImageTooLarge
+from serving.images import decode_image
 
 from .conftest import PYTHON, REPO
 
@@ -48,7 +48,7 @@ def test_folder_archive_and_synthetic_sources(tmp_path):
 
     synth = load_frames("synthetic:5", seed=3)
     assert len(synth) == 5 and {f.label for f in synth} <= {"good", "scratch", "bent"}
-    assert det.decode_image(synth[0].data).shape == (320, 320, 3)
+    assert decode_image(synth[0].data).shape == (320, 320, 3)
     assert [f.data for f in load_frames("synthetic:5", seed=3)] == [f.data for f in synth]
 
     (tmp_path / "empty").mkdir()
@@ -63,7 +63,7 @@ def test_jpeg_is_rgb_and_scaled():
     buf = io.BytesIO()
     rgba.save(buf, format="PNG")
     jpeg = encode_jpeg(buf.getvalue(), quality=95, scale=0.5)
-    img = det.decode_image(jpeg)
+    img = decode_image(jpeg)
     assert img.shape == (15, 20, 3)
     r, g, b = img[7, 10].tolist()
     assert r > 180 and g < 60 and b < 60  # red stays red: no BGR swap anywhere
@@ -121,7 +121,7 @@ def test_legacy_records_to_kafka(local_stack):
         assert record["type"] == "image" and msg.key().decode() == record["id"]
         assert record["image"].startswith("data:image/jpeg;base64,")
         jpeg = base64.b64decode(record["image"].split(",", 1)[1])
-        assert det.decode_image(jpeg).shape == (320, 320, 3)
+        assert decode_image(jpeg).shape == (320, 320, 3)
     assert sorted({m.key() for m in messages}) == [b"camera-0", b"camera-1"]
 
 
@@ -146,7 +146,7 @@ def test_cli_camera_produces_cloudevents(local_stack):
         assert headers["ce_type"] == b"io.vinspect.image.captured"
         assert headers["ce_subject"] == msg.key()
         assert {"ce_specversion", "ce_id", "ce_source", "ce_time"} <= set(headers)
-        assert det.decode_image(msg.value()).shape == (320, 320, 3)
+        assert decode_image(msg.value()).shape == (320, 320, 3)
 
 
 def _png_of(w: int, h: int, value: int = 90) -> bytes:
@@ -180,7 +180,7 @@ def test_frames_from_an_s3_prefix_are_read_lazily(local_stack):
         ("scratch/003.png", "scratch"),
     ]
     assert calls == []  # nothing read yet
-    assert det.decode_image(encode_jpeg(frames[0].data)).shape == (30, 40, 3)
+    assert decode_image(encode_jpeg(frames[0].data)).shape == (30, 40, 3)
     assert calls == [f"{prefix}/bent_001.png"]
     with pytest.raises(ValueError, match="no images"):
         load_frames(f"s3://{bucket}/{prefix}-empty/", s3=s3)
@@ -198,7 +198,7 @@ def test_camera_skips_a_decompression_bomb_and_goes_on(local_stack, tmp_path):
     sent = produce_frames(Producer({"bootstrap.servers": local_stack.kafka_bootstrap}), topic, iter(frames), fps=0)
     assert sent == 1
     (msg,) = _consume(local_stack.kafka_bootstrap, topic, 1)
-    assert det.decode_image(msg.value()).shape == (30, 40, 3)
+    assert decode_image(msg.value()).shape == (30, 40, 3)
     with pytest.raises(ImageTooLarge, match="a_bomb.png: 12000x12000"):
         encode_jpeg(frames[0].data, what="a_bomb.png")
 

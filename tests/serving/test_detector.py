@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from serving import detector as det
+from serving.images import decode_bgr, decode_image
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -69,7 +70,7 @@ def test_jpeg_fast_path_matches_the_full_decode():
     Image.fromarray(img).save(buf, format="JPEG", quality=95)
     d = det.Detector(None, imgsz=320)
     fast, info_fast = d.prepare(buf.getvalue())
-    full, info_full = d.prepare(det.decode_image(buf.getvalue()))
+    full, info_full = d.prepare(decode_image(buf.getvalue()))
     assert info_fast == info_full and info_fast.orig_shape == (700, 500)
     assert np.abs(fast - full).mean() < 2 / 255  # smooth image: only resampling noise differs
 
@@ -86,11 +87,11 @@ def test_every_input_form_gives_rgb_planes():
     # r = 1, content 64 x 48 with 8 rows of padding on top: R everywhere, B only in the stripe.
     assert np.allclose(reference[0, 0, 8:56], 1.0) and np.allclose(reference[0, 1, 8:56], 0.0)
     assert np.allclose(reference[0, 2, 8:16], 200 / 255) and np.allclose(reference[0, 2, 16:56], 0.0)
-    for form in (png.getvalue(), det.decode_bgr(png.getvalue()), Image.fromarray(img)):
+    for form in (png.getvalue(), decode_bgr(png.getvalue()), Image.fromarray(img)):
         tensor, info = d.prepare(form)
         assert info == ref_info, type(form)
         np.testing.assert_array_equal(tensor, reference)
-    assert det.decode_bgr(png.getvalue()).rgb().tolist() == img.tolist()
+    assert decode_bgr(png.getvalue()).rgb().tolist() == img.tolist()
 
 
 def test_detect_many_equals_detect_in_input_order():
@@ -112,23 +113,32 @@ def test_detect_many_equals_detect_in_input_order():
     assert list(d.detect_many(images, workers=1)) == expected
 
 
+def test_timings_come_with_each_result_not_with_the_detector():
+    """One Detector serves several threads: each call's timings are its own, none kept on it."""
+    import threading
+    import time
+
+    def infer(tensor):
+        if tensor.mean() > 0.5:  # the bright image takes 50 ms; the dark one returns at once
+            time.sleep(0.05)
+        return np.zeros((1, 6, 4), np.float32)
+
+    d = det.Detector(None, imgsz=64, names=("scratch", "bent"))
+    results = {}
+    bright = threading.Thread(target=lambda: results.update(bright=d.run(np.full((64, 64, 3), 250, np.uint8), infer)))
+    bright.start()
+    results["dark"] = d.run(np.zeros((64, 64, 3), np.uint8), infer)
+    bright.join(10)
+    assert results["bright"].timings["inference"] > results["dark"].timings["inference"]
+    assert not hasattr(d, "timings")
+    assert results["dark"] == det.DetectionResult([], {"other": 1.0})  # timings do not take part in ==
+
+
 def test_a_bad_file_is_named(tmp_path):
     bad = tmp_path / "frame-007.jpg"
     bad.write_bytes(b"\xff\xd8\xff not really a jpeg")
     with pytest.raises(ValueError, match="frame-007.jpg: cannot decode image"):
         list(det.Detector(None, imgsz=64).detect_many([bad], workers=2))
-
-
-def test_decode_image_converts_any_mode_to_rgb_and_names_bad_bytes():
-    buf = io.BytesIO()
-    Image.new("RGBA", (5, 4), (10, 20, 30, 40)).save(buf, format="PNG")
-    arr = det.decode_image(buf.getvalue())
-    assert arr.shape == (4, 5, 3) and arr[0, 0].tolist() == [10, 20, 30]
-    buf = io.BytesIO()
-    Image.new("L", (3, 3), 99).save(buf, format="JPEG")
-    assert det.decode_image(buf.getvalue()).shape == (3, 3, 3)
-    with pytest.raises(ValueError, match="cannot decode image"):
-        det.decode_image(b"not an image")
 
 
 def _v8_output(n: int = 10) -> np.ndarray:
@@ -276,11 +286,14 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
     img = np.zeros((128, 256, 3), np.uint8)  # r = 0.25, content 64 x 32, pad top 16
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="PNG")
-    local = d.detect(buf.getvalue())
+    result = d.run(buf.getvalue())
+    local = result.detections
+    assert d.detect(buf.getvalue()) == local
     assert [x.class_name for x in local] == ["bent"]
     # (32 +- 8, 32 +- 4) in the letterbox -> x: (24..40)/0.25, y: (28-16..36-16)/0.25
     np.testing.assert_allclose(local[0].box, [96, 48, 160, 80])
-    assert set(d.timings) == {"preprocess", "inference", "postprocess"}
+    assert set(result.timings) == {"preprocess", "inference", "postprocess"}
+    assert all(ms >= 0 for ms in result.timings.values())
     assert det.Detector(path, threads=1, engine="onnxruntime").session.get_session_options().intra_op_num_threads == 1
     seen = []
 
@@ -288,7 +301,8 @@ def test_detector_reads_metadata_and_detects_locally_and_remotely(tmp_path):
         seen.append(tensor.shape)
         return out
 
-    assert det.Detector(None, conf=0.2, iou=0.4, names=("scratch", "bent"), imgsz=64).detect_with(img, remote) == local
+    remote_only = det.Detector(None, conf=0.2, iou=0.4, names=("scratch", "bent"), imgsz=64)
+    assert remote_only.run(img, remote).detections == local
     assert seen == [(1, 3, 64, 64)]
     with pytest.raises(RuntimeError, match="no local model"):
         det.Detector(None, imgsz=64).detect(img)

@@ -14,6 +14,7 @@ from cloudevents.v1.http import CloudEvent, from_http
 from PIL import Image
 
 from serving import detector as det
+from serving import images
 from serving.events import (
     IMAGE_EVENT_TYPE,
     KNATIVE_KAFKA_EVENT_TYPE,
@@ -86,14 +87,14 @@ def test_inspect_result_event(inspector, model_server, local_stack):
     assert "camera-3" in ref["key"] and ref["key"].endswith(".jpg")
     annotated = local_stack.s3.get_object(Bucket=DATA_BUCKET, Key=ref["key"])["Body"].read()
     assert ref["bytes"] == len(annotated)
-    assert det.decode_image(annotated).shape == (120, 160, 3)
+    assert images.decode_image(annotated).shape == (120, 160, 3)
     assert "base64" not in json.dumps(data)
 
     # Same detections as the detector core running the same ONNX in-process.
     local = det.Detector(str(model_server.repository.get("metal-nut").source.location), conf=0.01, iou=0.4)
     low = Inspector(inspector.client, InspectConfig(conf=0.01, iou=0.4, annotate=False))
     remote = low.inspect(event).get_data()["detections"]
-    assert remote == [d.to_dict() for d in local.detect(det.decode_image(jpeg))]
+    assert remote == [d.to_dict() for d in local.detect(images.decode_image(jpeg))]
 
 
 def test_inspect_accepts_legacy_json_and_knative_wrapping(inspector):
@@ -244,7 +245,7 @@ def test_http_receiver_503_when_model_down():
 def test_annotate_draws_boxes():
     img = np.full((100, 100, 3), 128, np.uint8)
     boxes = [det.Detection(0, "scratch", 0.9, (10.0, 20.0, 60.0, 70.0))]
-    out = det.decode_image(annotate(img, boxes))
+    out = images.decode_image(annotate(img, boxes))
     # the box outline is red-ish where the plain image was grey
     assert out[45, 10, 0] > 180 and out[45, 10, 1] < 100
     assert abs(int(out[90, 90, 0]) - 128) < 10
@@ -271,8 +272,26 @@ def test_swap_to_another_input_size_is_followed(onnx_model, onnx_model_64):
         assert inspector.inspect(image_event(_jpeg(), "c")).get_data()["model"]["version"] == "1"
         assert client.load(str(onnx_model_64), version="2")["version"] == "2"
         data = inspector.inspect(image_event(_jpeg(), "c")).get_data()
-        assert data["model"]["version"] == "2" and inspector._imgsz == (64, 64)
+        assert data["model"]["version"] == "2" and inspector.model().detector.imgsz == (64, 64)
         client.close()
+
+
+def test_one_detector_serves_every_event_of_a_model(model_server, monkeypatch):
+    """The detector is built once from the model's metadata, not once per event (issue 16)."""
+    built = []
+
+    class Counted(det.Detector):
+        def __init__(self, *args, **kwargs):
+            built.append(kwargs.get("imgsz"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(det, "Detector", Counted)
+    client = ModelClient(model_server.url, "metal-nut", retries=0)
+    inspector = Inspector(client, InspectConfig(conf=0.2, iou=0.4))
+    versions = {inspector.inspect(image_event(_jpeg(seed=i), "c")).get_data()["model"]["version"] for i in range(3)}
+    assert versions == {"1"} and len(built) == 1
+    assert inspector.model().detector is inspector.model().detector
+    client.close()
 
 
 def _bomb_png(side: int = 12000) -> bytes:
@@ -289,7 +308,7 @@ def test_decompression_bomb_is_poison_and_never_decoded(inspector, monkeypatch):
     bomb = _bomb_png()
     assert len(bomb) < 500_000
     decoded = []
-    monkeypatch.setattr(det, "decode_bgr", lambda data: decoded.append(len(data)))
+    monkeypatch.setattr(images, "_imdecode", lambda data, flags: decoded.append(len(data)))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     with pytest.raises(PoisonEvent, match=r"12000x12000 = 144,000,000 pixels is over the limit"):
         inspector.inspect(CloudEvent({"type": IMAGE_EVENT_TYPE, "source": "s", "datacontenttype": "image/png"}, bomb))
@@ -381,7 +400,7 @@ def test_result_event_is_bounded_for_the_largest_acceptable_input(model_server):
     inspection = inspector.analyse(event)
     # The worst case the detector can return: MAX_DETECTIONS boxes with long float scores.
     worst = det.Detection(1, "bent", 0.123456789012345, (1234.56789, 2345.6789, 3456.789, 4567.891))
-    inspection.data["detections"] = [worst.to_dict()] * det.MAX_DETECTIONS
+    inspection.result.detections = [worst.to_dict()] * det.MAX_DETECTIONS
     ref = {
         "bucket": "b" * 63,
         "key": AnnotatedImageStore(None, "b").key_for("c" * 128, "i" * 256),
@@ -408,7 +427,7 @@ def test_result_in_the_original_demos_reply_shape(model_server):
     data = reply.get_data()
     assert set(data) == {"text", "id", "status", "image"}
     assert data["text"] == "2026-12-06T10:00:00Z" and data["id"] == "7" and data["status"] in (0, 1)
-    thumb = det.decode_image(base64.b64decode(data["image"].split(",", 1)[1]))
+    thumb = images.decode_image(base64.b64decode(data["image"].split(",", 1)[1]))
     assert max(thumb.shape[:2]) <= 640
     assert record_size(*to_kafka(reply)) < RESULT_MAX_BYTES
     with pytest.raises(ValueError, match="result_format"):

@@ -228,9 +228,13 @@ class Runtime:
         return total
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def runtime(tmp_path_factory, local_stack, onnx_model):
-    """One model server + processor + dashboard shared by the loop and poison tests."""
+    """A model server + processor + dashboard on fresh topics, for one test.
+
+    Not shared between tests: the loop test counts every result on its topics and the dashboard's
+    totals, so a poison test that ran first on the same topics (random order) made it fail.
+    """
     from .conftest import Proc
 
     procs: list[Proc] = []

@@ -202,113 +202,28 @@ def processor(
     log_level: str = typer.Option("info", help="Log level."),
 ) -> None:
     """Run the image processor: images -> model (v2) -> result events."""
-    from serving.memory import keep_large_buffers
-    from serving.model_client import ModelClient
-    from serving.processor import (
-        AnnotatedImageStore,
-        InspectConfig,
-        Inspector,
-        KafkaLoop,
-        ProcessorMetrics,
-        create_http_app,
-        kafka_clients,
-        serve_health,
-    )
-    from vinspect.settings import KafkaSettings, ModelServerSettings, RuntimeSettings, S3Settings
+    from serving.processor.app import ProcessorOptions, run
+    from serving.processor.inspector import ProcessorConfigError
 
     _logging(log_level)
-    if mode not in ("kafka", "http"):
-        raise typer.BadParameter("--mode must be `kafka` or `http`")
-    runtime = RuntimeSettings.from_env()
-    fmt = result_format or runtime.result_format
+    options = ProcessorOptions(
+        mode=mode,
+        host=host,
+        port=port,
+        concurrency=concurrency,
+        conf=conf,
+        iou=iou,
+        annotate=annotate,
+        result_format=result_format,
+        group=group,
+        loop=loop,
+        metrics_port=metrics_port,
+        log_level=log_level,
+    )
     try:
-        config = InspectConfig(
-            conf=conf,
-            iou=iou,
-            annotate=annotate,
-            result_format=fmt,
-            max_pixels=runtime.max_image_pixels,
-            max_image_bytes=runtime.max_image_bytes,
-        )
-    except ValueError as exc:
-        raise typer.BadParameter(f"--result-format / VINSPECT_RESULT_FORMAT: {exc}") from None
-    keep_large_buffers()  # a tensor per image is megabytes: no fresh pages for each one
-    model_settings = ModelServerSettings.from_env()
-    client = ModelClient.from_settings(model_settings, retries=1)
-    metrics = ProcessorMetrics()
-    store = None
-    s3 = S3Settings.from_env()
-    if annotate and fmt == "vinspect" and not (s3.endpoint_url or s3.access_key_id):
-        # No S3 configured: do not guess at AWS; results say "disabled: no image store configured".
-        typer.echo("no S3 settings (AWS_S3_ENDPOINT / AWS_ACCESS_KEY_ID): results carry no annotated image")
-    elif annotate and fmt == "vinspect":
-        # Short timeouts: a result waits for its put, and an S3 outage must cost seconds, not minutes.
-        store = AnnotatedImageStore(
-            s3.client(timeouts=(2.0, 10.0), attempts=2),
-            s3.data_bucket,
-            runtime.annotated_prefix,
-            workers=max(2, concurrency),
-            max_pending=4 * concurrency,
-        )
-        typer.echo(f"annotated images -> s3://{s3.data_bucket}/{runtime.annotated_prefix}/")
-    hooks = None
-    if loop:
-        from serving.feedback import from_settings as loop_hooks
-
-        hooks = loop_hooks(metrics.loop)
-        typer.echo("feedback loop on: metrics per camera, review queue, drift")
-    inspector = Inspector(client, config, metrics, store, hooks)
-    typer.echo(f"processor ({mode}) -> {client!r}")
-    try:
-        if mode == "http":
-            import uvicorn
-
-            uvicorn.run(
-                create_http_app(inspector, metrics, token=runtime.token("processor")),
-                host=host,
-                port=port,
-                log_level=log_level.lower(),
-                access_log=False,
-            )
-            return
-        kafka = KafkaSettings.from_env()
-        consumer, producer = kafka_clients(kafka, group)
-        kafka_loop = KafkaLoop(
-            inspector,
-            consumer,
-            producer,
-            images_topic=kafka.images_topic,
-            results_topic=kafka.results_topic,
-            dlq_topic=kafka.dlq_topic,
-            concurrency=concurrency,
-            metrics=metrics,
-            dlq_copy_max_bytes=runtime.dlq_copy_max_bytes,
-        )
-        health = serve_health(host, port, kafka_loop.live, kafka_loop.ready, metrics)
-        extra = None
-        if metrics_port is not None and metrics_port != port:
-            from serving.metrics import serve_metrics
-
-            extra = serve_metrics(metrics.loop, metrics_port, host)
-            typer.echo(f"metrics on http://{host}:{metrics_port}/metrics")
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: kafka_loop.stop())
-        typer.echo(
-            f"{kafka.images_topic} -> {kafka.results_topic} (dlq {kafka.dlq_topic}); "
-            f"health on http://{host}:{port}/healthz"
-        )
-        try:
-            kafka_loop.run()
-        finally:
-            health.shutdown()
-            if extra is not None:
-                extra[0].shutdown()
-    finally:
-        if store is not None:
-            store.close()
-        if hooks is not None:
-            hooks.close()
-        client.close()
+        run(options, echo=typer.echo)
+    except ProcessorConfigError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def camera(
