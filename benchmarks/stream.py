@@ -285,7 +285,7 @@ def _run(args, imgsz: int) -> dict:
             up(stack, log=lambda _m: None)
             pids = stack_pids(stack)
             # What the durable broker costs: tansu, the Kafka front and the S3 server under its log.
-            broker_pids = [pids[name] for name in ("tansu", "kafka", "s3") if name in pids]
+            broker_pids = {name: pids[name] for name in ("tansu", "kafka", "s3") if name in pids}
             procs = []
         else:
             procs = [
@@ -303,7 +303,7 @@ def _run(args, imgsz: int) -> dict:
                     work / "tansu.log",
                 )
             ]
-            broker_pids = [procs[0].pid]
+            broker_pids = {"tansu": procs[0].pid}
         results = None
         try:
             admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -392,7 +392,7 @@ def _run(args, imgsz: int) -> dict:
             ort_before, layout_before = _engine_best(model, 4.0, args.engine, args.precision)
             # Phase 1: burst -> sustained throughput.
             cpu0 = {p: cpu_seconds(p.pid) for p in (processor, server)}
-            broker0 = {pid: cpu_seconds(pid) for pid in broker_pids}
+            broker0 = {name: cpu_seconds(pid) for name, pid in broker_pids.items()}
             own0 = time.process_time()
             t0 = time.time()
             burst = _send(bootstrap, topics["VINSPECT_IMAGES_TOPIC"], jpegs, args.images, 0, results.sent_at)
@@ -400,7 +400,9 @@ def _run(args, imgsz: int) -> dict:
             results.wait(set(burst), 600)
             stream_ips = len(burst) / (max(results.arrivals[i] for i in burst) - t0)
             cpu_ms = {p: (cpu_seconds(p.pid) - cpu0[p]) * 1e3 / len(burst) for p in cpu0}
-            broker_ms = sum(cpu_seconds(pid) - broker0[pid] for pid in broker_pids) * 1e3 / len(burst)
+            broker_ms = {
+                name: (cpu_seconds(pid) - broker0[name]) * 1e3 / len(burst) for name, pid in broker_pids.items()
+            }
             own_ms = (time.process_time() - own0) * 1e3 / len(burst)
 
             # Raw ORT on the same machine, same model, while the services idle; measured
@@ -454,7 +456,9 @@ def _run(args, imgsz: int) -> dict:
         "processor_cpu_ms_per_image": round(cpu_ms[processor], 1),
         "model_server_cpu_ms_per_image": round(cpu_ms[server], 1),
         "broker": args.broker,
-        "broker_cpu_ms_per_image": round(broker_ms, 1),
+        "broker_cpu_ms_per_image": round(sum(broker_ms.values()), 1),
+        # Which part of the broker costs what: tansu, the Kafka front ("kafka"), the S3 under its log.
+        "broker_cpu_ms_per_image_by_process": {name: round(ms, 2) for name, ms in broker_ms.items()},
         "camera_cpu_ms_per_image": round(camera_ms, 1),
         "camera_and_sink_cpu_ms_per_image": round(own_ms, 1),
         "processor_peak_rss_mb": rss_processor,
