@@ -13,7 +13,11 @@ and one single-threaded inference per core at once; for ONNX Runtime also withou
 measured before and after the burst. The model server runs the one-per-core layout by default.
 Peak RSS of the processor and the model server is read from /proc; CPU ms per image is reported
 for every process, the broker and this script's camera and result sink included (all of them
-share the same cores as the reference had to itself).
+share the same cores as the reference had to itself), the durable broker's split by process
+(``broker_cpu_ms_per_image_by_process``: tansu, the Kafka front, the S3 server under the log).
+Most of the broker's CPU is idle polling, not records: tansu answers an empty fetch only when
+the consumer's ``fetch.wait.max.ms`` has passed (it does not wake on a produce), and each fetch
+lists the partition's objects in S3; so the result sink polls as the dashboard does (100 ms).
 
     .venv/bin/python benchmarks/stream.py --images 120 --latency-images 40     # the full run
     .venv/bin/python benchmarks/stream.py --images 12 --latency-images 6 --imgsz 320   # smoke run

@@ -256,7 +256,7 @@ def download_dataset(s3_client, uri: str, dest: Path) -> dict:
             if prefix + name in existing:
                 s3_client.download_file(bucket, prefix + name, str(tmp / name))
         tmp.rename(dest)
-    except BaseException:
+    except BaseException:  # Ctrl-C included: never leave a half-written folder; re-raised as is
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("downloaded dataset %s (%d files) to %s", dataset_id, len(files), dest)
