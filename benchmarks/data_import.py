@@ -9,8 +9,9 @@ Measured side by side in one run (ratios, not absolute times: machines are share
   checked), divided by ``shutil.copytree`` of the same dataset folder: what going through S3
   costs over a plain copy. Target <= 2. The dataset goes as one object, ``dataset.tar`` (built
   while it streams, multipart, every file checked against the manifest's sha256), plus its
-  manifest and QA report: one PUT per file cost 53x a copy (2,000 images, 4,000 files: 29.5 s
-  against 0.55 s; 8 parallel PUTs still 11.6 s), the archive about 1.6 s on a loaded machine.
+  manifest and QA report. Measured on the 2-core development machine (load ~4): one PUT per
+  file took 28.5 s against a 0.54 s copy (52.9x; 8 parallel PUTs still 11.6 s), the archive
+  1.18 s against 0.64 s (1.85x).
   ``reupload_s`` is the same call again, where the dataset is already there (one listing and
   no PUT). With ``moto`` installed, the same upload to an in-process moto server (the previous
   local S3, objects in memory) is measured beside it.
