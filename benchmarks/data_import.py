@@ -7,9 +7,14 @@ Measured side by side in one run (ratios, not absolute times: machines are share
 - ``upload_ratio_vs_copy``: ``upload_dataset`` of the imported 2,000-image dataset to the local
   stack's S3 (``rclone serve s3``, objects written as files under its state directory, SigV4
   checked), divided by ``shutil.copytree`` of the same dataset folder: what going through S3
-  costs over a plain copy. ``reupload_s`` is the same call again, where every key is already
-  there (one listing, ETags included, and no PUT). With ``moto`` installed, the same upload to an
-  in-process moto server (the previous local S3, objects in memory) is measured beside it.
+  costs over a plain copy. Target <= 2. The dataset goes as one object, ``dataset.tar`` (built
+  while it streams, multipart, every file checked against the manifest's sha256), plus its
+  manifest and QA report. Measured on the 2-core development machine (load ~4): one PUT per
+  file took 28.5 s against a 0.54 s copy (52.9x; 8 parallel PUTs still 11.6 s), the archive
+  1.18 s against 0.64 s (1.85x).
+  ``reupload_s`` is the same call again, where the dataset is already there (one listing and
+  no PUT). With ``moto`` installed, the same upload to an in-process moto server (the previous
+  local S3, objects in memory) is measured beside it.
 - peak memory of the import at 500 and 2,000 images, two ways: the peak RSS of a fresh process
   doing only the import (what a pipeline pod needs; should stay flat), and the peak Python heap
   (tracemalloc), whose growth per image is the manifest's bookkeeping (paths, digests, boxes).
@@ -105,6 +110,7 @@ def _upload_figures(dataset: Path, tmp: Path, repeat: int) -> dict:
         "dataset_copy_s": round(min(copies), 3),
         "upload_s": round(min(uploads), 3),
         "upload_ratio_vs_copy": round(min(uploads) / min(copies), 2),
+        "upload_target_ratio": 2.0,
         "reupload_s": round(min(reuploads), 3),
         "uploaded_mb_on_disk": round(on_disk / 2**20, 1),
     }

@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import logging
 import struct
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from vinspect.errors import VinspectError
@@ -381,32 +382,31 @@ class Front:
             return
         pending: dict[int, ListOffsetsQuery] = {}
 
-        async def client_to_broker() -> None:
-            while (frame := await _read_frame(client_r)) is not None:
-                if len(frame) >= 8:
-                    api_key, _version, corr = struct.unpack_from(">hhi", frame)
-                    if api_key == LIST_OFFSETS:
-                        try:
-                            pending[corr] = parse_list_offsets_request(frame)
-                        except ProtocolError as exc:
-                            log.warning("ListOffsets request not understood, relayed as is: %s", exc)
-                up_w.write(struct.pack(">i", len(frame)) + frame)
-                await up_w.drain()
+        def is_list_offsets(head: bytes) -> bool:  # request header: api key, version, correlation id
+            return struct.unpack_from(">h", head)[0] == LIST_OFFSETS
 
-        async def broker_to_client() -> None:
-            while (frame := await _read_frame(up_r)) is not None:
-                if len(frame) >= 4:
-                    (corr,) = struct.unpack_from(">i", frame)
-                    query = pending.pop(corr, None)
-                    if query is not None:
-                        try:
-                            frame = await self.fix_list_offsets(frame, query)
-                        except (OSError, ConnectionError, ProtocolError, asyncio.TimeoutError) as exc:
-                            log.error("could not correct a ListOffsets answer (relayed as the broker gave it): %s", exc)
-                client_w.write(struct.pack(">i", len(frame)) + frame)
-                await client_w.drain()
+        async def note_query(frame: bytes) -> bytes:
+            try:
+                pending[struct.unpack_from(">i", frame, 4)[0]] = parse_list_offsets_request(frame)
+            except ProtocolError as exc:
+                log.warning("ListOffsets request not understood, relayed as is: %s", exc)
+            return frame
 
-        tasks = [asyncio.create_task(client_to_broker()), asyncio.create_task(broker_to_client())]
+        def answers_a_query(head: bytes) -> bool:  # response header: correlation id
+            return struct.unpack_from(">i", head)[0] in pending
+
+        async def fix(frame: bytes) -> bytes:
+            query = pending.pop(struct.unpack_from(">i", frame)[0])
+            try:
+                return await self.fix_list_offsets(frame, query)
+            except (OSError, ConnectionError, ProtocolError, asyncio.TimeoutError) as exc:
+                log.error("could not correct a ListOffsets answer (relayed as the broker gave it): %s", exc)
+                return frame
+
+        tasks = [
+            asyncio.create_task(relay_frames(client_r, up_w, 8, is_list_offsets, note_query)),
+            asyncio.create_task(relay_frames(up_r, client_w, 4, answers_a_query, fix)),
+        ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -415,6 +415,68 @@ class Front:
             for writer in (up_w, client_w):
                 writer.close()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_READ_CHUNK = 1 << 18  # an image record is tens of KiB: a few reads carry a whole produce
+
+
+async def relay_frames(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    head_len: int,
+    wanted: Callable[[bytes], bool],
+    visit: Callable[[bytes], Awaitable[bytes]],
+) -> None:
+    """Copy length-prefixed Kafka frames from ``reader`` to ``writer`` until either side closes.
+
+    Bytes go through as they arrive, in reads of up to ``_READ_CHUNK``, without being cut into
+    frames: only each frame's first ``head_len`` bytes are looked at (``wanted``). A frame that
+    ``wanted`` picks is gathered whole and replaced by what ``visit`` returns; order is kept.
+    The relay's cost is then per read, not per frame, and an image record is never copied
+    into a frame of its own.
+
+    Raises:
+        ProtocolError: On a negative frame length (the stream is not Kafka's).
+    """
+    buf = bytearray()
+    through = 0  # bytes of the current frame still to pass on unlooked-at
+    while data := await reader.read(_READ_CHUNK):
+        if through >= len(data) and not buf:  # the middle of a large frame: the common case
+            through -= len(data)
+            writer.write(data)
+            await writer.drain()
+            continue
+        buf += data
+        out: list[bytes | bytearray] = []
+        while buf:
+            if through:
+                n = min(through, len(buf))
+                out.append(buf[:n])
+                del buf[:n]
+                through -= n
+                continue
+            if len(buf) < 4:
+                break
+            (size,) = struct.unpack_from(">i", buf)
+            if size < 0:
+                raise ProtocolError(f"negative frame length {size}")
+            if len(buf) < 4 + min(size, head_len):
+                break
+            if size >= head_len and wanted(bytes(buf[4 : 4 + head_len])):
+                if len(buf) < 4 + size:
+                    break
+                frame = bytes(buf[4 : 4 + size])
+                del buf[: 4 + size]
+                if out:  # what came before goes first, while visit may wait on the broker
+                    writer.write(b"".join(out))
+                    out.clear()
+                frame = await visit(frame)
+                out.append(struct.pack(">i", len(frame)) + frame)
+            else:
+                through = 4 + size
+        if out:
+            writer.write(b"".join(out))
+            await writer.drain()
 
 
 async def serve(listen: tuple[str, int], upstream: tuple[str, int]) -> None:

@@ -150,7 +150,7 @@ def test_passing_model_is_registered_rolled_out_and_made_champion(run_env, rejec
             "Contents", []
         )
     ]
-    assert f"datasets/{dataset_id}/manifest.json" in keys and any("/labels/" in k for k in keys), keys
+    assert {f"datasets/{dataset_id}/{n}" for n in ("manifest.json", "dataset.tar")} <= set(keys), keys
     sources = [json.loads(d.dataset.source).get("uri", d.dataset.source) for d in run.inputs.dataset_inputs]
     assert f"s3://{data_bucket}/datasets/{dataset_id}/" in sources, sources
 
