@@ -279,9 +279,18 @@ def test_flag_api_needs_the_token_and_the_clean_frame(review_desk):
         assert httpx.post(server.url + "/api/flag", json={"image_id": "f1"}).status_code == 404
 
 
-def test_page_shows_history_failures_queue_and_flags_a_frame(review_desk):
+def test_page_shows_history_failures_queue_and_flags_a_frame(review_desk, monkeypatch):
     """In Chromium: defect rate over time and recent failures per camera, the queue size, and an
     operator's flag (the page asks for the dashboard token once) that lands in the S3 queue."""
+    import time
+    from types import SimpleNamespace
+
+    import serving.dashboard.app as dashboard_app
+
+    # Results are bucketed by the minute they arrive in: hold the server's clock at the start of
+    # this minute, or a run that crosses a minute boundary sees two bars instead of one.
+    arrived = time.time() // 60 * 60 + 1
+    monkeypatch.setattr(dashboard_app, "time", SimpleNamespace(time=lambda: arrived, monotonic=time.monotonic))
     if not CHROMIUM.exists():
         pytest.skip("Debian chromium not installed at /usr/bin/chromium (apt-get install chromium)")
     from playwright.sync_api import sync_playwright
