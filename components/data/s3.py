@@ -155,7 +155,7 @@ def upload_dataset(s3_client, bucket: str, dataset_dir: Path, *, progress: bool 
 
     dataset_dir = Path(dataset_dir)
     manifest = read_manifest(dataset_dir)
-    prefix = f"datasets/{manifest['dataset_id']}/"
+    prefix = f"datasets/{manifest.dataset_id}/"
     uri = f"s3://{bucket}/{prefix}"
     try:
         existing = _existing_keys(s3_client, bucket, prefix)

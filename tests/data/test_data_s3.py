@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from components.data import DatasetError, import_dataset, upload_dataset
-from components.data.manifest import SCHEMA, dataset_id
+from components.data.manifest import SCHEMA, dataset_id, read_manifest
 from components.data.s3 import download_dataset
 
 
@@ -117,7 +117,7 @@ def _big_dataset(root, n=3, mb=3):
         files[rel] = hashlib.sha256(data).hexdigest()
     manifest = {"schema": SCHEMA, "classes": ["x"], "files": files, "dataset_id": dataset_id(["x"], files)}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    return manifest
+    return read_manifest(root)
 
 
 def test_multipart_upload_aborted_on_a_bad_file(local_stack, bucket, tmp_path):
@@ -159,7 +159,7 @@ def test_old_per_file_layout_is_read_and_not_uploaded_again(local_stack, bucket,
     """Buckets written before the archive (one object per file) keep working."""
     s3 = local_stack.s3
     m = import_dataset(small_export, tmp_path / "ds")
-    prefix = f"datasets/{m['dataset_id']}/"
+    prefix = f"datasets/{m.dataset_id}/"
     for rel in [*sorted(m.files), "qa_report.json", "manifest.json"]:  # as the old upload_dataset did
         s3.upload_file(str(tmp_path / "ds" / rel), bucket, prefix + rel)
     counting = _CountingS3(s3)
@@ -178,7 +178,7 @@ def test_download_refuses_a_damaged_archive(local_stack, bucket, small_export, t
     s3 = local_stack.s3
     m = import_dataset(small_export, tmp_path / "ds")
     uri = upload_dataset(s3, bucket, tmp_path / "ds")
-    key = f"datasets/{m['dataset_id']}/dataset.tar"
+    key = f"datasets/{m.dataset_id}/dataset.tar"
     members = _members(s3, bucket, key)
     victim = sorted(members)[3]
     members[victim] = b"x" + members[victim][1:]
