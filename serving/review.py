@@ -44,6 +44,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from vinspect.errors import VinspectError
+
 log = logging.getLogger(__name__)
 
 REVIEW_PREFIX = "review/"
@@ -52,8 +54,14 @@ DEFAULT_CLASSES = ("scratch", "bent")
 GOOD_LABELS = ("good", "ok", "pass")
 
 
-class ReviewError(ValueError):
-    """A review policy or queue record that cannot be used; the message names the field or key."""
+class ReviewError(VinspectError, ValueError):
+    """A review policy or queue record that cannot be used; the message names the field or key.
+
+    Attributes:
+        exit_code: 2, bad input: what ``vinspect review push`` exits with.
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
