@@ -55,7 +55,13 @@ GOOD_LABELS = ("good", "ok", "pass")
 
 
 class ReviewError(VinspectError, ValueError):
-    """A review policy or queue record that cannot be used; the message names the field or key."""
+    """A review policy or queue record that cannot be used; the message names the field or key.
+
+    Attributes:
+        exit_code: 2, bad input: what ``vinspect review push`` exits with.
+    """
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Small CVAT exports and the fake CVAT server, for tests/data and tests/cli alike.
+from tests.cvat_exports import cvat, cvat_frames, export_copy, small_export  # noqa: F401 - fixtures, as below
+
 # Registered tiny models on the local stack, for tests/registry and tests/rollout alike.
 from tests.registered_models import (  # noqa: F401 - fixtures, registered by being imported here
     bucket,
@@ -25,6 +28,9 @@ from tests.registered_models import (  # noqa: F401 - fixtures, registered by be
     register,
     s3,
 )
+
+# The tiny trained model and its synthetic dataset (trained once per session), for tests/model and tests/cli.
+from tests.trained_model import dataset, onnx_model, trained, val_images, yolo_config  # noqa: F401 - fixtures
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VINSPECT_SHARED_DIR") or (REPO.parent / "shared")).resolve()

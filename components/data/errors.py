@@ -14,7 +14,10 @@ class DatasetError(VinspectError, ValueError):
         file: The offending file, relative to the export root where possible.
         line: 1-based line number inside ``file``, if the problem is on one line.
         reason: The message without the location prefix.
+        exit_code: 2, bad input: what every ``vinspect data|cvat|review`` command exits with.
     """
+
+    exit_code = 2
 
     def __init__(self, reason: str, *, file: str | Path | None = None, line: int | None = None):
         self.reason = reason
@@ -27,4 +30,10 @@ class DatasetError(VinspectError, ValueError):
 
 
 class CVATError(VinspectError, RuntimeError):
-    """A CVAT server refused, failed or did not answer in time."""
+    """A CVAT server refused, failed or did not answer in time.
+
+    Attributes:
+        exit_code: 2, what every ``vinspect data pull``, ``cvat setup`` and ``review push`` exits with.
+    """
+
+    exit_code = 2

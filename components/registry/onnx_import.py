@@ -21,6 +21,7 @@ from typing import Any
 
 from components.registry.core import RegistryError, sha256_file
 from components.registry.register import register_model
+from vinspect.defaults import GATE
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def import_onnx(
     data: Path | None = None,
     floors: dict | None = None,
     gate: bool = False,
-    max_regression: float = 0.02,
+    max_regression: float = GATE.max_regression,
     experiment: str = "vinspect",
 ) -> dict[str, Any]:
     """Check, optionally evaluate and gate, and register an existing ONNX detector.
@@ -156,8 +157,9 @@ def import_onnx(
         data: A vinspect dataset folder: evaluate the model on its validation split and record
             the metrics (and its dataset id) with the version.
         floors: Gate floors (``map50``, ``per_class_map50``, ...); implies ``gate``.
-        gate: Apply the quality gate (floors, and non-regression against the current champion
-            on the same dataset) and refuse to register a rejected model. Needs ``data``.
+        gate: Apply the quality gate (:func:`components.model.gate_model`, the pipeline's: floors,
+            and non-regression against the current champion's figures recorded on the same
+            dataset) and refuse to register a rejected model. Needs ``data``.
         max_regression: Allowed drop below the champion.
         experiment: MLflow experiment of the import run.
 
@@ -186,15 +188,18 @@ def import_onnx(
         dataset_id = ""
         decision = None
         if data is not None:
-            from components.model import decide_gate, evaluate_onnx
-            from components.registry.queries import champion_metrics
+            from components.model import EvalMetrics, evaluate_onnx, gate_model
 
             result = evaluate_onnx(prepared, Path(data), split="val")
             dataset_id = str(result.get("eval_dataset_id") or "")
             metrics = _flat_metrics(result)
             if gate:
-                champion = champion_metrics(mlflow_client, model_name, dataset_id) if dataset_id else None
-                decision = decide_gate(result, floors=floors, champion=champion, max_regression=max_regression)
+                decision = gate_model(
+                    EvalMetrics.from_dict(result),
+                    floors=floors,
+                    champion=_recorded_champion(mlflow_client, model_name, dataset_id) if dataset_id else None,
+                    max_regression=max_regression,
+                ).decision
                 if not decision.passed:
                     raise RegistryError(
                         f"{onnx_path}: the quality gate rejected the model: {'; '.join(decision.reasons)}"
@@ -231,6 +236,24 @@ def import_onnx(
         "metrics": metrics,
         "gate": decision.to_dict() if decision is not None else None,
     }
+
+
+def _recorded_champion(mlflow_client, model_name: str, dataset_id: str):
+    """The champion's figures recorded when it was registered on this same dataset, for the gate.
+
+    Returns:
+        A :class:`components.model.champion.ChampionMetrics` (source ``recorded``), or None when
+        there is no champion or its figures were measured on other data: an import then gates on
+        the floors only (it does not re-evaluate the champion, as the pipeline's evaluate step does).
+    """
+    from components.model.champion import RECORDED, ChampionMetrics
+    from components.registry.queries import champion_metrics, get_champion
+
+    recorded = champion_metrics(mlflow_client, model_name, dataset_id)
+    if recorded is None:
+        return None
+    version = get_champion(mlflow_client, model_name) or ""
+    return ChampionMetrics(version, dataset_id, RECORDED, {**recorded, "eval_dataset_id": dataset_id})
 
 
 def _flat_metrics(result: dict[str, Any]) -> dict[str, float]:

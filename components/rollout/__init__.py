@@ -5,10 +5,6 @@ call it; imported from its module, whose name it shares); it runs the one
 transaction, :func:`roll_out`, over a :class:`Target`: :class:`KServeTarget` (an InferenceService,
 through :mod:`infra.kube`) or :class:`LocalServerTarget` (the local model server). Any failure
 rolls back and says why.
-
-``RenderError`` is the former name of :class:`ServingSpecError`, kept importable only because
-``vinspect/cli/registry.py::_errors`` still imports it; drop it once the CLI catches
-:class:`vinspect.errors.VinspectError`.
 """
 
 from components.rollout.deploy import Rollout, RolloutError, Target, roll_out, s3_reference_publisher
@@ -22,13 +18,10 @@ from components.rollout.render import (
 )
 from components.rollout.smoke import GoldenImage, SmokeTestError, infer_v2, load_golden, make_v2_smoke
 
-RenderError = ServingSpecError
-
 __all__ = [
     "GoldenImage",
     "KServeTarget",
     "LocalServerTarget",
-    "RenderError",
     "Rollout",
     "RolloutError",
     "ServingSpecError",

@@ -6,13 +6,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
-import typer
 import yaml
+from click.testing import Result
 from typer.testing import CliRunner
-
-from vinspect.cli import infra as infra_cli
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGES = REPO / "infra" / "images"
@@ -104,21 +103,22 @@ print("ok")
 
 
 @pytest.fixture()
-def cli() -> typer.Typer:
-    app = typer.Typer()
-    infra_cli.register(app)
-    return app
+def cli() -> Callable[[list[str]], Result]:
+    """Runs ``vinspect infra ARGS`` through the real entry point, whose root group reports a VinspectError."""
+    from vinspect.cli import app
+
+    return lambda args: CliRunner().invoke(app, ["infra", *args])
 
 
 def test_cli_render_prints_the_overlay(cli, kubectl):
-    result = CliRunner().invoke(cli, ["render", "--overlay", "sno"])
+    result = cli(["render", "--overlay", "sno"])
     assert result.exit_code == 0, result.output
     objects = [o for o in yaml.safe_load_all(result.stdout) if o]
     assert any(o["kind"] == "KafkaNodePool" and o["spec"]["replicas"] == 1 for o in objects)
 
 
 def test_cli_validate_passes_every_overlay(cli, kubectl, store):
-    result = CliRunner().invoke(cli, ["validate"])
+    result = cli(["validate"])
     assert result.exit_code == 0, result.output
     for overlay in ("default", "gpu", "sno"):
         assert re.search(rf"overlay {overlay}: \d+ objects valid", result.stdout)
@@ -126,13 +126,13 @@ def test_cli_validate_passes_every_overlay(cli, kubectl, store):
 
 def test_cli_validate_without_schemas_says_where_to_put_them(cli, kubectl, tmp_path, monkeypatch):
     monkeypatch.setenv("VINSPECT_SHARED_DIR", str(tmp_path))
-    result = CliRunner().invoke(cli, ["validate"])
+    result = cli(["validate"])
     assert result.exit_code == 1
     assert "CRD schemas folder not found" in result.output and "VINSPECT_SHARED_DIR" in result.output
 
 
 def test_cli_bootstrap_dry_run_prints_the_plan(cli, kubectl, store):
-    result = CliRunner().invoke(cli, ["bootstrap", "--dry-run", "--overlay", "gpu"])
+    result = cli(["bootstrap", "--dry-run", "--overlay", "gpu"])
     assert result.exit_code == 0, result.output
     out = result.stdout
     assert out.index("phase 1/20: namespaces") < out.index("phase 2/20: operators") < out.index("phase 10/20: triggers")
@@ -147,6 +147,6 @@ def test_cli_bootstrap_dry_run_prints_the_plan(cli, kubectl, store):
 
 def test_cli_bootstrap_dry_run_works_without_the_schemas(cli, kubectl, tmp_path, monkeypatch):
     monkeypatch.setenv("VINSPECT_SHARED_DIR", str(tmp_path))
-    result = CliRunner().invoke(cli, ["bootstrap", "--dry-run"])
+    result = cli(["bootstrap", "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "warning: not validated offline" in result.output and "phase 1/15: namespaces" in result.output

@@ -120,3 +120,7 @@ def test_the_errors_of_infra_and_the_rollout_share_the_root_and_keep_their_built
         assert issubclass(cls, VinspectError) and issubclass(cls, builtin), cls
     # The two errors about rendering are two names now: manifests (infra) vs one InferenceService.
     assert RenderError is not ServingSpecError and RenderError.__name__ != ServingSpecError.__name__
+    # ... and the rollout's former alias for ServingSpecError is gone: one name per error.
+    import components.rollout
+
+    assert not hasattr(components.rollout, "RenderError")

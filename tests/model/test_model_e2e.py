@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.model.conftest import EPOCHS, IMGSZ, LR0, MIN_MAP50, OPTIMIZER
+from tests.trained_model import EPOCHS, IMGSZ, LR0, MIN_MAP50, OPTIMIZER
 
 
 def test_train_result_points_into_the_trainers_real_save_dir(trained):

@@ -171,3 +171,31 @@ def test_a_gate_rejection_registers_nothing(env, model_name, mlflow_client, tmp_
         app, ["model", "register", "--onnx", str(model), "--names", "scratch,bent", "--model", model_name, "--gate"]
     )
     assert result.exit_code == 1 and "needs a dataset" in result.output
+
+
+def test_the_import_gate_compares_with_the_champion_recorded_on_the_same_data(
+    env, model_name, mlflow_client, s3, bucket, tmp_path
+):
+    # The import applies the pipeline's gate (components.model.gate_model) with the champion's
+    # figures recorded on this dataset, named as the pipeline names them.
+    from components.registry import promote
+    from components.registry.onnx_import import import_onnx
+    from tests.rollout.test_smoke_rule import _dataset
+
+    data = _dataset(tmp_path / "ds", {"a_bent": [1], "b_scratch": [0]})
+    manifest = json.loads((data / "manifest.json").read_text())
+    (data / "manifest.json").write_text(json.dumps({**manifest, "dataset_id": "c" * 64}))  # what ties the figures
+    common = {"model_name": model_name, "bucket": bucket, "names": ["scratch", "bent"], "data": data}
+    first = import_onnx(mlflow_client, s3, onnx_path=build_yolov5_onnx(tmp_path / "a.onnx"), **common)
+    promote(mlflow_client, model_name, first["version"])
+    second = import_onnx(
+        mlflow_client,
+        s3,
+        onnx_path=build_yolov5_onnx(tmp_path / "b.onnx", metadata={"revision": "2"}),
+        floors={"map50": 0.0},
+        **common,
+    )
+    checks = {c["check"]: c for c in second["gate"]["checks"]}
+    assert second["gate"]["passed"] and checks["no_regression_map50"]["ok"], second["gate"]
+    assert f"champion v{first['version']} (recorded on this data)" in checks["no_regression_map50"]["text"]
+    assert second["version"] != first["version"]

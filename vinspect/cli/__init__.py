@@ -72,7 +72,7 @@ def _register(module: str, *apps: typer.Typer) -> None:
 _register("local", subapps["local"])
 _register("data", subapps["data"])
 _register("model", subapps["model"])
-_register("registry", subapps["model"], subapps["runs"])
+_register("runs", subapps["runs"])
 _register("pipeline", subapps["pipeline"])
 _register("serve", subapps["serve"])
 _register("infra", subapps["infra"])

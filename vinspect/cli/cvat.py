@@ -8,11 +8,6 @@ from typing import Optional
 import typer
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
 def _names(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
@@ -78,38 +73,34 @@ def register_cvat(app: typer.Typer) -> None:
         """
         import os
 
-        from components.data import CVATError, DatasetError
         from components.data.cvat_setup import setup
 
         if annotations is not None and from_model:
             raise typer.BadParameter("give --annotations or --from-model, not both")
-        try:
-            s3_client = None
-            if images and images.startswith("s3://"):
-                from vinspect.settings import S3Settings
+        s3_client = None
+        if images and images.startswith("s3://"):
+            from vinspect.settings import S3Settings
 
-                s3_client = S3Settings.from_env().client()
-            predict = _model_predictor(min_score) if from_model else None
-            with cvat_client(cvat_url) as client:
-                report = setup(
-                    client,
-                    project=project,
-                    labels=_names(labels),
-                    images=images,
-                    task_name=task_name,
-                    s3_client=s3_client,
-                    annotations=annotations,
-                    annotation_classes=_names(annotation_classes) if annotation_classes else None,
-                    predict=predict,
-                    min_score=min_score,
-                    segment_size=segment_size,
-                    annotator=annotator,
-                    annotator_email=annotator_email,
-                    annotator_password=os.environ.get("CVAT_ANNOTATOR_PASSWORD"),
-                    timeout=timeout,
-                )
-        except (CVATError, DatasetError) as e:
-            _fail(e)
+            s3_client = S3Settings.from_env().client()
+        predict = _model_predictor(min_score) if from_model else None
+        with cvat_client(cvat_url) as client:
+            report = setup(
+                client,
+                project=project,
+                labels=_names(labels),
+                images=images,
+                task_name=task_name,
+                s3_client=s3_client,
+                annotations=annotations,
+                annotation_classes=_names(annotation_classes) if annotation_classes else None,
+                predict=predict,
+                min_score=min_score,
+                segment_size=segment_size,
+                annotator=annotator,
+                annotator_email=annotator_email,
+                annotator_password=os.environ.get("CVAT_ANNOTATOR_PASSWORD"),
+                timeout=timeout,
+            )
         typer.echo(
             f"project: {report.project_id} ({'created' if report.project_created else 'found'})"
             + (f", labels added: {','.join(report.labels_added)}" if report.labels_added else "")

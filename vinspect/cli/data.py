@@ -12,11 +12,6 @@ if TYPE_CHECKING:
     from components.data.manifest import Manifest
 
 
-def _fail(exc: Exception) -> None:
-    typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
-
-
 def _classes(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
@@ -69,25 +64,22 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out"),
     ) -> None:
         """Import a CVAT export into a validated, split YOLO dataset with manifest.json."""
-        from components.data import DatasetError, import_dataset
+        from components.data import import_dataset
 
-        try:
-            s3_client = _s3(True).client() if source.startswith("s3://") else None
-            manifest = import_dataset(
-                source,
-                out,
-                fmt=fmt,
-                classes=_classes(classes),
-                map_by_name=map_by_name,
-                val=val,
-                test=test,
-                seed=seed,
-                s3_client=s3_client,
-                overwrite=overwrite,
-                progress=True,
-            )
-        except DatasetError as e:
-            _fail(e)
+        s3_client = _s3(True).client() if source.startswith("s3://") else None
+        manifest = import_dataset(
+            source,
+            out,
+            fmt=fmt,
+            classes=_classes(classes),
+            map_by_name=map_by_name,
+            val=val,
+            test=test,
+            seed=seed,
+            s3_client=s3_client,
+            overwrite=overwrite,
+            progress=True,
+        )
         _summary(manifest)
         if upload:
             _upload(out, manifest)
@@ -117,7 +109,7 @@ def register(app: typer.Typer) -> None:
 
         Credentials: $CVAT_TOKEN or $CVAT_USERNAME/$CVAT_PASSWORD.
         """
-        from components.data import CVATError, DatasetError, import_dataset
+        from components.data import import_dataset
         from components.data.cvat_pull import make_client
         from vinspect.settings import CVATSettings
 
@@ -127,35 +119,32 @@ def register(app: typer.Typer) -> None:
         url = cvat_url or settings.url
         if not url:
             raise typer.BadParameter("no CVAT URL: pass --cvat-url or set CVAT_URL")
-        try:
-            client = make_client(
-                url,
-                token=settings.token.get_secret_value() if settings.token else None,
-                username=settings.username,
-                password=settings.password.get_secret_value() if settings.password else None,
-                ca_bundle=settings.ca_bundle,
-                host=settings.host,
+        client = make_client(
+            url,
+            token=settings.token.get_secret_value() if settings.token else None,
+            username=settings.username,
+            password=settings.password.get_secret_value() if settings.password else None,
+            ca_bundle=settings.ca_bundle,
+            host=settings.host,
+        )
+        with client:
+            manifest = import_dataset(
+                None,
+                out,
+                fmt=fmt,
+                classes=_classes(classes),
+                map_by_name=map_by_name,
+                cvat_client=client,
+                task_id=task,
+                project_id=project,
+                include_all_jobs=include_all_jobs,
+                val=val,
+                test=test,
+                seed=seed,
+                cvat_timeout=timeout,
+                overwrite=overwrite,
+                progress=True,
             )
-            with client:
-                manifest = import_dataset(
-                    None,
-                    out,
-                    fmt=fmt,
-                    classes=_classes(classes),
-                    map_by_name=map_by_name,
-                    cvat_client=client,
-                    task_id=task,
-                    project_id=project,
-                    include_all_jobs=include_all_jobs,
-                    val=val,
-                    test=test,
-                    seed=seed,
-                    cvat_timeout=timeout,
-                    overwrite=overwrite,
-                    progress=True,
-                )
-        except (DatasetError, CVATError) as e:
-            _fail(e)
         _summary(manifest)
         if upload:
             _upload(out, manifest)
@@ -163,12 +152,9 @@ def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(dataset: Path = typer.Argument(..., help="Dataset folder written by import/pull")) -> None:
         """Re-check a dataset: file hashes, labels, boxes, duplicates across splits, data.yaml."""
-        from components.data import DatasetError, validate_dataset
+        from components.data import validate_dataset
 
-        try:
-            report = validate_dataset(dataset, progress=True)
-        except DatasetError as e:
-            _fail(e)
+        report = validate_dataset(dataset, progress=True)
         typer.echo(json.dumps(report, indent=2))
 
     @app.command("synth")
@@ -179,10 +165,7 @@ def register(app: typer.Typer) -> None:
         size: int = typer.Option(256, "--size", help="Image side in pixels"),
     ) -> None:
         """Render synthetic metal nuts with scratches and bent notches as a YOLO 1.1 export."""
-        from components.data import DatasetError, synthesize
+        from components.data import synthesize
 
-        try:
-            path = synthesize(out, n, seed=seed, size=size, progress=True)
-        except DatasetError as e:
-            _fail(e)
+        path = synthesize(out, n, seed=seed, size=size, progress=True)
         typer.echo(f"wrote {n} images to {path}; import with: vinspect data import {path} --out DIR")

@@ -1,4 +1,9 @@
-"""``vinspect infra``: render, validate and bootstrap the cluster manifests (``infra/``)."""
+"""``vinspect infra``: render, validate and bootstrap the cluster manifests (``infra/``).
+
+A RenderError, SchemasMissingError or BootstrapError (each a :class:`vinspect.errors.VinspectError`,
+exit 1) is reported by the root command group; a command here only catches what it turns into
+another outcome (a bootstrap without the offline schemas goes on with a warning).
+"""
 
 from __future__ import annotations
 
@@ -26,13 +31,10 @@ def render(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the YAML here instead of stdout."),
 ) -> None:
     """Render an overlay with kustomize (`kubectl kustomize`) and print the YAML."""
-    from infra.render import RenderError, dump_objects
+    from infra.render import dump_objects
     from infra.render import render as render_overlay
 
-    try:
-        objects = render_overlay(overlay)
-    except RenderError as exc:
-        _fail(str(exc))
+    objects = render_overlay(overlay)
     text = dump_objects(objects)
     if out is None:
         sys.stdout.write(text)
@@ -56,23 +58,17 @@ def validate(
     from tqdm import tqdm
 
     from infra.image_policy import check_images, manifest_images
-    from infra.render import RenderError, list_overlays
+    from infra.render import list_overlays
     from infra.render import render as render_overlay
-    from infra.validate import SchemasMissingError, default_store, validate_objects
+    from infra.validate import default_store, validate_objects
 
     names = overlay or list_overlays()
     if not names:
         _fail("no overlays found under infra/manifests/overlays")
-    try:
-        store = default_store()
-    except SchemasMissingError as exc:
-        _fail(str(exc))
+    store = default_store()
     failed = 0
     for name in tqdm(names, desc="validate", unit="overlay", file=sys.stderr, disable=len(names) < 2):
-        try:
-            objects = render_overlay(name)
-        except RenderError as exc:
-            _fail(str(exc))
+        objects = render_overlay(name)
         issues = validate_objects(objects, store)
         # Every image built by this overlay or pinned in infra/images.yaml.
         issues += check_images(manifest_images(objects), objects, require_all_used=False)
@@ -148,15 +144,11 @@ def bootstrap(
     """
     from tqdm import tqdm
 
-    from infra.bootstrap import BootstrapError, Bootstrapper, format_plan, plan
-    from infra.render import RenderError
+    from infra.bootstrap import Bootstrapper, format_plan, plan
     from infra.render import render as render_overlay
     from infra.validate import SchemasMissingError, validate_objects
 
-    try:
-        objects = render_overlay(overlay)
-    except RenderError as exc:
-        _fail(str(exc))
+    objects = render_overlay(overlay)
     try:
         issues = validate_objects(objects)
     except SchemasMissingError as exc:
@@ -194,10 +186,7 @@ def bootstrap(
             rebuild=rebuild,
             on_step=lambda ref, outcome: bar.update(1),
         )
-        try:
-            report = runner.run(phases)
-        except BootstrapError as exc:
-            _fail(str(exc))
+        report = runner.run(phases)
     finish(report, overlay)
 
 

@@ -1,25 +1,56 @@
-"""``vinspect model train|export|evaluate``: the model step cores, usable outside the pipeline.
+"""``vinspect model``: train, export and evaluate a model; list, register, promote and roll back its versions.
 
-Thin over :mod:`components.model`; torch, Ultralytics and ONNX Runtime are imported inside the
-command bodies so ``vinspect --help`` stays instant. (``list``/``promote``/``rollback`` live in
-``vinspect/cli/registry.py``.)
+Thin over :mod:`components.model` (the step cores, usable outside the pipeline),
+:mod:`components.registry` and :mod:`components.rollout`. torch, Ultralytics, ONNX Runtime, mlflow,
+kubernetes and httpx are imported inside the command bodies so ``vinspect --help`` stays instant.
+A :class:`vinspect.errors.VinspectError` (a registry refusal, a failed rollout, an unreachable
+cluster) is reported by the root command group; a command here only catches a built-in error that
+it reports with its own exit status.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from vinspect.defaults import EVAL, GATE, TRAIN
 
+console = Console()
+err = Console(stderr=True)
 
-def _fail(exc: Exception) -> None:
+
+class Deploy(str, Enum):
+    """Where a promote or rollback also deploys the version."""
+
+    none = "none"
+    local = "local"
+    kserve = "kserve"
+
+
+class Mode(str, Enum):
+    """KServe deployment mode."""
+
+    raw = "raw"
+    modelmesh = "modelmesh"
+
+
+def _bad_input(exc: Exception) -> None:
     # Bad input reported by a built-in error (a missing file, a ValueError from a library): exit 2.
     typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+def _fail(message: str) -> None:
+    # A refusal of this command's own (a missing option, a version without storage): exit 1.
+    err.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    raise typer.Exit(1)
 
 
 def _data_yaml(data: Path) -> Path:
@@ -91,8 +122,126 @@ def _metrics_table(metrics: dict) -> None:
     Console(stderr=True).print(table)
 
 
+def mlflow_context(model: str | None) -> tuple[Any, str, str]:
+    """The MLflow client, the model name (``model`` or the settings') and the experiment, from the environment.
+
+    Also used by ``vinspect runs`` (:mod:`vinspect.cli.runs`).
+    """
+    from vinspect.settings import MLflowSettings
+
+    settings = MLflowSettings.from_env()
+    client = settings.client()  # SettingsError (no MLFLOW_TRACKING_URI): reported by the CLI, exit 1
+    return client, model or settings.model_name, settings.experiment
+
+
+def fmt_time(ms: int) -> str:
+    """An MLflow timestamp (ms since the epoch) as ``YYYY-MM-DD HH:MM`` UTC, for tables."""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(ms / 1000)) if ms else ""
+
+
+def fmt_value(value: Any) -> str:
+    """A metric or parameter for a table cell: floats to 4 significant digits, ``None`` empty."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
+
+
+def _deploy(
+    mlflow_client,
+    model_name: str,
+    version: str,
+    *,
+    deploy: Deploy,
+    move_alias,
+    namespace: str | None,
+    data_connection: str | None,
+    mode: Mode,
+    service: str | None,
+    model_url: str | None,
+    golden: Path | None,
+    timeout_s: float,
+) -> dict:
+    """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``.
+
+    Returns the rollout's fields as a dict (what the commands here print from).
+    """
+    from components.registry import version_info
+    from components.rollout import load_golden
+    from components.rollout.deploy import deploy as deploy_version
+
+    if deploy is Deploy.kserve and (not namespace or not data_connection):
+        _fail("--deploy kserve needs --namespace and --data-connection")
+    info = version_info(mlflow_client, model_name, version)
+    if not info["storage_uri"]:
+        _fail(f"model {model_name} version {version} has no storage URI tag; was it registered by vinspect?")
+    with console.status(f"Rolling out {model_name} v{version} ({deploy.value})..."):
+        # A KubeError (no kubeconfig, or the cluster refused to be read) is reported by the root group.
+        result = deploy_version(
+            mlflow_client,
+            model_name=model_name,
+            version=version,
+            mode="local" if deploy is Deploy.local else mode.value,
+            storage_uri=info["storage_uri"],
+            golden=load_golden(golden) if golden is not None else None,
+            namespace=namespace,
+            data_connection=data_connection,
+            service=service,
+            model_url=model_url,
+            timeout_s=timeout_s,
+            move_alias=move_alias,
+        )
+    return result.as_dict()
+
+
+def _report_rollout(result: dict) -> None:
+    if result["status"] == "deployed":
+        console.print(f"[green]deployed[/green] v{result['version']} ({result.get('url') or ''})")
+        return
+    err.print(f"[red]rolled back:[/red] {result['reason']}")
+    if result.get("restore"):
+        err.print(f"  {result['restore']}")
+    raise typer.Exit(1)
+
+
+_MODEL_OPT = typer.Option(None, "--model", help="Registered model name (default: $VINSPECT_MODEL_NAME).")
+_DEPLOY_OPT = typer.Option(
+    Deploy.none,
+    "--deploy",
+    help="Also deploy: 'local' (local model server) or 'kserve' (cluster); "
+    "the alias then moves only after the rollout succeeds.",
+)
+_NS_OPT = typer.Option(None, "--namespace", "-n", help="KServe namespace (with --deploy kserve).")
+_DC_OPT = typer.Option(
+    None, "--data-connection", help="Name of the data-connection Secret for S3 (with --deploy kserve)."
+)
+_MODE_OPT = typer.Option(Mode.raw, "--mode", help="KServe mode: raw (OpenShift AI 3.x) or modelmesh (RHODS 2.x).")
+_SERVICE_OPT = typer.Option(
+    None, "--service", help="InferenceService / served model name (default: from the model name)."
+)
+_URL_OPT = typer.Option(
+    None,
+    "--model-url",
+    help="v2 base URL: the local server (default $VINSPECT_MODEL_URL) or, for "
+    "kserve, where to smoke-test from outside the cluster.",
+)
+_GOLDEN_OPT = typer.Option(
+    None,
+    "--golden",
+    exists=True,
+    dir_okay=False,
+    help='JSON {"image.png": ["bent"], ...} of golden images for the smoke test (paths relative to it).',
+)
+_TIMEOUT_OPT = typer.Option(600.0, "--timeout", help="Seconds to wait for the deployment to be ready.")
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``train``, ``export`` and ``evaluate`` to the ``vinspect model`` sub-app."""
+    """Add the ``vinspect model`` verbs: train, export, evaluate, then list, register, promote, rollback."""
+    _register_build(app)
+    _register_versions(app)
+
+
+def _register_build(app: typer.Typer) -> None:
+    """Add ``train``, ``export`` and ``evaluate``: the model step cores."""
 
     @app.command("train")
     def train(
@@ -150,7 +299,7 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
             )
         except (FileNotFoundError, ValueError) as exc:
-            _fail(exc)
+            _bad_input(exc)
         finally:
             bar.close()
         if as_json:
@@ -197,26 +346,26 @@ def register(app: typer.Typer) -> None:
                 weights, out, imgsz=imgsz, opset=opset, dynamic=dynamic, dataset_id=dataset_id, names=name_list
             )
         except (FileNotFoundError, ValueError) as exc:
-            _fail(exc)
+            _bad_input(exc)
         typer.echo(f"exported: {path}")
         if variants is not None:
             from components.model import export_variants
 
             if calibration is None:
-                _fail(ValueError("--variants needs --calibration (the training images)"))
+                _bad_input(ValueError("--variants needs --calibration (the training images)"))
             folder = calibration / "images" / "train" if (calibration / "images" / "train").is_dir() else calibration
             cal = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
             try:
                 index = export_variants(path, variants, calibration=cal, calibration_images=calibration_images)
             except (FileNotFoundError, ValueError) as exc:
-                _fail(exc)
+                _bad_input(exc)
             typer.echo(f"variants: {', '.join(index)} in {variants}")
         if parity is None:
             return
         folder = parity / "images" / "val" if (parity / "images" / "val").is_dir() else parity
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
         if not images:
-            _fail(FileNotFoundError(f"no images for the parity check in {folder}"))
+            _bad_input(FileNotFoundError(f"no images for the parity check in {folder}"))
         report = parity_check(weights, path, images, imgsz=imgsz, atol=atol)  # ParityError: exit 1
         typer.echo(
             f"parity: ok on {report['images']} images, max |torch - onnx| = {report['max_abs_diff']:.3g} "
@@ -306,7 +455,7 @@ def register(app: typer.Typer) -> None:
                 precision=precision,
             )
         except (FileNotFoundError, ValueError) as exc:
-            _fail(exc)
+            _bad_input(exc)
         finally:
             bar.close()
         decision = None
@@ -334,3 +483,233 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  - {reason}", err=True)
             if strict and not decision.passed:
                 raise typer.Exit(code=1)
+
+
+def _register_versions(model_app: typer.Typer) -> None:
+    """Add ``list``, ``register``, ``promote`` and ``rollback``: the registered versions and the champion."""
+
+    @model_app.command("list")
+    def list_cmd(
+        model: str | None = _MODEL_OPT,
+        metric: list[str] = typer.Option(
+            [], "--metric", "-m", help="Metric columns to show (default: the final metrics)."
+        ),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """List model versions with their aliases, metrics, dataset and S3 path."""
+        from components.registry import list_versions
+
+        client, name, _ = mlflow_context(model)
+        versions = list_versions(client, name)
+        if as_json:
+            console.print_json(json.dumps(versions))
+            return
+        columns = (
+            list(metric)
+            or sorted(
+                {k for v in versions for k in v["metrics"] if "/" not in k}  # per-epoch series have a '/'
+            )[:5]
+        )
+        table = Table(title=f"{name}: {len(versions)} version(s)")
+        for col in ("version", "aliases", "created (UTC)", "dataset", *columns, "S3 path"):
+            table.add_column(col, overflow="fold")
+        for v in versions:
+            aliases = ", ".join(v["aliases"])
+            if "champion" in v["aliases"]:
+                aliases = f"[bold green]{aliases}[/bold green]"
+            table.add_row(
+                v["version"],
+                aliases,
+                fmt_time(v["created"]),
+                (v["dataset_id"] or "")[:12],
+                *(fmt_value(v["metrics"].get(c)) for c in columns),
+                v["s3_uri"] or "",
+            )
+        console.print(table)
+
+    @model_app.command("register")
+    def register_cmd(
+        onnx: Path = typer.Option(
+            ...,
+            "--onnx",
+            exists=True,
+            dir_okay=False,
+            help="An existing ONNX detector, e.g. the original demo's YOLOv5m ([1, 25200, 7] output).",
+        ),
+        model: str | None = _MODEL_OPT,
+        names: str | None = typer.Option(
+            None, "--names", help="Class names in id order, comma-separated (default: the ONNX metadata)."
+        ),
+        imgsz: int | None = typer.Option(None, "--imgsz", help="Input size, for a model with a dynamic input."),
+        data: Path | None = typer.Option(
+            None,
+            "--data",
+            exists=True,
+            file_okay=False,
+            help="Dataset folder: evaluate on its validation split and record the metrics with the version.",
+        ),
+        gate: bool = typer.Option(
+            False, "--gate", help="Apply the quality gate (needs --data): refuse a model that fails it."
+        ),
+        floors: str | None = typer.Option(
+            None, "--floors", help="Gate floors as JSON, e.g. '{\"map50\": 0.5}' (implies --gate)."
+        ),
+    ) -> None:
+        """Register an existing ONNX model (checked, optionally evaluated and gated) as a new version.
+
+        Serve it with `vinspect model promote VERSION --deploy local|kserve`.
+        """
+        from components.registry.onnx_import import import_onnx
+        from vinspect.settings import S3Settings
+
+        client, name, experiment = mlflow_context(model)
+        floors_d = None
+        if floors:
+            try:
+                floors_d = json.loads(floors)
+            except json.JSONDecodeError as exc:
+                _fail(f"--floors is not JSON: {exc}")
+            if not isinstance(floors_d, dict):
+                _fail("--floors must be a JSON object")
+        s3 = S3Settings.from_env()
+        try:  # a RegistryError (a VinspectError, exit 1) is reported by the root group
+            with console.status(f"Checking and registering {onnx.name} as {name}..."):
+                info = import_onnx(
+                    client,
+                    s3.client(),
+                    onnx_path=onnx,
+                    model_name=name,
+                    bucket=s3.bucket,
+                    names=[n for n in names.split(",")] if names else None,
+                    imgsz=imgsz,
+                    data=data,
+                    floors=floors_d,
+                    gate=gate,
+                    experiment=experiment,
+                )
+        except (FileNotFoundError, ValueError) as exc:
+            # A missing file or an ONNX / dataset / gate input this command refuses: reported with exit 1,
+            # as every refusal of `register` is (a DatasetError or GateError would otherwise exit 2).
+            _fail(str(exc))
+        console.print(
+            f"registered [green]{info['name']} v{info['version']}[/green] ({info['layout']} layout, output "
+            f"{info['output_shape']}, {info['imgsz'][0]}x{info['imgsz'][1]}, classes {', '.join(info['names'])}) "
+            f"at {info['storage_uri']}"
+        )
+        if info["metrics"]:
+            console.print(
+                f"  mAP50 {info['metrics'].get('map50', 0):.3f}, mAP50-95 {info['metrics'].get('map50_95', 0):.3f}"
+            )
+        console.print(f"  serve it: vinspect model promote {info['version']} --model {info['name']} --deploy local")
+
+    @model_app.command("promote")
+    def promote_cmd(
+        version: str = typer.Argument(..., help="MLflow model version to make the champion."),
+        model: str | None = _MODEL_OPT,
+        deploy: Deploy = _DEPLOY_OPT,
+        namespace: str | None = _NS_OPT,
+        data_connection: str | None = _DC_OPT,
+        mode: Mode = _MODE_OPT,
+        service: str | None = _SERVICE_OPT,
+        model_url: str | None = _URL_OPT,
+        golden: Path | None = _GOLDEN_OPT,
+        timeout: float = _TIMEOUT_OPT,
+    ) -> None:
+        """Make VERSION the champion (optionally deploying and smoke-testing it first)."""
+        from components.registry import promote
+        from serving.notify import notify
+
+        client, name, _ = mlflow_context(model)
+        if deploy is Deploy.none:
+            result = promote(client, name, version)
+            if result.changed:
+                console.print(f"champion: {result.previous or '-'} -> [green]{version}[/green]")
+                notify("promoted", name, version, previous_version=result.previous, target="registry")
+            else:
+                console.print(f"version {version} already is the champion")
+            return
+        result = _deploy(
+            client,
+            name,
+            version,
+            deploy=deploy,
+            move_alias=promote,
+            namespace=namespace,
+            data_connection=data_connection,
+            mode=mode,
+            service=service,
+            model_url=model_url,
+            golden=golden,
+            timeout_s=timeout,
+        )
+        if result.get("status") == "deployed":
+            notify("promoted", name, version, previous_version=result.get("previous_version"), target=deploy.value)
+        else:
+            notify(
+                "rolled_back",
+                name,
+                result.get("previous_version") or "",
+                from_version=version,
+                reason=str(result.get("reason") or ""),
+                target=deploy.value,
+            )
+        _report_rollout(result)
+
+    @model_app.command("rollback")
+    def rollback_cmd(
+        model: str | None = _MODEL_OPT,
+        deploy: Deploy = _DEPLOY_OPT,
+        namespace: str | None = _NS_OPT,
+        data_connection: str | None = _DC_OPT,
+        mode: Mode = _MODE_OPT,
+        service: str | None = _SERVICE_OPT,
+        model_url: str | None = _URL_OPT,
+        golden: Path | None = _GOLDEN_OPT,
+        timeout: float = _TIMEOUT_OPT,
+    ) -> None:
+        """Point the champion back at the previous champion (optionally redeploying it)."""
+        from components.registry import champion_state, rollback
+        from serving.notify import notify
+
+        client, name, _ = mlflow_context(model)
+        if deploy is Deploy.none:
+            result = rollback(client, name)
+            console.print(f"champion: {result.rolled_back_from} -> [green]{result.champion}[/green]")
+            notify(
+                "rolled_back",
+                name,
+                result.champion,
+                from_version=result.rolled_back_from,
+                reason="vinspect model rollback",
+                target="registry",
+            )
+            return
+        current, history = champion_state(client, name)
+        if not history:
+            _fail(f"model {name!r}: no previous champion recorded (current: {current})")
+        target = history[-1]
+
+        def move_back(c, m, v):
+            # Pops the history (a rollback), instead of pushing onto it as promote would;
+            # refuses without moving anything if another call changed the history meanwhile.
+            return rollback(c, m, expect=v)
+
+        result = _deploy(
+            client,
+            name,
+            target,
+            deploy=deploy,
+            move_alias=move_back,
+            namespace=namespace,
+            data_connection=data_connection,
+            mode=mode,
+            service=service,
+            model_url=model_url,
+            golden=golden,
+            timeout_s=timeout,
+        )
+        if result.get("status") == "deployed":
+            notify(
+                "rolled_back", name, target, from_version=current, reason="vinspect model rollback", target=deploy.value
+            )
+        _report_rollout(result)

@@ -39,30 +39,26 @@ def register_review(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Turn the review queue into a CVAT task pre-annotated with the model's boxes; mark the items pushed."""
-        from components.data import CVATError, DatasetError
         from components.data.cvat_setup import ensure_user
         from components.data.review_push import push_review
-        from serving.review import ReviewError, ReviewStore
-        from vinspect.cli.cvat import _fail, _names, cvat_client
+        from serving.review import ReviewStore
+        from vinspect.cli.cvat import _names, cvat_client
         from vinspect.settings import S3Settings
 
         s3 = S3Settings.from_env()
         store = ReviewStore(s3.client(), s3.data_bucket, prefix)
-        try:
-            with cvat_client(cvat_url) as client:
-                annotator_id = ensure_user(client, annotator)[0] if annotator else None
-                report = push_review(
-                    client,
-                    store,
-                    project=project,
-                    labels=_names(labels),
-                    limit=limit,
-                    segment_size=segment_size,
-                    annotator_id=annotator_id,
-                    timeout=timeout,
-                )
-        except (CVATError, DatasetError, ReviewError) as e:
-            _fail(e)
+        with cvat_client(cvat_url) as client:
+            annotator_id = ensure_user(client, annotator)[0] if annotator else None
+            report = push_review(
+                client,
+                store,
+                project=project,
+                labels=_names(labels),
+                limit=limit,
+                segment_size=segment_size,
+                annotator_id=annotator_id,
+                timeout=timeout,
+            )
         if not report.pushed:
             typer.echo("review queue is empty: nothing to push")
             return

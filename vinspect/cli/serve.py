@@ -132,6 +132,8 @@ def model(
         try:
             uri, version = champion_uri(model_name, S3Settings.from_env().bucket)
         except AliasLookupError as exc:
+            # Kept: not a print-and-exit but a usage error naming --champion (exit 2), where the root
+            # group would report the VinspectError with exit 1; --champion-if-any below starts empty instead.
             raise typer.BadParameter(f"--champion: {exc}") from None
         typer.echo(f"champion of {model_name} is version {version}: {uri}")
     if champion_if_any and not uri:

@@ -1,4 +1,4 @@
-"""`vinspect data ...` end to end through the Typer app."""
+"""`vinspect data ...` (``vinspect/cli/data.py``) end to end through the Typer app."""
 
 from __future__ import annotations
 

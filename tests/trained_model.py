@@ -1,5 +1,8 @@
 """Session fixtures for the model tests: a synthetic dataset, a tiny trained model, its ONNX export.
 
+``tests/conftest.py`` imports the fixtures, so ``tests/model`` and ``tests/cli`` (the ``vinspect
+model`` commands) share one training per session; the constants are imported from here.
+
 Training happens once per session and every test shares the artifacts. The model must really
 detect, or the evaluation and parity tests compare nothing with nothing: YOLO11n from its YAML,
 128 px, 50 epochs of AdamW (lr0 0.003, batch 8) on 48 synthetic nut images with enlarged defects

@@ -1,4 +1,9 @@
-"""Fixtures for the data step: small synthetic exports and the fake CVAT server."""
+"""Fixtures of the data tests: small synthetic exports and the fake CVAT server.
+
+``tests/conftest.py`` imports the fixtures, so ``tests/data`` and ``tests/cli`` (the ``vinspect data``
+commands) reach the same ones. ``cvat_server`` is imported as a top-level module from ``tests/data``,
+as the data tests import it.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "data"))
 
 from cvat_server import FakeCVAT, Frame, Job, Project, Task  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""The CLI reports every ``VinspectError`` once: ``error: <message>`` on stderr, the error's exit code, no traceback."""
+"""The ``vinspect`` app (``vinspect/cli/__init__.py``) reports every ``VinspectError`` once: ``error: <message>``
+on stderr, the error's exit code, no traceback."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typer.testing import CliRunner
 
 from vinspect.errors import VinspectError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _errors():
@@ -47,6 +48,26 @@ def _errors():
 def test_model_pipeline_and_cli_errors_share_the_root_and_keep_their_builtin():
     for cls, builtin in _errors().items():
         assert issubclass(cls, VinspectError) and issubclass(cls, builtin), cls
+
+
+def test_the_data_cvat_and_review_errors_carry_the_exit_code_their_commands_use():
+    # `vinspect data|cvat|review` reported these with exit 2 (bad input) from their own catch; the
+    # root group now does, from the class.
+    from components.data import CVATError, DatasetError
+    from serving.review import ReviewError
+
+    for cls, builtin in ((DatasetError, ValueError), (CVATError, RuntimeError), (ReviewError, ValueError)):
+        assert issubclass(cls, VinspectError) and issubclass(cls, builtin), cls
+        assert cls.exit_code == 2, cls
+
+
+def test_a_dataset_error_is_reported_by_the_root_group_with_exit_2(tmp_path):
+    from vinspect.cli import app
+
+    result = CliRunner().invoke(app, ["data", "validate", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: ") and "manifest.json" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
 def test_the_root_group_reports_a_vinspect_error_with_its_exit_code():

@@ -1,4 +1,4 @@
-"""`vinspect serve` registers its four commands, each with help."""
+"""`vinspect serve` (``vinspect/cli/serve.py``) registers its four commands, each with help, and refuses bad options."""
 
 from __future__ import annotations
 
