@@ -14,13 +14,16 @@ import json
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from vinspect.defaults import EVAL, GATE, TRAIN
+
+if TYPE_CHECKING:  # the CLI imports the rollout only inside commands, so --help stays instant
+    from components.rollout.deploy import Rollout
 
 console = Console()
 err = Console(stderr=True)
@@ -160,11 +163,8 @@ def _deploy(
     model_url: str | None,
     golden: Path | None,
     timeout_s: float,
-) -> dict:
-    """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``.
-
-    Returns the rollout's fields as a dict (what the commands here print from).
-    """
+) -> Rollout:
+    """Run the local or KServe rollout of ``version``; the alias moves through ``move_alias``."""
     from components.registry import version_info
     from components.rollout import load_golden
     from components.rollout.deploy import deploy as deploy_version
@@ -190,16 +190,16 @@ def _deploy(
             timeout_s=timeout_s,
             move_alias=move_alias,
         )
-    return result.as_dict()
+    return result
 
 
-def _report_rollout(result: dict) -> None:
-    if result["status"] == "deployed":
-        console.print(f"[green]deployed[/green] v{result['version']} ({result.get('url') or ''})")
+def _report_rollout(result: Rollout) -> None:
+    if result.status == "deployed":
+        console.print(f"[green]deployed[/green] v{result.version} ({result.url or ''})")
         return
-    err.print(f"[red]rolled back:[/red] {result['reason']}")
-    if result.get("restore"):
-        err.print(f"  {result['restore']}")
+    err.print(f"[red]rolled back:[/red] {result.reason}")
+    if result.restore:
+        err.print(f"  {result.restore}")
     raise typer.Exit(1)
 
 
@@ -642,15 +642,15 @@ def _register_versions(model_app: typer.Typer) -> None:
             golden=golden,
             timeout_s=timeout,
         )
-        if result.get("status") == "deployed":
-            notify("promoted", name, version, previous_version=result.get("previous_version"), target=deploy.value)
+        if result.status == "deployed":
+            notify("promoted", name, version, previous_version=result.previous_version, target=deploy.value)
         else:
             notify(
                 "rolled_back",
                 name,
-                result.get("previous_version") or "",
+                result.previous_version or "",
                 from_version=version,
-                reason=str(result.get("reason") or ""),
+                reason=str(result.reason or ""),
                 target=deploy.value,
             )
         _report_rollout(result)
@@ -708,7 +708,7 @@ def _register_versions(model_app: typer.Typer) -> None:
             golden=golden,
             timeout_s=timeout,
         )
-        if result.get("status") == "deployed":
+        if result.status == "deployed":
             notify(
                 "rolled_back", name, target, from_version=current, reason="vinspect model rollback", target=deploy.value
             )
