@@ -612,7 +612,7 @@ def up(cfg: StackConfig, *, log: Callable[[str], None] = print) -> dict[str, str
         _wait("S3 server", lambda: check_s3(env), cfg.start_timeout_s, pid, cfg, "s3")
         try:
             _check_s3_refuses_a_wrong_secret(env)
-        except Exception:
+        except BaseException:  # whatever the check raised (Ctrl-C too): stop the server it started, re-raise
             _stop(cfg, "s3")
             raise
     s3 = _s3_client(env)
