@@ -267,7 +267,7 @@ def test_cli_evaluate_applies_the_pipelines_gate_to_the_champion_measured_on_the
     assert json.loads(default_floors.stdout[default_floors.stdout.index("{") :])["gate"] == pipeline_gate
 
     # A champion that cannot be measured fails the gate closed, unless allowed, as in the pipeline.
-    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info['version']}/1/model.onnx")
+    stack["s3"].delete_object(Bucket=stack["bucket"], Key=f"{name}/{info.version}/1/model.onnx")
     closed = CliRunner().invoke(app, args)
     assert closed.exit_code == 1 and "is missing from S3" in closed.output
     allowed = CliRunner().invoke(app, [*args, "--allow-missing-champion"])
