@@ -53,7 +53,7 @@ format: setup  ## rewrite the code in ruff's format and fix what ruff can fix
 	$(BIN)/ruff check --fix .
 
 # Under make test a missing scanner fails its checks instead of skipping them. pytest-randomly runs
-# the tests in a new random order each time (the seed is printed first; rerun that order
+# the tests in a new random order each time (the seed is printed at the end; rerun that order
 # with pytest --randomly-seed=N, or keep file order with -p no:randomly), so an order dependency shows in CI.
 test: setup browser scanners lint  ## lint, then the default test suite (no cluster, GPU or internet; real local services)
 	VINSPECT_REQUIRE_SCANNERS=1 $(BIN)/pytest -q

@@ -65,6 +65,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(home, ignore_errors=True)
 
 
+def pytest_terminal_summary(terminalreporter, config):
+    """Name the random order's seed at the end, where a failure is read (``-q`` hides the header)."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if isinstance(seed, int) and config.pluginmanager.hasplugin("randomly"):
+        terminalreporter.write_line(f"test order: pytest-randomly seed {seed} (replay it with --randomly-seed={seed})")
+
+
 def pytest_addoption(parser):
     parser.addoption("--run-slow", action="store_true", help="run tests marked slow")
     parser.addoption("--run-gpu", action="store_true", help="run tests that need an NVIDIA GPU")
