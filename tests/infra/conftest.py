@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import shutil
@@ -56,19 +57,27 @@ def find(objects: list[dict], kind: str, name: str, api_prefix: str | None = Non
     raise AssertionError(f"no {kind} {name} in the rendered objects")
 
 
+def run_bootstrap(cluster: FakeCluster, objects: list[dict], **options):
+    """``vinspect infra bootstrap`` of a copy of ``objects`` onto the fake, on the fake's clock."""
+    options.setdefault("timeout", 120)
+    options.setdefault("builder", cluster.start_build)
+    return bootstrap(
+        cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep, poll_interval=1.0, **options
+    )
+
+
+def secret_values(cluster: FakeCluster, name: str, namespace: str = "vinspect") -> dict[str, str]:
+    """The decoded data of a Secret the bootstrap generated."""
+    secret = cluster.find("Secret", name, namespace)
+    assert secret is not None, f"Secret {namespace}/{name} was not created"
+    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+
+
 @pytest.fixture(scope="module")
 def cluster(rendered) -> FakeCluster:
     """A fake cluster the default overlay was bootstrapped onto (its generated Secrets included)."""
     fake = FakeCluster(delay=1.0)
-    bootstrap(
-        fake,
-        copy.deepcopy(rendered["default"]),
-        clock=fake.clock,
-        sleep=fake.sleep,
-        poll_interval=1.0,
-        timeout=120,
-        builder=fake.start_build,
-    )
+    run_bootstrap(fake, rendered["default"])
     return fake
 
 

@@ -3,20 +3,13 @@ settings classes built from exactly that environment, and the subset of IAM eval
 
 from __future__ import annotations
 
-import base64
 import fnmatch
 import os
 
 from tests.fake_kube import FakeCluster
-from tests.infra.conftest import find
+from tests.infra.conftest import find, secret_values
 
 S3_ENV = ("AWS_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "VINSPECT_DATA_BUCKET")
-
-
-def _secret(cluster: FakeCluster, name: str) -> dict[str, str]:
-    found = cluster.find("Secret", name, "vinspect")
-    assert found is not None, f"bootstrap generates no Secret vinspect/{name}"
-    return {k: base64.b64decode(v).decode() for k, v in found["data"].items()}
 
 
 def _container(obj: dict, name: str) -> dict:
@@ -31,7 +24,7 @@ def resolved_env(objects: list[dict], cluster: FakeCluster, container: dict) -> 
         if "configMapRef" in source:
             env.update(find(objects, "ConfigMap", source["configMapRef"]["name"]).get("data") or {})
         else:
-            env.update(_secret(cluster, source["secretRef"]["name"]))
+            env.update(secret_values(cluster, source["secretRef"]["name"]))
     for item in container.get("env") or []:
         if "value" in item:
             env[item["name"]] = item["value"]
@@ -44,7 +37,7 @@ def resolved_env(objects: list[dict], cluster: FakeCluster, container: dict) -> 
         found = cluster.find("Secret", ref["name"], "vinspect")
         if found is None and ref.get("optional"):
             continue
-        env[item["name"]] = _secret(cluster, ref["name"])[ref["key"]]
+        env[item["name"]] = secret_values(cluster, ref["name"])[ref["key"]]
     return env
 
 

@@ -22,24 +22,15 @@ from infra.addressing import (
     model_predictors,
     predictor_service,
 )
-from infra.bootstrap import bootstrap
 from infra.render import list_overlays
 from tests.fake_kube import FakeCluster
-from tests.infra.conftest import find
+from tests.infra.conftest import find, run_bootstrap
 
 
 @pytest.fixture(scope="module")
 def generated_secrets(rendered) -> list[dict]:
     cluster = FakeCluster(delay=1.0)
-    bootstrap(
-        cluster,
-        copy.deepcopy(rendered["gpu"]),
-        clock=cluster.clock,
-        sleep=cluster.sleep,
-        poll_interval=1.0,
-        timeout=120,
-        builder=cluster.start_build,
-    )
+    run_bootstrap(cluster, rendered["gpu"])
     return [copy.deepcopy(o) for o in cluster.objects.values() if o.get("kind") == "Secret"]
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 
 import pytest
 
@@ -12,7 +11,6 @@ from infra.bootstrap import (
     BootstrapError,
     Bootstrapper,
     BootstrapTimeout,
-    bootstrap,
     crd_name,
     format_plan,
     plan,
@@ -20,6 +18,7 @@ from infra.bootstrap import (
 )
 from infra.validate import is_known_default
 from tests.fake_kube import FakeCluster
+from tests.infra.conftest import run_bootstrap, secret_values
 
 DELAY = 3.0
 
@@ -27,20 +26,6 @@ DELAY = 3.0
 @pytest.fixture(scope="module")
 def objects(rendered) -> list[dict]:
     return rendered["gpu"]
-
-
-def run(cluster: FakeCluster, objects, **options):
-    options.setdefault("timeout", 120)
-    options.setdefault("builder", cluster.start_build)
-    return bootstrap(
-        cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep, poll_interval=1.0, **options
-    )
-
-
-def secret_values(cluster: FakeCluster, name: str, namespace: str) -> dict[str, str]:
-    secret = cluster.find("Secret", name, namespace)
-    assert secret is not None, f"Secret {namespace}/{name} was not created"
-    return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
 def test_plural_and_crd_names():
@@ -79,7 +64,7 @@ def test_plan_orders_phases_and_never_shows_secret_values(objects):
 
 def test_bootstrap_applies_in_dependency_order_and_waits(objects):
     cluster = FakeCluster(delay=DELAY)
-    report = run(cluster, objects)
+    report = run_bootstrap(cluster, objects)
 
     # Every object exists, CRs included (their CRDs had to become Established first).
     for obj in objects:
@@ -139,7 +124,7 @@ def test_bootstrap_applies_in_dependency_order_and_waits(objects):
 
 def test_generated_credentials_and_data_connection(objects):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, objects)
+    run_bootstrap(cluster, objects)
     minio = secret_values(cluster, "minio-root", "vinspect")
     assert 12 <= len(minio["MINIO_ROOT_USER"]) <= 20 and 32 <= len(minio["MINIO_ROOT_PASSWORD"]) <= 40
     assert not is_known_default(minio["MINIO_ROOT_PASSWORD"]) and not is_known_default(minio["MINIO_ROOT_USER"])
@@ -160,18 +145,18 @@ def test_generated_credentials_and_data_connection(objects):
     assert cvat["CVAT_URL"] == "http://cvat.vinspect.svc.cluster.local:8080" and len(cvat["CVAT_PASSWORD"]) >= 32
     # Two clusters never share credentials.
     other = FakeCluster(delay=DELAY)
-    run(other, objects)
+    run_bootstrap(other, objects)
     assert secret_values(other, "minio-root", "vinspect") != minio
 
 
 def test_second_run_changes_nothing(objects):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, objects)
+    run_bootstrap(cluster, objects)
     before_events = len(cluster.events)
     minio = secret_values(cluster, "minio-root", "vinspect")
     cvat = secret_values(cluster, "cvat-admin", "vinspect")
 
-    report = run(cluster, objects)
+    report = run_bootstrap(cluster, objects)
     assert report.count("created") == 0
     new = cluster.events[before_events:]
     # Not even a patch request (one the server would turn into a no-op).
@@ -184,9 +169,9 @@ def test_second_run_changes_nothing(objects):
 
 def test_a_drifted_object_is_patched_back(objects):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, objects)
+    run_bootstrap(cluster, objects)
     cluster.find("ConfigMap", "vinspect-runtime", "vinspect")["data"]["VINSPECT_MODEL_NAME"] = "someone-else"
-    run(cluster, objects)
+    run_bootstrap(cluster, objects)
     assert cluster.find("ConfigMap", "vinspect-runtime", "vinspect")["data"]["VINSPECT_MODEL_NAME"] == "metal-nut"
     assert any(v == "patch" and r == "ConfigMap vinspect/vinspect-runtime" for _, v, r in cluster.events)
 
@@ -194,7 +179,7 @@ def test_a_drifted_object_is_patched_back(objects):
 def test_timeout_names_the_object_and_its_last_status(objects):
     cluster = FakeCluster(delay=DELAY, stuck={"Service image-processor"})
     with pytest.raises(BootstrapTimeout) as err:
-        run(cluster, objects, timeout=30)
+        run_bootstrap(cluster, objects, timeout=30)
     message = str(err.value)
     assert "timed out after 30s waiting for Service vinspect/image-processor to be Ready=True" in message
     assert "last status: Ready=False (RevisionMissing Configuration is waiting for a Revision" in message
@@ -209,7 +194,7 @@ def test_timeout_on_an_operator_names_its_csv(objects):
         match=r"Subscription redhat-ods-operator/rhods-operator to be installed "
         r"\(CSV Succeeded\); last status: CSV rhods-operator.v1.0.0 phase Installing: waiting for",
     ):
-        run(cluster, objects, timeout=20)
+        run_bootstrap(cluster, objects, timeout=20)
 
 
 def test_a_missing_crd_is_waited_for_then_named():
@@ -227,26 +212,26 @@ def test_a_missing_crd_is_waited_for_then_named():
         match=r"CustomResourceDefinition brokers.eventing.knative.dev to be "
         r"Established \(serving Broker\); last status: not found",
     ):
-        run(cluster, objects, timeout=15)
+        run_bootstrap(cluster, objects, timeout=15)
     assert cluster.now >= 15
 
 
 def test_a_failed_job_stops_at_once(objects):
     cluster = FakeCluster(delay=DELAY, failing={"Job minio-buckets"})
     with pytest.raises(BootstrapError, match=r"Job vinspect/minio-buckets failed: Failed=True \(BackoffLimitExceeded"):
-        run(cluster, objects, timeout=600)
+        run_bootstrap(cluster, objects, timeout=600)
     assert cluster.now < cluster.first("create", "Job vinspect/minio-buckets") + 60
 
 
 def test_a_failed_build_stops_at_once(objects):
     cluster = FakeCluster(delay=DELAY, failing={"Build vinspect-processor-1"})
     with pytest.raises(BootstrapError, match=r"Build vinspect/vinspect-processor-1 failed: Docker build strategy"):
-        run(cluster, objects)
+        run_bootstrap(cluster, objects)
 
 
 def test_builds_can_be_skipped(objects):
     cluster = FakeCluster(delay=DELAY)
-    report = run(cluster, objects, builder=None)
+    report = run_bootstrap(cluster, objects, builder=None)
     assert cluster.builds == []
     assert report.count("skipped (no builder)") == 6
 

@@ -16,8 +16,8 @@ import re
 import pytest
 
 from infra.bootstrap import ANNOTATED_SECRET, DATA_CONNECTION_SECRET, MINIO_SECRET, REVIEW_SECRET
-from tests.infra.conftest import find
-from tests.infra.runtime_env import S3_ENV, _allows, _secret, _settings, resolved_env
+from tests.infra.conftest import find, secret_values
+from tests.infra.runtime_env import S3_ENV, _allows, _settings, resolved_env
 
 LOOP_OVERLAYS = ("loop", "retrain-on-drift")
 
@@ -94,15 +94,15 @@ def test_review_push_takes_every_s3_setting_from_its_own_key(rendered, cluster, 
     s3 = _settings(S3Settings, env, monkeypatch)
     assert s3.endpoint_url == "http://minio.vinspect.svc.cluster.local:9000"
     assert s3.data_bucket == "vinspect-data"
-    review = _secret(cluster, REVIEW_SECRET)
-    others = {_secret(cluster, name)["AWS_ACCESS_KEY_ID"] for name in (ANNOTATED_SECRET, DATA_CONNECTION_SECRET)}
+    review = secret_values(cluster, REVIEW_SECRET)
+    others = {secret_values(cluster, name)["AWS_ACCESS_KEY_ID"] for name in (ANNOTATED_SECRET, DATA_CONNECTION_SECRET)}
     assert s3.access_key_id.get_secret_value() == review["AWS_ACCESS_KEY_ID"]
-    assert review["AWS_ACCESS_KEY_ID"] not in others | {_secret(cluster, MINIO_SECRET)["MINIO_ROOT_USER"], ""}
+    assert review["AWS_ACCESS_KEY_ID"] not in others | {secret_values(cluster, MINIO_SECRET)["MINIO_ROOT_USER"], ""}
 
 
 def test_bucket_job_creates_the_review_push_user(cluster, bucket_job_run):
     calls, policies, output = bucket_job_run
-    values = _secret(cluster, REVIEW_SECRET)
+    values = secret_values(cluster, REVIEW_SECRET)
     key, password = values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
     assert "vinspect-review" in policies
     assert f"admin user add vinspect {key} {password}" in calls
@@ -182,8 +182,8 @@ def test_processor_and_review_keys_allow_exactly_the_review_queue_calls(cluster,
     from serving.review import ReviewSelector, ReviewStore
 
     _, policies, _ = bucket_job_run
-    bucket = _secret(cluster, REVIEW_SECRET)["VINSPECT_DATA_BUCKET"]
-    assert bucket == _secret(cluster, ANNOTATED_SECRET)["VINSPECT_DATA_BUCKET"]
+    bucket = secret_values(cluster, REVIEW_SECRET)["VINSPECT_DATA_BUCKET"]
+    assert bucket == secret_values(cluster, ANNOTATED_SECRET)["VINSPECT_DATA_BUCKET"]
     s3 = RecordingS3()
     store = ReviewStore(s3, bucket)
     selector = ReviewSelector()

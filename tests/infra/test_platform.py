@@ -12,19 +12,10 @@ import copy
 
 import pytest
 
-from infra.bootstrap import bootstrap
 from tests.fake_kube import FakeCluster
-from tests.infra.conftest import find
+from tests.infra.conftest import find, run_bootstrap
 
 DELAY = 3.0
-
-
-def run(cluster: FakeCluster, objects, **options):
-    options.setdefault("timeout", 120)
-    options.setdefault("builder", cluster.start_build)
-    return bootstrap(
-        cluster, copy.deepcopy(objects), clock=cluster.clock, sleep=cluster.sleep, poll_interval=1.0, **options
-    )
 
 
 def writes(cluster: FakeCluster, since: int = 0) -> list[tuple[float, str, str]]:
@@ -37,7 +28,7 @@ def writes(cluster: FakeCluster, since: int = 0) -> list[tuple[float, str, str]]
 
 def test_data_connections_carry_the_connection_api_annotations(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     for namespace in ("vinspect", "vinspect-models"):
         annotations = cluster.find("Secret", "aws-connection-models", namespace)["metadata"]["annotations"]
         # odh-model-controller's connection webhook reads -protocol (and the deprecated -ref);
@@ -49,12 +40,12 @@ def test_data_connections_carry_the_connection_api_annotations(rendered):
 
 def test_a_connection_from_an_older_bootstrap_gains_the_annotations(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     secret = cluster.find("Secret", "aws-connection-models", "vinspect-models")
     for key in ("opendatahub.io/connection-type-protocol", "opendatahub.io/connection-type-ref"):
         del secret["metadata"]["annotations"][key]
     before = base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"])
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     secret = cluster.find("Secret", "aws-connection-models", "vinspect-models")
     assert secret["metadata"]["annotations"]["opendatahub.io/connection-type-protocol"] == "s3"
     assert base64.b64decode(secret["data"]["AWS_SECRET_ACCESS_KEY"]) == before  # never rotated
@@ -101,7 +92,7 @@ def test_dsci_is_applied_before_the_datasciencecluster(rendered):
 
 def test_bootstrap_patches_the_operators_dsci_to_no_service_mesh(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     dsci = cluster.find("DSCInitialization", "default-dsci")
     assert dsci["spec"]["serviceMesh"]["managementState"] == "Removed"
     assert any(v == "patch" and r == "DSCInitialization default-dsci" for _, v, r in cluster.events)
@@ -109,10 +100,10 @@ def test_bootstrap_patches_the_operators_dsci_to_no_service_mesh(rendered):
 
 def test_rhoai3_overlay_is_idempotent_on_a_3x_cluster(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["rhoai3"])
+    run_bootstrap(cluster, rendered["rhoai3"])
     assert cluster.rhoai_major == 3
     since = len(cluster.events)
-    report = run(cluster, rendered["rhoai3"])
+    report = run_bootstrap(cluster, rendered["rhoai3"])
     assert writes(cluster, since) == [], "a second bootstrap run re-patched objects"
     assert report.count("configured") == 0
 
@@ -122,9 +113,9 @@ def test_v1_fields_on_a_3x_cluster_would_be_repatched_every_run(rendered):
     objects = copy.deepcopy(rendered["default"])
     find(objects, "Subscription", "rhods-operator")["spec"]["channel"] = "fast-3.x"
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, objects)
+    run_bootstrap(cluster, objects)
     since = len(cluster.events)
-    report = run(cluster, objects)
+    report = run_bootstrap(cluster, objects)
     assert ("patch-request", "DataScienceCluster default-dsc") in [(v, r) for _, v, r in writes(cluster, since)]
     assert ("platform", "DataScienceCluster default-dsc", "configured") in report.results
 
@@ -133,7 +124,7 @@ def test_a_channel_the_catalog_lacks_is_named_in_the_timeout(rendered):
     objects = copy.deepcopy(rendered["default"])
     find(objects, "Subscription", "rhods-operator")["spec"]["channel"] = "stable-9.9"
     with pytest.raises(Exception, match=r"no operators found in channel stable-9.9 of package rhods-operator"):
-        run(cluster := FakeCluster(delay=DELAY), objects, timeout=20)
+        run_bootstrap(cluster := FakeCluster(delay=DELAY), objects, timeout=20)
     assert cluster.find("DataScienceCluster", "default-dsc") is None
 
 
@@ -156,21 +147,21 @@ def test_bootstrap_takes_the_ovms_image_from_the_clusters_template(rendered):
     from tests.fake_kube import TEMPLATE_OVMS_IMAGE
 
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     runtime = cluster.find("ServingRuntime", "kserve-ovms", "vinspect-models")
     assert runtime["spec"]["containers"][0]["image"] == TEMPLATE_OVMS_IMAGE
     since = len(cluster.events)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     assert writes(cluster, since) == []
 
 
 def test_registry_storage_replaces_an_existing_empty_dir(rendered):
     cluster = FakeCluster(delay=DELAY, registry_storage={"emptyDir": {}})
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     storage = cluster.find("Config", "cluster")["spec"]["storage"]
     assert storage == {"pvc": {"claim": "image-registry-storage"}}, storage
     since = len(cluster.events)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     assert writes(cluster, since) == []
 
 
@@ -266,7 +257,7 @@ def test_pipeline_image_defaults_follow_the_pipelines_project(monkeypatch):
 
 def test_bootstrap_builds_every_image_before_what_runs_it(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     for build in cluster.builds:
         assert cluster.find("Build", build)["status"]["phase"] == "Complete"
     # The pipeline image exists before the pipelines server that will run it.
@@ -284,7 +275,7 @@ def test_bootstrap_builds_every_image_before_what_runs_it(rendered):
 def test_a_vm_that_never_gets_ready_blocks_nothing_else(rendered):
     # KubeVirt on nodes without KVM: the VirtualMachine stays Ready=False forever.
     cluster = FakeCluster(delay=DELAY, stuck={"VirtualMachine cvat"})
-    report = run(cluster, rendered["gpu"], timeout=60)
+    report = run_bootstrap(cluster, rendered["gpu"], timeout=60)
     assert set(report.skipped) == {"cvat"}
     assert "VirtualMachine vinspect/cvat" in report.skipped["cvat"] and "timed out" in report.skipped["cvat"]
     # Everything that is not CVAT is there: buckets, pipelines server, eventing, triggers, GPU stack.
@@ -301,7 +292,7 @@ def test_a_vm_that_never_gets_ready_blocks_nothing_else(rendered):
 
 def test_a_gpu_stack_that_never_gets_ready_is_skipped_and_named(rendered):
     cluster = FakeCluster(delay=DELAY, stuck={"Subscription gpu-operator-certified"})
-    report = run(cluster, rendered["gpu"], timeout=60)
+    report = run_bootstrap(cluster, rendered["gpu"], timeout=60)
     assert set(report.skipped) == {"gpu"}
     assert "gpu: operators" in report.skipped["gpu"] and "CSV gpu-operator-certified" in report.skipped["gpu"]
     # The later GPU phases are skipped, not attempted.
@@ -315,7 +306,7 @@ def test_a_required_part_still_stops_the_bootstrap(rendered):
 
     cluster = FakeCluster(delay=DELAY, stuck={"Kafka vinspect"})
     with pytest.raises(BootstrapTimeout, match="Kafka vinspect/vinspect"):
-        run(cluster, rendered["default"], timeout=30)
+        run_bootstrap(cluster, rendered["default"], timeout=30)
 
 
 def test_cli_exit_status_names_what_was_skipped(capsys):
@@ -342,7 +333,7 @@ def test_bootstrap_without_a_default_storage_class_stops_before_anything(rendere
 
     cluster = FakeCluster(delay=DELAY, storage_classes={"local-manual": False})
     with pytest.raises(BootstrapError) as err:
-        run(cluster, rendered["sno"])
+        run_bootstrap(cluster, rendered["sno"])
     message = str(err.value)
     assert "no default StorageClass (classes: local-manual)" in message
     assert "PersistentVolumeClaim vinspect/minio-data" in message and "LVM Storage" in message
@@ -351,7 +342,7 @@ def test_bootstrap_without_a_default_storage_class_stops_before_anything(rendere
 
 def test_bootstrap_accepts_a_default_class_such_as_lvms(rendered):
     cluster = FakeCluster(delay=DELAY, storage_classes={"lvms-vg1": True})
-    run(cluster, rendered["sno"])
+    run_bootstrap(cluster, rendered["sno"])
     assert cluster.find("PersistentVolumeClaim", "minio-data", "vinspect") is not None
 
 
@@ -376,7 +367,7 @@ def test_cvat_vm_routes_the_service_host_the_pipeline_uses(rendered):
     assert labels["traefik.http.routers.cvat-incluster.service"] == "cvat"  # CVAT's own service name
     # The URL bootstrap writes into Secret cvat-admin (what pipeline pods use) is one of them.
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     secret = cluster.find("Secret", "cvat-admin", "vinspect")
     url = base64.b64decode(secret["data"]["CVAT_URL"]).decode()
     assert urlsplit(url).hostname in hosts
@@ -444,11 +435,11 @@ def test_mlflow_steps_carry_the_token_auth_wiring(rendered, compiled_default):
 
 def test_bootstrap_generates_the_proxy_cookie_secret_once(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     secret = cluster.find("Secret", "mlflow-proxy", "vinspect")
     cookie = base64.b64decode(secret["data"]["session_secret"])
     assert len(cookie) == 32  # oauth-proxy takes 16, 24 or 32 bytes
-    run(cluster, rendered["default"])
+    run_bootstrap(cluster, rendered["default"])
     assert base64.b64decode(cluster.find("Secret", "mlflow-proxy", "vinspect")["data"]["session_secret"]) == cookie
 
 
@@ -555,7 +546,7 @@ def test_workbench_is_a_dashboard_notebook_with_a_gpu_and_storage(rendered):
 
 def test_bootstrap_creates_the_workbench_once_the_notebook_crd_is_served(rendered):
     cluster = FakeCluster(delay=DELAY)
-    run(cluster, rendered["gpu"])
+    run_bootstrap(cluster, rendered["gpu"])
     assert cluster.find("Notebook", "vinspect-workbench", "vinspect") is not None
     # In the GPU part's phases: after NFD and the GPU operator are ready.
     assert (

@@ -10,15 +10,14 @@ bootstrap generates on the fake cluster, and build the real settings classes fro
 
 from __future__ import annotations
 
-import copy
 import os
 
 import pytest
 
-from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, DASHBOARD_SECRET, MINIO_SECRET, bootstrap
+from infra.bootstrap import ANNOTATED_SECRET, CAMERA_SECRET, DASHBOARD_SECRET, MINIO_SECRET
 from tests.fake_kube import FakeCluster
-from tests.infra.conftest import find
-from tests.infra.runtime_env import S3_ENV, _allows, _container, _secret, _settings, resolved_env
+from tests.infra.conftest import find, run_bootstrap, secret_values
+from tests.infra.runtime_env import S3_ENV, _allows, _container, _settings, resolved_env
 
 RUNTIME_S3 = [
     ("Service", "image-processor", "image-processor", ANNOTATED_SECRET),
@@ -51,7 +50,7 @@ def test_runtime_pods_reach_the_data_bucket_with_their_own_minio_user(
     assert s3.data_bucket == find(objects, "ConfigMap", "vinspect-runtime")["data"]["VINSPECT_DATA_BUCKET"]
     assert runtime.annotated_prefix == "annotated"
     # Not Minio's root user: a key of its own.
-    root = _secret(cluster, MINIO_SECRET)
+    root = secret_values(cluster, MINIO_SECRET)
     assert s3.access_key_id.get_secret_value() not in (root["MINIO_ROOT_USER"], "")
     assert s3.secret_access_key.get_secret_value() not in (root["MINIO_ROOT_PASSWORD"], "")
 
@@ -60,16 +59,8 @@ def test_the_scoped_keys_are_kept_across_bootstrap_runs(rendered):
     fake = FakeCluster(delay=1.0)
 
     def run() -> dict[str, dict[str, str]]:
-        bootstrap(
-            fake,
-            copy.deepcopy(rendered["default"]),
-            clock=fake.clock,
-            sleep=fake.sleep,
-            poll_interval=1.0,
-            timeout=120,
-            builder=fake.start_build,
-        )
-        return {name: _secret(fake, name) for name in (ANNOTATED_SECRET, DASHBOARD_SECRET, CAMERA_SECRET)}
+        run_bootstrap(fake, rendered["default"])
+        return {name: secret_values(fake, name) for name in (ANNOTATED_SECRET, DASHBOARD_SECRET, CAMERA_SECRET)}
 
     before = run()
     assert len({values["AWS_ACCESS_KEY_ID"] for values in before.values()}) == 3
@@ -80,14 +71,14 @@ def test_the_scoped_keys_are_kept_across_bootstrap_runs(rendered):
 # --- the bucket Job's users and policies -------------------------------------------------------
 
 
-def test_bucket_job_creates_a_minio_user_per_scoped_secret(cluster, bucket_job_run):
+def test_bucket_job_creates_a_minio_user_per_scopedsecret_values(cluster, bucket_job_run):
     calls, policies, output = bucket_job_run
     for secret, policy in (
         (ANNOTATED_SECRET, "vinspect-annotated"),
         (DASHBOARD_SECRET, "vinspect-dashboard"),
         (CAMERA_SECRET, "vinspect-camera"),
     ):
-        values = _secret(cluster, secret)
+        values = secret_values(cluster, secret)
         key, password = values["AWS_ACCESS_KEY_ID"], values["AWS_SECRET_ACCESS_KEY"]
         assert f"admin user add vinspect {key} {password}" in calls
         assert f"admin policy attach vinspect {policy} --user {key}" in calls
@@ -104,7 +95,7 @@ def test_processor_key_only_writes_annotated_images(cluster, bucket_job_run):
     # AnnotatedImageStore only ever calls put_object.
     _, policies, _ = bucket_job_run
     policy = policies["vinspect-annotated"]
-    bucket = _secret(cluster, ANNOTATED_SECRET)["VINSPECT_DATA_BUCKET"]
+    bucket = secret_values(cluster, ANNOTATED_SECRET)["VINSPECT_DATA_BUCKET"]
     key = f"arn:aws:s3:::{bucket}/annotated/2026-12-06/camera-0/ev-1-abc.jpg"
     assert _allows(policy, "s3:PutObject", key)
     assert not _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/2026-12-06/")
@@ -125,7 +116,7 @@ def test_dashboard_key_only_reads_annotated_images(cluster, bucket_job_run):
     # The dashboard's Route is public: its key must not be able to write or delete anything.
     _, policies, _ = bucket_job_run
     policy = policies["vinspect-dashboard"]
-    bucket = _secret(cluster, DASHBOARD_SECRET)["VINSPECT_DATA_BUCKET"]
+    bucket = secret_values(cluster, DASHBOARD_SECRET)["VINSPECT_DATA_BUCKET"]
     key = f"arn:aws:s3:::{bucket}/annotated/2026-12-06/camera-0/ev-1-abc.jpg"
     assert _allows(policy, "s3:GetObject", key)
     assert _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="annotated/x")
@@ -138,7 +129,7 @@ def test_dashboard_key_only_reads_annotated_images(cluster, bucket_job_run):
 def test_camera_key_reads_only_the_data_bucket(cluster, bucket_job_run):
     _, policies, _ = bucket_job_run
     policy = policies["vinspect-camera"]
-    bucket = _secret(cluster, CAMERA_SECRET)["VINSPECT_DATA_BUCKET"]
+    bucket = secret_values(cluster, CAMERA_SECRET)["VINSPECT_DATA_BUCKET"]
     assert _allows(policy, "s3:GetObject", f"arn:aws:s3:::{bucket}/frames/0001.jpg")
     assert _allows(policy, "s3:ListBucket", f"arn:aws:s3:::{bucket}", prefix="frames/")
     for action in ("s3:PutObject", "s3:DeleteObject"):
